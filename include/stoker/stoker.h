@@ -1,0 +1,8 @@
+/* SPDX-License-Identifier: MIT */
+/* Everything Stoker offers, in one include. */
+#ifndef STOKER_STOKER_H
+#define STOKER_STOKER_H
+
+#include "stoker/common.h"
+
+#endif

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# The Quick start in one script, for a fresh Debian 12 machine:
+#   ./run.sh        install what is missing, build, run the main job
+#   ./run.sh test   install what is missing, build, run every test
+# Set STK_BUILD (default: build) to use another build folder, and
+# STK_NO_INSTALL=1 to skip the package step.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+BUILD=${STK_BUILD:-build}
+PACKAGES=(build-essential pkg-config meson ninja-build liburing-dev libzstd-dev
+          libcmocka-dev libdnnl-dev libopenmpi-dev openmpi-bin zlib1g-dev
+          dataset-fashion-mnist python3)
+
+install_packages() {
+    [ "${STK_NO_INSTALL:-0}" = 1 ] && return 0
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    echo "run.sh: installing ${missing[*]}" >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+build() {
+    if [ ! -f "$BUILD/build.ninja" ]; then
+        meson setup "$BUILD" -Dwerror=true --buildtype=release
+    fi
+    ninja -C "$BUILD"
+}
+
+main_job() {
+    local data=${STK_DATA:-data}
+    local src=/usr/share/datasets/fashion-mnist
+    mkdir -p "$data"
+    if [ ! -f "$data/fmnist-train/manifest" ]; then
+        "$BUILD/tools/stoker-pack" idx "$src/train-images-idx3-ubyte.gz" "$src/train-labels-idx1-ubyte.gz" -o "$data/fmnist-train"
+    fi
+    if [ ! -f "$data/fmnist-test/manifest" ]; then
+        "$BUILD/tools/stoker-pack" idx "$src/t10k-images-idx3-ubyte.gz" "$src/t10k-labels-idx1-ubyte.gz" -o "$data/fmnist-test"
+    fi
+    "$BUILD/tools/stoker-pack" verify "$data/fmnist-train"
+    "$BUILD/tools/stoker-pack" verify "$data/fmnist-test"
+}
+
+case "${1:-run}" in
+    run)  install_packages; build; main_job ;;
+    test) install_packages; build; meson test -C "$BUILD" --print-errorlogs --num-processes "${STK_TEST_JOBS:-2}" ;;
+    *)    echo "usage: $0 [run|test]" >&2; exit 2 ;;
+esac
