@@ -4,5 +4,8 @@
 #define STOKER_STOKER_H
 
 #include "stoker/common.h"
+#include "stoker/shard.h"
+#include "stoker/sampler.h"
+#include "stoker/augment.h"
 
 #endif

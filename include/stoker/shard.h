@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: MIT */
+/* The .stk shard format: schema, writer and reader (loader/FORMAT.md has
+ * the bytes). A shard set is one shard or many (a directory, a glob or a
+ * manifest); its record index is global across shards. */
+#ifndef STOKER_SHARD_H
+#define STOKER_SHARD_H
+
+#include "stoker/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define STK_MAX_FIELDS 16
+#define STK_MAX_DIMS 4
+#define STK_FIELD_NAME_MAX 32
+
+/* One named field of a record. shape[d] == -1 marks the one variable
+ * dimension a field may have; ndim == 0 is a scalar. */
+typedef struct stk_field {
+    char name[STK_FIELD_NAME_MAX];
+    stk_dtype_t dtype;
+    uint32_t ndim;
+    int64_t shape[STK_MAX_DIMS];
+} stk_field_t;
+
+typedef struct stk_schema {
+    uint32_t nfields;
+    stk_field_t fields[STK_MAX_FIELDS];
+} stk_schema_t;
+
+/* Adds a field; shape has ndim entries (-1 for at most one variable dim).
+ * Returns 0, STK_ECONFIG (duplicate or bad name, bad dtype or shape, too
+ * many fields). */
+STK_API int stk_schema_add(stk_schema_t *schema, const char *name, stk_dtype_t dtype,
+                           uint32_t ndim, const int64_t *shape);
+/* Index of the field called name, or -1. */
+STK_API int stk_schema_find(const stk_schema_t *schema, const char *name);
+/* Bytes of field f for a given extent of its variable dim (ignored when
+ * the field is fixed). */
+STK_API size_t stk_field_bytes(const stk_field_t *field, int64_t var_extent);
+/* Writes a one-line description, e.g. "image:u8[1,28,28] label:i64[]". */
+STK_API int stk_schema_format(const stk_schema_t *schema, char *buf, size_t cap);
+
+/* One decoded record: pointers into the caller's decode buffer. */
+typedef struct stk_record {
+    uint32_t nfields;
+    const void *data[STK_MAX_FIELDS];
+    size_t bytes[STK_MAX_FIELDS];
+    int64_t var_extent[STK_MAX_FIELDS]; /* extent of the variable dim, or -1 */
+} stk_record_t;
+
+/* Splits a decoded (raw) record into its fields, checking every size
+ * against the schema. STK_EDATA when they disagree. */
+STK_API int stk_record_parse(const stk_schema_t *schema, const void *raw, size_t raw_len,
+                             stk_record_t *out);
+
+/* ---- Writer ---------------------------------------------------------- */
+
+typedef struct stk_writer stk_writer_t;
+
+typedef struct stk_writer_config {
+    int zstd_level;              /* 0 = records stored raw; 1..22 zstd */
+    int use_dict;                /* train a dictionary at pack time */
+    size_t dict_size;            /* bytes, when use_dict (default 64 KiB) */
+    uint64_t records_per_shard;  /* 0 = everything in one shard */
+    const char *prefix;          /* shard file names: <prefix>-00000.stk */
+} stk_writer_config_t;
+
+STK_API void stk_writer_config_default(stk_writer_config_t *cfg);
+
+/* Creates DIR if needed; shards go there under temporary names and are
+ * renamed into place, with the manifest, by stk_writer_finish. */
+STK_API int stk_writer_create(stk_writer_t **out, const char *dir, const stk_schema_t *schema,
+                              const stk_writer_config_t *cfg);
+/* Appends one record: data[f] points at field f's bytes, var_extent[f] is
+ * the extent of its variable dim (ignored for fixed fields; may be NULL
+ * when the schema has none). Copies the bytes. */
+STK_API int stk_writer_add(stk_writer_t *w, const void *const *data, const int64_t *var_extent);
+/* Flushes, fsyncs, renames shards and writes the manifest. */
+STK_API int stk_writer_finish(stk_writer_t *w);
+/* Frees the writer; an unfinished writer removes its temporary files.
+ * Accepts NULL; sets *w to NULL. */
+STK_API void stk_writer_destroy(stk_writer_t **w);
+
+typedef struct stk_writer_stats {
+    uint64_t shards, records, raw_bytes, stored_bytes, dict_bytes;
+} stk_writer_stats_t;
+STK_API void stk_writer_stats(const stk_writer_t *w, stk_writer_stats_t *out);
+
+/* ---- Reader ---------------------------------------------------------- */
+
+typedef struct stk_shardset stk_shardset_t;
+
+/* Where a record lives: enough for a caller to read its stored bytes
+ * itself (io_uring) and decode them later. */
+typedef struct stk_record_loc {
+    uint32_t shard;        /* index into the shard set */
+    int fd;                /* open read-only fd of that shard (owned by the set) */
+    uint64_t local_index;  /* record number within the shard */
+    uint64_t offset;       /* byte offset in the shard file */
+    uint64_t stored_len;   /* bytes on disk */
+    uint64_t raw_len;      /* bytes once decoded */
+    uint64_t checksum;     /* XXH64 (zstd's) of the raw bytes */
+} stk_record_loc_t;
+
+/* Opens a shard file, a directory of *.stk (or its manifest), a glob, or a
+ * manifest file. Checks headers, footers and indexes of every shard; all
+ * must share one schema. Errors name the path. */
+STK_API int stk_shardset_open(stk_shardset_t **out, const char *path);
+STK_API void stk_shardset_close(stk_shardset_t **set);
+STK_API uint64_t stk_shardset_len(const stk_shardset_t *set);
+STK_API const stk_schema_t *stk_shardset_schema(const stk_shardset_t *set);
+STK_API uint32_t stk_shardset_num_shards(const stk_shardset_t *set);
+STK_API const char *stk_shardset_shard_path(const stk_shardset_t *set, uint32_t shard);
+/* Largest raw_len / stored_len of any record: sizes decode buffers. */
+STK_API uint64_t stk_shardset_max_raw(const stk_shardset_t *set);
+STK_API uint64_t stk_shardset_max_stored(const stk_shardset_t *set);
+STK_API int stk_shardset_locate(const stk_shardset_t *set, uint64_t index, stk_record_loc_t *loc);
+/* Reads the stored (compressed) bytes of record index with pread. */
+STK_API int stk_shardset_read_raw(const stk_shardset_t *set, uint64_t index, void *buf,
+                                  size_t cap, stk_record_loc_t *loc);
+
+/* A decoder holds zstd state and the shard dictionaries: one per thread or
+ * worker process. */
+typedef struct stk_decoder stk_decoder_t;
+STK_API int stk_decoder_create(stk_decoder_t **out, const stk_shardset_t *set);
+STK_API void stk_decoder_destroy(stk_decoder_t **dec);
+/* Decodes stored bytes of the record at loc into out (cap >= loc->raw_len),
+ * verifies size and checksum, and parses fields into rec (may be NULL).
+ * STK_EDATA on any mismatch, with shard path and record number. */
+STK_API int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const void *stored,
+                               void *out, size_t cap, stk_record_t *rec);
+/* pread + decode in one call. */
+STK_API int stk_shardset_get(const stk_shardset_t *set, stk_decoder_t *dec, uint64_t index,
+                             void *out, size_t cap, stk_record_t *rec);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
