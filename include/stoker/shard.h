@@ -101,7 +101,7 @@ typedef struct stk_record_loc {
     uint64_t offset;       /* byte offset in the shard file */
     uint64_t stored_len;   /* bytes on disk */
     uint64_t raw_len;      /* bytes once decoded */
-    uint64_t checksum;     /* XXH64 (zstd's) of the raw bytes */
+    uint64_t checksum;     /* of the raw bytes; algorithm in loader/FORMAT.md */
 } stk_record_loc_t;
 
 /* Opens a shard file, a directory of *.stk (or its manifest), a glob, or a
