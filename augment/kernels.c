@@ -1,0 +1,353 @@
+/* SPDX-License-Identifier: MIT */
+/* Deterministic pixel cores: every transform once its random draws are
+ * made. Inner loops are plain unit-stride C that GCC vectorizes at -O2/-O3
+ * (checked with -fopt-info-vec, see augment/meson.build); the fused window
+ * (crop + pad + flips + normalize) reads each input pixel it needs once and
+ * writes each output element once. */
+#include "augment_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- row kernels: one output row segment, forward or mirrored ---------- */
+
+/* dst[i] = src[i] (dir > 0) or src[-i] (mirrored); src points at the
+ * first pixel to read. Separate loops so that each is a simple
+ * unit-stride form the vectorizer recognises. */
+static void row_u8_fwd(uint8_t *restrict dst, const uint8_t *restrict src, size_t n)
+{
+    memcpy(dst, src, n);
+}
+
+static void row_u8_rev(uint8_t *restrict dst, const uint8_t *restrict src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[-(ptrdiff_t)i];
+}
+
+static void row_f32_fwd(float *restrict dst, const uint8_t *restrict src, size_t n, float s, float b)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (float)src[i] * s + b;
+}
+
+static void row_f32_rev(float *restrict dst, const uint8_t *restrict src, size_t n, float s, float b)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (float)src[-(ptrdiff_t)i] * s + b;
+}
+
+static void row_lut_fwd(uint16_t *restrict dst, const uint8_t *restrict src, size_t n,
+                        const uint16_t *restrict lut)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = lut[src[i]];
+}
+
+static void row_lut_rev(uint16_t *restrict dst, const uint8_t *restrict src, size_t n,
+                        const uint16_t *restrict lut)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = lut[src[-(ptrdiff_t)i]];
+}
+
+/* Writes n elements from src (forward, or mirrored when rev) converted as
+ * norm says, for channel ch, at element offset off of dst. */
+static inline void emit(void *dst, size_t off, const uint8_t *src, size_t n, bool rev,
+                        const stk__aug_norm_t *norm, uint32_t ch)
+{
+    if (!norm) {
+        (rev ? row_u8_rev : row_u8_fwd)((uint8_t *)dst + off, src, n);
+    } else if (norm->dtype == STK_DTYPE_F32) {
+        (rev ? row_f32_rev : row_f32_fwd)((float *)dst + off, src, n, norm->scale[ch],
+                                          norm->bias[ch]);
+    } else {
+        (rev ? row_lut_rev : row_lut_fwd)((uint16_t *)dst + off, src, n, norm->lut + ch * 256u);
+    }
+}
+
+/* One pixel value into dst[off] (padding columns). */
+static inline void emit1(void *dst, size_t off, uint8_t v, const stk__aug_norm_t *norm, uint32_t ch)
+{
+    emit(dst, off, &v, 1, false, norm, ch);
+}
+
+/* Reflect (no edge repeat, as torch's reflect padding) into [0, n). */
+static inline int32_t reflect_idx(int32_t i, int32_t n)
+{
+    if (n == 1)
+        return 0;
+    while (i < 0 || i >= n)
+        i = i < 0 ? -i : 2 * (n - 1) - i;
+    return i;
+}
+
+void stk__aug_window(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w,
+                     const stk__aug_window_t *win, void *dst, const stk__aug_norm_t *norm)
+{
+    const int32_t oh = (int32_t)win->oh, ow = (int32_t)win->ow;
+    const int32_t ih = (int32_t)h, iw = (int32_t)w;
+    /* Columns: source x of output column ox is base + dir * ox. */
+    const int32_t dir = win->hflip ? -1 : 1;
+    const int32_t base = win->hflip ? win->x0 + ow - 1 : win->x0;
+    /* The output columns [a, b) whose source lies inside the input. */
+    int32_t a, b;
+    if (!win->hflip) {
+        a = -win->x0;
+        b = iw - win->x0;
+    } else {
+        a = base - iw + 1;
+        b = base + 1;
+    }
+    a = a < 0 ? 0 : a > ow ? ow : a;
+    b = b < a ? a : b > ow ? ow : b;
+    size_t plane = (size_t)win->oh * win->ow;
+    for (uint32_t ch = 0; ch < c; ch++) {
+        const uint8_t *in = src + (size_t)ch * h * w;
+        for (int32_t oy = 0; oy < oh; oy++) {
+            size_t o = ch * plane + (size_t)oy * (size_t)ow;
+            int32_t sy = win->y0 + (win->vflip ? oh - 1 - oy : oy);
+            if (sy < 0 || sy >= ih) {
+                if (!win->reflect) {
+                    for (int32_t ox = 0; ox < ow; ox++)
+                        emit1(dst, o + (size_t)ox, 0, norm, ch);
+                    continue;
+                }
+                sy = reflect_idx(sy, ih);
+            }
+            const uint8_t *row = in + (size_t)sy * w;
+            for (int32_t ox = 0; ox < a; ox++) {
+                int32_t sx = base + dir * ox;
+                emit1(dst, o + (size_t)ox, win->reflect ? row[reflect_idx(sx, iw)] : 0, norm, ch);
+            }
+            if (b > a)
+                emit(dst, o + (size_t)a, row + base + dir * a, (size_t)(b - a), win->hflip, norm,
+                     ch);
+            for (int32_t ox = b; ox < ow; ox++) {
+                int32_t sx = base + dir * ox;
+                emit1(dst, o + (size_t)ox, win->reflect ? row[reflect_idx(sx, iw)] : 0, norm, ch);
+            }
+        }
+    }
+}
+
+void stk__aug_normalize(const uint8_t *src, uint32_t c, size_t n, void *dst,
+                        const stk__aug_norm_t *norm)
+{
+    for (uint32_t ch = 0; ch < c; ch++)
+        emit(dst, ch * n, src + ch * n, n, false, norm, ch);
+}
+
+/* ---- bilinear resize ---------------------------------------------------- */
+
+/* Per output column: two source columns and their weights; then two f32
+ * rows holding the horizontal pass of the two source rows in use. */
+typedef struct resize_tmp {
+    int32_t *x0, *x1;
+    float *wx0, *wx1, *row0, *row1;
+} resize_tmp_t;
+
+size_t stk__aug_resize_tmp_bytes(uint32_t ow)
+{
+    return (size_t)ow * 6 * 4;
+}
+
+/* torch's area_pixel_compute_source_index for linear modes, in f32. */
+static void linear_coeffs(uint32_t in, uint32_t out, uint32_t i, int32_t *i0, int32_t *i1, float *l0,
+                          float *l1)
+{
+    float scale = (float)in / (float)out;
+    float real = scale * ((float)i + 0.5f) - 0.5f;
+    if (real < 0)
+        real = 0;
+    int32_t k = (int32_t)real;
+    float lam = real - (float)k;
+    if (lam > 1)
+        lam = 1;
+    *i0 = k;
+    *i1 = k + (k < (int32_t)in - 1 ? 1 : 0);
+    *l1 = lam;
+    *l0 = 1.0f - lam;
+}
+
+static void hpass(float *restrict out, const uint8_t *restrict row, const int32_t *restrict x0,
+                  const int32_t *restrict x1, const float *restrict w0, const float *restrict w1,
+                  uint32_t ow)
+{
+    for (uint32_t i = 0; i < ow; i++)
+        out[i] = (float)row[x0[i]] * w0[i] + (float)row[x1[i]] * w1[i];
+}
+
+static void vpass(uint8_t *restrict out, const float *restrict r0, const float *restrict r1, float w0,
+                  float w1, uint32_t ow)
+{
+    for (uint32_t i = 0; i < ow; i++) {
+        float v = r0[i] * w0 + r1[i] * w1;
+        /* Round half to even as torch.round; bilinear weights keep v in
+         * [0, 255], the clamp only guards rounding of the weights. */
+        v = v < 0 ? 0 : v > 255 ? 255 : v;
+        out[i] = (uint8_t)(int32_t)nearbyintf(v);
+    }
+}
+
+void stk__aug_resize(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, uint32_t top,
+                     uint32_t left, uint32_t bh, uint32_t bw, uint8_t *dst, uint32_t oh,
+                     uint32_t ow, void *tmp)
+{
+    resize_tmp_t t;
+    t.x0 = tmp;
+    t.x1 = t.x0 + ow;
+    t.wx0 = (float *)(t.x1 + ow);
+    t.wx1 = t.wx0 + ow;
+    t.row0 = t.wx1 + ow;
+    t.row1 = t.row0 + ow;
+    for (uint32_t i = 0; i < ow; i++) {
+        linear_coeffs(bw, ow, i, &t.x0[i], &t.x1[i], &t.wx0[i], &t.wx1[i]);
+        t.x0[i] += (int32_t)left;
+        t.x1[i] += (int32_t)left;
+    }
+    for (uint32_t ch = 0; ch < c; ch++) {
+        const uint8_t *in = src + (size_t)ch * h * w;
+        int32_t have0 = -1, have1 = -1; /* source rows now in row0, row1 */
+        for (uint32_t oy = 0; oy < oh; oy++) {
+            int32_t y0, y1;
+            float wy0, wy1;
+            linear_coeffs(bh, oh, oy, &y0, &y1, &wy0, &wy1);
+            y0 += (int32_t)top;
+            y1 += (int32_t)top;
+            if (have0 != y0) {
+                if (have1 == y0) {
+                    float *s = t.row0;
+                    t.row0 = t.row1;
+                    t.row1 = s;
+                    have0 = y0;
+                    have1 = -1;
+                } else {
+                    hpass(t.row0, in + (size_t)y0 * w, t.x0, t.x1, t.wx0, t.wx1, ow);
+                    have0 = y0;
+                }
+            }
+            if (have1 != y1) {
+                hpass(t.row1, in + (size_t)y1 * w, t.x0, t.x1, t.wx0, t.wx1, ow);
+                have1 = y1;
+            }
+            vpass(dst + ((size_t)ch * oh + oy) * ow, t.row0, t.row1, wy0, wy1, ow);
+        }
+    }
+}
+
+/* ---- random resized crop parameters ------------------------------------- */
+
+void stk__aug_rrc_params(uint32_t h, uint32_t w, const double scale[2], const double ratio[2],
+                         stk_rng_t *rng, uint32_t box[4])
+{
+    double area = (double)h * w;
+    double lr0 = log(ratio[0]), lr1 = log(ratio[1]);
+    for (int attempt = 0; attempt < 10; attempt++) {
+        double target = area * (scale[0] + (scale[1] - scale[0]) * stk_rng_uniform_f64(rng));
+        double ar = exp(lr0 + (lr1 - lr0) * stk_rng_uniform_f64(rng));
+        /* Python's round(): half to even, as nearbyint in the default mode. */
+        double cw = nearbyint(sqrt(target * ar)), chh = nearbyint(sqrt(target / ar));
+        if (cw > 0 && cw <= w && chh > 0 && chh <= h) {
+            uint32_t bh = (uint32_t)chh, bw = (uint32_t)cw;
+            box[0] = (uint32_t)stk_rng_below(rng, h - bh + 1);
+            box[1] = (uint32_t)stk_rng_below(rng, w - bw + 1);
+            box[2] = bh;
+            box[3] = bw;
+            return;
+        }
+    }
+    double in_ratio = (double)w / (double)h;
+    uint32_t bh = h, bw = w;
+    if (in_ratio < ratio[0])
+        bh = (uint32_t)nearbyint(w / ratio[0]);
+    else if (in_ratio > ratio[1])
+        bw = (uint32_t)nearbyint(h * ratio[1]);
+    box[0] = (h - bh) / 2;
+    box[1] = (w - bw) / 2;
+    box[2] = bh;
+    box[3] = bw;
+}
+
+/* ---- rot90, jitter, cutout, layout -------------------------------------- */
+
+void stk__aug_rot90(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, int k, uint8_t *dst)
+{
+    k &= 3;
+    size_t plane = (size_t)h * w;
+    for (uint32_t ch = 0; ch < c; ch++) {
+        const uint8_t *in = src + ch * plane;
+        uint8_t *out = dst + ch * plane;
+        if (k == 0) {
+            memcpy(out, in, plane);
+        } else if (k == 2) {
+            for (uint32_t y = 0; y < h; y++)
+                row_u8_rev(out + (size_t)y * w, in + (size_t)(h - 1 - y) * w + w - 1, w);
+        } else if (k == 1) {
+            /* out is w x h: out[i][j] = in[j][w-1-i] */
+            for (uint32_t i = 0; i < w; i++)
+                for (uint32_t j = 0; j < h; j++)
+                    out[(size_t)i * h + j] = in[(size_t)j * w + (w - 1 - i)];
+        } else {
+            /* out[i][j] = in[h-1-j][i] */
+            for (uint32_t i = 0; i < w; i++)
+                for (uint32_t j = 0; j < h; j++)
+                    out[(size_t)i * h + j] = in[(size_t)(h - 1 - j) * w + i];
+        }
+    }
+}
+
+static void scale_clamp(uint8_t *dst, const uint8_t *src, size_t n, float f,
+                        float add)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = (float)src[i] * f + add;
+        v = v < 0 ? 0 : v > 255 ? 255 : v;
+        dst[i] = (uint8_t)(int32_t)v;
+    }
+}
+
+void stk__aug_jitter(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, float bf, float cf,
+                     uint8_t *dst)
+{
+    size_t plane = (size_t)h * w, n = plane * c;
+    if (bf != 1.0f)
+        scale_clamp(dst, src, n, bf, 0.0f);
+    else if (dst != src)
+        memcpy(dst, src, n);
+    if (cf == 1.0f)
+        return;
+    /* Sum of the grayscale image: exact in u64, then f32 as torch.mean. */
+    uint64_t sum = 0;
+    if (c == 3) {
+        for (size_t i = 0; i < plane; i++) {
+            float g = 0.2989f * dst[i] + 0.587f * dst[plane + i] + 0.114f * dst[2 * plane + i];
+            sum += (uint8_t)(int32_t)g;
+        }
+        n = plane;
+    } else {
+        for (size_t i = 0; i < n; i++)
+            sum += dst[i];
+    }
+    float mean = (float)((double)sum / (double)n);
+    /* (cf * x + (1 - cf) * mean) */
+    scale_clamp(dst, dst, plane * c, cf, (1.0f - cf) * mean);
+}
+
+void stk__aug_fill_box(uint8_t *img, uint32_t c, uint32_t h, uint32_t w, uint32_t y0, uint32_t x0,
+                       uint32_t y1, uint32_t x1, uint8_t fill)
+{
+    if (x1 <= x0)
+        return;
+    for (uint32_t ch = 0; ch < c; ch++)
+        for (uint32_t y = y0; y < y1; y++)
+            memset(img + ((size_t)ch * h + y) * w + x0, fill, x1 - x0);
+}
+
+void stk__aug_hwc_to_chw(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, uint8_t *dst)
+{
+    size_t plane = (size_t)h * w;
+    for (uint32_t ch = 0; ch < c; ch++)
+        for (size_t i = 0; i < plane; i++)
+            dst[ch * plane + i] = src[i * c + ch];
+}
