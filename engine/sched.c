@@ -92,8 +92,10 @@ static void onecycle_value(const stk_sched_phase_t *p, double max_lr, int64_t k,
     double initial = max_lr / p->div_factor, min_lr = initial / p->final_div_factor;
     double ends[3], lr_from[3], lr_to[3], m_from[3], m_to[3];
     int nph;
-    if (k > p->total_steps)
-        k = p->total_steps;
+    /* PyTorch extrapolates at k == total_steps (below min_lr: a negative lr
+     * with linear annealing) and raises after; we hold the final value. */
+    if (k > p->total_steps - 1)
+        k = p->total_steps - 1;
     if (p->three_phase) {
         nph = 3;
         ends[0] = p->pct_start * total - 1;
@@ -251,6 +253,8 @@ static int resolve(const stk_sched_config_t *cfg, stk_sched_config_t *out)
     } while (0)
         switch (p->kind) {
         case STK_SCHED_CONSTANT:
+            if (p->total_iters == 0)
+                p->total_iters = p->steps;
             NEED(isfinite(p->factor) && p->factor >= 0 && p->factor <= 1, "factor", "%g (must be in [0, 1])", i,
                  kn, "factor", p->factor);
             NEED(p->total_iters >= 0, "total_iters", "%lld", i, kn, "total_iters", (long long)p->total_iters);

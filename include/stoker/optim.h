@@ -209,7 +209,8 @@ STK_API int stk_optim_state_load(stk_optim_t *opt, const void *buf, size_t len);
  *
  * Kinds and their values at local time k (b = base lr):
  *   CONSTANT    b * factor while k < total_iters, then b  (ConstantLR;
- *               defaults factor 1, total_iters 0: plain constant)
+ *               defaults: factor 1, total_iters the phase length, so
+ *               "constant" alone is a plain constant)
  *   STEP        b * gamma^floor(k / step_size)               (StepLR)
  *   MULTISTEP   b * gamma^(milestones <= k)               (MultiStepLR)
  *   EXPONENTIAL b * gamma^k                              (ExponentialLR)
@@ -229,9 +230,11 @@ STK_API int stk_optim_state_load(stk_optim_t *opt, const void *buf, size_t len);
  *               max_lr/div_factor/final_div_factor (three_phase: back to
  *               the initial lr first, then down); cos or linear anneal.
  *               max_lr = 0 means each group's base lr. total_steps defaults
- *               to the phase length, else config.total_steps. Past
- *               total_steps the value stays at its value there (PyTorch
- *               raises). cycle_momentum (default on, as PyTorch) moves
+ *               to the phase length, else config.total_steps. From k =
+ *               total_steps on, the lr stays at the final value max_lr /
+ *               div_factor / final_div_factor (PyTorch extrapolates at
+ *               k = total_steps, even to a negative lr with linear anneal,
+ *               and raises after). cycle_momentum (default on, as PyTorch) moves
  *               momentum / beta1 between max_momentum and base_momentum
  *               inversely to the lr.
  *   PLATEAU     ReduceLROnPlateau: stepped with stk_sched_step_metric; when
@@ -348,8 +351,9 @@ STK_API void stk_sched_destroy(stk_sched_t **s);
  * STK_ESTATE for a PLATEAU scheduler (it needs stk_sched_step_metric). */
 STK_API int stk_sched_step(stk_sched_t *s);
 /* Advances one step given a metric (validation loss, accuracy): PLATEAU
- * uses it; other kinds ignore it, so a loop may always call this one.
- * Returns 0, or -EINVAL for a NaN metric on a PLATEAU scheduler. */
+ * uses it (a NaN never counts as an improvement, as in PyTorch); other
+ * kinds ignore it, so a loop may always call this one. Returns 0 or
+ * -EINVAL (NULL). */
 STK_API int stk_sched_step_metric(stk_sched_t *s, double metric);
 /* Steps taken (t). */
 STK_API int64_t stk_sched_steps(const stk_sched_t *s);
