@@ -9,5 +9,6 @@
 #include "stoker/augment.h"
 #include "stoker/engine.h"
 #include "stoker/checkpoint.h"
+#include "stoker/optim.h"
 
 #endif
