@@ -7,6 +7,9 @@
 #include "internal.h"
 #include "stoker/sampler.h"
 
+#define STK__TREE_FAN 16
+#define STK__TREE_MAX_LEVELS 18 /* 16^17 > 2^64 */
+
 struct stk_sampler {
     stk_sampler_kind_t kind;
     uint64_t n;      /* dataset_len */
@@ -26,11 +29,14 @@ struct stk_sampler {
     uint64_t *order;
     uint64_t *subset; /* SUBSET_RANDOM: the caller's indices, copied */
 
-    /* WEIGHTED without replacement: the weights and a sum tree over them
-     * (tree_leaves a power of two; node k sums nodes 2k and 2k+1). */
+    /* WEIGHTED without replacement: the weights and a 16-ary sum tree over
+     * them, one level after another in `tree` (level 0 the leaves, the last
+     * one the root); node j of level l sums nodes 16j.. of level l - 1. */
     double *weights;
     double *tree;
-    uint64_t tree_leaves;
+    unsigned tree_levels;
+    uint64_t tree_off[STK__TREE_MAX_LEVELS];
+    uint64_t tree_size[STK__TREE_MAX_LEVELS];
 
     /* WEIGHTED with replacement: Vose alias table over the m entries of
      * positive weight (zero weights are left out, so never drawn). */

@@ -101,12 +101,20 @@ uint64_t stk__sampler_alias_draw(const stk_sampler_t *s, uint64_t pos)
 
 int stk__sampler_tree_alloc(stk_sampler_t *s, const double *w)
 {
-    uint64_t leaves = 1;
-    while (leaves < s->n)
-        leaves <<= 1;
-    s->tree_leaves = leaves;
+    uint64_t total = 0, size = s->n;
+    unsigned l = 0;
+    for (;;) {
+        s->tree_off[l] = total;
+        s->tree_size[l] = size;
+        total += size;
+        l++;
+        if (size == 1)
+            break;
+        size = size / STK__TREE_FAN + (size % STK__TREE_FAN != 0);
+    }
+    s->tree_levels = l;
     s->weights = malloc(s->n * sizeof(double));
-    s->tree = malloc(2 * leaves * sizeof(double));
+    s->tree = malloc(total * sizeof(double));
     if (!s->weights || !s->tree)
         return stk__error(-ENOMEM, "sampler: sum tree for %llu weights", (unsigned long long)s->n);
     for (uint64_t i = 0; i < s->n; i++)
@@ -114,39 +122,75 @@ int stk__sampler_tree_alloc(stk_sampler_t *s, const double *w)
     return 0;
 }
 
+/* Node j of level l as the sum of its children, always in the same order,
+ * so that it is the same number however often it is recomputed. */
+static void tree_sum(stk_sampler_t *s, unsigned l, uint64_t j)
+{
+    const double *c = s->tree + s->tree_off[l - 1];
+    uint64_t first = j * STK__TREE_FAN, end = first + STK__TREE_FAN;
+    if (end > s->tree_size[l - 1])
+        end = s->tree_size[l - 1];
+    double sum = 0.0;
+    for (uint64_t i = first; i < end; i++)
+        sum += c[i];
+    s->tree[s->tree_off[l] + j] = sum;
+}
+
+/* A 16-ary tree rather than a binary one: a draw reads a few cache lines on
+ * each of log16(n) levels instead of one scattered node on each of log2(n),
+ * which is what the time goes into for large n. */
 void stk__sampler_tree_draw(stk_sampler_t *s)
 {
-    const uint64_t leaves = s->tree_leaves;
     double *t = s->tree;
-    for (uint64_t i = 0; i < leaves; i++)
-        t[leaves + i] = i < s->n ? s->weights[i] : 0.0;
-    for (uint64_t k = leaves - 1; k >= 1; k--)
-        t[k] = t[2 * k] + t[2 * k + 1];
+    const unsigned top = s->tree_levels - 1;
+    for (uint64_t i = 0; i < s->n; i++)
+        t[i] = s->weights[i];
+    for (unsigned l = 1; l <= top; l++)
+        for (uint64_t j = 0; j < s->tree_size[l]; j++)
+            tree_sum(s, l, j);
 
     stk_rng_t r;
     stk_rng_init(&r, s->key, 0);
     for (uint64_t d = 0; d < s->len; d++) {
-        /* The target is only compared, never added to, and each node is
-         * recomputed from its children rather than decremented, so no error
-         * piles up over the draws. A node with positive sum always has a
-         * positive child; stepping into one whenever the other is empty
-         * ends on a leaf not yet drawn, whatever the rounding. */
-        double target = stk_rng_uniform_f64(&r) * t[1];
+        /* The target is only compared, never added to, and nodes are
+         * recomputed from their children rather than decremented, so no
+         * error piles up over the draws. A node with a positive sum has a
+         * positive child; falling back to the last positive child when
+         * rounding leaves the target past them all always ends on a leaf
+         * not yet drawn. */
+        double target = stk_rng_uniform_f64(&r) * t[s->tree_off[top]];
         double base = 0.0;
-        uint64_t k = 1;
-        while (k < leaves) {
-            double l = t[2 * k], rt = t[2 * k + 1];
-            double mid = base + l;
-            if (rt <= 0.0 || (l > 0.0 && target < mid)) {
-                k = 2 * k;
-            } else {
-                base = mid;
-                k = 2 * k + 1;
+        uint64_t j = 0;
+        for (unsigned l = top; l > 0; l--) {
+            const double *c = t + s->tree_off[l - 1];
+            uint64_t first = j * STK__TREE_FAN, end = first + STK__TREE_FAN;
+            if (end > s->tree_size[l - 1])
+                end = s->tree_size[l - 1];
+            uint64_t pick = UINT64_MAX, last_pos = first;
+            double last_base = base;
+            for (uint64_t i = first; i < end; i++) {
+                if (c[i] > 0.0) {
+                    double mid = base + c[i];
+                    last_pos = i;
+                    last_base = base;
+                    if (target < mid) {
+                        pick = i;
+                        break;
+                    }
+                    base = mid;
+                }
             }
+            if (pick == UINT64_MAX) {
+                pick = last_pos;
+                base = last_base;
+            }
+            j = pick;
         }
-        s->order[d] = k - leaves;
-        t[k] = 0.0;
-        for (k >>= 1; k >= 1; k >>= 1)
-            t[k] = t[2 * k] + t[2 * k + 1];
+        s->order[d] = j;
+        t[j] = 0.0;
+        for (unsigned l = 1; l <= top; l++) {
+            j /= STK__TREE_FAN;
+            tree_sum(s, l, j);
+        }
     }
 }

@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* Samplers: which indices, in which order, for this rank. Every order is a
  * pure function of (seed, epoch, rank, world size), drawn from Philox
- * (common.h), so it is the same on any machine and any worker count. */
+ * (common.h), so it is the same on any machine and any worker count.
+ * Structure follows PyTorch (RandomSampler, SubsetRandomSampler,
+ * WeightedRandomSampler, BatchSampler, DistributedSampler's padding and
+ * striding), but random orders are not PyTorch's: the generator differs. */
 #ifndef STOKER_SAMPLER_H
 #define STOKER_SAMPLER_H
 
@@ -57,10 +60,12 @@ typedef struct stk_sampler stk_sampler_t;
  * NULL is ignored. */
 STK_API void stk_sampler_config_default(stk_sampler_config_t *cfg);
 /* Creates a sampler at epoch 0, cursor 0. cfg and the arrays it points to
- * are only read during the call (copied). Memory: about 8 bytes per index of
- * the epoch for kinds that shuffle or draw without replacement (the whole
- * data set for DISTRIBUTED with shuffle on every rank), 16 per positive
- * weight with replacement, none for SEQUENTIAL. Returns 0 and *out, or
+ * are only read during the call (copied). Memory: 8 bytes per index of the
+ * epoch for RANDOM without replacement and SUBSET_RANDOM (16 for the
+ * latter), per data set index for DISTRIBUTED with shuffle (on every rank),
+ * about 25 per index for WEIGHTED without replacement, 24 per positive
+ * weight with replacement; none for SEQUENTIAL, RANDOM with replacement
+ * and DISTRIBUTED without shuffle. Returns 0 and *out, or
  * STK_ECONFIG naming the bad field in stk_error_message(), -EINVAL for NULL
  * out/cfg, -ENOMEM; *out is NULL on failure. */
 STK_API int stk_sampler_create(stk_sampler_t **out, const stk_sampler_config_t *cfg);

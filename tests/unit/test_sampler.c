@@ -564,6 +564,75 @@ static void test_weighted_no_replacement(void **state)
     expect_config_error(&cfg, "num_samples");
 }
 
+/* Without replacement on a sum tree several levels deep (300 leaves: 300,
+ * 19, 2, 1 nodes per level), where a wrong child offset would show. */
+static void test_weighted_deep_tree(void **state)
+{
+    (void)state;
+    enum { N = 300, CELLS = 30, EPOCHS = 30000 };
+    double w[N];
+    for (int i = 0; i < N; i++)
+        w[i] = 1.0 + (i % 7) + (i / 100);
+    stk_sampler_config_t cfg;
+    stk_sampler_config_default(&cfg);
+    cfg.kind = STK_SAMPLER_WEIGHTED;
+    cfg.dataset_len = N;
+    cfg.weights = w;
+    cfg.seed = 4;
+
+    /* The whole data set: a permutation. */
+    stk_sampler_t *s = make(&cfg);
+    uint64_t *a = epoch_order(s);
+    assert_permutation(a, N);
+    free(a);
+    stk_sampler_destroy(&s);
+
+    /* First draws over many epochs, counted in 30 cells of 10 consecutive
+     * indices: 29 degrees of freedom; 58.301 is the chi-square quantile for
+     * p = 0.001 (fixed seed: deterministic). */
+    cfg.num_samples = 1;
+    s = make(&cfg);
+    uint64_t cnt[CELLS] = {0};
+    double total = 0.0, expect[CELLS] = {0};
+    for (int i = 0; i < N; i++)
+        total += w[i];
+    for (int i = 0; i < N; i++)
+        expect[i / 10] += EPOCHS * w[i] / total;
+    for (uint64_t e = 0; e < EPOCHS; e++) {
+        uint64_t v;
+        assert_int_equal(stk_sampler_set_epoch(s, e), 0);
+        assert_int_equal(stk_sampler_get(s, 0, &v), 0);
+        assert_true(v < N);
+        cnt[v / 10]++;
+    }
+    stk_sampler_destroy(&s);
+    double x2 = chi_square(cnt, expect, CELLS);
+    if (x2 >= 58.301)
+        fail_msg("first draws, deep tree: chi-square %.2f >= 58.301 (df 29, p 0.001)", x2);
+
+    /* Zero weights scattered through the tree: exactly the positive ones. */
+    for (int i = 0; i < N; i++)
+        w[i] = (i % 3 == 1 || i > 250) ? 0.0 : w[i];
+    uint64_t positive = 0;
+    for (int i = 0; i < N; i++)
+        positive += w[i] > 0.0;
+    cfg.num_samples = positive;
+    s = make(&cfg);
+    for (uint64_t e = 0; e < 3; e++) {
+        assert_int_equal(stk_sampler_set_epoch(s, e), 0);
+        a = epoch_order(s);
+        unsigned char seen[N] = {0};
+        for (uint64_t i = 0; i < positive; i++) {
+            assert_true(a[i] < N);
+            assert_true(w[a[i]] > 0.0);
+            assert_false(seen[a[i]]);
+            seen[a[i]] = 1;
+        }
+        free(a);
+    }
+    stk_sampler_destroy(&s);
+}
+
 static void test_weighted_errors(void **state)
 {
     (void)state;
@@ -1132,6 +1201,7 @@ int main(void)
         cmocka_unit_test(test_subset_random),
         cmocka_unit_test(test_weighted_replacement),
         cmocka_unit_test(test_weighted_no_replacement),
+        cmocka_unit_test(test_weighted_deep_tree),
         cmocka_unit_test(test_weighted_errors),
         cmocka_unit_test(test_distributed_torch_fixture),
         cmocka_unit_test(test_distributed_grid),
