@@ -10,5 +10,6 @@
 #include "stoker/engine.h"
 #include "stoker/checkpoint.h"
 #include "stoker/optim.h"
+#include "stoker/loader.h"
 
 #endif
