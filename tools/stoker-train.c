@@ -799,40 +799,82 @@ static int train_epoch(run_t *r)
     return 0;
 }
 
+/* Cross-entropy and correct count of the first n rows of the logits. */
+static void score_logits(const float *logits, int64_t classes, const int64_t *labels, size_t n, double *loss_sum,
+                         uint64_t *correct)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float *z = logits + (size_t)classes * i;
+        int64_t arg = 0;
+        for (int64_t c = 1; c < classes; c++)
+            if (z[c] > z[arg])
+                arg = c;
+        double lse = 0;
+        for (int64_t c = 0; c < classes; c++)
+            lse += exp((double)z[c] - (double)z[arg]);
+        *loss_sum += log(lse) + (double)z[arg] - (double)z[labels[i]];
+        *correct += arg == labels[i];
+    }
+}
+
+/* Evaluation runs forward only, always at the eval batch size: a last
+ * partial batch is padded with zeros (eval mode: no sample affects
+ * another), so the model is never re-planned for a new batch size. */
 static int evaluate(run_t *r, double *loss_out, double *acc_out)
 {
     int rc = stk_loader_set_epoch(r->test_loader, 0);
     if (rc)
         return fail_stk(rc, "test loader");
     stk_model_set_train(r->model, 0);
+    size_t full = (size_t)r->cfg.eval_batch_size, per = (size_t)(r->in_c * r->in_h * r->in_w);
     double loss_sum = 0;
     uint64_t correct = 0, seen = 0;
+    float *pad = NULL;
     for (;;) {
         stk_batch_t b;
         rc = stk_loader_next(r->test_loader, &b);
-        if (rc == STK_DONE)
+        if (rc == STK_DONE) {
+            rc = 0;
             break;
-        if (rc)
-            return fail_stk(rc, "test data");
+        }
+        if (rc) {
+            rc = fail_stk(rc, "test data");
+            break;
+        }
         const float *images;
         if ((rc = batch_inputs(r, &b, &images, "test")) != 0) {
             stk_loader_release(r->test_loader, &b);
-            return rc;
+            break;
         }
-        float loss;
-        int64_t ok = 0;
-        rc = stk_model_forward(r->model, images, (int64_t)b.size, r->lbuf, NULL, &loss);
-        if (rc == 0)
-            rc = stk_model_count_correct(r->model, r->lbuf, &ok);
         size_t n = b.size;
+        if (n < full) {
+            if (!pad && !(pad = calloc(full * per, sizeof *pad))) {
+                stk_loader_release(r->test_loader, &b);
+                rc = fail(EXIT_RUNTIME, "out of memory");
+                break;
+            }
+            memcpy(pad, images, n * per * sizeof *pad);
+            memset(pad + n * per, 0, (full - n) * per * sizeof *pad);
+            images = pad;
+        }
+        const float *logits;
+        int64_t lb, classes;
+        rc = stk_model_forward(r->model, images, (int64_t)(n < full ? full : n), NULL, NULL, NULL);
+        if (rc == 0)
+            rc = stk_model_logits(r->model, &logits, &lb, &classes);
+        if (rc == 0)
+            score_logits(logits, classes, r->lbuf, n, &loss_sum, &correct);
         stk_loader_release(r->test_loader, &b);
-        if (rc)
-            return fail_stk(rc, "evaluation");
-        loss_sum += (double)loss * (double)n;
-        correct += (uint64_t)ok;
+        if (rc) {
+            rc = fail_stk(rc, "evaluation");
+            break;
+        }
         seen += n;
     }
+    free(pad);
     stk_model_set_train(r->model, 1);
+    if (rc)
+        return rc;
     *loss_out = seen ? loss_sum / (double)seen : NAN;
     *acc_out = seen ? (double)correct / (double)seen : NAN;
     return 0;
