@@ -441,12 +441,18 @@ static int need_buf(stk_optim_t *o, int i)
     return o->buf[i] ? 0 : stk__error(-ENOMEM, "optimizer: out of memory for %zu state values", o->n);
 }
 
+/* The kernels below vectorize except for the sqrtf in Adam and RMSprop:
+ * GCC keeps errno semantics for it unless the build passes
+ * -fno-math-errno (a file-level optimize attribute or pragma does not do
+ * it), so those loops run scalar (~same speed as PyTorch's, see
+ * tools/bench_optim.py). */
 /* In the functions below every hyper-parameter is first rounded to float
  * and every operation is float, in PyTorch's order: `a.add_(b, alpha=s)`
  * is a + s*b, `addcmul_(b, c, value=s)` is a + (s*b)*c and
  * `addcdiv_(b, c, value=s)` is a + (s*b)/c. */
 
-static void sgd_range(const optim_group_t *g, float *p, const float *gr, float *buf, size_t n, int first)
+static void sgd_range(const optim_group_t *g, float *restrict p, const float *restrict gr,
+                             float *restrict buf, size_t n, int first)
 {
     const float wd = (float)g->h.weight_decay, mom = (float)g->h.momentum;
     const float damp1 = (float)(1.0 - g->h.dampening), neglr = (float)(-g->h.lr);
@@ -465,21 +471,25 @@ static void sgd_range(const optim_group_t *g, float *p, const float *gr, float *
     }
 }
 
-static void adam_range(const optim_group_t *g, int decoupled, float *p, const float *gr, float *m, float *v,
-                       float *vmax, size_t n)
+/* Scalars of one Adam(W) step, rounded to float as PyTorch does. */
+typedef struct adam_k {
+    float b1, omb1, b2, omb2, neg_step, bc2s, eps, wd, decay, sign;
+} adam_k_t;
+
+/* The body, specialised by constant flags (see adam_range) so that each
+ * instance is a branch-free loop the compiler vectorizes. maximize is a
+ * multiplication by -1, which is exact. */
+static inline __attribute__((always_inline)) void
+adam_body(const adam_k_t *k, float *restrict p, const float *restrict gr, float *restrict m, float *restrict v,
+          float *restrict vmax, size_t n, const int decoupled, const int use_wd, const int ams)
 {
-    const double step = (double)g->step;
-    const double bc1 = 1.0 - pow(g->h.beta1, step), bc2 = 1.0 - pow(g->h.beta2, step);
-    const float b1 = (float)g->h.beta1, omb1 = (float)(1.0 - g->h.beta1);
-    const float b2 = (float)g->h.beta2, omb2 = (float)(1.0 - g->h.beta2);
-    const float neg_step = (float)(-(g->h.lr / bc1)), bc2s = (float)sqrt(bc2), eps = (float)g->h.eps;
-    const float wd = (float)g->h.weight_decay, decay = (float)(1.0 - g->h.lr * g->h.weight_decay);
-    const int use_wd = !decoupled && g->h.weight_decay != 0, maxi = g->h.maximize, ams = g->h.amsgrad;
+    const float b1 = k->b1, omb1 = k->omb1, b2 = k->b2, omb2 = k->omb2, neg_step = k->neg_step;
+    const float bc2s = k->bc2s, eps = k->eps, wd = k->wd, decay = k->decay, sign = k->sign;
     for (size_t i = 0; i < n; i++) {
-        float d = maxi ? -gr[i] : gr[i];
+        float d = gr[i] * sign;
         if (decoupled)
             p[i] = p[i] * decay;
-        else if (use_wd)
+        if (use_wd)
             d = d + wd * p[i];
         m[i] = m[i] * b1 + omb1 * d;
         v[i] = v[i] * b2 + (omb2 * d) * d;
@@ -487,8 +497,9 @@ static void adam_range(const optim_group_t *g, int decoupled, float *p, const fl
         if (ams) {
             /* torch.maximum propagates NaN */
             float a = vmax[i], b = v[i];
-            vmax[i] = (a != a || a > b) ? a : b;
-            den = sqrtf(vmax[i]) / bc2s + eps;
+            a = (a != a || a > b) ? a : b;
+            vmax[i] = a;
+            den = sqrtf(a) / bc2s + eps;
         } else {
             den = sqrtf(v[i]) / bc2s + eps;
         }
@@ -496,33 +507,96 @@ static void adam_range(const optim_group_t *g, int decoupled, float *p, const fl
     }
 }
 
-static void rmsprop_range(const optim_group_t *g, float *p, const float *gr, float *sq, float *buf, float *ga,
-                          size_t n)
+static void adam_range(const optim_group_t *g, int decoupled, float *restrict p, const float *restrict gr,
+                              float *restrict m, float *restrict v, float *restrict vmax, size_t n)
 {
-    const float a = (float)g->h.alpha, oma = (float)(1.0 - g->h.alpha), eps = (float)g->h.eps;
-    const float wd = (float)g->h.weight_decay, mom = (float)g->h.momentum, neglr = (float)(-g->h.lr);
-    const int use_wd = g->h.weight_decay != 0, maxi = g->h.maximize, cen = g->h.centered;
-    const int use_mom = g->h.momentum > 0;
+    const double step = (double)g->step;
+    const double bc1 = 1.0 - pow(g->h.beta1, step), bc2 = 1.0 - pow(g->h.beta2, step);
+    adam_k_t k = {
+        .b1 = (float)g->h.beta1, .omb1 = (float)(1.0 - g->h.beta1),
+        .b2 = (float)g->h.beta2, .omb2 = (float)(1.0 - g->h.beta2),
+        .neg_step = (float)(-(g->h.lr / bc1)), .bc2s = (float)sqrt(bc2), .eps = (float)g->h.eps,
+        .wd = (float)g->h.weight_decay, .decay = (float)(1.0 - g->h.lr * g->h.weight_decay),
+        .sign = g->h.maximize ? -1.0f : 1.0f,
+    };
+    const int use_wd = !decoupled && g->h.weight_decay != 0;
+    if (g->h.amsgrad) {
+        if (decoupled)
+            adam_body(&k, p, gr, m, v, vmax, n, 1, 0, 1);
+        else if (use_wd)
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 1, 1);
+        else
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 0, 1);
+    } else {
+        if (decoupled)
+            adam_body(&k, p, gr, m, v, vmax, n, 1, 0, 0);
+        else if (use_wd)
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 1, 0);
+        else
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 0, 0);
+    }
+}
+
+typedef struct rms_k {
+    float a, oma, eps, wd, mom, neglr, sign;
+} rms_k_t;
+
+static inline __attribute__((always_inline)) void
+rmsprop_body(const rms_k_t *k, float *restrict p, const float *restrict gr, float *restrict sq,
+             float *restrict buf, float *restrict ga, size_t n, const int use_wd, const int cen, const int use_mom)
+{
+    const float a = k->a, oma = k->oma, eps = k->eps, wd = k->wd, mom = k->mom, neglr = k->neglr;
+    const float sign = k->sign;
     for (size_t i = 0; i < n; i++) {
-        float d = maxi ? -gr[i] : gr[i];
+        float d = gr[i] * sign;
         if (use_wd)
             d = d + wd * p[i];
-        sq[i] = sq[i] * a + (oma * d) * d;
+        float s = sq[i] * a + (oma * d) * d;
+        sq[i] = s;
         float avg;
         if (cen) {
-            ga[i] = ga[i] * a + oma * d;
-            avg = sqrtf(sq[i] + (-ga[i]) * ga[i]);
+            float x = ga[i] * a + oma * d;
+            ga[i] = x;
+            avg = sqrtf(s + (-x) * x);
         } else {
-            avg = sqrtf(sq[i]);
+            avg = sqrtf(s);
         }
         avg = avg + eps;
         if (use_mom) {
-            buf[i] = buf[i] * mom + d / avg;
-            p[i] = p[i] + neglr * buf[i];
+            float b = buf[i] * mom + d / avg;
+            buf[i] = b;
+            p[i] = p[i] + neglr * b;
         } else {
             p[i] = p[i] + (neglr * d) / avg;
         }
     }
+}
+
+static void rmsprop_range(const optim_group_t *g, float *restrict p, const float *restrict gr,
+                                 float *restrict sq, float *restrict buf, float *restrict ga, size_t n)
+{
+    rms_k_t k = {
+        .a = (float)g->h.alpha, .oma = (float)(1.0 - g->h.alpha), .eps = (float)g->h.eps,
+        .wd = (float)g->h.weight_decay, .mom = (float)g->h.momentum, .neglr = (float)(-g->h.lr),
+        .sign = g->h.maximize ? -1.0f : 1.0f,
+    };
+    const int use_wd = g->h.weight_decay != 0, cen = g->h.centered, use_mom = g->h.momentum > 0;
+    /* Eight constant-flag instances, one per combination. */
+#define RMS(W, C, M) rmsprop_body(&k, p, gr, sq, buf, ga, n, W, C, M)
+    if (use_wd) {
+        if (cen) {
+            if (use_mom) RMS(1, 1, 1); else RMS(1, 1, 0);
+        } else {
+            if (use_mom) RMS(1, 0, 1); else RMS(1, 0, 0);
+        }
+    } else {
+        if (cen) {
+            if (use_mom) RMS(0, 1, 1); else RMS(0, 1, 0);
+        } else {
+            if (use_mom) RMS(0, 0, 1); else RMS(0, 0, 0);
+        }
+    }
+#undef RMS
 }
 
 int stk_optim_step(stk_optim_t *o, float *params, const float *grads)

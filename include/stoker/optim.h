@@ -342,7 +342,9 @@ STK_API int stk_sched_parse(const char *text, int64_t steps_per_epoch, stk_sched
 /* Creates a scheduler driving `opt` (borrowed: it must outlive the
  * scheduler) and sets every group's lr to the value at t = 0 (ONECYCLE
  * with cycle_momentum also sets momentum / beta1). Base lrs are read from
- * opt now. Returns 0, STK_ECONFIG (bad value, named), -EINVAL, -ENOMEM. */
+ * opt now. Returns 0, STK_ECONFIG (bad value, named), -EINVAL, -ENOMEM.
+ * A scheduler and its optimizer belong to one thread at a time: the
+ * scheduler functions below are not thread-safe on one object. */
 STK_API int stk_sched_create(stk_sched_t **out, const stk_sched_config_t *cfg, stk_optim_t *opt);
 /* Frees *s and sets it to NULL; NULL-safe. Leaves the optimizer as is. */
 STK_API void stk_sched_destroy(stk_sched_t **s);
