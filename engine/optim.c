@@ -82,7 +82,10 @@ int stk__parse_count(const char *s, int64_t steps_per_epoch, int64_t *out)
             return -1;
         if (steps_per_epoch <= 0)
             return -2;
-        *out = (int64_t)llround(ep * (double)steps_per_epoch);
+        double steps = ep * (double)steps_per_epoch;
+        if (steps > 9e18)
+            return -1;
+        *out = (int64_t)llround(steps);
         return 0;
     }
     char *end;

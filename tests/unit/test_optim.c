@@ -380,13 +380,59 @@ static void test_sgd_momentum_restart(void **state)
     stk_optim_destroy(&o);
 }
 
+/* Random texts from the grammar's alphabet give 0 or STK_ECONFIG; random
+ * byte flips in a blob give an error (or, where the checksum cannot tell,
+ * a clean load), never a crash. */
+static void test_garbage(void **state)
+{
+    (void)state;
+    static const char *const atoms[] = {
+        "sgd", "adam", "adamw", "rmsprop", ":", ",", "=", ";", "lr", "momentum", "betas", "nesterov",
+        "weight_decay", "eps", "0.9", "1", "-1", "true", "nan", "1e999", "x", " ",
+    };
+    stk_rng_t rng;
+    stk_rng_init(&rng, 7, 0);
+    for (int it = 0; it < 3000; it++) {
+        char text[256] = "";
+        unsigned n = 1 + (unsigned)stk_rng_below(&rng, 12);
+        for (unsigned j = 0; j < n; j++)
+            strcat(text, atoms[stk_rng_below(&rng, sizeof(atoms) / sizeof(atoms[0]))]);
+        stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_SGD, 4);
+        int rc = stk_optim_config_parse(text, &cfg);
+        if (rc != 0 && rc != STK_ECONFIG)
+            fail_msg("parse '%s' returned %d", text, rc);
+    }
+    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_RMSPROP, 8);
+    cfg.defaults.momentum = 0.5;
+    cfg.defaults.centered = 1;
+    stk_optim_t *a = NULL, *b = NULL;
+    assert_int_equal(stk_optim_create(&a, &cfg), 0);
+    assert_int_equal(stk_optim_create(&b, &cfg), 0);
+    float p[8] = {1, 2, 3, 4, 5, 6, 7, 8}, g[8] = {1, -1, 1, -1, 1, -1, 1, -1};
+    assert_int_equal(stk_optim_step(a, p, g), 0);
+    size_t need = stk_optim_state_size(a), wrote;
+    unsigned char *blob = malloc(need), *bad = malloc(need);
+    assert_int_equal(stk_optim_state_save(a, blob, need, &wrote), 0);
+    for (int it = 0; it < 2000; it++) {
+        memcpy(bad, blob, need);
+        size_t len = stk_rng_below(&rng, 4) ? need : (size_t)stk_rng_below(&rng, need + 1);
+        bad[stk_rng_below(&rng, need)] ^= (unsigned char)(1u << stk_rng_below(&rng, 8));
+        int rc = stk_optim_state_load(b, bad, len);
+        assert_true(rc == 0 || rc == STK_EFORMAT || rc == STK_ESHAPE || rc == STK_EDATA);
+    }
+    free(blob);
+    free(bad);
+    stk_optim_destroy(&a);
+    stk_optim_destroy(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_trajectories),   cmocka_unit_test(test_state_roundtrip),
         cmocka_unit_test(test_bad_blobs),      cmocka_unit_test(test_parse),
         cmocka_unit_test(test_create_errors),  cmocka_unit_test(test_accessors),
-        cmocka_unit_test(test_sgd_momentum_restart),
+        cmocka_unit_test(test_sgd_momentum_restart), cmocka_unit_test(test_garbage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
