@@ -36,7 +36,12 @@ extern "C" {
  *            else d = sqrt(s) + eps; momentum > 0: buf = momentum buf + g/d,
  *            p -= lr * buf; else p -= lr * g / d.
  * Step counts are per group (PyTorch keeps one per tensor; all tensors of a
- * group step together, so it is the same number).
+ * group step together, so it is the same number). Terms with a zero
+ * weight_decay are skipped, as in PyTorch; NaN and Inf propagate.
+ * Agreement with PyTorch: same operations in the same order, but its
+ * AVX2 kernels fuse some multiply-adds where we round twice, so values
+ * differ by an ulp or two per step (tests allow 1e-6 relative to
+ * max(|p|, 1) over 20 steps; the largest seen is 1.6e-7).
  *
  * Gradient accumulation: the optimizer knows nothing of micro-batches. The
  * caller sums (or averages: PyTorch users divide the loss by accum_steps)
@@ -141,8 +146,11 @@ STK_API void stk_optim_destroy(stk_optim_t **opt);
 
 /* One update of every group: reads grads[i], updates params[i] and the state
  * for every i in a group. Both arrays have cfg.n_params elements and are
- * borrowed for the call only (the engine's flat arenas). params and grads
- * must not overlap. Returns 0 or -EINVAL. Not thread-safe on one optimizer. */
+ * borrowed for the call only (the engine's flat arenas, host memory).
+ * params and grads must not overlap. Does not zero grads (the caller's
+ * job, before the next accumulation). Single-threaded. Returns 0, -EINVAL,
+ * or -ENOMEM when the first step cannot allocate its state (then nothing
+ * changed). Not thread-safe on one optimizer. */
 STK_API int stk_optim_step(stk_optim_t *opt, float *params, const float *grads);
 
 STK_API size_t stk_optim_num_groups(const stk_optim_t *opt);
