@@ -41,6 +41,7 @@ struct stk_optim {
      *   Adam(W): [0] exp_avg, [1] exp_avg_sq, [2] max_exp_avg_sq
      *   RMSprop: [0] square_avg, [1] momentum_buffer, [2] grad_avg */
     float *buf[OPTIM_NBUF];
+    int in_step; /* between stk_optim_step_begin and stk_optim_step_end */
 };
 
 /* ---- text values ------------------------------------------------------ */
@@ -634,10 +635,12 @@ static void rmsprop_range(const optim_group_t *g, float *restrict p, const float
 #undef RMS
 }
 
-int stk_optim_step(stk_optim_t *o, float *params, const float *grads)
+int stk_optim_step_begin(stk_optim_t *o)
 {
-    if (!o || (o->n && (!params || !grads)))
-        return stk__error(-EINVAL, "stk_optim_step: NULL argument");
+    if (!o)
+        return stk__error(-EINVAL, "stk_optim_step_begin: NULL argument");
+    if (o->in_step)
+        return stk__error(STK_ESTATE, "stk_optim_step_begin: a step is already open (call stk_optim_step_end)");
     /* Allocate every buffer this step needs before touching anything, so
      * that -ENOMEM leaves params and state as they were. */
     for (size_t gi = 0; gi < o->ng; gi++) {
@@ -667,34 +670,79 @@ int stk_optim_step(stk_optim_t *o, float *params, const float *grads)
         if (rc)
             return rc;
     }
+    for (size_t gi = 0; gi < o->ng; gi++)
+        o->groups[gi].step++;
+    o->in_step = 1;
+    return 0;
+}
+
+int stk_optim_step_slice(const stk_optim_t *o, float *params, const float *grads, size_t offset, size_t count)
+{
+    if (!o || (count && (!params || !grads)))
+        return stk__error(-EINVAL, "stk_optim_step_slice: NULL argument");
+    if (!o->in_step)
+        return stk__error(STK_ESTATE, "stk_optim_step_slice: no open step (call stk_optim_step_begin)");
+    if (offset > o->n || count > o->n - offset)
+        return stk__error(-ERANGE, "stk_optim_step_slice: [%zu, +%zu) outside the %zu parameters", offset, count,
+                          o->n);
+    size_t lo = offset, hi = offset + count;
     for (size_t gi = 0; gi < o->ng; gi++) {
-        optim_group_t *g = &o->groups[gi];
-        g->step++;
+        const optim_group_t *g = &o->groups[gi];
         for (size_t r = 0; r < g->n_ranges; r++) {
-            size_t off = g->ranges[r].offset, n = g->ranges[r].count;
-            float *p = params + off;
-            const float *gr = grads + off;
+            size_t a = g->ranges[r].offset, b = a + g->ranges[r].count;
+            if (a < lo)
+                a = lo;
+            if (b > hi)
+                b = hi;
+            if (a >= b)
+                continue;
+            size_t n = b - a;
+            float *p = params + a;
+            const float *gr = grads + a;
             switch (o->kind) {
             case STK_OPTIM_SGD:
-                sgd_range(g, p, gr, o->buf[0] ? o->buf[0] + off : NULL, n, !g->buf_valid);
+                sgd_range(g, p, gr, o->buf[0] ? o->buf[0] + a : NULL, n, !g->buf_valid);
                 break;
             case STK_OPTIM_ADAM:
             case STK_OPTIM_ADAMW:
-                adam_range(g, o->kind == STK_OPTIM_ADAMW, p, gr, o->buf[0] + off, o->buf[1] + off,
-                           o->buf[2] ? o->buf[2] + off : NULL, n);
+                adam_range(g, o->kind == STK_OPTIM_ADAMW, p, gr, o->buf[0] + a, o->buf[1] + a,
+                           o->buf[2] ? o->buf[2] + a : NULL, n);
                 break;
             case STK_OPTIM_RMSPROP:
-                rmsprop_range(g, p, gr, o->buf[0] + off, o->buf[1] ? o->buf[1] + off : NULL,
-                              o->buf[2] ? o->buf[2] + off : NULL, n);
+                rmsprop_range(g, p, gr, o->buf[0] + a, o->buf[1] ? o->buf[1] + a : NULL,
+                              o->buf[2] ? o->buf[2] + a : NULL, n);
                 break;
             }
         }
-        /* PyTorch stores the buffer back after the step: None whenever the
-         * step ran without momentum, so it starts afresh later. */
-        if (o->kind == STK_OPTIM_SGD)
-            g->buf_valid = g->h.momentum != 0;
     }
     return 0;
+}
+
+int stk_optim_step_end(stk_optim_t *o)
+{
+    if (!o)
+        return stk__error(-EINVAL, "stk_optim_step_end: NULL argument");
+    if (!o->in_step)
+        return stk__error(STK_ESTATE, "stk_optim_step_end: no open step");
+    /* PyTorch stores the buffer back after the step: None whenever the
+     * step ran without momentum, so it starts afresh later. */
+    if (o->kind == STK_OPTIM_SGD)
+        for (size_t gi = 0; gi < o->ng; gi++)
+            o->groups[gi].buf_valid = o->groups[gi].h.momentum != 0;
+    o->in_step = 0;
+    return 0;
+}
+
+int stk_optim_step(stk_optim_t *o, float *params, const float *grads)
+{
+    if (!o || (o->n && (!params || !grads)))
+        return stk__error(-EINVAL, "stk_optim_step: NULL argument");
+    int rc = stk_optim_step_begin(o);
+    if (rc)
+        return rc;
+    rc = stk_optim_step_slice(o, params, grads, 0, o->n);
+    stk_optim_step_end(o);
+    return rc;
 }
 
 /* ---- accessors -------------------------------------------------------- */
@@ -827,6 +875,8 @@ int stk_optim_state_save(const stk_optim_t *o, void *buf, size_t cap, size_t *wr
 {
     if (!o || !written || (!buf && cap))
         return stk__error(-EINVAL, "stk_optim_state_save: NULL argument");
+    if (o->in_step)
+        return stk__error(STK_ESTATE, "optimizer state: a step is open (call stk_optim_step_end first)");
     size_t need = stk_optim_state_size(o);
     *written = need;
     if (cap < need)
@@ -841,6 +891,8 @@ int stk_optim_state_load(stk_optim_t *o, const void *buf, size_t len)
 {
     if (!o || (!buf && len))
         return stk__error(-EINVAL, "stk_optim_state_load: NULL argument");
+    if (o->in_step)
+        return stk__error(STK_ESTATE, "optimizer state: a step is open (call stk_optim_step_end first)");
     if (len < 8 + 8 || memcmp(buf, OPTIM_MAGIC, 8) != 0)
         return stk__error(STK_EFORMAT, "optimizer state: not an optimizer state blob (%zu bytes, bad magic)", len);
     stk__blobr_t r = {buf, len - 8, 8, 0};

@@ -153,6 +153,24 @@ STK_API void stk_optim_destroy(stk_optim_t **opt);
  * changed). Not thread-safe on one optimizer. */
 STK_API int stk_optim_step(stk_optim_t *opt, float *params, const float *grads);
 
+/* The same step in pieces, for threads or for overlapping the update with
+ * a bucketed all-reduce: stk_optim_step_begin (allocates state, advances
+ * the step counts), then stk_optim_step_slice over slices that together
+ * cover every element of every group exactly once, in any order, then
+ * stk_optim_step_end. The result is bit-identical to stk_optim_step.
+ * Slices with disjoint [offset, offset + count) may run concurrently on
+ * different threads; params and grads are the whole arrays (as for
+ * stk_optim_step) and only the slice's elements in a group are touched.
+ * Between begin and end, call nothing else on the optimizer (no set_lr;
+ * state save/load answer STK_ESTATE). Returns: begin 0, STK_ESTATE (a
+ * step is open), -EINVAL, -ENOMEM (nothing changed); slice 0, STK_ESTATE
+ * (no open step), -ERANGE (slice outside the arrays), -EINVAL; end 0,
+ * STK_ESTATE, -EINVAL. */
+STK_API int stk_optim_step_begin(stk_optim_t *opt);
+STK_API int stk_optim_step_slice(const stk_optim_t *opt, float *params, const float *grads, size_t offset,
+                                 size_t count);
+STK_API int stk_optim_step_end(stk_optim_t *opt);
+
 STK_API size_t stk_optim_num_groups(const stk_optim_t *opt);
 STK_API stk_optim_kind_t stk_optim_kind(const stk_optim_t *opt);
 /* Optimizer steps taken by group g (0 before the first step). */

@@ -5,6 +5,7 @@
  * bit-exactly, bad blobs and bad configs fail with clear messages. */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -426,6 +427,91 @@ static void test_garbage(void **state)
     stk_optim_destroy(&b);
 }
 
+typedef struct slice_job {
+    const stk_optim_t *opt;
+    float *p;
+    const float *g;
+    size_t off, cnt;
+    int rc;
+} slice_job_t;
+
+static void *run_slice(void *arg)
+{
+    slice_job_t *j = arg;
+    j->rc = stk_optim_step_slice(j->opt, j->p, j->g, j->off, j->cnt);
+    return NULL;
+}
+
+/* begin / slices / end, with slices in a scrambled order and on threads,
+ * gives the same bits as stk_optim_step. */
+static void test_step_slices(void **state)
+{
+    (void)state;
+    static ocase_t c;
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        load_case(&c, cases[k]);
+        stk_optim_t *a = NULL, *b = NULL, *t = NULL;
+        assert_int_equal(stk_optim_create(&a, &c.cfg), 0);
+        assert_int_equal(stk_optim_create(&b, &c.cfg), 0);
+        assert_int_equal(stk_optim_create(&t, &c.cfg), 0);
+        float pa[N], pb[N], pt[N];
+        memcpy(pa, c.init, sizeof(pa));
+        memcpy(pb, c.init, sizeof(pb));
+        memcpy(pt, c.init, sizeof(pt));
+        for (int s = 0; s < STEPS; s++) {
+            assert_int_equal(stk_optim_step(a, pa, c.grad[s]), 0);
+            /* Slices cut across the group ranges: [5,12) [0,2) [2,5). */
+            assert_int_equal(stk_optim_step_begin(b), 0);
+            assert_int_equal(stk_optim_step_slice(b, pb, c.grad[s], 5, 7), 0);
+            assert_int_equal(stk_optim_step_slice(b, pb, c.grad[s], 0, 2), 0);
+            assert_int_equal(stk_optim_step_slice(b, pb, c.grad[s], 2, 3), 0);
+            assert_int_equal(stk_optim_step_end(b), 0);
+            assert_memory_equal(pa, pb, sizeof(pa));
+            /* Four threads, three elements each. */
+            pthread_t th[4];
+            slice_job_t jobs[4];
+            assert_int_equal(stk_optim_step_begin(t), 0);
+            for (int i = 0; i < 4; i++) {
+                jobs[i] = (slice_job_t){t, pt, c.grad[s], (size_t)i * 3, 3, -1};
+                assert_int_equal(pthread_create(&th[i], NULL, run_slice, &jobs[i]), 0);
+            }
+            for (int i = 0; i < 4; i++) {
+                pthread_join(th[i], NULL);
+                assert_int_equal(jobs[i].rc, 0);
+            }
+            assert_int_equal(stk_optim_step_end(t), 0);
+            assert_memory_equal(pa, pt, sizeof(pa));
+        }
+        stk_optim_destroy(&a);
+        stk_optim_destroy(&b);
+        stk_optim_destroy(&t);
+        fx_free(&c.fx);
+    }
+
+    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_ADAM, 4);
+    stk_optim_t *o = NULL;
+    assert_int_equal(stk_optim_create(&o, &cfg), 0);
+    float p[4] = {0}, g[4] = {1, 1, 1, 1};
+    unsigned char blob[4096];
+    size_t wrote;
+    expect_err(stk_optim_step_slice(o, p, g, 0, 4), STK_ESTATE, "no open step");
+    expect_err(stk_optim_step_end(o), STK_ESTATE, "no open step");
+    assert_int_equal(stk_optim_step_begin(o), 0);
+    expect_err(stk_optim_step_begin(o), STK_ESTATE, "already open");
+    expect_err(stk_optim_step(o, p, g), STK_ESTATE, "already open");
+    expect_err(stk_optim_state_save(o, blob, sizeof(blob), &wrote), STK_ESTATE, "step is open");
+    expect_err(stk_optim_state_load(o, blob, sizeof(blob)), STK_ESTATE, "step is open");
+    expect_err(stk_optim_step_slice(o, p, g, 3, 2), -ERANGE, "outside the 4 parameters");
+    expect_err(stk_optim_step_slice(o, NULL, g, 0, 1), -EINVAL, NULL);
+    assert_int_equal(stk_optim_step_slice(o, p, g, 0, 0), 0);
+    assert_int_equal(stk_optim_step_slice(o, p, g, 0, 4), 0);
+    assert_int_equal(stk_optim_step_end(o), 0);
+    expect_err(stk_optim_step_begin(NULL), -EINVAL, NULL);
+    expect_err(stk_optim_step_end(NULL), -EINVAL, NULL);
+    assert_int_equal(stk_optim_group_steps(o, 0), 1);
+    stk_optim_destroy(&o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -433,6 +519,7 @@ int main(void)
         cmocka_unit_test(test_bad_blobs),      cmocka_unit_test(test_parse),
         cmocka_unit_test(test_create_errors),  cmocka_unit_test(test_accessors),
         cmocka_unit_test(test_sgd_momentum_restart), cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_step_slices),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
