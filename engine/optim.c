@@ -21,6 +21,7 @@
 #define OPTIM_MAGIC "STKOPTM"
 #define OPTIM_VERSION 1u
 #define OPTIM_NBUF 3
+#define OPTIM_PAR_CHUNK ((size_t)1 << 16) /* elements per OpenMP work item */
 
 typedef struct optim_group {
     stk_optim_range_t *ranges;
@@ -740,7 +741,21 @@ int stk_optim_step(stk_optim_t *o, float *params, const float *grads)
     int rc = stk_optim_step_begin(o);
     if (rc)
         return rc;
-    rc = stk_optim_step_slice(o, params, grads, 0, o->n);
+#if defined(_OPENMP)
+    /* Built with OpenMP (the engine's oneDNN dependency brings it): split
+     * large arrays over the OpenMP threads, like PyTorch's intra-op
+     * threads. Elementwise, so the bits do not depend on the split. */
+    if (o->n >= 4 * OPTIM_PAR_CHUNK) {
+        long chunks = (long)((o->n + OPTIM_PAR_CHUNK - 1) / OPTIM_PAR_CHUNK);
+#pragma omp parallel for schedule(static)
+        for (long c = 0; c < chunks; c++) {
+            size_t off = (size_t)c * OPTIM_PAR_CHUNK;
+            size_t cnt = o->n - off < OPTIM_PAR_CHUNK ? o->n - off : OPTIM_PAR_CHUNK;
+            stk_optim_step_slice(o, params, grads, off, cnt);
+        }
+    } else
+#endif
+        rc = stk_optim_step_slice(o, params, grads, 0, o->n);
     stk_optim_step_end(o);
     return rc;
 }

@@ -512,6 +512,49 @@ static void test_step_slices(void **state)
     stk_optim_destroy(&o);
 }
 
+/* A large array: stk_optim_step (split over OpenMP threads when the
+ * library is built with OpenMP) equals one single-threaded slice. */
+static void test_large_step(void **state)
+{
+    (void)state;
+    const size_t n = 300007;
+    float *p1 = malloc(n * sizeof(float)), *p2 = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
+    assert_non_null(p1);
+    assert_non_null(p2);
+    assert_non_null(g);
+    const stk_optim_kind_t kinds[] = {STK_OPTIM_SGD, STK_OPTIM_ADAMW, STK_OPTIM_RMSPROP};
+    for (size_t k = 0; k < 3; k++) {
+        stk_optim_config_t cfg = stk_optim_config_default(kinds[k], n);
+        cfg.defaults.momentum = 0.9;
+        stk_optim_range_t ra[2] = {{0, 100000}, {250000, 50007}}, rb[1] = {{100000, 150000}};
+        stk_optim_group_t gs[2] = {{ra, 2, cfg.defaults}, {rb, 1, cfg.defaults}};
+        gs[1].h.weight_decay = 0;
+        cfg.groups = gs;
+        cfg.n_groups = 2;
+        stk_optim_t *a = NULL, *b = NULL;
+        assert_int_equal(stk_optim_create(&a, &cfg), 0);
+        assert_int_equal(stk_optim_create(&b, &cfg), 0);
+        stk_rng_t rng;
+        stk_rng_init(&rng, 3, k);
+        for (size_t i = 0; i < n; i++)
+            p1[i] = p2[i] = stk_rng_uniform(&rng) - 0.5f;
+        for (int s = 0; s < 3; s++) {
+            for (size_t i = 0; i < n; i++)
+                g[i] = stk_rng_uniform(&rng) - 0.5f;
+            assert_int_equal(stk_optim_step(a, p1, g), 0);
+            assert_int_equal(stk_optim_step_begin(b), 0);
+            assert_int_equal(stk_optim_step_slice(b, p2, g, 0, n), 0);
+            assert_int_equal(stk_optim_step_end(b), 0);
+        }
+        assert_memory_equal(p1, p2, n * sizeof(float));
+        stk_optim_destroy(&a);
+        stk_optim_destroy(&b);
+    }
+    free(p1);
+    free(p2);
+    free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -519,7 +562,7 @@ int main(void)
         cmocka_unit_test(test_bad_blobs),      cmocka_unit_test(test_parse),
         cmocka_unit_test(test_create_errors),  cmocka_unit_test(test_accessors),
         cmocka_unit_test(test_sgd_momentum_restart), cmocka_unit_test(test_garbage),
-        cmocka_unit_test(test_step_slices),
+        cmocka_unit_test(test_step_slices),          cmocka_unit_test(test_large_step),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
