@@ -14,10 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
 
 #define OPTIM_MAGIC "STKOPTM"
 #define OPTIM_VERSION 1u
 #define OPTIM_NBUF 3
+#define OPTIM_PAR_CHUNK ((size_t)1 << 16) /* elements per OpenMP work item */
 
 typedef struct optim_group {
     stk_optim_range_t *ranges;
@@ -38,6 +42,7 @@ struct stk_optim {
      *   Adam(W): [0] exp_avg, [1] exp_avg_sq, [2] max_exp_avg_sq
      *   RMSprop: [0] square_avg, [1] momentum_buffer, [2] grad_avg */
     float *buf[OPTIM_NBUF];
+    int in_step; /* between stk_optim_step_begin and stk_optim_step_end */
 };
 
 /* ---- text values ------------------------------------------------------ */
@@ -82,7 +87,10 @@ int stk__parse_count(const char *s, int64_t steps_per_epoch, int64_t *out)
             return -1;
         if (steps_per_epoch <= 0)
             return -2;
-        *out = (int64_t)llround(ep * (double)steps_per_epoch);
+        double steps = ep * (double)steps_per_epoch;
+        if (steps > 9e18)
+            return -1;
+        *out = (int64_t)llround(steps);
         return 0;
     }
     char *end;
@@ -441,12 +449,32 @@ static int need_buf(stk_optim_t *o, int i)
     return o->buf[i] ? 0 : stk__error(-ENOMEM, "optimizer: out of memory for %zu state values", o->n);
 }
 
+/* Square roots of a block, in place. A plain sqrtf loop does not
+ * vectorize: GCC keeps errno semantics for sqrtf unless the whole build
+ * has -fno-math-errno (an optimize attribute or pragma does not do it).
+ * SSE's sqrtps rounds exactly as sqrtf, so results are the same bits. The
+ * Adam and RMSprop loops below are split around this call in blocks that
+ * stay in L1, so the rest of them vectorizes too (about 4x faster). */
+#define SQRT_BLOCK 512
+
+static void sqrt_block(float *x, size_t n)
+{
+    size_t i = 0;
+#if defined(__SSE__)
+    for (; i + 4 <= n; i += 4)
+        _mm_storeu_ps(x + i, _mm_sqrt_ps(_mm_loadu_ps(x + i)));
+#endif
+    for (; i < n; i++)
+        x[i] = sqrtf(x[i]);
+}
+
 /* In the functions below every hyper-parameter is first rounded to float
  * and every operation is float, in PyTorch's order: `a.add_(b, alpha=s)`
  * is a + s*b, `addcmul_(b, c, value=s)` is a + (s*b)*c and
  * `addcdiv_(b, c, value=s)` is a + (s*b)/c. */
 
-static void sgd_range(const optim_group_t *g, float *p, const float *gr, float *buf, size_t n, int first)
+static void sgd_range(const optim_group_t *g, float *restrict p, const float *restrict gr,
+                             float *restrict buf, size_t n, int first)
 {
     const float wd = (float)g->h.weight_decay, mom = (float)g->h.momentum;
     const float damp1 = (float)(1.0 - g->h.dampening), neglr = (float)(-g->h.lr);
@@ -465,70 +493,155 @@ static void sgd_range(const optim_group_t *g, float *p, const float *gr, float *
     }
 }
 
-static void adam_range(const optim_group_t *g, int decoupled, float *p, const float *gr, float *m, float *v,
-                       float *vmax, size_t n)
+/* Scalars of one Adam(W) step, rounded to float as PyTorch does. */
+typedef struct adam_k {
+    float b1, omb1, b2, omb2, neg_step, bc2s, eps, wd, decay, sign;
+} adam_k_t;
+
+/* The body, specialised by constant flags (see adam_range) so that each
+ * instance is a branch-free loop the compiler vectorizes. maximize is a
+ * multiplication by -1, which is exact. */
+static inline __attribute__((always_inline)) void
+adam_body(const adam_k_t *k, float *restrict p, const float *restrict gr, float *restrict m, float *restrict v,
+          float *restrict vmax, size_t n, const int decoupled, const int use_wd, const int ams)
+{
+    const float b1 = k->b1, omb1 = k->omb1, b2 = k->b2, omb2 = k->omb2, neg_step = k->neg_step;
+    const float bc2s = k->bc2s, eps = k->eps, wd = k->wd, decay = k->decay, sign = k->sign;
+    float root[SQRT_BLOCK];
+    for (size_t at = 0; at < n; at += SQRT_BLOCK) {
+        size_t len = n - at < SQRT_BLOCK ? n - at : SQRT_BLOCK;
+        float *restrict pp = p + at, *restrict mm = m + at, *restrict vv = v + at;
+        const float *restrict gg = gr + at;
+        for (size_t j = 0; j < len; j++) {
+            float d = gg[j] * sign;
+            if (decoupled)
+                pp[j] = pp[j] * decay;
+            if (use_wd)
+                d = d + wd * pp[j];
+            mm[j] = mm[j] * b1 + omb1 * d;
+            float x = vv[j] * b2 + (omb2 * d) * d;
+            vv[j] = x;
+            if (ams) {
+                /* torch.maximum propagates NaN */
+                float a = vmax[at + j];
+                a = (a != a || a > x) ? a : x;
+                vmax[at + j] = a;
+                x = a;
+            }
+            root[j] = x;
+        }
+        sqrt_block(root, len);
+        for (size_t j = 0; j < len; j++)
+            pp[j] = pp[j] + (neg_step * mm[j]) / (root[j] / bc2s + eps);
+    }
+}
+
+static void adam_range(const optim_group_t *g, int decoupled, float *restrict p, const float *restrict gr,
+                              float *restrict m, float *restrict v, float *restrict vmax, size_t n)
 {
     const double step = (double)g->step;
     const double bc1 = 1.0 - pow(g->h.beta1, step), bc2 = 1.0 - pow(g->h.beta2, step);
-    const float b1 = (float)g->h.beta1, omb1 = (float)(1.0 - g->h.beta1);
-    const float b2 = (float)g->h.beta2, omb2 = (float)(1.0 - g->h.beta2);
-    const float neg_step = (float)(-(g->h.lr / bc1)), bc2s = (float)sqrt(bc2), eps = (float)g->h.eps;
-    const float wd = (float)g->h.weight_decay, decay = (float)(1.0 - g->h.lr * g->h.weight_decay);
-    const int use_wd = !decoupled && g->h.weight_decay != 0, maxi = g->h.maximize, ams = g->h.amsgrad;
-    for (size_t i = 0; i < n; i++) {
-        float d = maxi ? -gr[i] : gr[i];
+    adam_k_t k = {
+        .b1 = (float)g->h.beta1, .omb1 = (float)(1.0 - g->h.beta1),
+        .b2 = (float)g->h.beta2, .omb2 = (float)(1.0 - g->h.beta2),
+        .neg_step = (float)(-(g->h.lr / bc1)), .bc2s = (float)sqrt(bc2), .eps = (float)g->h.eps,
+        .wd = (float)g->h.weight_decay, .decay = (float)(1.0 - g->h.lr * g->h.weight_decay),
+        .sign = g->h.maximize ? -1.0f : 1.0f,
+    };
+    const int use_wd = !decoupled && g->h.weight_decay != 0;
+    if (g->h.amsgrad) {
         if (decoupled)
-            p[i] = p[i] * decay;
+            adam_body(&k, p, gr, m, v, vmax, n, 1, 0, 1);
         else if (use_wd)
-            d = d + wd * p[i];
-        m[i] = m[i] * b1 + omb1 * d;
-        v[i] = v[i] * b2 + (omb2 * d) * d;
-        float den;
-        if (ams) {
-            /* torch.maximum propagates NaN */
-            float a = vmax[i], b = v[i];
-            vmax[i] = (a != a || a > b) ? a : b;
-            den = sqrtf(vmax[i]) / bc2s + eps;
-        } else {
-            den = sqrtf(v[i]) / bc2s + eps;
-        }
-        p[i] = p[i] + (neg_step * m[i]) / den;
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 1, 1);
+        else
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 0, 1);
+    } else {
+        if (decoupled)
+            adam_body(&k, p, gr, m, v, vmax, n, 1, 0, 0);
+        else if (use_wd)
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 1, 0);
+        else
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 0, 0);
     }
 }
 
-static void rmsprop_range(const optim_group_t *g, float *p, const float *gr, float *sq, float *buf, float *ga,
-                          size_t n)
+typedef struct rms_k {
+    float a, oma, eps, wd, mom, neglr, sign;
+} rms_k_t;
+
+static inline __attribute__((always_inline)) void
+rmsprop_body(const rms_k_t *k, float *restrict p, const float *restrict gr, float *restrict sq,
+             float *restrict buf, float *restrict ga, size_t n, const int use_wd, const int cen, const int use_mom)
 {
-    const float a = (float)g->h.alpha, oma = (float)(1.0 - g->h.alpha), eps = (float)g->h.eps;
-    const float wd = (float)g->h.weight_decay, mom = (float)g->h.momentum, neglr = (float)(-g->h.lr);
-    const int use_wd = g->h.weight_decay != 0, maxi = g->h.maximize, cen = g->h.centered;
-    const int use_mom = g->h.momentum > 0;
-    for (size_t i = 0; i < n; i++) {
-        float d = maxi ? -gr[i] : gr[i];
-        if (use_wd)
-            d = d + wd * p[i];
-        sq[i] = sq[i] * a + (oma * d) * d;
-        float avg;
+    const float a = k->a, oma = k->oma, eps = k->eps, wd = k->wd, mom = k->mom, neglr = k->neglr;
+    const float sign = k->sign;
+    float root[SQRT_BLOCK], dd[SQRT_BLOCK];
+    for (size_t at = 0; at < n; at += SQRT_BLOCK) {
+        size_t len = n - at < SQRT_BLOCK ? n - at : SQRT_BLOCK;
+        float *restrict pp = p + at, *restrict ss = sq + at;
+        const float *restrict gg = gr + at;
+        for (size_t j = 0; j < len; j++) {
+            float d = gg[j] * sign;
+            if (use_wd)
+                d = d + wd * pp[j];
+            dd[j] = d;
+            float s = ss[j] * a + (oma * d) * d;
+            ss[j] = s;
+            if (cen) {
+                float x = ga[at + j] * a + oma * d;
+                ga[at + j] = x;
+                s = s + (-x) * x;
+            }
+            root[j] = s;
+        }
+        sqrt_block(root, len);
+        for (size_t j = 0; j < len; j++) {
+            float avg = root[j] + eps;
+            if (use_mom) {
+                float b = buf[at + j] * mom + dd[j] / avg;
+                buf[at + j] = b;
+                pp[j] = pp[j] + neglr * b;
+            } else {
+                pp[j] = pp[j] + (neglr * dd[j]) / avg;
+            }
+        }
+    }
+}
+
+static void rmsprop_range(const optim_group_t *g, float *restrict p, const float *restrict gr,
+                                 float *restrict sq, float *restrict buf, float *restrict ga, size_t n)
+{
+    rms_k_t k = {
+        .a = (float)g->h.alpha, .oma = (float)(1.0 - g->h.alpha), .eps = (float)g->h.eps,
+        .wd = (float)g->h.weight_decay, .mom = (float)g->h.momentum, .neglr = (float)(-g->h.lr),
+        .sign = g->h.maximize ? -1.0f : 1.0f,
+    };
+    const int use_wd = g->h.weight_decay != 0, cen = g->h.centered, use_mom = g->h.momentum > 0;
+    /* Eight constant-flag instances, one per combination. */
+#define RMS(W, C, M) rmsprop_body(&k, p, gr, sq, buf, ga, n, W, C, M)
+    if (use_wd) {
         if (cen) {
-            ga[i] = ga[i] * a + oma * d;
-            avg = sqrtf(sq[i] + (-ga[i]) * ga[i]);
+            if (use_mom) RMS(1, 1, 1); else RMS(1, 1, 0);
         } else {
-            avg = sqrtf(sq[i]);
+            if (use_mom) RMS(1, 0, 1); else RMS(1, 0, 0);
         }
-        avg = avg + eps;
-        if (use_mom) {
-            buf[i] = buf[i] * mom + d / avg;
-            p[i] = p[i] + neglr * buf[i];
+    } else {
+        if (cen) {
+            if (use_mom) RMS(0, 1, 1); else RMS(0, 1, 0);
         } else {
-            p[i] = p[i] + (neglr * d) / avg;
+            if (use_mom) RMS(0, 0, 1); else RMS(0, 0, 0);
         }
     }
+#undef RMS
 }
 
-int stk_optim_step(stk_optim_t *o, float *params, const float *grads)
+int stk_optim_step_begin(stk_optim_t *o)
 {
-    if (!o || (o->n && (!params || !grads)))
-        return stk__error(-EINVAL, "stk_optim_step: NULL argument");
+    if (!o)
+        return stk__error(-EINVAL, "stk_optim_step_begin: NULL argument");
+    if (o->in_step)
+        return stk__error(STK_ESTATE, "stk_optim_step_begin: a step is already open (call stk_optim_step_end)");
     /* Allocate every buffer this step needs before touching anything, so
      * that -ENOMEM leaves params and state as they were. */
     for (size_t gi = 0; gi < o->ng; gi++) {
@@ -558,34 +671,93 @@ int stk_optim_step(stk_optim_t *o, float *params, const float *grads)
         if (rc)
             return rc;
     }
+    for (size_t gi = 0; gi < o->ng; gi++)
+        o->groups[gi].step++;
+    o->in_step = 1;
+    return 0;
+}
+
+int stk_optim_step_slice(const stk_optim_t *o, float *params, const float *grads, size_t offset, size_t count)
+{
+    if (!o || (count && (!params || !grads)))
+        return stk__error(-EINVAL, "stk_optim_step_slice: NULL argument");
+    if (!o->in_step)
+        return stk__error(STK_ESTATE, "stk_optim_step_slice: no open step (call stk_optim_step_begin)");
+    if (offset > o->n || count > o->n - offset)
+        return stk__error(-ERANGE, "stk_optim_step_slice: [%zu, +%zu) outside the %zu parameters", offset, count,
+                          o->n);
+    size_t lo = offset, hi = offset + count;
     for (size_t gi = 0; gi < o->ng; gi++) {
-        optim_group_t *g = &o->groups[gi];
-        g->step++;
+        const optim_group_t *g = &o->groups[gi];
         for (size_t r = 0; r < g->n_ranges; r++) {
-            size_t off = g->ranges[r].offset, n = g->ranges[r].count;
-            float *p = params + off;
-            const float *gr = grads + off;
+            size_t a = g->ranges[r].offset, b = a + g->ranges[r].count;
+            if (a < lo)
+                a = lo;
+            if (b > hi)
+                b = hi;
+            if (a >= b)
+                continue;
+            size_t n = b - a;
+            float *p = params + a;
+            const float *gr = grads + a;
             switch (o->kind) {
             case STK_OPTIM_SGD:
-                sgd_range(g, p, gr, o->buf[0] ? o->buf[0] + off : NULL, n, !g->buf_valid);
+                sgd_range(g, p, gr, o->buf[0] ? o->buf[0] + a : NULL, n, !g->buf_valid);
                 break;
             case STK_OPTIM_ADAM:
             case STK_OPTIM_ADAMW:
-                adam_range(g, o->kind == STK_OPTIM_ADAMW, p, gr, o->buf[0] + off, o->buf[1] + off,
-                           o->buf[2] ? o->buf[2] + off : NULL, n);
+                adam_range(g, o->kind == STK_OPTIM_ADAMW, p, gr, o->buf[0] + a, o->buf[1] + a,
+                           o->buf[2] ? o->buf[2] + a : NULL, n);
                 break;
             case STK_OPTIM_RMSPROP:
-                rmsprop_range(g, p, gr, o->buf[0] + off, o->buf[1] ? o->buf[1] + off : NULL,
-                              o->buf[2] ? o->buf[2] + off : NULL, n);
+                rmsprop_range(g, p, gr, o->buf[0] + a, o->buf[1] ? o->buf[1] + a : NULL,
+                              o->buf[2] ? o->buf[2] + a : NULL, n);
                 break;
             }
         }
-        /* PyTorch stores the buffer back after the step: None whenever the
-         * step ran without momentum, so it starts afresh later. */
-        if (o->kind == STK_OPTIM_SGD)
-            g->buf_valid = g->h.momentum != 0;
     }
     return 0;
+}
+
+int stk_optim_step_end(stk_optim_t *o)
+{
+    if (!o)
+        return stk__error(-EINVAL, "stk_optim_step_end: NULL argument");
+    if (!o->in_step)
+        return stk__error(STK_ESTATE, "stk_optim_step_end: no open step");
+    /* PyTorch stores the buffer back after the step: None whenever the
+     * step ran without momentum, so it starts afresh later. */
+    if (o->kind == STK_OPTIM_SGD)
+        for (size_t gi = 0; gi < o->ng; gi++)
+            o->groups[gi].buf_valid = o->groups[gi].h.momentum != 0;
+    o->in_step = 0;
+    return 0;
+}
+
+int stk_optim_step(stk_optim_t *o, float *params, const float *grads)
+{
+    if (!o || (o->n && (!params || !grads)))
+        return stk__error(-EINVAL, "stk_optim_step: NULL argument");
+    int rc = stk_optim_step_begin(o);
+    if (rc)
+        return rc;
+#if defined(_OPENMP)
+    /* Built with OpenMP (the engine's oneDNN dependency brings it): split
+     * large arrays over the OpenMP threads, like PyTorch's intra-op
+     * threads. Elementwise, so the bits do not depend on the split. */
+    if (o->n >= 4 * OPTIM_PAR_CHUNK) {
+        long chunks = (long)((o->n + OPTIM_PAR_CHUNK - 1) / OPTIM_PAR_CHUNK);
+#pragma omp parallel for schedule(static)
+        for (long c = 0; c < chunks; c++) {
+            size_t off = (size_t)c * OPTIM_PAR_CHUNK;
+            size_t cnt = o->n - off < OPTIM_PAR_CHUNK ? o->n - off : OPTIM_PAR_CHUNK;
+            stk_optim_step_slice(o, params, grads, off, cnt);
+        }
+    } else
+#endif
+        rc = stk_optim_step_slice(o, params, grads, 0, o->n);
+    stk_optim_step_end(o);
+    return rc;
 }
 
 /* ---- accessors -------------------------------------------------------- */
@@ -718,6 +890,8 @@ int stk_optim_state_save(const stk_optim_t *o, void *buf, size_t cap, size_t *wr
 {
     if (!o || !written || (!buf && cap))
         return stk__error(-EINVAL, "stk_optim_state_save: NULL argument");
+    if (o->in_step)
+        return stk__error(STK_ESTATE, "optimizer state: a step is open (call stk_optim_step_end first)");
     size_t need = stk_optim_state_size(o);
     *written = need;
     if (cap < need)
@@ -732,6 +906,8 @@ int stk_optim_state_load(stk_optim_t *o, const void *buf, size_t len)
 {
     if (!o || (!buf && len))
         return stk__error(-EINVAL, "stk_optim_state_load: NULL argument");
+    if (o->in_step)
+        return stk__error(STK_ESTATE, "optimizer state: a step is open (call stk_optim_step_end first)");
     if (len < 8 + 8 || memcmp(buf, OPTIM_MAGIC, 8) != 0)
         return stk__error(STK_EFORMAT, "optimizer state: not an optimizer state blob (%zu bytes, bad magic)", len);
     stk__blobr_t r = {buf, len - 8, 8, 0};

@@ -1,3 +1,4 @@
+#!/usr/bin/python3
 # SPDX-License-Identifier: MIT
 # Writes the PyTorch reference trajectories that tests/unit/test_optim.c and
 # test_sched.c compare against, under tests/data/optim/. Run with Debian's

@@ -36,7 +36,12 @@ extern "C" {
  *            else d = sqrt(s) + eps; momentum > 0: buf = momentum buf + g/d,
  *            p -= lr * buf; else p -= lr * g / d.
  * Step counts are per group (PyTorch keeps one per tensor; all tensors of a
- * group step together, so it is the same number).
+ * group step together, so it is the same number). Terms with a zero
+ * weight_decay are skipped, as in PyTorch; NaN and Inf propagate.
+ * Agreement with PyTorch: same operations in the same order, but its
+ * AVX2 kernels fuse some multiply-adds where we round twice, so values
+ * differ by an ulp or two per step (tests allow 1e-6 relative to
+ * max(|p|, 1) over 20 steps; the largest seen is 1.6e-7).
  *
  * Gradient accumulation: the optimizer knows nothing of micro-batches. The
  * caller sums (or averages: PyTorch users divide the loss by accum_steps)
@@ -141,9 +146,30 @@ STK_API void stk_optim_destroy(stk_optim_t **opt);
 
 /* One update of every group: reads grads[i], updates params[i] and the state
  * for every i in a group. Both arrays have cfg.n_params elements and are
- * borrowed for the call only (the engine's flat arenas). params and grads
- * must not overlap. Returns 0 or -EINVAL. Not thread-safe on one optimizer. */
+ * borrowed for the call only (the engine's flat arenas, host memory).
+ * params and grads must not overlap. Does not zero grads (the caller's
+ * job, before the next accumulation). Single-threaded. Returns 0, -EINVAL,
+ * or -ENOMEM when the first step cannot allocate its state (then nothing
+ * changed). Not thread-safe on one optimizer. */
 STK_API int stk_optim_step(stk_optim_t *opt, float *params, const float *grads);
+
+/* The same step in pieces, for threads or for overlapping the update with
+ * a bucketed all-reduce: stk_optim_step_begin (allocates state, advances
+ * the step counts), then stk_optim_step_slice over slices that together
+ * cover every element of every group exactly once, in any order, then
+ * stk_optim_step_end. The result is bit-identical to stk_optim_step.
+ * Slices with disjoint [offset, offset + count) may run concurrently on
+ * different threads; params and grads are the whole arrays (as for
+ * stk_optim_step) and only the slice's elements in a group are touched.
+ * Between begin and end, call nothing else on the optimizer (no set_lr;
+ * state save/load answer STK_ESTATE). Returns: begin 0, STK_ESTATE (a
+ * step is open), -EINVAL, -ENOMEM (nothing changed); slice 0, STK_ESTATE
+ * (no open step), -ERANGE (slice outside the arrays), -EINVAL; end 0,
+ * STK_ESTATE, -EINVAL. */
+STK_API int stk_optim_step_begin(stk_optim_t *opt);
+STK_API int stk_optim_step_slice(const stk_optim_t *opt, float *params, const float *grads, size_t offset,
+                                 size_t count);
+STK_API int stk_optim_step_end(stk_optim_t *opt);
 
 STK_API size_t stk_optim_num_groups(const stk_optim_t *opt);
 STK_API stk_optim_kind_t stk_optim_kind(const stk_optim_t *opt);
@@ -342,7 +368,9 @@ STK_API int stk_sched_parse(const char *text, int64_t steps_per_epoch, stk_sched
 /* Creates a scheduler driving `opt` (borrowed: it must outlive the
  * scheduler) and sets every group's lr to the value at t = 0 (ONECYCLE
  * with cycle_momentum also sets momentum / beta1). Base lrs are read from
- * opt now. Returns 0, STK_ECONFIG (bad value, named), -EINVAL, -ENOMEM. */
+ * opt now. Returns 0, STK_ECONFIG (bad value, named), -EINVAL, -ENOMEM.
+ * A scheduler and its optimizer belong to one thread at a time: the
+ * scheduler functions below are not thread-safe on one object. */
 STK_API int stk_sched_create(stk_sched_t **out, const stk_sched_config_t *cfg, stk_optim_t *opt);
 /* Frees *s and sets it to NULL; NULL-safe. Leaves the optimizer as is. */
 STK_API void stk_sched_destroy(stk_sched_t **s);

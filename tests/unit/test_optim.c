@@ -5,6 +5,7 @@
  * bit-exactly, bad blobs and bad configs fail with clear messages. */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -380,13 +381,188 @@ static void test_sgd_momentum_restart(void **state)
     stk_optim_destroy(&o);
 }
 
+/* Random texts from the grammar's alphabet give 0 or STK_ECONFIG; random
+ * byte flips in a blob give an error (or, where the checksum cannot tell,
+ * a clean load), never a crash. */
+static void test_garbage(void **state)
+{
+    (void)state;
+    static const char *const atoms[] = {
+        "sgd", "adam", "adamw", "rmsprop", ":", ",", "=", ";", "lr", "momentum", "betas", "nesterov",
+        "weight_decay", "eps", "0.9", "1", "-1", "true", "nan", "1e999", "x", " ",
+    };
+    stk_rng_t rng;
+    stk_rng_init(&rng, 7, 0);
+    for (int it = 0; it < 3000; it++) {
+        char text[256] = "";
+        unsigned n = 1 + (unsigned)stk_rng_below(&rng, 12);
+        for (unsigned j = 0; j < n; j++)
+            strcat(text, atoms[stk_rng_below(&rng, sizeof(atoms) / sizeof(atoms[0]))]);
+        stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_SGD, 4);
+        int rc = stk_optim_config_parse(text, &cfg);
+        if (rc != 0 && rc != STK_ECONFIG)
+            fail_msg("parse '%s' returned %d", text, rc);
+    }
+    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_RMSPROP, 8);
+    cfg.defaults.momentum = 0.5;
+    cfg.defaults.centered = 1;
+    stk_optim_t *a = NULL, *b = NULL;
+    assert_int_equal(stk_optim_create(&a, &cfg), 0);
+    assert_int_equal(stk_optim_create(&b, &cfg), 0);
+    float p[8] = {1, 2, 3, 4, 5, 6, 7, 8}, g[8] = {1, -1, 1, -1, 1, -1, 1, -1};
+    assert_int_equal(stk_optim_step(a, p, g), 0);
+    size_t need = stk_optim_state_size(a), wrote;
+    unsigned char *blob = malloc(need), *bad = malloc(need);
+    assert_int_equal(stk_optim_state_save(a, blob, need, &wrote), 0);
+    for (int it = 0; it < 2000; it++) {
+        memcpy(bad, blob, need);
+        size_t len = stk_rng_below(&rng, 4) ? need : (size_t)stk_rng_below(&rng, need + 1);
+        bad[stk_rng_below(&rng, need)] ^= (unsigned char)(1u << stk_rng_below(&rng, 8));
+        int rc = stk_optim_state_load(b, bad, len);
+        assert_true(rc == 0 || rc == STK_EFORMAT || rc == STK_ESHAPE || rc == STK_EDATA);
+    }
+    free(blob);
+    free(bad);
+    stk_optim_destroy(&a);
+    stk_optim_destroy(&b);
+}
+
+typedef struct slice_job {
+    const stk_optim_t *opt;
+    float *p;
+    const float *g;
+    size_t off, cnt;
+    int rc;
+} slice_job_t;
+
+static void *run_slice(void *arg)
+{
+    slice_job_t *j = arg;
+    j->rc = stk_optim_step_slice(j->opt, j->p, j->g, j->off, j->cnt);
+    return NULL;
+}
+
+/* begin / slices / end, with slices in a scrambled order and on threads,
+ * gives the same bits as stk_optim_step. */
+static void test_step_slices(void **state)
+{
+    (void)state;
+    static ocase_t c;
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        load_case(&c, cases[k]);
+        stk_optim_t *a = NULL, *b = NULL, *t = NULL;
+        assert_int_equal(stk_optim_create(&a, &c.cfg), 0);
+        assert_int_equal(stk_optim_create(&b, &c.cfg), 0);
+        assert_int_equal(stk_optim_create(&t, &c.cfg), 0);
+        float pa[N], pb[N], pt[N];
+        memcpy(pa, c.init, sizeof(pa));
+        memcpy(pb, c.init, sizeof(pb));
+        memcpy(pt, c.init, sizeof(pt));
+        for (int s = 0; s < STEPS; s++) {
+            assert_int_equal(stk_optim_step(a, pa, c.grad[s]), 0);
+            /* Slices cut across the group ranges: [5,12) [0,2) [2,5). */
+            assert_int_equal(stk_optim_step_begin(b), 0);
+            assert_int_equal(stk_optim_step_slice(b, pb, c.grad[s], 5, 7), 0);
+            assert_int_equal(stk_optim_step_slice(b, pb, c.grad[s], 0, 2), 0);
+            assert_int_equal(stk_optim_step_slice(b, pb, c.grad[s], 2, 3), 0);
+            assert_int_equal(stk_optim_step_end(b), 0);
+            assert_memory_equal(pa, pb, sizeof(pa));
+            /* Four threads, three elements each. */
+            pthread_t th[4];
+            slice_job_t jobs[4];
+            assert_int_equal(stk_optim_step_begin(t), 0);
+            for (int i = 0; i < 4; i++) {
+                jobs[i] = (slice_job_t){t, pt, c.grad[s], (size_t)i * 3, 3, -1};
+                assert_int_equal(pthread_create(&th[i], NULL, run_slice, &jobs[i]), 0);
+            }
+            for (int i = 0; i < 4; i++) {
+                pthread_join(th[i], NULL);
+                assert_int_equal(jobs[i].rc, 0);
+            }
+            assert_int_equal(stk_optim_step_end(t), 0);
+            assert_memory_equal(pa, pt, sizeof(pa));
+        }
+        stk_optim_destroy(&a);
+        stk_optim_destroy(&b);
+        stk_optim_destroy(&t);
+        fx_free(&c.fx);
+    }
+
+    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_ADAM, 4);
+    stk_optim_t *o = NULL;
+    assert_int_equal(stk_optim_create(&o, &cfg), 0);
+    float p[4] = {0}, g[4] = {1, 1, 1, 1};
+    unsigned char blob[4096];
+    size_t wrote;
+    expect_err(stk_optim_step_slice(o, p, g, 0, 4), STK_ESTATE, "no open step");
+    expect_err(stk_optim_step_end(o), STK_ESTATE, "no open step");
+    assert_int_equal(stk_optim_step_begin(o), 0);
+    expect_err(stk_optim_step_begin(o), STK_ESTATE, "already open");
+    expect_err(stk_optim_step(o, p, g), STK_ESTATE, "already open");
+    expect_err(stk_optim_state_save(o, blob, sizeof(blob), &wrote), STK_ESTATE, "step is open");
+    expect_err(stk_optim_state_load(o, blob, sizeof(blob)), STK_ESTATE, "step is open");
+    expect_err(stk_optim_step_slice(o, p, g, 3, 2), -ERANGE, "outside the 4 parameters");
+    expect_err(stk_optim_step_slice(o, NULL, g, 0, 1), -EINVAL, NULL);
+    assert_int_equal(stk_optim_step_slice(o, p, g, 0, 0), 0);
+    assert_int_equal(stk_optim_step_slice(o, p, g, 0, 4), 0);
+    assert_int_equal(stk_optim_step_end(o), 0);
+    expect_err(stk_optim_step_begin(NULL), -EINVAL, NULL);
+    expect_err(stk_optim_step_end(NULL), -EINVAL, NULL);
+    assert_int_equal(stk_optim_group_steps(o, 0), 1);
+    stk_optim_destroy(&o);
+}
+
+/* A large array: stk_optim_step (split over OpenMP threads when the
+ * library is built with OpenMP) equals one single-threaded slice. */
+static void test_large_step(void **state)
+{
+    (void)state;
+    const size_t n = 300007;
+    float *p1 = malloc(n * sizeof(float)), *p2 = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
+    assert_non_null(p1);
+    assert_non_null(p2);
+    assert_non_null(g);
+    const stk_optim_kind_t kinds[] = {STK_OPTIM_SGD, STK_OPTIM_ADAMW, STK_OPTIM_RMSPROP};
+    for (size_t k = 0; k < 3; k++) {
+        stk_optim_config_t cfg = stk_optim_config_default(kinds[k], n);
+        cfg.defaults.momentum = 0.9;
+        stk_optim_range_t ra[2] = {{0, 100000}, {250000, 50007}}, rb[1] = {{100000, 150000}};
+        stk_optim_group_t gs[2] = {{ra, 2, cfg.defaults}, {rb, 1, cfg.defaults}};
+        gs[1].h.weight_decay = 0;
+        cfg.groups = gs;
+        cfg.n_groups = 2;
+        stk_optim_t *a = NULL, *b = NULL;
+        assert_int_equal(stk_optim_create(&a, &cfg), 0);
+        assert_int_equal(stk_optim_create(&b, &cfg), 0);
+        stk_rng_t rng;
+        stk_rng_init(&rng, 3, k);
+        for (size_t i = 0; i < n; i++)
+            p1[i] = p2[i] = stk_rng_uniform(&rng) - 0.5f;
+        for (int s = 0; s < 3; s++) {
+            for (size_t i = 0; i < n; i++)
+                g[i] = stk_rng_uniform(&rng) - 0.5f;
+            assert_int_equal(stk_optim_step(a, p1, g), 0);
+            assert_int_equal(stk_optim_step_begin(b), 0);
+            assert_int_equal(stk_optim_step_slice(b, p2, g, 0, n), 0);
+            assert_int_equal(stk_optim_step_end(b), 0);
+        }
+        assert_memory_equal(p1, p2, n * sizeof(float));
+        stk_optim_destroy(&a);
+        stk_optim_destroy(&b);
+    }
+    free(p1);
+    free(p2);
+    free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_trajectories),   cmocka_unit_test(test_state_roundtrip),
         cmocka_unit_test(test_bad_blobs),      cmocka_unit_test(test_parse),
         cmocka_unit_test(test_create_errors),  cmocka_unit_test(test_accessors),
-        cmocka_unit_test(test_sgd_momentum_restart),
+        cmocka_unit_test(test_sgd_momentum_restart), cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_step_slices),          cmocka_unit_test(test_large_step),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -427,6 +427,45 @@ static void test_drives_optimizer(void **state)
     stk_optim_destroy(&o);
 }
 
+/* Random texts from the grammar's alphabet: the parser returns 0 or
+ * STK_ECONFIG, never crashes (ASan/UBSan run this too), and a parsed
+ * config either creates or fails with STK_ECONFIG. */
+static void test_parse_garbage(void **state)
+{
+    (void)state;
+    static const char *const atoms[] = {
+        "warmup", "cosine", "step", "multistep", "onecycle", "plateau", "cooldown", "exp", "constant",
+        "linear", ":", ",", "|", "=", ";", "ep", "1", "0", "-3", "2.5", "1e400", "nan", "T_max", "eta_min",
+        "milestones", "step_size", "gamma", "total_steps", "start", "final", "mode", "max", "abs", "x", " ",
+    };
+    stk_optim_t *o = make_opt(STK_OPTIM_SGD);
+    stk_rng_t rng;
+    stk_rng_init(&rng, 42, 0);
+    for (int it = 0; it < 3000; it++) {
+        char text[256] = "";
+        unsigned n = 1 + (unsigned)stk_rng_below(&rng, 14);
+        for (unsigned j = 0; j < n; j++)
+            strcat(text, atoms[stk_rng_below(&rng, sizeof(atoms) / sizeof(atoms[0]))]);
+        stk_sched_config_t cfg = stk_sched_config_default();
+        cfg.total_steps = (int64_t)stk_rng_below(&rng, 3) * 50;
+        int rc = stk_sched_parse(text, (int64_t)stk_rng_below(&rng, 3), &cfg);
+        if (rc != 0 && rc != STK_ECONFIG)
+            fail_msg("parse '%s' returned %d", text, rc);
+        if (rc)
+            continue;
+        stk_sched_t *s = NULL;
+        rc = stk_sched_create(&s, &cfg, o);
+        if (rc != 0 && rc != STK_ECONFIG)
+            fail_msg("create '%s' returned %d", text, rc);
+        for (int t = 0; s && t < 5; t++) {
+            stk_sched_step_metric(s, 1.0 / (t + 1));
+            assert_true(stk_sched_lr(s, 0) >= 0);
+        }
+        stk_sched_destroy(&s);
+    }
+    stk_optim_destroy(&o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -434,7 +473,7 @@ int main(void)
         cmocka_unit_test(test_cooldown_wsd),       cmocka_unit_test(test_cooldown_after_cosine),
         cmocka_unit_test(test_parse_errors),       cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_plateau_needs_metric), cmocka_unit_test(test_bad_blobs),
-        cmocka_unit_test(test_drives_optimizer),
+        cmocka_unit_test(test_drives_optimizer),   cmocka_unit_test(test_parse_garbage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
