@@ -131,7 +131,12 @@ static void run_fixture(const char *name, double rtol, double atol)
     }
     const float *x = (const float *)(f.data + ex->begin);
     const stk__st_entry_t *el = stk__safetensors_find(&f, "labels"), *es = stk__safetensors_find(&f, "soft");
-    const int64_t *labels = el ? (const int64_t *)(f.data + el->begin) : NULL;
+    /* safetensors does not align data: copy the i64 labels. */
+    int64_t *labels = NULL;
+    if (el) {
+        labels = malloc((size_t)(el->end - el->begin));
+        memcpy(labels, f.data + el->begin, (size_t)(el->end - el->begin));
+    }
     const float *soft = es ? (const float *)(f.data + es->begin) : NULL;
     float loss = 0.0f;
     stk_model_zero_grad(m);
@@ -212,6 +217,7 @@ static void run_fixture(const char *name, double rtol, double atol)
         assert_true(checked >= (int)stk_model_num_params(m));
     stk_model_destroy(&m);
     stk__safetensors_free(&f);
+    free(labels);
     free(buf);
 }
 
