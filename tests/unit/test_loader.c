@@ -1070,7 +1070,7 @@ static void test_shard_dataset(void **state)
     c.augment = "crop:8,pad=2|hflip";
     run_t ref = run_epochs(mem, &c, 1);
     stk_dataset_destroy(&mem);
-    for (int io = 1; io <= 2; io++) {
+    for (int io = 1; io <= 3; io++) {
         stk_shard_dataset_config_t sc2;
         stk_shard_dataset_config_default(&sc2);
         sc2.io = (stk_io_mode_t)io;
