@@ -24,7 +24,8 @@ typedef struct shard_inst {
     stk_io_mode_t io;
     uint32_t max_batch;
     size_t max_stored, max_raw;
-    unsigned char *stored;     /* max_batch * max_stored, registered */
+    unsigned char *stored;     /* grown to the largest batch read, registered */
+    size_t stored_cap;
     unsigned char *raw;        /* one decoded record */
     stk_record_loc_t *locs;
     stk__read_req_t *reqs;
@@ -106,22 +107,32 @@ static int shard_buffers(shard_inst_t *s)
     rc = stk__reader_create(&s->reader, s->io, s->max_batch);
     if (rc)
         return rc;
-    s->stored = malloc(s->max_batch * (s->max_stored ? s->max_stored : 1));
     s->raw = malloc(s->max_raw ? s->max_raw : 1);
     s->locs = calloc(s->max_batch, sizeof *s->locs);
     s->reqs = calloc(s->max_batch, sizeof *s->reqs);
-    if (!s->stored || !s->raw || !s->locs || !s->reqs) {
+    if (!s->raw || !s->locs || !s->reqs) {
         stk__reader_destroy(&s->reader);
-    if (s->maps) {
-        for (uint32_t i = 0; i < stk_shardset_num_shards(s->set); i++)
-            if (s->maps[i])
-                munmap(s->maps[i], s->map_len[i]);
-        free(s->maps);
-        free(s->map_len);
-    }
         return stk__error(-ENOMEM, "shard dataset: buffers for %u records", s->max_batch);
     }
-    stk__reader_register(s->reader, s->stored, s->max_batch * s->max_stored);
+    return 0;
+}
+
+/* Room for `need` stored bytes: sized by what batches really read, not
+ * max_batch times the largest record (which, pinned for fixed-buffer
+ * reads, would cost time and RSS up front). */
+static int shard_room(shard_inst_t *s, size_t need)
+{
+    if (need <= s->stored_cap)
+        return 0;
+    size_t cap = need + need / 4;
+    unsigned char *b = malloc(cap);
+    if (!b)
+        return stk__error(-ENOMEM, "shard dataset: read buffer of %zu bytes", cap);
+    free(s->stored);
+    s->stored = b;
+    s->stored_cap = cap;
+    if (s->reader)
+        stk__reader_register(s->reader, b, cap);
     return 0;
 }
 
@@ -165,7 +176,9 @@ static int shard_get(void *p, uint64_t index, void *buf, size_t cap, stk_record_
                             stk_shardset_shard_path(s->set, loc.shard),
                             (unsigned long long)loc.local_index);
     } else {
-        rc = stk_shardset_read_raw(s->set, index, s->stored, s->max_stored, &loc);
+        rc = shard_room(s, s->max_stored ? s->max_stored : 1);
+        if (rc == 0)
+            rc = stk_shardset_read_raw(s->set, index, s->stored, s->max_stored, &loc);
     }
     uint64_t t1 = stk__now_ns();
     if (rc == 0) {
@@ -271,6 +284,13 @@ static int shard_get_chunk(shard_inst_t *s, const uint64_t *indices, size_t n, s
         rc = stk_shardset_locate(s->set, indices[i], &s->locs[i]);
         if (rc)
             return rc;
+        off += s->locs[i].stored_len;
+    }
+    rc = shard_room(s, off ? off : 1);
+    if (rc)
+        return rc;
+    off = 0;
+    for (size_t i = 0; i < n; i++) {
         s->reqs[i].fd = s->locs[i].fd;
         s->reqs[i].offset = s->locs[i].offset;
         s->reqs[i].len = s->locs[i].stored_len;
