@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -673,8 +674,8 @@ static void test_worker_hung(void **state)
     stk_dataset_t *ds = make_var_ds(300, -1, 1);
     stk_loader_config_t c = base_cfg(2, 1);
     c.batch_size = 4;
-    c.timeout_ms = sanitized() ? 1500 : 400;
     run_t ref = run_epochs(ds, &c, 1);
+    c.timeout_ms = sanitized() ? 1500 : 400;
 
     stk_loader_t *l = NULL;
     assert_int_equal(stk_loader_create(&l, ds, &c), 0);
@@ -1021,6 +1022,63 @@ static void test_main_killed(void **state)
     prctl(PR_SET_CHILD_SUBREAPER, 0);
 }
 
+/* Workers come from the fork server, not from this process as it is now:
+ * a mapping and a descriptor made after the server started (as a CUDA
+ * context would be) are not in them. */
+static void test_workers_start_clean(void **state)
+{
+    (void)state;
+    assert_int_equal(stk_loader_forkserver_start(), 0);
+    int late = memfd_create("stoker-test-late", MFD_CLOEXEC);
+    assert_true(late >= 0);
+    assert_int_equal(ftruncate(late, 4096), 0);
+    void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, late, 0);
+    assert_true(m != MAP_FAILED);
+    int plain = open("/proc/self/status", O_RDONLY); /* no CLOEXEC: fork would keep it */
+    assert_true(plain >= 0);
+    stk_dataset_t *ds = make_mem_ds(64);
+    stk_loader_config_t c = base_cfg(2, 1);
+    stk_loader_t *l = NULL;
+    assert_int_equal(stk_loader_create(&l, ds, &c), 0);
+    stk_batch_t b, b1;
+    /* Batches 0 and 1 come from workers 0 and 1: both are running. */
+    assert_int_equal(stk_loader_next(l, &b), 0);
+    assert_int_equal(stk_loader_next(l, &b1), 0);
+    int pids[2];
+    stk_loader_worker_pids(l, pids, 2);
+    for (int i = 0; i < 2; i++) {
+        char path[64], line[512];
+        snprintf(path, sizeof path, "/proc/%d/maps", pids[i]);
+        FILE *f = fopen(path, "r");
+        assert_non_null(f);
+        int found_late = 0, found_arena = 0;
+        while (fgets(line, sizeof line, f)) {
+            found_late |= strstr(line, "stoker-test-late") != NULL;
+            found_arena |= strstr(line, "stoker-batches") != NULL;
+        }
+        fclose(f);
+        assert_false(found_late);
+        assert_true(found_arena);
+        snprintf(path, sizeof path, "/proc/%d/fd", pids[i]);
+        DIR *d = opendir(path);
+        assert_non_null(d);
+        int nfd = 0;
+        struct dirent *e;
+        while ((e = readdir(d)))
+            nfd += e->d_name[0] != '.';
+        closedir(d);
+        /* stdio, its socket, maybe io_uring: nothing of ours. */
+        assert_true(nfd <= 6);
+    }
+    stk_loader_release(l, &b);
+    stk_loader_release(l, &b1);
+    stk_loader_destroy(&l);
+    stk_dataset_destroy(&ds);
+    close(plain);
+    munmap(m, 4096);
+    close(late);
+}
+
 static void test_io_resolve(void **state)
 {
     (void)state;
@@ -1152,6 +1210,7 @@ int main(void)
         cmocka_unit_test(test_all_slots_held),
         cmocka_unit_test(test_destroy_no_leaks),
         cmocka_unit_test(test_main_killed),
+        cmocka_unit_test(test_workers_start_clean),
         cmocka_unit_test(test_io_resolve),
         cmocka_unit_test(test_shard_dataset),
     };
