@@ -962,6 +962,7 @@ static void test_all_slots_held(void **state)
     stk_dataset_t *ds = make_mem_ds(200);
     stk_loader_config_t c = base_cfg(2, 1);
     c.shuffle = 0;
+    c.prefetch = 1;
     stk_loader_t *l = NULL;
     assert_int_equal(stk_loader_create(&l, ds, &c), 0);
     stk_batch_t b[3];
@@ -978,6 +979,19 @@ static void test_all_slots_held(void **state)
     stk_loader_release(l, &b[0]);
     stk_loader_release(l, &b[2]);
     stk_loader_release(l, &b[2]);
+    stk_loader_destroy(&l);
+    /* Inline: prefetch slots can all be held too. */
+    c.num_workers = 0;
+    c.prefetch = 2;
+    assert_int_equal(stk_loader_create(&l, ds, &c), 0);
+    for (int round = 0; round < 3; round++) {
+        assert_int_equal(stk_loader_next(l, &b[0]), 0);
+        assert_int_equal(stk_loader_next(l, &b[1]), 0);
+        assert_int_equal(b[1].number, b[0].number + 1);
+        assert_int_equal(stk_loader_next(l, &b[2]), STK_ESTATE);
+        stk_loader_release(l, &b[0]);
+        stk_loader_release(l, &b[1]);
+    }
     stk_loader_destroy(&l);
     stk_dataset_destroy(&ds);
 }
