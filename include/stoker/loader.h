@@ -227,7 +227,12 @@ STK_API uint32_t stk_loader_worker_pids(const stk_loader_t *l, int *pids, uint32
 /* Starts the fork server that every loader's workers are forked from.
  * Call it early, before CUDA (or anything else a worker should not
  * inherit) is initialised; the first loader with workers starts it
- * otherwise. Idempotent, thread-safe. Returns 0 or a negative errno. */
+ * otherwise (with a warning when libcuda is already mapped). The server
+ * is a child of the calling process that lives until
+ * stk_loader_forkserver_stop() or the caller's exit: a program that waits
+ * for all of its children (wait(NULL) in a loop) must stop it first.
+ * A child forked by the program starts its own when it needs one.
+ * Idempotent, thread-safe. Returns 0 or a negative errno. */
 STK_API int stk_loader_forkserver_start(void);
 /* Stops the fork server (after every loader is destroyed). */
 STK_API void stk_loader_forkserver_stop(void);
