@@ -8,5 +8,6 @@
 #include "stoker/sampler.h"
 #include "stoker/augment.h"
 #include "stoker/loader.h"
+#include "stoker/optim.h"
 
 #endif
