@@ -20,6 +20,41 @@ uint64_t stk__now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Per-sample stage timing with clock_gettime costs as much as copying a
+ * small record on some VMs; the TSC costs a few cycles. Ticks are turned
+ * into ns with a ratio measured against the monotonic clock since the
+ * first call (per process, so workers calibrate on their own). */
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+uint64_t stk__ticks(void)
+{
+    return __rdtsc();
+}
+#else
+uint64_t stk__ticks(void)
+{
+    return stk__now_ns();
+}
+#endif
+
+double stk__ns_per_tick(void)
+{
+    static _Thread_local uint64_t t0, n0;
+    static _Thread_local pid_t pid;
+    uint64_t t = stk__ticks(), n = stk__now_ns();
+    if (pid != getpid() || t0 == 0) {
+        pid = getpid();
+        t0 = t;
+        n0 = n;
+    }
+    /* Too short a baseline: spin ~100 us for a first estimate. */
+    while (n - n0 < 100000) {
+        t = stk__ticks();
+        n = stk__now_ns();
+    }
+    return t > t0 ? (double)(n - n0) / (double)(t - t0) : 1.0;
+}
+
 int stk__dataset_map_args(int fd, size_t len, void **out)
 {
     *out = NULL;

@@ -443,6 +443,31 @@ static int worker_lost(stk_loader_t *l, uint32_t i, const char *context)
     return 0;
 }
 
+/* Puts batch k into free slot s: its indices into the slot header, and
+ * (with workers) the task to worker k % num_workers. */
+static int issue_one(stk_loader_t *l, uint32_t s, uint64_t k)
+{
+    const stk__layout_t *L = LY(l);
+    unsigned char *m = slot_mem(l, s);
+    stk__slot_hdr_t *h = (stk__slot_hdr_t *)m;
+    size_t n = 0;
+    int rc = stk_batch_sampler_get(l->bs, k, (uint64_t *)(m + L->indices_off), &n);
+    if (rc)
+        return fail(l, rc, "sampler: batch %" PRIu64 ": %s", k, stk_error_message());
+    h->epoch = l->epoch;
+    h->batch = k;
+    h->n = n;
+    h->delivered = 0;
+    l->slots[s].state = SLOT_ISSUED;
+    l->slots[s].batch = k;
+    l->slots[s].worker = l->nworkers ? (uint32_t)(k % l->nworkers) : 0;
+    l->slots[s].status = 0;
+    l->slot_of[k % L->nslots] = s;
+    if (l->nworkers)
+        send_task(l, s);
+    return 0;
+}
+
 /* Fills free slots with the next batches, as far as slots allow. */
 static int issue(stk_loader_t *l)
 {
@@ -453,25 +478,10 @@ static int issue(stk_loader_t *l)
             s++;
         if (s == L->nslots)
             break;
-        uint64_t k = l->next_issue;
-        unsigned char *m = slot_mem(l, s);
-        stk__slot_hdr_t *h = (stk__slot_hdr_t *)m;
-        size_t n = 0;
-        int rc = stk_batch_sampler_get(l->bs, k, (uint64_t *)(m + L->indices_off), &n);
+        int rc = issue_one(l, s, l->next_issue);
         if (rc)
-            return fail(l, rc, "sampler: batch %" PRIu64 ": %s", k, stk_error_message());
-        h->epoch = l->epoch;
-        h->batch = k;
-        h->n = n;
-        h->delivered = 0;
-        l->slots[s].state = SLOT_ISSUED;
-        l->slots[s].batch = k;
-        l->slots[s].worker = l->nworkers ? (uint32_t)(k % l->nworkers) : 0;
-        l->slots[s].status = 0;
-        l->slot_of[k % L->nslots] = s;
+            return rc;
         l->next_issue++;
-        if (l->nworkers)
-            send_task(l, s);
     }
     return 0;
 }
@@ -791,11 +801,10 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
             s++;
         if (s == L->nslots)
             return stk__error(STK_ESTATE, "every slot (%u) is held: release a batch first", L->nslots);
-        l->next_issue = k;
-        rc = issue(l);
+        rc = issue_one(l, s, k);
         if (rc)
             return rc;
-        s = l->slot_of[k % L->nslots];
+        l->next_issue = k + 1;
         rc = stk__filler_run(l->inline_fill, slot_mem(l, s), l->epoch);
         l->slots[s].state = SLOT_DONE;
         l->slots[s].status = rc;

@@ -156,5 +156,8 @@ extern const char *stk__cgroup_memory_max_path;
 extern const char *stk__cgroup_memory_current_path;
 
 uint64_t stk__now_ns(void);
+/* Cheap timestamps (TSC) and their ns per tick, calibrated per process. */
+uint64_t stk__ticks(void);
+double stk__ns_per_tick(void);
 
 #endif

@@ -43,8 +43,8 @@ static int uring_sysctl(void)
 int stk__io_resolve(stk_io_mode_t want, stk_io_mode_t *got)
 {
     static _Atomic int warned;
-    *got = STK_IO_PREAD;
-    if (want == STK_IO_PREAD)
+    *got = want == STK_IO_MMAP ? STK_IO_MMAP : STK_IO_PREAD;
+    if (want == STK_IO_PREAD || want == STK_IO_MMAP)
         return 0;
 #if STK_HAVE_IO_URING
     char why[160] = "";

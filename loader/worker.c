@@ -34,7 +34,7 @@ struct stk__filler {
     const uint64_t *idx;
     int64_t *lens;
     uint64_t epoch;
-    uint64_t aug_ns, aug_bytes, col_ns, col_bytes, skipped;
+    uint64_t aug_ns, aug_bytes, col_ns, col_bytes, skipped; /* times in ticks until the end */
 };
 
 int stk__filler_create(stk__filler_t **out, const stk__worker_spec_t *spec, void *inst,
@@ -109,7 +109,7 @@ static int sink(void *ctx, size_t i, int status, const stk_record_t *rec)
     if (rec->nfields != L->nfields)
         return stk__error(STK_ESHAPE, "sample %llu has %u fields, the schema %u",
                           (unsigned long long)f->idx[i], rec->nfields, L->nfields);
-    uint64_t t0 = stk__now_ns();
+    uint64_t t0 = stk__ticks();
     for (uint32_t k = 0; k < L->nfields; k++) {
         unsigned char *dst = f->slot + L->field_off[k] + i * L->field_stride[k];
         if ((int32_t)k == L->aug_field) {
@@ -117,10 +117,10 @@ static int sink(void *ctx, size_t i, int status, const stk_record_t *rec)
                 return stk__error(STK_ESHAPE, "sample %llu: field %s has %zu bytes, augment "
                                   "expects %zu", (unsigned long long)f->idx[i], L->out[k].name,
                                   rec->bytes[k], f->aug_in_bytes);
-            uint64_t a0 = stk__now_ns();
+            uint64_t a0 = stk__ticks();
             int rc = stk_augment_apply(f->aug, rec->data[k], dst, f->aug_scratch,
                                        f->spec.loader_seed, f->epoch, f->idx[i]);
-            uint64_t a1 = stk__now_ns();
+            uint64_t a1 = stk__ticks();
             f->aug_ns += a1 - a0;
             t0 += a1 - a0;
             f->aug_bytes += L->field_stride[k];
@@ -145,7 +145,7 @@ static int sink(void *ctx, size_t i, int status, const stk_record_t *rec)
         memcpy(dst, rec->data[k], rec->bytes[k]);
         f->col_bytes += rec->bytes[k];
     }
-    f->col_ns += stk__now_ns() - t0;
+    f->col_ns += stk__ticks() - t0;
     return 0;
 }
 
@@ -233,19 +233,27 @@ int stk__filler_run(stk__filler_t *f, void *slot, uint64_t epoch)
                 return stk__error(-ENOMEM, "worker: sample buffer of %zu bytes", cap);
             f->cap = cap;
         }
+        /* get() reports its own stage times when it has them (shards);
+         * otherwise the time it takes counts as reading. */
+        uint64_t get_ticks = 0, own_ns = st.read.ns + st.decode.ns;
         for (uint64_t i = 0; i < n && rc == 0; i++) {
             stk_record_t rec;
-            uint64_t t0 = stk__now_ns();
+            uint64_t t0 = stk__ticks();
             int g = f->ops->get(f->inst, f->idx[i], f->buf, f->cap, &rec, &st);
-            st.read.ns += stk__now_ns() - t0;
+            get_ticks += stk__ticks() - t0;
             rc = sink(f, i, g, g ? NULL : &rec);
         }
+        if (st.read.ns + st.decode.ns == own_ns)
+            st.read.ns += (uint64_t)((double)get_ticks * stk__ns_per_tick());
     }
     if (rc == 0) {
-        uint64_t t0 = stk__now_ns();
+        uint64_t t0 = stk__ticks();
         h->delivered = finish(f, n, h);
-        f->col_ns += stk__now_ns() - t0;
+        f->col_ns += stk__ticks() - t0;
     }
+    double tick = stk__ns_per_tick();
+    f->aug_ns = (uint64_t)((double)f->aug_ns * tick);
+    f->col_ns = (uint64_t)((double)f->col_ns * tick);
     stk__wstats_t *w = f->ws;
     atomic_fetch_add_explicit(&w->read_ns, st.read.ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&w->read_bytes, st.read.bytes, memory_order_relaxed);

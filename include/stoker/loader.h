@@ -92,7 +92,8 @@ STK_API int stk_dataset_memory_create(stk_dataset_t **out, const stk_schema_t *s
 typedef enum stk_io_mode {
     STK_IO_AUTO = 0,  /* io_uring when built in and allowed, else pread */
     STK_IO_URING = 1, /* io_uring or fail (STK_ECONFIG / -EPERM) */
-    STK_IO_PREAD = 2
+    STK_IO_PREAD = 2,
+    STK_IO_MMAP = 3   /* map the shards: no read calls; for data in page cache */
 } stk_io_mode_t;
 
 typedef struct stk_shard_dataset_config {
@@ -107,7 +108,7 @@ STK_API void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg);
  * warning. */
 STK_API int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
                                      const stk_shard_dataset_config_t *cfg);
-/* The I/O mode a shard dataset resolved to (STK_IO_URING or STK_IO_PREAD);
+/* The I/O mode a shard dataset resolved to (URING, PREAD or MMAP);
  * STK_IO_AUTO for other datasets. */
 STK_API stk_io_mode_t stk_dataset_io_mode(const stk_dataset_t *ds);
 
@@ -226,7 +227,12 @@ STK_API uint32_t stk_loader_worker_pids(const stk_loader_t *l, int *pids, uint32
 /* Starts the fork server that every loader's workers are forked from.
  * Call it early, before CUDA (or anything else a worker should not
  * inherit) is initialised; the first loader with workers starts it
- * otherwise. Idempotent, thread-safe. Returns 0 or a negative errno. */
+ * otherwise (with a warning when libcuda is already mapped). The server
+ * is a child of the calling process that lives until
+ * stk_loader_forkserver_stop() or the caller's exit: a program that waits
+ * for all of its children (wait(NULL) in a loop) must stop it first.
+ * A child forked by the program starts its own when it needs one.
+ * Idempotent, thread-safe. Returns 0 or a negative errno. */
 STK_API int stk_loader_forkserver_start(void);
 /* Stops the fork server (after every loader is destroyed). */
 STK_API void stk_loader_forkserver_stop(void);
