@@ -638,7 +638,7 @@ static int list_dir(pack_src_t *src, const char *dir, int want_dir, char ***out,
         }
     }
     closedir(d);
-    if (!rc)
+    if (!rc && *n > 1)
         qsort(*out, *n, sizeof **out, cmp_str);
     return rc;
 }
