@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # Regenerates tests/fuzz/corpus/shard/: tiny shard sets packed by
 # stoker-pack (raw, zstd, zstd + dictionary, variable-length records) plus a
-# manifest and a few broken files. Usage: tools/gen-fuzz-corpus.sh BUILDDIR
+# manifest and a few broken files (the hashed names beside them are inputs
+# libFuzzer found, kept after -merge=1). Usage: tools/gen-fuzz-corpus.sh BUILDDIR
 set -eu
 build=${1:?usage: $0 BUILDDIR}
 pack="$build/tools/stoker-pack"
@@ -23,7 +24,7 @@ for c, files in (("cat", ["a.bin", "b.bin"]), ("dog", ["c.bin"])):
         open(f"{t}/folder/{c}/{f}", "wb").write(bytes(range(i * 5, i * 5 + 9)))
 PY
 mkdir -p "$out"
-rm -f "$out"/*
+rm -f "$out"/raw.stk "$out"/manifest "$out"/zstd.stk "$out"/dict.stk "$out"/var.stk "$out"/truncated.stk "$out"/badmagic
 "$pack" npy "$tmp/u8.npy" "$tmp/lab4.npy" -o "$tmp/raw" --level 0 -q
 cp "$tmp/raw/shard-00000.stk" "$out/raw.stk"
 cp "$tmp/raw/shard.manifest" "$out/manifest"
