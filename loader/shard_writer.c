@@ -252,7 +252,8 @@ int stk_writer_create(stk_writer_t **out, const char *dir, const stk_schema_t *s
     if (cfg->use_dict && cfg->zstd_level > 0 && (cfg->dict_size < 256 || cfg->dict_size > (1u << 30)))
         return stk__error(STK_ECONFIG, "dictionary size %zu outside 256 B..1 GiB", cfg->dict_size);
     const char *prefix = cfg->prefix && *cfg->prefix ? cfg->prefix : "shard";
-    if (strchr(prefix, '/') || strlen(prefix) > 100 || prefix[0] == '.')
+    /* The manifest lists names separated by spaces, one per line. */
+    if (strpbrk(prefix, "/ \t\n\r") || strlen(prefix) > 100 || prefix[0] == '.')
         return stk__error(STK_ECONFIG, "bad shard prefix '%s'", prefix);
     if (schema->nfields == 0 || schema->nfields > STK_MAX_FIELDS)
         return stk__error(STK_ECONFIG, "schema has %u fields (1..%d)", schema->nfields,

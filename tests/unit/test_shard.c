@@ -393,6 +393,8 @@ static void test_writer_errors(void **state)
     cfg.zstd_level = 0;
     cfg.prefix = "a/b";
     assert_int_equal(stk_writer_create(&w, tpath("w"), &s, &cfg), STK_ECONFIG);
+    cfg.prefix = "a b";
+    assert_int_equal(stk_writer_create(&w, tpath("w"), &s, &cfg), STK_ECONFIG);
     cfg.prefix = NULL;
     stk_schema_t empty = {0};
     assert_int_equal(stk_writer_create(&w, tpath("w"), &empty, &cfg), STK_ECONFIG);
@@ -734,6 +736,37 @@ static void test_bad_records(void **state)
     stk_decoder_destroy(&dec);
     stk_shardset_close(&set);
     stk_shardset_close(&set);
+
+    /* A zstd frame that decodes to fewer bytes than its index entry says
+     * (index checksum made to match, so only the decode can tell). */
+    stk_writer_config_t cfg;
+    stk_writer_config_default(&cfg);
+    cfg.zstd_level = 3;
+    assert_int_equal(stk_writer_create(&w, tpath("zsize"), &v, &cfg), 0);
+    unsigned char big[4 + 400];
+    stk__put_u32(big, 100);
+    for (int i = 0; i < 400; i++)
+        big[4 + i] = (unsigned char)(i / 40);
+    assert_int_equal(stk__writer_add_raw(w, big, sizeof big), 0);
+    assert_int_equal(stk_writer_finish(w), 0);
+    stk_writer_destroy(&w);
+    const char *p = tpath("zsize/shard-00000.stk");
+    int fd = open(p, O_RDWR);
+    struct stat st;
+    fstat(fd, &st);
+    unsigned char foot[48], ent[24];
+    assert_int_equal(pread(fd, foot, 48, st.st_size - 48), 48);
+    off_t ioff = (off_t)stk__get_u64(foot);
+    assert_int_equal(pread(fd, ent, 24, ioff), 24);
+    assert_true(stk__get_u32(ent + 8) < stk__get_u32(ent + 12)); /* compressed */
+    stk__put_u32(ent + 12, stk__get_u32(ent + 12) + 8);
+    stk__put_u64(foot + 16, stk__xxh64(ent, 24, 0));
+    assert_int_equal(pwrite(fd, ent, 24, ioff), 24);
+    assert_int_equal(pwrite(fd, foot, 48, st.st_size - 48), 48);
+    close(fd);
+    assert_int_equal(get_err(p, 0), STK_EDATA);
+    expect_msg("decoded 404 bytes, index says 412");
+    expect_msg("record 0");
 }
 
 static void test_bad_sets(void **state)
