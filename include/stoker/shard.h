@@ -125,7 +125,11 @@ typedef struct stk_record_loc {
 
 /* Opens a shard file, a directory of *.stk (or its manifest), a glob, or a
  * manifest file. Checks headers, footers and indexes of every shard; all
- * must share one schema. Errors name the path. */
+ * must share one schema. Errors name the path: -ENOENT, STK_EFORMAT,
+ * STK_EDATA (checksums), STK_EEMPTY (no shards or no records), -ENOMEM.
+ * After open a set is read-only: every stk_shardset_* call below may run
+ * on any thread (and in forked children, which inherit the fds); a
+ * decoder belongs to one thread at a time. */
 STK_API int stk_shardset_open(stk_shardset_t **out, const char *path);
 STK_API void stk_shardset_close(stk_shardset_t **set);
 STK_API uint64_t stk_shardset_len(const stk_shardset_t *set);
