@@ -168,6 +168,9 @@ int stk_schema_add(stk_schema_t *schema, const char *name, stk_dtype_t dtype, ui
                           STK_MAX_FIELDS);
     if (ndim > 0 && !shape)
         return stk__error(STK_ECONFIG, "field '%s': NULL shape", name);
+    if (ndim > STK_MAX_DIMS)
+        return stk__error(STK_ECONFIG, "field '%s': %u dims, at most %d", name, ndim,
+                          STK_MAX_DIMS);
     stk_field_t f;
     memset(&f, 0, sizeof f);
     size_t len = strnlen(name, STK_FIELD_NAME_MAX);

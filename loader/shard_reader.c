@@ -137,7 +137,24 @@ static int shard_load(shard_t *s, stk_schema_t *schema, const char *path)
         free(hdr);
         return rc;
     }
-    uint64_t hhash = stk__xxh64(hdr, hlen, 0);
+    unsigned char f[STK__FOOTER_SIZE];
+    if ((rc = pread_all(s->fd, f, sizeof f, s->size - sizeof f, path))) {
+        free(hdr);
+        return rc;
+    }
+    if (memcmp(f + 40, STK__FOOTER_MAGIC, 8) != 0) {
+        free(hdr);
+        return stk__error(STK_EFORMAT, "%s: no footer (truncated or unfinished shard)", path);
+    }
+    s->index_offset = stk__get_u64(f);
+    s->nrec = stk__get_u64(f + 8);
+    uint64_t ihash = stk__get_u64(f + 16);
+    /* Checked before the schema is parsed, so that a flipped bit reads as
+     * corruption rather than as a strange schema. */
+    if (stk__get_u64(f + 24) != stk__xxh64(hdr, hlen, 0)) {
+        free(hdr);
+        return stk__error(STK_EDATA, "%s: header checksum mismatch", path);
+    }
     rc = stk__schema_decode(schema, hdr + STK__HEADER_FIXED, nfields);
     if (!rc && s->dict_len) {
         s->dict = malloc(s->dict_len);
@@ -151,16 +168,6 @@ static int shard_load(shard_t *s, stk_schema_t *schema, const char *path)
     if (rc)
         return stk__error_prefix(rc, "%s", path);
 
-    unsigned char f[STK__FOOTER_SIZE];
-    if ((rc = pread_all(s->fd, f, sizeof f, s->size - sizeof f, path)))
-        return rc;
-    if (memcmp(f + 40, STK__FOOTER_MAGIC, 8) != 0)
-        return stk__error(STK_EFORMAT, "%s: no footer (truncated or unfinished shard)", path);
-    s->index_offset = stk__get_u64(f);
-    s->nrec = stk__get_u64(f + 8);
-    uint64_t ihash = stk__get_u64(f + 16);
-    if (stk__get_u64(f + 24) != hhash)
-        return stk__error(STK_EDATA, "%s: header checksum mismatch", path);
     uint64_t area_end = s->size - STK__FOOTER_SIZE;
     if (s->index_offset < hlen || s->index_offset > area_end ||
         s->nrec > (area_end - s->index_offset) / STK__INDEX_ENTRY)

@@ -252,7 +252,8 @@ int stk_writer_create(stk_writer_t **out, const char *dir, const stk_schema_t *s
     if (cfg->use_dict && cfg->zstd_level > 0 && (cfg->dict_size < 256 || cfg->dict_size > (1u << 30)))
         return stk__error(STK_ECONFIG, "dictionary size %zu outside 256 B..1 GiB", cfg->dict_size);
     const char *prefix = cfg->prefix && *cfg->prefix ? cfg->prefix : "shard";
-    if (strchr(prefix, '/') || strlen(prefix) > 100 || prefix[0] == '.')
+    /* The manifest lists names separated by spaces, one per line. */
+    if (strpbrk(prefix, "/ \t\n\r") || strlen(prefix) > 100 || prefix[0] == '.')
         return stk__error(STK_ECONFIG, "bad shard prefix '%s'", prefix);
     if (schema->nfields == 0 || schema->nfields > STK_MAX_FIELDS)
         return stk__error(STK_ECONFIG, "schema has %u fields (1..%d)", schema->nfields,
@@ -671,30 +672,36 @@ int stk_shard_estimate_ratio(const void *const *records, const size_t *lens, siz
         total += lens[i];
     unsigned char *cat = NULL;
     size_t *sizes = NULL;
+    size_t held = n; /* records measured: all of them without a dictionary */
     if (!rc && cfg->use_dict && cfg->zstd_level > 0 && n > 0) {
         cat = malloc(total ? total : 1);
         sizes = malloc(n * sizeof *sizes);
         if (!cat || !sizes) {
             rc = stk__error(-ENOMEM, "out of memory");
         } else {
+            /* Train on the first half and measure the second: most of a
+             * large set is compressed with a dictionary that never saw it,
+             * and measuring the training records themselves flatters. */
+            held = n / 2 ? n / 2 : n;
             size_t off = 0;
-            for (size_t i = 0; i < n; i++) {
+            for (size_t i = 0; i < n - held; i++) {
                 memcpy(cat + off, records[i], lens[i]);
                 off += lens[i];
                 sizes[i] = lens[i];
             }
-            rc = enc_train(&e, cat, sizes, n, cfg->dict_size);
+            rc = enc_train(&e, cat, sizes, n - held, cfg->dict_size);
         }
     }
-    uint64_t stored = 0;
-    for (size_t i = 0; !rc && i < n; i++) {
+    uint64_t stored = 0, measured = 0;
+    for (size_t i = n - held; !rc && i < n; i++) {
         const void *s;
         size_t slen;
         rc = enc_record(&e, records[i], lens[i], &s, &slen);
         stored += slen;
+        measured += lens[i];
     }
-    if (!rc && total)
-        *ratio = (double)stored / (double)total;
+    if (!rc && measured)
+        *ratio = (double)stored / (double)measured;
     free(cat);
     free(sizes);
     enc_free(&e);

@@ -15,6 +15,14 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+/* Appends " (record N)" to the message already in src->err. */
+static int fail_at(pack_src_t *src)
+{
+    size_t n = strlen(src->err);
+    snprintf(src->err + n, sizeof src->err - n, " (record %" PRIu64 ")", src->pos);
+    return -1;
+}
+
 static int fail(pack_src_t *src, const char *fmt, ...)
 {
     va_list ap;
@@ -158,7 +166,7 @@ static int idx_next(pack_src_t *src, const void **data, int64_t *ext)
     (void)ext;
     if (gz_read_exact(src, p->fi, p->img, p->rec_bytes, p->images) ||
         gz_read_exact(src, p->fl, &l, 1, p->labels))
-        return fail(src, "%s (record %" PRIu64 ")", src->err, src->pos);
+        return fail_at(src);
     p->label = l;
     data[0] = p->img;
     data[1] = &p->label;
@@ -473,7 +481,7 @@ static int npy_next(pack_src_t *src, const void **data, int64_t *ext)
     (void)ext;
     if (gz_read_exact(src, p->data.f, p->rec, p->rec_bytes, p->data.path) ||
         gz_read_exact(src, p->labels.f, p->lbuf, p->labels.itemsize, p->labels.path))
-        return fail(src, "%s (record %" PRIu64 ")", src->err, src->pos);
+        return fail_at(src);
     const char *t = p->labels.descr + 1;
     uint64_t u = 0;
     for (size_t i = 0; i < p->labels.itemsize; i++)
@@ -630,7 +638,7 @@ static int list_dir(pack_src_t *src, const char *dir, int want_dir, char ***out,
         }
     }
     closedir(d);
-    if (!rc)
+    if (!rc && *n > 1)
         qsort(*out, *n, sizeof **out, cmp_str);
     return rc;
 }

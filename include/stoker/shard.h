@@ -100,10 +100,12 @@ typedef struct stk_writer_stats {
 STK_API void stk_writer_stats(const stk_writer_t *w, stk_writer_stats_t *out);
 
 /* Compresses n raw records (records[i], lens[i] bytes) as a writer with
- * cfg would, training a dictionary on them when cfg->use_dict, and sets
- * *ratio = stored bytes / raw bytes (dictionary excluded). Used to choose
- * a level before packing. Returns 0, STK_ECONFIG, STK_EBACKEND (zstd),
- * -ENOMEM. Thread-safe. */
+ * cfg would and sets *ratio = stored bytes / raw bytes (dictionary
+ * excluded). With cfg->use_dict (and a level > 0) it trains a dictionary
+ * on the first half and measures the second half, as most records of a
+ * large set meet a dictionary that never saw them. Used to choose a level
+ * before packing. Returns 0, STK_ECONFIG, STK_EBACKEND (zstd), -ENOMEM.
+ * Thread-safe. */
 STK_API int stk_shard_estimate_ratio(const void *const *records, const size_t *lens, size_t n,
                                      const stk_writer_config_t *cfg, double *ratio);
 
@@ -125,7 +127,11 @@ typedef struct stk_record_loc {
 
 /* Opens a shard file, a directory of *.stk (or its manifest), a glob, or a
  * manifest file. Checks headers, footers and indexes of every shard; all
- * must share one schema. Errors name the path. */
+ * must share one schema. Errors name the path: -ENOENT, STK_EFORMAT,
+ * STK_EDATA (checksums), STK_EEMPTY (no shards or no records), -ENOMEM.
+ * After open a set is read-only: every stk_shardset_* call below may run
+ * on any thread (and in forked children, which inherit the fds); a
+ * decoder belongs to one thread at a time. */
 STK_API int stk_shardset_open(stk_shardset_t **out, const char *path);
 STK_API void stk_shardset_close(stk_shardset_t **set);
 STK_API uint64_t stk_shardset_len(const stk_shardset_t *set);
