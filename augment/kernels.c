@@ -264,8 +264,11 @@ static void hpass(float *restrict out, const uint8_t *restrict row, const int32_
         out[i] = (float)row[x0[i]] * w0[i] + (float)row[x1[i]] * w1[i];
 }
 
-static void vpass(uint8_t *restrict out, const float *restrict r0, const float *restrict r1, float w0,
-                  float w1, uint32_t ow)
+/* One output row from the two horizontally interpolated source rows,
+ * rounded to u8 and then (fused normalize) converted exactly as the
+ * normalize pass would convert that u8. */
+ALWAYS_INLINE void vpass(void *dst, size_t o, const float *restrict r0, const float *restrict r1,
+                         float w0, float w1, uint32_t ow, int kind, chan_t k)
 {
     for (uint32_t i = 0; i < ow; i++) {
         float v = r0[i] * w0 + r1[i] * w1;
@@ -276,14 +279,14 @@ static void vpass(uint8_t *restrict out, const float *restrict r0, const float *
          * last bit of the weights. */
         int32_t r = (int32_t)((v + 8388608.0f) - 8388608.0f);
         r = r < 0 ? 0 : r > 255 ? 255 : r;
-        out[i] = (uint8_t)r;
+        put(dst, o + i, (uint8_t)r, kind, k);
     }
 }
 
-VEC_CLONES
-void stk__aug_resize(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, uint32_t top,
-                     uint32_t left, uint32_t bh, uint32_t bw, uint8_t *dst, uint32_t oh,
-                     uint32_t ow, void *tmp)
+ALWAYS_INLINE void resize_impl(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w,
+                               uint32_t top, uint32_t left, uint32_t bh, uint32_t bw, void *dst,
+                               uint32_t oh, uint32_t ow, bool hflip, bool vflip,
+                               const stk__aug_norm_t *norm, void *tmp, int kind)
 {
     resize_tmp_t t;
     t.x0 = tmp;
@@ -292,13 +295,16 @@ void stk__aug_resize(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, uin
     t.wx1 = t.wx0 + ow;
     t.row0 = t.wx1 + ow;
     t.row1 = t.row0 + ow;
+    /* A horizontal flip is only a mirrored column table. */
     for (uint32_t i = 0; i < ow; i++) {
-        linear_coeffs(bw, ow, i, &t.x0[i], &t.x1[i], &t.wx0[i], &t.wx1[i]);
-        t.x0[i] += (int32_t)left;
-        t.x1[i] += (int32_t)left;
+        uint32_t j = hflip ? ow - 1 - i : i;
+        linear_coeffs(bw, ow, i, &t.x0[j], &t.x1[j], &t.wx0[j], &t.wx1[j]);
+        t.x0[j] += (int32_t)left;
+        t.x1[j] += (int32_t)left;
     }
     for (uint32_t ch = 0; ch < c; ch++) {
         const uint8_t *in = src + (size_t)ch * h * w;
+        const chan_t k = chan_of(norm, ch);
         int32_t have0 = -1, have1 = -1; /* source rows now in row0, row1 */
         for (uint32_t oy = 0; oy < oh; oy++) {
             int32_t y0, y1;
@@ -308,9 +314,9 @@ void stk__aug_resize(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, uin
             y1 += (int32_t)top;
             if (have0 != y0) {
                 if (have1 == y0) {
-                    float *s = t.row0;
+                    float *sw = t.row0;
                     t.row0 = t.row1;
-                    t.row1 = s;
+                    t.row1 = sw;
                     have0 = y0;
                     have1 = -1;
                 } else {
@@ -322,8 +328,27 @@ void stk__aug_resize(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, uin
                 hpass(t.row1, in + (size_t)y1 * w, t.x0, t.x1, t.wx0, t.wx1, ow);
                 have1 = y1;
             }
-            vpass(dst + ((size_t)ch * oh + oy) * ow, t.row0, t.row1, wy0, wy1, ow);
+            uint32_t ry = vflip ? oh - 1 - oy : oy;
+            vpass(dst, ((size_t)ch * oh + ry) * ow, t.row0, t.row1, wy0, wy1, ow, kind, k);
         }
+    }
+}
+
+VEC_CLONES
+void stk__aug_resize(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, uint32_t top,
+                     uint32_t left, uint32_t bh, uint32_t bw, void *dst, uint32_t oh, uint32_t ow,
+                     bool hflip, bool vflip, const stk__aug_norm_t *norm, void *tmp)
+{
+    switch (out_kind(norm)) {
+    case OUT_U8:
+        resize_impl(src, c, h, w, top, left, bh, bw, dst, oh, ow, hflip, vflip, norm, tmp, OUT_U8);
+        break;
+    case OUT_F32:
+        resize_impl(src, c, h, w, top, left, bh, bw, dst, oh, ow, hflip, vflip, norm, tmp, OUT_F32);
+        break;
+    default:
+        resize_impl(src, c, h, w, top, left, bh, bw, dst, oh, ow, hflip, vflip, norm, tmp, OUT_LUT);
+        break;
     }
 }
 

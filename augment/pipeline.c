@@ -158,8 +158,26 @@ static void plan(stk_augment_t *aug, bool fuse)
             p->norm = true;
             i++;
             break;
-        case STK__AUG_RRCROP: p->kind = PASS_RRCROP, i++; break;
-        case STK__AUG_RESIZE: p->kind = PASS_RESIZE, i++; break;
+        case STK__AUG_RRCROP:
+        case STK__AUG_RESIZE:
+            /* Flips and normalize ride along: mirrored column table,
+             * mirrored row order, conversion of each rounded pixel. */
+            p->kind = op->kind == STK__AUG_RRCROP ? PASS_RRCROP : PASS_RESIZE;
+            i++;
+            while (fuse && i < aug->nops) {
+                stk__aug_kind_t k = aug->ops[i].kind;
+                if (k == STK__AUG_HFLIP && p->hflip < 0)
+                    p->hflip = (int)i++;
+                else if (k == STK__AUG_VFLIP && p->vflip < 0)
+                    p->vflip = (int)i++;
+                else
+                    break;
+            }
+            if (fuse && i < aug->nops && aug->ops[i].kind == STK__AUG_NORMALIZE) {
+                p->norm = true;
+                i++;
+            }
+            break;
         case STK__AUG_ROT90: p->kind = PASS_ROT90, i++; break;
         case STK__AUG_JITTER: p->kind = PASS_JITTER, i++; break;
         case STK__AUG_CUTOUT: p->kind = PASS_CUTOUT, i++; break;
@@ -324,10 +342,20 @@ static void run_pass(const stk_augment_t *aug, const pass_t *p, const uint8_t *s
     const stk__aug_op_t *ops = aug->ops;
     const stk__aug_norm_t *norm = p->norm ? &aug->norm : NULL;
     stk_rng_t rng;
+    /* Fused flips draw from their own streams, as they would alone. */
+    bool hflip = false, vflip = false;
+    if (p->hflip >= 0) {
+        stk_rng_init(&rng, key, (uint64_t)p->hflip);
+        hflip = stk_rng_uniform_f64(&rng) < ops[p->hflip].p;
+    }
+    if (p->vflip >= 0) {
+        stk_rng_init(&rng, key, (uint64_t)p->vflip);
+        vflip = stk_rng_uniform_f64(&rng) < ops[p->vflip].p;
+    }
     stk_rng_init(&rng, key, (uint64_t)p->op);
     switch (p->kind) {
     case PASS_WINDOW: {
-        stk__aug_window_t win = {p->oh, p->ow, 0, 0, false, false, false};
+        stk__aug_window_t win = {p->oh, p->ow, 0, 0, hflip, vflip, false};
         if (p->crop >= 0) {
             const stk__aug_op_t *op = &ops[p->crop];
             if (op->kind == STK__AUG_CROP) {
@@ -342,14 +370,6 @@ static void run_pass(const stk_augment_t *aug, const pass_t *p, const uint8_t *s
                 win.x0 = (int32_t)nearbyint((p->iw - op->sw) / 2.0);
             }
         }
-        if (p->hflip >= 0) {
-            stk_rng_init(&rng, key, (uint64_t)p->hflip);
-            win.hflip = stk_rng_uniform_f64(&rng) < ops[p->hflip].p;
-        }
-        if (p->vflip >= 0) {
-            stk_rng_init(&rng, key, (uint64_t)p->vflip);
-            win.vflip = stk_rng_uniform_f64(&rng) < ops[p->vflip].p;
-        }
         stk__aug_window(src, p->c, p->ih, p->iw, &win, dst, norm);
         break;
     }
@@ -361,11 +381,12 @@ static void run_pass(const stk_augment_t *aug, const pass_t *p, const uint8_t *s
         uint32_t box[4];
         stk__aug_rrc_params(p->ih, p->iw, op->scale, op->ratio, &rng, box);
         stk__aug_resize(src, p->c, p->ih, p->iw, box[0], box[1], box[2], box[3], dst, p->oh, p->ow,
-                        tmp);
+                        hflip, vflip, norm, tmp);
         break;
     }
     case PASS_RESIZE:
-        stk__aug_resize(src, p->c, p->ih, p->iw, 0, 0, p->ih, p->iw, dst, p->oh, p->ow, tmp);
+        stk__aug_resize(src, p->c, p->ih, p->iw, 0, 0, p->ih, p->iw, dst, p->oh, p->ow, hflip,
+                        vflip, norm, tmp);
         break;
     case PASS_ROT90: {
         int k = ops[p->op].k >= 0 ? ops[p->op].k : (int)stk_rng_below(&rng, 4);

@@ -340,7 +340,7 @@ static void test_resize_vs_torchvision(void **state)
         uint8_t *got = malloc(out_len);
         void *tmp = malloc(stk__aug_resize_tmp_bytes(ow));
         stk__aug_resize(in, c, (uint32_t)p[1], (uint32_t)p[2], (uint32_t)p[3], (uint32_t)p[4],
-                        (uint32_t)p[5], (uint32_t)p[6], got, oh, ow, tmp);
+                        (uint32_t)p[5], (uint32_t)p[6], got, oh, ow, false, false, NULL, tmp);
         for (uint32_t i = 0; i < out_len; i++) {
             int d = abs((int)got[i] - (int)want[i]);
             if (d > 1)
@@ -644,7 +644,11 @@ static void test_fused_equals_chain(void **state)
     expect_fused_equal("resize:40|crop:32,pad=4|hflip|cutout:5|jitter:brightness=0.3|"
                        "normalize:mean=0.5,std=0.2",
                        &rgb32, 5);
-    expect_fused_equal(rich, &rgb32, 6);
+    expect_fused_equal("rrcrop:20|hflip|normalize:mean=0.5,std=0.2,dtype=bf16", &rgb32, 1);
+    expect_fused_equal("rrcrop:20x28,scale=0.3/0.9|vflip:p=0.4|hflip|normalize:mean=0.5,std=0.2",
+                       &rgb32, 1);
+    expect_fused_equal("resize:40x36|vflip|normalize:mean=0.1/0.2/0.3,std=0.2", &rgb32, 1);
+    expect_fused_equal(rich, &rgb32, 5);
 }
 
 static void test_layouts_and_identity(void **state)
