@@ -84,8 +84,8 @@ void stk__aug_normalize(const uint8_t *src, uint32_t c, size_t n, void *dst,
  * torch.nn.functional.interpolate(mode="bilinear", align_corners=False) in
  * f32 on the u8 values, rounded half to even (torchvision's resize of a u8
  * tensor with antialias=False); then flipped, and converted as norm says
- * (u8 when NULL), in the same pass. tmp: stk__aug_resize_tmp_bytes(ow). */
-size_t stk__aug_resize_tmp_bytes(uint32_t ow);
+ * (u8 when NULL), in the same pass. tmp: stk__aug_resize_tmp_bytes(ow, w). */
+size_t stk__aug_resize_tmp_bytes(uint32_t ow, uint32_t w);
 void stk__aug_resize(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, uint32_t top,
                      uint32_t left, uint32_t bh, uint32_t bw, void *dst, uint32_t oh, uint32_t ow,
                      bool hflip, bool vflip, const stk__aug_norm_t *norm, void *tmp);

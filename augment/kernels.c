@@ -231,11 +231,12 @@ void stk__aug_normalize(const uint8_t *src, uint32_t c, size_t n, void *dst,
 typedef struct resize_tmp {
     int32_t *x0, *x1;
     float *wx0, *wx1, *row0, *row1;
+    float *srcf; /* the box's part of one source row, as f32 */
 } resize_tmp_t;
 
-size_t stk__aug_resize_tmp_bytes(uint32_t ow)
+size_t stk__aug_resize_tmp_bytes(uint32_t ow, uint32_t iw)
 {
-    return (size_t)ow * 6 * 4;
+    return ((size_t)ow * 6 + iw) * 4;
 }
 
 /* torch's area_pixel_compute_source_index for linear modes, in f32. */
@@ -256,12 +257,17 @@ static void linear_coeffs(uint32_t in, uint32_t out, uint32_t i, int32_t *i0, in
     *l0 = 1.0f - lam;
 }
 
-static void hpass(float *restrict out, const uint8_t *restrict row, const int32_t *restrict x0,
-                  const int32_t *restrict x1, const float *restrict w0, const float *restrict w1,
-                  uint32_t ow)
+/* Widening the row first (exact) lets the AVX2 copy gather f32 with
+ * vgatherdps; byte gathers do not vectorize. */
+ALWAYS_INLINE void hpass(float *restrict out, const uint8_t *restrict row, uint32_t bw,
+                         float *restrict rowf, const int32_t *restrict x0,
+                         const int32_t *restrict x1, const float *restrict w0,
+                         const float *restrict w1, uint32_t ow)
 {
+    for (uint32_t i = 0; i < bw; i++)
+        rowf[i] = (float)row[i];
     for (uint32_t i = 0; i < ow; i++)
-        out[i] = (float)row[x0[i]] * w0[i] + (float)row[x1[i]] * w1[i];
+        out[i] = rowf[x0[i]] * w0[i] + rowf[x1[i]] * w1[i];
 }
 
 /* One output row from the two horizontally interpolated source rows,
@@ -295,12 +301,12 @@ ALWAYS_INLINE void resize_impl(const uint8_t *src, uint32_t c, uint32_t h, uint3
     t.wx1 = t.wx0 + ow;
     t.row0 = t.wx1 + ow;
     t.row1 = t.row0 + ow;
-    /* A horizontal flip is only a mirrored column table. */
+    t.srcf = t.row1 + ow;
+    /* A horizontal flip is only a mirrored column table. Columns count
+     * from the box's left edge. */
     for (uint32_t i = 0; i < ow; i++) {
         uint32_t j = hflip ? ow - 1 - i : i;
         linear_coeffs(bw, ow, i, &t.x0[j], &t.x1[j], &t.wx0[j], &t.wx1[j]);
-        t.x0[j] += (int32_t)left;
-        t.x1[j] += (int32_t)left;
     }
     for (uint32_t ch = 0; ch < c; ch++) {
         const uint8_t *in = src + (size_t)ch * h * w;
@@ -320,12 +326,13 @@ ALWAYS_INLINE void resize_impl(const uint8_t *src, uint32_t c, uint32_t h, uint3
                     have0 = y0;
                     have1 = -1;
                 } else {
-                    hpass(t.row0, in + (size_t)y0 * w, t.x0, t.x1, t.wx0, t.wx1, ow);
+                    hpass(t.row0, in + (size_t)y0 * w + left, bw, t.srcf, t.x0, t.x1, t.wx0, t.wx1,
+                          ow);
                     have0 = y0;
                 }
             }
             if (have1 != y1) {
-                hpass(t.row1, in + (size_t)y1 * w, t.x0, t.x1, t.wx0, t.wx1, ow);
+                hpass(t.row1, in + (size_t)y1 * w + left, bw, t.srcf, t.x0, t.x1, t.wx0, t.wx1, ow);
                 have1 = y1;
             }
             uint32_t ry = vflip ? oh - 1 - oy : oy;

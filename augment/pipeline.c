@@ -250,7 +250,7 @@ static void size_scratch(stk_augment_t *aug)
     for (size_t i = 0; i < aug->npasses; i++) {
         const pass_t *p = &aug->passes[i];
         if (p->kind == PASS_RESIZE || p->kind == PASS_RRCROP) {
-            size_t t = ALIGN64(stk__aug_resize_tmp_bytes(p->ow));
+            size_t t = ALIGN64(stk__aug_resize_tmp_bytes(p->ow, p->iw));
             aug->tmp_bytes = t > aug->tmp_bytes ? t : aug->tmp_bytes;
         }
     }

@@ -338,7 +338,7 @@ static void test_resize_vs_torchvision(void **state)
         uint32_t c = (uint32_t)p[0], oh = (uint32_t)p[7], ow = (uint32_t)p[8];
         assert_int_equal(out_len, c * oh * ow);
         uint8_t *got = malloc(out_len);
-        void *tmp = malloc(stk__aug_resize_tmp_bytes(ow));
+        void *tmp = malloc(stk__aug_resize_tmp_bytes(ow, (uint32_t)p[2]));
         stk__aug_resize(in, c, (uint32_t)p[1], (uint32_t)p[2], (uint32_t)p[3], (uint32_t)p[4],
                         (uint32_t)p[5], (uint32_t)p[6], got, oh, ow, false, false, NULL, tmp);
         for (uint32_t i = 0; i < out_len; i++) {
