@@ -53,9 +53,10 @@ int stk__aug_parse(const char *spec, stk__aug_op_t *ops, size_t *nops);
 int stk__aug_format(const stk__aug_op_t *ops, size_t nops, char *buf, size_t cap);
 const char *stk__aug_kind_name(stk__aug_kind_t kind);
 
-/* Normalization to float: out = (float)x * scale[c] + bias[c] for f32;
- * f16 and bf16 look up lut[c * 256 + x], built from the same f32 values
- * rounded to nearest even, so every path gives the same bits. */
+/* Normalization to float: out = (float)x * scale[c] + bias[c] for f32,
+ * that value rounded to nearest even for bf16 (in the loop); f16 looks up
+ * lut[c * 256 + x], built from the same f32 values by stk_f32_to_f16, so
+ * every path gives the same bits. */
 typedef struct stk__aug_norm {
     stk_dtype_t dtype;
     const float *scale, *bias; /* c entries */

@@ -31,7 +31,18 @@
 /* How a u8 value lands in the output. Each (kind, mirrored) pair gets its
  * own copy of the loops below through constant propagation, so the inner
  * loops are straight unit-stride code for the vectorizer. */
-enum { OUT_U8, OUT_F32, OUT_LUT };
+enum { OUT_U8, OUT_F32, OUT_BF16, OUT_LUT };
+
+/* f32 -> bf16, round to nearest even, as stk_f32_to_bf16 for every
+ * non-NaN value (create refuses mean/std that could make a NaN); plain
+ * integer ops, so the loops around it vectorize. */
+ALWAYS_INLINE uint16_t bf16_rne(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    x += 0x7FFFu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
 
 typedef struct chan {
     float s, b;
@@ -44,6 +55,8 @@ ALWAYS_INLINE void put(void *dst, size_t i, uint8_t v, int kind, chan_t k)
         ((uint8_t *)dst)[i] = v;
     else if (kind == OUT_F32)
         ((float *)dst)[i] = (float)v * k.s + k.b;
+    else if (kind == OUT_BF16)
+        ((uint16_t *)dst)[i] = bf16_rne((float)v * k.s + k.b);
     else
         ((uint16_t *)dst)[i] = k.lut[v];
 }
@@ -87,6 +100,15 @@ ALWAYS_INLINE void put_run(void *dst, size_t o, const uint8_t *restrict p, size_
         else
             for (size_t i = 0; i < n; i++)
                 d[i] = (float)p[-(ptrdiff_t)i] * s + b;
+    } else if (kind == OUT_BF16) {
+        uint16_t *restrict d = (uint16_t *)dst + o;
+        const float s = k.s, b = k.b;
+        if (!rev)
+            for (size_t i = 0; i < n; i++)
+                d[i] = bf16_rne((float)p[i] * s + b);
+        else
+            for (size_t i = 0; i < n; i++)
+                d[i] = bf16_rne((float)p[-(ptrdiff_t)i] * s + b);
     } else {
         uint16_t *restrict d = (uint16_t *)dst + o;
         const uint16_t *restrict lut = k.lut;
@@ -118,7 +140,7 @@ ALWAYS_INLINE void put_fill(void *dst, size_t o, uint8_t v, size_t n, int kind, 
             d[i] = f;
     } else {
         uint16_t *restrict d = (uint16_t *)dst + o;
-        const uint16_t f = k.lut[v];
+        const uint16_t f = kind == OUT_BF16 ? bf16_rne((float)v * k.s + k.b) : k.lut[v];
         for (size_t i = 0; i < n; i++)
             d[i] = f;
     }
@@ -127,7 +149,7 @@ ALWAYS_INLINE void put_fill(void *dst, size_t o, uint8_t v, size_t n, int kind, 
 static chan_t chan_of(const stk__aug_norm_t *norm, uint32_t ch)
 {
     chan_t k = {0, 0, NULL};
-    if (norm && norm->dtype == STK_DTYPE_F32) {
+    if (norm && norm->dtype != STK_DTYPE_F16) {
         k.s = norm->scale[ch];
         k.b = norm->bias[ch];
     } else if (norm) {
@@ -191,7 +213,10 @@ ALWAYS_INLINE void window_impl(const uint8_t *src, uint32_t c, uint32_t h, uint3
 
 static int out_kind(const stk__aug_norm_t *norm)
 {
-    return !norm ? OUT_U8 : norm->dtype == STK_DTYPE_F32 ? OUT_F32 : OUT_LUT;
+    return !norm                          ? OUT_U8
+           : norm->dtype == STK_DTYPE_F32  ? OUT_F32
+           : norm->dtype == STK_DTYPE_BF16 ? OUT_BF16
+                                           : OUT_LUT;
 }
 
 VEC_CLONES
@@ -203,6 +228,8 @@ void stk__aug_window(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w,
     case OUT_U8 * 2 + 1: window_impl(src, c, h, w, win, dst, norm, OUT_U8, true); break;
     case OUT_F32 * 2: window_impl(src, c, h, w, win, dst, norm, OUT_F32, false); break;
     case OUT_F32 * 2 + 1: window_impl(src, c, h, w, win, dst, norm, OUT_F32, true); break;
+    case OUT_BF16 * 2: window_impl(src, c, h, w, win, dst, norm, OUT_BF16, false); break;
+    case OUT_BF16 * 2 + 1: window_impl(src, c, h, w, win, dst, norm, OUT_BF16, true); break;
     case OUT_LUT * 2: window_impl(src, c, h, w, win, dst, norm, OUT_LUT, false); break;
     default: window_impl(src, c, h, w, win, dst, norm, OUT_LUT, true); break;
     }
@@ -217,6 +244,8 @@ void stk__aug_normalize(const uint8_t *src, uint32_t c, size_t n, void *dst,
         const chan_t k = chan_of(norm, ch);
         if (kind == OUT_F32)
             put_run(dst, ch * n, src + ch * n, n, OUT_F32, false, k);
+        else if (kind == OUT_BF16)
+            put_run(dst, ch * n, src + ch * n, n, OUT_BF16, false, k);
         else if (kind == OUT_LUT)
             put_run(dst, ch * n, src + ch * n, n, OUT_LUT, false, k);
         else
@@ -352,6 +381,9 @@ void stk__aug_resize(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, uin
         break;
     case OUT_F32:
         resize_impl(src, c, h, w, top, left, bh, bw, dst, oh, ow, hflip, vflip, norm, tmp, OUT_F32);
+        break;
+    case OUT_BF16:
+        resize_impl(src, c, h, w, top, left, bh, bw, dst, oh, ow, hflip, vflip, norm, tmp, OUT_BF16);
         break;
     default:
         resize_impl(src, c, h, w, top, left, bh, bw, dst, oh, ow, hflip, vflip, norm, tmp, OUT_LUT);

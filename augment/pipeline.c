@@ -211,9 +211,15 @@ static int init_norm(stk_augment_t *aug)
         double m = op->mean[op->nmean == 1 ? 0 : ch], s = op->std[op->nstd == 1 ? 0 : ch];
         aug->scale[ch] = (float)(1.0 / (255.0 * s));
         aug->bias[ch] = (float)(-m / s);
+        /* Finite factors keep every output finite: no NaN to round. */
+        if (!isfinite(aug->scale[ch]) || !isfinite(aug->bias[ch]) ||
+            !isfinite(255.0f * aug->scale[ch] + aug->bias[ch]))
+            return stk__error(STK_ECONFIG,
+                              "augment: normalize mean %g, std %g for channel %u overflow f32", m,
+                              s, ch);
     }
     aug->norm = (stk__aug_norm_t){op->dtype, aug->scale, aug->bias, NULL};
-    if (op->dtype == STK_DTYPE_F32)
+    if (op->dtype != STK_DTYPE_F16)
         return 0;
     aug->lut = calloc((size_t)c * 256, sizeof *aug->lut);
     if (!aug->lut)
@@ -228,8 +234,7 @@ static int init_norm(stk_augment_t *aug)
         stk__aug_norm_t n32 = {STK_DTYPE_F32, aug->scale + ch, aug->bias + ch, NULL};
         stk__aug_normalize(all, 1, 256, f, &n32);
         for (int x = 0; x < 256; x++)
-            aug->lut[ch * 256 + x] = op->dtype == STK_DTYPE_F16 ? stk_f32_to_f16(f[x])
-                                                                 : stk_f32_to_bf16(f[x]);
+            aug->lut[ch * 256 + x] = stk_f32_to_f16(f[x]);
     }
     aug->norm.lut = aug->lut;
     return 0;

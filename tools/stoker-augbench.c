@@ -7,6 +7,7 @@
  * where SHAPE is 28 or 224 (default both). */
 #include <stoker/augment.h>
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,8 +150,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-s") && i + 1 < argc)
             only = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [-t SECONDS_PER_ROW] [-s 28|224]\n", argv[0]);
-            return 2;
+            bool help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+            fprintf(help ? stdout : stderr, "usage: %s [-t SECONDS_PER_ROW] [-s 28|224]\n", argv[0]);
+            return help ? 0 : 2;
         }
     }
     printf("stoker-augbench %s: one thread; MB/s of input bytes; ratio = MB/s / memcpy MB/s\n",

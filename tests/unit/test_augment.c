@@ -132,6 +132,7 @@ static void test_bad_specs(void **state)
     expect_bad("normalize:mean=0.5,std=nan", &gray28, "bad value 'nan' for 'std'");
     expect_bad("normalize:mean=0.5/0.4,std=0.5", &gray28, "mean has 2 values and std 1");
     expect_bad("normalize:mean=0.5,std=0.5,dtype=f64", &gray28, "bad value 'f64' for 'dtype'");
+    expect_bad("normalize:mean=0.5,std=1e-300", &gray28, "overflow f32");
     expect_bad("normalize:mean=0.5,std=0.5|hflip", &gray28, "'normalize' must be the last stage");
     expect_bad("normalize:mean=1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16/17,std=1", &gray28,
                "at most 16 values");
@@ -200,9 +201,11 @@ static void test_window_core(void **state)
     uint16_t lut[512], got16[2 * 13 * 15];
     for (int ch = 0; ch < 2; ch++)
         for (int x = 0; x < 256; x++)
-            lut[ch * 256 + x] = stk_f32_to_bf16((float)x * scale[ch] + bias[ch]);
+            lut[ch * 256 + x] = stk_f32_to_f16((float)x * scale[ch] + bias[ch]);
     stk__aug_norm_t nf = {STK_DTYPE_F32, scale, bias, NULL};
-    stk__aug_norm_t nb = {STK_DTYPE_BF16, scale, bias, lut};
+    stk__aug_norm_t nb = {STK_DTYPE_BF16, scale, bias, NULL};
+    stk__aug_norm_t nh = {STK_DTYPE_F16, scale, bias, lut};
+    uint16_t goth[2 * 13 * 15];
     fill_random(src, sizeof src, 5);
     int cases = 0;
     for (uint32_t pad = 0; pad <= 3; pad++)
@@ -223,11 +226,13 @@ static void test_window_core(void **state)
                                 assert_memory_equal(got, want, n);
                                 stk__aug_window(src, c, h, w, &win, gotf, &nf);
                                 stk__aug_window(src, c, h, w, &win, got16, &nb);
+                                stk__aug_window(src, c, h, w, &win, goth, &nh);
                                 for (size_t i = 0; i < n; i++) {
                                     int ch = (int)(i / ((size_t)oh * ow));
                                     float r = (float)want[i] * scale[ch] + bias[ch];
                                     assert_memory_equal(&gotf[i], &r, sizeof r);
                                     assert_int_equal(got16[i], stk_f32_to_bf16(r));
+                                    assert_int_equal(goth[i], stk_f32_to_f16(r));
                                 }
                                 cases++;
                             }
