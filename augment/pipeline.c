@@ -313,16 +313,21 @@ void stk_augment_destroy(stk_augment_t **aug)
 
 void stk_augment_output(const stk_augment_t *aug, stk_image_desc_t *out)
 {
-    *out = aug->out;
+    if (aug && out)
+        *out = aug->out;
 }
 
 size_t stk_augment_output_bytes(const stk_augment_t *aug)
 {
+    if (!aug)
+        return 0;
     return (size_t)aug->out.c * aug->out.h * aug->out.w * stk_dtype_size(aug->out.dtype);
 }
 
 size_t stk_augment_scratch_bytes(const stk_augment_t *aug)
 {
+    if (!aug)
+        return 0;
     size_t n = aug->nbufs * aug->buf_bytes + aug->tmp_bytes;
     /* Room to align the caller's pointer to 64 bytes. */
     return n ? n + 64 : 0;
@@ -330,6 +335,8 @@ size_t stk_augment_scratch_bytes(const stk_augment_t *aug)
 
 size_t stk_augment_pass_count(const stk_augment_t *aug)
 {
+    if (!aug)
+        return 0;
     return aug->npasses + (aug->in.layout == STK_LAYOUT_HWC ? 1 : 0);
 }
 
@@ -438,6 +445,8 @@ int stk_augment_apply(const stk_augment_t *aug, const void *in, void *out, void 
 {
     if (!aug || !in || !out || (!scratch && stk_augment_scratch_bytes(aug)))
         return stk__error(-EINVAL, "augment: NULL argument to stk_augment_apply");
+    if (in == out)
+        return stk__error(-EINVAL, "augment: apply cannot work in place (in == out)");
     uint64_t key = stk_rng_mix(stk_rng_mix(seed, epoch), sample_index);
     uint8_t *base = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     uint8_t *bufs[2] = {base, base + aug->buf_bytes};

@@ -158,6 +158,21 @@ static void test_bad_specs(void **state)
     uint8_t img[784], out[784];
     assert_int_equal(stk_augment_apply(a, NULL, out, NULL, 1, 0, 0), -EINVAL);
     assert_int_equal(stk_augment_apply(a, img, NULL, NULL, 1, 0, 0), -EINVAL);
+    assert_int_equal(stk_augment_apply(a, img, img, NULL, 1, 0, 0), -EINVAL);
+    assert_int_equal(stk_augment_output_bytes(NULL), 0);
+    assert_int_equal(stk_augment_scratch_bytes(NULL), 0);
+    assert_int_equal(stk_augment_pass_count(NULL), 0);
+    /* A 16-channel stage is long, and fine. */
+    stk_augment_t *wide = NULL;
+    const stk_image_desc_t d16 = {16, 4, 4, STK_DTYPE_U8, STK_LAYOUT_CHW};
+    assert_int_equal(stk_augment_create(&wide, "normalize:mean=0.4851/0.4561/0.4061/0.4851/0.4561/"
+                                               "0.4061/0.4851/0.4561/0.4061/0.4851/0.4561/0.4061/"
+                                               "0.4851/0.4561/0.4061/0.4851,std=0.2291/0.2241/"
+                                               "0.2251/0.2291/0.2241/0.2251/0.2291/0.2241/0.2251/"
+                                               "0.2291/0.2241/0.2251/0.2291/0.2241/0.2251/0.2291",
+                                       &d16),
+                     0);
+    stk_augment_destroy(&wide);
     stk_augment_destroy(&a);
 }
 
@@ -608,6 +623,50 @@ static void test_draws_uniform(void **state)
     stk_augment_destroy(&a);
 }
 
+/* Quarter turns: where the marked corner pixel lands tells k; 3 degrees
+ * of freedom, P(X > 16.27) = 0.001. Cutout centres: 8x8 = 64 cells... are
+ * read back from the single zeroed pixel of a 1x1 cutout (63 degrees of
+ * freedom, P(X > 103.4) = 0.001). */
+static void test_rot_cutout_uniform(void **state)
+{
+    (void)state;
+    const stk_image_desc_t d = {1, 8, 8, STK_DTYPE_U8, STK_LAYOUT_CHW};
+    stk_augment_t *rot, *cut;
+    assert_int_equal(stk_augment_create(&rot, "rot90", &d), 0);
+    assert_int_equal(stk_augment_create(&cut, "cutout:1", &d), 0);
+    uint8_t img[64], out[64];
+    for (int i = 0; i < 64; i++)
+        img[i] = (uint8_t)(1 + i);
+    unsigned ks[4] = {0}, cells[64] = {0};
+    const unsigned n = 16000;
+    for (unsigned s = 0; s < n; s++) {
+        assert_int_equal(stk_augment_apply(rot, img, out, NULL, 77, 1, s), 0);
+        /* img[0] (top left) goes: k=0 top left, k=1 bottom left, k=2
+         * bottom right, k=3 top right (counterclockwise). */
+        int k = out[0] == 1 ? 0 : out[56] == 1 ? 1 : out[63] == 1 ? 2 : 3;
+        assert_true(k != 3 || out[7] == 1);
+        ks[k]++;
+        assert_int_equal(stk_augment_apply(cut, img, out, NULL, 77, 1, s), 0);
+        int zeros = 0, at = -1;
+        for (int i = 0; i < 64; i++)
+            if (out[i] == 0)
+                zeros++, at = i;
+        assert_int_equal(zeros, 1);
+        cells[at]++;
+    }
+    double chi = 0, e = n / 4.0;
+    for (int k = 0; k < 4; k++)
+        chi += (ks[k] - e) * (ks[k] - e) / e;
+    assert_true(chi < 16.27);
+    chi = 0;
+    e = n / 64.0;
+    for (int i = 0; i < 64; i++)
+        chi += (cells[i] - e) * (cells[i] - e) / e;
+    assert_true(chi < 103.4);
+    stk_augment_destroy(&rot);
+    stk_augment_destroy(&cut);
+}
+
 /* ---- fusion, layouts, identity ------------------------------------------ */
 
 static void expect_fused_equal(const char *spec, const stk_image_desc_t *d, size_t fused_passes)
@@ -811,6 +870,7 @@ int main(void)
         cmocka_unit_test(test_same_key_same_output),
         cmocka_unit_test(test_any_worker_any_order),
         cmocka_unit_test(test_draws_uniform),
+        cmocka_unit_test(test_rot_cutout_uniform),
         cmocka_unit_test(test_fused_equals_chain),
         cmocka_unit_test(test_layouts_and_identity),
         cmocka_unit_test(test_mix),
