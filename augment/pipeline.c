@@ -119,6 +119,25 @@ static int bind(stk_augment_t *aug)
     return 0;
 }
 
+/* Folds the flips that follow (at most one of each; they commute) and then
+ * a normalize into pass p, moving *i past them. */
+static void absorb_tail(const stk_augment_t *aug, pass_t *p, size_t *i)
+{
+    while (*i < aug->nops) {
+        stk__aug_kind_t k = aug->ops[*i].kind;
+        if (k == STK__AUG_HFLIP && p->hflip < 0)
+            p->hflip = (int)(*i)++;
+        else if (k == STK__AUG_VFLIP && p->vflip < 0)
+            p->vflip = (int)(*i)++;
+        else
+            break;
+    }
+    if (*i < aug->nops && aug->ops[*i].kind == STK__AUG_NORMALIZE) {
+        p->norm = true;
+        (*i)++;
+    }
+}
+
 static void plan(stk_augment_t *aug, bool fuse)
 {
     size_t n = 0;
@@ -132,26 +151,18 @@ static void plan(stk_augment_t *aug, bool fuse)
         case STK__AUG_CENTERCROP:
         case STK__AUG_HFLIP:
         case STK__AUG_VFLIP:
+            /* A crop, a flip, or a crop and the flips and normalize that
+             * follow it: one window pass. */
             p->kind = PASS_WINDOW;
             if (op->kind == STK__AUG_CROP || op->kind == STK__AUG_CENTERCROP)
-                p->crop = (int)i++;
-            /* Flips after the crop (either order: they commute), then
-             * normalize, fold into the same pass. */
-            for (;;) {
-                if (i >= aug->nops || (!fuse && (p->crop >= 0 || p->hflip >= 0 || p->vflip >= 0)))
-                    break;
-                stk__aug_kind_t k = aug->ops[i].kind;
-                if (k == STK__AUG_HFLIP && p->hflip < 0)
-                    p->hflip = (int)i++;
-                else if (k == STK__AUG_VFLIP && p->vflip < 0)
-                    p->vflip = (int)i++;
-                else
-                    break;
-            }
-            if (fuse && i < aug->nops && aug->ops[i].kind == STK__AUG_NORMALIZE) {
-                p->norm = true;
-                i++;
-            }
+                p->crop = (int)i;
+            else if (op->kind == STK__AUG_HFLIP)
+                p->hflip = (int)i;
+            else
+                p->vflip = (int)i;
+            i++;
+            if (fuse)
+                absorb_tail(aug, p, &i);
             break;
         case STK__AUG_NORMALIZE:
             p->kind = PASS_NORMALIZE;
@@ -164,19 +175,8 @@ static void plan(stk_augment_t *aug, bool fuse)
              * mirrored row order, conversion of each rounded pixel. */
             p->kind = op->kind == STK__AUG_RRCROP ? PASS_RRCROP : PASS_RESIZE;
             i++;
-            while (fuse && i < aug->nops) {
-                stk__aug_kind_t k = aug->ops[i].kind;
-                if (k == STK__AUG_HFLIP && p->hflip < 0)
-                    p->hflip = (int)i++;
-                else if (k == STK__AUG_VFLIP && p->vflip < 0)
-                    p->vflip = (int)i++;
-                else
-                    break;
-            }
-            if (fuse && i < aug->nops && aug->ops[i].kind == STK__AUG_NORMALIZE) {
-                p->norm = true;
-                i++;
-            }
+            if (fuse)
+                absorb_tail(aug, p, &i);
             break;
         case STK__AUG_ROT90: p->kind = PASS_ROT90, i++; break;
         case STK__AUG_JITTER: p->kind = PASS_JITTER, i++; break;
