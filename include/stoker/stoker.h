@@ -7,5 +7,6 @@
 #include "stoker/shard.h"
 #include "stoker/sampler.h"
 #include "stoker/augment.h"
+#include "stoker/optim.h"
 
 #endif
