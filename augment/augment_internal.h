@@ -53,9 +53,10 @@ int stk__aug_parse(const char *spec, stk__aug_op_t *ops, size_t *nops);
 int stk__aug_format(const stk__aug_op_t *ops, size_t nops, char *buf, size_t cap);
 const char *stk__aug_kind_name(stk__aug_kind_t kind);
 
-/* Normalization to float: out = (float)x * scale[c] + bias[c] for f32;
- * f16 and bf16 look up lut[c * 256 + x], built from the same f32 values
- * rounded to nearest even, so every path gives the same bits. */
+/* Normalization to float: out = (float)x * scale[c] + bias[c] for f32,
+ * that value rounded to nearest even for bf16 (in the loop); f16 looks up
+ * lut[c * 256 + x], built from the same f32 values by stk_f32_to_f16, so
+ * every path gives the same bits. */
 typedef struct stk__aug_norm {
     stk_dtype_t dtype;
     const float *scale, *bias; /* c entries */
@@ -83,11 +84,12 @@ void stk__aug_normalize(const uint8_t *src, uint32_t c, size_t n, void *dst,
 /* Bilinear resize of the box (top, left, bh, bw) of src to oh x ow, as
  * torch.nn.functional.interpolate(mode="bilinear", align_corners=False) in
  * f32 on the u8 values, rounded half to even (torchvision's resize of a u8
- * tensor with antialias=False). tmp: stk__aug_resize_tmp_bytes(ow). */
-size_t stk__aug_resize_tmp_bytes(uint32_t ow);
+ * tensor with antialias=False); then flipped, and converted as norm says
+ * (u8 when NULL), in the same pass. tmp: stk__aug_resize_tmp_bytes(ow, w). */
+size_t stk__aug_resize_tmp_bytes(uint32_t ow, uint32_t w);
 void stk__aug_resize(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w, uint32_t top,
-                     uint32_t left, uint32_t bh, uint32_t bw, uint8_t *dst, uint32_t oh,
-                     uint32_t ow, void *tmp);
+                     uint32_t left, uint32_t bh, uint32_t bw, void *dst, uint32_t oh, uint32_t ow,
+                     bool hflip, bool vflip, const stk__aug_norm_t *norm, void *tmp);
 
 /* torchvision RandomResizedCrop.get_params: 10 attempts of (area scale,
  * log-uniform aspect ratio), then the centre-crop fallback. box = {top,

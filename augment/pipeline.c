@@ -119,6 +119,25 @@ static int bind(stk_augment_t *aug)
     return 0;
 }
 
+/* Folds the flips that follow (at most one of each; they commute) and then
+ * a normalize into pass p, moving *i past them. */
+static void absorb_tail(const stk_augment_t *aug, pass_t *p, size_t *i)
+{
+    while (*i < aug->nops) {
+        stk__aug_kind_t k = aug->ops[*i].kind;
+        if (k == STK__AUG_HFLIP && p->hflip < 0)
+            p->hflip = (int)(*i)++;
+        else if (k == STK__AUG_VFLIP && p->vflip < 0)
+            p->vflip = (int)(*i)++;
+        else
+            break;
+    }
+    if (*i < aug->nops && aug->ops[*i].kind == STK__AUG_NORMALIZE) {
+        p->norm = true;
+        (*i)++;
+    }
+}
+
 static void plan(stk_augment_t *aug, bool fuse)
 {
     size_t n = 0;
@@ -132,34 +151,33 @@ static void plan(stk_augment_t *aug, bool fuse)
         case STK__AUG_CENTERCROP:
         case STK__AUG_HFLIP:
         case STK__AUG_VFLIP:
+            /* A crop, a flip, or a crop and the flips and normalize that
+             * follow it: one window pass. */
             p->kind = PASS_WINDOW;
             if (op->kind == STK__AUG_CROP || op->kind == STK__AUG_CENTERCROP)
-                p->crop = (int)i++;
-            /* Flips after the crop (either order: they commute), then
-             * normalize, fold into the same pass. */
-            for (;;) {
-                if (i >= aug->nops || (!fuse && (p->crop >= 0 || p->hflip >= 0 || p->vflip >= 0)))
-                    break;
-                stk__aug_kind_t k = aug->ops[i].kind;
-                if (k == STK__AUG_HFLIP && p->hflip < 0)
-                    p->hflip = (int)i++;
-                else if (k == STK__AUG_VFLIP && p->vflip < 0)
-                    p->vflip = (int)i++;
-                else
-                    break;
-            }
-            if (fuse && i < aug->nops && aug->ops[i].kind == STK__AUG_NORMALIZE) {
-                p->norm = true;
-                i++;
-            }
+                p->crop = (int)i;
+            else if (op->kind == STK__AUG_HFLIP)
+                p->hflip = (int)i;
+            else
+                p->vflip = (int)i;
+            i++;
+            if (fuse)
+                absorb_tail(aug, p, &i);
             break;
         case STK__AUG_NORMALIZE:
             p->kind = PASS_NORMALIZE;
             p->norm = true;
             i++;
             break;
-        case STK__AUG_RRCROP: p->kind = PASS_RRCROP, i++; break;
-        case STK__AUG_RESIZE: p->kind = PASS_RESIZE, i++; break;
+        case STK__AUG_RRCROP:
+        case STK__AUG_RESIZE:
+            /* Flips and normalize ride along: mirrored column table,
+             * mirrored row order, conversion of each rounded pixel. */
+            p->kind = op->kind == STK__AUG_RRCROP ? PASS_RRCROP : PASS_RESIZE;
+            i++;
+            if (fuse)
+                absorb_tail(aug, p, &i);
+            break;
         case STK__AUG_ROT90: p->kind = PASS_ROT90, i++; break;
         case STK__AUG_JITTER: p->kind = PASS_JITTER, i++; break;
         case STK__AUG_CUTOUT: p->kind = PASS_CUTOUT, i++; break;
@@ -193,9 +211,15 @@ static int init_norm(stk_augment_t *aug)
         double m = op->mean[op->nmean == 1 ? 0 : ch], s = op->std[op->nstd == 1 ? 0 : ch];
         aug->scale[ch] = (float)(1.0 / (255.0 * s));
         aug->bias[ch] = (float)(-m / s);
+        /* Finite factors keep every output finite: no NaN to round. */
+        if (!isfinite(aug->scale[ch]) || !isfinite(aug->bias[ch]) ||
+            !isfinite(255.0f * aug->scale[ch] + aug->bias[ch]))
+            return stk__error(STK_ECONFIG,
+                              "augment: normalize mean %g, std %g for channel %u overflow f32", m,
+                              s, ch);
     }
     aug->norm = (stk__aug_norm_t){op->dtype, aug->scale, aug->bias, NULL};
-    if (op->dtype == STK_DTYPE_F32)
+    if (op->dtype != STK_DTYPE_F16)
         return 0;
     aug->lut = calloc((size_t)c * 256, sizeof *aug->lut);
     if (!aug->lut)
@@ -210,8 +234,7 @@ static int init_norm(stk_augment_t *aug)
         stk__aug_norm_t n32 = {STK_DTYPE_F32, aug->scale + ch, aug->bias + ch, NULL};
         stk__aug_normalize(all, 1, 256, f, &n32);
         for (int x = 0; x < 256; x++)
-            aug->lut[ch * 256 + x] = op->dtype == STK_DTYPE_F16 ? stk_f32_to_f16(f[x])
-                                                                 : stk_f32_to_bf16(f[x]);
+            aug->lut[ch * 256 + x] = stk_f32_to_f16(f[x]);
     }
     aug->norm.lut = aug->lut;
     return 0;
@@ -232,7 +255,7 @@ static void size_scratch(stk_augment_t *aug)
     for (size_t i = 0; i < aug->npasses; i++) {
         const pass_t *p = &aug->passes[i];
         if (p->kind == PASS_RESIZE || p->kind == PASS_RRCROP) {
-            size_t t = ALIGN64(stk__aug_resize_tmp_bytes(p->ow));
+            size_t t = ALIGN64(stk__aug_resize_tmp_bytes(p->ow, p->iw));
             aug->tmp_bytes = t > aug->tmp_bytes ? t : aug->tmp_bytes;
         }
     }
@@ -290,16 +313,21 @@ void stk_augment_destroy(stk_augment_t **aug)
 
 void stk_augment_output(const stk_augment_t *aug, stk_image_desc_t *out)
 {
-    *out = aug->out;
+    if (aug && out)
+        *out = aug->out;
 }
 
 size_t stk_augment_output_bytes(const stk_augment_t *aug)
 {
+    if (!aug)
+        return 0;
     return (size_t)aug->out.c * aug->out.h * aug->out.w * stk_dtype_size(aug->out.dtype);
 }
 
 size_t stk_augment_scratch_bytes(const stk_augment_t *aug)
 {
+    if (!aug)
+        return 0;
     size_t n = aug->nbufs * aug->buf_bytes + aug->tmp_bytes;
     /* Room to align the caller's pointer to 64 bytes. */
     return n ? n + 64 : 0;
@@ -307,6 +335,8 @@ size_t stk_augment_scratch_bytes(const stk_augment_t *aug)
 
 size_t stk_augment_pass_count(const stk_augment_t *aug)
 {
+    if (!aug)
+        return 0;
     return aug->npasses + (aug->in.layout == STK_LAYOUT_HWC ? 1 : 0);
 }
 
@@ -324,10 +354,20 @@ static void run_pass(const stk_augment_t *aug, const pass_t *p, const uint8_t *s
     const stk__aug_op_t *ops = aug->ops;
     const stk__aug_norm_t *norm = p->norm ? &aug->norm : NULL;
     stk_rng_t rng;
+    /* Fused flips draw from their own streams, as they would alone. */
+    bool hflip = false, vflip = false;
+    if (p->hflip >= 0) {
+        stk_rng_init(&rng, key, (uint64_t)p->hflip);
+        hflip = stk_rng_uniform_f64(&rng) < ops[p->hflip].p;
+    }
+    if (p->vflip >= 0) {
+        stk_rng_init(&rng, key, (uint64_t)p->vflip);
+        vflip = stk_rng_uniform_f64(&rng) < ops[p->vflip].p;
+    }
     stk_rng_init(&rng, key, (uint64_t)p->op);
     switch (p->kind) {
     case PASS_WINDOW: {
-        stk__aug_window_t win = {p->oh, p->ow, 0, 0, false, false, false};
+        stk__aug_window_t win = {p->oh, p->ow, 0, 0, hflip, vflip, false};
         if (p->crop >= 0) {
             const stk__aug_op_t *op = &ops[p->crop];
             if (op->kind == STK__AUG_CROP) {
@@ -342,14 +382,6 @@ static void run_pass(const stk_augment_t *aug, const pass_t *p, const uint8_t *s
                 win.x0 = (int32_t)nearbyint((p->iw - op->sw) / 2.0);
             }
         }
-        if (p->hflip >= 0) {
-            stk_rng_init(&rng, key, (uint64_t)p->hflip);
-            win.hflip = stk_rng_uniform_f64(&rng) < ops[p->hflip].p;
-        }
-        if (p->vflip >= 0) {
-            stk_rng_init(&rng, key, (uint64_t)p->vflip);
-            win.vflip = stk_rng_uniform_f64(&rng) < ops[p->vflip].p;
-        }
         stk__aug_window(src, p->c, p->ih, p->iw, &win, dst, norm);
         break;
     }
@@ -361,11 +393,12 @@ static void run_pass(const stk_augment_t *aug, const pass_t *p, const uint8_t *s
         uint32_t box[4];
         stk__aug_rrc_params(p->ih, p->iw, op->scale, op->ratio, &rng, box);
         stk__aug_resize(src, p->c, p->ih, p->iw, box[0], box[1], box[2], box[3], dst, p->oh, p->ow,
-                        tmp);
+                        hflip, vflip, norm, tmp);
         break;
     }
     case PASS_RESIZE:
-        stk__aug_resize(src, p->c, p->ih, p->iw, 0, 0, p->ih, p->iw, dst, p->oh, p->ow, tmp);
+        stk__aug_resize(src, p->c, p->ih, p->iw, 0, 0, p->ih, p->iw, dst, p->oh, p->ow, hflip,
+                        vflip, norm, tmp);
         break;
     case PASS_ROT90: {
         int k = ops[p->op].k >= 0 ? ops[p->op].k : (int)stk_rng_below(&rng, 4);
@@ -412,6 +445,8 @@ int stk_augment_apply(const stk_augment_t *aug, const void *in, void *out, void 
 {
     if (!aug || !in || !out || (!scratch && stk_augment_scratch_bytes(aug)))
         return stk__error(-EINVAL, "augment: NULL argument to stk_augment_apply");
+    if (in == out)
+        return stk__error(-EINVAL, "augment: apply cannot work in place (in == out)");
     uint64_t key = stk_rng_mix(stk_rng_mix(seed, epoch), sample_index);
     uint8_t *base = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     uint8_t *bufs[2] = {base, base + aug->buf_bytes};

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TOK_MAX 128
+#define TOK_MAX 1024 /* one stage: 16-channel mean and std lists fit */
 
 static const struct {
     const char *name;

@@ -70,7 +70,7 @@ typedef struct stk_augment stk_augment_t;
 STK_API int stk_augment_create(stk_augment_t **out, const char *spec, const stk_image_desc_t *in);
 STK_API void stk_augment_destroy(stk_augment_t **aug);
 /* Output description (shape and dtype after every transform; layout CHW).
- * Thread-safe on a shared aug. */
+ * The size functions return 0 for a NULL aug. Thread-safe on a shared aug. */
 STK_API void stk_augment_output(const stk_augment_t *aug, stk_image_desc_t *out);
 STK_API size_t stk_augment_output_bytes(const stk_augment_t *aug);
 /* Scratch bytes apply needs (caller allocates once per worker; any
@@ -82,11 +82,12 @@ STK_API size_t stk_augment_scratch_bytes(const stk_augment_t *aug);
 STK_API int stk_augment_format(const stk_augment_t *aug, char *buf, size_t cap);
 /* Transforms one sample. Thread-safe on a shared aug; allocates nothing.
  * in: the input image as described at create; out: stk_augment_output_bytes
- * bytes; scratch: stk_augment_scratch_bytes bytes (NULL allowed when 0),
- * owned by the caller and not shared between concurrent calls. Transform i
- * draws from Philox stream i under the key
- * stk_rng_mix(stk_rng_mix(seed, epoch), sample_index).
- * Returns 0, or -EINVAL for NULL pointers. */
+ * bytes, not overlapping in; scratch: stk_augment_scratch_bytes bytes (NULL
+ * allowed when 0), owned by the caller and not shared between concurrent
+ * calls. Transform i (0-based position in the spec) draws from Philox
+ * stream i under the key stk_rng_mix(stk_rng_mix(seed, epoch),
+ * sample_index), whether or not it is fused with its neighbours.
+ * Returns 0, or -EINVAL for NULL pointers or in == out. */
 STK_API int stk_augment_apply(const stk_augment_t *aug, const void *in, void *out, void *scratch,
                               uint64_t seed, uint64_t epoch, uint64_t sample_index);
 

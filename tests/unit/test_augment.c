@@ -132,6 +132,7 @@ static void test_bad_specs(void **state)
     expect_bad("normalize:mean=0.5,std=nan", &gray28, "bad value 'nan' for 'std'");
     expect_bad("normalize:mean=0.5/0.4,std=0.5", &gray28, "mean has 2 values and std 1");
     expect_bad("normalize:mean=0.5,std=0.5,dtype=f64", &gray28, "bad value 'f64' for 'dtype'");
+    expect_bad("normalize:mean=0.5,std=1e-300", &gray28, "overflow f32");
     expect_bad("normalize:mean=0.5,std=0.5|hflip", &gray28, "'normalize' must be the last stage");
     expect_bad("normalize:mean=1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16/17,std=1", &gray28,
                "at most 16 values");
@@ -157,6 +158,21 @@ static void test_bad_specs(void **state)
     uint8_t img[784], out[784];
     assert_int_equal(stk_augment_apply(a, NULL, out, NULL, 1, 0, 0), -EINVAL);
     assert_int_equal(stk_augment_apply(a, img, NULL, NULL, 1, 0, 0), -EINVAL);
+    assert_int_equal(stk_augment_apply(a, img, img, NULL, 1, 0, 0), -EINVAL);
+    assert_int_equal(stk_augment_output_bytes(NULL), 0);
+    assert_int_equal(stk_augment_scratch_bytes(NULL), 0);
+    assert_int_equal(stk_augment_pass_count(NULL), 0);
+    /* A 16-channel stage is long, and fine. */
+    stk_augment_t *wide = NULL;
+    const stk_image_desc_t d16 = {16, 4, 4, STK_DTYPE_U8, STK_LAYOUT_CHW};
+    assert_int_equal(stk_augment_create(&wide, "normalize:mean=0.4851/0.4561/0.4061/0.4851/0.4561/"
+                                               "0.4061/0.4851/0.4561/0.4061/0.4851/0.4561/0.4061/"
+                                               "0.4851/0.4561/0.4061/0.4851,std=0.2291/0.2241/"
+                                               "0.2251/0.2291/0.2241/0.2251/0.2291/0.2241/0.2251/"
+                                               "0.2291/0.2241/0.2251/0.2291/0.2241/0.2251/0.2291",
+                                       &d16),
+                     0);
+    stk_augment_destroy(&wide);
     stk_augment_destroy(&a);
 }
 
@@ -200,9 +216,11 @@ static void test_window_core(void **state)
     uint16_t lut[512], got16[2 * 13 * 15];
     for (int ch = 0; ch < 2; ch++)
         for (int x = 0; x < 256; x++)
-            lut[ch * 256 + x] = stk_f32_to_bf16((float)x * scale[ch] + bias[ch]);
+            lut[ch * 256 + x] = stk_f32_to_f16((float)x * scale[ch] + bias[ch]);
     stk__aug_norm_t nf = {STK_DTYPE_F32, scale, bias, NULL};
-    stk__aug_norm_t nb = {STK_DTYPE_BF16, scale, bias, lut};
+    stk__aug_norm_t nb = {STK_DTYPE_BF16, scale, bias, NULL};
+    stk__aug_norm_t nh = {STK_DTYPE_F16, scale, bias, lut};
+    uint16_t goth[2 * 13 * 15];
     fill_random(src, sizeof src, 5);
     int cases = 0;
     for (uint32_t pad = 0; pad <= 3; pad++)
@@ -223,11 +241,13 @@ static void test_window_core(void **state)
                                 assert_memory_equal(got, want, n);
                                 stk__aug_window(src, c, h, w, &win, gotf, &nf);
                                 stk__aug_window(src, c, h, w, &win, got16, &nb);
+                                stk__aug_window(src, c, h, w, &win, goth, &nh);
                                 for (size_t i = 0; i < n; i++) {
                                     int ch = (int)(i / ((size_t)oh * ow));
                                     float r = (float)want[i] * scale[ch] + bias[ch];
                                     assert_memory_equal(&gotf[i], &r, sizeof r);
                                     assert_int_equal(got16[i], stk_f32_to_bf16(r));
+                                    assert_int_equal(goth[i], stk_f32_to_f16(r));
                                 }
                                 cases++;
                             }
@@ -338,9 +358,9 @@ static void test_resize_vs_torchvision(void **state)
         uint32_t c = (uint32_t)p[0], oh = (uint32_t)p[7], ow = (uint32_t)p[8];
         assert_int_equal(out_len, c * oh * ow);
         uint8_t *got = malloc(out_len);
-        void *tmp = malloc(stk__aug_resize_tmp_bytes(ow));
+        void *tmp = malloc(stk__aug_resize_tmp_bytes(ow, (uint32_t)p[2]));
         stk__aug_resize(in, c, (uint32_t)p[1], (uint32_t)p[2], (uint32_t)p[3], (uint32_t)p[4],
-                        (uint32_t)p[5], (uint32_t)p[6], got, oh, ow, tmp);
+                        (uint32_t)p[5], (uint32_t)p[6], got, oh, ow, false, false, NULL, tmp);
         for (uint32_t i = 0; i < out_len; i++) {
             int d = abs((int)got[i] - (int)want[i]);
             if (d > 1)
@@ -603,6 +623,50 @@ static void test_draws_uniform(void **state)
     stk_augment_destroy(&a);
 }
 
+/* Quarter turns: where the marked corner pixel lands tells k; 3 degrees
+ * of freedom, P(X > 16.27) = 0.001. Cutout centres: 8x8 = 64 cells... are
+ * read back from the single zeroed pixel of a 1x1 cutout (63 degrees of
+ * freedom, P(X > 103.4) = 0.001). */
+static void test_rot_cutout_uniform(void **state)
+{
+    (void)state;
+    const stk_image_desc_t d = {1, 8, 8, STK_DTYPE_U8, STK_LAYOUT_CHW};
+    stk_augment_t *rot, *cut;
+    assert_int_equal(stk_augment_create(&rot, "rot90", &d), 0);
+    assert_int_equal(stk_augment_create(&cut, "cutout:1", &d), 0);
+    uint8_t img[64], out[64];
+    for (int i = 0; i < 64; i++)
+        img[i] = (uint8_t)(1 + i);
+    unsigned ks[4] = {0}, cells[64] = {0};
+    const unsigned n = 16000;
+    for (unsigned s = 0; s < n; s++) {
+        assert_int_equal(stk_augment_apply(rot, img, out, NULL, 77, 1, s), 0);
+        /* img[0] (top left) goes: k=0 top left, k=1 bottom left, k=2
+         * bottom right, k=3 top right (counterclockwise). */
+        int k = out[0] == 1 ? 0 : out[56] == 1 ? 1 : out[63] == 1 ? 2 : 3;
+        assert_true(k != 3 || out[7] == 1);
+        ks[k]++;
+        assert_int_equal(stk_augment_apply(cut, img, out, NULL, 77, 1, s), 0);
+        int zeros = 0, at = -1;
+        for (int i = 0; i < 64; i++)
+            if (out[i] == 0)
+                zeros++, at = i;
+        assert_int_equal(zeros, 1);
+        cells[at]++;
+    }
+    double chi = 0, e = n / 4.0;
+    for (int k = 0; k < 4; k++)
+        chi += (ks[k] - e) * (ks[k] - e) / e;
+    assert_true(chi < 16.27);
+    chi = 0;
+    e = n / 64.0;
+    for (int i = 0; i < 64; i++)
+        chi += (cells[i] - e) * (cells[i] - e) / e;
+    assert_true(chi < 103.4);
+    stk_augment_destroy(&rot);
+    stk_augment_destroy(&cut);
+}
+
 /* ---- fusion, layouts, identity ------------------------------------------ */
 
 static void expect_fused_equal(const char *spec, const stk_image_desc_t *d, size_t fused_passes)
@@ -644,7 +708,11 @@ static void test_fused_equals_chain(void **state)
     expect_fused_equal("resize:40|crop:32,pad=4|hflip|cutout:5|jitter:brightness=0.3|"
                        "normalize:mean=0.5,std=0.2",
                        &rgb32, 5);
-    expect_fused_equal(rich, &rgb32, 6);
+    expect_fused_equal("rrcrop:20|hflip|normalize:mean=0.5,std=0.2,dtype=bf16", &rgb32, 1);
+    expect_fused_equal("rrcrop:20x28,scale=0.3/0.9|vflip:p=0.4|hflip|normalize:mean=0.5,std=0.2",
+                       &rgb32, 1);
+    expect_fused_equal("resize:40x36|vflip|normalize:mean=0.1/0.2/0.3,std=0.2", &rgb32, 1);
+    expect_fused_equal(rich, &rgb32, 5);
 }
 
 static void test_layouts_and_identity(void **state)
@@ -802,6 +870,7 @@ int main(void)
         cmocka_unit_test(test_same_key_same_output),
         cmocka_unit_test(test_any_worker_any_order),
         cmocka_unit_test(test_draws_uniform),
+        cmocka_unit_test(test_rot_cutout_uniform),
         cmocka_unit_test(test_fused_equals_chain),
         cmocka_unit_test(test_layouts_and_identity),
         cmocka_unit_test(test_mix),
