@@ -57,6 +57,7 @@ static const key_def_t keys[] = {
     {"metrics", K_PATH, STR(metrics), 0, 0, NULL},
     {"plot", K_PATH, STR(plot), 0, 0, NULL},
     {"progress", K_ENUM, 0, 0, 0, 0, "auto|on|off"},
+    {"profile", K_BOOL, OFF(profile), 0, 0, 1, NULL},
 };
 
 void train_config_default(train_config_t *cfg)

@@ -64,6 +64,8 @@ typedef struct run {
     size_t lbuf_len;
 
     FILE *metrics;
+    /* phase times of this process (profile = true) */
+    double prof_compute_s, prof_optim_s, prof_eval_s;
     double total_train_s, total_wait_s;
     uint64_t total_images;
 } run_t;
@@ -751,9 +753,11 @@ static int train_epoch(run_t *r)
         stk_model_set_step(r->model, (uint64_t)r->epoch * nb + k);
         float loss;
         int64_t correct = 0;
+        double tc = now_s();
         rc = stk_model_forward(r->model, images, (int64_t)b.size, r->lbuf, NULL, &loss);
         if (rc == 0)
             rc = stk_model_backward(r->model);
+        r->prof_compute_s += now_s() - tc;
         if (rc == 0)
             rc = stk_model_count_correct(r->model, r->lbuf, &correct);
         size_t n = b.size;
@@ -767,14 +771,15 @@ static int train_epoch(run_t *r)
         r->ep_correct += (uint64_t)correct;
         r->ep_seen += n;
         if (k + 1 == group_start + group) {
-            size_t np;
-            float *params = stk_model_params(r->model, &np);
+            double to = now_s();
+            float *params = stk_model_params(r->model, NULL);
             rc = stk_optim_step(r->opt, params, stk_model_grads(r->model, NULL));
             if (rc == 0)
                 rc = stk_sched_step(r->sched);
             if (rc)
                 return fail_stk(rc, "optimizer step");
             stk_model_zero_grad(r->model);
+            r->prof_optim_s += now_s() - to;
             r->step++;
             r->ep_train_s = now_s() - t_start;
             if (c->checkpoint_steps && r->step % (uint64_t)c->checkpoint_steps == 0 && k + 1 < nb &&
@@ -899,8 +904,10 @@ static int run_training(run_t *r)
         s->lr = current_lr(r);
         s->images_per_s = train_s > 0 ? (double)r->ep_seen / train_s : 0;
         s->data_wait = train_s > 0 ? r->ep_wait_s / train_s : 0;
+        double te = now_s();
         if ((rc = evaluate(r, &s->test_loss, &s->test_acc)) != 0)
             return rc;
+        r->prof_eval_s += now_s() - te;
         s->epoch_s = now_s() - t0;
         r->nhist++;
         r->total_train_s += train_s;
@@ -953,6 +960,25 @@ static void print_results(const run_t *r, double wall_s)
                 r->step, ips, wait, wall_s, r->total_train_s);
     }
     fflush(out);
+}
+
+/* Where this process's time went, then the engine's per-layer table. */
+static void print_profile(const run_t *r)
+{
+    double train = r->total_train_s, other = train - r->prof_compute_s - r->prof_optim_s - r->total_wait_s;
+    fprintf(stderr, "phase            seconds   share of training\n");
+    fprintf(stderr, "forward+backward %8.2f   %5.1f%%\n", r->prof_compute_s, 100 * r->prof_compute_s / train);
+    fprintf(stderr, "optimizer step   %8.2f   %5.1f%%\n", r->prof_optim_s, 100 * r->prof_optim_s / train);
+    fprintf(stderr, "data wait        %8.2f   %5.1f%%\n", r->total_wait_s, 100 * r->total_wait_s / train);
+    fprintf(stderr, "other            %8.2f   %5.1f%%\n", other, 100 * other / train);
+    fprintf(stderr, "evaluation       %8.2f   (not in training time)\n", r->prof_eval_s);
+    size_t need = stk_model_stats_format(r->model, NULL, 0);
+    char *buf = malloc(need + 1);
+    if (buf) {
+        stk_model_stats_format(r->model, buf, need + 1);
+        fputs(buf, stderr);
+        free(buf);
+    }
 }
 
 static void teardown(run_t *r)
@@ -1060,9 +1086,13 @@ int main(int argc, char **argv)
         sa.sa_handler = on_signal;
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
+        if (r->cfg.profile)
+            stk_model_set_profiling(r->model, 1);
         rc = run_training(r);
         if (rc == 0)
             print_results(r, now_s() - t_begin);
+        if (rc == 0 && r->cfg.profile)
+            print_profile(r);
     }
     teardown(r);
     stk_loader_forkserver_stop();

@@ -42,6 +42,7 @@ typedef struct train_config {
     char metrics[TRAIN_PATH_MAX];
     char plot[TRAIN_PATH_MAX]; /* "" = metrics path with .svg */
     int progress;              /* -1 auto (terminal), 0 off, 1 on */
+    int profile;               /* per-layer and per-phase timing at the end */
 } train_config_t;
 
 void train_config_default(train_config_t *cfg);
