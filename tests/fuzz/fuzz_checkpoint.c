@@ -1,0 +1,173 @@
+/* SPDX-License-Identifier: MIT */
+/* Fuzz target for the checkpoint reader and the stoker-train config parser.
+ * The input is opened as a checkpoint file and every section is read; a
+ * second pass rewrites the header, table and section checksums first so
+ * that mutations reach the table checks behind them. The same bytes are
+ * also parsed as a config text. Built with libFuzzer under -Dfuzz=true;
+ * otherwise a plain main replays files and directories given on the
+ * command line (CI runs the corpus). */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "stoker/checkpoint.h"
+#include "../../tools/stoker-train.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static int memfd = -1;
+
+static void open_all(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", memfd);
+    stk_ckpt_t *ck = NULL;
+    if (stk_ckpt_open(&ck, path) != 0)
+        return;
+    uint64_t sum = 0;
+    for (size_t i = 0; i < stk_ckpt_num_sections(ck); i++) {
+        const char *name;
+        const void *d;
+        size_t len;
+        if (stk_ckpt_section_at(ck, i, &name, &d, &len) == 0) {
+            sum += stk_ckpt_checksum(d, len);
+            stk_ckpt_find(ck, name, NULL, NULL);
+        }
+    }
+    (void)sum;
+    stk_ckpt_close(&ck);
+}
+
+static void load(const uint8_t *data, size_t size)
+{
+    if (ftruncate(memfd, 0) != 0 || (size && pwrite(memfd, data, size, 0) != (ssize_t)size))
+        abort();
+}
+
+/* Makes the checksums agree with the (mutated) bytes; the layout is in
+ * engine/checkpoint.c. */
+static void repair(uint8_t *d, size_t size)
+{
+    if (size < 64 || memcmp(d, "STKCKPT", 8) != 0)
+        return;
+    uint32_t n;
+    memcpy(&n, d + 12, 4);
+    if (n > 4096 || 64 + (uint64_t)n * 80 > size)
+        return;
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *e = d + 64 + (size_t)i * 80;
+        uint64_t off, len;
+        memcpy(&off, e + 48, 8);
+        memcpy(&len, e + 56, 8);
+        if (off <= size && len <= size - off) {
+            uint64_t s = stk_ckpt_checksum(d + off, (size_t)len);
+            memcpy(e + 64, &s, 8);
+        }
+    }
+    uint64_t t = stk_ckpt_checksum(d + 64, (size_t)n * 80), fsz = size;
+    memcpy(d + 16, &fsz, 8);
+    memcpy(d + 24, &t, 8);
+    uint64_t h = stk_ckpt_checksum(d, 32);
+    memcpy(d + 32, &h, 8);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (memfd < 0 && (memfd = memfd_create("fuzz_checkpoint", 0)) < 0)
+        abort();
+    load(data, size);
+    open_all();
+    uint8_t *copy = malloc(size ? size : 1);
+    if (!copy)
+        return 0;
+    memcpy(copy, data, size);
+    repair(copy, size);
+    load(copy, size);
+    open_all();
+
+    /* The same bytes as a config file. */
+    char *text = malloc(size + 1);
+    if (text) {
+        memcpy(text, data, size);
+        text[size] = '\0';
+        train_config_t cfg;
+        char err[512];
+        train_config_default(&cfg);
+        if (train_config_parse(&cfg, text, "fuzz", err, sizeof err) == 0) {
+            train_config_check(&cfg, err, sizeof err);
+            char buf[16384];
+            train_config_format(&cfg, buf, sizeof buf);
+            char aug[TRAIN_SPEC_MAX];
+            train_config_eval_augment(&cfg, aug, sizeof aug);
+        }
+        free(text);
+    }
+    free(copy);
+    return 0;
+}
+
+#ifndef STK_LIBFUZZER
+static int replay_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        return 1;
+    }
+    size_t cap = 1 << 16, len = 0;
+    uint8_t *buf = malloc(cap);
+    size_t r;
+    while (buf && (r = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += r;
+        if (len == cap) {
+            uint8_t *nb = realloc(buf, cap *= 2);
+            if (!nb)
+                free(buf);
+            buf = nb;
+        }
+    }
+    fclose(f);
+    if (!buf)
+        return 1;
+    LLVMFuzzerTestOneInput(buf, len);
+    free(buf);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int bad = 0, files = 0;
+    for (int i = 1; i < argc; i++) {
+        struct stat st;
+        if (stat(argv[i], &st) != 0) {
+            perror(argv[i]);
+            return 1;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            bad |= replay_file(argv[i]);
+            files++;
+            continue;
+        }
+        DIR *d = opendir(argv[i]);
+        struct dirent *de;
+        while (d && (de = readdir(d)) != NULL) {
+            if (de->d_name[0] == '.')
+                continue;
+            char p[4096];
+            snprintf(p, sizeof p, "%s/%s", argv[i], de->d_name);
+            bad |= replay_file(p);
+            files++;
+        }
+        if (d)
+            closedir(d);
+    }
+    printf("replayed %d inputs\n", files);
+    return bad;
+}
+#endif
