@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -335,6 +336,40 @@ static int setup_e2e(void **state)
     return 0;
 }
 
+static pid_t spawn_tool(const char **argv)
+{
+    char out_path[128], err_path[128];
+    snprintf(out_path, sizeof out_path, "%s/stdout.txt", tmpdir);
+    snprintf(err_path, sizeof err_path, "%s/stderr.txt", tmpdir);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(o, 1);
+        dup2(e, 2);
+        execv(tool, (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Waits for the tool; its stderr's text goes to err. Returns the exit
+ * status, or 128 + signal. */
+static int wait_tool(pid_t pid, char *err, size_t cap)
+{
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    char err_path[128];
+    snprintf(err_path, sizeof err_path, "%s/stderr.txt", tmpdir);
+    FILE *f = fopen(err_path, "r");
+    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
+    err[n] = '\0';
+    if (f)
+        fclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 /* Runs the tool with args (NULL-terminated); stdout and stderr go to
  * files in tmpdir, stderr's text is returned in err. */
 static int run_tool(char *err, size_t cap, ...)
@@ -349,27 +384,7 @@ static int run_tool(char *err, size_t cap, ...)
         argv[argc++] = a;
     va_end(ap);
     argv[argc] = NULL;
-    char out_path[128], err_path[128];
-    snprintf(out_path, sizeof out_path, "%s/stdout.txt", tmpdir);
-    snprintf(err_path, sizeof err_path, "%s/stderr.txt", tmpdir);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(tool, (char *const *)argv);
-        _exit(127);
-    }
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    FILE *f = fopen(err_path, "r");
-    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
-    err[n] = '\0';
-    if (f)
-        fclose(f);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return wait_tool(spawn_tool(argv), err, cap);
 }
 
 #define SKIP_WITHOUT_TOOL()                                                                                           \
@@ -510,11 +525,11 @@ static void expect_same_section(stk_ckpt_t *a, stk_ckpt_t *b, const char *name)
 
 static void resume_case(const char *workers)
 {
-    char conf[128], set_w[64], ck[4][192], err[8192];
+    char conf[128], set_w[64], ck[5][192], err[8192];
     snprintf(conf, sizeof conf, "%s/base.conf", tmpdir);
     snprintf(set_w, sizeof set_w, "workers=%s", workers);
-    const char *names[4] = {"straight", "stopped", "midstep", "midres"};
-    for (int i = 0; i < 4; i++)
+    const char *names[5] = {"straight", "stopped", "midstep", "midres", "sigint"};
+    for (int i = 0; i < 5; i++)
         snprintf(ck[i], sizeof ck[i], "checkpoint_dir=%s/res%s-%s", tmpdir, workers, names[i]);
     char model[192];
     snprintf(model, sizeof model, "model=%s/bn.model", tmpdir);
@@ -540,7 +555,33 @@ static void resume_case(const char *workers)
     if (rc)
         fail_msg("mid-epoch resume: exit %d: %s", rc, err);
 
-    for (int other = 1; other <= 3; other += 2) {
+    /* Interrupted by SIGINT wherever it lands (it checkpoints at the next
+     * optimizer step and exits 130), then resumed; a run that finished
+     * before the signal arrived is fine too. */
+    const char *argv[] = {tool, conf, "--set", set_w, "--set", model, "--set", ck[4], "--set", "checkpoint_steps=1",
+                          NULL};
+    pid_t pid = spawn_tool(argv);
+    for (int i = 0; i < 20000; i++) {
+        char p[512];
+        if (stk_ckpt_dir_latest(ck[4] + 15, p, sizeof p) == 0)
+            break;
+        usleep(500);
+    }
+    kill(pid, SIGINT);
+    rc = wait_tool(pid, err, sizeof err);
+    if (rc != 0 && rc != 130)
+        fail_msg("interrupted run: exit %d: %s", rc, err);
+    if (rc == 0)
+        print_message("note: the run finished before SIGINT arrived\n");
+    if (rc == 130) {
+        expect_err(err, "interrupted");
+        rc = run_tool(err, sizeof err, conf, "--set", set_w, "--set", model, "--set", ck[4], "--resume", ck[4] + 15,
+                      NULL);
+        if (rc)
+            fail_msg("resume after SIGINT: exit %d: %s", rc, err);
+    }
+
+    for (int other = 1; other <= 4; other += other == 1 ? 2 : 1) {
         char pa[512], pb[512];
         assert_int_equal(stk_ckpt_dir_latest(ck[0] + 15, pa, sizeof pa), 0);
         assert_int_equal(stk_ckpt_dir_latest(ck[other] + 15, pb, sizeof pb), 0);
