@@ -867,9 +867,15 @@ static int evaluate(run_t *r, double *loss_out, double *acc_out)
         rc = stk_model_forward(r->model, images, (int64_t)(n < full ? full : n), NULL, NULL, NULL);
         if (rc == 0)
             rc = stk_model_logits(r->model, &logits, &lb, &classes);
+        for (size_t i = 0; rc == 0 && i < n; i++)
+            if (r->lbuf[i] < 0 || r->lbuf[i] >= classes)
+                rc = fail(EXIT_RUNTIME, "test data: sample %" PRIu64 " has label %" PRId64 ", the model has %" PRId64
+                          " classes", b.indices[i], r->lbuf[i], classes);
         if (rc == 0)
             score_logits(logits, classes, r->lbuf, n, &loss_sum, &correct);
         stk_loader_release(r->test_loader, &b);
+        if (rc == EXIT_RUNTIME)
+            break;
         if (rc) {
             rc = fail_stk(rc, "evaluation");
             break;
