@@ -376,6 +376,61 @@ static int infer_shapes(stk_model_t *m)
     return 0;
 }
 
+/* Activation layouts: a convolution with a multiple of 8 output channels
+ * writes the blocked layout oneDNN's vector kernels want; layers that keep
+ * the channel count keep their input's layout; flatten, linear and the
+ * loss are plain (flatten converts). When a two-input layer would mix
+ * layouts, or a concat is present, the whole graph stays plain. */
+static void assign_layouts(stk_model_t *m)
+{
+    int uniform_plain = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < m->nl; i++) {
+            stk__layer_t *l = &m->layers[i];
+            int in_fmt = l->nin ? m->layers[l->in[0]].fmt : STK__LAYOUT_PLAIN;
+            switch (l->d.kind) {
+            case STK_LAYER_CONV2D:
+                l->fmt = !uniform_plain && l->c % 8 == 0 ? STK__LAYOUT_BLOCKED8 : STK__LAYOUT_PLAIN;
+                break;
+            case STK_LAYER_INPUT:
+            case STK_LAYER_FLATTEN:
+            case STK_LAYER_LINEAR:
+            case STK_LAYER_CROSS_ENTROPY:
+            case STK_LAYER_CONCAT:
+                l->fmt = STK__LAYOUT_PLAIN;
+                uniform_plain |= l->d.kind == STK_LAYER_CONCAT;
+                break;
+            case STK_LAYER_ADD:
+                if (in_fmt != m->layers[l->in[1]].fmt)
+                    uniform_plain = 1;
+                l->fmt = in_fmt;
+                break;
+            default:
+                l->fmt = in_fmt;
+                break;
+            }
+        }
+        if (!uniform_plain)
+            break;
+    }
+    if (uniform_plain)
+        for (int i = 0; i < m->nl; i++)
+            m->layers[i].fmt = STK__LAYOUT_PLAIN;
+    /* Flatten of a blocked tensor is a conversion, not a view. */
+    for (int i = 0; i < m->nl; i++) {
+        stk__layer_t *l = &m->layers[i];
+        if (l->d.kind == STK_LAYER_FLATTEN && m->layers[l->in[0]].fmt != STK__LAYOUT_PLAIN) {
+            l->alias = 0;
+            l->root = i;
+        }
+    }
+    for (int i = 0; i < m->nl; i++) {
+        stk__layer_t *l = &m->layers[i];
+        if (l->alias)
+            l->root = m->layers[l->in[0]].root;
+    }
+}
+
 /* ----------------------------------------------------------------- arenas */
 
 static int add_tensor(stk__tensor_info_t **list, size_t *n, const stk__layer_t *l, const char *suffix, int kind,
@@ -535,7 +590,8 @@ static void unplan(stk_model_t *m)
         l->y = l->dy = l->mean = l->var = l->prob = NULL;
     }
     be->free(m->be.ctx, m->act_scratch);
-    m->act_scratch = NULL;
+    be->free(m->be.ctx, m->view_buf);
+    m->act_scratch = m->view_buf = NULL;
     m->fwd_state = 0;
 }
 
@@ -573,12 +629,13 @@ static int plan(stk_model_t *m, int64_t n)
             stk__conv_desc_t cd = {.n = n, .ic = l->in_c, .ih = l->in_h, .iw = l->in_w, .oc = l->c, .oh = l->h,
                                    .ow = l->w, .kh = d->kernel_h, .kw = d->kernel_w, .sh = d->stride_h,
                                    .sw = d->stride_w, .ph = d->pad_h, .pw = d->pad_w, .dh = d->dilation_h,
-                                   .dw = d->dilation_w, .groups = d->groups, .bias = d->bias};
+                                   .dw = d->dilation_w, .groups = d->groups, .bias = d->bias,
+                                   .fmt_in = m->layers[l->in[0]].fmt, .fmt_out = l->fmt};
             rc = be->conv_create(ctx, &cd, &l->op);
             break;
         }
         case STK_LAYER_BATCHNORM2D: {
-            stk__bn_desc_t bd = {.n = n, .c = l->c, .h = l->h, .w = l->w, .eps = d->eps};
+            stk__bn_desc_t bd = {.n = n, .c = l->c, .h = l->h, .w = l->w, .eps = d->eps, .fmt = l->fmt};
             rc = be->bn_create(ctx, &bd, &l->op);
             l->mean = be->alloc(ctx, (size_t)l->c * sizeof(float));
             l->var = be->alloc(ctx, (size_t)l->c * sizeof(float));
@@ -594,7 +651,7 @@ static int plan(stk_model_t *m, int64_t n)
                                    .kh = glob ? l->in_h : d->kernel_h, .kw = glob ? l->in_w : d->kernel_w,
                                    .sh = glob ? 1 : d->stride_h, .sw = glob ? 1 : d->stride_w,
                                    .ph = glob ? 0 : d->pad_h, .pw = glob ? 0 : d->pad_w,
-                                   .max = d->kind == STK_LAYER_MAXPOOL2D};
+                                   .max = d->kind == STK_LAYER_MAXPOOL2D, .fmt = l->fmt};
             rc = be->pool_create(ctx, &pd, &l->op);
             break;
         }
@@ -603,6 +660,10 @@ static int plan(stk_model_t *m, int64_t n)
             rc = be->linear_create(ctx, &ld, &l->op);
             break;
         }
+        case STK_LAYER_FLATTEN:
+            rc = be->reorder_create(ctx, n, l->in_c, l->in_h, l->in_w, m->layers[l->in[0]].fmt, STK__LAYOUT_PLAIN,
+                                    &l->op);
+            break;
         case STK_LAYER_CROSS_ENTROPY:
             l->prob = be->alloc(ctx, (size_t)(n * l->in_c) * sizeof(float));
             if (!l->prob)
@@ -618,7 +679,8 @@ static int plan(stk_model_t *m, int64_t n)
     }
     m->act_scratch_n = maxact;
     m->act_scratch = be->alloc(ctx, maxact * sizeof(float));
-    if (!m->act_scratch)
+    m->view_buf = be->alloc(ctx, maxact * sizeof(float));
+    if (!m->act_scratch || !m->view_buf)
         goto nomem;
     m->batch = n;
     return 0;
@@ -715,6 +777,7 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->logits_layer = m->nl - 1;
     if ((rc = infer_shapes(m)) < 0)
         goto fail;
+    assign_layouts(m);
     if ((rc = stk__backend_open(&m->be, cfg->device)) < 0)
         goto fail;
     if (m->threads > 0 && (rc = m->be.iface->set_threads(m->be.ctx, m->threads)) < 0)
@@ -878,8 +941,9 @@ static int layer_forward(stk_model_t *m, int i, float *loss)
     size_t n_out = (size_t)(m->batch * l->c * l->h * l->w);
     switch (d->kind) {
     case STK_LAYER_INPUT:
-    case STK_LAYER_FLATTEN:
         return 0;
+    case STK_LAYER_FLATTEN:
+        return l->alias ? 0 : be->reorder_run(ctx, l->op, 0, x, l->y);
     case STK_LAYER_CONV2D:
         return be->conv_forward(ctx, l->op, x, pptr(m, m->params, l->param[0]), pptr(m, m->params, l->param[1]),
                                 l->y);
@@ -1060,7 +1124,12 @@ static int layer_backward(stk_model_t *m, int i)
     float *dx = NULL;
     switch (d->kind) {
     case STK_LAYER_FLATTEN:
-        return 0;
+        if (l->alias)
+            return 0;
+        dx = dx_target(m, i, 0, &acc);
+        if (dx)
+            rc = be->reorder_run(ctx, l->op, 1, dy, dx);
+        break;
     case STK_LAYER_CROSS_ENTROPY:
         dx = dx_target(m, i, 0, &acc);
         if (dx)
@@ -1243,8 +1312,18 @@ int stk__model_backward_input(stk_model_t *m, const float *dy_out, float *dx_inp
             m->layers[i].dy = m->layers[m->layers[i].root].dy;
     if (!is_loss) {
         const stk__layer_t *l = &m->layers[last];
-        m->be.iface->copy(m->be.ctx, m->layers[l->root].dy, dy_out,
-                          (size_t)(m->batch * l->c * l->h * l->w) * sizeof(float));
+        const stk__layer_t *r = &m->layers[l->root];
+        if (r->fmt == STK__LAYOUT_PLAIN) {
+            m->be.iface->copy(m->be.ctx, r->dy, dy_out, (size_t)(m->batch * l->c * l->h * l->w) * sizeof(float));
+        } else {
+            stk__op_t *op = NULL;
+            int rc = m->be.iface->reorder_create(m->be.ctx, m->batch, r->c, r->h, r->w, STK__LAYOUT_PLAIN, r->fmt, &op);
+            if (rc == 0)
+                rc = m->be.iface->reorder_run(m->be.ctx, op, 0, dy_out, r->dy);
+            m->be.iface->op_destroy(m->be.ctx, op);
+            if (rc < 0)
+                return rc;
+        }
         m->written[l->root] = 1;
     }
     m->input_grad = 1;
@@ -1314,7 +1393,19 @@ int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out)
         return stk__error(STK_ESTATE, "model output: no forward yet");
     const stk__layer_t *l = &m->layers[i];
     int64_t shape[4] = {m->batch, l->c, l->h, l->w};
-    return stk_tensor_init(out, l->y, STK_DTYPE_F32, 4, shape);
+    const float *y = l->y;
+    if (l->fmt != STK__LAYOUT_PLAIN) {
+        /* Blocked inside: hand out a plain copy. */
+        stk__op_t *op = NULL;
+        int rc = m->be.iface->reorder_create(m->be.ctx, m->batch, l->c, l->h, l->w, l->fmt, STK__LAYOUT_PLAIN, &op);
+        if (rc == 0)
+            rc = m->be.iface->reorder_run(m->be.ctx, op, 0, l->y, m->view_buf);
+        m->be.iface->op_destroy(m->be.ctx, op);
+        if (rc < 0)
+            return rc;
+        y = m->view_buf;
+    }
+    return stk_tensor_init(out, (void *)y, STK_DTYPE_F32, 4, shape);
 }
 
 float *stk_model_params(stk_model_t *m, size_t *count)

@@ -225,7 +225,7 @@ static const char *const layer_fixtures[] = {
     "conv_basic", "conv_stride2", "conv_dil2", "conv_dil3_odd", "conv_groups", "conv_depthwise_k5",
     "bn_train", "bn_eval", "relu", "leaky_relu", "gelu", "sigmoid", "tanh", "maxpool", "maxpool_k3s2p1",
     "avgpool_k3s2p1", "global_avgpool", "flatten_linear", "dropout", "xent", "xent_smooth", "xent_soft",
-    "xent_soft_smooth", "add", "concat",
+    "xent_soft_smooth", "add", "concat", "blocked_chain",
 };
 
 static void test_fixtures_layers(void **state)
@@ -354,6 +354,10 @@ static void test_fd_layers(void **state)
         "kernel=3 pad=1\nadd name=res inputs=b,data\nconcat name=cat inputs=res,ra\nflatten\nlinear out=3\n"
         "cross_entropy",
         "input shape=6\nlinear out=5\ndropout p=0.3\ntanh\nlinear out=4\ncross_entropy",
+        /* 8 and 16 channels run in the blocked layout. */
+        "input name=data shape=3,6,6\nconv2d name=a out=8 kernel=3 pad=1\nbatchnorm2d\nrelu name=r\n"
+        "conv2d out=8 kernel=3 pad=2 dilation=2 groups=2\nadd inputs=conv2d4,r\nmaxpool2d kernel=2\n"
+        "conv2d out=16 kernel=3 stride=2 pad=1\ndropout p=0.2\nflatten\nlinear out=3\ncross_entropy",
     };
     for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++)
         fd_check(models[i], 3, i == 9 ? 4 : 3);
