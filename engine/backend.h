@@ -34,7 +34,8 @@ typedef struct stk__conv_desc {
 typedef struct stk__bn_desc {
     int64_t n, c, h, w;
     float eps;
-    int fmt; /* stk__layout_t of input and output */
+    int fmt;  /* stk__layout_t of input and output */
+    int relu; /* apply ReLU to the output (and its mask in backward) */
 } stk__bn_desc_t;
 
 typedef struct stk__pool_desc {

@@ -424,6 +424,22 @@ static void assign_layouts(stk_model_t *m)
             l->root = i;
         }
     }
+    /* A relu that is the only consumer of a batchnorm runs inside it
+     * (oneDNN's fused kernel): one pass over memory instead of two, and
+     * the relu layer becomes a view of the batchnorm's output. */
+    for (int i = 1; i + 1 < m->nl; i++) {
+        stk__layer_t *bn = &m->layers[i], *r = &m->layers[i + 1];
+        if (bn->d.kind != STK_LAYER_BATCHNORM2D || r->d.kind != STK_LAYER_RELU || r->in[0] != i)
+            continue;
+        int consumers = 0;
+        for (int j = i + 1; j < m->nl; j++)
+            for (int k = 0; k < m->layers[j].nin; k++)
+                consumers += m->layers[j].in[k] == i;
+        if (consumers != 1)
+            continue;
+        bn->fused = r->fused = 1;
+        r->alias = 1;
+    }
     for (int i = 0; i < m->nl; i++) {
         stk__layer_t *l = &m->layers[i];
         if (l->alias)
@@ -635,7 +651,8 @@ static int plan(stk_model_t *m, int64_t n)
             break;
         }
         case STK_LAYER_BATCHNORM2D: {
-            stk__bn_desc_t bd = {.n = n, .c = l->c, .h = l->h, .w = l->w, .eps = d->eps, .fmt = l->fmt};
+            stk__bn_desc_t bd = {.n = n, .c = l->c, .h = l->h, .w = l->w, .eps = d->eps, .fmt = l->fmt,
+                                 .relu = l->fused};
             rc = be->bn_create(ctx, &bd, &l->op);
             l->mean = be->alloc(ctx, (size_t)l->c * sizeof(float));
             l->var = be->alloc(ctx, (size_t)l->c * sizeof(float));
@@ -967,6 +984,8 @@ static int layer_forward(stk_model_t *m, int i, float *loss)
     case STK_LAYER_GELU:
     case STK_LAYER_SIGMOID:
     case STK_LAYER_TANH:
+        if (l->fused)
+            return 0;
         return be->eltwise_forward(ctx, elt_alg(d->kind), d->negative_slope, n_out, x, l->y);
     case STK_LAYER_MAXPOOL2D:
     case STK_LAYER_AVGPOOL2D:
@@ -1201,6 +1220,8 @@ static int layer_backward(stk_model_t *m, int i)
     case STK_LAYER_GELU:
     case STK_LAYER_SIGMOID:
     case STK_LAYER_TANH:
+        if (l->fused)
+            return 0;
         dx = dx_target(m, i, 0, &acc);
         if (dx)
             rc = be->eltwise_backward(ctx, elt_alg(d->kind), d->negative_slope, n_out, x, l->y, dy, dx);

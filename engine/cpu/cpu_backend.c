@@ -118,8 +118,8 @@ static int cpu_eltwise_forward(void *ctx, stk__eltwise_t alg, float alpha, size_
     return 0;
 }
 
-static int cpu_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size_t n, const float *x, const float *y,
-                                const float *dy, float *dx)
+static int cpu_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size_t n, const float *restrict x,
+                                const float *restrict y, const float *restrict dy, float *restrict dx)
 {
     (void)ctx;
     ptrdiff_t len = (ptrdiff_t)n;
@@ -128,7 +128,7 @@ static int cpu_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size
     case STK__ELT_RELU:
 #pragma omp parallel for if (len > PAR_MIN)
         for (ptrdiff_t i = 0; i < len; i++)
-            dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+            dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; /* branch-free with restrict: vectorized */
         break;
     case STK__ELT_LEAKY_RELU:
 #pragma omp parallel for if (len > PAR_MIN)

@@ -245,24 +245,32 @@ int stk__cpu_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
     DNNL_TRY(dnnl_primitive_desc_create(&pd, &cd, NULL, c->eng, fpd));
     dnnl_memory_desc_t bsrc = src, bdst = dst;
     if ((d->fmt_in != STK__LAYOUT_PLAIN || d->fmt_out != STK__LAYOUT_PLAIN) && is_ref(pd)) {
-        dnnl_memory_desc_t psrc, pdst;
-        if ((rc = md_plain(&psrc, 4, sdims, dnnl_nchw)) || (rc = md_plain(&pdst, 4, ddims, dnnl_nchw)))
+        /* First let oneDNN pick the layouts (`any`), then try plain NCHW. */
+        dnnl_memory_desc_t try_src[2], try_dst[2];
+        if ((rc = md_plain(&try_src[0], 4, sdims, dnnl_format_tag_any)) ||
+            (rc = md_plain(&try_dst[0], 4, ddims, dnnl_format_tag_any)) ||
+            (rc = md_plain(&try_src[1], 4, sdims, dnnl_nchw)) || (rc = md_plain(&try_dst[1], 4, ddims, dnnl_nchw)))
             goto fail;
-        dnnl_primitive_desc_t pd2 = NULL;
-        DNNL_TRY(dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &psrc, &wany,
-                                                                     bptr, &pdst, strides, dil, pl, pr));
-        DNNL_TRY(dnnl_primitive_desc_create(&pd2, &cd, NULL, c->eng, fpd));
-        if (is_ref(pd2)) {
-            dnnl_primitive_desc_destroy(pd2);
-        } else {
+        for (int t = 0; t < 2; t++) {
+            dnnl_primitive_desc_t pd2 = NULL;
+            DNNL_TRY(dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &try_src[t],
+                                                                         &wany, bptr, &try_dst[t], strides, dil, pl,
+                                                                         pr));
+            if (dnnl_primitive_desc_create(&pd2, &cd, NULL, c->eng, fpd) != dnnl_success)
+                continue;
+            if (is_ref(pd2)) {
+                dnnl_primitive_desc_destroy(pd2);
+                continue;
+            }
             dnnl_primitive_desc_destroy(pd);
             pd = pd2;
-            if (d->fmt_in != STK__LAYOUT_PLAIN && (rc = reorder_make(c, &op->bw_src_re, &src, &psrc, &op->bw_src)))
+            bsrc = *dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+            bdst = *dnnl_primitive_desc_query_md(pd, dnnl_query_diff_dst_md, 0);
+            if (!dnnl_memory_desc_equal(&bsrc, &src) && (rc = reorder_make(c, &op->bw_src_re, &src, &bsrc, &op->bw_src)))
                 goto fail;
-            if (d->fmt_out != STK__LAYOUT_PLAIN && (rc = reorder_make(c, &op->bw_dst_re, &dst, &pdst, &op->bw_dst)))
+            if (!dnnl_memory_desc_equal(&bdst, &dst) && (rc = reorder_make(c, &op->bw_dst_re, &dst, &bdst, &op->bw_dst)))
                 goto fail;
-            bsrc = psrc;
-            bdst = pdst;
+            break;
         }
     }
     {
@@ -364,14 +372,25 @@ int stk__cpu_bn_create(void *ctx, const stk__bn_desc_t *d, stk__op_t **out)
     int64_t dd[4] = {d->n, d->c, d->h, d->w}, cd[1] = {d->c};
     if ((rc = md_plain(&data, 4, dd, act_tag(d->fmt))) || (rc = md_plain(&ch, 1, cd, dnnl_x)))
         goto fail;
-    unsigned flags = dnnl_use_scale | dnnl_use_shift;
+    unsigned flags = dnnl_use_scale | dnnl_use_shift | (d->relu ? dnnl_fuse_norm_relu : 0u);
     dnnl_batch_normalization_desc_t bd;
     DNNL_TRY(dnnl_batch_normalization_forward_desc_init(&bd, dnnl_forward_training, &data, d->eps, flags));
     DNNL_TRY(dnnl_primitive_desc_create(&fpd, &bd, NULL, c->eng, NULL));
+    /* With the fused ReLU, training forward leaves a mask for backward. */
+    const dnnl_memory_desc_t *ws = dnnl_primitive_desc_query_md(fpd, dnnl_query_workspace_md, 0);
+    size_t wsz = ws ? dnnl_memory_desc_get_size(ws) : 0;
+    if (wsz) {
+        op->workspace = aligned_alloc(64, (wsz + 63) & ~(size_t)63);
+        if (!op->workspace) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+    }
     {
-        int ak[6] = {DNNL_ARG_SRC, DNNL_ARG_SCALE, DNNL_ARG_SHIFT, DNNL_ARG_MEAN, DNNL_ARG_VARIANCE, DNNL_ARG_DST};
-        const dnnl_memory_desc_t *m[6] = {&data, &ch, &ch, &ch, &ch, &data};
-        if ((rc = prim_make(c, &op->fwd, fpd, 6, ak, m)))
+        int ak[7] = {DNNL_ARG_SRC,      DNNL_ARG_SCALE, DNNL_ARG_SHIFT,    DNNL_ARG_MEAN,
+                     DNNL_ARG_VARIANCE, DNNL_ARG_DST,   DNNL_ARG_WORKSPACE};
+        const dnnl_memory_desc_t *m[7] = {&data, &ch, &ch, &ch, &ch, &data, ws};
+        if ((rc = prim_make(c, &op->fwd, fpd, wsz ? 7 : 6, ak, m)))
             goto fail;
     }
     DNNL_TRY(dnnl_batch_normalization_forward_desc_init(&bd, dnnl_forward_inference, &data, d->eps,
@@ -390,10 +409,11 @@ int stk__cpu_bn_create(void *ctx, const stk__bn_desc_t *d, stk__op_t **out)
     {
         /* oneDNN checks that SHIFT is given too, though backward reads
          * only the scale. */
-        int ak[9] = {DNNL_ARG_SRC,      DNNL_ARG_DIFF_DST, DNNL_ARG_SCALE,      DNNL_ARG_MEAN,       DNNL_ARG_VARIANCE,
-                     DNNL_ARG_DIFF_SRC, DNNL_ARG_DIFF_SCALE, DNNL_ARG_DIFF_SHIFT, DNNL_ARG_SHIFT};
-        const dnnl_memory_desc_t *m[9] = {&data, &data, &ch, &ch, &ch, &data, &ch, &ch, &ch};
-        if ((rc = prim_make(c, &op->bwd_data, pd, 9, ak, m)))
+        int ak[10] = {DNNL_ARG_SRC,        DNNL_ARG_DIFF_DST,   DNNL_ARG_SCALE,    DNNL_ARG_MEAN,
+                      DNNL_ARG_VARIANCE,   DNNL_ARG_DIFF_SRC,   DNNL_ARG_DIFF_SCALE, DNNL_ARG_DIFF_SHIFT,
+                      DNNL_ARG_SHIFT,      DNNL_ARG_WORKSPACE};
+        const dnnl_memory_desc_t *m[10] = {&data, &data, &ch, &ch, &ch, &data, &ch, &ch, &ch, ws};
+        if ((rc = prim_make(c, &op->bwd_data, pd, wsz ? 10 : 9, ak, m)))
             goto fail;
     }
     dnnl_primitive_desc_destroy(pd);
@@ -412,14 +432,15 @@ fail:
 int stk__cpu_bn_forward(void *ctx, stk__op_t *op, int train, const float *x, const float *gamma, const float *beta,
                         float *mean, float *var, float *y)
 {
-    void *p[6] = {(void *)x, (void *)gamma, (void *)beta, mean, var, y};
+    void *p[7] = {(void *)x, (void *)gamma, (void *)beta, mean, var, y, op->workspace};
     return prim_run(ctx, train ? &op->fwd : &op->fwd_eval, p);
 }
 
 int stk__cpu_bn_backward(void *ctx, stk__op_t *op, const float *x, const float *dy, const float *gamma,
                          const float *mean, const float *var, float *dx, float *dgamma, float *dbeta)
 {
-    void *p[9] = {(void *)x, (void *)dy, (void *)gamma, (void *)mean, (void *)var, dx, dgamma, dbeta, (void *)gamma};
+    void *p[10] = {(void *)x, (void *)dy, (void *)gamma, (void *)mean, (void *)var,
+                   dx, dgamma, dbeta, (void *)gamma, op->workspace};
     return prim_run(ctx, &op->bwd_data, p);
 }
 
