@@ -8,5 +8,6 @@
 #include "stoker/sampler.h"
 #include "stoker/augment.h"
 #include "stoker/engine.h"
+#include "stoker/optim.h"
 
 #endif

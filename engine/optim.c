@@ -1,0 +1,1014 @@
+/* SPDX-License-Identifier: MIT */
+/* SGD, Adam, AdamW and RMSprop over a flat parameter array, element by
+ * element as PyTorch 1.13's single-tensor code: float32 arithmetic in the
+ * same order, scalar hyper-parameters rounded to float as its CPU kernels
+ * do, so that trajectories match PyTorch to a few ulp. Also the state blob
+ * and the text form of the configuration. */
+#include "internal.h"
+#include "optim_util.h"
+#include "stoker/optim.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
+
+#define OPTIM_MAGIC "STKOPTM"
+#define OPTIM_VERSION 1u
+#define OPTIM_NBUF 3
+#define OPTIM_PAR_CHUNK ((size_t)1 << 16) /* elements per OpenMP work item */
+
+typedef struct optim_group {
+    stk_optim_range_t *ranges;
+    size_t n_ranges;
+    stk_optim_hparams_t h;
+    double base_lr;
+    int64_t step;
+    int buf_valid; /* SGD: momentum buffer holds a value (PyTorch: not None) */
+} optim_group_t;
+
+struct stk_optim {
+    stk_optim_kind_t kind;
+    size_t n;
+    optim_group_t *groups;
+    size_t ng;
+    /* State arrays over the whole flat array, allocated on first use:
+     *   SGD:     [0] momentum_buffer
+     *   Adam(W): [0] exp_avg, [1] exp_avg_sq, [2] max_exp_avg_sq
+     *   RMSprop: [0] square_avg, [1] momentum_buffer, [2] grad_avg */
+    float *buf[OPTIM_NBUF];
+    int in_step; /* between stk_optim_step_begin and stk_optim_step_end */
+};
+
+/* ---- text values ------------------------------------------------------ */
+
+int stk__parse_f64(const char *s, double *out)
+{
+    char *end;
+    if (!s || !*s)
+        return -1;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*end != '\0' || errno == ERANGE || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int stk__parse_flag(const char *s, int *out)
+{
+    if (!strcmp(s, "1") || !strcasecmp(s, "true") || !strcasecmp(s, "yes")) {
+        *out = 1;
+        return 0;
+    }
+    if (!strcmp(s, "0") || !strcasecmp(s, "false") || !strcasecmp(s, "no")) {
+        *out = 0;
+        return 0;
+    }
+    return -1;
+}
+
+int stk__parse_count(const char *s, int64_t steps_per_epoch, int64_t *out)
+{
+    size_t n = strlen(s);
+    if (n > 2 && !strcmp(s + n - 2, "ep")) {
+        char tmp[64];
+        if (n - 2 >= sizeof(tmp))
+            return -1;
+        memcpy(tmp, s, n - 2);
+        tmp[n - 2] = '\0';
+        double ep;
+        if (stk__parse_f64(tmp, &ep) || ep < 0 || ep > 1e15)
+            return -1;
+        if (steps_per_epoch <= 0)
+            return -2;
+        double steps = ep * (double)steps_per_epoch;
+        if (steps > 9e18)
+            return -1;
+        *out = (int64_t)llround(steps);
+        return 0;
+    }
+    char *end;
+    if (!*s || *s == '-' || *s == '+')
+        return -1;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*end != '\0' || errno == ERANGE || v < 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* ---- configuration ---------------------------------------------------- */
+
+const char *stk_optim_kind_name(stk_optim_kind_t kind)
+{
+    switch (kind) {
+    case STK_OPTIM_SGD: return "sgd";
+    case STK_OPTIM_ADAM: return "adam";
+    case STK_OPTIM_ADAMW: return "adamw";
+    case STK_OPTIM_RMSPROP: return "rmsprop";
+    }
+    return "invalid";
+}
+
+static int kind_valid(stk_optim_kind_t kind)
+{
+    return kind >= STK_OPTIM_SGD && kind <= STK_OPTIM_RMSPROP;
+}
+
+stk_optim_hparams_t stk_optim_hparams_default(stk_optim_kind_t kind)
+{
+    stk_optim_hparams_t h;
+    memset(&h, 0, sizeof(h));
+    h.beta1 = 0.9;
+    h.beta2 = 0.999;
+    h.eps = 1e-8;
+    h.alpha = 0.99;
+    switch (kind) {
+    case STK_OPTIM_SGD: h.lr = 0.01; break;
+    case STK_OPTIM_ADAM: h.lr = 1e-3; break;
+    case STK_OPTIM_ADAMW: h.lr = 1e-3; h.weight_decay = 1e-2; break;
+    case STK_OPTIM_RMSPROP: h.lr = 1e-2; break;
+    }
+    return h;
+}
+
+stk_optim_config_t stk_optim_config_default(stk_optim_kind_t kind, size_t n_params)
+{
+    stk_optim_config_t c;
+    memset(&c, 0, sizeof(c));
+    c.kind = kind;
+    c.n_params = n_params;
+    c.defaults = stk_optim_hparams_default(kind);
+    return c;
+}
+
+/* Which keys a kind reads, as a bit set over the key table below. */
+enum {
+    K_LR = 1 << 0, K_WD = 1 << 1, K_MOM = 1 << 2, K_DAMP = 1 << 3, K_B1 = 1 << 4,
+    K_B2 = 1 << 5, K_EPS = 1 << 6, K_ALPHA = 1 << 7, K_NEST = 1 << 8, K_AMS = 1 << 9,
+    K_CENT = 1 << 10, K_MAX = 1 << 11, K_BETAS = 1 << 12
+};
+
+static unsigned kind_keys(stk_optim_kind_t kind)
+{
+    switch (kind) {
+    case STK_OPTIM_SGD: return K_LR | K_WD | K_MOM | K_DAMP | K_NEST | K_MAX;
+    case STK_OPTIM_ADAM:
+    case STK_OPTIM_ADAMW: return K_LR | K_WD | K_B1 | K_B2 | K_BETAS | K_EPS | K_AMS | K_MAX;
+    case STK_OPTIM_RMSPROP: return K_LR | K_WD | K_MOM | K_EPS | K_ALPHA | K_CENT | K_MAX;
+    }
+    return 0;
+}
+
+static int check_hparams(stk_optim_kind_t kind, const stk_optim_hparams_t *h, const char *where)
+{
+    unsigned k = kind_keys(kind);
+#define BAD(cond, key, fmt, val)                                                       \
+    do {                                                                               \
+        if (cond)                                                                      \
+            return stk__error(STK_ECONFIG, "%s%s: invalid %s " fmt, where,             \
+                              stk_optim_kind_name(kind), key, val);                    \
+    } while (0)
+    BAD(!(h->lr >= 0) || !isfinite(h->lr), "lr", "%g (must be >= 0)", h->lr);
+    BAD(!(h->weight_decay >= 0) || !isfinite(h->weight_decay), "weight_decay", "%g (must be >= 0)",
+        h->weight_decay);
+    if (k & K_MOM)
+        BAD(!(h->momentum >= 0) || !isfinite(h->momentum), "momentum", "%g (must be >= 0)",
+            h->momentum);
+    if (k & K_DAMP)
+        BAD(!isfinite(h->dampening), "dampening", "%g", h->dampening);
+    if (k & K_B1)
+        BAD(!(h->beta1 >= 0 && h->beta1 < 1), "beta1", "%g (must be in [0, 1))", h->beta1);
+    if (k & K_B2)
+        BAD(!(h->beta2 >= 0 && h->beta2 < 1), "beta2", "%g (must be in [0, 1))", h->beta2);
+    if (k & K_EPS)
+        BAD(!(h->eps >= 0) || !isfinite(h->eps), "eps", "%g (must be >= 0)", h->eps);
+    if (k & K_ALPHA)
+        BAD(!(h->alpha >= 0) || !isfinite(h->alpha), "alpha", "%g (must be >= 0)", h->alpha);
+    if (kind == STK_OPTIM_SGD && h->nesterov)
+        BAD(h->momentum <= 0 || h->dampening != 0, "nesterov", "%s",
+            "(needs momentum > 0 and dampening = 0)");
+#undef BAD
+    return 0;
+}
+
+struct key_def {
+    const char *name;
+    unsigned bit;
+};
+
+static const struct key_def key_defs[] = {
+    {"lr", K_LR}, {"weight_decay", K_WD}, {"momentum", K_MOM}, {"dampening", K_DAMP},
+    {"beta1", K_B1}, {"beta2", K_B2}, {"betas", K_BETAS}, {"eps", K_EPS}, {"alpha", K_ALPHA},
+    {"nesterov", K_NEST}, {"amsgrad", K_AMS}, {"centered", K_CENT}, {"maximize", K_MAX},
+};
+
+static int set_key(stk_optim_kind_t kind, stk_optim_hparams_t *h, const char *key, const char *val)
+{
+    unsigned bit = 0;
+    for (size_t i = 0; i < STK__ARRAY_LEN(key_defs); i++)
+        if (!strcmp(key, key_defs[i].name))
+            bit = key_defs[i].bit;
+    if (!bit)
+        return stk__error(STK_ECONFIG, "optimizer %s: unknown key '%s'", stk_optim_kind_name(kind), key);
+    if (!(kind_keys(kind) & bit))
+        return stk__error(STK_ECONFIG, "optimizer %s: key '%s' does not apply to %s",
+                          stk_optim_kind_name(kind), key, stk_optim_kind_name(kind));
+    int rc = 0;
+    switch (bit) {
+    case K_LR: rc = stk__parse_f64(val, &h->lr); break;
+    case K_WD: rc = stk__parse_f64(val, &h->weight_decay); break;
+    case K_MOM: rc = stk__parse_f64(val, &h->momentum); break;
+    case K_DAMP: rc = stk__parse_f64(val, &h->dampening); break;
+    case K_B1: rc = stk__parse_f64(val, &h->beta1); break;
+    case K_B2: rc = stk__parse_f64(val, &h->beta2); break;
+    case K_EPS: rc = stk__parse_f64(val, &h->eps); break;
+    case K_ALPHA: rc = stk__parse_f64(val, &h->alpha); break;
+    case K_NEST: rc = stk__parse_flag(val, &h->nesterov); break;
+    case K_AMS: rc = stk__parse_flag(val, &h->amsgrad); break;
+    case K_CENT: rc = stk__parse_flag(val, &h->centered); break;
+    case K_MAX: rc = stk__parse_flag(val, &h->maximize); break;
+    case K_BETAS: {
+        const char *semi = strchr(val, ';');
+        char b1[64];
+        if (!semi || (size_t)(semi - val) >= sizeof(b1)) {
+            rc = -1;
+            break;
+        }
+        memcpy(b1, val, (size_t)(semi - val));
+        b1[semi - val] = '\0';
+        rc = stk__parse_f64(b1, &h->beta1) || stk__parse_f64(semi + 1, &h->beta2) ? -1 : 0;
+        break;
+    }
+    default: break;
+    }
+    if (rc)
+        return stk__error(STK_ECONFIG, "optimizer %s: bad value '%s' for key '%s'",
+                          stk_optim_kind_name(kind), val, key);
+    return 0;
+}
+
+/* Applies "k=v,k=v" (a writable copy) to *h. */
+static int apply_items(stk_optim_kind_t kind, stk_optim_hparams_t *h, char *items)
+{
+    char *save = NULL;
+    for (char *it = strtok_r(items, ",", &save); it; it = strtok_r(NULL, ",", &save)) {
+        while (*it == ' ')
+            it++;
+        char *eq = strchr(it, '=');
+        if (!eq || eq == it)
+            return stk__error(STK_ECONFIG, "optimizer %s: expected key=value, got '%s'",
+                              stk_optim_kind_name(kind), it);
+        *eq = '\0';
+        int rc = set_key(kind, h, it, eq + 1);
+        if (rc)
+            return rc;
+    }
+    return check_hparams(kind, h, "optimizer ");
+}
+
+int stk_optim_hparams_parse(const char *text, stk_optim_kind_t kind, stk_optim_hparams_t *h)
+{
+    if (!text || !h || !kind_valid(kind))
+        return stk__error(-EINVAL, "stk_optim_hparams_parse: NULL argument or bad kind");
+    char *copy = strdup(text);
+    if (!copy)
+        return stk__error(-ENOMEM, "stk_optim_hparams_parse: out of memory");
+    stk_optim_hparams_t tmp = *h;
+    int rc = apply_items(kind, &tmp, copy);
+    free(copy);
+    if (rc == 0)
+        *h = tmp;
+    return rc;
+}
+
+int stk_optim_config_parse(const char *text, stk_optim_config_t *cfg)
+{
+    if (!text || !cfg)
+        return stk__error(-EINVAL, "stk_optim_config_parse: NULL argument");
+    char *copy = strdup(text);
+    if (!copy)
+        return stk__error(-ENOMEM, "stk_optim_config_parse: out of memory");
+    char *colon = strchr(copy, ':');
+    if (colon)
+        *colon = '\0';
+    stk_optim_kind_t kind = 0;
+    for (int k = STK_OPTIM_SGD; k <= STK_OPTIM_RMSPROP; k++)
+        if (!strcmp(copy, stk_optim_kind_name((stk_optim_kind_t)k)))
+            kind = (stk_optim_kind_t)k;
+    int rc;
+    if (!kind) {
+        rc = stk__error(STK_ECONFIG, "optimizer: unknown kind '%s' (sgd, adam, adamw, rmsprop)", copy);
+    } else {
+        stk_optim_hparams_t h = stk_optim_hparams_default(kind);
+        rc = colon ? apply_items(kind, &h, colon + 1) : check_hparams(kind, &h, "optimizer ");
+        if (rc == 0) {
+            cfg->kind = kind;
+            cfg->defaults = h;
+        }
+    }
+    free(copy);
+    return rc;
+}
+
+/* ---- lifetime --------------------------------------------------------- */
+
+typedef struct range_ref {
+    size_t off, cnt, group;
+} range_ref_t;
+
+static int cmp_range(const void *a, const void *b)
+{
+    const range_ref_t *x = a, *y = b;
+    return (x->off > y->off) - (x->off < y->off);
+}
+
+static int check_ranges(const stk_optim_config_t *cfg, const stk_optim_group_t *gs, size_t ng)
+{
+    size_t total = 0;
+    for (size_t g = 0; g < ng; g++) {
+        if (gs[g].n_ranges && !gs[g].ranges)
+            return stk__error(-EINVAL, "optimizer group %zu: NULL ranges", g);
+        total += gs[g].n_ranges;
+    }
+    if (!total)
+        return 0;
+    range_ref_t *all = malloc(total * sizeof(*all));
+    if (!all)
+        return stk__error(-ENOMEM, "optimizer: out of memory");
+    size_t k = 0;
+    int rc = 0;
+    for (size_t g = 0; g < ng && !rc; g++)
+        for (size_t r = 0; r < gs[g].n_ranges; r++) {
+            const stk_optim_range_t *x = &gs[g].ranges[r];
+            if (x->offset > cfg->n_params || x->count > cfg->n_params - x->offset) {
+                rc = stk__error(STK_ECONFIG, "optimizer group %zu range %zu: [%zu, +%zu) outside the %zu parameters",
+                                g, r, x->offset, x->count, cfg->n_params);
+                break;
+            }
+            all[k++] = (range_ref_t){x->offset, x->count, g};
+        }
+    if (!rc) {
+        qsort(all, k, sizeof(*all), cmp_range);
+        for (size_t i = 1; i < k; i++)
+            if (all[i - 1].cnt && all[i].cnt && all[i - 1].off + all[i - 1].cnt > all[i].off) {
+                rc = stk__error(STK_ECONFIG,
+                                "optimizer: ranges overlap: [%zu, +%zu) of group %zu and [%zu, +%zu) of group %zu",
+                                all[i - 1].off, all[i - 1].cnt, all[i - 1].group, all[i].off, all[i].cnt,
+                                all[i].group);
+                break;
+            }
+    }
+    free(all);
+    return rc;
+}
+
+int stk_optim_create(stk_optim_t **out, const stk_optim_config_t *cfg)
+{
+    if (!out || !cfg)
+        return stk__error(-EINVAL, "stk_optim_create: NULL argument");
+    *out = NULL;
+    if (!kind_valid(cfg->kind))
+        return stk__error(STK_ECONFIG, "optimizer: invalid kind %d", (int)cfg->kind);
+    if (cfg->n_groups && !cfg->groups)
+        return stk__error(-EINVAL, "optimizer: n_groups %zu with NULL groups", cfg->n_groups);
+
+    stk_optim_range_t whole = {0, cfg->n_params};
+    stk_optim_group_t one = {&whole, 1, cfg->defaults};
+    const stk_optim_group_t *gs = cfg->n_groups ? cfg->groups : &one;
+    size_t ng = cfg->n_groups ? cfg->n_groups : 1;
+
+    for (size_t g = 0; g < ng; g++) {
+        char where[48];
+        snprintf(where, sizeof(where), "group %zu: ", g);
+        int rc = check_hparams(cfg->kind, &gs[g].h, where);
+        if (rc)
+            return rc;
+    }
+    int rc = check_ranges(cfg, gs, ng);
+    if (rc)
+        return rc;
+
+    stk_optim_t *o = calloc(1, sizeof(*o));
+    if (!o)
+        return stk__error(-ENOMEM, "optimizer: out of memory");
+    o->kind = cfg->kind;
+    o->n = cfg->n_params;
+    o->ng = ng;
+    o->groups = calloc(ng, sizeof(*o->groups));
+    if (!o->groups)
+        goto nomem;
+    for (size_t g = 0; g < ng; g++) {
+        optim_group_t *d = &o->groups[g];
+        d->h = gs[g].h;
+        d->base_lr = gs[g].h.lr;
+        d->n_ranges = gs[g].n_ranges;
+        if (d->n_ranges) {
+            d->ranges = malloc(d->n_ranges * sizeof(*d->ranges));
+            if (!d->ranges)
+                goto nomem;
+            memcpy(d->ranges, gs[g].ranges, d->n_ranges * sizeof(*d->ranges));
+        }
+    }
+    *out = o;
+    return 0;
+nomem:
+    stk_optim_destroy(&o);
+    return stk__error(-ENOMEM, "optimizer: out of memory");
+}
+
+void stk_optim_destroy(stk_optim_t **opt)
+{
+    if (!opt || !*opt)
+        return;
+    stk_optim_t *o = *opt;
+    if (o->groups)
+        for (size_t g = 0; g < o->ng; g++)
+            free(o->groups[g].ranges);
+    free(o->groups);
+    for (int i = 0; i < OPTIM_NBUF; i++)
+        free(o->buf[i]);
+    free(o);
+    *opt = NULL;
+}
+
+/* ---- updates ---------------------------------------------------------- */
+
+static int need_buf(stk_optim_t *o, int i)
+{
+    if (o->buf[i])
+        return 0;
+    o->buf[i] = calloc(o->n ? o->n : 1, sizeof(float));
+    return o->buf[i] ? 0 : stk__error(-ENOMEM, "optimizer: out of memory for %zu state values", o->n);
+}
+
+/* Square roots of a block, in place. A plain sqrtf loop does not
+ * vectorize: GCC keeps errno semantics for sqrtf unless the whole build
+ * has -fno-math-errno (an optimize attribute or pragma does not do it).
+ * SSE's sqrtps rounds exactly as sqrtf, so results are the same bits. The
+ * Adam and RMSprop loops below are split around this call in blocks that
+ * stay in L1, so the rest of them vectorizes too (about 4x faster). */
+#define SQRT_BLOCK 512
+
+static void sqrt_block(float *x, size_t n)
+{
+    size_t i = 0;
+#if defined(__SSE__)
+    for (; i + 4 <= n; i += 4)
+        _mm_storeu_ps(x + i, _mm_sqrt_ps(_mm_loadu_ps(x + i)));
+#endif
+    for (; i < n; i++)
+        x[i] = sqrtf(x[i]);
+}
+
+/* In the functions below every hyper-parameter is first rounded to float
+ * and every operation is float, in PyTorch's order: `a.add_(b, alpha=s)`
+ * is a + s*b, `addcmul_(b, c, value=s)` is a + (s*b)*c and
+ * `addcdiv_(b, c, value=s)` is a + (s*b)/c. */
+
+static void sgd_range(const optim_group_t *g, float *restrict p, const float *restrict gr,
+                             float *restrict buf, size_t n, int first)
+{
+    const float wd = (float)g->h.weight_decay, mom = (float)g->h.momentum;
+    const float damp1 = (float)(1.0 - g->h.dampening), neglr = (float)(-g->h.lr);
+    const int use_mom = g->h.momentum != 0, nest = g->h.nesterov, maxi = g->h.maximize;
+    const int use_wd = g->h.weight_decay != 0;
+    for (size_t i = 0; i < n; i++) {
+        float d = maxi ? -gr[i] : gr[i];
+        if (use_wd)
+            d = d + wd * p[i];
+        if (use_mom) {
+            float b = first ? d : buf[i] * mom + damp1 * d;
+            buf[i] = b;
+            d = nest ? d + mom * b : b;
+        }
+        p[i] = p[i] + neglr * d;
+    }
+}
+
+/* Scalars of one Adam(W) step, rounded to float as PyTorch does. */
+typedef struct adam_k {
+    float b1, omb1, b2, omb2, neg_step, bc2s, eps, wd, decay, sign;
+} adam_k_t;
+
+/* The body, specialised by constant flags (see adam_range) so that each
+ * instance is a branch-free loop the compiler vectorizes. maximize is a
+ * multiplication by -1, which is exact. */
+static inline __attribute__((always_inline)) void
+adam_body(const adam_k_t *k, float *restrict p, const float *restrict gr, float *restrict m, float *restrict v,
+          float *restrict vmax, size_t n, const int decoupled, const int use_wd, const int ams)
+{
+    const float b1 = k->b1, omb1 = k->omb1, b2 = k->b2, omb2 = k->omb2, neg_step = k->neg_step;
+    const float bc2s = k->bc2s, eps = k->eps, wd = k->wd, decay = k->decay, sign = k->sign;
+    float root[SQRT_BLOCK];
+    for (size_t at = 0; at < n; at += SQRT_BLOCK) {
+        size_t len = n - at < SQRT_BLOCK ? n - at : SQRT_BLOCK;
+        float *restrict pp = p + at, *restrict mm = m + at, *restrict vv = v + at;
+        const float *restrict gg = gr + at;
+        for (size_t j = 0; j < len; j++) {
+            float d = gg[j] * sign;
+            if (decoupled)
+                pp[j] = pp[j] * decay;
+            if (use_wd)
+                d = d + wd * pp[j];
+            mm[j] = mm[j] * b1 + omb1 * d;
+            float x = vv[j] * b2 + (omb2 * d) * d;
+            vv[j] = x;
+            if (ams) {
+                /* torch.maximum propagates NaN */
+                float a = vmax[at + j];
+                a = (a != a || a > x) ? a : x;
+                vmax[at + j] = a;
+                x = a;
+            }
+            root[j] = x;
+        }
+        sqrt_block(root, len);
+        for (size_t j = 0; j < len; j++)
+            pp[j] = pp[j] + (neg_step * mm[j]) / (root[j] / bc2s + eps);
+    }
+}
+
+static void adam_range(const optim_group_t *g, int decoupled, float *restrict p, const float *restrict gr,
+                              float *restrict m, float *restrict v, float *restrict vmax, size_t n)
+{
+    const double step = (double)g->step;
+    const double bc1 = 1.0 - pow(g->h.beta1, step), bc2 = 1.0 - pow(g->h.beta2, step);
+    adam_k_t k = {
+        .b1 = (float)g->h.beta1, .omb1 = (float)(1.0 - g->h.beta1),
+        .b2 = (float)g->h.beta2, .omb2 = (float)(1.0 - g->h.beta2),
+        .neg_step = (float)(-(g->h.lr / bc1)), .bc2s = (float)sqrt(bc2), .eps = (float)g->h.eps,
+        .wd = (float)g->h.weight_decay, .decay = (float)(1.0 - g->h.lr * g->h.weight_decay),
+        .sign = g->h.maximize ? -1.0f : 1.0f,
+    };
+    const int use_wd = !decoupled && g->h.weight_decay != 0;
+    if (g->h.amsgrad) {
+        if (decoupled)
+            adam_body(&k, p, gr, m, v, vmax, n, 1, 0, 1);
+        else if (use_wd)
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 1, 1);
+        else
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 0, 1);
+    } else {
+        if (decoupled)
+            adam_body(&k, p, gr, m, v, vmax, n, 1, 0, 0);
+        else if (use_wd)
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 1, 0);
+        else
+            adam_body(&k, p, gr, m, v, vmax, n, 0, 0, 0);
+    }
+}
+
+typedef struct rms_k {
+    float a, oma, eps, wd, mom, neglr, sign;
+} rms_k_t;
+
+static inline __attribute__((always_inline)) void
+rmsprop_body(const rms_k_t *k, float *restrict p, const float *restrict gr, float *restrict sq,
+             float *restrict buf, float *restrict ga, size_t n, const int use_wd, const int cen, const int use_mom)
+{
+    const float a = k->a, oma = k->oma, eps = k->eps, wd = k->wd, mom = k->mom, neglr = k->neglr;
+    const float sign = k->sign;
+    float root[SQRT_BLOCK], dd[SQRT_BLOCK];
+    for (size_t at = 0; at < n; at += SQRT_BLOCK) {
+        size_t len = n - at < SQRT_BLOCK ? n - at : SQRT_BLOCK;
+        float *restrict pp = p + at, *restrict ss = sq + at;
+        const float *restrict gg = gr + at;
+        for (size_t j = 0; j < len; j++) {
+            float d = gg[j] * sign;
+            if (use_wd)
+                d = d + wd * pp[j];
+            dd[j] = d;
+            float s = ss[j] * a + (oma * d) * d;
+            ss[j] = s;
+            if (cen) {
+                float x = ga[at + j] * a + oma * d;
+                ga[at + j] = x;
+                s = s + (-x) * x;
+            }
+            root[j] = s;
+        }
+        sqrt_block(root, len);
+        for (size_t j = 0; j < len; j++) {
+            float avg = root[j] + eps;
+            if (use_mom) {
+                float b = buf[at + j] * mom + dd[j] / avg;
+                buf[at + j] = b;
+                pp[j] = pp[j] + neglr * b;
+            } else {
+                pp[j] = pp[j] + (neglr * dd[j]) / avg;
+            }
+        }
+    }
+}
+
+static void rmsprop_range(const optim_group_t *g, float *restrict p, const float *restrict gr,
+                                 float *restrict sq, float *restrict buf, float *restrict ga, size_t n)
+{
+    rms_k_t k = {
+        .a = (float)g->h.alpha, .oma = (float)(1.0 - g->h.alpha), .eps = (float)g->h.eps,
+        .wd = (float)g->h.weight_decay, .mom = (float)g->h.momentum, .neglr = (float)(-g->h.lr),
+        .sign = g->h.maximize ? -1.0f : 1.0f,
+    };
+    const int use_wd = g->h.weight_decay != 0, cen = g->h.centered, use_mom = g->h.momentum > 0;
+    /* Eight constant-flag instances, one per combination. */
+#define RMS(W, C, M) rmsprop_body(&k, p, gr, sq, buf, ga, n, W, C, M)
+    if (use_wd) {
+        if (cen) {
+            if (use_mom) RMS(1, 1, 1); else RMS(1, 1, 0);
+        } else {
+            if (use_mom) RMS(1, 0, 1); else RMS(1, 0, 0);
+        }
+    } else {
+        if (cen) {
+            if (use_mom) RMS(0, 1, 1); else RMS(0, 1, 0);
+        } else {
+            if (use_mom) RMS(0, 0, 1); else RMS(0, 0, 0);
+        }
+    }
+#undef RMS
+}
+
+int stk_optim_step_begin(stk_optim_t *o)
+{
+    if (!o)
+        return stk__error(-EINVAL, "stk_optim_step_begin: NULL argument");
+    if (o->in_step)
+        return stk__error(STK_ESTATE, "stk_optim_step_begin: a step is already open (call stk_optim_step_end)");
+    /* Allocate every buffer this step needs before touching anything, so
+     * that -ENOMEM leaves params and state as they were. */
+    for (size_t gi = 0; gi < o->ng; gi++) {
+        const stk_optim_hparams_t *h = &o->groups[gi].h;
+        int rc = 0;
+        switch (o->kind) {
+        case STK_OPTIM_SGD:
+            if (h->momentum != 0)
+                rc = need_buf(o, 0);
+            break;
+        case STK_OPTIM_ADAM:
+        case STK_OPTIM_ADAMW:
+            rc = need_buf(o, 0);
+            if (!rc)
+                rc = need_buf(o, 1);
+            if (!rc && h->amsgrad)
+                rc = need_buf(o, 2);
+            break;
+        case STK_OPTIM_RMSPROP:
+            rc = need_buf(o, 0);
+            if (!rc && h->momentum > 0)
+                rc = need_buf(o, 1);
+            if (!rc && h->centered)
+                rc = need_buf(o, 2);
+            break;
+        }
+        if (rc)
+            return rc;
+    }
+    for (size_t gi = 0; gi < o->ng; gi++)
+        o->groups[gi].step++;
+    o->in_step = 1;
+    return 0;
+}
+
+int stk_optim_step_slice(const stk_optim_t *o, float *params, const float *grads, size_t offset, size_t count)
+{
+    if (!o || (count && (!params || !grads)))
+        return stk__error(-EINVAL, "stk_optim_step_slice: NULL argument");
+    if (!o->in_step)
+        return stk__error(STK_ESTATE, "stk_optim_step_slice: no open step (call stk_optim_step_begin)");
+    if (offset > o->n || count > o->n - offset)
+        return stk__error(-ERANGE, "stk_optim_step_slice: [%zu, +%zu) outside the %zu parameters", offset, count,
+                          o->n);
+    size_t lo = offset, hi = offset + count;
+    for (size_t gi = 0; gi < o->ng; gi++) {
+        const optim_group_t *g = &o->groups[gi];
+        for (size_t r = 0; r < g->n_ranges; r++) {
+            size_t a = g->ranges[r].offset, b = a + g->ranges[r].count;
+            if (a < lo)
+                a = lo;
+            if (b > hi)
+                b = hi;
+            if (a >= b)
+                continue;
+            size_t n = b - a;
+            float *p = params + a;
+            const float *gr = grads + a;
+            switch (o->kind) {
+            case STK_OPTIM_SGD:
+                sgd_range(g, p, gr, o->buf[0] ? o->buf[0] + a : NULL, n, !g->buf_valid);
+                break;
+            case STK_OPTIM_ADAM:
+            case STK_OPTIM_ADAMW:
+                adam_range(g, o->kind == STK_OPTIM_ADAMW, p, gr, o->buf[0] + a, o->buf[1] + a,
+                           o->buf[2] ? o->buf[2] + a : NULL, n);
+                break;
+            case STK_OPTIM_RMSPROP:
+                rmsprop_range(g, p, gr, o->buf[0] + a, o->buf[1] ? o->buf[1] + a : NULL,
+                              o->buf[2] ? o->buf[2] + a : NULL, n);
+                break;
+            }
+        }
+    }
+    return 0;
+}
+
+int stk_optim_step_end(stk_optim_t *o)
+{
+    if (!o)
+        return stk__error(-EINVAL, "stk_optim_step_end: NULL argument");
+    if (!o->in_step)
+        return stk__error(STK_ESTATE, "stk_optim_step_end: no open step");
+    /* PyTorch stores the buffer back after the step: None whenever the
+     * step ran without momentum, so it starts afresh later. */
+    if (o->kind == STK_OPTIM_SGD)
+        for (size_t gi = 0; gi < o->ng; gi++)
+            o->groups[gi].buf_valid = o->groups[gi].h.momentum != 0;
+    o->in_step = 0;
+    return 0;
+}
+
+int stk_optim_step(stk_optim_t *o, float *params, const float *grads)
+{
+    if (!o || (o->n && (!params || !grads)))
+        return stk__error(-EINVAL, "stk_optim_step: NULL argument");
+    int rc = stk_optim_step_begin(o);
+    if (rc)
+        return rc;
+#if defined(_OPENMP)
+    /* Built with OpenMP (the engine's oneDNN dependency brings it): split
+     * large arrays over the OpenMP threads, like PyTorch's intra-op
+     * threads. Elementwise, so the bits do not depend on the split. */
+    if (o->n >= 4 * OPTIM_PAR_CHUNK) {
+        long chunks = (long)((o->n + OPTIM_PAR_CHUNK - 1) / OPTIM_PAR_CHUNK);
+#pragma omp parallel for schedule(static)
+        for (long c = 0; c < chunks; c++) {
+            size_t off = (size_t)c * OPTIM_PAR_CHUNK;
+            size_t cnt = o->n - off < OPTIM_PAR_CHUNK ? o->n - off : OPTIM_PAR_CHUNK;
+            stk_optim_step_slice(o, params, grads, off, cnt);
+        }
+    } else
+#endif
+        rc = stk_optim_step_slice(o, params, grads, 0, o->n);
+    stk_optim_step_end(o);
+    return rc;
+}
+
+/* ---- accessors -------------------------------------------------------- */
+
+size_t stk_optim_num_groups(const stk_optim_t *o)
+{
+    return o ? o->ng : 0;
+}
+
+stk_optim_kind_t stk_optim_kind(const stk_optim_t *o)
+{
+    return o ? o->kind : (stk_optim_kind_t)0;
+}
+
+int64_t stk_optim_group_steps(const stk_optim_t *o, size_t group)
+{
+    return o && group < o->ng ? o->groups[group].step : 0;
+}
+
+static int group_ok(const stk_optim_t *o, size_t group, const void *p, const char *fn)
+{
+    if (!o || !p)
+        return stk__error(-EINVAL, "%s: NULL argument", fn);
+    if (group >= o->ng)
+        return stk__error(-ERANGE, "%s: group %zu of %zu", fn, group, o->ng);
+    return 0;
+}
+
+int stk_optim_get_lr(const stk_optim_t *o, size_t group, double *lr)
+{
+    int rc = group_ok(o, group, lr, "stk_optim_get_lr");
+    if (!rc)
+        *lr = o->groups[group].h.lr;
+    return rc;
+}
+
+int stk_optim_set_lr(stk_optim_t *o, size_t group, double lr)
+{
+    int rc = group_ok(o, group, o, "stk_optim_set_lr");
+    if (rc)
+        return rc;
+    if (!(lr >= 0) || !isfinite(lr))
+        return stk__error(-EINVAL, "stk_optim_set_lr: invalid lr %g for group %zu", lr, group);
+    o->groups[group].h.lr = lr;
+    return 0;
+}
+
+int stk_optim_get_base_lr(const stk_optim_t *o, size_t group, double *lr)
+{
+    int rc = group_ok(o, group, lr, "stk_optim_get_base_lr");
+    if (!rc)
+        *lr = o->groups[group].base_lr;
+    return rc;
+}
+
+static int uses_beta1(const stk_optim_t *o)
+{
+    return o->kind == STK_OPTIM_ADAM || o->kind == STK_OPTIM_ADAMW;
+}
+
+int stk_optim_get_momentum(const stk_optim_t *o, size_t group, double *m)
+{
+    int rc = group_ok(o, group, m, "stk_optim_get_momentum");
+    if (!rc)
+        *m = uses_beta1(o) ? o->groups[group].h.beta1 : o->groups[group].h.momentum;
+    return rc;
+}
+
+int stk_optim_set_momentum(stk_optim_t *o, size_t group, double m)
+{
+    int rc = group_ok(o, group, o, "stk_optim_set_momentum");
+    if (rc)
+        return rc;
+    int ok = uses_beta1(o) ? (m >= 0 && m < 1) : (m >= 0 && isfinite(m));
+    if (!ok)
+        return stk__error(-EINVAL, "stk_optim_set_momentum: invalid %s %g for group %zu",
+                          uses_beta1(o) ? "beta1" : "momentum", m, group);
+    if (uses_beta1(o))
+        o->groups[group].h.beta1 = m;
+    else
+        o->groups[group].h.momentum = m;
+    return 0;
+}
+
+/* ---- state blob ------------------------------------------------------- *
+ * "STKOPTM\0", u32 version, u32 kind, u64 n_params, u32 n_groups,
+ * u32 n_buffers; per group: u64 n_ranges, (u64 offset, u64 count) each,
+ * i64 step, f64 lr, f64 momentum-or-beta1, u32 buf_valid, u32 0;
+ * per buffer: u32 present, then n_params f32 if present;
+ * u64 checksum of everything before it. All little-endian. */
+
+static void serialize(const stk_optim_t *o, stk__blobw_t *w)
+{
+    stk__w_bytes(w, OPTIM_MAGIC, 8);
+    stk__w_u32(w, OPTIM_VERSION);
+    stk__w_u32(w, (uint32_t)o->kind);
+    stk__w_u64(w, o->n);
+    stk__w_u32(w, (uint32_t)o->ng);
+    stk__w_u32(w, OPTIM_NBUF);
+    for (size_t g = 0; g < o->ng; g++) {
+        const optim_group_t *x = &o->groups[g];
+        stk__w_u64(w, x->n_ranges);
+        for (size_t r = 0; r < x->n_ranges; r++) {
+            stk__w_u64(w, x->ranges[r].offset);
+            stk__w_u64(w, x->ranges[r].count);
+        }
+        stk__w_u64(w, (uint64_t)x->step);
+        stk__w_f64(w, x->h.lr);
+        stk__w_f64(w, uses_beta1(o) ? x->h.beta1 : x->h.momentum);
+        stk__w_u32(w, (uint32_t)x->buf_valid);
+        stk__w_u32(w, 0);
+    }
+    for (int i = 0; i < OPTIM_NBUF; i++) {
+        stk__w_u32(w, o->buf[i] != NULL);
+        if (o->buf[i])
+            stk__w_f32s(w, o->buf[i], o->n);
+    }
+}
+
+size_t stk_optim_state_size(const stk_optim_t *o)
+{
+    if (!o)
+        return 0;
+    stk__blobw_t w = {NULL, 0, 0};
+    serialize(o, &w);
+    return w.len + 8;
+}
+
+int stk_optim_state_save(const stk_optim_t *o, void *buf, size_t cap, size_t *written)
+{
+    if (!o || !written || (!buf && cap))
+        return stk__error(-EINVAL, "stk_optim_state_save: NULL argument");
+    if (o->in_step)
+        return stk__error(STK_ESTATE, "optimizer state: a step is open (call stk_optim_step_end first)");
+    size_t need = stk_optim_state_size(o);
+    *written = need;
+    if (cap < need)
+        return stk__error(-ENOSPC, "optimizer state: needs %zu bytes, buffer has %zu", need, cap);
+    stk__blobw_t w = {buf, 0, cap};
+    serialize(o, &w);
+    stk__w_u64(&w, stk__blob_hash(buf, w.len));
+    return 0;
+}
+
+int stk_optim_state_load(stk_optim_t *o, const void *buf, size_t len)
+{
+    if (!o || (!buf && len))
+        return stk__error(-EINVAL, "stk_optim_state_load: NULL argument");
+    if (o->in_step)
+        return stk__error(STK_ESTATE, "optimizer state: a step is open (call stk_optim_step_end first)");
+    if (len < 8 + 8 || memcmp(buf, OPTIM_MAGIC, 8) != 0)
+        return stk__error(STK_EFORMAT, "optimizer state: not an optimizer state blob (%zu bytes, bad magic)", len);
+    stk__blobr_t r = {buf, len - 8, 8, 0};
+    uint32_t version = stk__r_u32(&r);
+    if (version != OPTIM_VERSION)
+        return stk__error(STK_EFORMAT, "optimizer state: version %u, this library reads version %u", version,
+                          OPTIM_VERSION);
+    uint64_t sum = 0;
+    for (int i = 0; i < 8; i++)
+        sum |= (uint64_t)((const uint8_t *)buf)[len - 8 + (size_t)i] << (8 * i);
+    if (sum != stk__blob_hash(buf, len - 8))
+        return stk__error(STK_EFORMAT, "optimizer state: checksum mismatch (truncated or corrupt blob of %zu bytes)",
+                          len);
+    uint32_t kind = stk__r_u32(&r);
+    uint64_t n = stk__r_u64(&r);
+    uint32_t ng = stk__r_u32(&r);
+    uint32_t nbuf = stk__r_u32(&r);
+    if (kind != (uint32_t)o->kind)
+        return stk__error(STK_ESHAPE, "optimizer state: saved by %s, this optimizer is %s",
+                          stk_optim_kind_name((stk_optim_kind_t)kind), stk_optim_kind_name(o->kind));
+    if (n != o->n)
+        return stk__error(STK_ESHAPE, "optimizer state: saved for %llu parameters, this optimizer has %zu",
+                          (unsigned long long)n, o->n);
+    if (ng != o->ng)
+        return stk__error(STK_ESHAPE, "optimizer state: saved with %u groups, this optimizer has %zu", ng, o->ng);
+    if (nbuf != OPTIM_NBUF)
+        return stk__error(STK_EFORMAT, "optimizer state: %u buffers, expected %u", nbuf, OPTIM_NBUF);
+
+    /* First pass: check everything; second: copy. So a bad blob changes
+     * nothing. */
+    size_t groups_at = r.pos;
+    for (size_t g = 0; g < ng; g++) {
+        const optim_group_t *x = &o->groups[g];
+        uint64_t nr = stk__r_u64(&r);
+        if (!r.bad && nr != x->n_ranges)
+            return stk__error(STK_ESHAPE, "optimizer state: group %zu had %llu ranges, now %zu", g,
+                              (unsigned long long)nr, x->n_ranges);
+        for (size_t k = 0; k < x->n_ranges && !r.bad; k++) {
+            uint64_t off = stk__r_u64(&r), cnt = stk__r_u64(&r);
+            if (!r.bad && (off != x->ranges[k].offset || cnt != x->ranges[k].count))
+                return stk__error(STK_ESHAPE,
+                                  "optimizer state: group %zu range %zu was [%llu, +%llu), now [%zu, +%zu)", g, k,
+                                  (unsigned long long)off, (unsigned long long)cnt, x->ranges[k].offset,
+                                  x->ranges[k].count);
+        }
+        uint64_t step = stk__r_u64(&r);
+        double lr = stk__r_f64(&r), mom = stk__r_f64(&r);
+        stk__r_u32(&r);
+        stk__r_u32(&r);
+        if (!r.bad && ((int64_t)step < 0 || !(lr >= 0) || !isfinite(lr) || !(mom >= 0) || !isfinite(mom) ||
+                       (uses_beta1(o) && !(mom < 1))))
+            return stk__error(STK_EDATA, "optimizer state: group %zu has invalid step, lr or momentum", g);
+        if (r.bad)
+            break;
+    }
+    size_t bufs_at = r.pos;
+    int present[OPTIM_NBUF] = {0, 0, 0};
+    for (int i = 0; i < OPTIM_NBUF && !r.bad; i++) {
+        present[i] = stk__r_u32(&r) != 0;
+        if (present[i] && !stk__r_take(&r, o->n * 4))
+            break;
+    }
+    if (r.bad || r.pos != r.len)
+        return stk__error(STK_EFORMAT, "optimizer state: blob of %zu bytes is %s", len,
+                          r.bad ? "truncated" : "longer than its contents");
+    float *fresh[OPTIM_NBUF] = {NULL, NULL, NULL};
+    for (int i = 0; i < OPTIM_NBUF; i++)
+        if (present[i] && !o->buf[i]) {
+            fresh[i] = malloc((o->n ? o->n : 1) * sizeof(float));
+            if (!fresh[i]) {
+                for (int j = 0; j < i; j++)
+                    free(fresh[j]);
+                return stk__error(-ENOMEM, "optimizer state: out of memory");
+            }
+        }
+
+    r.pos = groups_at;
+    for (size_t g = 0; g < ng; g++) {
+        optim_group_t *x = &o->groups[g];
+        stk__r_take(&r, 8 + 16 * x->n_ranges);
+        x->step = (int64_t)stk__r_u64(&r);
+        x->h.lr = stk__r_f64(&r);
+        double mom = stk__r_f64(&r);
+        if (uses_beta1(o))
+            x->h.beta1 = mom;
+        else
+            x->h.momentum = mom;
+        x->buf_valid = stk__r_u32(&r) != 0;
+        stk__r_u32(&r);
+    }
+    r.pos = bufs_at;
+    for (int i = 0; i < OPTIM_NBUF; i++) {
+        stk__r_u32(&r);
+        if (present[i]) {
+            if (fresh[i])
+                o->buf[i] = fresh[i];
+            stk__r_f32s(&r, o->buf[i], o->n);
+        } else if (o->buf[i]) {
+            /* Absent in the blob means never used: zeros, as at creation. */
+            memset(o->buf[i], 0, o->n * sizeof(float));
+        }
+    }
+    return 0;
+}
