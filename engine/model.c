@@ -250,6 +250,7 @@ static int infer_shapes(stk_model_t *m)
         l->root = i;
         l->param[0] = l->param[1] = l->buffer[0] = l->buffer[1] = -1;
         if (d->kind == STK_LAYER_INPUT) {
+            l->flat = d->in_h == 1 && d->in_w == 1;
             l->c = d->in_c;
             l->h = d->in_h;
             l->w = d->in_w;
@@ -281,6 +282,7 @@ static int infer_shapes(stk_model_t *m)
         l->w = a->w;
         l->rf = a->rf;
         l->jump = a->jump;
+        l->flat = a->flat || d->kind == STK_LAYER_FLATTEN || d->kind == STK_LAYER_LINEAR;
         switch (d->kind) {
         case STK_LAYER_CONV2D: {
             if (d->in_c > 0 && d->in_c != a->c)

@@ -16,6 +16,7 @@ typedef struct stk__layer {
     int64_t in_c, in_h, in_w; /* input shape of one sample (first input) */
     int alias;              /* flatten: y and dy are the input's */
     int fmt;                /* stk__layout_t of y and dy */
+    int flat;               /* features, not an image: printed as [N, C] */
     int fused;              /* batchnorm: applies the next relu; relu: done by the batchnorm */
     int root;               /* the layer whose buffers y/dy really are */
     float *y, *dy;          /* [batch, c, h, w] */

@@ -173,7 +173,10 @@ STK_API int stk_model_is_train(const stk_model_t *m);
 
 /* Dropout masks are a pure function of (seed, step, layer, element): the
  * same step gives the same mask, whatever the thread count. The trainer
- * sets the step (e.g. the global micro-batch counter) before forward. */
+ * sets the step (e.g. the global micro-batch counter) before forward.
+ * "element" is the position in the layer's memory: NCHW order for features
+ * and for images the backend keeps plain; a backend that keeps an image in
+ * a blocked layout draws in that order (same step, same mask still). */
 STK_API void stk_model_set_step(stk_model_t *m, uint64_t step);
 STK_API void stk_model_set_seed(stk_model_t *m, uint64_t seed);
 
