@@ -114,19 +114,28 @@ static int find_layer(const stk__layer_t *layers, int n, const char *name)
 }
 
 /* Checks what needs no shapes; key names the offending setting. */
+/* Sizes past these are mistakes, and keep every size product in int64. */
+#define MAX_DIM (1 << 20)
+#define MAX_KERNEL 1024
+#define MAX_SAMPLE_ELEMS ((int64_t)1 << 31)
+
 static int check_desc(const stk_layer_desc_t *d, const char *where)
 {
 #define BAD(key, fmt, ...) return stk__error(STK_ECONFIG, "%s: key '%s': " fmt, where, key, ##__VA_ARGS__)
     switch (d->kind) {
     case STK_LAYER_INPUT:
-        if (d->in_c < 1 || d->in_h < 1 || d->in_w < 1)
-            BAD("shape", "must be positive C,H,W");
+        if (d->in_c < 1 || d->in_h < 1 || d->in_w < 1 || d->in_c > MAX_DIM || d->in_h > MAX_DIM ||
+            d->in_w > MAX_DIM || d->in_c * d->in_h * d->in_w > MAX_SAMPLE_ELEMS)
+            BAD("shape", "must be positive C,H,W of at most 2^31 elements");
         break;
     case STK_LAYER_CONV2D:
-        if (d->out < 1)
-            BAD("out", "must be a positive channel count");
-        if (d->kernel_h < 1 || d->kernel_w < 1)
-            BAD("kernel", "must be positive");
+        if (d->out < 1 || d->out > MAX_DIM)
+            BAD("out", "must be a positive channel count up to 2^20");
+        if (d->kernel_h < 1 || d->kernel_w < 1 || d->kernel_h > MAX_KERNEL || d->kernel_w > MAX_KERNEL)
+            BAD("kernel", "must be in [1, 1024]");
+        if (d->dilation_h > MAX_KERNEL || d->dilation_w > MAX_KERNEL || d->pad_h > MAX_DIM || d->pad_w > MAX_DIM ||
+            d->stride_h > MAX_DIM || d->stride_w > MAX_DIM)
+            BAD("dilation", "dilation, pad or stride too large");
         if (d->stride_h < 1 || d->stride_w < 1)
             BAD("stride", "must be positive");
         if (d->pad_h < 0 || d->pad_w < 0)
@@ -138,9 +147,9 @@ static int check_desc(const stk_layer_desc_t *d, const char *where)
         break;
     case STK_LAYER_MAXPOOL2D:
     case STK_LAYER_AVGPOOL2D:
-        if (d->kernel_h < 1 || d->kernel_w < 1)
-            BAD("kernel", "must be positive");
-        if (d->stride_h < 0 || d->stride_w < 0)
+        if (d->kernel_h < 1 || d->kernel_w < 1 || d->kernel_h > MAX_KERNEL || d->kernel_w > MAX_KERNEL)
+            BAD("kernel", "must be in [1, 1024]");
+        if (d->stride_h < 0 || d->stride_w < 0 || d->stride_h > MAX_DIM || d->stride_w > MAX_DIM)
             BAD("stride", "must not be negative");
         if (d->pad_h < 0 || d->pad_w < 0 || 2 * d->pad_h > d->kernel_h || 2 * d->pad_w > d->kernel_w)
             BAD("pad", "must be between 0 and half the kernel");
@@ -152,8 +161,8 @@ static int check_desc(const stk_layer_desc_t *d, const char *where)
             BAD("momentum", "must be in [0, 1]");
         break;
     case STK_LAYER_LINEAR:
-        if (d->out < 1)
-            BAD("out", "must be a positive feature count");
+        if (d->out < 1 || d->out > MAX_DIM)
+            BAD("out", "must be a positive feature count up to 2^20");
         break;
     case STK_LAYER_DROPOUT:
         if (!(d->p >= 0.0f && d->p < 1.0f))
@@ -374,6 +383,10 @@ static int infer_shapes(stk_model_t *m)
         default:
             break;
         }
+        int64_t wcount = (d->kind == STK_LAYER_CONV2D ? d->kernel_h * d->kernel_w * (l->in_c / d->groups) : 0) +
+                         (d->kind == STK_LAYER_LINEAR ? l->in_c : 0);
+        if (l->c * l->h * l->w > MAX_SAMPLE_ELEMS || (l->c > 0 && wcount > MAX_SAMPLE_ELEMS / l->c))
+            return stk__error(STK_ESHAPE, "%s: output or weights over 2^31 elements per sample", where);
     }
     return 0;
 }
@@ -757,7 +770,7 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     stk_model_config_t dc = stk_model_config_default();
     if (!cfg)
         cfg = &dc;
-    if (cfg->batch_size < 1 || cfg->threads < 0)
+    if (cfg->batch_size < 1 || cfg->batch_size > MAX_DIM || cfg->threads < 0)
         return stk__error(-EINVAL, "model: batch_size %lld / threads %d", (long long)cfg->batch_size, cfg->threads);
     if (b->n < 2)
         return stk__error(STK_ECONFIG, "model: needs an input layer and at least one more");
@@ -830,7 +843,7 @@ int64_t stk_model_num_classes(const stk_model_t *m)
 
 int stk_model_set_batch_size(stk_model_t *m, int64_t batch)
 {
-    if (!m || batch < 1)
+    if (!m || batch < 1 || batch > MAX_DIM)
         return stk__error(-EINVAL, "model: batch size %lld", (long long)batch);
     if (batch == m->batch)
         return 0;

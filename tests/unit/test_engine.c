@@ -407,6 +407,11 @@ static void test_model_file_errors(void **state)
     expect_parse_error("input shape=4\ndropout p=1.5\n", STK_ECONFIG, "line 2", "key 'p'");
     expect_parse_error("input shape=4\nrelu oops\n", STK_ECONFIG, "line 2", "oops");
     expect_parse_error("", STK_ECONFIG, "no layers", NULL);
+    expect_parse_error("input shape=2000000,1,1\n", STK_ECONFIG, "line 1", "key 'shape'");
+    expect_parse_error("input shape=4096,1024,1024\n", STK_ECONFIG, "line 1", "key 'shape'");
+    expect_parse_error("input shape=1,8,8\nconv2d out=4 kernel=4096\n", STK_ECONFIG, "line 2", "key 'kernel'");
+    expect_parse_error("input shape=1000,1000,1000\nflatten\nlinear out=1000000\n", STK_ESHAPE, "line 3",
+                       "2^31");
 
     stk_model_t *m = (stk_model_t *)1;
     assert_int_equal(stk_model_create_from_file(&m, "/nonexistent/x.model", NULL), -ENOENT);
