@@ -751,6 +751,38 @@ static void test_tensor(void **state)
     assert_string_equal(stk_layer_kind_name((stk_layer_kind_t)99), "invalid");
 }
 
+/* oneDNN failures come back as STK_EBACKEND with oneDNN's words. */
+static void test_backend_errors(void **state)
+{
+    (void)state;
+    stk__backend_t be;
+    assert_int_equal(stk__backend_open(&be, STK_DEVICE_CPU), 0);
+    /* 3 output channels in 2 groups: the weights cannot match dst. */
+    stk__conv_desc_t d = {.n = 1, .ic = 2, .ih = 4, .iw = 4, .oc = 3, .oh = 2, .ow = 2, .kh = 3, .kw = 3, .sh = 1,
+                          .sw = 1, .dh = 1, .dw = 1, .groups = 2, .bias = 1};
+    stk__op_t *op = NULL;
+    assert_int_equal(be.iface->conv_create(be.ctx, &d, &op), STK_EBACKEND);
+    assert_null(op);
+    assert_non_null(strstr(stk_error_message(), "oneDNN"));
+    assert_non_null(strstr(stk_error_message(), "invalid"));
+    assert_int_equal(be.iface->set_threads(be.ctx, 0), -EINVAL);
+    assert_true(be.iface->max_threads(be.ctx) >= 1);
+    stk__backend_close(&be);
+    assert_int_equal(stk__backend_open(&be, STK_DEVICE_CUDA), STK_EDEVICE);
+    assert_int_equal(stk__backend_open(&be, (stk_device_t)7), STK_EDEVICE);
+    stk_model_config_t cfg = stk_model_config_default();
+    cfg.device = STK_DEVICE_CUDA;
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    assert_int_equal(stk_model_builder_parse(b, "input shape=3\nlinear out=2", NULL), 0);
+    stk_model_t *m = NULL;
+    assert_int_equal(stk_model_create(&m, b, &cfg), STK_EDEVICE);
+    cfg = stk_model_config_default();
+    cfg.batch_size = 0;
+    assert_int_equal(stk_model_create(&m, b, &cfg), -EINVAL);
+    stk_model_builder_destroy(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -763,6 +795,7 @@ int main(void)
         cmocka_unit_test(test_state_roundtrip),
         cmocka_unit_test(test_training_mechanics),
         cmocka_unit_test(test_grad_hook),
+        cmocka_unit_test(test_backend_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
