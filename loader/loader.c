@@ -310,23 +310,47 @@ static int send_task(stk_loader_t *l, uint32_t s)
     return 0;
 }
 
-static int spawn_worker(stk_loader_t *l, uint32_t i)
+static uint64_t worker_seed(const stk_loader_t *l, uint32_t i)
 {
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-        return stk__error(-errno, "loader: socketpair for worker %u", i);
-    l->spec.worker = i;
-    l->spec.seed = stk_rng_mix(l->cfg.seed, 0x776f726b00000000ull + i);
-    pid_t pid = 0;
-    int rc = stk__forkserver_spawn(&l->spec, sv[1], l->arena_fd, l->ds->args_fd, &pid);
-    close(sv[1]);
-    if (rc) {
-        close(sv[0]);
-        return stk__error_prefix(rc, "loader: start of worker %u", i);
+    return stk_rng_mix(l->cfg.seed, 0x776f726b00000000ull + i);
+}
+
+/* Starts workers ids[0..n): one socket pair each, one trip to the server. */
+static int spawn_workers(stk_loader_t *l, uint32_t n, const uint32_t *ids)
+{
+    int rc = 0;
+    int *theirs = malloc(n * sizeof *theirs);
+    uint64_t *seeds = malloc(n * sizeof *seeds);
+    pid_t *pids = calloc(n, sizeof *pids);
+    if (!theirs || !seeds || !pids) {
+        rc = stk__error(-ENOMEM, "loader: out of memory");
+        goto out;
     }
-    l->w[i].pid = pid;
-    l->w[i].sock = sv[0];
-    return 0;
+    uint32_t made = 0;
+    for (; made < n; made++) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+            rc = stk__error(-errno, "loader: socketpair for worker %u", ids[made]);
+            break;
+        }
+        l->w[ids[made]].sock = sv[0];
+        theirs[made] = sv[1];
+        seeds[made] = worker_seed(l, ids[made]);
+    }
+    if (rc == 0)
+        rc = stk__forkserver_spawn(&l->spec, n, ids, seeds, theirs, l->arena_fd, l->ds->args_fd,
+                                   pids);
+    for (uint32_t i = 0; i < made; i++) {
+        close(theirs[i]);
+        l->w[ids[i]].pid = pids[i];
+    }
+    if (rc)
+        rc = stk__error_prefix(rc, "loader: start of %u worker(s)", n);
+out:
+    free(theirs);
+    free(seeds);
+    free(pids);
+    return rc;
 }
 
 /* Waits for a worker's end (the fork server reports it) and describes it. */
@@ -385,15 +409,18 @@ static int start_workers(stk_loader_t *l)
 {
     if (l->running || l->nworkers == 0)
         return 0;
-    for (uint32_t i = 0; i < l->nworkers; i++) {
-        int rc = spawn_worker(l, i);
-        if (rc) {
-            l->running = 1;
-            stop_workers(l, 1);
-            return fail(l, STK_EWORKER, "%s", stk_error_message());
-        }
-    }
+    uint32_t *ids = malloc(l->nworkers * sizeof *ids);
+    if (!ids)
+        return fail(l, -ENOMEM, "loader: out of memory");
+    for (uint32_t i = 0; i < l->nworkers; i++)
+        ids[i] = i;
+    int rc = spawn_workers(l, l->nworkers, ids);
+    free(ids);
     l->running = 1;
+    if (rc) {
+        stop_workers(l, 1);
+        return fail(l, STK_EWORKER, "%s", stk_error_message());
+    }
     return 0;
 }
 
@@ -426,7 +453,7 @@ static int worker_lost(stk_loader_t *l, uint32_t i, const char *context)
     }
     stk__log(STK_LOG_WARN, "%s%s; respawning it", why, context);
     l->respawns++;
-    int rc = spawn_worker(l, i);
+    int rc = spawn_workers(l, 1, &i);
     if (rc)
         return fail(l, STK_EWORKER, "%s; respawn failed: %s", why, stk_error_message());
     uint32_t *ids = malloc(LY(l)->nslots * sizeof *ids);
@@ -670,7 +697,7 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
         l->w[i].sock = -1;
     if (l->nworkers == 0) {
         l->spec.worker = 0;
-        l->spec.seed = stk_rng_mix(cfg->seed, 0x776f726b00000000ull);
+        l->spec.seed = worker_seed(l, 0);
         if (cfg->worker_init) {
             rc = cfg->worker_init(0, l->spec.seed, l->spec.init_arg, l->spec.init_arg_len);
             if (rc)
@@ -684,6 +711,11 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     if (rc)
         goto fail;
     l->nbatches = stk_batch_sampler_len(l->bs);
+    /* Workers start now, so that their start overlaps the caller's own
+     * set-up; a worker that cannot start is reported by the first next. */
+    rc = start_workers(l);
+    if (rc)
+        goto fail;
     *out = l;
     return 0;
 fail:

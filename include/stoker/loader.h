@@ -155,8 +155,9 @@ typedef struct stk_loader stk_loader_t;
 /* Checks limits (RLIMIT_NOFILE against the files workers hold,
  * RLIMIT_MEMLOCK when pin is set, the cgroup memory limit against the
  * arena: STK_ELIMIT naming the limit, its value and the need), maps the
- * arena, pins it, and selects epoch 0. Workers start at the first
- * stk_loader_next. ds must outlive the loader. STK_ECONFIG names a bad
+ * arena, pins it, selects epoch 0 and starts the workers (a worker that
+ * fails in its own start is reported by stk_loader_next). ds must outlive
+ * the loader. STK_ECONFIG names a bad
  * field. Not thread-safe with other calls on the same loader. */
 STK_API int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_config_t *cfg);
 /* Stops workers (they exit; none is left a zombie), unpins, unmaps and
