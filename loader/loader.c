@@ -319,8 +319,8 @@ static uint64_t worker_seed(const stk_loader_t *l, uint32_t i)
 static int spawn_workers(stk_loader_t *l, uint32_t n, const uint32_t *ids)
 {
     int rc = 0;
-    int *theirs = malloc(n * sizeof *theirs);
-    uint64_t *seeds = malloc(n * sizeof *seeds);
+    int *theirs = calloc(n, sizeof *theirs);
+    uint64_t *seeds = calloc(n, sizeof *seeds);
     pid_t *pids = calloc(n, sizeof *pids);
     if (!theirs || !seeds || !pids) {
         rc = stk__error(-ENOMEM, "loader: out of memory");
