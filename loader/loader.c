@@ -63,7 +63,7 @@ struct stk_loader {
 
     int failed;
     char failmsg[1024];
-    uint64_t created_ns, wait_ns, first_batch_ns, respawns;
+    uint64_t created_ns, wait_ns, wait_bytes, first_batch_ns, respawns;
 };
 
 static const stk__layout_t *LY(const stk_loader_t *l)
@@ -807,6 +807,8 @@ static int deliver(stk_loader_t *l, uint32_t s, uint64_t k, stk_batch_t *b)
     if (!l->first_batch_ns)
         l->first_batch_ns = stk__now_ns() - l->created_ns;
     make_view(l, s, b);
+    for (uint32_t f = 0; f < b->nfields; f++)
+        l->wait_bytes += b->fields[f].bytes;
     return 0;
 }
 
@@ -978,6 +980,7 @@ void stk_loader_get_stats(const stk_loader_t *l, stk_loader_stats_t *o)
 #undef LD
     }
     o->wait.ns = l->wait_ns;
+    o->wait.bytes = l->wait_bytes;
     o->respawns = l->respawns;
     o->first_batch_ns = l->first_batch_ns;
 }

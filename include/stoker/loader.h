@@ -214,7 +214,7 @@ STK_API int stk_loader_set_state(stk_loader_t *l, const stk_loader_state_t *st);
 
 typedef struct stk_loader_stats {
     stk_stage_stats_t read, decode, augment, collate;
-    stk_stage_stats_t wait;              /* main process waiting in next */
+    stk_stage_stats_t wait;              /* main waiting in next; bytes delivered */
     uint64_t batches, samples, skipped, respawns;
     uint64_t worker_max_rss_kb;          /* largest peak RSS of any worker */
     uint64_t first_batch_ns;             /* create (or epoch start) to first batch */

@@ -394,6 +394,7 @@ static void test_memory_inline(void **state)
     assert_int_equal(st.batches, 10);
     assert_int_equal(st.samples, 95);
     assert_true(st.collate.bytes >= 95 * (IMG * IMG + 8));
+    assert_int_equal(st.wait.bytes, 95 * (IMG * IMG + 8));
     stk_record_t rec;
     assert_int_equal(stk_dataset_get(ds, 7, &rec), 0);
     assert_int_equal(*(const int64_t *)rec.data[1], 7);
