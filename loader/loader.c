@@ -315,39 +315,44 @@ static uint64_t worker_seed(const stk_loader_t *l, uint32_t i)
     return stk_rng_mix(l->cfg.seed, 0x776f726b00000000ull + i);
 }
 
-/* Starts workers ids[0..n): one socket pair each, one trip to the server. */
-static int spawn_workers(stk_loader_t *l, uint32_t n, const uint32_t *ids)
+/* Gives workers ids[0..n) their socket pairs (main's end in l->w). Tasks
+ * may be queued on them before the workers exist. */
+static int make_sockets(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *theirs)
 {
-    int rc = 0;
-    int *theirs = calloc(n, sizeof *theirs);
-    uint64_t *seeds = calloc(n, sizeof *seeds);
-    pid_t *pids = calloc(n, sizeof *pids);
-    if (!theirs || !seeds || !pids) {
-        rc = stk__error(-ENOMEM, "loader: out of memory");
-        goto out;
-    }
-    uint32_t made = 0;
-    for (; made < n; made++) {
+    for (uint32_t i = 0; i < n; i++) {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-            rc = stk__error(-errno, "loader: socketpair for worker %u", ids[made]);
-            break;
+            int rc = stk__error(-errno, "loader: socketpair for worker %u", ids[i]);
+            while (i-- > 0)
+                close(theirs[i]);
+            return rc;
         }
-        l->w[ids[made]].sock = sv[0];
-        theirs[made] = sv[1];
-        seeds[made] = worker_seed(l, ids[made]);
+        l->w[ids[i]].sock = sv[0];
+        theirs[i] = sv[1];
     }
+    return 0;
+}
+
+/* Starts workers ids[0..n) on the sockets made for them, one trip to the
+ * server for all; closes the workers' ends here. */
+static int spawn_workers(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *theirs)
+{
+    int rc = 0;
+    uint64_t *seeds = calloc(n, sizeof *seeds);
+    pid_t *pids = calloc(n, sizeof *pids);
+    if (!seeds || !pids)
+        rc = stk__error(-ENOMEM, "loader: out of memory");
+    for (uint32_t i = 0; rc == 0 && i < n; i++)
+        seeds[i] = worker_seed(l, ids[i]);
     if (rc == 0)
         rc = stk__forkserver_spawn(&l->spec, n, ids, seeds, theirs, l->arena_fd, l->ds->args_fd,
                                    pids);
-    for (uint32_t i = 0; i < made; i++) {
+    for (uint32_t i = 0; i < n; i++) {
         close(theirs[i]);
-        l->w[ids[i]].pid = pids[i];
+        l->w[ids[i]].pid = pids ? pids[i] : 0;
     }
     if (rc)
         rc = stk__error_prefix(rc, "loader: start of %u worker(s)", n);
-out:
-    free(theirs);
     free(seeds);
     free(pids);
     return rc;
@@ -405,19 +410,37 @@ static void stop_workers(stk_loader_t *l, int hard)
     l->running = 0;
 }
 
+static int issue(stk_loader_t *l);
+
 static int start_workers(stk_loader_t *l)
 {
     if (l->running || l->nworkers == 0)
         return 0;
     uint32_t *ids = malloc(l->nworkers * sizeof *ids);
-    if (!ids)
+    int *theirs = malloc(l->nworkers * sizeof *theirs);
+    if (!ids || !theirs) {
+        free(ids);
+        free(theirs);
         return fail(l, -ENOMEM, "loader: out of memory");
+    }
     for (uint32_t i = 0; i < l->nworkers; i++)
         ids[i] = i;
-    int rc = spawn_workers(l, l->nworkers, ids);
+    int rc = make_sockets(l, l->nworkers, ids, theirs);
+    if (rc == 0) {
+        l->running = 1;
+        /* The first tasks wait in the sockets while the server forks, so
+         * a worker starts on batch work without a round trip. */
+        rc = issue(l);
+        if (rc == 0)
+            rc = spawn_workers(l, l->nworkers, ids, theirs);
+        else
+            for (uint32_t i = 0; i < l->nworkers; i++)
+                close(theirs[i]);
+    }
     free(ids);
-    l->running = 1;
+    free(theirs);
     if (rc) {
+        l->running = 1;
         stop_workers(l, 1);
         return fail(l, STK_EWORKER, "%s", stk_error_message());
     }
@@ -453,7 +476,10 @@ static int worker_lost(stk_loader_t *l, uint32_t i, const char *context)
     }
     stk__log(STK_LOG_WARN, "%s%s; respawning it", why, context);
     l->respawns++;
-    int rc = spawn_workers(l, 1, &i);
+    int theirs;
+    int rc = make_sockets(l, 1, &i, &theirs);
+    if (rc == 0)
+        rc = spawn_workers(l, 1, &i, &theirs);
     if (rc)
         return fail(l, STK_EWORKER, "%s; respawn failed: %s", why, stk_error_message());
     uint32_t *ids = malloc(LY(l)->nslots * sizeof *ids);
@@ -558,6 +584,12 @@ static int pump(stk_loader_t *l, int timeout_ms)
             ssize_t k = recv(l->w[i].sock, &m, sizeof m, MSG_DONTWAIT);
             if (k > 0) {
                 take_done(l, &m, k, i);
+                continue;
+            }
+            if (k < 0 && errno == ECONNRESET && !eof) {
+                /* The worker closed with tasks unread: Linux reports the
+                 * reset once, ahead of what it sent before dying. */
+                eof = 1;
                 continue;
             }
             if (k == 0 || (errno != EAGAIN && errno != EINTR))
