@@ -412,7 +412,9 @@ static void stop_workers(stk_loader_t *l, int hard)
 
 static int issue(stk_loader_t *l);
 
-static int start_workers(stk_loader_t *l)
+/* Starts the workers; with tasks, queues the first batches on their
+ * sockets before the fork (the sampler must be ready then). */
+static int start_workers(stk_loader_t *l, int tasks)
 {
     if (l->running || l->nworkers == 0)
         return 0;
@@ -430,7 +432,7 @@ static int start_workers(stk_loader_t *l)
         l->running = 1;
         /* The first tasks wait in the sockets while the server forks, so
          * a worker starts on batch work without a round trip. */
-        rc = issue(l);
+        rc = tasks ? issue(l) : 0;
         if (rc == 0)
             rc = spawn_workers(l, l->nworkers, ids, theirs);
         else
@@ -650,27 +652,8 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     l->cfg.augment = l->augment;
     l->cfg.augment_field = l->augment_field;
 
-    if (cfg->batch_sampler) {
-        l->bs = cfg->batch_sampler;
-    } else {
-        stk_sampler_t *smp = cfg->sampler;
-        if (!smp) {
-            stk_sampler_config_t sc;
-            stk_sampler_config_default(&sc);
-            sc.kind = cfg->shuffle ? STK_SAMPLER_RANDOM : STK_SAMPLER_SEQUENTIAL;
-            sc.dataset_len = ds->len;
-            sc.seed = cfg->seed;
-            rc = stk_sampler_create(&l->own_sampler, &sc);
-            if (rc)
-                goto fail;
-            smp = l->own_sampler;
-        }
-        rc = stk_batch_sampler_create(&l->bs, smp, cfg->batch_size, cfg->drop_last);
-        if (rc)
-            goto fail;
-        l->own_bs = 1;
-    }
-    uint64_t batch = stk_batch_sampler_batch_size(l->bs);
+    uint64_t batch = cfg->batch_sampler ? stk_batch_sampler_batch_size(cfg->batch_sampler)
+                                        : cfg->batch_size;
     uint32_t nslots = l->nworkers ? l->nworkers * l->cfg.prefetch : l->cfg.prefetch;
     rc = make_layout(l, batch, nslots);
     if (rc)
@@ -739,13 +722,38 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
         if (rc)
             goto fail;
     }
+    /* Workers start now, before the sampler draws the epoch's order, so
+     * that their start (opening the dataset) overlaps it and the caller's
+     * own set-up; a worker that cannot start is reported by the first
+     * next. */
+    rc = start_workers(l, 0);
+    if (rc)
+        goto fail;
+    if (cfg->batch_sampler) {
+        l->bs = cfg->batch_sampler;
+    } else {
+        stk_sampler_t *smp = cfg->sampler;
+        if (!smp) {
+            stk_sampler_config_t sc;
+            stk_sampler_config_default(&sc);
+            sc.kind = cfg->shuffle ? STK_SAMPLER_RANDOM : STK_SAMPLER_SEQUENTIAL;
+            sc.dataset_len = ds->len;
+            sc.seed = cfg->seed;
+            rc = stk_sampler_create(&l->own_sampler, &sc);
+            if (rc)
+                goto fail;
+            smp = l->own_sampler;
+        }
+        rc = stk_batch_sampler_create(&l->bs, smp, cfg->batch_size, cfg->drop_last);
+        if (rc)
+            goto fail;
+        l->own_bs = 1;
+    }
     rc = stk_batch_sampler_set_epoch(l->bs, 0);
     if (rc)
         goto fail;
     l->nbatches = stk_batch_sampler_len(l->bs);
-    /* Workers start now, so that their start overlaps the caller's own
-     * set-up; a worker that cannot start is reported by the first next. */
-    rc = start_workers(l);
+    rc = l->nworkers ? issue(l) : 0;
     if (rc)
         goto fail;
     *out = l;
@@ -881,7 +889,7 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
         l->wait_ns += stk__now_ns() - t0;
         return deliver(l, s, k, b);
     }
-    rc = start_workers(l);
+    rc = start_workers(l, 1);
     if (rc)
         return rc;
     rc = issue(l);
@@ -962,6 +970,10 @@ int stk_loader_set_state(stk_loader_t *l, const stk_loader_state_t *st)
         return stk__error(-EINVAL, "stk_loader_set_state: NULL argument");
     if (l->failed)
         return stk__error(l->failed, "%s", l->failmsg);
+    /* Already there (set_epoch(0) right after create, or the next epoch
+     * asked for twice): keep what is prefetched. */
+    if (st->epoch == l->epoch && st->batch == l->next_deliver && st->batch <= l->nbatches)
+        return 0;
     int rc = drain(l);
     if (rc)
         return rc;
