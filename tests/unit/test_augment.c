@@ -16,6 +16,12 @@
 
 #include "augment/augment_internal.h"
 
+/* The references below compute x * s + b as augment/ does: a rounded
+ * multiply, then a rounded add (no FMA contraction, whatever -march). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 static const stk_image_desc_t gray28 = {1, 28, 28, STK_DTYPE_U8, STK_LAYOUT_CHW};
 static const stk_image_desc_t rgb32 = {3, 32, 32, STK_DTYPE_U8, STK_LAYOUT_CHW};
 
