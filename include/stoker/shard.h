@@ -55,6 +55,17 @@ typedef struct stk_record {
 STK_API int stk_record_parse(const stk_schema_t *schema, const void *raw, size_t raw_len,
                              stk_record_t *out);
 
+/* Raw record layout (loader/FORMAT.md): a u32 LE extent per variable field
+ * in schema order, then every field's bytes in schema order, no padding.
+ * stk_record_raw_size gives its size for the given extents (var_extent
+ * may be NULL for fixed-only schemas). stk_record_build writes it into
+ * out (cap bytes) and sets *len. Returns 0, STK_ESHAPE (negative or too
+ * large extent, cap too small, record over 4 GiB). Thread-safe. */
+STK_API int stk_record_raw_size(const stk_schema_t *schema, const int64_t *var_extent,
+                                size_t *len);
+STK_API int stk_record_build(const stk_schema_t *schema, const void *const *data,
+                             const int64_t *var_extent, void *out, size_t cap, size_t *len);
+
 /* ---- Writer ---------------------------------------------------------- */
 
 typedef struct stk_writer stk_writer_t;
@@ -88,6 +99,16 @@ typedef struct stk_writer_stats {
 } stk_writer_stats_t;
 STK_API void stk_writer_stats(const stk_writer_t *w, stk_writer_stats_t *out);
 
+/* Compresses n raw records (records[i], lens[i] bytes) as a writer with
+ * cfg would and sets *ratio = stored bytes / raw bytes (dictionary
+ * excluded). With cfg->use_dict (and a level > 0) it trains a dictionary
+ * on the first half and measures the second half, as most records of a
+ * large set meet a dictionary that never saw them. Used to choose a level
+ * before packing. Returns 0, STK_ECONFIG, STK_EBACKEND (zstd), -ENOMEM.
+ * Thread-safe. */
+STK_API int stk_shard_estimate_ratio(const void *const *records, const size_t *lens, size_t n,
+                                     const stk_writer_config_t *cfg, double *ratio);
+
 /* ---- Reader ---------------------------------------------------------- */
 
 typedef struct stk_shardset stk_shardset_t;
@@ -106,13 +127,32 @@ typedef struct stk_record_loc {
 
 /* Opens a shard file, a directory of *.stk (or its manifest), a glob, or a
  * manifest file. Checks headers, footers and indexes of every shard; all
- * must share one schema. Errors name the path. */
+ * must share one schema. Errors name the path: -ENOENT, STK_EFORMAT,
+ * STK_EDATA (checksums), STK_EEMPTY (no shards or no records), -ENOMEM.
+ * After open a set is read-only: every stk_shardset_* call below may run
+ * on any thread (and in forked children, which inherit the fds); a
+ * decoder belongs to one thread at a time. */
 STK_API int stk_shardset_open(stk_shardset_t **out, const char *path);
 STK_API void stk_shardset_close(stk_shardset_t **set);
 STK_API uint64_t stk_shardset_len(const stk_shardset_t *set);
 STK_API const stk_schema_t *stk_shardset_schema(const stk_shardset_t *set);
 STK_API uint32_t stk_shardset_num_shards(const stk_shardset_t *set);
 STK_API const char *stk_shardset_shard_path(const stk_shardset_t *set, uint32_t shard);
+
+/* What a shard's header and index say, for `stoker-pack info`. */
+typedef struct stk_shard_info {
+    uint64_t records;      /* records in this shard */
+    uint64_t first_index;  /* global index of its first record */
+    uint64_t file_bytes;   /* size of the shard file */
+    uint64_t raw_bytes;    /* sum of raw_len over its records */
+    uint64_t stored_bytes; /* sum of stored_len over its records */
+    uint32_t dict_bytes;   /* size of its zstd dictionary, 0 if none */
+    int zstd_level;        /* level it was packed with (0 = raw) */
+} stk_shard_info_t;
+/* Fills *out for shard (< stk_shardset_num_shards). Returns 0 or
+ * STK_ECONFIG for a bad shard number. Thread-safe. */
+STK_API int stk_shardset_shard_info(const stk_shardset_t *set, uint32_t shard,
+                                    stk_shard_info_t *out);
 /* Largest raw_len / stored_len of any record: sizes decode buffers. */
 STK_API uint64_t stk_shardset_max_raw(const stk_shardset_t *set);
 STK_API uint64_t stk_shardset_max_stored(const stk_shardset_t *set);

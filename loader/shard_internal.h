@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+/* Internal pieces of the .stk shard format shared by the writer, the
+ * reader, the tests and the fuzz target: on-disk sizes and offsets
+ * (loader/FORMAT.md is the authority), little-endian helpers, XXH64. */
+#ifndef STOKER_SHARD_INTERNAL_H
+#define STOKER_SHARD_INTERNAL_H
+
+#include "internal.h"
+#include "stoker/shard.h"
+
+#include <string.h>
+
+#define STK__SHARD_MAGIC "STKSHARD"  /* 8 bytes at offset 0 */
+#define STK__FOOTER_MAGIC "STKINDEX" /* last 8 bytes of the file */
+#define STK__SHARD_VERSION 1u
+#define STK__HEADER_FIXED 32u   /* magic, version, header_len, nfields, dict_len, level, reserved */
+#define STK__FIELD_DESC 72u     /* name[32], dtype u32, ndim u32, shape i64[4] */
+#define STK__INDEX_ENTRY 24u    /* offset u64, stored_len u32, raw_len u32, checksum u64 */
+#define STK__FOOTER_SIZE 48u    /* index_offset, nrecords, index_xxh64, header_xxh64, reserved, magic */
+#define STK__MANIFEST_MAGIC "stoker-manifest 1"
+
+/* 64-bit XXH64 (seed 0 in the format) of len bytes. */
+uint64_t stk__xxh64(const void *data, size_t len, uint64_t seed);
+
+static inline void stk__put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline void stk__put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint32_t stk__get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t stk__get_u64(const unsigned char *p)
+{
+    return (uint64_t)stk__get_u32(p) | (uint64_t)stk__get_u32(p + 4) << 32;
+}
+
+/* Sizes derived from a schema: how many variable fields (each adds a u32
+ * extent prefix) and the bytes of a record when every variable extent is
+ * zero. A fixed-only schema has exactly min_raw bytes per record. */
+typedef struct stk__schema_sizes {
+    uint32_t nvar;
+    uint64_t min_raw;
+} stk__schema_sizes_t;
+void stk__schema_sizes(const stk_schema_t *schema, stk__schema_sizes_t *out);
+
+/* Checks one field as stk_schema_add would (name, dtype, shape). */
+int stk__field_check(const stk_field_t *f);
+
+/* Serialises the schema descriptors (nfields * STK__FIELD_DESC bytes). */
+void stk__schema_encode(const stk_schema_t *schema, unsigned char *out);
+/* Parses nfields descriptors; STK_EFORMAT on anything invalid. */
+int stk__schema_decode(stk_schema_t *schema, const unsigned char *in, uint32_t nfields);
+int stk__schema_equal(const stk_schema_t *a, const stk_schema_t *b);
+
+/* Appends a record given as already-built raw bytes, bypassing the schema
+ * checks of stk_writer_add: for copying records between sets and for
+ * tests that need malformed records. */
+int stk__writer_add_raw(stk_writer_t *w, const void *raw, size_t len);
+
+#endif

@@ -1,0 +1,713 @@
+/* SPDX-License-Identifier: MIT */
+/* Reads .stk shard sets: opens one shard, a directory, a glob or a
+ * manifest, checks every header, footer and index up front, and maps a
+ * global record number to (shard, offset, lengths, checksum). Decoders
+ * (one per worker) hold the zstd state and verify every record. */
+#define _GNU_SOURCE
+#include "shard_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#define MANIFEST_MAX (64u << 20)
+
+typedef struct shard {
+    char *path;
+    int fd;
+    uint64_t size;
+    uint64_t nrec;
+    uint64_t first; /* global index of record 0 */
+    uint64_t header_len;
+    uint64_t index_offset;
+    unsigned char *index; /* nrec entries of STK__INDEX_ENTRY bytes */
+    unsigned char *dict;
+    uint32_t dict_len;
+    int dict_slot; /* into the set's unique dictionaries, -1 if none */
+    int level;
+    uint64_t raw_bytes, stored_bytes;
+} shard_t;
+
+struct stk_shardset {
+    shard_t *shards;
+    uint32_t n, cap;
+    stk_schema_t schema;
+    stk__schema_sizes_t sizes;
+    uint64_t total;
+    uint64_t max_raw, max_stored;
+    uint32_t ndicts; /* distinct dictionaries; shard i uses shards[dict_owner[k]] */
+    uint32_t *dict_owner;
+};
+
+static int pread_all(int fd, void *buf, size_t len, uint64_t off, const char *path)
+{
+    unsigned char *p = buf;
+    while (len) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return stk__error(-errno, "read %s: %s", path, strerror(errno));
+        }
+        if (n == 0)
+            return stk__error(STK_EDATA, "%s: truncated (read past end at offset %" PRIu64 ")",
+                              path, off);
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+static void shard_free(shard_t *s)
+{
+    if (s->fd >= 0)
+        close(s->fd);
+    free(s->path);
+    free(s->index);
+    free(s->dict);
+}
+
+/* Opens and checks one shard file completely (everything but record
+ * payloads, which decoders check). */
+static int shard_load(shard_t *s, stk_schema_t *schema, const char *path)
+{
+    memset(s, 0, sizeof *s);
+    s->fd = -1;
+    s->dict_slot = -1;
+    s->path = strdup(path);
+    if (!s->path)
+        return stk__error(-ENOMEM, "out of memory");
+    /* O_NONBLOCK: a FIFO named in a manifest must not hang the open. */
+    s->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (s->fd < 0)
+        return stk__error(-errno, "open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(s->fd, &st) < 0)
+        return stk__error(-errno, "stat %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return stk__error(STK_EFORMAT, "%s: not a regular file", path);
+    s->size = (uint64_t)st.st_size;
+
+    unsigned char h[STK__HEADER_FIXED];
+    if (s->size < 8)
+        return stk__error(STK_EFORMAT, "%s: not a Stoker shard (%" PRIu64 " bytes)", path,
+                          s->size);
+    int rc = pread_all(s->fd, h, 8, 0, path);
+    if (rc)
+        return rc;
+    if (memcmp(h, STK__SHARD_MAGIC, 8) != 0)
+        return stk__error(STK_EFORMAT, "%s: not a Stoker shard (bad magic)", path);
+    if (s->size < STK__HEADER_FIXED + STK__FOOTER_SIZE)
+        return stk__error(STK_EFORMAT, "%s: truncated (%" PRIu64 " bytes)", path, s->size);
+    if ((rc = pread_all(s->fd, h, sizeof h, 0, path)))
+        return rc;
+    uint32_t version = stk__get_u32(h + 8);
+    if (version > STK__SHARD_VERSION)
+        return stk__error(STK_EFORMAT,
+                          "%s: format version %u is newer than this reader supports (%u)", path,
+                          version, STK__SHARD_VERSION);
+    if (version == 0)
+        return stk__error(STK_EFORMAT, "%s: bad format version 0", path);
+    uint64_t hlen = stk__get_u32(h + 12);
+    uint32_t nfields = stk__get_u32(h + 16);
+    s->dict_len = stk__get_u32(h + 20);
+    s->level = (int)stk__get_u32(h + 24);
+    if (nfields == 0 || nfields > STK_MAX_FIELDS)
+        return stk__error(STK_EFORMAT, "%s: header says %u fields (1..%d)", path, nfields,
+                          STK_MAX_FIELDS);
+    if (hlen != STK__HEADER_FIXED + (uint64_t)nfields * STK__FIELD_DESC + s->dict_len)
+        return stk__error(STK_EFORMAT, "%s: header length %" PRIu64 " disagrees with its fields",
+                          path, hlen);
+    if (hlen + STK__FOOTER_SIZE > s->size)
+        return stk__error(STK_EFORMAT, "%s: truncated (header of %" PRIu64 " bytes, file %" PRIu64
+                          ")", path, hlen, s->size);
+    s->header_len = hlen;
+    unsigned char *hdr = malloc(hlen);
+    if (!hdr)
+        return stk__error(-ENOMEM, "out of memory");
+    if ((rc = pread_all(s->fd, hdr, hlen, 0, path))) {
+        free(hdr);
+        return rc;
+    }
+    unsigned char f[STK__FOOTER_SIZE];
+    if ((rc = pread_all(s->fd, f, sizeof f, s->size - sizeof f, path))) {
+        free(hdr);
+        return rc;
+    }
+    if (memcmp(f + 40, STK__FOOTER_MAGIC, 8) != 0) {
+        free(hdr);
+        return stk__error(STK_EFORMAT, "%s: no footer (truncated or unfinished shard)", path);
+    }
+    s->index_offset = stk__get_u64(f);
+    s->nrec = stk__get_u64(f + 8);
+    uint64_t ihash = stk__get_u64(f + 16);
+    /* Checked before the schema is parsed, so that a flipped bit reads as
+     * corruption rather than as a strange schema. */
+    if (stk__get_u64(f + 24) != stk__xxh64(hdr, hlen, 0)) {
+        free(hdr);
+        return stk__error(STK_EDATA, "%s: header checksum mismatch", path);
+    }
+    rc = stk__schema_decode(schema, hdr + STK__HEADER_FIXED, nfields);
+    if (!rc && s->dict_len) {
+        s->dict = malloc(s->dict_len);
+        if (!s->dict)
+            rc = stk__error(-ENOMEM, "out of memory");
+        else
+            memcpy(s->dict, hdr + STK__HEADER_FIXED + (size_t)nfields * STK__FIELD_DESC,
+                   s->dict_len);
+    }
+    free(hdr);
+    if (rc)
+        return stk__error_prefix(rc, "%s", path);
+
+    uint64_t area_end = s->size - STK__FOOTER_SIZE;
+    if (s->index_offset < hlen || s->index_offset > area_end ||
+        s->nrec > (area_end - s->index_offset) / STK__INDEX_ENTRY)
+        return stk__error(STK_EFORMAT,
+                          "%s: index (offset %" PRIu64 ", %" PRIu64
+                          " entries) points past the end of the file (%" PRIu64 " bytes)",
+                          path, s->index_offset, s->nrec, s->size);
+    if (s->index_offset + s->nrec * STK__INDEX_ENTRY != area_end)
+        return stk__error(STK_EFORMAT,
+                          "%s: index (offset %" PRIu64 ", %" PRIu64
+                          " entries) does not end at the footer (offset %" PRIu64 ")",
+                          path, s->index_offset, s->nrec, area_end);
+    size_t ilen = (size_t)(s->nrec * STK__INDEX_ENTRY);
+    s->index = malloc(ilen ? ilen : 1);
+    if (!s->index)
+        return stk__error(-ENOMEM, "out of memory");
+    if ((rc = pread_all(s->fd, s->index, ilen, s->index_offset, path)))
+        return rc;
+    if (stk__xxh64(s->index, ilen, 0) != ihash)
+        return stk__error(STK_EDATA, "%s: index checksum mismatch", path);
+    return 0;
+}
+
+/* Checks every index entry against the file and the schema, so that
+ * locate and the buffer sizes it implies can be trusted. */
+static int shard_check_index(shard_t *s, const stk__schema_sizes_t *sz, uint64_t *max_raw,
+                             uint64_t *max_stored)
+{
+    for (uint64_t i = 0; i < s->nrec; i++) {
+        const unsigned char *e = s->index + i * STK__INDEX_ENTRY;
+        uint64_t off = stk__get_u64(e);
+        uint64_t slen = stk__get_u32(e + 8);
+        uint64_t rlen = stk__get_u32(e + 12);
+        if (off < s->header_len || off > s->index_offset || slen > s->index_offset - off)
+            return stk__error(STK_EFORMAT,
+                              "%s: record %" PRIu64 ": offset %" PRIu64 " + %" PRIu64
+                              " bytes points outside the record area",
+                              s->path, i, off, slen);
+        if (sz->nvar == 0 ? rlen != sz->min_raw : rlen < sz->min_raw)
+            return stk__error(STK_EDATA,
+                              "%s: record %" PRIu64 ": raw length %" PRIu64
+                              " disagrees with the schema (%s%" PRIu64 " bytes)",
+                              s->path, i, rlen, sz->nvar ? "at least " : "", sz->min_raw);
+        if (slen > rlen || (slen == 0 && rlen != 0))
+            return stk__error(STK_EDATA,
+                              "%s: record %" PRIu64 ": stored length %" PRIu64
+                              " impossible for raw length %" PRIu64,
+                              s->path, i, slen, rlen);
+        s->raw_bytes += rlen;
+        s->stored_bytes += slen;
+        if (rlen > *max_raw)
+            *max_raw = rlen;
+        if (slen > *max_stored)
+            *max_stored = slen;
+    }
+    return 0;
+}
+
+static int set_add_shard(stk_shardset_t *set, const char *path)
+{
+    if (set->n == set->cap) {
+        uint32_t cap = set->cap ? set->cap * 2 : 8;
+        shard_t *p = realloc(set->shards, cap * sizeof *p);
+        if (!p)
+            return stk__error(-ENOMEM, "out of memory");
+        set->shards = p;
+        set->cap = cap;
+    }
+    shard_t *s = &set->shards[set->n];
+    stk_schema_t schema;
+    int rc = shard_load(s, &schema, path);
+    set->n++; /* even on failure, so that close frees it */
+    if (rc)
+        return rc;
+    if (set->n == 1) {
+        set->schema = schema;
+        stk__schema_sizes(&schema, &set->sizes);
+    } else if (!stk__schema_equal(&schema, &set->schema)) {
+        char a[1024], b[1024];
+        stk_schema_format(&schema, a, sizeof a);
+        stk_schema_format(&set->schema, b, sizeof b);
+        return stk__error(STK_EFORMAT, "%s: schema '%s' differs from %s: '%s'", path, a,
+                          set->shards[0].path, b);
+    }
+    if ((rc = shard_check_index(s, &set->sizes, &set->max_raw, &set->max_stored)))
+        return rc;
+    s->first = set->total;
+    set->total += s->nrec;
+    /* One decoder dictionary per distinct dictionary, not per shard: a
+     * writer stores the same one in every shard it makes. */
+    if (s->dict_len) {
+        for (uint32_t k = 0; k < set->ndicts; k++) {
+            shard_t *o = &set->shards[set->dict_owner[k]];
+            if (o->dict_len == s->dict_len && memcmp(o->dict, s->dict, s->dict_len) == 0) {
+                s->dict_slot = (int)k;
+                return 0;
+            }
+        }
+        uint32_t *p = realloc(set->dict_owner, (set->ndicts + 1) * sizeof *p);
+        if (!p)
+            return stk__error(-ENOMEM, "out of memory");
+        set->dict_owner = p;
+        p[set->ndicts] = set->n - 1;
+        s->dict_slot = (int)set->ndicts++;
+    }
+    return 0;
+}
+
+static int has_glob_chars(const char *s)
+{
+    return strpbrk(s, "*?[") != NULL;
+}
+
+static int open_glob(stk_shardset_t *set, const char *pattern)
+{
+    glob_t g;
+    int grc = glob(pattern, GLOB_ERR, NULL, &g);
+    if (grc == GLOB_NOMATCH)
+        return stk__error(STK_EEMPTY, "%s: no shard files match", pattern);
+    if (grc != 0)
+        return stk__error(-EIO, "%s: glob failed", pattern);
+    int rc = 0;
+    for (size_t i = 0; !rc && i < g.gl_pathc; i++)
+        rc = set_add_shard(set, g.gl_pathv[i]);
+    globfree(&g);
+    return rc;
+}
+
+static int open_manifest(stk_shardset_t *set, const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return stk__error(-errno, "open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > MANIFEST_MAX) {
+        close(fd);
+        return stk__error(STK_EFORMAT, "%s: not a readable manifest", path);
+    }
+    size_t len = (size_t)st.st_size;
+    char *text = malloc(len + 1);
+    if (!text) {
+        close(fd);
+        return stk__error(-ENOMEM, "out of memory");
+    }
+    int rc = pread_all(fd, text, len, 0, path);
+    close(fd);
+    if (rc) {
+        free(text);
+        return rc;
+    }
+    text[len] = '\0';
+    if (memchr(text, '\0', len)) {
+        free(text);
+        return stk__error(STK_EFORMAT, "%s: manifest contains a NUL byte", path);
+    }
+    const char *slash = strrchr(path, '/');
+    int dlen = slash ? (int)(slash - path) : 1;
+    const char *dir = slash ? path : ".";
+    uint64_t declared = UINT64_MAX;
+    int line_no = 0, have_magic = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(text, "\n", &save); line && !rc;
+         line = strtok_r(NULL, "\n", &save)) {
+        line_no++;
+        if (!have_magic) {
+            if (strcmp(line, STK__MANIFEST_MAGIC) != 0) {
+                rc = stk__error(STK_EFORMAT, "%s: not a Stoker manifest (first line)", path);
+                break;
+            }
+            have_magic = 1;
+            continue;
+        }
+        char name[4096];
+        uint64_t recs, bytes;
+        char tail;
+        if (strncmp(line, "schema ", 7) == 0 || line[0] == '#') {
+            continue; /* informative; the shards' own schemas are checked */
+        } else if (sscanf(line, "records %" SCNu64 " %c", &recs, &tail) == 1) {
+            declared = recs;
+        } else if (sscanf(line, "shard %4095s %" SCNu64 " %" SCNu64 " %c", name, &recs, &bytes,
+                          &tail) == 3) {
+            char *full = NULL;
+            if (name[0] == '/' ? asprintf(&full, "%s", name) < 0
+                               : asprintf(&full, "%.*s/%s", dlen, dir, name) < 0) {
+                rc = stk__error(-ENOMEM, "out of memory");
+                break;
+            }
+            rc = set_add_shard(set, full);
+            shard_t *s = &set->shards[set->n - 1];
+            if (!rc && (s->nrec != recs || s->size != bytes))
+                rc = stk__error(STK_EFORMAT,
+                                "%s: manifest %s line %d says %" PRIu64 " records, %" PRIu64
+                                " bytes; the shard has %" PRIu64 ", %" PRIu64,
+                                full, path, line_no, recs, bytes, s->nrec, s->size);
+            free(full);
+        } else {
+            rc = stk__error(STK_EFORMAT, "%s: line %d: cannot parse '%.60s'", path, line_no, line);
+        }
+    }
+    free(text);
+    if (rc)
+        return rc;
+    if (!have_magic)
+        return stk__error(STK_EFORMAT, "%s: empty manifest", path);
+    if (declared != UINT64_MAX && declared != set->total)
+        return stk__error(STK_EFORMAT, "%s: manifest says %" PRIu64 " records, shards hold %" PRIu64,
+                          path, declared, set->total);
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+static int open_dir(stk_shardset_t *set, const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return stk__error(-errno, "open %s: %s", dir, strerror(errno));
+    char *manifest = NULL;
+    int count = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || !ends_with(e->d_name, ".manifest"))
+            continue;
+        if (count++ == 0 && asprintf(&manifest, "%s/%s", dir, e->d_name) < 0)
+            manifest = NULL;
+    }
+    closedir(d);
+    int rc;
+    if (count > 1)
+        rc = stk__error(STK_ECONFIG, "%s: %d manifests; open one of them by name", dir, count);
+    else if (count == 1 && !manifest)
+        rc = stk__error(-ENOMEM, "out of memory");
+    else if (count == 1)
+        rc = open_manifest(set, manifest);
+    else {
+        char *pattern = NULL;
+        if (asprintf(&pattern, "%s/*.stk", dir) < 0)
+            return stk__error(-ENOMEM, "out of memory");
+        rc = open_glob(set, pattern);
+        if (rc == STK_EEMPTY)
+            rc = stk__error(STK_EEMPTY, "%s: no shards (*.stk) and no manifest", dir);
+        free(pattern);
+    }
+    free(manifest);
+    return rc;
+}
+
+int stk_shardset_open(stk_shardset_t **out, const char *path)
+{
+    if (!out || !path)
+        return stk__error(STK_ECONFIG, "stk_shardset_open: NULL argument");
+    *out = NULL;
+    stk_shardset_t *set = calloc(1, sizeof *set);
+    if (!set)
+        return stk__error(-ENOMEM, "out of memory");
+    int rc;
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        int e = errno;
+        if (e == ENOENT && has_glob_chars(path))
+            rc = open_glob(set, path);
+        else
+            rc = stk__error(-e, "open %s: %s", path, strerror(e));
+    } else if (S_ISDIR(st.st_mode)) {
+        rc = open_dir(set, path);
+    } else {
+        /* A file is a shard or a manifest; tell them by their first bytes. */
+        char head[sizeof STK__MANIFEST_MAGIC] = {0};
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        ssize_t n = fd < 0 ? -1 : pread(fd, head, sizeof head - 1, 0);
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        if (n < 0)
+            rc = stk__error(-e, "open %s: %s", path, strerror(e));
+        else if (strncmp(head, STK__MANIFEST_MAGIC, strlen("stoker-manifest")) == 0)
+            rc = open_manifest(set, path);
+        else
+            rc = set_add_shard(set, path);
+    }
+    if (!rc && set->n == 0)
+        rc = stk__error(STK_EEMPTY, "%s: no shards", path);
+    if (!rc && set->total == 0)
+        rc = stk__error(STK_EEMPTY, "%s: the data set has no records", path);
+    if (rc) {
+        stk_shardset_close(&set);
+        return rc;
+    }
+    *out = set;
+    return 0;
+}
+
+void stk_shardset_close(stk_shardset_t **setp)
+{
+    if (!setp || !*setp)
+        return;
+    stk_shardset_t *set = *setp;
+    for (uint32_t i = 0; i < set->n; i++)
+        shard_free(&set->shards[i]);
+    free(set->shards);
+    free(set->dict_owner);
+    free(set);
+    *setp = NULL;
+}
+
+uint64_t stk_shardset_len(const stk_shardset_t *set)
+{
+    return set ? set->total : 0;
+}
+
+const stk_schema_t *stk_shardset_schema(const stk_shardset_t *set)
+{
+    return set ? &set->schema : NULL;
+}
+
+uint32_t stk_shardset_num_shards(const stk_shardset_t *set)
+{
+    return set ? set->n : 0;
+}
+
+const char *stk_shardset_shard_path(const stk_shardset_t *set, uint32_t shard)
+{
+    return set && shard < set->n ? set->shards[shard].path : NULL;
+}
+
+uint64_t stk_shardset_max_raw(const stk_shardset_t *set)
+{
+    return set ? set->max_raw : 0;
+}
+
+uint64_t stk_shardset_max_stored(const stk_shardset_t *set)
+{
+    return set ? set->max_stored : 0;
+}
+
+int stk_shardset_shard_info(const stk_shardset_t *set, uint32_t shard, stk_shard_info_t *out)
+{
+    if (!set || !out || shard >= set->n)
+        return stk__error(STK_ECONFIG, "no shard %u", shard);
+    const shard_t *s = &set->shards[shard];
+    out->records = s->nrec;
+    out->first_index = s->first;
+    out->file_bytes = s->size;
+    out->raw_bytes = s->raw_bytes;
+    out->stored_bytes = s->stored_bytes;
+    out->dict_bytes = s->dict_len;
+    out->zstd_level = s->level;
+    return 0;
+}
+
+int stk_shardset_locate(const stk_shardset_t *set, uint64_t index, stk_record_loc_t *loc)
+{
+    if (!set || !loc)
+        return stk__error(STK_ECONFIG, "stk_shardset_locate: NULL argument");
+    if (index >= set->total)
+        return stk__error(-ERANGE, "record %" PRIu64 " out of range (%" PRIu64 " records)", index,
+                          set->total);
+    /* Last shard whose first index <= index; empty shards are skipped by
+     * the strict comparison on the next shard. */
+    uint32_t lo = 0, hi = set->n;
+    while (hi - lo > 1) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (set->shards[mid].first <= index)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    while (index - set->shards[lo].first >= set->shards[lo].nrec)
+        lo++;
+    const shard_t *s = &set->shards[lo];
+    uint64_t li = index - s->first;
+    const unsigned char *e = s->index + li * STK__INDEX_ENTRY;
+    loc->shard = lo;
+    loc->fd = s->fd;
+    loc->local_index = li;
+    loc->offset = stk__get_u64(e);
+    loc->stored_len = stk__get_u32(e + 8);
+    loc->raw_len = stk__get_u32(e + 12);
+    loc->checksum = stk__get_u64(e + 16);
+    return 0;
+}
+
+int stk_shardset_read_raw(const stk_shardset_t *set, uint64_t index, void *buf, size_t cap,
+                          stk_record_loc_t *loc)
+{
+    stk_record_loc_t l;
+    int rc = stk_shardset_locate(set, index, &l);
+    if (rc)
+        return rc;
+    if (loc)
+        *loc = l;
+    if (!buf || cap < l.stored_len)
+        return stk__error(STK_ESHAPE, "%s: record %" PRIu64 ": needs %" PRIu64
+                          " bytes, buffer has %zu", set->shards[l.shard].path, l.local_index,
+                          l.stored_len, cap);
+    rc = pread_all(l.fd, buf, l.stored_len, l.offset, set->shards[l.shard].path);
+    if (rc)
+        return stk__error_prefix(rc, "record %" PRIu64, index);
+    return 0;
+}
+
+/* ---- Decoder --------------------------------------------------------- */
+
+struct stk_decoder {
+    const stk_shardset_t *set;
+    ZSTD_DCtx *dctx;
+    ZSTD_DDict **ddicts; /* one per distinct dictionary of the set */
+    unsigned char *scratch;
+    size_t scratch_cap;
+};
+
+int stk_decoder_create(stk_decoder_t **out, const stk_shardset_t *set)
+{
+    if (!out || !set)
+        return stk__error(STK_ECONFIG, "stk_decoder_create: NULL argument");
+    *out = NULL;
+    stk_decoder_t *d = calloc(1, sizeof *d);
+    if (!d)
+        return stk__error(-ENOMEM, "out of memory");
+    d->set = set;
+    d->dctx = ZSTD_createDCtx();
+    d->ddicts = calloc(set->ndicts ? set->ndicts : 1, sizeof *d->ddicts);
+    int rc = 0;
+    if (!d->dctx || !d->ddicts)
+        rc = stk__error(-ENOMEM, "out of memory");
+    for (uint32_t k = 0; !rc && k < set->ndicts; k++) {
+        const shard_t *s = &set->shards[set->dict_owner[k]];
+        d->ddicts[k] = ZSTD_createDDict(s->dict, s->dict_len);
+        if (!d->ddicts[k])
+            rc = stk__error(STK_EDATA, "%s: cannot load its zstd dictionary", s->path);
+    }
+    if (rc) {
+        stk_decoder_destroy(&d);
+        return rc;
+    }
+    *out = d;
+    return 0;
+}
+
+void stk_decoder_destroy(stk_decoder_t **dp)
+{
+    if (!dp || !*dp)
+        return;
+    stk_decoder_t *d = *dp;
+    if (d->ddicts)
+        for (uint32_t k = 0; k < d->set->ndicts; k++)
+            ZSTD_freeDDict(d->ddicts[k]);
+    free(d->ddicts);
+    ZSTD_freeDCtx(d->dctx);
+    free(d->scratch);
+    free(d);
+    *dp = NULL;
+}
+
+int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const void *stored,
+                       void *out, size_t cap, stk_record_t *rec)
+{
+    if (!dec || !loc || !stored || !out)
+        return stk__error(STK_ECONFIG, "stk_decoder_decode: NULL argument");
+    const stk_shardset_t *set = dec->set;
+    if (loc->shard >= set->n)
+        return stk__error(STK_ECONFIG, "no shard %u", loc->shard);
+    const shard_t *s = &set->shards[loc->shard];
+    uint64_t gi = s->first + loc->local_index;
+    if (cap < loc->raw_len)
+        return stk__error(STK_ESHAPE, "%s: record %" PRIu64 " (global %" PRIu64 "): needs %" PRIu64
+                          " bytes, buffer has %zu", s->path, loc->local_index, gi, loc->raw_len,
+                          cap);
+    if (loc->stored_len == loc->raw_len) {
+        if (out != stored)
+            memmove(out, stored, loc->raw_len);
+    } else {
+        size_t r;
+        /* cap bounds the output, so a frame that inflates past raw_len
+         * fails inside zstd instead of writing past the caller's buffer. */
+        size_t dst = (size_t)loc->raw_len;
+        if (s->dict_slot >= 0)
+            r = ZSTD_decompress_usingDDict(dec->dctx, out, dst, stored, loc->stored_len,
+                                           dec->ddicts[s->dict_slot]);
+        else
+            r = ZSTD_decompressDCtx(dec->dctx, out, dst, stored, loc->stored_len);
+        if (ZSTD_isError(r))
+            return stk__error(STK_EDATA, "%s: record %" PRIu64 " (global %" PRIu64 "): zstd: %s",
+                              s->path, loc->local_index, gi, ZSTD_getErrorName(r));
+        if (r != loc->raw_len)
+            return stk__error(STK_EDATA,
+                              "%s: record %" PRIu64 " (global %" PRIu64 "): decoded %zu bytes, "
+                              "index says %" PRIu64,
+                              s->path, loc->local_index, gi, r, loc->raw_len);
+    }
+    uint64_t h = stk__xxh64(out, (size_t)loc->raw_len, 0);
+    if (h != loc->checksum)
+        return stk__error(STK_EDATA,
+                          "%s: record %" PRIu64 " (global %" PRIu64 "): checksum mismatch "
+                          "(index %016" PRIx64 ", data %016" PRIx64 ")",
+                          s->path, loc->local_index, gi, loc->checksum, h);
+    if (rec) {
+        int rc = stk_record_parse(&set->schema, out, (size_t)loc->raw_len, rec);
+        if (rc)
+            return stk__error_prefix(rc, "%s: record %" PRIu64 " (global %" PRIu64 ")", s->path,
+                                     loc->local_index, gi);
+    }
+    return 0;
+}
+
+int stk_shardset_get(const stk_shardset_t *set, stk_decoder_t *dec, uint64_t index, void *out,
+                     size_t cap, stk_record_t *rec)
+{
+    if (!set || !dec || !out)
+        return stk__error(STK_ECONFIG, "stk_shardset_get: NULL argument");
+    if (dec->set != set)
+        return stk__error(STK_ECONFIG, "decoder belongs to another shard set");
+    stk_record_loc_t loc;
+    int rc = stk_shardset_locate(set, index, &loc);
+    if (rc)
+        return rc;
+    const stk_shardset_t *s = set;
+    if (cap < loc.raw_len)
+        return stk__error(STK_ESHAPE, "%s: record %" PRIu64 ": needs %" PRIu64
+                          " bytes, buffer has %zu", s->shards[loc.shard].path, loc.local_index,
+                          loc.raw_len, cap);
+    /* Raw records are read straight into the caller's buffer. */
+    void *stored = out;
+    if (loc.stored_len != loc.raw_len) {
+        if (loc.stored_len > dec->scratch_cap) {
+            size_t ncap = loc.stored_len < 65536 ? 65536 : (size_t)loc.stored_len;
+            unsigned char *p = realloc(dec->scratch, ncap);
+            if (!p)
+                return stk__error(-ENOMEM, "out of memory");
+            dec->scratch = p;
+            dec->scratch_cap = ncap;
+        }
+        stored = dec->scratch;
+    }
+    rc = pread_all(loc.fd, stored, loc.stored_len, loc.offset, s->shards[loc.shard].path);
+    if (rc)
+        return stk__error_prefix(rc, "record %" PRIu64, index);
+    return stk_decoder_decode(dec, &loc, stored, out, cap, rec);
+}

@@ -1,0 +1,709 @@
+/* SPDX-License-Identifier: MIT */
+/* Writes .stk shards: records compressed one by one with zstd (optionally
+ * with a dictionary trained on the first records), an index and a footer.
+ * Shards are written under temporary names and renamed, with the manifest
+ * last, only by stk_writer_finish, so an interrupted pack leaves nothing
+ * that looks complete. */
+#define _GNU_SOURCE
+#include "shard_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zdict.h>
+#include <zstd.h>
+
+#define WBUF_SIZE (1u << 20)
+#define DICT_SAMPLE_MAX (64u << 20) /* bytes of records buffered for training */
+
+/* ---- Record encoder (shared with stk_shard_estimate_ratio) ------------ */
+
+typedef struct enc {
+    int level;
+    ZSTD_CCtx *cctx;
+    ZSTD_CDict *cdict;
+    void *dict;
+    size_t dict_len;
+    unsigned char *out;
+    size_t out_cap;
+} enc_t;
+
+static int enc_init(enc_t *e, int level)
+{
+    memset(e, 0, sizeof *e);
+    e->level = level;
+    if (level == 0)
+        return 0;
+    e->cctx = ZSTD_createCCtx();
+    if (!e->cctx)
+        return stk__error(-ENOMEM, "zstd: cannot create a compression context");
+    /* The index already holds each record's raw length, and the reader
+     * picks the dictionary by shard: drop both from every frame, since a
+     * few bytes matter on 800-byte records. */
+    if (ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel, level)) ||
+        ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_contentSizeFlag, 0)) ||
+        ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_dictIDFlag, 0)))
+        return stk__error(STK_EBACKEND, "zstd: cannot set level %d", level);
+    return 0;
+}
+
+/* Trains a dictionary on n samples laid end to end in buf. A failure to
+ * train (too few or too uniform samples) is not an error: the records are
+ * then compressed without one, and the log says so. */
+static int enc_train(enc_t *e, const void *buf, const size_t *sizes, size_t n, size_t dict_size)
+{
+    if (e->level == 0 || n == 0)
+        return 0;
+    void *dict = malloc(dict_size);
+    if (!dict)
+        return stk__error(-ENOMEM, "cannot allocate a %zu-byte dictionary", dict_size);
+    size_t r = ZDICT_trainFromBuffer(dict, dict_size, buf, sizes, (unsigned)n);
+    if (ZDICT_isError(r)) {
+        stk__log(STK_LOG_WARN, "no zstd dictionary (%zu samples): %s", n, ZDICT_getErrorName(r));
+        free(dict);
+        return 0;
+    }
+    e->cdict = ZSTD_createCDict(dict, r, e->level);
+    if (!e->cdict) {
+        free(dict);
+        return stk__error(STK_EBACKEND, "zstd: cannot load the trained dictionary");
+    }
+    if (ZSTD_isError(ZSTD_CCtx_refCDict(e->cctx, e->cdict))) {
+        free(dict);
+        return stk__error(STK_EBACKEND, "zstd: cannot reference the dictionary");
+    }
+    e->dict = dict;
+    e->dict_len = r;
+    return 0;
+}
+
+/* Compresses one record; *stored points at what to write. A record that
+ * does not shrink is stored raw: stored_len == raw_len marks that. */
+static int enc_record(enc_t *e, const void *raw, size_t len, const void **stored,
+                      size_t *stored_len)
+{
+    *stored = raw;
+    *stored_len = len;
+    if (e->level == 0 || len == 0)
+        return 0;
+    size_t bound = ZSTD_compressBound(len);
+    if (bound > e->out_cap) {
+        unsigned char *p = realloc(e->out, bound);
+        if (!p)
+            return stk__error(-ENOMEM, "cannot allocate %zu bytes", bound);
+        e->out = p;
+        e->out_cap = bound;
+    }
+    size_t r = ZSTD_compress2(e->cctx, e->out, e->out_cap, raw, len);
+    if (ZSTD_isError(r))
+        return stk__error(STK_EBACKEND, "zstd: %s", ZSTD_getErrorName(r));
+    if (r < len) {
+        *stored = e->out;
+        *stored_len = r;
+    }
+    return 0;
+}
+
+static void enc_free(enc_t *e)
+{
+    ZSTD_freeCCtx(e->cctx);
+    ZSTD_freeCDict(e->cdict);
+    free(e->dict);
+    free(e->out);
+    memset(e, 0, sizeof *e);
+}
+
+/* ---- Writer ---------------------------------------------------------- */
+
+typedef struct shard_file {
+    char *tmp;     /* temporary name while being written */
+    char *final;   /* name after rename */
+    uint64_t records;
+    uint64_t bytes;
+    int renamed;
+} shard_file_t;
+
+struct stk_writer {
+    char *dir;
+    char prefix[128];
+    stk_schema_t schema;
+    stk_writer_config_t cfg;
+    enc_t enc;
+    int dict_decided;
+
+    /* Records held back until the dictionary is trained. */
+    unsigned char *pend;
+    size_t pend_len, pend_cap;
+    size_t *pend_sizes;
+    size_t npend, pend_sizes_cap;
+    size_t sample_budget;
+
+    /* The shard being written (fd < 0: none). */
+    int fd;
+    uint64_t pos;
+    uint64_t shard_records;
+    unsigned char *index;
+    size_t index_cap;
+    unsigned char *wbuf;
+    size_t wlen;
+    uint64_t header_hash;
+
+    unsigned char *raw;
+    size_t raw_cap;
+
+    shard_file_t *shards;
+    uint32_t nshards, shards_cap;
+    stk_writer_stats_t stats;
+    int finished, failed;
+};
+
+void stk_writer_config_default(stk_writer_config_t *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->zstd_level = 0;
+    cfg->use_dict = 1;
+    cfg->dict_size = 64 << 10;
+    cfg->records_per_shard = 0;
+    cfg->prefix = "shard";
+}
+
+static int write_all(int fd, const void *buf, size_t len, const char *path)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return stk__error(-errno, "write %s: %s", path, strerror(errno));
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int mkdir_p(const char *dir)
+{
+    char *tmp = strdup(dir);
+    if (!tmp)
+        return stk__error(-ENOMEM, "out of memory");
+    for (char *p = tmp + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(tmp, 0777) < 0 && errno != EEXIST) {
+                int e = errno;
+                free(tmp);
+                return stk__error(-e, "mkdir %s: %s", dir, strerror(e));
+            }
+            *p = c;
+            if (c == '\0')
+                break;
+        }
+    }
+    free(tmp);
+    struct stat st;
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+        return stk__error(-ENOTDIR, "%s is not a directory", dir);
+    return 0;
+}
+
+static char *path_join(const char *dir, const char *name)
+{
+    char *s = NULL;
+    if (asprintf(&s, "%s/%s", dir, name) < 0)
+        return NULL;
+    return s;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return stk__error(-errno, "open %s: %s", dir, strerror(errno));
+    int rc = 0;
+    if (fsync(fd) < 0 && errno != EINVAL)
+        rc = stk__error(-errno, "fsync %s: %s", dir, strerror(errno));
+    close(fd);
+    return rc;
+}
+
+int stk_writer_create(stk_writer_t **out, const char *dir, const stk_schema_t *schema,
+                      const stk_writer_config_t *cfg)
+{
+    if (!out)
+        return stk__error(STK_ECONFIG, "stk_writer_create: NULL out");
+    *out = NULL;
+    stk_writer_config_t def;
+    if (!cfg) {
+        stk_writer_config_default(&def);
+        cfg = &def;
+    }
+    if (!dir || !*dir || !schema)
+        return stk__error(STK_ECONFIG, "stk_writer_create: NULL directory or schema");
+    if (cfg->zstd_level < 0 || cfg->zstd_level > ZSTD_maxCLevel())
+        return stk__error(STK_ECONFIG, "zstd level %d outside 0..%d", cfg->zstd_level,
+                          ZSTD_maxCLevel());
+    if (cfg->use_dict && cfg->zstd_level > 0 && (cfg->dict_size < 256 || cfg->dict_size > (1u << 30)))
+        return stk__error(STK_ECONFIG, "dictionary size %zu outside 256 B..1 GiB", cfg->dict_size);
+    const char *prefix = cfg->prefix && *cfg->prefix ? cfg->prefix : "shard";
+    /* The manifest lists names separated by spaces, one per line. */
+    if (strpbrk(prefix, "/ \t\n\r") || strlen(prefix) > 100 || prefix[0] == '.')
+        return stk__error(STK_ECONFIG, "bad shard prefix '%s'", prefix);
+    if (schema->nfields == 0 || schema->nfields > STK_MAX_FIELDS)
+        return stk__error(STK_ECONFIG, "schema has %u fields (1..%d)", schema->nfields,
+                          STK_MAX_FIELDS);
+    for (uint32_t i = 0; i < schema->nfields; i++) {
+        int rc = stk__field_check(&schema->fields[i]);
+        if (rc)
+            return rc;
+    }
+    int rc = mkdir_p(dir);
+    if (rc)
+        return rc;
+
+    stk_writer_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return stk__error(-ENOMEM, "out of memory");
+    w->fd = -1;
+    w->dir = strdup(dir);
+    w->wbuf = malloc(WBUF_SIZE);
+    w->schema = *schema;
+    w->cfg = *cfg;
+    snprintf(w->prefix, sizeof w->prefix, "%s", prefix);
+    w->cfg.prefix = w->prefix;
+    if (!w->dir || !w->wbuf) {
+        rc = stk__error(-ENOMEM, "out of memory");
+        goto fail;
+    }
+    rc = enc_init(&w->enc, cfg->zstd_level);
+    if (rc)
+        goto fail;
+    w->dict_decided = !(cfg->use_dict && cfg->zstd_level > 0);
+    w->sample_budget = cfg->dict_size * 100;
+    if (w->sample_budget > DICT_SAMPLE_MAX)
+        w->sample_budget = DICT_SAMPLE_MAX;
+
+    /* A manifest left by an earlier pack into this directory would
+     * describe shards that this one is about to replace. */
+    char name[160];
+    snprintf(name, sizeof name, "%s.manifest", w->prefix);
+    char *mpath = path_join(dir, name);
+    if (!mpath) {
+        rc = stk__error(-ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (unlink(mpath) < 0 && errno != ENOENT) {
+        rc = stk__error(-errno, "unlink %s: %s", mpath, strerror(errno));
+        free(mpath);
+        goto fail;
+    }
+    free(mpath);
+    *out = w;
+    return 0;
+fail:
+    stk_writer_destroy(&w);
+    return rc;
+}
+
+static int shard_open(stk_writer_t *w)
+{
+    if (w->nshards == w->shards_cap) {
+        uint32_t cap = w->shards_cap ? w->shards_cap * 2 : 8;
+        shard_file_t *s = realloc(w->shards, cap * sizeof *s);
+        if (!s)
+            return stk__error(-ENOMEM, "out of memory");
+        w->shards = s;
+        w->shards_cap = cap;
+    }
+    shard_file_t *sf = &w->shards[w->nshards];
+    memset(sf, 0, sizeof *sf);
+    char name[160];
+    snprintf(name, sizeof name, "%s-%05u.stk", w->prefix, w->nshards);
+    sf->final = path_join(w->dir, name);
+    if (!sf->final || asprintf(&sf->tmp, "%s.tmp-XXXXXX", sf->final) < 0) {
+        free(sf->final);
+        return stk__error(-ENOMEM, "out of memory");
+    }
+    w->nshards++;
+    w->fd = mkostemp(sf->tmp, O_CLOEXEC);
+    if (w->fd < 0)
+        return stk__error(-errno, "create %s: %s", sf->tmp, strerror(errno));
+    if (fchmod(w->fd, 0644) < 0)
+        return stk__error(-errno, "chmod %s: %s", sf->tmp, strerror(errno));
+
+    size_t flen = (size_t)w->schema.nfields * STK__FIELD_DESC;
+    size_t hlen = STK__HEADER_FIXED + flen + w->enc.dict_len;
+    unsigned char *h = calloc(1, hlen);
+    if (!h)
+        return stk__error(-ENOMEM, "out of memory");
+    memcpy(h, STK__SHARD_MAGIC, 8);
+    stk__put_u32(h + 8, STK__SHARD_VERSION);
+    stk__put_u32(h + 12, (uint32_t)hlen);
+    stk__put_u32(h + 16, w->schema.nfields);
+    stk__put_u32(h + 20, (uint32_t)w->enc.dict_len);
+    stk__put_u32(h + 24, (uint32_t)w->cfg.zstd_level);
+    stk__put_u32(h + 28, 0);
+    stk__schema_encode(&w->schema, h + STK__HEADER_FIXED);
+    if (w->enc.dict_len)
+        memcpy(h + STK__HEADER_FIXED + flen, w->enc.dict, w->enc.dict_len);
+    w->header_hash = stk__xxh64(h, hlen, 0);
+    int rc = write_all(w->fd, h, hlen, sf->tmp);
+    free(h);
+    w->pos = hlen;
+    w->shard_records = 0;
+    w->wlen = 0;
+    return rc;
+}
+
+static int wflush(stk_writer_t *w)
+{
+    int rc = write_all(w->fd, w->wbuf, w->wlen, w->shards[w->nshards - 1].tmp);
+    w->wlen = 0;
+    return rc;
+}
+
+static int wappend(stk_writer_t *w, const void *p, size_t len)
+{
+    if (len >= WBUF_SIZE) {
+        int rc = wflush(w);
+        return rc ? rc : write_all(w->fd, p, len, w->shards[w->nshards - 1].tmp);
+    }
+    if (w->wlen + len > WBUF_SIZE) {
+        int rc = wflush(w);
+        if (rc)
+            return rc;
+    }
+    memcpy(w->wbuf + w->wlen, p, len);
+    w->wlen += len;
+    return 0;
+}
+
+static int shard_close(stk_writer_t *w)
+{
+    shard_file_t *sf = &w->shards[w->nshards - 1];
+    uint64_t n = w->shard_records;
+    size_t ilen = (size_t)n * STK__INDEX_ENTRY;
+    unsigned char foot[STK__FOOTER_SIZE];
+    stk__put_u64(foot, w->pos);
+    stk__put_u64(foot + 8, n);
+    stk__put_u64(foot + 16, stk__xxh64(w->index, ilen, 0));
+    stk__put_u64(foot + 24, w->header_hash);
+    stk__put_u64(foot + 32, 0);
+    memcpy(foot + 40, STK__FOOTER_MAGIC, 8);
+    int rc = wflush(w);
+    if (!rc)
+        rc = write_all(w->fd, w->index, ilen, sf->tmp);
+    if (!rc)
+        rc = write_all(w->fd, foot, sizeof foot, sf->tmp);
+    if (!rc && fsync(w->fd) < 0)
+        rc = stk__error(-errno, "fsync %s: %s", sf->tmp, strerror(errno));
+    if (close(w->fd) < 0 && !rc)
+        rc = stk__error(-errno, "close %s: %s", sf->tmp, strerror(errno));
+    w->fd = -1;
+    sf->records = n;
+    sf->bytes = w->pos + ilen + sizeof foot;
+    return rc;
+}
+
+static int write_record(stk_writer_t *w, const void *raw, size_t len)
+{
+    int rc;
+    if (w->fd < 0 && (rc = shard_open(w)))
+        return rc;
+    const void *stored;
+    size_t slen;
+    if ((rc = enc_record(&w->enc, raw, len, &stored, &slen)))
+        return rc;
+    size_t need = (size_t)(w->shard_records + 1) * STK__INDEX_ENTRY;
+    if (need > w->index_cap) {
+        size_t cap = w->index_cap ? w->index_cap * 2 : 4096 * STK__INDEX_ENTRY;
+        unsigned char *p = realloc(w->index, cap);
+        if (!p)
+            return stk__error(-ENOMEM, "out of memory");
+        w->index = p;
+        w->index_cap = cap;
+    }
+    unsigned char *e = w->index + (size_t)w->shard_records * STK__INDEX_ENTRY;
+    stk__put_u64(e, w->pos);
+    stk__put_u32(e + 8, (uint32_t)slen);
+    stk__put_u32(e + 12, (uint32_t)len);
+    stk__put_u64(e + 16, stk__xxh64(raw, len, 0));
+    if ((rc = wappend(w, stored, slen)))
+        return rc;
+    w->pos += slen;
+    w->shard_records++;
+    w->stats.records++;
+    w->stats.raw_bytes += len;
+    w->stats.stored_bytes += slen;
+    if (w->cfg.records_per_shard && w->shard_records == w->cfg.records_per_shard)
+        return shard_close(w);
+    return 0;
+}
+
+/* Trains the dictionary on the held-back records, then writes them. */
+static int decide_dict(stk_writer_t *w)
+{
+    int rc = enc_train(&w->enc, w->pend, w->pend_sizes, w->npend, w->cfg.dict_size);
+    w->dict_decided = 1;
+    w->stats.dict_bytes = w->enc.dict_len;
+    size_t off = 0;
+    for (size_t i = 0; !rc && i < w->npend; i++) {
+        rc = write_record(w, w->pend + off, w->pend_sizes[i]);
+        off += w->pend_sizes[i];
+    }
+    free(w->pend);
+    free(w->pend_sizes);
+    w->pend = NULL;
+    w->pend_sizes = NULL;
+    w->npend = w->pend_len = w->pend_cap = w->pend_sizes_cap = 0;
+    return rc;
+}
+
+static int hold_record(stk_writer_t *w, const void *raw, size_t len)
+{
+    if (w->pend_len + len > w->pend_cap) {
+        size_t cap = w->pend_cap ? w->pend_cap : 1 << 20;
+        while (cap < w->pend_len + len)
+            cap *= 2;
+        unsigned char *p = realloc(w->pend, cap);
+        if (!p)
+            return stk__error(-ENOMEM, "out of memory");
+        w->pend = p;
+        w->pend_cap = cap;
+    }
+    if (w->npend == w->pend_sizes_cap) {
+        size_t cap = w->pend_sizes_cap ? w->pend_sizes_cap * 2 : 1024;
+        size_t *p = realloc(w->pend_sizes, cap * sizeof *p);
+        if (!p)
+            return stk__error(-ENOMEM, "out of memory");
+        w->pend_sizes = p;
+        w->pend_sizes_cap = cap;
+    }
+    memcpy(w->pend + w->pend_len, raw, len);
+    w->pend_len += len;
+    w->pend_sizes[w->npend++] = len;
+    /* ZDICT counts samples in an unsigned int. */
+    if (w->pend_len >= w->sample_budget || w->npend >= (1u << 30))
+        return decide_dict(w);
+    return 0;
+}
+
+int stk__writer_add_raw(stk_writer_t *w, const void *raw, size_t len)
+{
+    if (!w)
+        return stk__error(STK_ECONFIG, "NULL writer");
+    if (w->finished || w->failed)
+        return stk__error(STK_ESTATE, "writer for %s is %s", w->dir,
+                          w->finished ? "finished" : "failed");
+    if (len > UINT32_MAX)
+        return stk__error(STK_ESHAPE, "record of %zu bytes is over 4 GiB", len);
+    int rc = w->dict_decided ? write_record(w, raw, len) : hold_record(w, raw, len);
+    if (rc)
+        w->failed = 1;
+    return rc;
+}
+
+int stk_writer_add(stk_writer_t *w, const void *const *data, const int64_t *var_extent)
+{
+    if (!w || !data)
+        return stk__error(STK_ECONFIG, "stk_writer_add: NULL argument");
+    size_t len;
+    int rc = stk_record_raw_size(&w->schema, var_extent, &len);
+    if (rc)
+        return rc;
+    if (len > w->raw_cap) {
+        size_t cap = len < 4096 ? 4096 : len;
+        unsigned char *p = realloc(w->raw, cap);
+        if (!p)
+            return stk__error(-ENOMEM, "out of memory");
+        w->raw = p;
+        w->raw_cap = cap;
+    }
+    rc = stk_record_build(&w->schema, data, var_extent, w->raw, w->raw_cap, &len);
+    if (rc)
+        return rc;
+    return stk__writer_add_raw(w, w->raw, len);
+}
+
+static int write_manifest(stk_writer_t *w)
+{
+    char name[160], schema_txt[2048];
+    snprintf(name, sizeof name, "%s.manifest", w->prefix);
+    char *final = path_join(w->dir, name);
+    char *tmp = NULL;
+    if (!final || asprintf(&tmp, "%s.tmp-XXXXXX", final) < 0) {
+        free(final);
+        return stk__error(-ENOMEM, "out of memory");
+    }
+    int rc = stk_schema_format(&w->schema, schema_txt, sizeof schema_txt);
+    int fd = rc ? -1 : mkostemp(tmp, O_CLOEXEC);
+    FILE *f = NULL;
+    if (!rc && fd < 0)
+        rc = stk__error(-errno, "create %s: %s", tmp, strerror(errno));
+    if (!rc && fchmod(fd, 0644) < 0)
+        rc = stk__error(-errno, "chmod %s: %s", tmp, strerror(errno));
+    if (!rc && !(f = fdopen(fd, "w")))
+        rc = stk__error(-errno, "fdopen %s: %s", tmp, strerror(errno));
+    if (!rc) {
+        fd = -1;
+        fprintf(f, "%s\nschema %s\nrecords %" PRIu64 "\n", STK__MANIFEST_MAGIC, schema_txt,
+                w->stats.records);
+        for (uint32_t i = 0; i < w->nshards; i++) {
+            const char *base = strrchr(w->shards[i].final, '/') + 1;
+            fprintf(f, "shard %s %" PRIu64 " %" PRIu64 "\n", base, w->shards[i].records,
+                    w->shards[i].bytes);
+        }
+        if (fflush(f) != 0 || ferror(f))
+            rc = stk__error(-EIO, "write %s: %s", tmp, strerror(errno));
+        if (!rc && fsync(fileno(f)) < 0)
+            rc = stk__error(-errno, "fsync %s: %s", tmp, strerror(errno));
+        if (fclose(f) != 0 && !rc)
+            rc = stk__error(-errno, "close %s: %s", tmp, strerror(errno));
+    }
+    if (fd >= 0)
+        close(fd);
+    if (!rc && rename(tmp, final) < 0)
+        rc = stk__error(-errno, "rename %s: %s", final, strerror(errno));
+    if (rc)
+        unlink(tmp);
+    free(tmp);
+    free(final);
+    return rc;
+}
+
+int stk_writer_finish(stk_writer_t *w)
+{
+    if (!w)
+        return stk__error(STK_ECONFIG, "NULL writer");
+    if (w->finished || w->failed)
+        return stk__error(STK_ESTATE, "writer for %s is %s", w->dir,
+                          w->finished ? "already finished" : "failed");
+    int rc = 0;
+    if (!w->dict_decided)
+        rc = decide_dict(w);
+    if (!rc && w->fd >= 0)
+        rc = shard_close(w);
+    if (!rc && w->stats.records == 0)
+        rc = stk__error(STK_EEMPTY, "%s: no records were added", w->dir);
+    for (uint32_t i = 0; !rc && i < w->nshards; i++) {
+        if (rename(w->shards[i].tmp, w->shards[i].final) < 0)
+            rc = stk__error(-errno, "rename %s: %s", w->shards[i].final, strerror(errno));
+        else
+            w->shards[i].renamed = 1;
+    }
+    if (!rc)
+        rc = fsync_dir(w->dir);
+    if (!rc)
+        rc = write_manifest(w);
+    if (!rc)
+        rc = fsync_dir(w->dir);
+    if (rc) {
+        w->failed = 1;
+        return rc;
+    }
+    w->finished = 1;
+    /* Shards beyond this pack's count, left by an earlier larger pack with
+     * the same prefix, would be picked up by a directory glob. */
+    for (uint32_t i = w->nshards;; i++) {
+        char name[160];
+        snprintf(name, sizeof name, "%s-%05u.stk", w->prefix, i);
+        char *p = path_join(w->dir, name);
+        int gone = !p || unlink(p) < 0;
+        free(p);
+        if (gone)
+            break;
+    }
+    return 0;
+}
+
+void stk_writer_destroy(stk_writer_t **wp)
+{
+    if (!wp || !*wp)
+        return;
+    stk_writer_t *w = *wp;
+    if (w->fd >= 0)
+        close(w->fd);
+    for (uint32_t i = 0; i < w->nshards; i++) {
+        if (!w->finished)
+            unlink(w->shards[i].renamed ? w->shards[i].final : w->shards[i].tmp);
+        free(w->shards[i].tmp);
+        free(w->shards[i].final);
+    }
+    enc_free(&w->enc);
+    free(w->shards);
+    free(w->pend);
+    free(w->pend_sizes);
+    free(w->index);
+    free(w->wbuf);
+    free(w->raw);
+    free(w->dir);
+    free(w);
+    *wp = NULL;
+}
+
+void stk_writer_stats(const stk_writer_t *w, stk_writer_stats_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!w)
+        return;
+    *out = w->stats;
+    out->shards = w->nshards;
+}
+
+int stk_shard_estimate_ratio(const void *const *records, const size_t *lens, size_t n,
+                             const stk_writer_config_t *cfg, double *ratio)
+{
+    if (!records || !lens || !cfg || !ratio)
+        return stk__error(STK_ECONFIG, "stk_shard_estimate_ratio: NULL argument");
+    if (cfg->zstd_level < 0 || cfg->zstd_level > ZSTD_maxCLevel())
+        return stk__error(STK_ECONFIG, "zstd level %d outside 0..%d", cfg->zstd_level,
+                          ZSTD_maxCLevel());
+    *ratio = 1.0;
+    enc_t e;
+    int rc = enc_init(&e, cfg->zstd_level);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += lens[i];
+    unsigned char *cat = NULL;
+    size_t *sizes = NULL;
+    size_t held = n; /* records measured: all of them without a dictionary */
+    if (!rc && cfg->use_dict && cfg->zstd_level > 0 && n > 0) {
+        cat = malloc(total ? total : 1);
+        sizes = malloc(n * sizeof *sizes);
+        if (!cat || !sizes) {
+            rc = stk__error(-ENOMEM, "out of memory");
+        } else {
+            /* Train on the first half and measure the second: most of a
+             * large set is compressed with a dictionary that never saw it,
+             * and measuring the training records themselves flatters. */
+            held = n / 2 ? n / 2 : n;
+            size_t off = 0;
+            for (size_t i = 0; i < n - held; i++) {
+                memcpy(cat + off, records[i], lens[i]);
+                off += lens[i];
+                sizes[i] = lens[i];
+            }
+            rc = enc_train(&e, cat, sizes, n - held, cfg->dict_size);
+        }
+    }
+    uint64_t stored = 0, measured = 0;
+    for (size_t i = n - held; !rc && i < n; i++) {
+        const void *s;
+        size_t slen;
+        rc = enc_record(&e, records[i], lens[i], &s, &slen);
+        stored += slen;
+        measured += lens[i];
+    }
+    if (!rc && measured)
+        *ratio = (double)stored / (double)measured;
+    free(cat);
+    free(sizes);
+    enc_free(&e);
+    return rc;
+}
