@@ -7,6 +7,7 @@
 #include "stoker/shard.h"
 #include "stoker/sampler.h"
 #include "stoker/augment.h"
+#include "stoker/loader.h"
 #include "stoker/engine.h"
 #include "stoker/optim.h"
 

@@ -1,0 +1,254 @@
+/* SPDX-License-Identifier: MIT */
+/* The data loader: datasets (a small vtable; shard and in-memory ones built
+ * in), worker processes started from a clean fork server, a memfd batch ring
+ * shared by every process, batches delivered in sampler order as zero-copy
+ * views, failure handling, resumable state and per-stage statistics. */
+#ifndef STOKER_LOADER_H
+#define STOKER_LOADER_H
+
+#include "stoker/common.h"
+#include "stoker/shard.h"
+#include "stoker/sampler.h"
+#include "stoker/augment.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Datasets ------------------------------------------------------- */
+
+/* Time and bytes a dataset spends per stage; a dataset adds to these. */
+typedef struct stk_stage_stats {
+    uint64_t ns;
+    uint64_t bytes;
+} stk_stage_stats_t;
+
+typedef struct stk_dataset_stats {
+    stk_stage_stats_t read;   /* bytes read from storage */
+    stk_stage_stats_t decode; /* raw bytes produced */
+} stk_dataset_stats_t;
+
+/* Called by get_batch once per position i of the batch, in any order:
+ * status 0 with rec filled (pointers valid only during the call), or a
+ * negative code (context in stk_error_message()) and rec NULL. A non-zero
+ * return stops the batch and get_batch returns that value. */
+typedef int (*stk_dataset_sink_fn)(void *sink_ctx, size_t i, int status, const stk_record_t *rec);
+
+/* A dataset is a table of functions plus an argument blob. The blob is
+ * copied once into shared memory; every worker opens its own instance from
+ * it, so a dataset never relies on pointers from the process that made it.
+ * The ops table and the functions must live in the program image (static
+ * storage), not in a library loaded after stk_loader_forkserver_start().
+ * Slots marked optional may be NULL. */
+typedef struct stk_dataset_ops {
+    const char *name;
+    /* Opens an instance from the blob. worker is the worker number, or
+     * UINT32_MAX for the creating process. Returns 0 or a negative code. */
+    int (*open)(const void *args, size_t args_len, uint32_t worker, void **inst);
+    void (*close)(void *inst);
+    uint64_t (*len)(void *inst);
+    /* Field names, dtypes and shapes of every sample. */
+    int (*schema)(void *inst, stk_schema_t *out);
+    /* Upper bound of the bytes one sample's fields take (sizes buffers and
+     * the room of variable-length fields). */
+    size_t (*max_sample_bytes)(void *inst);
+    /* Loads sample index: fills rec, whose pointers may point into buf
+     * (cap bytes, from the loader) or into the instance's own memory, valid
+     * until the next call on this instance. STK_EDATA for a bad record,
+     * naming it. */
+    int (*get)(void *inst, uint64_t index, void *buf, size_t cap, stk_record_t *rec,
+               stk_dataset_stats_t *st);
+    /* Optional: loads n samples at once (one I/O submission), calling sink
+     * for each. */
+    int (*get_batch)(void *inst, const uint64_t *indices, size_t n, stk_dataset_sink_fn sink,
+                     void *sink_ctx, stk_dataset_stats_t *st);
+    /* Optional: file descriptors one instance holds open (for the
+     * RLIMIT_NOFILE check before workers start). */
+    uint64_t (*open_fds)(void *inst);
+} stk_dataset_ops_t;
+
+typedef struct stk_dataset stk_dataset_t;
+
+/* Makes a dataset from ops and a blob (copied). Opens one instance in the
+ * calling process to learn length and schema. Errors from ops->open pass
+ * through; STK_ECONFIG for a missing slot, STK_EEMPTY for no samples. */
+STK_API int stk_dataset_create(stk_dataset_t **out, const stk_dataset_ops_t *ops, const void *args,
+                               size_t args_len);
+/* Frees the dataset. A loader using it must be destroyed first. Accepts
+ * NULL; sets *ds to NULL. */
+STK_API void stk_dataset_destroy(stk_dataset_t **ds);
+/* Samples in the dataset; its schema (owned by ds). Thread-safe. */
+STK_API uint64_t stk_dataset_len(const stk_dataset_t *ds);
+STK_API const stk_schema_t *stk_dataset_schema(const stk_dataset_t *ds);
+/* Loads one sample in the calling process (the same path workers take);
+ * rec's pointers are valid until the next call on ds. Not thread-safe. */
+STK_API int stk_dataset_get(stk_dataset_t *ds, uint64_t index, stk_record_t *rec);
+
+/* In-memory dataset over arrays: fields[f] points at n consecutive samples
+ * of schema field f (fixed shapes only). The arrays are copied once into
+ * shared memory that workers map (no per-worker copy). STK_ECONFIG for a
+ * variable shape or bad dtype, -EINVAL for missing data. */
+STK_API int stk_dataset_memory_create(stk_dataset_t **out, const stk_schema_t *schema,
+                                      const void *const *fields, uint64_t n);
+
+/* How shard workers read records. */
+typedef enum stk_io_mode {
+    STK_IO_AUTO = 0,  /* io_uring when built in and allowed, else pread */
+    STK_IO_URING = 1, /* io_uring or fail (STK_ECONFIG / -EPERM) */
+    STK_IO_PREAD = 2,
+    STK_IO_MMAP = 3   /* map the shards: no read calls; for data in page cache */
+} stk_io_mode_t;
+
+typedef struct stk_shard_dataset_config {
+    stk_io_mode_t io;
+    uint32_t max_batch;  /* most records one get_batch reads; sizes rings (default 1024) */
+} stk_shard_dataset_config_t;
+
+STK_API void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg);
+/* Dataset over a shard set (any path stk_shardset_open takes). With
+ * STK_IO_AUTO, io_uring is probed here; when refused (seccomp, old kernel,
+ * kernel.io_uring_disabled) the reader falls back to pread and logs one
+ * warning. */
+STK_API int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
+                                     const stk_shard_dataset_config_t *cfg);
+/* The I/O mode a shard dataset resolved to (URING, PREAD or MMAP);
+ * STK_IO_AUTO for other datasets. */
+STK_API stk_io_mode_t stk_dataset_io_mode(const stk_dataset_t *ds);
+
+/* ---- Loader --------------------------------------------------------- */
+
+/* Called once in every worker before its first batch; seed is the worker's
+ * own (derived from the loader seed and worker number); arg is a copy of
+ * worker_init_arg. A negative return fails the worker (STK_EWORKER). */
+typedef int (*stk_worker_init_fn)(uint32_t worker, uint64_t seed, const void *arg, size_t arg_len);
+/* Registers (pin) / unregisters (unpin) the batch arena for DMA, once; a
+ * CUDA backend passes cudaHostRegister. Return 0 or a negative code. */
+typedef int (*stk_pin_fn)(void *addr, size_t bytes, void *user);
+typedef void (*stk_unpin_fn)(void *addr, size_t bytes, void *user);
+
+typedef struct stk_loader_config {
+    uint64_t batch_size;                 /* default 1 */
+    int drop_last;
+    int shuffle;                         /* own sampler: random (1) or sequential (0) */
+    uint64_t seed;                       /* sampler, augmentation and worker seeds */
+    stk_sampler_t *sampler;              /* optional, not owned */
+    stk_batch_sampler_t *batch_sampler;  /* optional, not owned; wins over the above */
+    uint32_t num_workers;                /* 0 = load in the calling process */
+    uint32_t prefetch;                   /* batches in flight per worker (default 2) */
+    int persistent_workers;              /* keep workers across epochs */
+    uint32_t timeout_ms;                 /* per batch; 0 = wait forever */
+    int respawn;                         /* replace dead or hung workers, lose nothing */
+    uint32_t max_respawns;               /* give up after this many (default 8) */
+    int skip_corrupt;                    /* drop bad records and count them */
+    stk_worker_init_fn worker_init;
+    const void *worker_init_arg;         /* copied */
+    size_t worker_init_arg_len;
+    const char *augment;                 /* spec, NULL or "" = none */
+    const char *augment_field;           /* default "image" */
+    stk_layout_t augment_layout;         /* layout of the stored image */
+    stk_pin_fn pin;
+    stk_unpin_fn unpin;
+    void *pin_user;
+} stk_loader_config_t;
+
+STK_API void stk_loader_config_default(stk_loader_config_t *cfg);
+
+typedef struct stk_loader stk_loader_t;
+
+/* Checks limits (RLIMIT_NOFILE against the files workers hold,
+ * RLIMIT_MEMLOCK when pin is set, the cgroup memory limit against the
+ * arena: STK_ELIMIT naming the limit, its value and the need), maps the
+ * arena, pins it, selects epoch 0 and starts the workers (a worker that
+ * fails in its own start is reported by stk_loader_next). ds must outlive
+ * the loader. STK_ECONFIG names a bad
+ * field. Not thread-safe with other calls on the same loader. */
+STK_API int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_config_t *cfg);
+/* Stops workers (they exit; none is left a zombie), unpins, unmaps and
+ * closes everything. Views must not be used afterwards. NULL-safe. */
+STK_API void stk_loader_destroy(stk_loader_t **l);
+
+/* One field of a batch. A variable-length field is padded with zeros to
+ * the longest sample in the batch; lengths[i] is sample i's extent. */
+typedef struct stk_batch_field {
+    char name[STK_FIELD_NAME_MAX];
+    stk_dtype_t dtype;
+    uint32_t ndim;                      /* with the batch dim first */
+    int64_t shape[STK_MAX_DIMS + 1];
+    int var_dim;                        /* dim (in shape) that varies, or -1 */
+    void *data;                         /* contiguous, row-major */
+    size_t bytes;
+    const int64_t *lengths;             /* NULL for fixed fields */
+} stk_batch_field_t;
+
+/* A zero-copy view of one slot of the arena, valid until released. */
+typedef struct stk_batch {
+    uint64_t epoch;
+    uint64_t number;                    /* batch number in the epoch */
+    size_t size;                        /* samples (fewer when records were skipped) */
+    const uint64_t *indices;            /* dataset index of each sample */
+    uint32_t nfields;
+    stk_batch_field_t fields[STK_MAX_FIELDS];
+    uint32_t slot;                      /* loader's own */
+} stk_batch_t;
+
+/* The next batch, in sampler order: 0, STK_DONE when the epoch is over
+ * (call stk_loader_set_epoch to go on), STK_EWORKER (worker pid and signal
+ * or exit status in the message), -ETIMEDOUT (batch and worker named),
+ * STK_EDATA (shard and record named), STK_ESTATE when every slot is held.
+ * After an error the loader stays failed (same code) until destroyed. */
+STK_API int stk_loader_next(stk_loader_t *l, stk_batch_t *batch);
+/* Hands the slot back for prefetching; the view's pointers are invalid
+ * afterwards. Releasing twice, or an empty view, does nothing. Sets
+ * batch->size to 0. Batches may be released in any order. */
+STK_API void stk_loader_release(stk_loader_t *l, stk_batch_t *batch);
+
+/* Selects an epoch and rewinds to its first batch (batches being filled
+ * are waited for and dropped; held views stay valid). Returns 0, the
+ * sampler's error, or the loader's failure. */
+STK_API int stk_loader_set_epoch(stk_loader_t *l, uint64_t epoch);
+/* Batches per epoch (of the selected epoch). */
+STK_API uint64_t stk_loader_len(const stk_loader_t *l);
+
+/* Where the loader stands: the next batch it delivers is number `batch` of
+ * `epoch`. A loader given this state delivers exactly the batches that
+ * would have come next. */
+typedef struct stk_loader_state {
+    uint64_t epoch;
+    uint64_t batch;
+} stk_loader_state_t;
+STK_API void stk_loader_get_state(const stk_loader_t *l, stk_loader_state_t *out);
+/* Like set_epoch, then skips to st->batch; -ERANGE past the epoch. */
+STK_API int stk_loader_set_state(stk_loader_t *l, const stk_loader_state_t *st);
+
+typedef struct stk_loader_stats {
+    stk_stage_stats_t read, decode, augment, collate;
+    stk_stage_stats_t wait;              /* main waiting in next; bytes delivered */
+    uint64_t batches, samples, skipped, respawns;
+    uint64_t worker_max_rss_kb;          /* largest peak RSS of any worker */
+    uint64_t first_batch_ns;             /* create (or epoch start) to first batch */
+} stk_loader_stats_t;
+/* Sums over workers (their counters live in shared memory, so this is
+ * cheap and current) and main; since create. Times of workers add up
+ * across workers. */
+STK_API void stk_loader_get_stats(const stk_loader_t *l, stk_loader_stats_t *out);
+/* Pids of the running workers (0 for none), n entries at most; returns
+ * the number of workers. */
+STK_API uint32_t stk_loader_worker_pids(const stk_loader_t *l, int *pids, uint32_t n);
+
+/* Starts the fork server that every loader's workers are forked from.
+ * Call it early, before CUDA (or anything else a worker should not
+ * inherit) is initialised; the first loader with workers starts it
+ * otherwise (with a warning when libcuda is already mapped). The server
+ * is a child of the calling process that lives until
+ * stk_loader_forkserver_stop() or the caller's exit: a program that waits
+ * for all of its children (wait(NULL) in a loop) must stop it first.
+ * A child forked by the program starts its own when it needs one.
+ * Idempotent, thread-safe. Returns 0 or a negative errno. */
+STK_API int stk_loader_forkserver_start(void);
+/* Stops the fork server (after every loader is destroyed). */
+STK_API void stk_loader_forkserver_stop(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,383 @@
+/* SPDX-License-Identifier: MIT */
+/* The built-in dataset over a shard set: each worker opens the set itself,
+ * reads a batch's records through the reader (one io_uring submission, or
+ * pread) and decodes each record as its read completes. */
+#define _GNU_SOURCE
+#include "loader_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+typedef struct shard_args {
+    int32_t io;          /* resolved: STK_IO_URING or STK_IO_PREAD */
+    uint32_t max_batch;
+    char path[];
+} shard_args_t;
+
+typedef struct shard_inst {
+    stk_shardset_t *set;
+    stk_decoder_t *dec;
+    stk__reader_t *reader;
+    stk_io_mode_t io;
+    uint32_t max_batch;
+    size_t max_stored, max_raw;
+    unsigned char *stored;     /* grown to the largest batch read, registered */
+    size_t stored_cap;
+    unsigned char *raw;        /* one decoded record */
+    stk_record_loc_t *locs;
+    stk__read_req_t *reqs;
+    /* batch in progress */
+    stk_dataset_sink_fn sink;
+    void *sink_ctx;
+    stk_dataset_stats_t *st;
+    uint64_t sink_ns, decode_ns;
+    size_t base;               /* position of this chunk in the batch */
+    unsigned char **maps;      /* STK_IO_MMAP: each shard mapped whole */
+    size_t *map_len;
+} shard_inst_t;
+
+static void shard_close(void *p)
+{
+    shard_inst_t *s = p;
+    if (!s)
+        return;
+    stk__reader_destroy(&s->reader);
+    if (s->maps) {
+        for (uint32_t i = 0; i < stk_shardset_num_shards(s->set); i++)
+            if (s->maps[i])
+                munmap(s->maps[i], s->map_len[i]);
+        free(s->maps);
+        free(s->map_len);
+    }
+    stk_decoder_destroy(&s->dec);
+    stk_shardset_close(&s->set);
+    free(s->stored);
+    free(s->raw);
+    free(s->locs);
+    free(s->reqs);
+    free(s);
+}
+
+static int shard_open(const void *args, size_t len, uint32_t worker, void **out)
+{
+    const shard_args_t *a = args;
+    int rc;
+    (void)worker;
+    if (len < sizeof *a + 1 || ((const char *)args)[len - 1] != '\0')
+        return stk__error(STK_EDATA, "shard dataset: malformed argument blob");
+    shard_inst_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return stk__error(-ENOMEM, "shard dataset: out of memory");
+    s->io = (stk_io_mode_t)a->io;
+    s->max_batch = a->max_batch ? a->max_batch : 1;
+    rc = stk_shardset_open(&s->set, a->path);
+    if (rc)
+        goto fail;
+    rc = stk_decoder_create(&s->dec, s->set);
+    if (rc)
+        goto fail;
+    s->max_stored = stk_shardset_max_stored(s->set);
+    s->max_raw = stk_shardset_max_raw(s->set);
+    *out = s;
+    return 0;
+fail:
+    shard_close(s);
+    return rc;
+}
+
+/* Buffers and ring come with the first read: the creating process mostly
+ * answers len and schema only. */
+static int shard_buffers(shard_inst_t *s)
+{
+    int rc;
+    if (s->reader || s->maps)
+        return 0;
+    if (s->io == STK_IO_MMAP) {
+        uint32_t n = stk_shardset_num_shards(s->set);
+        s->maps = calloc(n, sizeof *s->maps);
+        s->map_len = calloc(n, sizeof *s->map_len);
+        s->raw = malloc(s->max_raw ? s->max_raw : 1);
+        if (!s->maps || !s->map_len || !s->raw)
+            return stk__error(-ENOMEM, "shard dataset: out of memory");
+        return 0;
+    }
+    rc = stk__reader_create(&s->reader, s->io, s->max_batch);
+    if (rc)
+        return rc;
+    s->raw = malloc(s->max_raw ? s->max_raw : 1);
+    s->locs = calloc(s->max_batch, sizeof *s->locs);
+    s->reqs = calloc(s->max_batch, sizeof *s->reqs);
+    if (!s->raw || !s->locs || !s->reqs) {
+        stk__reader_destroy(&s->reader);
+        return stk__error(-ENOMEM, "shard dataset: buffers for %u records", s->max_batch);
+    }
+    return 0;
+}
+
+/* Room for `need` stored bytes: sized by what batches really read, not
+ * max_batch times the largest record (which, pinned for fixed-buffer
+ * reads, would cost time and RSS up front). */
+static int shard_room(shard_inst_t *s, size_t need)
+{
+    if (need <= s->stored_cap)
+        return 0;
+    size_t cap = need + need / 4;
+    unsigned char *b = malloc(cap);
+    if (!b)
+        return stk__error(-ENOMEM, "shard dataset: read buffer of %zu bytes", cap);
+    free(s->stored);
+    s->stored = b;
+    s->stored_cap = cap;
+    if (s->reader)
+        stk__reader_register(s->reader, b, cap);
+    return 0;
+}
+
+static uint64_t shard_len(void *p)
+{
+    return stk_shardset_len(((shard_inst_t *)p)->set);
+}
+
+static int shard_schema(void *p, stk_schema_t *out)
+{
+    *out = *stk_shardset_schema(((shard_inst_t *)p)->set);
+    return 0;
+}
+
+static size_t shard_max_sample(void *p)
+{
+    return ((shard_inst_t *)p)->max_raw;
+}
+
+static uint64_t shard_fds(void *p)
+{
+    return stk_shardset_num_shards(((shard_inst_t *)p)->set) + 2;
+}
+
+static const unsigned char *shard_map(shard_inst_t *s, const stk_record_loc_t *loc);
+
+static int shard_get(void *p, uint64_t index, void *buf, size_t cap, stk_record_t *rec,
+                     stk_dataset_stats_t *st)
+{
+    shard_inst_t *s = p;
+    stk_record_loc_t loc;
+    uint64_t t0 = stk__now_ns();
+    int rc = shard_buffers(s);
+    if (rc)
+        return rc;
+    const unsigned char *stored = s->stored;
+    if (s->maps) {
+        rc = stk_shardset_locate(s->set, index, &loc);
+        if (rc == 0 && !(stored = shard_map(s, &loc)))
+            rc = stk__error(STK_EDATA, "%s: record %llu: cannot map it",
+                            stk_shardset_shard_path(s->set, loc.shard),
+                            (unsigned long long)loc.local_index);
+    } else {
+        rc = shard_room(s, s->max_stored ? s->max_stored : 1);
+        if (rc == 0)
+            rc = stk_shardset_read_raw(s->set, index, s->stored, s->max_stored, &loc);
+    }
+    uint64_t t1 = stk__now_ns();
+    if (rc == 0) {
+        st->read.ns += t1 - t0;
+        st->read.bytes += loc.stored_len;
+        rc = stk_decoder_decode(s->dec, &loc, stored, buf, cap, rec);
+        st->decode.ns += stk__now_ns() - t1;
+        st->decode.bytes += loc.raw_len;
+    }
+    return rc;
+}
+
+static int shard_done(void *ctx, size_t i, int res)
+{
+    shard_inst_t *s = ctx;
+    stk_record_t rec;
+    if (res < 0) {
+        stk__error(res, "%s: record %llu: read failed",
+                   stk_shardset_shard_path(s->set, s->locs[i].shard),
+                   (unsigned long long)s->locs[i].local_index);
+        return s->sink(s->sink_ctx, s->base + i, res, NULL);
+    }
+    uint64_t t0 = stk__ticks();
+    /* Records stored raw are "decoded" in place: checksum, no copy. */
+    const stk_record_loc_t *loc = &s->locs[i];
+    void *out = loc->stored_len == loc->raw_len ? s->reqs[i].buf : s->raw;
+    size_t cap = loc->stored_len == loc->raw_len ? loc->raw_len : s->max_raw;
+    int rc = stk_decoder_decode(s->dec, loc, s->reqs[i].buf, out, cap, &rec);
+    uint64_t t1 = stk__ticks();
+    s->decode_ns += t1 - t0;
+    if (rc == 0)
+        s->st->decode.bytes += s->locs[i].raw_len;
+    rc = s->sink(s->sink_ctx, s->base + i, rc, rc ? NULL : &rec);
+    s->sink_ns += stk__ticks() - t1;
+    return rc;
+}
+
+static const unsigned char *shard_map(shard_inst_t *s, const stk_record_loc_t *loc)
+{
+    if (!s->maps[loc->shard]) {
+        struct stat stt;
+        if (fstat(loc->fd, &stt) != 0)
+            return NULL;
+        void *p = mmap(NULL, (size_t)stt.st_size, PROT_READ, MAP_SHARED, loc->fd, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        s->maps[loc->shard] = p;
+        s->map_len[loc->shard] = (size_t)stt.st_size;
+    }
+    if (loc->offset + loc->stored_len > s->map_len[loc->shard])
+        return NULL;
+    return s->maps[loc->shard] + loc->offset;
+}
+
+/* STK_IO_MMAP: records come straight from the page cache; raw records
+ * are checksummed where they lie and handed over without a copy. */
+static int shard_get_mapped(shard_inst_t *s, const uint64_t *indices, size_t n, stk_dataset_stats_t *st)
+{
+    uint64_t dec = 0, snk = 0, t0 = stk__ticks();
+    for (size_t i = 0; i < n; i++) {
+        stk_record_loc_t loc;
+        stk_record_t rec;
+        int rc = stk_shardset_locate(s->set, indices[i], &loc);
+        if (rc)
+            return rc;
+        const unsigned char *p = shard_map(s, &loc);
+        if (!p)
+            rc = stk__error(STK_EDATA, "%s: record %llu: cannot map %llu bytes at %llu",
+                            stk_shardset_shard_path(s->set, loc.shard),
+                            (unsigned long long)loc.local_index, (unsigned long long)loc.stored_len,
+                            (unsigned long long)loc.offset);
+        uint64_t t1 = stk__ticks();
+        if (rc == 0) {
+            /* out == stored: the decoder only reads (checksum, parse). */
+            int raw = loc.stored_len == loc.raw_len;
+            rc = stk_decoder_decode(s->dec, &loc, p, raw ? (void *)(uintptr_t)p : s->raw,
+                                    raw ? loc.raw_len : s->max_raw, &rec);
+        }
+        uint64_t t2 = stk__ticks();
+        dec += t2 - t1;
+        st->read.bytes += loc.stored_len;
+        if (rc == 0)
+            st->decode.bytes += loc.raw_len;
+        rc = s->sink(s->sink_ctx, i, rc, rc ? NULL : &rec);
+        snk += stk__ticks() - t2;
+        if (rc)
+            return rc;
+    }
+    uint64_t total = stk__ticks() - t0;
+    double tick = stk__ns_per_tick();
+    st->decode.ns += (uint64_t)((double)dec * tick);
+    st->read.ns += (uint64_t)((double)(total > dec + snk ? total - dec - snk : 0) * tick);
+    return 0;
+}
+
+/* Reads up to max_batch records in one reader run. */
+static int shard_get_chunk(shard_inst_t *s, const uint64_t *indices, size_t n, stk_dataset_stats_t *st)
+{
+    int rc;
+    size_t off = 0;
+    uint64_t t0 = stk__ticks();
+    for (size_t i = 0; i < n; i++) {
+        rc = stk_shardset_locate(s->set, indices[i], &s->locs[i]);
+        if (rc)
+            return rc;
+        off += s->locs[i].stored_len;
+    }
+    rc = shard_room(s, off ? off : 1);
+    if (rc)
+        return rc;
+    off = 0;
+    for (size_t i = 0; i < n; i++) {
+        s->reqs[i].fd = s->locs[i].fd;
+        s->reqs[i].offset = s->locs[i].offset;
+        s->reqs[i].len = s->locs[i].stored_len;
+        s->reqs[i].buf = s->stored + off;
+        off += s->locs[i].stored_len;
+        st->read.bytes += s->locs[i].stored_len;
+    }
+    s->sink_ns = s->decode_ns = 0;
+    rc = stk__reader_run(s->reader, s->reqs, n, shard_done, s);
+    uint64_t total = stk__ticks() - t0;
+    double tick = stk__ns_per_tick();
+    uint64_t other = s->decode_ns + s->sink_ns;
+    st->decode.ns += (uint64_t)((double)s->decode_ns * tick);
+    st->read.ns += (uint64_t)((double)(total > other ? total - other : 0) * tick);
+    return rc;
+}
+
+static int shard_get_batch(void *p, const uint64_t *indices, size_t n, stk_dataset_sink_fn sink,
+                           void *sink_ctx, stk_dataset_stats_t *st)
+{
+    shard_inst_t *s = p;
+    int rc = shard_buffers(s);
+    if (rc)
+        return rc;
+    s->sink = sink;
+    s->sink_ctx = sink_ctx;
+    s->st = st;
+    if (s->maps)
+        return shard_get_mapped(s, indices, n, st);
+    for (size_t b = 0; b < n; b += s->max_batch) {
+        size_t k = n - b < s->max_batch ? n - b : s->max_batch;
+        s->base = b;
+        rc = shard_get_chunk(s, indices + b, k, st);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static const stk_dataset_ops_t shard_ops = {
+    .name = "shard",
+    .open = shard_open,
+    .close = shard_close,
+    .len = shard_len,
+    .schema = shard_schema,
+    .max_sample_bytes = shard_max_sample,
+    .get = shard_get,
+    .get_batch = shard_get_batch,
+    .open_fds = shard_fds,
+};
+
+void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->io = STK_IO_AUTO;
+    cfg->max_batch = 1024;
+}
+
+int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
+                             const stk_shard_dataset_config_t *cfg)
+{
+    stk_shard_dataset_config_t def;
+    if (!out || !path)
+        return stk__error(-EINVAL, "stk_dataset_shard_create: NULL argument");
+    *out = NULL;
+    if (!cfg) {
+        stk_shard_dataset_config_default(&def);
+        cfg = &def;
+    }
+    if (cfg->io != STK_IO_AUTO && cfg->io != STK_IO_URING && cfg->io != STK_IO_PREAD &&
+        cfg->io != STK_IO_MMAP)
+        return stk__error(STK_ECONFIG, "shard dataset: io mode %d unknown", (int)cfg->io);
+    stk_io_mode_t io;
+    int rc = stk__io_resolve(cfg->io, &io);
+    if (rc)
+        return rc;
+    size_t plen = strlen(path);
+    size_t len = sizeof(shard_args_t) + plen + 1;
+    shard_args_t *a = calloc(1, len);
+    if (!a)
+        return stk__error(-ENOMEM, "shard dataset: out of memory");
+    a->io = (int32_t)io;
+    a->max_batch = cfg->max_batch ? cfg->max_batch : 1024;
+    memcpy(a->path, path, plen + 1);
+    rc = stk_dataset_create(out, &shard_ops, a, len);
+    free(a);
+    if (rc == 0)
+        (*out)->io = io;
+    return rc;
+}

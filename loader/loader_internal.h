@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: MIT */
+/* Loader internals shared by the main-process side (loader.c), the worker
+ * side (worker.c), the fork server and the readers. Not installed. */
+#ifndef STOKER_LOADER_INTERNAL_H
+#define STOKER_LOADER_INTERNAL_H
+
+#include "internal.h"
+#include "stoker/loader.h"
+
+#include <stdatomic.h>
+#include <sys/types.h>
+
+/* ---- Dataset object ----------------------------------------------- */
+
+struct stk_dataset {
+    const stk_dataset_ops_t *ops;
+    int args_fd;          /* sealed memfd holding the blob (workers map it) */
+    void *args;           /* mapping of args_fd */
+    size_t args_len;
+    void *inst;           /* instance in the creating process */
+    uint64_t len;
+    stk_schema_t schema;
+    size_t max_sample;
+    void *buf;            /* sample buffer for stk_dataset_get */
+    stk_io_mode_t io;     /* resolved mode (shard datasets) */
+};
+
+/* Maps a dataset blob read-only from its memfd (in a worker). */
+int stk__dataset_map_args(int fd, size_t len, void **out);
+
+/* ---- Readers: one file knows io_uring (reader.c) ------------------- */
+
+typedef struct stk__reader stk__reader_t;
+
+typedef struct stk__read_req {
+    int fd;
+    uint64_t offset;
+    size_t len;
+    void *buf;
+} stk__read_req_t;
+
+/* Called as each read completes, in any order; res is 0 or -errno. */
+typedef int (*stk__read_done_fn)(void *ctx, size_t i, int res);
+
+/* Resolves STK_IO_AUTO: io_uring if built in, not disabled by sysctl and a
+ * ring can be made here; logs one warning when it falls back. */
+int stk__io_resolve(stk_io_mode_t want, stk_io_mode_t *got);
+int stk__reader_create(stk__reader_t **out, stk_io_mode_t mode, unsigned depth);
+void stk__reader_destroy(stk__reader_t **r);
+/* Registers buf (once, for fixed-buffer reads) if the mode can use it. */
+void stk__reader_register(stk__reader_t *r, void *buf, size_t len);
+/* Reads every request, all in one submission where the mode allows,
+ * calling done as they complete. */
+int stk__reader_run(stk__reader_t *r, const stk__read_req_t *reqs, size_t n, stk__read_done_fn done,
+                    void *ctx);
+
+/* ---- Arena layout ------------------------------------------------- */
+
+#define STK__MSG_MAX 512
+
+/* Fixed-size, pointer-free description of a slot, computed in main and
+ * sent to workers. */
+typedef struct stk__layout {
+    uint64_t batch_size;          /* most samples per batch */
+    uint32_t nslots;
+    uint32_t nfields;
+    size_t slot_bytes;
+    size_t indices_off;           /* uint64_t[batch_size] */
+    size_t lengths_off;           /* int64_t[nfields][batch_size] */
+    size_t field_off[STK_MAX_FIELDS];
+    size_t field_stride[STK_MAX_FIELDS];  /* room per sample */
+    size_t field_unit[STK_MAX_FIELDS];    /* bytes per var-dim step (var fields) */
+    int32_t var_dim[STK_MAX_FIELDS];      /* in the sample shape, or -1 */
+    int32_t aug_field;                    /* output field written by augment, or -1 */
+    stk_batch_field_t out[STK_MAX_FIELDS]; /* dtypes/shapes without batch dim */
+} stk__layout_t;
+
+/* Header at the start of each slot, written by whoever fills it. */
+typedef struct stk__slot_hdr {
+    uint64_t epoch, batch;
+    uint64_t n;                   /* samples requested (indices follow) */
+    uint64_t delivered;           /* samples written (n minus skipped) */
+    int64_t maxlen[STK_MAX_FIELDS];
+} stk__slot_hdr_t;
+
+/* Per-worker counters in the arena (after the slots), written by the
+ * worker only. */
+typedef struct stk__wstats {
+    _Atomic uint64_t read_ns, read_bytes, decode_ns, decode_bytes;
+    _Atomic uint64_t augment_ns, augment_bytes, collate_ns, collate_bytes;
+    _Atomic uint64_t batches, samples, skipped, max_rss_kb;
+    char pad[64];
+} stk__wstats_t;
+
+/* What a worker needs to start, pointer-free except for functions and the
+ * ops table, which are valid in the fork server (same program image). */
+typedef struct stk__worker_spec {
+    uint32_t worker, num_workers;
+    uint64_t seed;          /* this worker's own */
+    uint64_t loader_seed;   /* keys the augmentation, same in every worker */
+    const stk_dataset_ops_t *ops;
+    size_t args_len;
+    size_t arena_bytes;
+    size_t wstats_off;
+    stk__layout_t layout;
+    int skip_corrupt;
+    char augment[512];
+    stk_image_desc_t aug_in;
+    stk_worker_init_fn worker_init;
+    size_t init_arg_len;
+    unsigned char init_arg[256];
+} stk__worker_spec_t;
+
+/* main -> worker */
+typedef struct stk__task_msg {
+    uint32_t slot;
+    uint32_t pad;
+    uint64_t epoch, batch;
+} stk__task_msg_t;
+
+/* worker -> main */
+typedef struct stk__done_msg {
+    uint32_t slot;
+    int32_t status;
+    uint64_t epoch, batch;
+    char msg[STK__MSG_MAX];
+} stk__done_msg_t;
+
+/* ---- Batch filling (worker.c), used by workers and by inline mode --- */
+
+typedef struct stk__filler stk__filler_t;
+
+int stk__filler_create(stk__filler_t **out, const stk__worker_spec_t *spec, void *inst,
+                       stk__wstats_t *wstats);
+void stk__filler_destroy(stk__filler_t **f);
+/* Fills slot memory (header and indices already written by main).
+ * Returns 0 or the error, context in stk_error_message(). */
+int stk__filler_run(stk__filler_t *f, void *slot, uint64_t epoch);
+/* The worker process body; never returns. */
+void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, int args_fd)
+    __attribute__((noreturn));
+
+/* ---- Fork server (forkserver.c) ----------------------------------- */
+
+/* Asks the fork server for n workers (spec with worker = ids[i], seed =
+ * seeds[i], socket socks[i]; the arena and dataset memfds are shared),
+ * all requests in one go. pids[i] is 0 for a worker that did not start. */
+int stk__forkserver_spawn(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
+                          const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
+                          pid_t *pids);
+/* Waits up to timeout_ms for the server's report on pid's end and gives
+ * the wait status. -ETIMEDOUT when none came. */
+int stk__forkserver_wait(pid_t pid, int timeout_ms, int *wstatus);
+/* Forgets a pid's report (after the loader handled it). */
+void stk__forkserver_forget(pid_t pid);
+
+/* Test hooks: the cgroup memory file checked before workers start. */
+extern const char *stk__cgroup_memory_max_path;
+extern const char *stk__cgroup_memory_current_path;
+
+uint64_t stk__now_ns(void);
+/* Cheap timestamps (TSC) and their ns per tick, calibrated per process. */
+uint64_t stk__ticks(void);
+double stk__ns_per_tick(void);
+
+#endif

@@ -1,0 +1,128 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+# PyTorch's DataLoader doing the work stoker-bench does, for side-by-side
+# ratios. Run with /usr/bin/python3 (Debian's python3-torch), e.g.
+#   LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread \
+#     tools/bench_loader_torch.py fmnist --workers 2 --augment
+#   tools/bench_loader_torch.py npy --data /tmp/syn/data.npy --labels /tmp/syn/labels.npy \
+#     --batch 64 --workers 2 --augment
+# Workload "fmnist": Fashion-MNIST train IDX (gz) decoded into memory as
+# torchvision does; augment = RandomCrop(28, padding=2) + hflip +
+# normalize to f32. Workload "npy": a raw uint8 .npy (N, C, H, W) read
+# through np.load(mmap_mode="r") (page cache); augment = hflip +
+# normalize to f32. One JSON object per run on stdout.
+# "gen DIR" writes the synthetic workload (8192 random 3x224x224 uint8
+# images, 1.2 GB: keep it in /tmp, never commit it) as DIR/data.npy and
+# DIR/labels.npy; pack it for stoker-bench with
+#   stoker-pack npy DIR/data.npy DIR/labels.npy -o DIR/stk --field image -l 0
+import argparse
+import gzip
+import json
+import os
+import struct
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+import torchvision.transforms as T
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    magic, = struct.unpack(">I", data[:4])
+    ndim = magic & 0xFF
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+class ArrayDataset(Dataset):
+    """Images (N, C, H, W) uint8 (array or memmap) and int64 labels."""
+
+    def __init__(self, images, labels, transform):
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = torch.from_numpy(np.array(self.images[i], copy=True))
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.labels[i])
+
+
+def gen(out, n):
+    os.makedirs(out, exist_ok=True)
+    a = np.lib.format.open_memmap(os.path.join(out, "data.npy"), mode="w+", dtype=np.uint8,
+                                  shape=(n, 3, 224, 224))
+    rng = np.random.default_rng(0)
+    for i in range(0, n, 512):
+        a[i:i + 512] = rng.integers(0, 256, size=(min(512, n - i), 3, 224, 224), dtype=np.uint8)
+    a.flush()
+    np.save(os.path.join(out, "labels.npy"), (np.arange(n) % 1000).astype(np.int64))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("workload", choices=["fmnist", "npy", "gen"])
+    ap.add_argument("dir", nargs="?", help="gen: output folder")
+    ap.add_argument("--data")
+    ap.add_argument("--labels")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--prefetch", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--augment", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    if a.workload == "gen":
+        gen(a.dir, 8192)
+        return
+    torch.set_num_threads(1)
+    torch.manual_seed(a.seed)
+
+    if a.workload == "fmnist":
+        images = read_idx(os.path.join(FMNIST, "train-images-idx3-ubyte.gz"))[:, None, :, :]
+        labels = read_idx(os.path.join(FMNIST, "train-labels-idx1-ubyte.gz")).astype(np.int64)
+        tf = T.Compose([T.RandomCrop(28, padding=2), T.RandomHorizontalFlip(),
+                        T.ConvertImageDtype(torch.float32),
+                        T.Normalize((0.2860,), (0.3530,))]) if a.augment else None
+    else:
+        images = np.load(a.data, mmap_mode="r")
+        labels = np.load(a.labels)
+        c = images.shape[1]
+        tf = T.Compose([T.RandomHorizontalFlip(), T.ConvertImageDtype(torch.float32),
+                        T.Normalize((0.5,) * c, (0.25,) * c)]) if a.augment else None
+
+    ds = ArrayDataset(images, labels, tf)
+    kw = dict(batch_size=a.batch, shuffle=True, num_workers=a.workers,
+              persistent_workers=a.workers > 0)
+    if a.workers > 0:
+        kw["prefetch_factor"] = a.prefetch
+    t0 = time.perf_counter()
+    dl = DataLoader(ds, **kw)
+    first = None
+    samples = 0
+    nbytes = 0
+    for _ in range(a.epochs):
+        for x, y in dl:
+            if first is None:
+                first = time.perf_counter() - t0
+            samples += x.shape[0]
+            nbytes += x.numel() * x.element_size() + y.numel() * y.element_size()
+    dt = time.perf_counter() - t0
+    print(json.dumps({"workload": a.workload, "batch": a.batch, "workers": a.workers,
+                      "augment": a.augment, "epochs": a.epochs, "samples": samples,
+                      "seconds": round(dt, 4), "samples_per_s": round(samples / dt, 1),
+                      "mb_per_s": round(nbytes / dt / 1e6, 1),
+                      "first_batch_ms": round(first * 1e3, 3)}))
+
+
+if __name__ == "__main__":
+    main()
