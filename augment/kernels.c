@@ -14,9 +14,13 @@
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 /* GCC turns short copy and fill loops back into memcpy / memset calls,
- * which for 28-byte rows cost more than the copy itself. */
+ * which for 28-byte rows cost more than the copy itself. And x * s + b
+ * stays a rounded multiply then a rounded add even under -march flags
+ * with FMA, so every path and every build gives the same bits. */
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-tree-loop-distribute-patterns")
+#pragma GCC optimize("no-tree-loop-distribute-patterns", "fp-contract=off")
+#elif defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
 #endif
 
 /* The hot cores get an AVX2 copy picked at load time (ifunc) next to the

@@ -16,21 +16,32 @@
 
 typedef struct stk__op stk__op_t; /* a backend's planned op, opaque here */
 
+/* How an activation is laid out in memory. PLAIN is NCHW. BLOCKED8 is
+ * N, C/8, H, W, 8 (oneDNN's nChw8c): what vectorized kernels want; used for
+ * channel counts that are multiples of 8, so it has the same size. */
+typedef enum stk__layout {
+    STK__LAYOUT_PLAIN = 0,
+    STK__LAYOUT_BLOCKED8 = 1
+} stk__layout_t;
+
 typedef struct stk__conv_desc {
     int64_t n, ic, ih, iw, oc, oh, ow;
     int64_t kh, kw, sh, sw, ph, pw, dh, dw, groups; /* dilation as PyTorch: 1 = dense */
     int bias;
-    int relu; /* fuse a ReLU after the conv in forward (0 here: not yet used) */
+    int fmt_in, fmt_out; /* stk__layout_t of the input and output */
 } stk__conv_desc_t;
 
 typedef struct stk__bn_desc {
     int64_t n, c, h, w;
     float eps;
+    int fmt;  /* stk__layout_t of input and output */
+    int relu; /* apply ReLU to the output (and its mask in backward) */
 } stk__bn_desc_t;
 
 typedef struct stk__pool_desc {
     int64_t n, c, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw;
     int max; /* 1: max pooling; 0: average including padding */
+    int fmt; /* stk__layout_t of input and output */
 } stk__pool_desc_t;
 
 typedef struct stk__linear_desc {
@@ -100,6 +111,11 @@ typedef struct stk__backend_iface {
     int (*pool_forward)(void *ctx, stk__op_t *op, int train, const float *x, float *y);
     /* dx from dy (and the workspace of the last training forward). */
     int (*pool_backward)(void *ctx, stk__op_t *op, const float *dy, float *dx);
+
+    /* Layout conversion plan for n x c x h x w between two layouts. */
+    int (*reorder_create)(void *ctx, int64_t n, int64_t c, int64_t h, int64_t w, int from, int to, stk__op_t **op);
+    /* dst = src converted (reverse: from `to` back to `from`). */
+    int (*reorder_run)(void *ctx, stk__op_t *op, int reverse, const float *src, float *dst);
 
     /* Fully connected plan: y[n, out] = x[n, in] w[out, in]^T + b. */
     int (*linear_create)(void *ctx, const stk__linear_desc_t *d, stk__op_t **op);

@@ -114,19 +114,28 @@ static int find_layer(const stk__layer_t *layers, int n, const char *name)
 }
 
 /* Checks what needs no shapes; key names the offending setting. */
+/* Sizes past these are mistakes, and keep every size product in int64. */
+#define MAX_DIM (1 << 20)
+#define MAX_KERNEL 1024
+#define MAX_SAMPLE_ELEMS ((int64_t)1 << 31)
+
 static int check_desc(const stk_layer_desc_t *d, const char *where)
 {
 #define BAD(key, fmt, ...) return stk__error(STK_ECONFIG, "%s: key '%s': " fmt, where, key, ##__VA_ARGS__)
     switch (d->kind) {
     case STK_LAYER_INPUT:
-        if (d->in_c < 1 || d->in_h < 1 || d->in_w < 1)
-            BAD("shape", "must be positive C,H,W");
+        if (d->in_c < 1 || d->in_h < 1 || d->in_w < 1 || d->in_c > MAX_DIM || d->in_h > MAX_DIM ||
+            d->in_w > MAX_DIM || d->in_c * d->in_h * d->in_w > MAX_SAMPLE_ELEMS)
+            BAD("shape", "must be positive C,H,W of at most 2^31 elements");
         break;
     case STK_LAYER_CONV2D:
-        if (d->out < 1)
-            BAD("out", "must be a positive channel count");
-        if (d->kernel_h < 1 || d->kernel_w < 1)
-            BAD("kernel", "must be positive");
+        if (d->out < 1 || d->out > MAX_DIM)
+            BAD("out", "must be a positive channel count up to 2^20");
+        if (d->kernel_h < 1 || d->kernel_w < 1 || d->kernel_h > MAX_KERNEL || d->kernel_w > MAX_KERNEL)
+            BAD("kernel", "must be in [1, 1024]");
+        if (d->dilation_h > MAX_KERNEL || d->dilation_w > MAX_KERNEL || d->pad_h > MAX_DIM || d->pad_w > MAX_DIM ||
+            d->stride_h > MAX_DIM || d->stride_w > MAX_DIM)
+            BAD("dilation", "dilation, pad or stride too large");
         if (d->stride_h < 1 || d->stride_w < 1)
             BAD("stride", "must be positive");
         if (d->pad_h < 0 || d->pad_w < 0)
@@ -138,9 +147,9 @@ static int check_desc(const stk_layer_desc_t *d, const char *where)
         break;
     case STK_LAYER_MAXPOOL2D:
     case STK_LAYER_AVGPOOL2D:
-        if (d->kernel_h < 1 || d->kernel_w < 1)
-            BAD("kernel", "must be positive");
-        if (d->stride_h < 0 || d->stride_w < 0)
+        if (d->kernel_h < 1 || d->kernel_w < 1 || d->kernel_h > MAX_KERNEL || d->kernel_w > MAX_KERNEL)
+            BAD("kernel", "must be in [1, 1024]");
+        if (d->stride_h < 0 || d->stride_w < 0 || d->stride_h > MAX_DIM || d->stride_w > MAX_DIM)
             BAD("stride", "must not be negative");
         if (d->pad_h < 0 || d->pad_w < 0 || 2 * d->pad_h > d->kernel_h || 2 * d->pad_w > d->kernel_w)
             BAD("pad", "must be between 0 and half the kernel");
@@ -152,8 +161,8 @@ static int check_desc(const stk_layer_desc_t *d, const char *where)
             BAD("momentum", "must be in [0, 1]");
         break;
     case STK_LAYER_LINEAR:
-        if (d->out < 1)
-            BAD("out", "must be a positive feature count");
+        if (d->out < 1 || d->out > MAX_DIM)
+            BAD("out", "must be a positive feature count up to 2^20");
         break;
     case STK_LAYER_DROPOUT:
         if (!(d->p >= 0.0f && d->p < 1.0f))
@@ -250,6 +259,7 @@ static int infer_shapes(stk_model_t *m)
         l->root = i;
         l->param[0] = l->param[1] = l->buffer[0] = l->buffer[1] = -1;
         if (d->kind == STK_LAYER_INPUT) {
+            l->flat = d->in_h == 1 && d->in_w == 1;
             l->c = d->in_c;
             l->h = d->in_h;
             l->w = d->in_w;
@@ -281,6 +291,7 @@ static int infer_shapes(stk_model_t *m)
         l->w = a->w;
         l->rf = a->rf;
         l->jump = a->jump;
+        l->flat = a->flat || d->kind == STK_LAYER_FLATTEN || d->kind == STK_LAYER_LINEAR;
         switch (d->kind) {
         case STK_LAYER_CONV2D: {
             if (d->in_c > 0 && d->in_c != a->c)
@@ -372,8 +383,83 @@ static int infer_shapes(stk_model_t *m)
         default:
             break;
         }
+        int64_t wcount = (d->kind == STK_LAYER_CONV2D ? d->kernel_h * d->kernel_w * (l->in_c / d->groups) : 0) +
+                         (d->kind == STK_LAYER_LINEAR ? l->in_c : 0);
+        if (l->c * l->h * l->w > MAX_SAMPLE_ELEMS || (l->c > 0 && wcount > MAX_SAMPLE_ELEMS / l->c))
+            return stk__error(STK_ESHAPE, "%s: output or weights over 2^31 elements per sample", where);
     }
     return 0;
+}
+
+/* Activation layouts: a convolution with a multiple of 8 output channels
+ * writes the blocked layout oneDNN's vector kernels want; layers that keep
+ * the channel count keep their input's layout; flatten, linear and the
+ * loss are plain (flatten converts). When a two-input layer would mix
+ * layouts, or a concat is present, the whole graph stays plain. */
+static void assign_layouts(stk_model_t *m)
+{
+    int uniform_plain = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < m->nl; i++) {
+            stk__layer_t *l = &m->layers[i];
+            int in_fmt = l->nin ? m->layers[l->in[0]].fmt : STK__LAYOUT_PLAIN;
+            switch (l->d.kind) {
+            case STK_LAYER_CONV2D:
+                l->fmt = !uniform_plain && l->c % 8 == 0 ? STK__LAYOUT_BLOCKED8 : STK__LAYOUT_PLAIN;
+                break;
+            case STK_LAYER_INPUT:
+            case STK_LAYER_FLATTEN:
+            case STK_LAYER_LINEAR:
+            case STK_LAYER_CROSS_ENTROPY:
+            case STK_LAYER_CONCAT:
+                l->fmt = STK__LAYOUT_PLAIN;
+                uniform_plain |= l->d.kind == STK_LAYER_CONCAT;
+                break;
+            case STK_LAYER_ADD:
+                if (in_fmt != m->layers[l->in[1]].fmt)
+                    uniform_plain = 1;
+                l->fmt = in_fmt;
+                break;
+            default:
+                l->fmt = in_fmt;
+                break;
+            }
+        }
+        if (!uniform_plain)
+            break;
+    }
+    if (uniform_plain)
+        for (int i = 0; i < m->nl; i++)
+            m->layers[i].fmt = STK__LAYOUT_PLAIN;
+    /* Flatten of a blocked tensor is a conversion, not a view. */
+    for (int i = 0; i < m->nl; i++) {
+        stk__layer_t *l = &m->layers[i];
+        if (l->d.kind == STK_LAYER_FLATTEN && m->layers[l->in[0]].fmt != STK__LAYOUT_PLAIN) {
+            l->alias = 0;
+            l->root = i;
+        }
+    }
+    /* A relu that is the only consumer of a batchnorm runs inside it
+     * (oneDNN's fused kernel): one pass over memory instead of two, and
+     * the relu layer becomes a view of the batchnorm's output. */
+    for (int i = 1; i + 1 < m->nl; i++) {
+        stk__layer_t *bn = &m->layers[i], *r = &m->layers[i + 1];
+        if (bn->d.kind != STK_LAYER_BATCHNORM2D || r->d.kind != STK_LAYER_RELU || r->in[0] != i)
+            continue;
+        int consumers = 0;
+        for (int j = i + 1; j < m->nl; j++)
+            for (int k = 0; k < m->layers[j].nin; k++)
+                consumers += m->layers[j].in[k] == i;
+        if (consumers != 1)
+            continue;
+        bn->fused = r->fused = 1;
+        r->alias = 1;
+    }
+    for (int i = 0; i < m->nl; i++) {
+        stk__layer_t *l = &m->layers[i];
+        if (l->alias)
+            l->root = m->layers[l->in[0]].root;
+    }
 }
 
 /* ----------------------------------------------------------------- arenas */
@@ -535,7 +621,8 @@ static void unplan(stk_model_t *m)
         l->y = l->dy = l->mean = l->var = l->prob = NULL;
     }
     be->free(m->be.ctx, m->act_scratch);
-    m->act_scratch = NULL;
+    be->free(m->be.ctx, m->view_buf);
+    m->act_scratch = m->view_buf = NULL;
     m->fwd_state = 0;
 }
 
@@ -573,12 +660,14 @@ static int plan(stk_model_t *m, int64_t n)
             stk__conv_desc_t cd = {.n = n, .ic = l->in_c, .ih = l->in_h, .iw = l->in_w, .oc = l->c, .oh = l->h,
                                    .ow = l->w, .kh = d->kernel_h, .kw = d->kernel_w, .sh = d->stride_h,
                                    .sw = d->stride_w, .ph = d->pad_h, .pw = d->pad_w, .dh = d->dilation_h,
-                                   .dw = d->dilation_w, .groups = d->groups, .bias = d->bias};
+                                   .dw = d->dilation_w, .groups = d->groups, .bias = d->bias,
+                                   .fmt_in = m->layers[l->in[0]].fmt, .fmt_out = l->fmt};
             rc = be->conv_create(ctx, &cd, &l->op);
             break;
         }
         case STK_LAYER_BATCHNORM2D: {
-            stk__bn_desc_t bd = {.n = n, .c = l->c, .h = l->h, .w = l->w, .eps = d->eps};
+            stk__bn_desc_t bd = {.n = n, .c = l->c, .h = l->h, .w = l->w, .eps = d->eps, .fmt = l->fmt,
+                                 .relu = l->fused};
             rc = be->bn_create(ctx, &bd, &l->op);
             l->mean = be->alloc(ctx, (size_t)l->c * sizeof(float));
             l->var = be->alloc(ctx, (size_t)l->c * sizeof(float));
@@ -594,7 +683,7 @@ static int plan(stk_model_t *m, int64_t n)
                                    .kh = glob ? l->in_h : d->kernel_h, .kw = glob ? l->in_w : d->kernel_w,
                                    .sh = glob ? 1 : d->stride_h, .sw = glob ? 1 : d->stride_w,
                                    .ph = glob ? 0 : d->pad_h, .pw = glob ? 0 : d->pad_w,
-                                   .max = d->kind == STK_LAYER_MAXPOOL2D};
+                                   .max = d->kind == STK_LAYER_MAXPOOL2D, .fmt = l->fmt};
             rc = be->pool_create(ctx, &pd, &l->op);
             break;
         }
@@ -603,6 +692,10 @@ static int plan(stk_model_t *m, int64_t n)
             rc = be->linear_create(ctx, &ld, &l->op);
             break;
         }
+        case STK_LAYER_FLATTEN:
+            rc = be->reorder_create(ctx, n, l->in_c, l->in_h, l->in_w, m->layers[l->in[0]].fmt, STK__LAYOUT_PLAIN,
+                                    &l->op);
+            break;
         case STK_LAYER_CROSS_ENTROPY:
             l->prob = be->alloc(ctx, (size_t)(n * l->in_c) * sizeof(float));
             if (!l->prob)
@@ -618,7 +711,8 @@ static int plan(stk_model_t *m, int64_t n)
     }
     m->act_scratch_n = maxact;
     m->act_scratch = be->alloc(ctx, maxact * sizeof(float));
-    if (!m->act_scratch)
+    m->view_buf = be->alloc(ctx, maxact * sizeof(float));
+    if (!m->act_scratch || !m->view_buf)
         goto nomem;
     m->batch = n;
     return 0;
@@ -676,7 +770,7 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     stk_model_config_t dc = stk_model_config_default();
     if (!cfg)
         cfg = &dc;
-    if (cfg->batch_size < 1 || cfg->threads < 0)
+    if (cfg->batch_size < 1 || cfg->batch_size > MAX_DIM || cfg->threads < 0)
         return stk__error(-EINVAL, "model: batch_size %lld / threads %d", (long long)cfg->batch_size, cfg->threads);
     if (b->n < 2)
         return stk__error(STK_ECONFIG, "model: needs an input layer and at least one more");
@@ -715,6 +809,7 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->logits_layer = m->nl - 1;
     if ((rc = infer_shapes(m)) < 0)
         goto fail;
+    assign_layouts(m);
     if ((rc = stk__backend_open(&m->be, cfg->device)) < 0)
         goto fail;
     if (m->threads > 0 && (rc = m->be.iface->set_threads(m->be.ctx, m->threads)) < 0)
@@ -748,7 +843,7 @@ int64_t stk_model_num_classes(const stk_model_t *m)
 
 int stk_model_set_batch_size(stk_model_t *m, int64_t batch)
 {
-    if (!m || batch < 1)
+    if (!m || batch < 1 || batch > MAX_DIM)
         return stk__error(-EINVAL, "model: batch size %lld", (long long)batch);
     if (batch == m->batch)
         return 0;
@@ -878,8 +973,9 @@ static int layer_forward(stk_model_t *m, int i, float *loss)
     size_t n_out = (size_t)(m->batch * l->c * l->h * l->w);
     switch (d->kind) {
     case STK_LAYER_INPUT:
-    case STK_LAYER_FLATTEN:
         return 0;
+    case STK_LAYER_FLATTEN:
+        return l->alias ? 0 : be->reorder_run(ctx, l->op, 0, x, l->y);
     case STK_LAYER_CONV2D:
         return be->conv_forward(ctx, l->op, x, pptr(m, m->params, l->param[0]), pptr(m, m->params, l->param[1]),
                                 l->y);
@@ -903,6 +999,8 @@ static int layer_forward(stk_model_t *m, int i, float *loss)
     case STK_LAYER_GELU:
     case STK_LAYER_SIGMOID:
     case STK_LAYER_TANH:
+        if (l->fused)
+            return 0;
         return be->eltwise_forward(ctx, elt_alg(d->kind), d->negative_slope, n_out, x, l->y);
     case STK_LAYER_MAXPOOL2D:
     case STK_LAYER_AVGPOOL2D:
@@ -1060,7 +1158,12 @@ static int layer_backward(stk_model_t *m, int i)
     float *dx = NULL;
     switch (d->kind) {
     case STK_LAYER_FLATTEN:
-        return 0;
+        if (l->alias)
+            return 0;
+        dx = dx_target(m, i, 0, &acc);
+        if (dx)
+            rc = be->reorder_run(ctx, l->op, 1, dy, dx);
+        break;
     case STK_LAYER_CROSS_ENTROPY:
         dx = dx_target(m, i, 0, &acc);
         if (dx)
@@ -1132,6 +1235,8 @@ static int layer_backward(stk_model_t *m, int i)
     case STK_LAYER_GELU:
     case STK_LAYER_SIGMOID:
     case STK_LAYER_TANH:
+        if (l->fused)
+            return 0;
         dx = dx_target(m, i, 0, &acc);
         if (dx)
             rc = be->eltwise_backward(ctx, elt_alg(d->kind), d->negative_slope, n_out, x, l->y, dy, dx);
@@ -1243,8 +1348,18 @@ int stk__model_backward_input(stk_model_t *m, const float *dy_out, float *dx_inp
             m->layers[i].dy = m->layers[m->layers[i].root].dy;
     if (!is_loss) {
         const stk__layer_t *l = &m->layers[last];
-        m->be.iface->copy(m->be.ctx, m->layers[l->root].dy, dy_out,
-                          (size_t)(m->batch * l->c * l->h * l->w) * sizeof(float));
+        const stk__layer_t *r = &m->layers[l->root];
+        if (r->fmt == STK__LAYOUT_PLAIN) {
+            m->be.iface->copy(m->be.ctx, r->dy, dy_out, (size_t)(m->batch * l->c * l->h * l->w) * sizeof(float));
+        } else {
+            stk__op_t *op = NULL;
+            int rc = m->be.iface->reorder_create(m->be.ctx, m->batch, r->c, r->h, r->w, STK__LAYOUT_PLAIN, r->fmt, &op);
+            if (rc == 0)
+                rc = m->be.iface->reorder_run(m->be.ctx, op, 0, dy_out, r->dy);
+            m->be.iface->op_destroy(m->be.ctx, op);
+            if (rc < 0)
+                return rc;
+        }
         m->written[l->root] = 1;
     }
     m->input_grad = 1;
@@ -1314,7 +1429,19 @@ int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out)
         return stk__error(STK_ESTATE, "model output: no forward yet");
     const stk__layer_t *l = &m->layers[i];
     int64_t shape[4] = {m->batch, l->c, l->h, l->w};
-    return stk_tensor_init(out, l->y, STK_DTYPE_F32, 4, shape);
+    const float *y = l->y;
+    if (l->fmt != STK__LAYOUT_PLAIN) {
+        /* Blocked inside: hand out a plain copy. */
+        stk__op_t *op = NULL;
+        int rc = m->be.iface->reorder_create(m->be.ctx, m->batch, l->c, l->h, l->w, l->fmt, STK__LAYOUT_PLAIN, &op);
+        if (rc == 0)
+            rc = m->be.iface->reorder_run(m->be.ctx, op, 0, l->y, m->view_buf);
+        m->be.iface->op_destroy(m->be.ctx, op);
+        if (rc < 0)
+            return rc;
+        y = m->view_buf;
+    }
+    return stk_tensor_init(out, (void *)y, STK_DTYPE_F32, 4, shape);
 }
 
 float *stk_model_params(stk_model_t *m, size_t *count)

@@ -15,6 +15,9 @@ typedef struct stk__layer {
     int64_t c, h, w;        /* output shape of one sample */
     int64_t in_c, in_h, in_w; /* input shape of one sample (first input) */
     int alias;              /* flatten: y and dy are the input's */
+    int fmt;                /* stk__layout_t of y and dy */
+    int flat;               /* features, not an image: printed as [N, C] */
+    int fused;              /* batchnorm: applies the next relu; relu: done by the batchnorm */
     int root;               /* the layer whose buffers y/dy really are */
     float *y, *dy;          /* [batch, c, h, w] */
     float *mean, *var;      /* batchnorm: batch statistics of the last forward */
@@ -48,6 +51,7 @@ struct stk_model {
     stk__tensor_info_t *pinfo, *binfo;
     size_t npinfo, nbinfo;
     float *act_scratch, *param_scratch;
+    float *view_buf;       /* stk_model_output: plain copies of blocked outputs */
     size_t act_scratch_n, param_scratch_n;
     int *written;          /* backward: dy of layer i holds a value */
     int train, profiling, grads_zero, threads;

@@ -68,15 +68,14 @@ size_t stk_model_summary(const stk_model_t *m, char *buf, size_t cap)
         snprintf(name, sizeof(name), "%s (%s)", l->name, stk_layer_kind_name(l->d.kind));
         if (l->d.kind == STK_LAYER_CROSS_ENTROPY)
             snprintf(shape, sizeof(shape), "[]");
-        else if (l->h == 1 && l->w == 1 && (l->d.kind == STK_LAYER_LINEAR || l->d.kind == STK_LAYER_FLATTEN ||
-                                              m->layers[l->root].d.kind == STK_LAYER_LINEAR))
+        else if (l->flat)
             snprintf(shape, sizeof(shape), "[%lld, %lld]", (long long)m->batch, (long long)l->c);
         else
             snprintf(shape, sizeof(shape), "[%lld, %lld, %lld, %lld]", (long long)m->batch, (long long)l->c,
                      (long long)l->h, (long long)l->w);
         size_t np = layer_params(m, l);
         char rf[32];
-        if (l->h > 1 || l->w > 1 || l->d.kind == STK_LAYER_GLOBAL_AVGPOOL)
+        if (!l->flat)
             snprintf(rf, sizeof(rf), "%lldx%lld", (long long)l->rf, (long long)l->rf);
         else
             snprintf(rf, sizeof(rf), "--");

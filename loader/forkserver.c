@@ -304,66 +304,82 @@ static int read_one(srv_rep_t *r, int timeout_ms)
     return 1;
 }
 
-int stk__forkserver_spawn(const stk__worker_spec_t *spec, int sock, int arena_fd, int args_fd,
-                          pid_t *pid)
+static int send_spawn(const stk__worker_spec_t *spec, const int fds[3])
 {
     static srv_req_t req;
-    int rc;
-    int fds[3] = {sock, arena_fd, args_fd};
-    char cbuf[CMSG_SPACE(sizeof fds)];
+    char cbuf[CMSG_SPACE(3 * sizeof(int))];
+    memset(&req, 0, sizeof req);
+    req.type = MSG_SPAWN;
+    req.spec = *spec;
+    memset(cbuf, 0, sizeof cbuf);
+    struct iovec iov = {.iov_base = &req, .iov_len = sizeof req};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof cbuf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(3 * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, 3 * sizeof(int));
+    ssize_t k;
+    do {
+        k = sendmsg(fs_fd, &mh, MSG_NOSIGNAL);
+    } while (k < 0 && errno == EINTR);
+    return k < 0 ? -errno : 0;
+}
+
+int stk__forkserver_spawn(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
+                          const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
+                          pid_t *pids)
+{
+    int rc = 0;
+    stk__worker_spec_t *one = malloc(sizeof *one);
+    if (!one)
+        return stk__error(-ENOMEM, "fork server: out of memory");
+    *one = *spec;
+    for (uint32_t i = 0; i < n; i++)
+        pids[i] = 0;
     pthread_once(&fs_once, register_atfork);
     pthread_mutex_lock(&fs_lock);
     for (int attempt = 0; attempt < 2; attempt++) {
         rc = start_locked();
         if (rc)
             break;
-        memset(&req, 0, sizeof req);
-        req.type = MSG_SPAWN;
-        req.spec = *spec;
-        memset(cbuf, 0, sizeof cbuf);
-        struct iovec iov = {.iov_base = &req, .iov_len = sizeof req};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-                            .msg_controllen = sizeof cbuf};
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof fds);
-        memcpy(CMSG_DATA(c), fds, sizeof fds);
-        ssize_t k;
-        do {
-            k = sendmsg(fs_fd, &mh, MSG_NOSIGNAL);
-        } while (k < 0 && errno == EINTR);
-        if (k < 0) {
+        /* Every request first, then every answer: the server forks the
+         * workers back to back, not one per round trip. */
+        uint32_t sent = 0;
+        for (; sent < n; sent++) {
+            int fds[3] = {socks[sent], arena_fd, args_fd};
+            one->worker = ids[sent];
+            one->seed = seeds[sent];
+            rc = send_spawn(one, fds);
+            if (rc)
+                break;
+        }
+        if (rc && sent == 0 && attempt == 0) {
             /* The server died (someone killed it): start a new one. */
-            rc = stk__error(-errno, "fork server (pid %d): send", (int)fs_pid);
             stop_locked();
             continue;
         }
-        srv_rep_t r;
-        for (;;) {
-            int got = read_one(&r, 10000);
-            if (got < 0) {
-                rc = stk__error(got, "fork server (pid %d) died", (int)fs_pid);
+        if (rc)
+            rc = stk__error(rc, "fork server (pid %d): send", (int)fs_pid);
+        for (uint32_t got = 0; got < sent;) {
+            srv_rep_t r;
+            int k = read_one(&r, 10000);
+            if (k <= 0) {
+                rc = stk__error(k ? k : -ETIMEDOUT, "fork server (pid %d) %s", (int)fs_pid,
+                                k ? "died" : "did not answer in 10 s");
                 break;
             }
-            if (got == 0) {
-                rc = stk__error(-ETIMEDOUT, "fork server (pid %d) did not answer in 10 s",
-                                (int)fs_pid);
-                break;
-            }
-            if (r.type == MSG_SPAWNED) {
-                rc = r.err ? stk__error(r.err, "fork server: fork of a worker failed") : 0;
-                *pid = r.pid;
-                break;
-            }
-        }
-        if (rc && rc != -ETIMEDOUT && attempt == 0) {
-            stop_locked();
-            continue;
+            if (r.type != MSG_SPAWNED)
+                continue;
+            if (r.err && !rc)
+                rc = stk__error(r.err, "fork server: fork of worker %u failed", ids[got]);
+            pids[got++] = r.err ? 0 : r.pid;
         }
         break;
     }
     pthread_mutex_unlock(&fs_lock);
+    free(one);
     return rc;
 }
 

@@ -63,7 +63,7 @@ struct stk_loader {
 
     int failed;
     char failmsg[1024];
-    uint64_t created_ns, wait_ns, first_batch_ns, respawns;
+    uint64_t created_ns, wait_ns, wait_bytes, first_batch_ns, respawns;
 };
 
 static const stk__layout_t *LY(const stk_loader_t *l)
@@ -310,23 +310,52 @@ static int send_task(stk_loader_t *l, uint32_t s)
     return 0;
 }
 
-static int spawn_worker(stk_loader_t *l, uint32_t i)
+static uint64_t worker_seed(const stk_loader_t *l, uint32_t i)
 {
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-        return stk__error(-errno, "loader: socketpair for worker %u", i);
-    l->spec.worker = i;
-    l->spec.seed = stk_rng_mix(l->cfg.seed, 0x776f726b00000000ull + i);
-    pid_t pid = 0;
-    int rc = stk__forkserver_spawn(&l->spec, sv[1], l->arena_fd, l->ds->args_fd, &pid);
-    close(sv[1]);
-    if (rc) {
-        close(sv[0]);
-        return stk__error_prefix(rc, "loader: start of worker %u", i);
+    return stk_rng_mix(l->cfg.seed, 0x776f726b00000000ull + i);
+}
+
+/* Gives workers ids[0..n) their socket pairs (main's end in l->w). Tasks
+ * may be queued on them before the workers exist. */
+static int make_sockets(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *theirs)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+            int rc = stk__error(-errno, "loader: socketpair for worker %u", ids[i]);
+            while (i-- > 0)
+                close(theirs[i]);
+            return rc;
+        }
+        l->w[ids[i]].sock = sv[0];
+        theirs[i] = sv[1];
     }
-    l->w[i].pid = pid;
-    l->w[i].sock = sv[0];
     return 0;
+}
+
+/* Starts workers ids[0..n) on the sockets made for them, one trip to the
+ * server for all; closes the workers' ends here. */
+static int spawn_workers(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *theirs)
+{
+    int rc = 0;
+    uint64_t *seeds = calloc(n, sizeof *seeds);
+    pid_t *pids = calloc(n, sizeof *pids);
+    if (!seeds || !pids)
+        rc = stk__error(-ENOMEM, "loader: out of memory");
+    for (uint32_t i = 0; rc == 0 && i < n; i++)
+        seeds[i] = worker_seed(l, ids[i]);
+    if (rc == 0)
+        rc = stk__forkserver_spawn(&l->spec, n, ids, seeds, theirs, l->arena_fd, l->ds->args_fd,
+                                   pids);
+    for (uint32_t i = 0; i < n; i++) {
+        close(theirs[i]);
+        l->w[ids[i]].pid = pids ? pids[i] : 0;
+    }
+    if (rc)
+        rc = stk__error_prefix(rc, "loader: start of %u worker(s)", n);
+    free(seeds);
+    free(pids);
+    return rc;
 }
 
 /* Waits for a worker's end (the fork server reports it) and describes it. */
@@ -381,19 +410,42 @@ static void stop_workers(stk_loader_t *l, int hard)
     l->running = 0;
 }
 
-static int start_workers(stk_loader_t *l)
+static int issue(stk_loader_t *l);
+
+/* Starts the workers; with tasks, queues the first batches on their
+ * sockets before the fork (the sampler must be ready then). */
+static int start_workers(stk_loader_t *l, int tasks)
 {
     if (l->running || l->nworkers == 0)
         return 0;
-    for (uint32_t i = 0; i < l->nworkers; i++) {
-        int rc = spawn_worker(l, i);
-        if (rc) {
-            l->running = 1;
-            stop_workers(l, 1);
-            return fail(l, STK_EWORKER, "%s", stk_error_message());
-        }
+    uint32_t *ids = malloc(l->nworkers * sizeof *ids);
+    int *theirs = malloc(l->nworkers * sizeof *theirs);
+    if (!ids || !theirs) {
+        free(ids);
+        free(theirs);
+        return fail(l, -ENOMEM, "loader: out of memory");
     }
-    l->running = 1;
+    for (uint32_t i = 0; i < l->nworkers; i++)
+        ids[i] = i;
+    int rc = make_sockets(l, l->nworkers, ids, theirs);
+    if (rc == 0) {
+        l->running = 1;
+        /* The first tasks wait in the sockets while the server forks, so
+         * a worker starts on batch work without a round trip. */
+        rc = tasks ? issue(l) : 0;
+        if (rc == 0)
+            rc = spawn_workers(l, l->nworkers, ids, theirs);
+        else
+            for (uint32_t i = 0; i < l->nworkers; i++)
+                close(theirs[i]);
+    }
+    free(ids);
+    free(theirs);
+    if (rc) {
+        l->running = 1;
+        stop_workers(l, 1);
+        return fail(l, STK_EWORKER, "%s", stk_error_message());
+    }
     return 0;
 }
 
@@ -426,7 +478,10 @@ static int worker_lost(stk_loader_t *l, uint32_t i, const char *context)
     }
     stk__log(STK_LOG_WARN, "%s%s; respawning it", why, context);
     l->respawns++;
-    int rc = spawn_worker(l, i);
+    int theirs;
+    int rc = make_sockets(l, 1, &i, &theirs);
+    if (rc == 0)
+        rc = spawn_workers(l, 1, &i, &theirs);
     if (rc)
         return fail(l, STK_EWORKER, "%s; respawn failed: %s", why, stk_error_message());
     uint32_t *ids = malloc(LY(l)->nslots * sizeof *ids);
@@ -533,6 +588,12 @@ static int pump(stk_loader_t *l, int timeout_ms)
                 take_done(l, &m, k, i);
                 continue;
             }
+            if (k < 0 && errno == ECONNRESET && !eof) {
+                /* The worker closed with tasks unread: Linux reports the
+                 * reset once, ahead of what it sent before dying. */
+                eof = 1;
+                continue;
+            }
             if (k == 0 || (errno != EAGAIN && errno != EINTR))
                 eof = 1;
             break;
@@ -591,27 +652,8 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     l->cfg.augment = l->augment;
     l->cfg.augment_field = l->augment_field;
 
-    if (cfg->batch_sampler) {
-        l->bs = cfg->batch_sampler;
-    } else {
-        stk_sampler_t *smp = cfg->sampler;
-        if (!smp) {
-            stk_sampler_config_t sc;
-            stk_sampler_config_default(&sc);
-            sc.kind = cfg->shuffle ? STK_SAMPLER_RANDOM : STK_SAMPLER_SEQUENTIAL;
-            sc.dataset_len = ds->len;
-            sc.seed = cfg->seed;
-            rc = stk_sampler_create(&l->own_sampler, &sc);
-            if (rc)
-                goto fail;
-            smp = l->own_sampler;
-        }
-        rc = stk_batch_sampler_create(&l->bs, smp, cfg->batch_size, cfg->drop_last);
-        if (rc)
-            goto fail;
-        l->own_bs = 1;
-    }
-    uint64_t batch = stk_batch_sampler_batch_size(l->bs);
+    uint64_t batch = cfg->batch_sampler ? stk_batch_sampler_batch_size(cfg->batch_sampler)
+                                        : cfg->batch_size;
     uint32_t nslots = l->nworkers ? l->nworkers * l->cfg.prefetch : l->cfg.prefetch;
     rc = make_layout(l, batch, nslots);
     if (rc)
@@ -670,7 +712,7 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
         l->w[i].sock = -1;
     if (l->nworkers == 0) {
         l->spec.worker = 0;
-        l->spec.seed = stk_rng_mix(cfg->seed, 0x776f726b00000000ull);
+        l->spec.seed = worker_seed(l, 0);
         if (cfg->worker_init) {
             rc = cfg->worker_init(0, l->spec.seed, l->spec.init_arg, l->spec.init_arg_len);
             if (rc)
@@ -680,10 +722,40 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
         if (rc)
             goto fail;
     }
+    /* Workers start now, before the sampler draws the epoch's order, so
+     * that their start (opening the dataset) overlaps it and the caller's
+     * own set-up; a worker that cannot start is reported by the first
+     * next. */
+    rc = start_workers(l, 0);
+    if (rc)
+        goto fail;
+    if (cfg->batch_sampler) {
+        l->bs = cfg->batch_sampler;
+    } else {
+        stk_sampler_t *smp = cfg->sampler;
+        if (!smp) {
+            stk_sampler_config_t sc;
+            stk_sampler_config_default(&sc);
+            sc.kind = cfg->shuffle ? STK_SAMPLER_RANDOM : STK_SAMPLER_SEQUENTIAL;
+            sc.dataset_len = ds->len;
+            sc.seed = cfg->seed;
+            rc = stk_sampler_create(&l->own_sampler, &sc);
+            if (rc)
+                goto fail;
+            smp = l->own_sampler;
+        }
+        rc = stk_batch_sampler_create(&l->bs, smp, cfg->batch_size, cfg->drop_last);
+        if (rc)
+            goto fail;
+        l->own_bs = 1;
+    }
     rc = stk_batch_sampler_set_epoch(l->bs, 0);
     if (rc)
         goto fail;
     l->nbatches = stk_batch_sampler_len(l->bs);
+    rc = l->nworkers ? issue(l) : 0;
+    if (rc)
+        goto fail;
     *out = l;
     return 0;
 fail:
@@ -775,6 +847,8 @@ static int deliver(stk_loader_t *l, uint32_t s, uint64_t k, stk_batch_t *b)
     if (!l->first_batch_ns)
         l->first_batch_ns = stk__now_ns() - l->created_ns;
     make_view(l, s, b);
+    for (uint32_t f = 0; f < b->nfields; f++)
+        l->wait_bytes += b->fields[f].bytes;
     return 0;
 }
 
@@ -815,7 +889,7 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
         l->wait_ns += stk__now_ns() - t0;
         return deliver(l, s, k, b);
     }
-    rc = start_workers(l);
+    rc = start_workers(l, 1);
     if (rc)
         return rc;
     rc = issue(l);
@@ -896,6 +970,10 @@ int stk_loader_set_state(stk_loader_t *l, const stk_loader_state_t *st)
         return stk__error(-EINVAL, "stk_loader_set_state: NULL argument");
     if (l->failed)
         return stk__error(l->failed, "%s", l->failmsg);
+    /* Already there (set_epoch(0) right after create, or the next epoch
+     * asked for twice): keep what is prefetched. */
+    if (st->epoch == l->epoch && st->batch == l->next_deliver && st->batch <= l->nbatches)
+        return 0;
     int rc = drain(l);
     if (rc)
         return rc;
@@ -946,6 +1024,7 @@ void stk_loader_get_stats(const stk_loader_t *l, stk_loader_stats_t *o)
 #undef LD
     }
     o->wait.ns = l->wait_ns;
+    o->wait.bytes = l->wait_bytes;
     o->respawns = l->respawns;
     o->first_batch_ns = l->first_batch_ns;
 }

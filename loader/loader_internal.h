@@ -142,9 +142,12 @@ void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, in
 
 /* ---- Fork server (forkserver.c) ----------------------------------- */
 
-/* Asks the fork server for a worker; fds are passed to it. */
-int stk__forkserver_spawn(const stk__worker_spec_t *spec, int sock, int arena_fd, int args_fd,
-                          pid_t *pid);
+/* Asks the fork server for n workers (spec with worker = ids[i], seed =
+ * seeds[i], socket socks[i]; the arena and dataset memfds are shared),
+ * all requests in one go. pids[i] is 0 for a worker that did not start. */
+int stk__forkserver_spawn(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
+                          const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
+                          pid_t *pids);
 /* Waits up to timeout_ms for the server's report on pid's end and gives
  * the wait status. -ETIMEDOUT when none came. */
 int stk__forkserver_wait(pid_t pid, int timeout_ms, int *wstatus);

@@ -27,6 +27,7 @@ struct stk__reader {
 #endif
 };
 
+#if STK_HAVE_IO_URING
 /* 0 = allowed, 1 = only for a group, 2 = disabled (Linux 6.6+). */
 static int uring_sysctl(void)
 {
@@ -39,14 +40,15 @@ static int uring_sysctl(void)
     fclose(f);
     return v;
 }
+#endif
 
 int stk__io_resolve(stk_io_mode_t want, stk_io_mode_t *got)
 {
-    static _Atomic int warned;
     *got = want == STK_IO_MMAP ? STK_IO_MMAP : STK_IO_PREAD;
     if (want == STK_IO_PREAD || want == STK_IO_MMAP)
         return 0;
 #if STK_HAVE_IO_URING
+    static _Atomic int warned;
     char why[160] = "";
     int sys = uring_sysctl();
     if (sys == 2) {
@@ -224,6 +226,8 @@ int stk__reader_run(stk__reader_t *r, const stk__read_req_t *reqs, size_t n, stk
 #if STK_HAVE_IO_URING
     if (r->ring_ok)
         return uring_run(r, reqs, n, done, ctx);
+#else
+    (void)r;
 #endif
     for (size_t i = 0; i < n; i++) {
         int rc = done(ctx, i, pread_full(&reqs[i]));

@@ -11,6 +11,10 @@
 # normalize to f32. Workload "npy": a raw uint8 .npy (N, C, H, W) read
 # through np.load(mmap_mode="r") (page cache); augment = hflip +
 # normalize to f32. One JSON object per run on stdout.
+# "gen DIR" writes the synthetic workload (8192 random 3x224x224 uint8
+# images, 1.2 GB: keep it in /tmp, never commit it) as DIR/data.npy and
+# DIR/labels.npy; pack it for stoker-bench with
+#   stoker-pack npy DIR/data.npy DIR/labels.npy -o DIR/stk --field image -l 0
 import argparse
 import gzip
 import json
@@ -53,9 +57,21 @@ class ArrayDataset(Dataset):
         return img, int(self.labels[i])
 
 
+def gen(out, n):
+    os.makedirs(out, exist_ok=True)
+    a = np.lib.format.open_memmap(os.path.join(out, "data.npy"), mode="w+", dtype=np.uint8,
+                                  shape=(n, 3, 224, 224))
+    rng = np.random.default_rng(0)
+    for i in range(0, n, 512):
+        a[i:i + 512] = rng.integers(0, 256, size=(min(512, n - i), 3, 224, 224), dtype=np.uint8)
+    a.flush()
+    np.save(os.path.join(out, "labels.npy"), (np.arange(n) % 1000).astype(np.int64))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("workload", choices=["fmnist", "npy"])
+    ap.add_argument("workload", choices=["fmnist", "npy", "gen"])
+    ap.add_argument("dir", nargs="?", help="gen: output folder")
     ap.add_argument("--data")
     ap.add_argument("--labels")
     ap.add_argument("--batch", type=int, default=256)
@@ -65,6 +81,9 @@ def main():
     ap.add_argument("--augment", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    if a.workload == "gen":
+        gen(a.dir, 8192)
+        return
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
 

@@ -217,6 +217,30 @@ def concat_add_cases():
     return out
 
 
+def blocked_chain_case():
+    """8 and 16 channels: the engine keeps these in oneDNN's blocked layout."""
+    g = torch.Generator().manual_seed(21)
+    p = {"c1.weight": torch.randn(8, 3, 3, 3, generator=g) * 0.3, "c1.bias": torch.randn(8, generator=g) * 0.1,
+         "bn.weight": torch.rand(8, generator=g) + 0.5, "bn.bias": torch.randn(8, generator=g) * 0.1,
+         "c2.weight": torch.randn(16, 8, 3, 3, generator=g) * 0.2, "c2.bias": torch.randn(16, generator=g) * 0.1,
+         "c3.weight": torch.randn(16, 4, 3, 3, generator=g) * 0.2}
+    rm, rv = torch.zeros(8), torch.ones(8)
+    text = ("input name=data shape=3,9,9;conv2d name=c1 out=8 kernel=3 pad=1;batchnorm2d name=bn;relu name=r1;"
+            "maxpool2d name=p kernel=3 stride=2 pad=1;conv2d name=c2 out=16 kernel=3 pad=2 dilation=2;"
+            "gelu name=g;conv2d name=c3 out=16 kernel=3 pad=1 groups=4 bias=0;add name=res inputs=c3,g;"
+            "avgpool2d name=ap kernel=2;flatten name=fl")
+
+    def fn(x, q):
+        h = F.conv2d(x, q["c1.weight"], q["c1.bias"], 1, 1)
+        h = F.relu(F.batch_norm(h, rm.clone(), rv.clone(), q["bn.weight"], q["bn.bias"], True, 0.1, 1e-5))
+        h = F.max_pool2d(h, 3, 2, 1)
+        gg = F.gelu(F.conv2d(h, q["c2.weight"], q["c2.bias"], 1, 2, 2))
+        h = F.conv2d(gg, q["c3.weight"], None, 1, 1, 1, 4) + gg
+        return torch.flatten(F.avg_pool2d(h, 2), 1)
+
+    return layer_case("blocked", text, (2, 3, 9, 9), fn, p, buffers={"bn.running_mean": rm, "bn.running_var": rv})
+
+
 FMNIST = os.path.join(os.path.dirname(__file__), "..", "models", "fmnist-cnn.model")
 
 
@@ -310,6 +334,7 @@ def main():
         ("xent_smooth", xent_case("xent_smooth", 0.1, False)),
         ("xent_soft", xent_case("xent_soft", 0.0, True)),
         ("xent_soft_smooth", xent_case("xent_soft_smooth", 0.2, True)),
+        ("blocked_chain", blocked_chain_case()),
     ] + concat_add_cases() + [("fmnist_cnn", network_case())]
     for name, (t, meta) in cases:
         write_safetensors(os.path.join(OUT, name + ".safetensors"), t, meta)

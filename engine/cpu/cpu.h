@@ -28,6 +28,9 @@ int stk__cpu_bn_backward(void *ctx, stk__op_t *op, const float *x, const float *
 int stk__cpu_pool_create(void *ctx, const stk__pool_desc_t *d, stk__op_t **out);
 int stk__cpu_pool_forward(void *ctx, stk__op_t *op, int train, const float *x, float *y);
 int stk__cpu_pool_backward(void *ctx, stk__op_t *op, const float *dy, float *dx);
+int stk__cpu_reorder_create(void *ctx, int64_t n, int64_t c, int64_t h, int64_t w, int from, int to,
+                            stk__op_t **out);
+int stk__cpu_reorder_run(void *ctx, stk__op_t *op, int reverse, const float *src, float *dst);
 int stk__cpu_linear_create(void *ctx, const stk__linear_desc_t *d, stk__op_t **out);
 int stk__cpu_linear_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b, float *y);
 int stk__cpu_linear_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx);

@@ -118,8 +118,8 @@ static int cpu_eltwise_forward(void *ctx, stk__eltwise_t alg, float alpha, size_
     return 0;
 }
 
-static int cpu_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size_t n, const float *x, const float *y,
-                                const float *dy, float *dx)
+static int cpu_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size_t n, const float *restrict x,
+                                const float *restrict y, const float *restrict dy, float *restrict dx)
 {
     (void)ctx;
     ptrdiff_t len = (ptrdiff_t)n;
@@ -128,7 +128,7 @@ static int cpu_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size
     case STK__ELT_RELU:
 #pragma omp parallel for if (len > PAR_MIN)
         for (ptrdiff_t i = 0; i < len; i++)
-            dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+            dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; /* branch-free with restrict: vectorized */
         break;
     case STK__ELT_LEAKY_RELU:
 #pragma omp parallel for if (len > PAR_MIN)
@@ -330,6 +330,8 @@ static const stk__backend_iface_t cpu_iface = {
     .pool_create = stk__cpu_pool_create,
     .pool_forward = stk__cpu_pool_forward,
     .pool_backward = stk__cpu_pool_backward,
+    .reorder_create = stk__cpu_reorder_create,
+    .reorder_run = stk__cpu_reorder_run,
     .linear_create = stk__cpu_linear_create,
     .linear_forward = stk__cpu_linear_forward,
     .linear_backward_data = stk__cpu_linear_backward_data,

@@ -173,7 +173,10 @@ STK_API int stk_model_is_train(const stk_model_t *m);
 
 /* Dropout masks are a pure function of (seed, step, layer, element): the
  * same step gives the same mask, whatever the thread count. The trainer
- * sets the step (e.g. the global micro-batch counter) before forward. */
+ * sets the step (e.g. the global micro-batch counter) before forward.
+ * "element" is the position in the layer's memory: NCHW order for features
+ * and for images the backend keeps plain; a backend that keeps an image in
+ * a blocked layout draws in that order (same step, same mask still). */
 STK_API void stk_model_set_step(stk_model_t *m, uint64_t step);
 STK_API void stk_model_set_seed(stk_model_t *m, uint64_t seed);
 
@@ -227,8 +230,11 @@ STK_API void stk_model_set_grad_hook(stk_model_t *m, stk_grad_ready_fn fn, void 
 STK_API int stk_model_logits(const stk_model_t *m, const float **logits, int64_t *batch, int64_t *classes);
 /* Samples of the last forward whose argmax logit equals labels[i]. */
 STK_API int stk_model_count_correct(const stk_model_t *m, const int64_t *labels, int64_t *correct);
-/* A view of a layer's output of the last forward (by layer name);
- * STK_ENOTFOUND for an unknown name. Valid until the next forward. */
+/* A view of a layer's output of the last forward (by layer name), NCHW.
+ * Where the backend keeps that output in a blocked layout, the view is of
+ * a plain copy this call makes (the one copy the engine ever makes for a
+ * caller). STK_ENOTFOUND for an unknown name. Valid until the next forward
+ * or the next call of this function. */
 STK_API int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out);
 
 /* ------------------------------------------------- parameters, buffers */

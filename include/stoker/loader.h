@@ -77,6 +77,7 @@ STK_API int stk_dataset_create(stk_dataset_t **out, const stk_dataset_ops_t *ops
 /* Frees the dataset. A loader using it must be destroyed first. Accepts
  * NULL; sets *ds to NULL. */
 STK_API void stk_dataset_destroy(stk_dataset_t **ds);
+/* Samples in the dataset; its schema (owned by ds). Thread-safe. */
 STK_API uint64_t stk_dataset_len(const stk_dataset_t *ds);
 STK_API const stk_schema_t *stk_dataset_schema(const stk_dataset_t *ds);
 /* Loads one sample in the calling process (the same path workers take);
@@ -84,7 +85,9 @@ STK_API const stk_schema_t *stk_dataset_schema(const stk_dataset_t *ds);
 STK_API int stk_dataset_get(stk_dataset_t *ds, uint64_t index, stk_record_t *rec);
 
 /* In-memory dataset over arrays: fields[f] points at n consecutive samples
- * of schema field f (fixed shapes only). The arrays are copied. */
+ * of schema field f (fixed shapes only). The arrays are copied once into
+ * shared memory that workers map (no per-worker copy). STK_ECONFIG for a
+ * variable shape or bad dtype, -EINVAL for missing data. */
 STK_API int stk_dataset_memory_create(stk_dataset_t **out, const stk_schema_t *schema,
                                       const void *const *fields, uint64_t n);
 
@@ -155,8 +158,9 @@ typedef struct stk_loader stk_loader_t;
 /* Checks limits (RLIMIT_NOFILE against the files workers hold,
  * RLIMIT_MEMLOCK when pin is set, the cgroup memory limit against the
  * arena: STK_ELIMIT naming the limit, its value and the need), maps the
- * arena, pins it, and selects epoch 0. Workers start at the first
- * stk_loader_next. ds must outlive the loader. STK_ECONFIG names a bad
+ * arena, pins it, selects epoch 0 and starts the workers (a worker that
+ * fails in its own start is reported by stk_loader_next). ds must outlive
+ * the loader. STK_ECONFIG names a bad
  * field. Not thread-safe with other calls on the same loader. */
 STK_API int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_config_t *cfg);
 /* Stops workers (they exit; none is left a zombie), unpins, unmaps and
@@ -193,12 +197,16 @@ typedef struct stk_batch {
  * STK_EDATA (shard and record named), STK_ESTATE when every slot is held.
  * After an error the loader stays failed (same code) until destroyed. */
 STK_API int stk_loader_next(stk_loader_t *l, stk_batch_t *batch);
-/* Hands the slot back for prefetching. Sets batch->size to 0. */
+/* Hands the slot back for prefetching; the view's pointers are invalid
+ * afterwards. Releasing twice, or an empty view, does nothing. Sets
+ * batch->size to 0. Batches may be released in any order. */
 STK_API void stk_loader_release(stk_loader_t *l, stk_batch_t *batch);
 
-/* Selects an epoch and rewinds to its first batch. */
+/* Selects an epoch and rewinds to its first batch (batches being filled
+ * are waited for and dropped; held views stay valid). Returns 0, the
+ * sampler's error, or the loader's failure. */
 STK_API int stk_loader_set_epoch(stk_loader_t *l, uint64_t epoch);
-/* Batches per epoch. */
+/* Batches per epoch (of the selected epoch). */
 STK_API uint64_t stk_loader_len(const stk_loader_t *l);
 
 /* Where the loader stands: the next batch it delivers is number `batch` of
@@ -209,16 +217,19 @@ typedef struct stk_loader_state {
     uint64_t batch;
 } stk_loader_state_t;
 STK_API void stk_loader_get_state(const stk_loader_t *l, stk_loader_state_t *out);
+/* Like set_epoch, then skips to st->batch; -ERANGE past the epoch. */
 STK_API int stk_loader_set_state(stk_loader_t *l, const stk_loader_state_t *st);
 
 typedef struct stk_loader_stats {
     stk_stage_stats_t read, decode, augment, collate;
-    stk_stage_stats_t wait;              /* main process waiting in next */
+    stk_stage_stats_t wait;              /* main waiting in next; bytes delivered */
     uint64_t batches, samples, skipped, respawns;
     uint64_t worker_max_rss_kb;          /* largest peak RSS of any worker */
     uint64_t first_batch_ns;             /* create (or epoch start) to first batch */
 } stk_loader_stats_t;
-/* Sums over workers (their counters live in shared memory) and main. */
+/* Sums over workers (their counters live in shared memory, so this is
+ * cheap and current) and main; since create. Times of workers add up
+ * across workers. */
 STK_API void stk_loader_get_stats(const stk_loader_t *l, stk_loader_stats_t *out);
 /* Pids of the running workers (0 for none), n entries at most; returns
  * the number of workers. */

@@ -7,9 +7,9 @@
 #include "stoker/shard.h"
 #include "stoker/sampler.h"
 #include "stoker/augment.h"
-#include "stoker/engine.h"
-#include "stoker/checkpoint.h"
-#include "stoker/optim.h"
 #include "stoker/loader.h"
+#include "stoker/engine.h"
+#include "stoker/optim.h"
+#include "stoker/checkpoint.h"
 
 #endif

@@ -16,6 +16,12 @@
 
 #include "augment/augment_internal.h"
 
+/* The references below compute x * s + b as augment/ does: a rounded
+ * multiply, then a rounded add (no FMA contraction, whatever -march). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 static const stk_image_desc_t gray28 = {1, 28, 28, STK_DTYPE_U8, STK_LAYOUT_CHW};
 static const stk_image_desc_t rgb32 = {3, 32, 32, STK_DTYPE_U8, STK_LAYOUT_CHW};
 
@@ -174,6 +180,64 @@ static void test_bad_specs(void **state)
                      0);
     stk_augment_destroy(&wide);
     stk_augment_destroy(&a);
+}
+
+/* Random specs built from the grammar's pieces and from junk: create
+ * either fails with STK_ECONFIG and a message, or succeeds and then its
+ * canonical text is a fixed point. Runs under ASan in CI. */
+static void test_random_specs(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"crop", "centercrop", "rrcrop", "resize", "hflip",
+                                        "vflip", "rot90", "jitter", "cutout", "normalize",
+                                        "blur", ""};
+    static const char *const keys[] = {"pad", "mode", "scale", "ratio", "p", "k", "brightness",
+                                       "contrast", "fill", "mean", "std", "dtype", "x", ""};
+    static const char *const vals[] = {"0", "1", "2", "3", "8", "16", "24", "30x20", "0.5", "1e3",
+                                       "-1", "0.25/0.75", "0.5/0.5/0.5", "reflect", "zero", "bf16",
+                                       "f16", "99999999999", "=", ""};
+    stk_rng_t r;
+    stk_rng_init(&r, 2024, 0);
+    int ok = 0;
+    for (int iter = 0; iter < 3000; iter++) {
+        char spec[512] = "";
+        int stages = 1 + (int)stk_rng_below(&r, 4);
+        for (int st = 0; st < stages; st++) {
+            if (st)
+                strcat(spec, "|");
+            strcat(spec, names[stk_rng_below(&r, STK__ARRAY_LEN(names))]);
+            int params = (int)stk_rng_below(&r, 4);
+            for (int q = 0; q < params; q++) {
+                strcat(spec, q ? "," : ":");
+                if (stk_rng_below(&r, 3)) {
+                    strcat(spec, keys[stk_rng_below(&r, STK__ARRAY_LEN(keys))]);
+                    strcat(spec, "=");
+                }
+                strcat(spec, vals[stk_rng_below(&r, STK__ARRAY_LEN(vals))]);
+            }
+        }
+        stk_augment_t *a = NULL;
+        stk_error_clear();
+        int rc = stk_augment_create(&a, spec, &rgb32);
+        if (rc) {
+            assert_int_equal(rc, STK_ECONFIG);
+            assert_true(strlen(stk_error_message()) > 10);
+            assert_null(a);
+            continue;
+        }
+        char t1[1024], t2[1024];
+        stk_augment_t *b = NULL;
+        assert_int_equal(stk_augment_format(a, t1, sizeof t1), 0);
+        if (stk_augment_create(&b, t1, &rgb32))
+            fail_msg("'%s' -> '%s' does not parse: %s", spec, t1, stk_error_message());
+        assert_int_equal(stk_augment_format(b, t2, sizeof t2), 0);
+        assert_string_equal(t1, t2);
+        stk_augment_destroy(&a);
+        stk_augment_destroy(&b);
+        ok++;
+    }
+    if (ok <= 40) /* 85 with this seed */
+        fail_msg("only %d of 3000 random specs were valid", ok);
 }
 
 /* ---- cores against plain references ------------------------------------ */
@@ -862,6 +926,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_format_fixed_point),
         cmocka_unit_test(test_bad_specs),
+        cmocka_unit_test(test_random_specs),
         cmocka_unit_test(test_window_core),
         cmocka_unit_test(test_small_cores),
         cmocka_unit_test(test_resize_vs_torchvision),

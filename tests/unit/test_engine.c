@@ -225,7 +225,7 @@ static const char *const layer_fixtures[] = {
     "conv_basic", "conv_stride2", "conv_dil2", "conv_dil3_odd", "conv_groups", "conv_depthwise_k5",
     "bn_train", "bn_eval", "relu", "leaky_relu", "gelu", "sigmoid", "tanh", "maxpool", "maxpool_k3s2p1",
     "avgpool_k3s2p1", "global_avgpool", "flatten_linear", "dropout", "xent", "xent_smooth", "xent_soft",
-    "xent_soft_smooth", "add", "concat",
+    "xent_soft_smooth", "add", "concat", "blocked_chain",
 };
 
 static void test_fixtures_layers(void **state)
@@ -354,6 +354,10 @@ static void test_fd_layers(void **state)
         "kernel=3 pad=1\nadd name=res inputs=b,data\nconcat name=cat inputs=res,ra\nflatten\nlinear out=3\n"
         "cross_entropy",
         "input shape=6\nlinear out=5\ndropout p=0.3\ntanh\nlinear out=4\ncross_entropy",
+        /* 8 and 16 channels run in the blocked layout. */
+        "input name=data shape=3,6,6\nconv2d name=a out=8 kernel=3 pad=1\nbatchnorm2d\nrelu name=r\n"
+        "conv2d out=8 kernel=3 pad=2 dilation=2 groups=2\nadd inputs=conv2d4,r\nmaxpool2d kernel=2\n"
+        "conv2d out=16 kernel=3 stride=2 pad=1\ndropout p=0.2\nflatten\nlinear out=3\ncross_entropy",
     };
     for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++)
         fd_check(models[i], 3, i == 9 ? 4 : 3);
@@ -403,6 +407,11 @@ static void test_model_file_errors(void **state)
     expect_parse_error("input shape=4\ndropout p=1.5\n", STK_ECONFIG, "line 2", "key 'p'");
     expect_parse_error("input shape=4\nrelu oops\n", STK_ECONFIG, "line 2", "oops");
     expect_parse_error("", STK_ECONFIG, "no layers", NULL);
+    expect_parse_error("input shape=2000000,1,1\n", STK_ECONFIG, "line 1", "key 'shape'");
+    expect_parse_error("input shape=4096,1024,1024\n", STK_ECONFIG, "line 1", "key 'shape'");
+    expect_parse_error("input shape=1,8,8\nconv2d out=4 kernel=4096\n", STK_ECONFIG, "line 2", "key 'kernel'");
+    expect_parse_error("input shape=1000,1000,1000\nflatten\nlinear out=1000000\n", STK_ESHAPE, "line 3",
+                       "2^31");
 
     stk_model_t *m = (stk_model_t *)1;
     assert_int_equal(stk_model_create_from_file(&m, "/nonexistent/x.model", NULL), -ENOENT);
@@ -742,6 +751,38 @@ static void test_tensor(void **state)
     assert_string_equal(stk_layer_kind_name((stk_layer_kind_t)99), "invalid");
 }
 
+/* oneDNN failures come back as STK_EBACKEND with oneDNN's words. */
+static void test_backend_errors(void **state)
+{
+    (void)state;
+    stk__backend_t be;
+    assert_int_equal(stk__backend_open(&be, STK_DEVICE_CPU), 0);
+    /* 3 output channels in 2 groups: the weights cannot match dst. */
+    stk__conv_desc_t d = {.n = 1, .ic = 2, .ih = 4, .iw = 4, .oc = 3, .oh = 2, .ow = 2, .kh = 3, .kw = 3, .sh = 1,
+                          .sw = 1, .dh = 1, .dw = 1, .groups = 2, .bias = 1};
+    stk__op_t *op = NULL;
+    assert_int_equal(be.iface->conv_create(be.ctx, &d, &op), STK_EBACKEND);
+    assert_null(op);
+    assert_non_null(strstr(stk_error_message(), "oneDNN"));
+    assert_non_null(strstr(stk_error_message(), "invalid"));
+    assert_int_equal(be.iface->set_threads(be.ctx, 0), -EINVAL);
+    assert_true(be.iface->max_threads(be.ctx) >= 1);
+    stk__backend_close(&be);
+    assert_int_equal(stk__backend_open(&be, STK_DEVICE_CUDA), STK_EDEVICE);
+    assert_int_equal(stk__backend_open(&be, (stk_device_t)7), STK_EDEVICE);
+    stk_model_config_t cfg = stk_model_config_default();
+    cfg.device = STK_DEVICE_CUDA;
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    assert_int_equal(stk_model_builder_parse(b, "input shape=3\nlinear out=2", NULL), 0);
+    stk_model_t *m = NULL;
+    assert_int_equal(stk_model_create(&m, b, &cfg), STK_EDEVICE);
+    cfg = stk_model_config_default();
+    cfg.batch_size = 0;
+    assert_int_equal(stk_model_create(&m, b, &cfg), -EINVAL);
+    stk_model_builder_destroy(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -754,6 +795,7 @@ int main(void)
         cmocka_unit_test(test_state_roundtrip),
         cmocka_unit_test(test_training_mechanics),
         cmocka_unit_test(test_grad_hook),
+        cmocka_unit_test(test_backend_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

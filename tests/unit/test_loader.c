@@ -394,6 +394,7 @@ static void test_memory_inline(void **state)
     assert_int_equal(st.batches, 10);
     assert_int_equal(st.samples, 95);
     assert_true(st.collate.bytes >= 95 * (IMG * IMG + 8));
+    assert_int_equal(st.wait.bytes, 95 * (IMG * IMG + 8));
     stk_record_t rec;
     assert_int_equal(stk_dataset_get(ds, 7, &rec), 0);
     assert_int_equal(*(const int64_t *)rec.data[1], 7);
@@ -1175,11 +1176,8 @@ static void test_io_resolve(void **state)
 
 /* Shards written with the writer, read by workers through io_uring and
  * pread: identical batches; a corrupt byte names shard and record. */
-static void test_shard_dataset(void **state)
+static void write_shards(const char *dir, int level)
 {
-    (void)state;
-    char dir[] = "/tmp/stk-loader-XXXXXX";
-    assert_non_null(mkdtemp(dir));
     stk_schema_t sc;
     memset(&sc, 0, sizeof sc);
     int64_t ishape[3] = {1, IMG, IMG};
@@ -1187,7 +1185,7 @@ static void test_shard_dataset(void **state)
     assert_int_equal(stk_schema_add(&sc, "label", STK_DTYPE_I64, 0, NULL), 0);
     stk_writer_config_t wc;
     stk_writer_config_default(&wc);
-    wc.zstd_level = 0;
+    wc.zstd_level = level;
     wc.records_per_shard = 128;
     stk_writer_t *w = NULL;
     assert_int_equal(stk_writer_create(&w, dir, &sc, &wc), 0);
@@ -1200,23 +1198,45 @@ static void test_shard_dataset(void **state)
     }
     assert_int_equal(stk_writer_finish(w), 0);
     stk_writer_destroy(&w);
+}
+
+static void rm_rf(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_shard_dataset(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/stk-loader-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char zdir[] = "/tmp/stk-loader-z-XXXXXX";
+    assert_non_null(mkdtemp(zdir));
+    write_shards(dir, 0);
+    write_shards(zdir, 3); /* compressed: decoded into a buffer, not in place */
+    stk_shardset_t *zset = NULL;
+    assert_int_equal(stk_shardset_open(&zset, zdir), 0);
+    assert_true(stk_shardset_max_stored(zset) < stk_shardset_max_raw(zset));
+    stk_shardset_close(&zset);
 
     stk_dataset_t *mem = make_mem_ds(300);
     stk_loader_config_t c = base_cfg(0, 2);
     c.augment = "crop:8,pad=2|hflip";
     run_t ref = run_epochs(mem, &c, 1);
     stk_dataset_destroy(&mem);
-    for (int io = 1; io <= 3; io++) {
+    for (int io = 1; io <= 6; io++) {
         stk_shard_dataset_config_t sc2;
         stk_shard_dataset_config_default(&sc2);
-        sc2.io = (stk_io_mode_t)io;
+        sc2.io = (stk_io_mode_t)(io > 3 ? io - 3 : io);
         sc2.max_batch = 5; /* batches of 16 go in chunks */
         stk_dataset_t *ds = NULL;
-        int rc = stk_dataset_shard_create(&ds, dir, &sc2);
-        if (io == STK_IO_URING && rc != 0)
+        int rc = stk_dataset_shard_create(&ds, io > 3 ? zdir : dir, &sc2);
+        if (sc2.io == STK_IO_URING && rc != 0)
             continue; /* refused here: the fallback is tested by AUTO */
         assert_int_equal(rc, 0);
-        assert_int_equal(stk_dataset_io_mode(ds), io);
+        assert_int_equal(stk_dataset_io_mode(ds), sc2.io);
         for (uint32_t wk = 0; wk < 3; wk += 2) {
             c.num_workers = wk;
             run_t r = run_epochs(ds, &c, 1);
@@ -1268,9 +1288,8 @@ static void test_shard_dataset(void **state)
         free(r.seen);
     }
     stk_dataset_destroy(&ds);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    rm_rf(dir);
+    rm_rf(zdir);
 }
 
 int main(void)
