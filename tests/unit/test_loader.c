@@ -1245,6 +1245,21 @@ static void test_shard_dataset(void **state)
         }
         stk_dataset_destroy(&ds);
     }
+    /* AUTO maps the raw set and reads the compressed one. */
+    for (int z = 0; z < 2; z++) {
+        stk_dataset_t *ds = NULL;
+        assert_int_equal(stk_dataset_shard_create(&ds, z ? zdir : dir, NULL), 0);
+        stk_io_mode_t m = stk_dataset_io_mode(ds);
+        if (z)
+            assert_true(m == STK_IO_URING || m == STK_IO_PREAD);
+        else
+            assert_int_equal(m, STK_IO_MMAP);
+        c.num_workers = 1;
+        run_t r = run_epochs(ds, &c, 1);
+        assert_true(r.sum == ref.sum);
+        free(r.seen);
+        stk_dataset_destroy(&ds);
+    }
     free(ref.seen);
 
     /* Flip a byte inside record 10 of the first shard. */
