@@ -4,6 +4,7 @@
  * pread) and decodes each record as its read completes. */
 #define _GNU_SOURCE
 #include "loader_internal.h"
+#include "shard_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -16,6 +17,8 @@ typedef struct shard_args {
     uint32_t max_batch;
     int32_t auto_mmap;   /* STK_IO_AUTO: map the set when all its records are raw */
     int32_t pad;
+    uint64_t set_off;    /* the set as checked by the creating process */
+    uint64_t set_len;    /* (stk__shardset_export), 8-aligned after path */
     char path[];
 } shard_args_t;
 
@@ -87,14 +90,17 @@ static int shard_open(const void *args, size_t len, uint32_t worker, void **out)
     const shard_args_t *a = args;
     int rc;
     (void)worker;
-    if (len < sizeof *a + 1 || ((const char *)args)[len - 1] != '\0')
+    if (len < sizeof *a + 1 || a->set_off < sizeof *a + 1 || a->set_off > len ||
+        a->set_len > len - a->set_off || memchr(a->path, '\0', a->set_off - sizeof *a) == NULL)
         return stk__error(STK_EDATA, "shard dataset: malformed argument blob");
     shard_inst_t *s = calloc(1, sizeof *s);
     if (!s)
         return stk__error(-ENOMEM, "shard dataset: out of memory");
     s->io = (stk_io_mode_t)a->io;
     s->max_batch = a->max_batch ? a->max_batch : 1;
-    rc = stk_shardset_open(&s->set, a->path);
+    /* Reopen the files, not reread and recheck every index: the creating
+     * process did that and the index lies in the shared blob. */
+    rc = stk__shardset_import(&s->set, (const unsigned char *)args + a->set_off, a->set_len);
     if (rc)
         goto fail;
     rc = stk_decoder_create(&s->dec, s->set);
@@ -420,15 +426,27 @@ int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
     int rc = stk__io_resolve(cfg->io, &io);
     if (rc)
         return rc;
+    stk_shardset_t *set = NULL;
+    rc = stk_shardset_open(&set, path);
+    if (rc)
+        return rc;
     size_t plen = strlen(path);
-    size_t len = sizeof(shard_args_t) + plen + 1;
+    size_t set_off = (sizeof(shard_args_t) + plen + 1 + 7) & ~(size_t)7;
+    size_t set_len = stk__shardset_export_size(set);
+    size_t len = set_off + set_len;
     shard_args_t *a = calloc(1, len);
-    if (!a)
+    if (!a) {
+        stk_shardset_close(&set);
         return stk__error(-ENOMEM, "shard dataset: out of memory");
+    }
     a->io = (int32_t)io;
     a->auto_mmap = cfg->io == STK_IO_AUTO;
     a->max_batch = cfg->max_batch ? cfg->max_batch : 1024;
+    a->set_off = set_off;
+    a->set_len = set_len;
     memcpy(a->path, path, plen + 1);
+    stk__shardset_export(set, (unsigned char *)a + set_off);
+    stk_shardset_close(&set);
     rc = stk_dataset_create(out, &shard_ops, a, len);
     free(a);
     if (rc == 0)
