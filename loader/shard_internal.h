@@ -67,4 +67,13 @@ int stk__schema_equal(const stk_schema_t *a, const stk_schema_t *b);
  * tests that need malformed records. */
 int stk__writer_add_raw(stk_writer_t *w, const void *raw, size_t len);
 
+/* A checked set flattened into one pointer-free blob (host byte order,
+ * for processes of the same program): export_size bytes, written by
+ * export. import reopens each shard by path (STK_EDATA when its size
+ * changed) and uses the index and dictionaries in place: blob must outlive
+ * the set. */
+size_t stk__shardset_export_size(const stk_shardset_t *set);
+void stk__shardset_export(const stk_shardset_t *set, void *out);
+int stk__shardset_import(stk_shardset_t **out, const void *blob, size_t len);
+
 #endif

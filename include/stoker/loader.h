@@ -93,7 +93,8 @@ STK_API int stk_dataset_memory_create(stk_dataset_t **out, const stk_schema_t *s
 
 /* How shard workers read records. */
 typedef enum stk_io_mode {
-    STK_IO_AUTO = 0,  /* io_uring when built in and allowed, else pread */
+    STK_IO_AUTO = 0,  /* shard sets stored raw (level 0): mmap; else io_uring when
+                       * built in and allowed, else pread */
     STK_IO_URING = 1, /* io_uring or fail (STK_ECONFIG / -EPERM) */
     STK_IO_PREAD = 2,
     STK_IO_MMAP = 3   /* map the shards: no read calls; for data in page cache */
@@ -106,9 +107,11 @@ typedef struct stk_shard_dataset_config {
 
 STK_API void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg);
 /* Dataset over a shard set (any path stk_shardset_open takes). With
- * STK_IO_AUTO, io_uring is probed here; when refused (seccomp, old kernel,
- * kernel.io_uring_disabled) the reader falls back to pread and logs one
- * warning. */
+ * STK_IO_AUTO, a set whose shards are all stored raw (zstd level 0) is
+ * mapped (STK_IO_MMAP: no read call and no copy per record from the page
+ * cache); any other set uses io_uring, probed here; when refused (seccomp,
+ * old kernel, kernel.io_uring_disabled) the reader falls back to pread and
+ * logs one warning. Force URING/PREAD/MMAP to override the rule. */
 STK_API int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
                                      const stk_shard_dataset_config_t *cfg);
 /* The I/O mode a shard dataset resolved to (URING, PREAD or MMAP);

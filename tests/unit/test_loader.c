@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "../../loader/loader_internal.h"
+#include "../../loader/shard_internal.h"
 
 #define N_SAMPLES 600
 #define IMG 8
@@ -1207,6 +1208,81 @@ static void rm_rf(const char *dir)
     assert_int_equal(system(cmd), 0);
 }
 
+/* The set a dataset hands its workers: the same records, shards and
+ * dictionaries as opening it; malformed blobs and changed files refused. */
+static void test_shardset_export(void **state)
+{
+    (void)state;
+    char zdir[] = "/tmp/stk-loader-x-XXXXXX";
+    assert_non_null(mkdtemp(zdir));
+    write_shards(zdir, 3);
+    stk_shardset_t *set = NULL, *imp = NULL;
+    assert_int_equal(stk_shardset_open(&set, zdir), 0);
+    size_t n = stk__shardset_export_size(set);
+    unsigned char *blob = malloc(n);
+    assert_non_null(blob);
+    stk__shardset_export(set, blob);
+    assert_int_equal(stk__shardset_import(&imp, blob, n), 0);
+    assert_int_equal(stk_shardset_len(imp), stk_shardset_len(set));
+    assert_int_equal(stk_shardset_num_shards(imp), stk_shardset_num_shards(set));
+    assert_int_equal(stk_shardset_max_raw(imp), stk_shardset_max_raw(set));
+    assert_int_equal(stk_shardset_max_stored(imp), stk_shardset_max_stored(set));
+    assert_true(stk__schema_equal(stk_shardset_schema(imp), stk_shardset_schema(set)));
+    stk_decoder_t *dec = NULL;
+    assert_int_equal(stk_decoder_create(&dec, imp), 0);
+    unsigned char *buf = malloc(stk_shardset_max_raw(set));
+    assert_non_null(buf);
+    for (uint64_t i = 0; i < stk_shardset_len(set); i++) {
+        stk_record_loc_t a, b;
+        assert_int_equal(stk_shardset_locate(set, i, &a), 0);
+        assert_int_equal(stk_shardset_locate(imp, i, &b), 0);
+        assert_int_equal(a.offset, b.offset);
+        assert_int_equal(a.checksum, b.checksum);
+        assert_int_equal(a.shard, b.shard);
+        stk_record_t rec;
+        assert_int_equal(stk_shardset_get(imp, dec, i, buf, stk_shardset_max_raw(set), &rec), 0);
+    }
+    stk_shard_info_t ia, ib;
+    assert_int_equal(stk_shardset_shard_info(set, 1, &ia), 0);
+    assert_int_equal(stk_shardset_shard_info(imp, 1, &ib), 0);
+    assert_int_equal(ia.first_index, ib.first_index);
+    assert_int_equal(ia.stored_bytes, ib.stored_bytes);
+    assert_int_equal(ia.zstd_level, ib.zstd_level);
+    stk_decoder_destroy(&dec);
+    stk_shardset_close(&imp);
+    /* Malformed: short, wrong length, bad magic, a path without its NUL. */
+    assert_int_equal(stk__shardset_import(&imp, blob, 8), STK_EDATA);
+    assert_int_equal(stk__shardset_import(&imp, blob, n - 8), STK_EDATA);
+    blob[0] ^= 1;
+    assert_int_equal(stk__shardset_import(&imp, blob, n), STK_EDATA);
+    blob[0] ^= 1;
+    unsigned char *copy = malloc(n);
+    assert_non_null(copy);
+    memcpy(copy, blob, n);
+    char *path0 = (char *)memmem(copy, n, stk_shardset_shard_path(set, 0),
+                                 strlen(stk_shardset_shard_path(set, 0)) + 1);
+    assert_non_null(path0);
+    memset(path0, 'x', strlen(path0) + 1);
+    assert_int_equal(stk__shardset_import(&imp, copy, n), STK_EDATA);
+    assert_null(imp);
+    free(copy);
+    /* A shard that grew since the set was checked is not the checked one. */
+    int fd = open(stk_shardset_shard_path(set, 1), O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "x", 1), 1);
+    close(fd);
+    assert_int_equal(stk__shardset_import(&imp, blob, n), STK_EDATA);
+    assert_non_null(strstr(stk_error_message(), "changed since"));
+    assert_null(imp);
+    /* A shard that is gone: the open's errno. */
+    assert_int_equal(unlink(stk_shardset_shard_path(set, 1)), 0);
+    assert_int_equal(stk__shardset_import(&imp, blob, n), -ENOENT);
+    free(buf);
+    free(blob);
+    stk_shardset_close(&set);
+    rm_rf(zdir);
+}
+
 static void test_shard_dataset(void **state)
 {
     (void)state;
@@ -1243,6 +1319,21 @@ static void test_shard_dataset(void **state)
             assert_true(r.sum == ref.sum);
             free(r.seen);
         }
+        stk_dataset_destroy(&ds);
+    }
+    /* AUTO maps the raw set and reads the compressed one. */
+    for (int z = 0; z < 2; z++) {
+        stk_dataset_t *ds = NULL;
+        assert_int_equal(stk_dataset_shard_create(&ds, z ? zdir : dir, NULL), 0);
+        stk_io_mode_t m = stk_dataset_io_mode(ds);
+        if (z)
+            assert_true(m == STK_IO_URING || m == STK_IO_PREAD);
+        else
+            assert_int_equal(m, STK_IO_MMAP);
+        c.num_workers = 1;
+        run_t r = run_epochs(ds, &c, 1);
+        assert_true(r.sum == ref.sum);
+        free(r.seen);
         stk_dataset_destroy(&ds);
     }
     free(ref.seen);
@@ -1311,6 +1402,7 @@ int main(void)
         cmocka_unit_test(test_workers_start_clean),
         cmocka_unit_test(test_io_resolve),
         cmocka_unit_test(test_shard_dataset),
+        cmocka_unit_test(test_shardset_export),
     };
     /* Workers are forked from the fork server, started here while this
      * process is still small. */
