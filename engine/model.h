@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: MIT */
+/* The model's insides, shared by the engine's files (graph, parser, state,
+ * summary): layers with their shapes, activations and arena slices. */
+#ifndef STOKER_ENGINE_MODEL_H
+#define STOKER_ENGINE_MODEL_H
+
+#include "backend.h"
+
+typedef struct stk__layer {
+    stk_layer_desc_t d;     /* d.name and d.inputs point at the copies below */
+    char *name;
+    char *in_name[2];
+    int line;               /* model-file line; 0 from the builder API */
+    int in[2], nin;         /* input layer indices */
+    int64_t c, h, w;        /* output shape of one sample */
+    int64_t in_c, in_h, in_w; /* input shape of one sample (first input) */
+    int alias;              /* flatten: y and dy are the input's */
+    int fmt;                /* stk__layout_t of y and dy */
+    int flat;               /* features, not an image: printed as [N, C] */
+    int fused;              /* batchnorm: applies the next relu; relu: done by the batchnorm */
+    int root;               /* the layer whose buffers y/dy really are */
+    float *y, *dy;          /* [batch, c, h, w] */
+    float *mean, *var;      /* batchnorm: batch statistics of the last forward */
+    float *prob;            /* cross_entropy: softmax of the last forward */
+    int param[2];           /* indices into the param list: weight, bias; -1 */
+    int buffer[2];          /* running mean, running var; -1 */
+    int64_t num_batches_tracked;
+    stk__op_t *op;
+    int64_t rf, jump;       /* receptive field and jump (input pixels) */
+    uint64_t fcalls, bcalls;
+    double fsec, bsec;
+} stk__layer_t;
+
+struct stk_model_builder {
+    stk__layer_t *layers;
+    int n, cap;
+};
+
+typedef struct stk__tensor_info {
+    stk_param_info_t info;
+    char *name;
+} stk__tensor_info_t;
+
+struct stk_model {
+    stk__backend_t be;
+    stk__layer_t *layers;
+    int nl;
+    int64_t batch;
+    float *params, *grads, *buffers;
+    size_t np, nb;
+    stk__tensor_info_t *pinfo, *binfo;
+    size_t npinfo, nbinfo;
+    float *act_scratch, *param_scratch;
+    float *view_buf;       /* stk_model_output: plain copies of blocked outputs */
+    size_t act_scratch_n, param_scratch_n;
+    int *written;          /* backward: dy of layer i holds a value */
+    int train, profiling, grads_zero, threads;
+    int input_grad;        /* stk__model_backward_input: the input's dy is wanted */
+    int fwd_state;         /* 0 none, 1 forward without targets, 2 with, 3 backward done */
+    const float *input;
+    const int64_t *labels;
+    const float *soft;
+    float loss_scale;
+    uint64_t seed, step;
+    stk_grad_ready_fn hook;
+    void *hook_user;
+    int loss_layer;        /* -1 when none */
+    int logits_layer;      /* the layer feeding the loss, or the last */
+};
+
+/* safetensors reading, shared by the state loader and the tests. */
+#define STK__ST_META_MAX 2048
+typedef struct stk__st_entry {
+    char name[160];
+    char dtype[8];
+    int ndim;
+    int64_t shape[8];
+    int64_t begin, end; /* byte offsets into data */
+    int used;
+} stk__st_entry_t;
+
+typedef struct stk__st_file {
+    stk__st_entry_t *entries;
+    size_t n;
+    struct {
+        char key[64];
+        char value[STK__ST_META_MAX];
+    } meta[8];
+    size_t nmeta;
+    const unsigned char *data; /* points into the caller's buffer */
+    size_t data_len;
+} stk__st_file_t;
+
+/* Parses a safetensors blob (not copied: f points into buf). STK_EFORMAT
+ * names what is wrong. */
+int stk__safetensors_parse(const void *buf, size_t len, stk__st_file_t *f);
+void stk__safetensors_free(stk__st_file_t *f);
+const stk__st_entry_t *stk__safetensors_find(const stk__st_file_t *f, const char *name);
+const char *stk__safetensors_meta(const stk__st_file_t *f, const char *key);
+
+/* Backward for tests: dy_out is the upstream gradient of the last layer
+ * (NULL when the last layer is the loss) and dx_input receives the
+ * gradient of the graph input. Parameter gradients as stk_model_backward. */
+int stk__model_backward_input(stk_model_t *m, const float *dy_out, float *dx_input);
+
+/* Appends a copy of desc with its model-file line to the builder. */
+int stk__builder_add_line(stk_model_builder_t *b, const stk_layer_desc_t *desc, int line);
+/* "line N: " or "layer 'name': " prefix for messages about layer l. */
+const char *stk__layer_where(const stk__layer_t *l, char *buf, size_t cap);
+
+#endif

@@ -1,0 +1,339 @@
+/* SPDX-License-Identifier: MIT */
+/* Stoker training engine: tensors, a graph of layers built once (from a C
+ * builder or a model file), forward, loss, backward into one flat gradient
+ * arena, parameters in one flat arena, state save/load by name (safetensors),
+ * summary and per-layer timing. Backends (CPU: oneDNN; CUDA later) sit
+ * behind an internal interface: nothing here names a vendor type. */
+#ifndef STOKER_ENGINE_H
+#define STOKER_ENGINE_H
+
+#include "stoker/common.h"
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- tensors */
+
+#define STK_TENSOR_MAX_DIMS 4
+
+typedef enum stk_device {
+    STK_DEVICE_CPU = 0,
+    STK_DEVICE_CUDA = 1
+} stk_device_t;
+
+/* A view of memory the caller (or a model) owns: a tensor never owns or
+ * copies its data. Images are NCHW. Strides are in elements. */
+typedef struct stk_tensor {
+    void *data;
+    stk_dtype_t dtype;
+    stk_device_t device;
+    int ndim;
+    int64_t shape[STK_TENSOR_MAX_DIMS];
+    int64_t stride[STK_TENSOR_MAX_DIMS];
+} stk_tensor_t;
+
+/* Describes contiguous (row-major) memory at data. Returns 0, or -EINVAL
+ * for ndim outside 1..STK_TENSOR_MAX_DIMS, a negative dimension or an
+ * invalid dtype. Does not allocate. */
+STK_API int stk_tensor_init(stk_tensor_t *t, void *data, stk_dtype_t dtype, int ndim, const int64_t *shape);
+/* Elements described by the shape (product of dimensions). */
+STK_API int64_t stk_tensor_numel(const stk_tensor_t *t);
+/* 1 when the strides are those of a row-major contiguous tensor. */
+STK_API int stk_tensor_is_contiguous(const stk_tensor_t *t);
+/* out = t narrowed along dim to [start, start + len): same memory, no copy.
+ * -EINVAL for a bad dim, STK_ESHAPE when the range leaves the tensor. */
+STK_API int stk_tensor_narrow(stk_tensor_t *out, const stk_tensor_t *t, int dim, int64_t start, int64_t len);
+/* out = t with a new shape of the same element count; t must be
+ * contiguous (STK_ESTATE otherwise, STK_ESHAPE when counts differ). */
+STK_API int stk_tensor_reshape(stk_tensor_t *out, const stk_tensor_t *t, int ndim, const int64_t *shape);
+
+/* ----------------------------------------------------------------- layers */
+
+typedef enum stk_layer_kind {
+    STK_LAYER_INVALID = 0,
+    STK_LAYER_INPUT,       /* the graph's input, C x H x W (or features) */
+    STK_LAYER_CONV2D,
+    STK_LAYER_BATCHNORM2D,
+    STK_LAYER_RELU,
+    STK_LAYER_LEAKY_RELU,
+    STK_LAYER_GELU,        /* exact (erf) form, as torch.nn.GELU() */
+    STK_LAYER_SIGMOID,
+    STK_LAYER_TANH,
+    STK_LAYER_MAXPOOL2D,
+    STK_LAYER_AVGPOOL2D,   /* count_include_pad = true, as PyTorch's default */
+    STK_LAYER_GLOBAL_AVGPOOL, /* N x C x H x W -> N x C x 1 x 1 */
+    STK_LAYER_LINEAR,
+    STK_LAYER_DROPOUT,
+    STK_LAYER_FLATTEN,     /* N x C x H x W -> N x (C*H*W), no copy */
+    STK_LAYER_ADD,         /* two inputs of the same shape */
+    STK_LAYER_CONCAT,      /* two inputs, along channels */
+    STK_LAYER_CROSS_ENTROPY, /* softmax + cross-entropy, mean over the batch */
+    STK_LAYER_KIND_COUNT
+} stk_layer_kind_t;
+
+/* Model-file name of a kind ("conv2d", "batchnorm2d", ...); "invalid"
+ * otherwise. */
+STK_API const char *stk_layer_kind_name(stk_layer_kind_t kind);
+/* Inverse of stk_layer_kind_name; STK_LAYER_INVALID if unknown. */
+STK_API stk_layer_kind_t stk_layer_kind_from_name(const char *name);
+
+/* One layer for the builder. Start from stk_layer_desc_default(kind), then
+ * set what the kind uses; other fields are ignored. Strings are copied by
+ * stk_model_builder_add. */
+typedef struct stk_layer_desc {
+    stk_layer_kind_t kind;
+    const char *name;       /* unique; NULL: "<kind><n>", e.g. "conv2d3" */
+    const char *inputs[2];  /* names of earlier layers; NULL: the previous
+                             * layer (add and concat need inputs[1]) */
+    /* input: the shape of one sample (c, h, w); h = w = 1 for features */
+    int64_t in_c, in_h, in_w;
+    /* conv2d: out channels; linear: out features */
+    int64_t out;
+    /* conv2d, pools: kernel, stride (0: pools use the kernel size), padding
+     * (symmetric), dilation (conv only, >= 1), groups (conv only) */
+    int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
+    int bias;               /* conv2d, linear: 1 (default) or 0 */
+    float eps;              /* batchnorm2d: 1e-5 */
+    float momentum;         /* batchnorm2d: 0.1, PyTorch's convention */
+    float negative_slope;   /* leaky_relu: 0.01 */
+    float p;                /* dropout: drop probability, 0.5 */
+    float label_smoothing;  /* cross_entropy: 0 */
+} stk_layer_desc_t;
+
+/* Defaults for kind (PyTorch's), as documented on each field. */
+STK_API stk_layer_desc_t stk_layer_desc_default(stk_layer_kind_t kind);
+
+/* ---------------------------------------------------------------- builder */
+
+typedef struct stk_model_builder stk_model_builder_t;
+
+/* An empty builder. Returns 0 or -ENOMEM. */
+STK_API int stk_model_builder_create(stk_model_builder_t **out);
+/* NULL-safe; sets *b to NULL. */
+STK_API void stk_model_builder_destroy(stk_model_builder_t **b);
+/* Appends a layer (copies desc and its strings). The first layer must be
+ * STK_LAYER_INPUT. Checks only what needs no shapes (unknown kind,
+ * duplicate name, bad numbers: STK_ECONFIG naming the layer and the key);
+ * shapes are checked by stk_model_create. Not thread-safe on one builder. */
+STK_API int stk_model_builder_add(stk_model_builder_t *b, const stk_layer_desc_t *desc);
+/* Parses a model file's text (engine/MODEL_FORMAT.md) and appends its
+ * layers. Errors are STK_ECONFIG with "line N: key 'k': ..." in the
+ * message. origin names the text in messages (a path; NULL: "<string>"). */
+STK_API int stk_model_builder_parse(stk_model_builder_t *b, const char *text, const char *origin);
+
+/* ------------------------------------------------------------------ model */
+
+typedef struct stk_model stk_model_t;
+
+typedef struct stk_model_config {
+    int64_t batch_size;   /* planned batch; forward with another size
+                           * re-plans (slow once). Default 32 */
+    uint64_t seed;        /* parameter init and dropout masks. Default 0 */
+    int threads;          /* backend threads; 0: leave as is. Default 0 */
+    stk_device_t device;  /* STK_DEVICE_CPU (default) */
+    int init_params;      /* 1 (default): PyTorch default init from seed;
+                           * 0: parameters start at zero */
+} stk_model_config_t;
+
+STK_API stk_model_config_t stk_model_config_default(void);
+
+/* Builds the graph: checks shapes (STK_ECONFIG / STK_ESHAPE naming the
+ * line when the layer came from a file, and the key), allocates the
+ * parameter and gradient arenas (one allocation each) and activations,
+ * creates the backend's primitives, and initializes parameters. The
+ * builder is not needed afterwards. The model starts in training mode.
+ * Returns 0, STK_ECONFIG, STK_ESHAPE, -ENOMEM, STK_EBACKEND (with the
+ * backend's message) or STK_EDEVICE (device not available). */
+STK_API int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_model_config_t *cfg);
+/* Reads and parses a model file, then stk_model_create. -errno on I/O. */
+STK_API int stk_model_create_from_file(stk_model_t **out, const char *path, const stk_model_config_t *cfg);
+/* NULL-safe; sets *m to NULL. */
+STK_API void stk_model_destroy(stk_model_t **m);
+
+/* A model is not thread-safe: one thread at a time may call any function
+ * taking it. Different models may be used from different threads. */
+
+/* Shape of the input batch: shape[0] = planned batch, then C, H, W. */
+STK_API void stk_model_input_shape(const stk_model_t *m, int64_t shape[4]);
+/* Classes (logits per sample) of the loss layer; 0 when there is none. */
+STK_API int64_t stk_model_num_classes(const stk_model_t *m);
+/* Re-plans for another batch size (activations, primitives). Parameters,
+ * gradients and buffers are kept. 0, -EINVAL, -ENOMEM, STK_EBACKEND. */
+STK_API int stk_model_set_batch_size(stk_model_t *m, int64_t batch);
+STK_API int64_t stk_model_batch_size(const stk_model_t *m);
+
+/* Training mode (1): batchnorm uses batch statistics and updates its
+ * running stats, dropout drops. Evaluation mode (0): running stats, no
+ * dropout. */
+STK_API void stk_model_set_train(stk_model_t *m, int train);
+STK_API int stk_model_is_train(const stk_model_t *m);
+
+/* Dropout masks are a pure function of (seed, step, layer, element): the
+ * same step gives the same mask, whatever the thread count. The trainer
+ * sets the step (e.g. the global micro-batch counter) before forward.
+ * "element" is the position in the layer's memory: NCHW order for features
+ * and for images the backend keeps plain; a backend that keeps an image in
+ * a blocked layout draws in that order (same step, same mask still). */
+STK_API void stk_model_set_step(stk_model_t *m, uint64_t step);
+STK_API void stk_model_set_seed(stk_model_t *m, uint64_t seed);
+
+/* Backend thread count for this model's work (oneDNN on CPU uses OpenMP:
+ * this sets the OpenMP thread count of the calling thread before each
+ * forward/backward). 0: leave as is. Returns 0 or -EINVAL. */
+STK_API int stk_model_set_threads(stk_model_t *m, int threads);
+/* The backend's current maximum thread count. */
+STK_API int stk_model_threads(const stk_model_t *m);
+
+/* The factor dL/dlogits is multiplied by in backward (default 1). For
+ * gradient accumulation over k micro-batches set 1/k, so the accumulated
+ * gradient is that of the mean loss. The loss value reported by forward
+ * is not scaled. */
+STK_API void stk_model_set_loss_scale(stk_model_t *m, float scale);
+
+/* Forward pass over batch samples at input (f32, NCHW, contiguous, on the
+ * model's device; batch <= anything: another size re-plans). With labels
+ * (batch i64 class indices) or soft_targets (batch x classes f32 rows, each
+ * a distribution, e.g. from mixup), the loss (mean over the batch) is
+ * written to *loss and backward may follow; with neither, only the logits
+ * are computed (loss may be NULL). Input and targets are read during the
+ * call and (for backward) kept by pointer until the next forward: do not
+ * free or change them before backward returns.
+ * Returns 0, -EINVAL (bad arguments, label out of range: the message names
+ * the sample), or a backend error. */
+STK_API int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const int64_t *labels,
+                              const float *soft_targets, float *loss);
+/* The same with tensors: input f32 N x C x H x W, target i64 [N] or f32
+ * [N, classes] or NULL. STK_ESHAPE / -EINVAL on mismatch. */
+STK_API int stk_model_forward_tensor(stk_model_t *m, const stk_tensor_t *input, const stk_tensor_t *target,
+                                     float *loss);
+
+/* Backward from the loss of the last forward: ADDS the parameter gradients
+ * (times the loss scale) into the gradient arena, as PyTorch accumulates
+ * into .grad. Requires a forward with targets in training or eval mode
+ * (STK_ESTATE otherwise, or when called twice for one forward). */
+STK_API int stk_model_backward(stk_model_t *m);
+/* Sets the whole gradient arena to zero. */
+STK_API void stk_model_zero_grad(stk_model_t *m);
+
+/* Called during backward after the gradients of a layer's parameters are
+ * final for this backward (offset/count in floats into the gradient arena),
+ * in reverse layer order: lets a communicator start reducing early. NULL
+ * clears. */
+typedef void (*stk_grad_ready_fn)(size_t offset, size_t count, void *user);
+STK_API void stk_model_set_grad_hook(stk_model_t *m, stk_grad_ready_fn fn, void *user);
+
+/* The logits of the last forward (batch x classes, row-major), valid until
+ * the next forward or re-plan. Returns 0 or STK_ESTATE (no forward yet). */
+STK_API int stk_model_logits(const stk_model_t *m, const float **logits, int64_t *batch, int64_t *classes);
+/* Samples of the last forward whose argmax logit equals labels[i]. */
+STK_API int stk_model_count_correct(const stk_model_t *m, const int64_t *labels, int64_t *correct);
+/* A view of a layer's output of the last forward (by layer name), NCHW.
+ * Where the backend keeps that output in a blocked layout, the view is of
+ * a plain copy this call makes (the one copy the engine ever makes for a
+ * caller). STK_ENOTFOUND for an unknown name. Valid until the next forward
+ * or the next call of this function. */
+STK_API int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out);
+
+/* ------------------------------------------------- parameters, buffers */
+
+typedef enum stk_param_kind {
+    STK_PARAM_WEIGHT = 0,    /* conv / linear weight */
+    STK_PARAM_BIAS = 1,      /* conv / linear bias */
+    STK_PARAM_BN_WEIGHT = 2, /* batchnorm gamma */
+    STK_PARAM_BN_BIAS = 3    /* batchnorm beta */
+} stk_param_kind_t;
+
+typedef enum stk_buffer_kind {
+    STK_BUFFER_RUNNING_MEAN = 0,
+    STK_BUFFER_RUNNING_VAR = 1
+} stk_buffer_kind_t;
+
+/* One named tensor inside an arena. Pointers stay valid for the model's
+ * life. offset and count are in floats. */
+typedef struct stk_param_info {
+    const char *name;     /* "conv1.weight", "bn1.running_mean" */
+    const char *layer;    /* "conv1" */
+    int kind;             /* stk_param_kind_t or stk_buffer_kind_t */
+    size_t offset, count;
+    int ndim;
+    int64_t shape[STK_TENSOR_MAX_DIMS];
+} stk_param_info_t;
+
+/* The flat arenas (floats, 64-byte aligned): parameters and gradients
+ * have the same layout. Owned by the model; the optimizer updates the
+ * parameters in place. *count may be NULL. */
+STK_API float *stk_model_params(stk_model_t *m, size_t *count);
+STK_API float *stk_model_grads(stk_model_t *m, size_t *count);
+/* Trainable parameter tensors, in layer order. */
+STK_API size_t stk_model_num_params(const stk_model_t *m);
+/* 0, or -EINVAL when i is out of range. */
+STK_API int stk_model_param_info(const stk_model_t *m, size_t i, stk_param_info_t *info);
+
+/* Buffers (batchnorm running statistics): a third flat arena, not
+ * trainable, saved with the state. */
+STK_API float *stk_model_buffers(stk_model_t *m, size_t *count);
+STK_API size_t stk_model_num_buffers(const stk_model_t *m);
+STK_API int stk_model_buffer_info(const stk_model_t *m, size_t i, stk_param_info_t *info);
+
+/* Finds a parameter or buffer by name; *is_buffer tells which (may be
+ * NULL). STK_ENOTFOUND for an unknown name. */
+STK_API int stk_model_find(const stk_model_t *m, const char *name, stk_param_info_t *info, int *is_buffer);
+
+/* ------------------------------------------------------------------ state */
+
+/* The state is every parameter and buffer by name, plus each batchnorm's
+ * num_batches_tracked (i64), stored as a safetensors file: PyTorch reads
+ * it with safetensors or tools/load_safetensors.py. */
+
+/* Bytes stk_model_state_save_mem writes. */
+STK_API size_t stk_model_state_size(const stk_model_t *m);
+/* Writes the state into buf (cap bytes); *written gets the size. -ENOSPC
+ * when cap is too small. */
+STK_API int stk_model_state_save_mem(const stk_model_t *m, void *buf, size_t cap, size_t *written);
+/* Loads a state blob. Every parameter and buffer of the model must be
+ * there with the same shape and dtype; names the model does not have are
+ * an error too. STK_EFORMAT (not safetensors), STK_ENOTFOUND (missing or
+ * unknown name, named in the message), STK_ESHAPE (shape, with both
+ * shapes in the message). On error the model is unchanged. */
+STK_API int stk_model_state_load_mem(stk_model_t *m, const void *buf, size_t len);
+/* File forms: written to a temporary name and renamed. -errno on I/O. */
+STK_API int stk_model_state_save(const stk_model_t *m, const char *path);
+STK_API int stk_model_state_load(stk_model_t *m, const char *path);
+/* The same file as stk_model_state_save: safetensors is the state format. */
+STK_API int stk_model_export_safetensors(const stk_model_t *m, const char *path);
+
+/* ---------------------------------------------------- summary and timing */
+
+/* A torchinfo-like table: per layer its name, kind, output shape, params
+ * and receptive field, then totals. Writes at most cap bytes (always
+ * NUL-terminated when cap > 0); returns the length it needs (without
+ * the NUL), like snprintf. */
+STK_API size_t stk_model_summary(const stk_model_t *m, char *buf, size_t cap);
+/* The summary to f; 0 or -EIO. */
+STK_API int stk_model_summary_print(const stk_model_t *m, FILE *f);
+
+/* Per-layer timing, collected while profiling is on (off by default;
+ * costs two clock reads per layer and pass). */
+typedef struct stk_layer_stats {
+    const char *name;
+    stk_layer_kind_t kind;
+    uint64_t forward_calls, backward_calls;
+    double forward_s, backward_s; /* totals */
+} stk_layer_stats_t;
+
+STK_API void stk_model_set_profiling(stk_model_t *m, int on);
+STK_API void stk_model_reset_stats(stk_model_t *m);
+/* Layers in graph order (the input layer included). */
+STK_API size_t stk_model_num_layers(const stk_model_t *m);
+/* 0, or -EINVAL when i is out of range. */
+STK_API int stk_model_layer_stats(const stk_model_t *m, size_t i, stk_layer_stats_t *st);
+/* A table of the stats (ms per call, share of the total), as summary. */
+STK_API size_t stk_model_stats_format(const stk_model_t *m, char *buf, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

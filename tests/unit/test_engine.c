@@ -1,0 +1,801 @@
+/* SPDX-License-Identifier: MIT */
+/* Engine tests: every layer against PyTorch fixtures (tests/data/engine,
+ * made by tools/gen_engine_fixtures.py) and against central finite
+ * differences, the reference network end to end, model-file errors, state
+ * save/load, the builder, dropout determinism and gradient accumulation. */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "engine/model.h"
+#include "stoker/engine.h"
+
+/* ------------------------------------------------------------- helpers */
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    if (buf)
+        buf[n] = 0;
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+static const char *data_dir(void)
+{
+    const char *d = getenv("STK_TEST_DATA");
+    return d ? d : "tests/data";
+}
+
+static stk_model_t *model_from_text(const char *text, int64_t batch, uint64_t seed, int init)
+{
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    int rc = stk_model_builder_parse(b, text, "test");
+    if (rc < 0)
+        fail_msg("parse: %s", stk_error_message());
+    stk_model_config_t cfg = stk_model_config_default();
+    cfg.batch_size = batch;
+    cfg.seed = seed;
+    cfg.init_params = init;
+    stk_model_t *m = NULL;
+    rc = stk_model_create(&m, b, &cfg);
+    if (rc < 0)
+        fail_msg("create: %s", stk_error_message());
+    stk_model_builder_destroy(&b);
+    return m;
+}
+
+/* Largest violation of |a - b| <= atol + rtol |b|; fails with context. */
+static void expect_close(const char *what, const float *a, const float *b, size_t n, double rtol, double atol)
+{
+    double worst = 0.0;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)a[i] - (double)b[i]) - (atol + rtol * fabs((double)b[i]));
+        if (err > worst || isnan(a[i])) {
+            worst = isnan(a[i]) ? INFINITY : err;
+            at = i;
+        }
+    }
+    if (worst > 0.0)
+        fail_msg("%s: element %zu: got %.8g, expected %.8g (rtol %g, atol %g)", what, at, (double)a[at],
+                 (double)b[at], rtol, atol);
+}
+
+static size_t entry_count(const stk__st_entry_t *e)
+{
+    size_t n = 1;
+    for (int i = 0; i < e->ndim; i++)
+        n *= (size_t)e->shape[i];
+    return n;
+}
+
+/* ------------------------------------------------------ PyTorch fixtures */
+
+static void run_fixture(const char *name, double rtol, double atol)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/engine/%s.safetensors", data_dir(), name);
+    size_t len;
+    char *buf = read_file(path, &len);
+    if (!buf)
+        fail_msg("cannot read %s", path);
+    stk__st_file_t f;
+    assert_int_equal(stk__safetensors_parse(buf, len, &f), 0);
+    char text[STK__ST_META_MAX];
+    snprintf(text, sizeof(text), "%s", stk__safetensors_meta(&f, "model"));
+    for (char *p = text; *p; p++)
+        if (*p == ';')
+            *p = '\n';
+    const stk__st_entry_t *ex = stk__safetensors_find(&f, "x");
+    assert_non_null(ex);
+    const char *init_seed = stk__safetensors_meta(&f, "init_seed");
+    stk_model_t *m = model_from_text(text, ex->shape[0], init_seed ? strtoull(init_seed, NULL, 10) : 0,
+                                     init_seed != NULL);
+    const char *mode = stk__safetensors_meta(&f, "mode");
+    stk_model_set_train(m, !mode || strcmp(mode, "eval") != 0);
+    const char *seed = stk__safetensors_meta(&f, "seed"), *step = stk__safetensors_meta(&f, "step");
+    if (seed)
+        stk_model_set_seed(m, strtoull(seed, NULL, 10));
+    if (step)
+        stk_model_set_step(m, strtoull(step, NULL, 10));
+    /* Parameters and buffers the fixture gives. */
+    for (size_t i = 0; i < f.n; i++) {
+        stk_param_info_t info;
+        int is_buf;
+        if (stk_model_find(m, f.entries[i].name, &info, &is_buf) < 0)
+            continue;
+        assert_int_equal(entry_count(&f.entries[i]), info.count);
+        float *arena = is_buf ? stk_model_buffers(m, NULL) : stk_model_params(m, NULL);
+        memcpy(arena + info.offset, f.data + f.entries[i].begin, info.count * sizeof(float));
+    }
+    const float *x = (const float *)(f.data + ex->begin);
+    const stk__st_entry_t *el = stk__safetensors_find(&f, "labels"), *es = stk__safetensors_find(&f, "soft");
+    /* safetensors does not align data: copy the i64 labels. */
+    int64_t *labels = NULL;
+    if (el) {
+        labels = malloc((size_t)(el->end - el->begin));
+        memcpy(labels, f.data + el->begin, (size_t)(el->end - el->begin));
+    }
+    const float *soft = es ? (const float *)(f.data + es->begin) : NULL;
+    float loss = 0.0f;
+    stk_model_zero_grad(m);
+    if (stk_model_forward(m, x, ex->shape[0], labels, soft, labels || soft ? &loss : NULL) < 0)
+        fail_msg("%s: forward: %s", name, stk_error_message());
+    char what[256];
+    const stk__st_entry_t *e;
+    if ((e = stk__safetensors_find(&f, "loss"))) {
+        snprintf(what, sizeof(what), "%s: loss", name);
+        expect_close(what, &loss, (const float *)(f.data + e->begin), 1, rtol, atol);
+    }
+    if ((e = stk__safetensors_find(&f, "y"))) {
+        stk_tensor_t out;
+        size_t nl = stk_model_num_layers(m);
+        stk_layer_stats_t st;
+        assert_int_equal(stk_model_layer_stats(m, nl - 1, &st), 0);
+        assert_int_equal(stk_model_output(m, st.name, &out), 0);
+        assert_int_equal((size_t)stk_tensor_numel(&out), entry_count(e));
+        snprintf(what, sizeof(what), "%s: forward output", name);
+        expect_close(what, out.data, (const float *)(f.data + e->begin), entry_count(e), rtol, atol);
+    }
+    if ((e = stk__safetensors_find(&f, "logits"))) {
+        const float *z;
+        int64_t n, k;
+        assert_int_equal(stk_model_logits(m, &z, &n, &k), 0);
+        assert_int_equal((size_t)(n * k), entry_count(e));
+        snprintf(what, sizeof(what), "%s: logits", name);
+        expect_close(what, z, (const float *)(f.data + e->begin), entry_count(e), rtol, atol);
+    }
+    const stk__st_entry_t *edx = stk__safetensors_find(&f, "dx");
+    int backward = edx || labels || soft;
+    if (edx) {
+        const stk__st_entry_t *edy = stk__safetensors_find(&f, "dy");
+        float *dx = calloc(entry_count(edx), sizeof(float));
+        if (stk__model_backward_input(m, edy ? (const float *)(f.data + edy->begin) : NULL, dx) < 0)
+            fail_msg("%s: backward: %s", name, stk_error_message());
+        snprintf(what, sizeof(what), "%s: input gradient", name);
+        expect_close(what, dx, (const float *)(f.data + edx->begin), entry_count(edx), rtol, atol);
+        free(dx);
+    } else if (backward) {
+        if (stk_model_backward(m) < 0)
+            fail_msg("%s: backward: %s", name, stk_error_message());
+    }
+    int checked = 0;
+    for (size_t i = 0; i < f.n; i++) {
+        const stk__st_entry_t *g = &f.entries[i];
+        const char *pname = NULL;
+        int rows8 = 0;
+        if (!strncmp(g->name, "grad.", 5))
+            pname = g->name + 5;
+        else if (!strncmp(g->name, "gradrows8.", 10))
+            pname = g->name + 10, rows8 = 1;
+        else if (!strncmp(g->name, "after.", 6))
+            pname = g->name + 6;
+        if (!pname)
+            continue;
+        stk_param_info_t info;
+        int is_buf;
+        if (stk_model_find(m, pname, &info, &is_buf) < 0)
+            fail_msg("%s: fixture tensor %s has no model counterpart", name, g->name);
+        const float *arena = is_buf ? stk_model_buffers(m, NULL)
+                                    : (g->name[0] == 'a' ? stk_model_params(m, NULL) : stk_model_grads(m, NULL));
+        const float *want = (const float *)(f.data + g->begin);
+        snprintf(what, sizeof(what), "%s: %s", name, g->name);
+        if (rows8) {
+            size_t row = info.count / (size_t)info.shape[0];
+            for (int64_t r = 0; r < g->shape[0]; r++)
+                expect_close(what, arena + info.offset + (size_t)(8 * r) * row, want + (size_t)r * row, row, rtol,
+                             atol);
+        } else {
+            assert_int_equal(entry_count(g), info.count);
+            expect_close(what, arena + info.offset, want, info.count, rtol, atol);
+        }
+        checked++;
+    }
+    /* Every parameter gradient is covered by the fixture. */
+    if (backward && stk_model_num_params(m) > 0)
+        assert_true(checked >= (int)stk_model_num_params(m));
+    stk_model_destroy(&m);
+    stk__safetensors_free(&f);
+    free(labels);
+    free(buf);
+}
+
+static const char *const layer_fixtures[] = {
+    "conv_basic", "conv_stride2", "conv_dil2", "conv_dil3_odd", "conv_groups", "conv_depthwise_k5",
+    "bn_train", "bn_eval", "relu", "leaky_relu", "gelu", "sigmoid", "tanh", "maxpool", "maxpool_k3s2p1",
+    "avgpool_k3s2p1", "global_avgpool", "flatten_linear", "dropout", "xent", "xent_smooth", "xent_soft",
+    "xent_soft_smooth", "add", "concat", "blocked_chain",
+};
+
+static void test_fixtures_layers(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(layer_fixtures) / sizeof(layer_fixtures[0]); i++)
+        run_fixture(layer_fixtures[i], 1e-4, 2e-5);
+}
+
+static void test_fixture_network(void **state)
+{
+    (void)state;
+    run_fixture("fmnist_cnn", 2e-3, 2e-5);
+}
+
+/* ---------------------------------------------------- finite differences */
+
+static double loss_at(stk_model_t *m, const float *x, int64_t n, const int64_t *labels)
+{
+    float loss;
+    if (stk_model_forward(m, x, n, labels, NULL, &loss) < 0)
+        fail_msg("forward: %s", stk_error_message());
+    return loss;
+}
+
+/* Central differences of the loss against backward, for a sample of every
+ * parameter tensor and of the input. Loss in f32, differences in double. */
+static void fd_check(const char *text, int64_t n, int64_t classes)
+{
+    stk_model_t *m = model_from_text(text, n, 17, 1);
+    int64_t shape[4];
+    stk_model_input_shape(m, shape);
+    size_t nx = (size_t)(n * shape[1] * shape[2] * shape[3]);
+    float *x = malloc(nx * sizeof(float)), *dx = calloc(nx, sizeof(float));
+    int64_t *labels = malloc((size_t)n * sizeof(int64_t));
+    stk_rng_t r;
+    stk_rng_init(&r, 5, 0);
+    for (size_t i = 0; i < nx; i++)
+        x[i] = 2.0f * stk_rng_uniform(&r) - 1.0f;
+    for (int64_t i = 0; i < n; i++)
+        labels[i] = (int64_t)stk_rng_below(&r, (uint64_t)classes);
+    stk_model_set_step(m, 3);
+    stk_model_zero_grad(m);
+    loss_at(m, x, n, labels);
+    if (stk__model_backward_input(m, NULL, dx) < 0)
+        fail_msg("backward: %s", stk_error_message());
+    size_t np;
+    float *p = stk_model_params(m, &np);
+    float *g = malloc(np * sizeof(float));
+    memcpy(g, stk_model_grads(m, NULL), np * sizeof(float));
+    const double eps = 2e-3, rtol = 2e-2, atol = 5e-4;
+    int kinks = 0, total = 0;
+    char what[256];
+    for (size_t t = 0; t <= stk_model_num_params(m); t++) {
+        float *v;
+        const float *an;
+        size_t cnt;
+        const char *name = "input";
+        if (t < stk_model_num_params(m)) {
+            stk_param_info_t info;
+            stk_model_param_info(m, t, &info);
+            v = p + info.offset;
+            an = g + info.offset;
+            cnt = info.count;
+            name = info.name;
+        } else {
+            v = x;
+            an = dx;
+            cnt = nx;
+        }
+        size_t stride = cnt > 12 ? cnt / 12 : 1;
+        for (size_t i = 0; i < cnt; i += stride) {
+            /* Two step sizes: where they disagree the loss has a kink
+             * (relu, max) within reach and the point says nothing. */
+            double fd[2];
+            for (int k = 0; k < 2; k++) {
+                float keep = v[i];
+                double h = k ? eps / 8 : eps;
+                v[i] = keep + (float)h;
+                double lp = loss_at(m, x, n, labels);
+                v[i] = keep - (float)h;
+                double lm = loss_at(m, x, n, labels);
+                v[i] = keep;
+                fd[k] = (lp - lm) / (2.0 * h);
+            }
+            total++;
+            if (fabs(fd[0] - fd[1]) > atol + rtol * fabs(fd[1])) {
+                kinks++;
+                continue;
+            }
+            double a = an[i];
+            if (fabs(fd[1] - a) > atol + rtol * fmax(fabs(fd[1]), fabs(a))) {
+                snprintf(what, sizeof(what), "%s [%zu]", name, i);
+                fail_msg("finite differences: model\n%s\n%s: backward %.6g, differences %.6g", text, what, a, fd[1]);
+            }
+        }
+    }
+    print_message("finite differences: %d points, %d skipped near a kink\n", total, kinks);
+    if (kinks * 4 > total)
+        fail_msg("finite differences: model\n%s\n%d of %d points near a kink", text, kinks, total);
+    free(g);
+    free(x);
+    free(dx);
+    free(labels);
+    stk_model_destroy(&m);
+}
+
+static void test_fd_layers(void **state)
+{
+    (void)state;
+    static const char *const models[] = {
+        "input shape=2,7,7\nconv2d out=3 kernel=3 pad=1\nflatten\nlinear out=4\ncross_entropy",
+        "input shape=4,9,8\nconv2d out=4 kernel=3 stride=2 pad=2 dilation=2 groups=2\nflatten\nlinear out=3\n"
+        "cross_entropy",
+        "input shape=2,11,9\nconv2d out=3 kernel=3 pad=3 dilation=3 bias=0\nconv2d out=2 kernel=2 stride=2\n"
+        "flatten\nlinear out=3\ncross_entropy smoothing=0.1",
+        "input shape=2,6,5\nconv2d out=3 kernel=3 pad=1\nbatchnorm2d\nrelu\nflatten\nlinear out=3\ncross_entropy",
+        "input shape=2,5,5\nconv2d out=3 kernel=1\nleaky_relu slope=0.1\nglobal_avgpool\nflatten\nlinear out=3\n"
+        "cross_entropy",
+        "input shape=2,5,5\nconv2d out=3 kernel=3 pad=1\ngelu\nsigmoid\ntanh\nflatten\nlinear out=3\ncross_entropy",
+        "input shape=2,7,8\nconv2d out=3 kernel=3 pad=1\nmaxpool2d kernel=3 stride=2 pad=1\nflatten\nlinear out=3\n"
+        "cross_entropy",
+        "input shape=2,7,8\nconv2d out=3 kernel=3 pad=1\navgpool2d kernel=3 stride=2 pad=1\nflatten\nlinear out=3\n"
+        "cross_entropy",
+        "input name=data shape=2,5,5\nconv2d name=a out=2 kernel=3 pad=1\nrelu name=ra\nconv2d name=b out=2 "
+        "kernel=3 pad=1\nadd name=res inputs=b,data\nconcat name=cat inputs=res,ra\nflatten\nlinear out=3\n"
+        "cross_entropy",
+        "input shape=6\nlinear out=5\ndropout p=0.3\ntanh\nlinear out=4\ncross_entropy",
+        /* 8 and 16 channels run in the blocked layout. */
+        "input name=data shape=3,6,6\nconv2d name=a out=8 kernel=3 pad=1\nbatchnorm2d\nrelu name=r\n"
+        "conv2d out=8 kernel=3 pad=2 dilation=2 groups=2\nadd inputs=conv2d4,r\nmaxpool2d kernel=2\n"
+        "conv2d out=16 kernel=3 stride=2 pad=1\ndropout p=0.2\nflatten\nlinear out=3\ncross_entropy",
+    };
+    for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++)
+        fd_check(models[i], 3, i == 9 ? 4 : 3);
+}
+
+/* ------------------------------------------------------------ model files */
+
+static void expect_parse_error(const char *text, int code, const char *needle1, const char *needle2)
+{
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    int rc = stk_model_builder_parse(b, text, "bad.model");
+    stk_model_t *m = NULL;
+    if (rc == 0) {
+        stk_model_config_t cfg = stk_model_config_default();
+        cfg.batch_size = 2;
+        rc = stk_model_create(&m, b, &cfg);
+    }
+    stk_model_builder_destroy(&b);
+    assert_null(m);
+    if (rc != code)
+        fail_msg("expected %s, got %s: %s", stk_err_name(code), stk_err_name(rc), stk_error_message());
+    if (!strstr(stk_error_message(), needle1) || (needle2 && !strstr(stk_error_message(), needle2)))
+        fail_msg("message '%s' lacks '%s' / '%s'", stk_error_message(), needle1, needle2 ? needle2 : "");
+}
+
+static void test_model_file_errors(void **state)
+{
+    (void)state;
+    expect_parse_error("input shape=1,8,8\nconv3d out=2\n", STK_ECONFIG, "line 2", "conv3d");
+    expect_parse_error("input shape=1,8,8\nconv2d out=2 kernal=3\n", STK_ECONFIG, "line 2", "key 'kernal'");
+    expect_parse_error("input shape=1,x,8\n", STK_ECONFIG, "line 1", "key 'shape'");
+    expect_parse_error("input shape=1,8,8\n\n# c\nconv2d out=-2\n", STK_ECONFIG, "line 4", "key 'out'");
+    expect_parse_error("input shape=1,8,8\nconv2d out=2 groups=3\n", STK_ECONFIG, "line 2", "key 'groups'");
+    expect_parse_error("input shape=1,8,8\nconv2d out=4\nrelu input=nothere\n", STK_ECONFIG, "line 3",
+                       "'nothere'");
+    expect_parse_error("input name=a shape=1,8,8\nconv2d out=4\nadd inputs=a,conv2d1\n", STK_ESHAPE, "line 3",
+                       "key 'inputs'");
+    expect_parse_error("input shape=1,8,8\nconv2d out=4 in=3\n", STK_ESHAPE, "line 2", "key 'in'");
+    expect_parse_error("input shape=1,8,8\nflatten\nlinear out=4 in=63\n", STK_ESHAPE, "line 3", "key 'in'");
+    expect_parse_error("input shape=1,8,8\nlinear out=4\n", STK_ESHAPE, "line 2", "flatten");
+    expect_parse_error("input shape=1,4,4\nconv2d out=2 kernel=7\n", STK_ESHAPE, "line 2", "key 'kernel'");
+    expect_parse_error("input shape=1,8,8\nconv2d name=c out=2\nrelu name=c\n", STK_ECONFIG, "line 3",
+                       "key 'name'");
+    expect_parse_error("conv2d out=2\n", STK_ECONFIG, "line 1", "input");
+    expect_parse_error("input shape=4\ncross_entropy\nrelu\n", STK_ECONFIG, "line 2", "last layer");
+    expect_parse_error("input shape=4\ndropout p=1.5\n", STK_ECONFIG, "line 2", "key 'p'");
+    expect_parse_error("input shape=4\nrelu oops\n", STK_ECONFIG, "line 2", "oops");
+    expect_parse_error("", STK_ECONFIG, "no layers", NULL);
+    expect_parse_error("input shape=2000000,1,1\n", STK_ECONFIG, "line 1", "key 'shape'");
+    expect_parse_error("input shape=4096,1024,1024\n", STK_ECONFIG, "line 1", "key 'shape'");
+    expect_parse_error("input shape=1,8,8\nconv2d out=4 kernel=4096\n", STK_ECONFIG, "line 2", "key 'kernel'");
+    expect_parse_error("input shape=1000,1000,1000\nflatten\nlinear out=1000000\n", STK_ESHAPE, "line 3",
+                       "2^31");
+
+    stk_model_t *m = (stk_model_t *)1;
+    assert_int_equal(stk_model_create_from_file(&m, "/nonexistent/x.model", NULL), -ENOENT);
+    assert_null(m);
+}
+
+static void test_reference_model(void **state)
+{
+    (void)state;
+    char path[512];
+    const char *src = getenv("STK_SOURCE_ROOT");
+    snprintf(path, sizeof(path), "%s/models/fmnist-cnn.model", src ? src : ".");
+    stk_model_config_t cfg = stk_model_config_default();
+    cfg.batch_size = 4;
+    stk_model_t *m = NULL;
+    if (stk_model_create_from_file(&m, path, &cfg) < 0)
+        fail_msg("%s", stk_error_message());
+    size_t np;
+    stk_model_params(m, &np);
+    assert_int_equal(np, 468202);
+    assert_int_equal(stk_model_num_classes(m), 10);
+    stk_param_info_t info;
+    int is_buf;
+    assert_int_equal(stk_model_find(m, "conv3.weight", &info, &is_buf), 0);
+    assert_int_equal(is_buf, 0);
+    assert_int_equal(info.kind, STK_PARAM_WEIGHT);
+    assert_int_equal(info.shape[0], 64);
+    assert_int_equal(info.shape[1], 32);
+    assert_int_equal(stk_model_find(m, "bn2.bias", &info, NULL), 0);
+    assert_int_equal(info.kind, STK_PARAM_BN_BIAS);
+    assert_int_equal(stk_model_find(m, "bn2.running_var", &info, &is_buf), 0);
+    assert_int_equal(is_buf, 1);
+    assert_int_equal(stk_model_find(m, "bn2.nope", &info, NULL), STK_ENOTFOUND);
+    assert_int_equal(stk_model_num_buffers(m), 8);
+    char buf[8192];
+    size_t need = stk_model_summary(m, buf, sizeof(buf));
+    assert_true(need < sizeof(buf));
+    /* conv3 is dilated 2: a 3x3 kernel covers 5x5, after 5x5 then a pool. */
+    assert_non_null(strstr(buf, "14x14"));
+    assert_non_null(strstr(buf, "Total params: 468,202"));
+    assert_non_null(strstr(buf, "401,536"));
+    char small[16];
+    assert_int_equal(stk_model_summary(m, small, sizeof(small)), need);
+    assert_int_equal(strlen(small), sizeof(small) - 1);
+    stk_model_destroy(&m);
+    stk_model_destroy(&m);
+}
+
+/* ------------------------------------------------------------------ state */
+
+static void test_state_roundtrip(void **state)
+{
+    (void)state;
+    const char *text = "input shape=2,6,6\nconv2d name=c out=3 kernel=3\nbatchnorm2d name=bn\nrelu\nflatten\n"
+                       "linear name=fc out=4\ncross_entropy";
+    stk_model_t *a = model_from_text(text, 2, 1, 1), *b = model_from_text(text, 2, 2, 1);
+    float x[2 * 2 * 6 * 6];
+    for (size_t i = 0; i < sizeof(x) / sizeof(x[0]); i++)
+        x[i] = (float)((i * 37) % 11) / 11.0f;
+    int64_t y[2] = {1, 3};
+    float la, lb;
+    assert_int_equal(stk_model_forward(a, x, 2, y, NULL, &la), 0); /* moves the running stats */
+    size_t sz = stk_model_state_size(a), wr = 0;
+    char *blob = malloc(sz);
+    assert_int_equal(stk_model_state_save_mem(a, blob, sz - 1, &wr), -ENOSPC);
+    assert_int_equal(stk_model_state_save_mem(a, blob, sz, &wr), 0);
+    assert_int_equal(wr, sz);
+    assert_int_equal(stk_model_state_load_mem(b, blob, sz), 0);
+    stk_model_set_train(a, 0);
+    stk_model_set_train(b, 0);
+    assert_int_equal(stk_model_forward(a, x, 2, y, NULL, &la), 0);
+    assert_int_equal(stk_model_forward(b, x, 2, y, NULL, &lb), 0);
+    assert_true(la == lb);
+    /* File round trip and the BN counter. */
+    char path[] = "/tmp/stk_engine_stateXXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(stk_model_state_save(a, path), 0);
+    assert_int_equal(stk_model_export_safetensors(a, path), 0);
+    assert_int_equal(stk_model_state_load(b, path), 0);
+    size_t flen;
+    char *file = read_file(path, &flen);
+    stk__st_file_t f;
+    assert_int_equal(stk__safetensors_parse(file, flen, &f), 0);
+    const stk__st_entry_t *e = stk__safetensors_find(&f, "bn.num_batches_tracked");
+    assert_non_null(e);
+    assert_string_equal(e->dtype, "I64");
+    int64_t nbt;
+    memcpy(&nbt, f.data + e->begin, 8);
+    assert_int_equal(nbt, 1);
+    stk__safetensors_free(&f);
+    free(file);
+    unlink(path);
+    assert_int_equal(stk_model_state_load(b, path), -ENOENT);
+
+    /* Shape mismatch: a model with another width. */
+    stk_model_t *c = model_from_text("input shape=2,6,6\nconv2d name=c out=5 kernel=3\nbatchnorm2d name=bn\nrelu\n"
+                                     "flatten\nlinear name=fc out=4\ncross_entropy",
+                                     2, 1, 1);
+    float before = stk_model_params(c, NULL)[0];
+    assert_int_equal(stk_model_state_load_mem(c, blob, sz), STK_ESHAPE);
+    assert_non_null(strstr(stk_error_message(), "c.weight"));
+    assert_non_null(strstr(stk_error_message(), "[3,2,3,3]"));
+    assert_true(stk_model_params(c, NULL)[0] == before);
+    stk_model_destroy(&c);
+    /* Missing and unknown names. */
+    c = model_from_text("input shape=2,6,6\nconv2d name=c out=3 kernel=3\nbatchnorm2d name=bn\nrelu\nflatten\n"
+                        "linear name=fc2 out=4\ncross_entropy",
+                        2, 1, 1);
+    assert_int_equal(stk_model_state_load_mem(c, blob, sz), STK_ENOTFOUND);
+    assert_non_null(strstr(stk_error_message(), "fc2.weight"));
+    stk_model_destroy(&c);
+    c = model_from_text("input shape=2,6,6\nconv2d name=c out=3 kernel=3\nbatchnorm2d name=bn\nrelu\nflatten\n"
+                        "linear name=fc out=4 bias=0\ncross_entropy",
+                        2, 1, 1);
+    assert_int_equal(stk_model_state_load_mem(c, blob, sz), STK_ENOTFOUND);
+    assert_non_null(strstr(stk_error_message(), "fc.bias"));
+    stk_model_destroy(&c);
+    /* Corrupt blobs. */
+    assert_int_equal(stk_model_state_load_mem(b, blob, 4), STK_EFORMAT);
+    blob[8] = 'x';
+    assert_int_equal(stk_model_state_load_mem(b, blob, sz), STK_EFORMAT);
+    blob[0] = (char)0xff;
+    assert_int_equal(stk_model_state_load_mem(b, blob, sz), STK_EFORMAT);
+    free(blob);
+    stk_model_destroy(&a);
+    stk_model_destroy(&b);
+}
+
+/* ------------------------------------------- builder, training mechanics */
+
+static stk_model_t *residual_model(int64_t batch)
+{
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    stk_layer_desc_t d = stk_layer_desc_default(STK_LAYER_INPUT);
+    d.name = "data";
+    d.in_c = 2, d.in_h = 6, d.in_w = 6;
+    assert_int_equal(stk_model_builder_add(b, &d), 0);
+    d = stk_layer_desc_default(STK_LAYER_CONV2D);
+    d.name = "c1", d.out = 2, d.pad_h = d.pad_w = 1;
+    assert_int_equal(stk_model_builder_add(b, &d), 0);
+    assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* duplicate name */
+    d = stk_layer_desc_default(STK_LAYER_ADD);
+    d.name = "res";
+    assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* one input */
+    d.inputs[0] = "c1", d.inputs[1] = "data";
+    assert_int_equal(stk_model_builder_add(b, &d), 0);
+    d = stk_layer_desc_default(STK_LAYER_GLOBAL_AVGPOOL);
+    assert_int_equal(stk_model_builder_add(b, &d), 0);
+    d = stk_layer_desc_default(STK_LAYER_FLATTEN);
+    assert_int_equal(stk_model_builder_add(b, &d), 0);
+    d = stk_layer_desc_default(STK_LAYER_LINEAR);
+    d.out = 3;
+    assert_int_equal(stk_model_builder_add(b, &d), 0);
+    d = stk_layer_desc_default(STK_LAYER_DROPOUT);
+    d.name = "drop";
+    assert_int_equal(stk_model_builder_add(b, &d), 0);
+    d = stk_layer_desc_default(STK_LAYER_CROSS_ENTROPY);
+    assert_int_equal(stk_model_builder_add(b, &d), 0);
+    d = stk_layer_desc_default(STK_LAYER_INPUT);
+    d.in_c = d.in_h = d.in_w = 1;
+    assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* second input */
+    d.kind = (stk_layer_kind_t)99;
+    assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG);
+    stk_model_config_t cfg = stk_model_config_default();
+    cfg.batch_size = batch;
+    cfg.seed = 9;
+    stk_model_t *m = NULL;
+    assert_int_equal(stk_model_create(&m, b, &cfg), 0);
+    stk_model_builder_destroy(&b);
+    stk_model_builder_destroy(&b);
+    return m;
+}
+
+static void test_training_mechanics(void **state)
+{
+    (void)state;
+    stk_model_t *m = residual_model(4);
+    float x[4 * 72];
+    for (size_t i = 0; i < 4 * 72; i++)
+        x[i] = (float)((i * 13) % 17) / 17.0f - 0.5f;
+    int64_t y[4] = {0, 1, 2, 1};
+    size_t np;
+    float l1, l2;
+    assert_int_equal(stk_model_backward(m), STK_ESTATE);
+    /* Same step, same dropout mask; another step, another loss. */
+    stk_model_set_step(m, 1);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
+    assert_true(l1 == l2);
+    stk_model_set_step(m, 2);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
+    assert_true(l1 != l2);
+    /* Accumulation: two backwards add; loss scale scales. */
+    stk_model_zero_grad(m);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
+    assert_int_equal(stk_model_backward(m), 0);
+    assert_int_equal(stk_model_backward(m), STK_ESTATE);
+    float *g = stk_model_grads(m, &np);
+    float *g1 = malloc(np * sizeof(float));
+    memcpy(g1, g, np * sizeof(float));
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
+    assert_int_equal(stk_model_backward(m), 0);
+    for (size_t i = 0; i < np; i++)
+        assert_true(fabsf(g[i] - 2.0f * g1[i]) <= 1e-6f + 1e-5f * fabsf(g1[i]));
+    stk_model_zero_grad(m);
+    stk_model_set_loss_scale(m, 0.5f);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
+    assert_int_equal(stk_model_backward(m), 0);
+    for (size_t i = 0; i < np; i++)
+        assert_true(fabsf(g[i] - 0.5f * g1[i]) <= 1e-6f + 1e-5f * fabsf(g1[i]));
+    stk_model_set_loss_scale(m, 1.0f);
+    /* Another batch size re-plans; the planned one comes back. */
+    assert_int_equal(stk_model_forward(m, x, 3, y, NULL, &l2), 0);
+    assert_int_equal(stk_model_batch_size(m), 3);
+    int64_t correct = -1;
+    assert_int_equal(stk_model_count_correct(m, y, &correct), 0);
+    assert_true(correct >= 0 && correct <= 3);
+    /* Soft targets equal to one-hot labels give the same loss. */
+    float soft[4 * 3] = {0};
+    for (int i = 0; i < 4; i++)
+        soft[i * 3 + y[i]] = 1.0f;
+    assert_int_equal(stk_model_forward(m, x, 4, NULL, soft, &l2), 0);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
+    assert_true(fabsf(l1 - l2) < 1e-6f);
+    /* Errors. */
+    int64_t bad[4] = {0, 1, 7, 1};
+    assert_int_equal(stk_model_forward(m, x, 4, bad, NULL, &l1), -EINVAL);
+    assert_non_null(strstr(stk_error_message(), "sample 2"));
+    assert_int_equal(stk_model_forward(m, x, 4, y, soft, &l1), -EINVAL);
+    assert_int_equal(stk_model_forward(m, NULL, 4, y, NULL, &l1), -EINVAL);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, NULL), -EINVAL);
+    /* Inference without targets, eval mode, then backward is refused. */
+    stk_model_set_train(m, 0);
+    assert_int_equal(stk_model_is_train(m), 0);
+    assert_int_equal(stk_model_forward(m, x, 4, NULL, NULL, NULL), 0);
+    assert_int_equal(stk_model_backward(m), STK_ESTATE);
+    stk_tensor_t out;
+    assert_int_equal(stk_model_output(m, "res", &out), 0);
+    assert_int_equal(out.shape[1], 2);
+    assert_int_equal(stk_model_output(m, "nope", &out), STK_ENOTFOUND);
+    /* Tensor forward. */
+    stk_tensor_t tx, ty;
+    int64_t xs[4] = {4, 2, 6, 6}, ys[1] = {4};
+    assert_int_equal(stk_tensor_init(&tx, x, STK_DTYPE_F32, 4, xs), 0);
+    assert_int_equal(stk_tensor_init(&ty, y, STK_DTYPE_I64, 1, ys), 0);
+    stk_model_set_train(m, 1);
+    assert_int_equal(stk_model_forward_tensor(m, &tx, &ty, &l2), 0);
+    assert_true(l1 == l1);
+    ty.dtype = STK_DTYPE_I32;
+    assert_int_equal(stk_model_forward_tensor(m, &tx, &ty, &l2), STK_ESHAPE);
+    xs[1] = 3;
+    assert_int_equal(stk_tensor_init(&tx, x, STK_DTYPE_F32, 4, xs), 0);
+    assert_int_equal(stk_model_forward_tensor(m, &tx, NULL, NULL), STK_ESHAPE);
+    /* Profiling stats. */
+    stk_model_set_profiling(m, 1);
+    stk_model_reset_stats(m);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
+    assert_int_equal(stk_model_backward(m), 0);
+    stk_layer_stats_t st;
+    assert_int_equal(stk_model_layer_stats(m, 1, &st), 0);
+    assert_string_equal(st.name, "c1");
+    assert_int_equal(st.forward_calls, 1);
+    assert_int_equal(st.backward_calls, 1);
+    assert_int_equal(stk_model_layer_stats(m, 100, &st), -EINVAL);
+    char buf[4096];
+    assert_true(stk_model_stats_format(m, buf, sizeof(buf)) < sizeof(buf));
+    assert_non_null(strstr(buf, "c1 (conv2d)"));
+    /* Threads: the loss does not depend on the count beyond reassociation. */
+    assert_int_equal(stk_model_set_threads(m, -1), -EINVAL);
+    assert_int_equal(stk_model_set_threads(m, 1), 0);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
+    assert_int_equal(stk_model_set_threads(m, 2), 0);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
+    assert_true(fabsf(l1 - l2) <= 1e-5f * fabsf(l1));
+    free(g1);
+    stk_model_destroy(&m);
+}
+
+static size_t hook_total;
+
+static void grad_hook(size_t offset, size_t count, void *user)
+{
+    (void)offset;
+    *(int *)user += 1;
+    hook_total += count;
+}
+
+static void test_grad_hook(void **state)
+{
+    (void)state;
+    stk_model_t *m = residual_model(2);
+    int calls = 0;
+    stk_model_set_grad_hook(m, grad_hook, &calls);
+    float x[2 * 72] = {0};
+    int64_t y[2] = {0, 1};
+    float l;
+    hook_total = 0;
+    assert_int_equal(stk_model_forward(m, x, 2, y, NULL, &l), 0);
+    assert_int_equal(stk_model_backward(m), 0);
+    size_t np;
+    stk_model_params(m, &np);
+    assert_int_equal(calls, 2); /* c1 and the linear layer */
+    assert_int_equal(hook_total, np);
+    stk_model_destroy(&m);
+}
+
+static void test_tensor(void **state)
+{
+    (void)state;
+    float data[24];
+    stk_tensor_t t, v;
+    int64_t s[3] = {2, 3, 4};
+    assert_int_equal(stk_tensor_init(&t, data, STK_DTYPE_F32, 3, s), 0);
+    assert_int_equal(stk_tensor_numel(&t), 24);
+    assert_true(stk_tensor_is_contiguous(&t));
+    assert_int_equal(stk_tensor_narrow(&v, &t, 1, 1, 2), 0);
+    assert_ptr_equal(v.data, data + 4);
+    assert_false(stk_tensor_is_contiguous(&v));
+    int64_t r[2] = {6, 4};
+    assert_int_equal(stk_tensor_reshape(&v, &v, 2, r), STK_ESTATE);
+    assert_int_equal(stk_tensor_reshape(&v, &t, 2, r), 0);
+    assert_int_equal(v.stride[0], 4);
+    r[0] = 5;
+    assert_int_equal(stk_tensor_reshape(&v, &t, 2, r), STK_ESHAPE);
+    assert_int_equal(stk_tensor_narrow(&v, &t, 0, 1, 2), STK_ESHAPE);
+    assert_int_equal(stk_tensor_narrow(&v, &t, 3, 0, 1), -EINVAL);
+    assert_int_equal(stk_tensor_init(&t, data, STK_DTYPE_INVALID, 3, s), -EINVAL);
+    assert_int_equal(stk_tensor_init(&t, data, STK_DTYPE_F32, 5, s), -EINVAL);
+    s[1] = -1;
+    assert_int_equal(stk_tensor_init(&t, data, STK_DTYPE_F32, 3, s), -EINVAL);
+    assert_string_equal(stk_layer_kind_name(STK_LAYER_CONV2D), "conv2d");
+    assert_int_equal(stk_layer_kind_from_name("batchnorm2d"), STK_LAYER_BATCHNORM2D);
+    assert_int_equal(stk_layer_kind_from_name("nope"), STK_LAYER_INVALID);
+    assert_string_equal(stk_layer_kind_name((stk_layer_kind_t)99), "invalid");
+}
+
+/* oneDNN failures come back as STK_EBACKEND with oneDNN's words. */
+static void test_backend_errors(void **state)
+{
+    (void)state;
+    stk__backend_t be;
+    assert_int_equal(stk__backend_open(&be, STK_DEVICE_CPU), 0);
+    /* 3 output channels in 2 groups: the weights cannot match dst. */
+    stk__conv_desc_t d = {.n = 1, .ic = 2, .ih = 4, .iw = 4, .oc = 3, .oh = 2, .ow = 2, .kh = 3, .kw = 3, .sh = 1,
+                          .sw = 1, .dh = 1, .dw = 1, .groups = 2, .bias = 1};
+    stk__op_t *op = NULL;
+    assert_int_equal(be.iface->conv_create(be.ctx, &d, &op), STK_EBACKEND);
+    assert_null(op);
+    assert_non_null(strstr(stk_error_message(), "oneDNN"));
+    assert_non_null(strstr(stk_error_message(), "invalid"));
+    assert_int_equal(be.iface->set_threads(be.ctx, 0), -EINVAL);
+    assert_true(be.iface->max_threads(be.ctx) >= 1);
+    stk__backend_close(&be);
+    assert_int_equal(stk__backend_open(&be, STK_DEVICE_CUDA), STK_EDEVICE);
+    assert_int_equal(stk__backend_open(&be, (stk_device_t)7), STK_EDEVICE);
+    stk_model_config_t cfg = stk_model_config_default();
+    cfg.device = STK_DEVICE_CUDA;
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    assert_int_equal(stk_model_builder_parse(b, "input shape=3\nlinear out=2", NULL), 0);
+    stk_model_t *m = NULL;
+    assert_int_equal(stk_model_create(&m, b, &cfg), STK_EDEVICE);
+    cfg = stk_model_config_default();
+    cfg.batch_size = 0;
+    assert_int_equal(stk_model_create(&m, b, &cfg), -EINVAL);
+    stk_model_builder_destroy(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tensor),
+        cmocka_unit_test(test_fixtures_layers),
+        cmocka_unit_test(test_fixture_network),
+        cmocka_unit_test(test_fd_layers),
+        cmocka_unit_test(test_model_file_errors),
+        cmocka_unit_test(test_reference_model),
+        cmocka_unit_test(test_state_roundtrip),
+        cmocka_unit_test(test_training_mechanics),
+        cmocka_unit_test(test_grad_hook),
+        cmocka_unit_test(test_backend_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
