@@ -43,7 +43,10 @@ import json, statistics as S, sys
 rows = {}
 for line in open(sys.argv[1]):
     wl, who, w, js = line.split(" ", 3)
-    rows.setdefault((wl, who, int(w)), []).append(json.loads(js))
+    try:
+        rows.setdefault((wl, who, int(w)), []).append(json.loads(js))
+    except ValueError:
+        print("failed run:", line.strip())
 def med(k, f):
     return S.median(r[f] for r in rows[k]) if k in rows else float("nan")
 print("%-4s %-11s %2s %5s %12s %10s %10s" % ("wl", "who", "w", "runs", "samples/s", "MB/s", "first ms"))

@@ -161,6 +161,9 @@ def main():
         gen(a.dir, 8192)
         return
     torch.set_num_threads(a.threads)
+    # The default fd-passing strategy hung a 2-worker run here once (main
+    # and workers all polling); named shared memory files did not.
+    torch.multiprocessing.set_sharing_strategy("file_system")
     torch.manual_seed(a.seed)
 
     if a.workload == "fmnist":
@@ -197,6 +200,7 @@ def main():
                   persistent_workers=a.workers > 0)
     if a.workers > 0:
         kw["prefetch_factor"] = a.prefetch
+        kw["timeout"] = 300  # fail, not hang, should a worker's batch get lost
     t0 = time.perf_counter()
     dl = DataLoader(ds, **kw)
     first = None
