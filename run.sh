@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # The Quick start in one script, for a fresh Debian 12 machine:
-#   ./run.sh        install what is missing, build, run the main job
+#   ./run.sh        install what is missing, build, pack Fashion-MNIST and
+#                   train the reference model (extra args go to stoker-train)
 #   ./run.sh test   install what is missing, build, run every test
 # Set STK_BUILD (default: build) to use another build folder, and
 # STK_NO_INSTALL=1 to skip the package step.
@@ -38,18 +39,23 @@ main_job() {
     local data=${STK_DATA:-data}
     local src=/usr/share/datasets/fashion-mnist
     mkdir -p "$data"
-    if [ ! -f "$data/fmnist-train/manifest" ]; then
+    # A finished pack writes its manifest last, so its presence means done.
+    if [ ! -f "$data/fmnist-train/shard.manifest" ]; then
         "$BUILD/tools/stoker-pack" idx "$src/train-images-idx3-ubyte.gz" "$src/train-labels-idx1-ubyte.gz" -o "$data/fmnist-train"
     fi
-    if [ ! -f "$data/fmnist-test/manifest" ]; then
+    if [ ! -f "$data/fmnist-test/shard.manifest" ]; then
         "$BUILD/tools/stoker-pack" idx "$src/t10k-images-idx3-ubyte.gz" "$src/t10k-labels-idx1-ubyte.gz" -o "$data/fmnist-test"
     fi
     "$BUILD/tools/stoker-pack" verify "$data/fmnist-train"
     "$BUILD/tools/stoker-pack" verify "$data/fmnist-test"
+    # The reference recipe: fmnist-cnn on the CPU (there is no CUDA engine
+    # backend yet). Extra arguments go to stoker-train, e.g. --set epochs=2.
+    "$BUILD/tools/stoker-train" configs/fmnist-cnn.conf \
+        --set train_data="$data/fmnist-train" --set test_data="$data/fmnist-test" "$@"
 }
 
 case "${1:-run}" in
-    run)  install_packages; build; main_job ;;
+    run)  shift || true; install_packages; build; main_job "$@" ;;
     test) install_packages; build; meson test -C "$BUILD" --print-errorlogs --num-processes "${STK_TEST_JOBS:-2}" ;;
     *)    echo "usage: $0 [run|test]" >&2; exit 2 ;;
 esac
