@@ -35,89 +35,10 @@
 #define CK_ALIGN 64
 #define CK_MAX_SECTIONS 4096
 
-/* ---- XXH64, written from the xxHash specification -------------------- */
-
-#define P1 0x9E3779B185EBCA87ull
-#define P2 0xC2B2AE3D27D4EB4Full
-#define P3 0x165667B19E3779F9ull
-#define P4 0x85EBCA77C2B2AE63ull
-#define P5 0x27D4EB2F165667C5ull
-
-static inline uint64_t rotl64(uint64_t x, int r)
-{
-    return (x << r) | (x >> (64 - r));
-}
-
-static inline uint64_t rd64(const unsigned char *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-
-static inline uint32_t rd32(const unsigned char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static inline uint64_t xxround(uint64_t acc, uint64_t lane)
-{
-    acc += lane * P2;
-    acc = rotl64(acc, 31);
-    return acc * P1;
-}
-
-static inline uint64_t xxmerge(uint64_t acc, uint64_t v)
-{
-    acc ^= xxround(0, v);
-    return acc * P1 + P4;
-}
-
+/* Sections are checked with the same XXH64 (seed 0) as shard records. */
 uint64_t stk_ckpt_checksum(const void *data, size_t len)
 {
-    const unsigned char *p = data, *end = p + len;
-    uint64_t acc;
-    if (len >= 32) {
-        uint64_t v1 = P1 + P2, v2 = P2, v3 = 0, v4 = 0 - P1;
-        const unsigned char *limit = end - 32;
-        do {
-            v1 = xxround(v1, rd64(p));
-            v2 = xxround(v2, rd64(p + 8));
-            v3 = xxround(v3, rd64(p + 16));
-            v4 = xxround(v4, rd64(p + 24));
-            p += 32;
-        } while (p <= limit);
-        acc = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
-        acc = xxmerge(acc, v1);
-        acc = xxmerge(acc, v2);
-        acc = xxmerge(acc, v3);
-        acc = xxmerge(acc, v4);
-    } else {
-        acc = P5;
-    }
-    acc += (uint64_t)len;
-    while (end - p >= 8) {
-        acc ^= xxround(0, rd64(p));
-        acc = rotl64(acc, 27) * P1 + P4;
-        p += 8;
-    }
-    if (end - p >= 4) {
-        acc ^= (uint64_t)rd32(p) * P1;
-        acc = rotl64(acc, 23) * P2 + P3;
-        p += 4;
-    }
-    while (p < end) {
-        acc ^= (uint64_t)(*p++) * P5;
-        acc = rotl64(acc, 11) * P1;
-    }
-    acc ^= acc >> 33;
-    acc *= P2;
-    acc ^= acc >> 29;
-    acc *= P3;
-    acc ^= acc >> 32;
-    return acc;
+    return stk__xxh64(data, len, 0);
 }
 
 /* ---- Writing ------------------------------------------------------------ */

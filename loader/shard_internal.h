@@ -20,7 +20,6 @@
 #define STK__MANIFEST_MAGIC "stoker-manifest 1"
 
 /* 64-bit XXH64 (seed 0 in the format) of len bytes. */
-uint64_t stk__xxh64(const void *data, size_t len, uint64_t seed);
 
 static inline void stk__put_u32(unsigned char *p, uint32_t v)
 {
