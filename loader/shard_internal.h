@@ -72,6 +72,8 @@ int stk__writer_add_raw(stk_writer_t *w, const void *raw, size_t len);
  * changed) and uses the index and dictionaries in place: blob must outlive
  * the set. */
 size_t stk__shardset_export_size(const stk_shardset_t *set);
+/* Starts loading the index entry of a record (no effect past the end). */
+void stk__shardset_prefetch(const stk_shardset_t *set, uint64_t index);
 void stk__shardset_export(const stk_shardset_t *set, void *out);
 int stk__shardset_import(stk_shardset_t **out, const void *blob, size_t len);
 

@@ -45,7 +45,41 @@ struct stk_shardset {
     uint64_t max_raw, max_stored;
     uint32_t ndicts; /* distinct dictionaries; shard i uses shards[dict_owner[k]] */
     uint32_t *dict_owner;
+    uint64_t stride; /* every shard but the last holds this many records; else 0 */
 };
+
+/* Sets packed with `stoker-pack -n N` have equal shards: a record's shard
+ * is then a division, not a search whose branches a random order
+ * mispredicts. */
+static void set_stride(stk_shardset_t *set)
+{
+    set->stride = set->n ? set->shards[0].nrec : 0;
+    for (uint32_t i = 0; i + 1 < set->n && set->stride; i++)
+        if (set->shards[i].nrec != set->stride || set->shards[i].first != i * set->stride)
+            set->stride = 0;
+}
+
+static inline uint32_t shard_of(const stk_shardset_t *set, uint64_t index)
+{
+    uint32_t lo = 0, hi = set->n;
+    if (set->stride) {
+        uint64_t q = index / set->stride;
+        lo = q < set->n ? (uint32_t)q : set->n - 1;
+    } else {
+        /* Last shard whose first index <= index. */
+        while (hi - lo > 1) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (set->shards[mid].first <= index)
+                lo = mid;
+            else
+                hi = mid;
+        }
+    }
+    /* Empty shards are skipped by the strict comparison. */
+    while (index - set->shards[lo].first >= set->shards[lo].nrec)
+        lo++;
+    return lo;
+}
 
 static int pread_all(int fd, void *buf, size_t len, uint64_t off, const char *path)
 {
@@ -459,6 +493,8 @@ int stk_shardset_open(stk_shardset_t **out, const char *path)
         rc = stk__error(STK_EEMPTY, "%s: no shards", path);
     if (!rc && set->total == 0)
         rc = stk__error(STK_EEMPTY, "%s: the data set has no records", path);
+    if (!rc)
+        set_stride(set);
     if (rc) {
         stk_shardset_close(&set);
         return rc;
@@ -532,18 +568,7 @@ int stk_shardset_locate(const stk_shardset_t *set, uint64_t index, stk_record_lo
     if (index >= set->total)
         return stk__error(-ERANGE, "record %" PRIu64 " out of range (%" PRIu64 " records)", index,
                           set->total);
-    /* Last shard whose first index <= index; empty shards are skipped by
-     * the strict comparison on the next shard. */
-    uint32_t lo = 0, hi = set->n;
-    while (hi - lo > 1) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (set->shards[mid].first <= index)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    while (index - set->shards[lo].first >= set->shards[lo].nrec)
-        lo++;
+    uint32_t lo = shard_of(set, index);
     const shard_t *s = &set->shards[lo];
     uint64_t li = index - s->first;
     const unsigned char *e = s->index + li * STK__INDEX_ENTRY;
@@ -555,6 +580,14 @@ int stk_shardset_locate(const stk_shardset_t *set, uint64_t index, stk_record_lo
     loc->raw_len = stk__get_u32(e + 12);
     loc->checksum = stk__get_u64(e + 16);
     return 0;
+}
+
+void stk__shardset_prefetch(const stk_shardset_t *set, uint64_t index)
+{
+    if (index < set->total) {
+        const shard_t *s = &set->shards[shard_of(set, index)];
+        __builtin_prefetch(s->index + (index - s->first) * STK__INDEX_ENTRY, 0, 0);
+    }
 }
 
 int stk_shardset_read_raw(const stk_shardset_t *set, uint64_t index, void *buf, size_t cap,
@@ -584,6 +617,7 @@ struct stk_decoder {
     ZSTD_DDict **ddicts; /* one per distinct dictionary of the set */
     unsigned char *scratch;
     size_t scratch_cap;
+    uint64_t *verified;  /* STK_VERIFY_ONCE: a bit per record of the set */
 };
 
 int stk_decoder_create(stk_decoder_t **out, const stk_shardset_t *set)
@@ -623,10 +657,30 @@ void stk_decoder_destroy(stk_decoder_t **dp)
         for (uint32_t k = 0; k < d->set->ndicts; k++)
             ZSTD_freeDDict(d->ddicts[k]);
     free(d->ddicts);
+    free(d->verified);
     ZSTD_freeDCtx(d->dctx);
     free(d->scratch);
     free(d);
     *dp = NULL;
+}
+
+int stk_decoder_set_verify(stk_decoder_t *dec, stk_verify_t mode)
+{
+    if (!dec)
+        return stk__error(STK_ECONFIG, "stk_decoder_set_verify: NULL decoder");
+    if (mode != STK_VERIFY_ALWAYS && mode != STK_VERIFY_ONCE)
+        return stk__error(STK_ECONFIG, "verify mode %d unknown", (int)mode);
+    if (mode == STK_VERIFY_ALWAYS) {
+        free(dec->verified);
+        dec->verified = NULL;
+    } else if (!dec->verified) {
+        /* 1.28M records: 160 KiB, touched only where records are read. */
+        dec->verified = calloc((size_t)(dec->set->total / 64 + 1), sizeof *dec->verified);
+        if (!dec->verified)
+            return stk__error(-ENOMEM, "decoder: verify bitmap for %" PRIu64 " records",
+                              dec->set->total);
+    }
+    return 0;
 }
 
 int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const void *stored,
@@ -665,12 +719,17 @@ int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const vo
                               "index says %" PRIu64,
                               s->path, loc->local_index, gi, r, loc->raw_len);
     }
-    uint64_t h = stk__xxh64(out, (size_t)loc->raw_len, 0);
-    if (h != loc->checksum)
-        return stk__error(STK_EDATA,
-                          "%s: record %" PRIu64 " (global %" PRIu64 "): checksum mismatch "
-                          "(index %016" PRIx64 ", data %016" PRIx64 ")",
-                          s->path, loc->local_index, gi, loc->checksum, h);
+    uint64_t bit = UINT64_C(1) << (gi % 64);
+    if (!dec->verified || !(dec->verified[gi / 64] & bit)) {
+        uint64_t h = stk__xxh64(out, (size_t)loc->raw_len, 0);
+        if (h != loc->checksum)
+            return stk__error(STK_EDATA,
+                              "%s: record %" PRIu64 " (global %" PRIu64 "): checksum mismatch "
+                              "(index %016" PRIx64 ", data %016" PRIx64 ")",
+                              s->path, loc->local_index, gi, loc->checksum, h);
+        if (dec->verified)
+            dec->verified[gi / 64] |= bit;
+    }
     if (rec) {
         int rc = stk_record_parse(&set->schema, out, (size_t)loc->raw_len, rec);
         if (rc)
@@ -888,6 +947,7 @@ int stk__shardset_import(stk_shardset_t **out, const void *blob, size_t len)
             goto fail;
         }
     }
+    set_stride(set);
     *out = set;
     return 0;
 fail:

@@ -18,6 +18,7 @@ struct stk_sampler {
     uint64_t epoch;
     uint64_t key;    /* Philox key of the current epoch */
     uint64_t cursor; /* next position handed out by stk_sampler_next */
+    int drawn;       /* order holds epoch's draw (set_epoch again need not redo it) */
     int replacement;
     uint32_t rank, world;
     int shuffle;

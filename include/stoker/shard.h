@@ -171,6 +171,19 @@ STK_API void stk_decoder_destroy(stk_decoder_t **dec);
  * STK_EDATA on any mismatch, with shard path and record number. */
 STK_API int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const void *stored,
                                void *out, size_t cap, stk_record_t *rec);
+/* How often a decoder checks a record's checksum. ALWAYS (a new
+ * decoder's mode): on every decode. ONCE: the first time this decoder
+ * decodes the record successfully; later decodes of it skip the hash.
+ * A record is only ever skipped after its bytes matched the index, so a
+ * bad byte on disk is still reported on first read; what ONCE gives up is
+ * noticing a shard rewritten in place while it is open (stoker-pack never
+ * does that: it writes a new file and renames it). */
+typedef enum stk_verify {
+    STK_VERIFY_ALWAYS = 0,
+    STK_VERIFY_ONCE = 1
+} stk_verify_t;
+STK_API int stk_decoder_set_verify(stk_decoder_t *dec, stk_verify_t mode);
+
 /* pread + decode in one call. */
 STK_API int stk_shardset_get(const stk_shardset_t *set, stk_decoder_t *dec, uint64_t index,
                              void *out, size_t cap, stk_record_t *rec);

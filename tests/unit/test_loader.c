@@ -1375,6 +1375,15 @@ static void test_shard_dataset(void **state)
         stk_loader_get_stats(l, &st);
         assert_int_equal(st.skipped, 1);
         assert_true(st.read.bytes > 0);
+        /* Checksums are verified once per worker (STK_VERIFY_ONCE), but a
+         * record never matched is checked, and skipped, every epoch. */
+        free(r.seen);
+        memset(&r, 0, sizeof r);
+        assert_int_equal(stk_loader_set_epoch(l, 1), 0);
+        assert_int_equal(drain_epoch(l, &r, 300), STK_DONE);
+        assert_each_once(&r, 300, 10);
+        stk_loader_get_stats(l, &st);
+        assert_int_equal(st.skipped, 2);
         stk_loader_destroy(&l);
         free(r.seen);
     }

@@ -524,6 +524,83 @@ static void flip(const char *path, long off)
     close(fd);
 }
 
+/* Shards of unequal sizes (600, then 6 x 100) take the searching path of
+ * locate, equal ones the dividing path: both find every record. Verify
+ * ONCE hashes a record until it has matched once, ALWAYS on every decode. */
+static void test_locate_and_verify(void **state)
+{
+    (void)state;
+    stk_schema_t s;
+    make_schema(&s, 0);
+    char *one = strdup(tpath("lv_one")), *six = strdup(tpath("lv_six")), *mix = strdup(tpath("lv_mix"));
+    write_set(one, &s, 600, 0, 0, 0, NULL);
+    write_set(six, &s, 600, 0, 0, 100, NULL);
+    assert_int_equal(mkdir(mix, 0755), 0);
+    char from[600], to[600];
+    snprintf(from, sizeof from, "%s/shard-00000.stk", one);
+    snprintf(to, sizeof to, "%s/a.stk", mix);
+    copy_file(from, to);
+    for (int k = 0; k < 6; k++) {
+        snprintf(from, sizeof from, "%s/shard-%05d.stk", six, k);
+        snprintf(to, sizeof to, "%s/b-%05d.stk", mix, k);
+        copy_file(from, to);
+    }
+    const char *paths[2] = {six, mix};
+    unsigned char want[4096], got[4096], stored[4096];
+    for (int p = 0; p < 2; p++) {
+        stk_shardset_t *set = NULL;
+        assert_int_equal(stk_shardset_open(&set, paths[p]), 0);
+        uint64_t n = stk_shardset_len(set);
+        assert_int_equal(n, p ? 1200 : 600);
+        stk_decoder_t *dec = NULL;
+        assert_int_equal(stk_decoder_create(&dec, set), 0);
+        /* Backwards and forwards: no state carried between lookups. */
+        for (uint64_t k = 0; k < 2 * n; k++) {
+            uint64_t i = k < n ? n - 1 - k : k - n;
+            size_t len = make_record(&s, i % 600, want, sizeof want);
+            assert_int_equal(stk_shardset_get(set, dec, i, got, sizeof got, NULL), 0);
+            assert_memory_equal(got, want, len);
+        }
+        stk_record_loc_t loc;
+        assert_int_equal(stk_shardset_locate(set, n - 1, &loc), 0);
+        assert_int_equal(loc.shard, p ? 6 : 5);
+        assert_int_equal(loc.local_index, 99);
+        assert_int_equal(stk_shardset_locate(set, n, &loc), -ERANGE);
+        stk_decoder_destroy(&dec);
+        stk_shardset_close(&set);
+    }
+
+    stk_shardset_t *set = NULL;
+    assert_int_equal(stk_shardset_open(&set, six), 0);
+    stk_record_loc_t loc;
+    assert_int_equal(stk_shardset_locate(set, 7, &loc), 0);
+    assert_int_equal(pread(loc.fd, stored, loc.stored_len, (off_t)loc.offset),
+                     (ssize_t)loc.stored_len);
+    stk_decoder_t *dec = NULL;
+    assert_int_equal(stk_decoder_create(&dec, set), 0);
+    assert_int_equal(stk_decoder_set_verify(dec, (stk_verify_t)7), STK_ECONFIG);
+    assert_int_equal(stk_decoder_set_verify(dec, STK_VERIFY_ONCE), 0);
+    stored[loc.stored_len / 2] ^= 0x20;
+    /* Bad bytes before any match: reported, and again (never marked). */
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(stk_decoder_decode(dec, &loc, stored, got, sizeof got, NULL), STK_EDATA);
+        expect_msg("checksum mismatch");
+    }
+    stored[loc.stored_len / 2] ^= 0x20;
+    assert_int_equal(stk_decoder_decode(dec, &loc, stored, got, sizeof got, NULL), 0);
+    /* Matched once: ONCE trusts the record from now on, ALWAYS does not. */
+    stored[loc.stored_len / 2] ^= 0x20;
+    assert_int_equal(stk_decoder_decode(dec, &loc, stored, got, sizeof got, NULL), 0);
+    assert_int_equal(stk_decoder_set_verify(dec, STK_VERIFY_ALWAYS), 0);
+    assert_int_equal(stk_decoder_decode(dec, &loc, stored, got, sizeof got, NULL), STK_EDATA);
+    expect_msg("record 7");
+    stk_decoder_destroy(&dec);
+    stk_shardset_close(&set);
+    free(one);
+    free(six);
+    free(mix);
+}
+
 static int open_err(const char *path)
 {
     stk_shardset_t *set = NULL;
@@ -822,6 +899,7 @@ int main(void)
         cmocka_unit_test(test_record_layout),
         cmocka_unit_test(test_roundtrip_fixed),
         cmocka_unit_test(test_roundtrip_var),
+        cmocka_unit_test(test_locate_and_verify),
         cmocka_unit_test(test_estimate_ratio),
         cmocka_unit_test(test_writer_errors),
         cmocka_unit_test(test_writer_atomic),
