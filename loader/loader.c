@@ -277,7 +277,7 @@ static int check_limits(stk_loader_t *l)
                               (unsigned long long)rl.rlim_cur, (unsigned long long)need_m,
                               l->nworkers);
     }
-    if (l->cfg.pin && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+    if (l->cfg.pin && !l->cfg.pin_no_memlock && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
         rl.rlim_cur < l->arena_bytes)
         return stk__error(STK_ELIMIT, "RLIMIT_MEMLOCK is %llu bytes; pinning the batch arena "
                           "needs %zu bytes (raise it with ulimit -l, or do not pin)",

@@ -43,6 +43,8 @@ meson setup build-gpu -Dwerror=true -Dcuda=enabled --buildtype=release || exit 1
 ninja -C build-gpu || exit 1
 STK_REQUIRE_GPU=1 meson test -C build-gpu --print-errorlogs --num-processes 8 || rc=1
 cp build-gpu/meson-logs/testlog.txt "$OUT/" 2>/dev/null
+# The loader's pinned arena on the device: H2D bandwidth from the slots.
+build-gpu/tests/unit/test_loader_cuda 2>&1 | tee "$OUT/loader_cuda.txt" || rc=1
 
 # Benchmarks, each beside its PyTorch reference in the same run. There is
 # no CUDA engine backend yet, so these are the CPU numbers of the device

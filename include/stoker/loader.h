@@ -154,6 +154,9 @@ typedef struct stk_loader_config {
     stk_pin_fn pin;
     stk_unpin_fn unpin;
     void *pin_user;
+    int pin_no_memlock;                  /* pin is not bound by RLIMIT_MEMLOCK: set it for
+                                          * cudaHostRegister (the NVIDIA driver does not
+                                          * count against it); mlock-based pins leave 0 */
 } stk_loader_config_t;
 
 STK_API void stk_loader_config_default(stk_loader_config_t *cfg);
@@ -161,7 +164,7 @@ STK_API void stk_loader_config_default(stk_loader_config_t *cfg);
 typedef struct stk_loader stk_loader_t;
 
 /* Checks limits (RLIMIT_NOFILE against the files workers hold,
- * RLIMIT_MEMLOCK when pin is set, the cgroup memory limit against the
+ * RLIMIT_MEMLOCK when pin is set and pin_no_memlock is not, the cgroup memory limit against the
  * arena: STK_ELIMIT naming the limit, its value and the need), maps the
  * arena, pins it, selects epoch 0 and starts the workers (a worker that
  * fails in its own start is reported by stk_loader_next). ds must outlive

@@ -829,6 +829,11 @@ static void test_limits_and_config(void **state)
     c.unpin = unpin_ok;
     assert_int_equal(stk_loader_create(&l, ds, &c), STK_ELIMIT);
     assert_non_null(strstr(stk_error_message(), "RLIMIT_MEMLOCK is 4096"));
+    /* A pin outside the limit (cudaHostRegister) is not held to it. */
+    c.pin_no_memlock = 1;
+    assert_int_equal(stk_loader_create(&l, ds, &c), 0);
+    stk_loader_destroy(&l);
+    c.pin_no_memlock = 0;
     setrlimit(RLIMIT_MEMLOCK, &old);
 
     /* RLIMIT_NOFILE below what each worker holds. */
