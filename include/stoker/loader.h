@@ -93,7 +93,7 @@ STK_API int stk_dataset_memory_create(stk_dataset_t **out, const stk_schema_t *s
 
 /* How shard workers read records. */
 typedef enum stk_io_mode {
-    STK_IO_AUTO = 0,  /* shard sets stored raw (level 0): mmap; else io_uring when
+    STK_IO_AUTO = 0,  /* raw (level 0) or cached sets: mmap; else io_uring when
                        * built in and allowed, else pread */
     STK_IO_URING = 1, /* io_uring or fail (STK_ECONFIG / -EPERM) */
     STK_IO_PREAD = 2,
@@ -109,10 +109,12 @@ typedef struct stk_shard_dataset_config {
 
 STK_API void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg);
 /* Dataset over a shard set (any path stk_shardset_open takes). With
- * STK_IO_AUTO, a set whose shards are all stored raw (zstd level 0) is
- * mapped (STK_IO_MMAP: no read call and no copy per record from the page
- * cache); any other set uses io_uring, probed here; when refused (seccomp,
- * old kernel, kernel.io_uring_disabled) the reader falls back to pread and
+ * STK_IO_AUTO, a set whose shards are all stored raw (zstd level 0), or a
+ * compressed set wholly in the page cache when it is opened, is mapped
+ * (STK_IO_MMAP: no read call and no copy per record; each worker reads its
+ * first batch with pread, cheaper than first faults on a cold mapping);
+ * any other set uses io_uring, probed here; when refused (seccomp, old
+ * kernel, kernel.io_uring_disabled) the reader falls back to pread and
  * logs one warning. Force URING/PREAD/MMAP to override the rule. */
 STK_API int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
                                      const stk_shard_dataset_config_t *cfg);

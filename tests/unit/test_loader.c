@@ -1288,6 +1288,106 @@ static void test_shardset_export(void **state)
     rm_rf(zdir);
 }
 
+/* With evict, drops the shard files of dir from the page cache; returns
+ * whether every page of them is cached (tmpfs keeps them all). */
+static int set_resident(const char *dir, int evict)
+{
+    char path[600];
+    int resident = 1;
+    for (int k = 0;; k++) {
+        snprintf(path, sizeof path, "%s/shard-%05d.stk", dir, k);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            break;
+        struct stat st;
+        assert_int_equal(fstat(fd, &st), 0);
+        if (evict) {
+            assert_int_equal(fdatasync(fd), 0);
+            assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+        }
+        unsigned char *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        assert_true(m != MAP_FAILED);
+        size_t pages = ((size_t)st.st_size + 4095) / 4096;
+        unsigned char *vec = malloc(pages);
+        assert_non_null(vec);
+        assert_int_equal(mincore(m, (size_t)st.st_size, vec), 0);
+        for (size_t i = 0; i < pages; i++)
+            resident &= vec[i] & 1;
+        free(vec);
+        munmap(m, (size_t)st.st_size);
+        close(fd);
+    }
+    return resident;
+}
+
+static void read_set(const char *dir)
+{
+    char path[600], buf[65536];
+    for (int k = 0;; k++) {
+        snprintf(path, sizeof path, "%s/shard-%05d.stk", dir, k);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            break;
+        while (read(fd, buf, sizeof buf) > 0)
+            ;
+        close(fd);
+    }
+}
+
+/* STK_IO_AUTO on a compressed set of 2.4 MB (one shard, so that opening
+ * it, which reads the head and the tail, leaves most pages uncached):
+ * evicted, it is read (io_uring, or pread where refused); cached again,
+ * it is mapped. Either way the batches are the same. */
+static void test_auto_io(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/stk-loader-a-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    stk_schema_t sc;
+    memset(&sc, 0, sizeof sc);
+    int64_t shape[1] = {1024};
+    assert_int_equal(stk_schema_add(&sc, "image", STK_DTYPE_U8, 1, shape), 0);
+    stk_writer_config_t wc;
+    stk_writer_config_default(&wc);
+    wc.zstd_level = 3;
+    wc.use_dict = 0;
+    stk_writer_t *w = NULL;
+    assert_int_equal(stk_writer_create(&w, dir, &sc, &wc), 0);
+    stk_rng_t r;
+    stk_rng_init(&r, 99, 0);
+    for (int i = 0; i < 2400; i++) {
+        uint32_t rec[256];
+        for (int k = 0; k < 256; k++)
+            rec[k] = k < 64 ? (uint32_t)i : stk_rng_u32(&r); /* compresses a little */
+        const void *data[1] = {rec};
+        assert_int_equal(stk_writer_add(w, data, NULL), 0);
+    }
+    assert_int_equal(stk_writer_finish(w), 0);
+    stk_writer_destroy(&w);
+    uint64_t sums[2];
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 0)
+            set_resident(dir, 1);
+        else
+            read_set(dir);
+        stk_dataset_t *ds = NULL;
+        assert_int_equal(stk_dataset_shard_create(&ds, dir, NULL), 0);
+        stk_io_mode_t m = stk_dataset_io_mode(ds);
+        if (pass == 0 && !set_resident(dir, 0))
+            assert_true(m == STK_IO_URING || m == STK_IO_PREAD);
+        else
+            assert_int_equal(m, STK_IO_MMAP);
+        stk_loader_config_t c = base_cfg(2, 2);
+        run_t rr = run_epochs(ds, &c, 1);
+        assert_each_once(&rr, 2400, -1);
+        sums[pass] = rr.sum;
+        free(rr.seen);
+        stk_dataset_destroy(&ds);
+    }
+    assert_true(sums[0] == sums[1]);
+    rm_rf(dir);
+}
+
 static void test_shard_dataset(void **state)
 {
     (void)state;
@@ -1326,15 +1426,12 @@ static void test_shard_dataset(void **state)
         }
         stk_dataset_destroy(&ds);
     }
-    /* AUTO maps the raw set and reads the compressed one. */
+    /* AUTO maps the raw set and, as it was just written and is all in
+     * the page cache, the compressed one (test_auto_io has it evicted). */
     for (int z = 0; z < 2; z++) {
         stk_dataset_t *ds = NULL;
         assert_int_equal(stk_dataset_shard_create(&ds, z ? zdir : dir, NULL), 0);
-        stk_io_mode_t m = stk_dataset_io_mode(ds);
-        if (z)
-            assert_true(m == STK_IO_URING || m == STK_IO_PREAD);
-        else
-            assert_int_equal(m, STK_IO_MMAP);
+        assert_int_equal(stk_dataset_io_mode(ds), STK_IO_MMAP);
         c.num_workers = 1;
         run_t r = run_epochs(ds, &c, 1);
         assert_true(r.sum == ref.sum);
@@ -1417,6 +1514,7 @@ int main(void)
         cmocka_unit_test(test_io_resolve),
         cmocka_unit_test(test_shard_dataset),
         cmocka_unit_test(test_shardset_export),
+        cmocka_unit_test(test_auto_io),
     };
     /* Workers are forked from the fork server, started here while this
      * process is still small. */
