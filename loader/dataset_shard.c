@@ -18,6 +18,8 @@ typedef struct shard_args {
     uint32_t max_batch;
     int32_t auto_mmap;   /* STK_IO_AUTO: map the set when all its records are raw */
     int32_t verify;      /* stk_verify_t */
+    int32_t cold_io;     /* STK_IO_MMAP: how the first batch is read (URING or PREAD) */
+    int32_t pad;
     uint64_t set_off;    /* the set as checked by the creating process */
     uint64_t set_len;    /* (stk__shardset_export), 8-aligned after path */
     char path[];
@@ -43,7 +45,8 @@ typedef struct shard_inst {
     size_t base;               /* position of this chunk in the batch */
     unsigned char **maps;      /* STK_IO_MMAP: each shard mapped whole */
     size_t *map_len;
-    uint32_t cold_batches;     /* STK_IO_MMAP: batches still to read with pread */
+    uint32_t cold_batches;     /* STK_IO_MMAP: batches still to read with cold_io */
+    stk_io_mode_t cold_io;
 } shard_inst_t;
 
 static void shard_close(void *p)
@@ -151,6 +154,7 @@ static int shard_open(const void *args, size_t len, uint32_t worker, void **out)
     if (!s)
         return stk__error(-ENOMEM, "shard dataset: out of memory");
     s->io = (stk_io_mode_t)a->io;
+    s->cold_io = a->cold_io == STK_IO_URING ? STK_IO_URING : STK_IO_PREAD;
     s->max_batch = a->max_batch ? a->max_batch : 1;
     /* Reopen the files, not reread and recheck every index: the creating
      * process did that and the index lies in the shared blob. */
@@ -189,12 +193,14 @@ static int shard_buffers(shard_inst_t *s)
         /* A worker's first batch maps its records' pages for the first
          * time: each such fault maps 16 cached pages around it, about 8 us
          * here, 2 ms for a batch of 256 random records, 4x what reading
-         * them with pread costs. pread takes the first batch, which is all
-         * the time to first batch waits for; the mapping warms from the
-         * second on. */
+         * them costs. Reads take the first batch, which is all the time to
+         * first batch waits for; the mapping warms from the second on.
+         * io_uring where allowed: pages reclaimed since the set was last
+         * read (this VM's proactive reclaim takes a few percent a minute)
+         * then come from the disk in parallel, not one pread at a time. */
         s->cold_batches = 1;
     }
-    rc = stk__reader_create(&s->reader, s->io == STK_IO_MMAP ? STK_IO_PREAD : s->io,
+    rc = stk__reader_create(&s->reader, s->io == STK_IO_MMAP ? s->cold_io : s->io,
                             s->max_batch);
     if (rc)
         return rc;
@@ -516,6 +522,7 @@ int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
         stk_shardset_close(&set);
         return stk__error(-ENOMEM, "shard dataset: out of memory");
     }
+    a->cold_io = (int32_t)io; /* URING or PREAD as probed, before the mapping rules */
     if (cfg->io == STK_IO_AUTO && !set_is_raw(set) && set_is_cached(set))
         io = STK_IO_MMAP;
     a->io = (int32_t)io;
