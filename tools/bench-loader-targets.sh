@@ -3,7 +3,7 @@
 # The loader issue's targets, each measured side by side with PyTorch in
 # the same run, at workers 0, 1 and 2, repeated REPS times (medians; the
 # machine may be busy):
-#   W1   Fashion-MNIST raw, batch 256, no augment: stoker vs PyTorch
+#   W1   Fashion-MNIST raw, batch 256, no augment, 10 epochs: stoker vs PyTorch
 #        (tuned: whole-batch gathers; and the classic per-sample Dataset)
 #   W1z  the same from a zstd level-3 pack (only with ZSET)
 #   W1a  Fashion-MNIST, crop 28 pad 2 + hflip + normalize f32, batch 256;
@@ -19,7 +19,8 @@ set -eu
 b=$1 fm=$2 syn=$3 reps=${4:-3} zset=${5:-}
 py() { LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread /usr/bin/python3 \
        "$(dirname "$0")/bench_loader_torch.py" "$@" 2>/dev/null; }
-sb() { "$b/tools/stoker-bench" "$@" --json; }
+# --no-checksum: PyTorch's loop reads no batch either.
+sb() { "$b/tools/stoker-bench" "$@" --no-checksum --json; }
 aug1='crop:28,pad=2|hflip|normalize:mean=0.2860,std=0.3530'
 aug2='hflip|normalize:mean=0.5,std=0.25'
 npy="--data $syn/data.npy --labels $syn/labels.npy --batch 64"
@@ -29,9 +30,9 @@ i=0
 while [ "$i" -lt "$reps" ]; do
     i=$((i + 1))
     for w in 0 1 2; do
-        echo "w1 stoker $w $(sb "$fm" --workers "$w" --epochs 3 --no-memcpy)"
-        [ -z "$zset" ] || echo "w1z stoker $w $(sb "$zset" --workers "$w" --epochs 3 --no-memcpy)"
-        echo "w1 torch $w $(py fmnist --workers "$w" --epochs 3)"
+        echo "w1 stoker $w $(sb "$fm" --workers "$w" --epochs 10 --no-memcpy)"
+        [ -z "$zset" ] || echo "w1z stoker $w $(sb "$zset" --workers "$w" --epochs 10 --no-memcpy)"
+        echo "w1 torch $w $(py fmnist --workers "$w" --epochs 10)"
         echo "w1a stoker $w $(sb "$fm" --workers "$w" --epochs 10 --augment "$aug1" --no-memcpy)"
         echo "w1a torch $w $(py fmnist --workers "$w" --augment)"
         echo "w2 stoker $w $(sb "$syn/stk" --batch 64 --workers "$w" --augment "$aug2")"
