@@ -618,6 +618,10 @@ struct stk_decoder {
     unsigned char *scratch;
     size_t scratch_cap;
     uint64_t *verified;  /* STK_VERIFY_ONCE: a bit per record of the set */
+    /* A schema without variable fields lays every record out alike: the
+     * fields' offsets and sizes, worked out once instead of per record. */
+    int fixed;
+    size_t fixed_off[STK_MAX_FIELDS], fixed_bytes[STK_MAX_FIELDS];
 };
 
 int stk_decoder_create(stk_decoder_t **out, const stk_shardset_t *set)
@@ -629,6 +633,15 @@ int stk_decoder_create(stk_decoder_t **out, const stk_shardset_t *set)
     if (!d)
         return stk__error(-ENOMEM, "out of memory");
     d->set = set;
+    if (set->sizes.nvar == 0) {
+        size_t off = 0;
+        d->fixed = 1;
+        for (uint32_t i = 0; i < set->schema.nfields; i++) {
+            d->fixed_off[i] = off;
+            d->fixed_bytes[i] = (size_t)stk_field_bytes(&set->schema.fields[i], 0);
+            off += d->fixed_bytes[i];
+        }
+    }
     d->dctx = ZSTD_createDCtx();
     d->ddicts = calloc(set->ndicts ? set->ndicts : 1, sizeof *d->ddicts);
     int rc = 0;
@@ -730,7 +743,16 @@ int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const vo
         if (dec->verified)
             dec->verified[gi / 64] |= bit;
     }
-    if (rec) {
+    if (rec && dec->fixed && loc->raw_len == set->sizes.min_raw) {
+        const unsigned char *o = out;
+        rec->nfields = set->schema.nfields;
+        for (uint32_t i = 0; i < rec->nfields; i++) {
+            rec->data[i] = o + dec->fixed_off[i];
+            rec->bytes[i] = dec->fixed_bytes[i];
+            rec->var_extent[i] = -1;
+        }
+    } else if (rec) {
+        /* Also where a fixed record has the wrong size: parse names it. */
         int rc = stk_record_parse(&set->schema, out, (size_t)loc->raw_len, rec);
         if (rc)
             return stk__error_prefix(rc, "%s: record %" PRIu64 " (global %" PRIu64 ")", s->path,
