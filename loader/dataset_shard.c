@@ -354,14 +354,16 @@ static int shard_get_mapped_chunk(shard_inst_t *s, const uint64_t *indices, size
     enum { AHEAD = 8, EVERY = 8 };
     uint64_t dec = 0, snk = 0, timed = 0, t0 = stk__ticks();
     const unsigned char *ptr[AHEAD] = {0};
-    for (size_t i = 0; i < n; i++)
+    /* Index entries are asked for AHEAD records before their record is
+     * located and asked for, which is AHEAD records before it is used:
+     * a steady trickle of misses the memory system overlaps, where asking
+     * for all entries first queued them behind each other. */
+    for (size_t i = 0; i < 2 * AHEAD && i < n; i++)
         stk__shardset_prefetch(s->set, indices[i]);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < AHEAD && i < n; i++) {
         int rc = stk_shardset_locate(s->set, indices[i], &s->locs[i]);
         if (rc)
             return rc;
-    }
-    for (size_t i = 0; i < AHEAD && i < n; i++) {
         ptr[i] = shard_map(s, &s->locs[i]);
         if (ptr[i])
             prefetch_record(ptr[i], s->locs[i].stored_len);
@@ -378,7 +380,12 @@ static int shard_get_mapped_chunk(shard_inst_t *s, const uint64_t *indices, size
                             stk_shardset_shard_path(s->set, loc->shard),
                             (unsigned long long)loc->local_index,
                             (unsigned long long)loc->stored_len, (unsigned long long)loc->offset);
+        if (j + 2 * AHEAD < n)
+            stk__shardset_prefetch(s->set, indices[j + 2 * AHEAD]);
         if (j + AHEAD < n) {
+            int lrc = stk_shardset_locate(s->set, indices[j + AHEAD], &s->locs[j + AHEAD]);
+            if (lrc)
+                return lrc;
             const unsigned char *q = shard_map(s, &s->locs[j + AHEAD]);
             if (q)
                 prefetch_record(q, s->locs[j + AHEAD].stored_len);
