@@ -342,22 +342,21 @@ static void prefetch_record(const unsigned char *p, size_t len)
 
 /* STK_IO_MMAP: records come straight from the page cache; raw records
  * are checksummed where they lie and handed over without a copy. Up to
- * max_batch records at a time: the index entries of all are prefetched,
- * then located, then each handled while the ones a few places ahead are
- * prefetched. A random order makes every one of these a cache miss; in
- * turn, each would stall. Stage times come from every 8th record (decode,
- * then sink), scaled to all; read is the rest: a clock read costs ~12 ns
- * here, and timing every record took 7% of a raw batch. */
+ * max_batch records at a time, as a pipeline: a record's index entry is
+ * prefetched 2*AHEAD places before its turn, the record located and its
+ * bytes prefetched AHEAD places before. A random order makes each of these
+ * a cache miss; taken in turn, each would stall. Stage times come from
+ * every 8th record (decode, then sink), scaled to all; read is the rest:
+ * a clock read costs ~12 ns here, and timing every record took 7% of a
+ * raw batch. */
 static int shard_get_mapped_chunk(shard_inst_t *s, const uint64_t *indices, size_t n,
                                   stk_dataset_stats_t *st)
 {
     enum { AHEAD = 8, EVERY = 8 };
     uint64_t dec = 0, snk = 0, timed = 0, t0 = stk__ticks();
     const unsigned char *ptr[AHEAD] = {0};
-    /* Index entries are asked for AHEAD records before their record is
-     * located and asked for, which is AHEAD records before it is used:
-     * a steady trickle of misses the memory system overlaps, where asking
-     * for all entries first queued them behind each other. */
+    /* A steady trickle of misses the memory system overlaps: asking for
+     * all index entries first queued them behind each other. */
     for (size_t i = 0; i < 2 * AHEAD && i < n; i++)
         stk__shardset_prefetch(s->set, indices[i]);
     for (size_t i = 0; i < AHEAD && i < n; i++) {
