@@ -35,7 +35,48 @@
 /* How a u8 value lands in the output. Each (kind, mirrored) pair gets its
  * own copy of the loops below through constant propagation, so the inner
  * loops are straight unit-stride code for the vectorizer. */
-enum { OUT_U8, OUT_F32, OUT_BF16, OUT_LUT };
+enum { OUT_U8, OUT_F32, OUT_BF16, OUT_LUT, OUT_F32_NT };
+
+/* OUT_F32_NT: f32 written with non-temporal stores, for outputs too big to
+ * stay in cache (a 3x224x224 f32 image is 588 KiB; a batch of 64, 38 MB).
+ * Plain stores first read every output line into the cache (read for
+ * ownership) and then evict it again: three memory transfers per line
+ * where streaming stores take one, as glibc's memcpy does for copies this
+ * large. Below STREAM_MIN the consumer is better served by finding the
+ * batch in cache. Same arithmetic (multiply, then add), same bits. */
+#define STREAM_MIN ((size_t)256 * 1024)
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+#define HAVE_STREAM 1
+
+/* d[i] = p[i] * s + b (rev: p[-i]), streamed once d is 16-byte aligned. */
+ALWAYS_INLINE void run_f32_stream(float *d, const uint8_t *p, size_t n, bool rev, float s,
+                                  float b)
+{
+    size_t i = 0;
+    for (; i < n && ((uintptr_t)(d + i) & 15); i++)
+        d[i] = (float)(rev ? p[-(ptrdiff_t)i] : p[i]) * s + b;
+    const __m128 vs = _mm_set1_ps(s), vb = _mm_set1_ps(b);
+    const __m128i zero = _mm_setzero_si128();
+    for (; i + 8 <= n; i += 8) {
+        uint64_t raw;
+        memcpy(&raw, rev ? p - i - 7 : p + i, sizeof raw);
+        __m128i w16 = _mm_unpacklo_epi8(_mm_cvtsi64_si128((long long)raw), zero);
+        __m128i lo = _mm_unpacklo_epi16(w16, zero), hi = _mm_unpackhi_epi16(w16, zero);
+        if (rev) { /* the 8 bytes ran p[-i-7] .. p[-i]: output is them backwards */
+            __m128i t = _mm_shuffle_epi32(hi, _MM_SHUFFLE(0, 1, 2, 3));
+            hi = _mm_shuffle_epi32(lo, _MM_SHUFFLE(0, 1, 2, 3));
+            lo = t;
+        }
+        _mm_stream_ps(d + i, _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(lo), vs), vb));
+        _mm_stream_ps(d + i + 4, _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(hi), vs), vb));
+    }
+    for (; i < n; i++)
+        d[i] = (float)(rev ? p[-(ptrdiff_t)i] : p[i]) * s + b;
+}
+#else
+#define HAVE_STREAM 0
+#endif
 
 /* f32 -> bf16, round to nearest even, as stk_f32_to_bf16 for every
  * non-NaN value (create refuses mean/std that could make a NaN); plain
@@ -57,7 +98,7 @@ ALWAYS_INLINE void put(void *dst, size_t i, uint8_t v, int kind, chan_t k)
 {
     if (kind == OUT_U8)
         ((uint8_t *)dst)[i] = v;
-    else if (kind == OUT_F32)
+    else if (kind == OUT_F32 || kind == OUT_F32_NT)
         ((float *)dst)[i] = (float)v * k.s + k.b;
     else if (kind == OUT_BF16)
         ((uint16_t *)dst)[i] = bf16_rne((float)v * k.s + k.b);
@@ -130,6 +171,10 @@ ALWAYS_INLINE void put_run(void *dst, size_t o, const uint8_t *restrict p, size_
 #endif
         for (size_t i = i0; i < n; i++)
             d[i] = p[-(ptrdiff_t)i];
+    } else if (kind == OUT_F32_NT) {
+#if HAVE_STREAM
+        run_f32_stream((float *)dst + o, p, n, rev, k.s, k.b);
+#endif
     } else if (kind == OUT_F32) {
         float *restrict d = (float *)dst + o;
         const float s = k.s, b = k.b;
@@ -172,7 +217,7 @@ ALWAYS_INLINE void put_fill(void *dst, size_t o, uint8_t v, size_t n, int kind, 
         else
             for (size_t i = 0; i < n; i++)
                 d[i] = v;
-    } else if (kind == OUT_F32) {
+    } else if (kind == OUT_F32 || kind == OUT_F32_NT) {
         float *restrict d = (float *)dst + o;
         const float f = (float)v * k.s + k.b;
         for (size_t i = 0; i < n; i++)
@@ -258,10 +303,32 @@ static int out_kind(const stk__aug_norm_t *norm)
                                            : OUT_LUT;
 }
 
+/* Streaming pays for outputs of STREAM_MIN bytes and more. */
+static bool stream_f32(size_t elems)
+{
+    return HAVE_STREAM && elems * sizeof(float) >= STREAM_MIN;
+}
+
+static void stream_done(void)
+{
+#if HAVE_STREAM
+    _mm_sfence(); /* streamed stores are weakly ordered: order them before
+                   * whatever publishes the output (the worker's done message) */
+#endif
+}
+
 VEC_CLONES
 void stk__aug_window(const uint8_t *src, uint32_t c, uint32_t h, uint32_t w,
                      const stk__aug_window_t *win, void *dst, const stk__aug_norm_t *norm)
 {
+    if (out_kind(norm) == OUT_F32 && stream_f32((size_t)c * win->oh * win->ow)) {
+        if (win->hflip)
+            window_impl(src, c, h, w, win, dst, norm, OUT_F32_NT, true);
+        else
+            window_impl(src, c, h, w, win, dst, norm, OUT_F32_NT, false);
+        stream_done();
+        return;
+    }
     switch (out_kind(norm) * 2 + win->hflip) {
     case OUT_U8 * 2: window_impl(src, c, h, w, win, dst, norm, OUT_U8, false); break;
     case OUT_U8 * 2 + 1: window_impl(src, c, h, w, win, dst, norm, OUT_U8, true); break;
@@ -279,6 +346,12 @@ void stk__aug_normalize(const uint8_t *src, uint32_t c, size_t n, void *dst,
                         const stk__aug_norm_t *norm)
 {
     int kind = out_kind(norm);
+    if (kind == OUT_F32 && stream_f32((size_t)c * n)) {
+        for (uint32_t ch = 0; ch < c; ch++)
+            put_run(dst, ch * n, src + ch * n, n, OUT_F32_NT, false, chan_of(norm, ch));
+        stream_done();
+        return;
+    }
     for (uint32_t ch = 0; ch < c; ch++) {
         const chan_t k = chan_of(norm, ch);
         if (kind == OUT_F32)

@@ -318,6 +318,53 @@ static void test_window_core(void **state)
     assert_true(cases > 1000);
 }
 
+/* Outputs of 256 KiB and more are written with streaming stores: the
+ * same bits as the plain path, aligned or not, mirrored or not, padded
+ * or not; and the plain normalize core likewise. */
+static void test_window_streamed(void **state)
+{
+    (void)state;
+    enum { C = 3, H = 230, W = 234, OH = 224, OW = 226, PAD = 3 };
+    uint8_t *src = malloc((size_t)C * H * W), *want = malloc((size_t)C * OH * OW);
+    float *buf = malloc(((size_t)C * H * W + 4) * sizeof(float));
+    float scale[3] = {1.0f / (255.0f * 0.229f), 1.0f / (255.0f * 0.224f), 1.0f / (255.0f * 0.225f)};
+    float bias[3] = {-0.485f / 0.229f, -0.456f / 0.224f, -0.406f / 0.225f};
+    stk__aug_norm_t nf = {STK_DTYPE_F32, scale, bias, NULL};
+    assert_non_null(src);
+    assert_non_null(want);
+    assert_non_null(buf);
+    fill_random(src, (size_t)C * H * W, 11);
+    const int32_t tops[] = {-PAD, 0, 4}, lefts[] = {-PAD, 1, 8};
+    for (int t = 0; t < 3; t++)
+        for (int l = 0; l < 3; l++)
+            for (int f = 0; f < 4; f++)
+                for (int refl = 0; refl < 2; refl++)
+                    for (int shift = 0; shift < 2; shift++) {
+                        bool hf = f & 1, vf = f & 2;
+                        stk__aug_window_t win = {OH, OW, tops[t], lefts[l], hf, vf, refl};
+                        ref_window(src, C, H, W, PAD, refl, (uint32_t)(tops[t] + PAD),
+                                   (uint32_t)(lefts[l] + PAD), OH, OW, hf, vf, want);
+                        float *out = buf + shift; /* 4 bytes off 16-byte alignment */
+                        stk__aug_window(src, C, H, W, &win, out, &nf);
+                        for (size_t i = 0; i < (size_t)C * OH * OW; i++) {
+                            size_t ch = i / ((size_t)OH * OW);
+                            float r = (float)want[i] * scale[ch] + bias[ch];
+                            if (memcmp(&out[i], &r, sizeof r) != 0)
+                                fail_msg("element %zu: %a, want %a (top %d left %d flips %d "
+                                         "reflect %d shift %d)", i, out[i], r, tops[t], lefts[l],
+                                         f, refl, shift);
+                        }
+                    }
+    stk__aug_normalize(src, C, (size_t)H * W, buf + 1, &nf);
+    for (size_t i = 0; i < (size_t)C * H * W; i++) {
+        float r = (float)src[i] * scale[i / ((size_t)H * W)] + bias[i / ((size_t)H * W)];
+        assert_memory_equal(&buf[1 + i], &r, sizeof r);
+    }
+    free(src);
+    free(want);
+    free(buf);
+}
+
 static void test_small_cores(void **state)
 {
     (void)state;
@@ -928,6 +975,7 @@ int main(void)
         cmocka_unit_test(test_bad_specs),
         cmocka_unit_test(test_random_specs),
         cmocka_unit_test(test_window_core),
+        cmocka_unit_test(test_window_streamed),
         cmocka_unit_test(test_small_cores),
         cmocka_unit_test(test_resize_vs_torchvision),
         cmocka_unit_test(test_rrc_fallback_vs_torchvision),
