@@ -1028,6 +1028,8 @@ void stk_loader_get_stats(const stk_loader_t *l, stk_loader_stats_t *o)
         o->skipped += LD(skipped);
         if (LD(max_rss_kb) > o->worker_max_rss_kb)
             o->worker_max_rss_kb = LD(max_rss_kb);
+        if (LD(max_private_kb) > o->worker_max_private_kb)
+            o->worker_max_private_kb = LD(max_private_kb);
 #undef LD
     }
     o->wait.ns = l->wait_ns;

@@ -88,8 +88,8 @@ typedef struct stk__slot_hdr {
 typedef struct stk__wstats {
     _Atomic uint64_t read_ns, read_bytes, decode_ns, decode_bytes;
     _Atomic uint64_t augment_ns, augment_bytes, collate_ns, collate_bytes;
-    _Atomic uint64_t batches, samples, skipped, max_rss_kb;
-    char pad[64];
+    _Atomic uint64_t batches, samples, skipped, max_rss_kb, max_private_kb;
+    char pad[56];
 } stk__wstats_t;
 
 /* What a worker needs to start, pointer-free except for functions and the

@@ -75,9 +75,10 @@ print("W1a stoker / torch at the same workers (target 20x): %s; vs torch per-sam
 ft = sorted(r["first_batch_ms"] for r in rows[("w1a", "stoker", 2)])
 print("W1a time to first batch, 2 workers (target < 10 ms): median %.2f ms, runs %s; torch %.1f ms"
       % (S.median(ft), " ".join("%.2f" % x for x in ft), med(("w1a", "torch", 2), "first_batch_ms")))
-rss = [(r["worker_rss_after_epoch1_kb"], r["worker_max_rss_kb"]) for r in rows[("w1a", "stoker", 2)]]
-print("W1a worker RSS after epoch 1 -> peak over 10 epochs (kB): %s"
-      % ", ".join("%d -> %d" % x for x in rss))
+rss = [(r["worker_rss_after_epoch1_kb"], r["worker_max_rss_kb"], r["worker_private_after_epoch1_kb"],
+        r["worker_max_private_kb"]) for r in rows[("w1a", "stoker", 2)]]
+print("W1a worker RSS after epoch 1 -> peak over 10 epochs (kB): %s; private memory: %s"
+      % (", ".join("%d -> %d" % x[:2] for x in rss), ", ".join("%d -> %d" % x[2:] for x in rss)))
 for w in (0, 1, 2):
     r2 = [r["mb_per_s"] / r["memcpy_mb_per_s"] for r in rows[("w2", "stoker", w)]]
     print("W2  w%d stoker MB/s / memcpy MB/s: median %.2f (target >= 0.5), runs %s; stoker / torch %.1fx (target 3x)"

@@ -189,7 +189,7 @@ int main(int argc, char **argv)
     int tty = isatty(2) && !json;
     uint64_t sum = 0x5354424e43480000ull, samples = 0, bytes = 0, nb = 0;
     double first = -1, last_print = t0;
-    uint64_t rss_epoch1 = 0;
+    uint64_t rss_epoch1 = 0, private_epoch1 = 0;
     stk_batch_t b;
     for (unsigned long long e = 0; e < epochs && rc == 0; e++) {
         rc = stk_loader_set_epoch(l, e);
@@ -222,6 +222,7 @@ int main(int argc, char **argv)
             stk_loader_stats_t s1;
             stk_loader_get_stats(l, &s1);
             rss_epoch1 = s1.worker_max_rss_kb;
+            private_epoch1 = s1.worker_max_private_kb;
         }
     }
     double dt = now_s() - t0;
@@ -253,14 +254,16 @@ int main(int argc, char **argv)
                "\"read_ms\":%.3f,\"read_mb\":%.3f,\"decode_ms\":%.3f,\"decode_mb\":%.3f,"
                "\"augment_ms\":%.3f,\"augment_mb\":%.3f,\"collate_ms\":%.3f,\"collate_mb\":%.3f,"
                "\"wait_ms\":%.3f,\"skipped\":%llu,\"main_max_rss_kb\":%ld,\"worker_max_rss_kb\":%llu,"
-               "\"worker_rss_after_epoch1_kb\":%llu,\"checksum\":%s}\n",
+               "\"worker_rss_after_epoch1_kb\":%llu,\"worker_max_private_kb\":%llu,"
+               "\"worker_private_after_epoch1_kb\":%llu,\"checksum\":%s}\n",
                dir, batch, workers, prefetch, iomode, augment ? augment : "", epochs, seed,
                (unsigned long long)samples, (unsigned long long)nb, dt, sps, mbs, mcpy, first * 1e3,
                (t0 - t_open) * 1e3, st.read.ns / 1e6, st.read.bytes / 1e6, st.decode.ns / 1e6,
                st.decode.bytes / 1e6, st.augment.ns / 1e6, st.augment.bytes / 1e6,
                st.collate.ns / 1e6, st.collate.bytes / 1e6, st.wait.ns / 1e6,
                (unsigned long long)st.skipped, ru.ru_maxrss, (unsigned long long)st.worker_max_rss_kb,
-               (unsigned long long)rss_epoch1, cks);
+               (unsigned long long)rss_epoch1, (unsigned long long)st.worker_max_private_kb,
+               (unsigned long long)private_epoch1, cks);
     } else {
         printf("stoker-bench %s: batch %llu, workers %llu, prefetch %llu, io %s, augment \"%s\"\n",
                dir, batch, workers, prefetch, iomode, augment ? augment : "");
@@ -277,6 +280,9 @@ int main(int argc, char **argv)
         printf("  wait(main)%10.1f\n", st.wait.ns / 1e6);
         printf("  peak RSS: main %ld kB, worker %llu kB (after epoch 1: %llu kB)\n", ru.ru_maxrss,
                (unsigned long long)st.worker_max_rss_kb, (unsigned long long)rss_epoch1);
+        printf("  worker private memory (RSS less shared and mapped pages): peak %llu kB "
+               "(after epoch 1: %llu kB)\n", (unsigned long long)st.worker_max_private_kb,
+               (unsigned long long)private_epoch1);
         if (checksum)
             printf("  checksum %016llx\n", (unsigned long long)sum);
     }

@@ -236,6 +236,9 @@ typedef struct stk_loader_stats {
     uint64_t batches, samples, skipped, respawns;
     uint64_t worker_max_rss_kb;          /* largest peak RSS of any worker */
     uint64_t first_batch_ns;             /* create (or epoch start) to first batch */
+    uint64_t worker_max_private_kb;      /* largest peak of a worker's resident memory
+                                          * less shared pages: its own cost, where RSS
+                                          * also counts the mapped shards' cached pages */
 } stk_loader_stats_t;
 /* Sums over workers (their counters live in shared memory, so this is
  * cheap and current) and main; since create. Times of workers add up

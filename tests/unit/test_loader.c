@@ -1477,6 +1477,12 @@ static void test_shard_dataset(void **state)
         stk_loader_get_stats(l, &st);
         assert_int_equal(st.skipped, 1);
         assert_true(st.read.bytes > 0);
+        if (wk) {
+            /* Workers report peak RSS and private memory (which leaves out
+             * the mapped shards' pages, so it is the smaller). */
+            assert_true(st.worker_max_private_kb > 0);
+            assert_true(st.worker_max_private_kb <= st.worker_max_rss_kb);
+        }
         /* Checksums are verified once per worker (STK_VERIFY_ONCE), but a
          * record never matched is checked, and skipped, every epoch. */
         free(r.seen);
