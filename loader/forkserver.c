@@ -327,60 +327,80 @@ static int send_spawn(const stk__worker_spec_t *spec, const int fds[3])
     return k < 0 ? -errno : 0;
 }
 
-int stk__forkserver_spawn(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
-                          const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
-                          pid_t *pids)
+int stk__forkserver_spawn_send(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
+                               const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
+                               uint32_t *sent)
 {
     int rc = 0;
+    *sent = 0;
+    pthread_once(&fs_once, register_atfork);
+    pthread_mutex_lock(&fs_lock);
     stk__worker_spec_t *one = malloc(sizeof *one);
     if (!one)
         return stk__error(-ENOMEM, "fork server: out of memory");
     *one = *spec;
-    for (uint32_t i = 0; i < n; i++)
-        pids[i] = 0;
-    pthread_once(&fs_once, register_atfork);
-    pthread_mutex_lock(&fs_lock);
     for (int attempt = 0; attempt < 2; attempt++) {
         rc = start_locked();
         if (rc)
             break;
         /* Every request first, then every answer: the server forks the
          * workers back to back, not one per round trip. */
-        uint32_t sent = 0;
-        for (; sent < n; sent++) {
-            int fds[3] = {socks[sent], arena_fd, args_fd};
-            one->worker = ids[sent];
-            one->seed = seeds[sent];
+        uint32_t k = 0;
+        for (; k < n; k++) {
+            int fds[3] = {socks[k], arena_fd, args_fd};
+            one->worker = ids[k];
+            one->seed = seeds[k];
             rc = send_spawn(one, fds);
             if (rc)
                 break;
         }
-        if (rc && sent == 0 && attempt == 0) {
+        if (rc && k == 0 && attempt == 0) {
             /* The server died (someone killed it): start a new one. */
             stop_locked();
             continue;
         }
         if (rc)
             rc = stk__error(rc, "fork server (pid %d): send", (int)fs_pid);
-        for (uint32_t got = 0; got < sent;) {
-            srv_rep_t r;
-            int k = read_one(&r, 10000);
-            if (k <= 0) {
-                rc = stk__error(k ? k : -ETIMEDOUT, "fork server (pid %d) %s", (int)fs_pid,
-                                k ? "died" : "did not answer in 10 s");
-                break;
-            }
-            if (r.type != MSG_SPAWNED)
-                continue;
-            if (r.err && !rc)
-                rc = stk__error(r.err, "fork server: fork of worker %u failed", ids[got]);
-            pids[got++] = r.err ? 0 : r.pid;
-        }
+        *sent = k;
         break;
     }
-    pthread_mutex_unlock(&fs_lock);
     free(one);
     return rc;
+}
+
+int stk__forkserver_spawn_wait(uint32_t sent, const uint32_t *ids, pid_t *pids)
+{
+    int rc = 0;
+    for (uint32_t i = 0; i < sent; i++)
+        pids[i] = 0;
+    for (uint32_t got = 0; got < sent;) {
+        srv_rep_t r;
+        int k = read_one(&r, 10000);
+        if (k <= 0) {
+            rc = stk__error(k ? k : -ETIMEDOUT, "fork server (pid %d) %s", (int)fs_pid,
+                            k ? "died" : "did not answer in 10 s");
+            break;
+        }
+        if (r.type != MSG_SPAWNED)
+            continue;
+        if (r.err && !rc)
+            rc = stk__error(r.err, "fork server: fork of worker %u failed", ids[got]);
+        pids[got++] = r.err ? 0 : r.pid;
+    }
+    pthread_mutex_unlock(&fs_lock);
+    return rc;
+}
+
+int stk__forkserver_spawn(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
+                          const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
+                          pid_t *pids)
+{
+    uint32_t sent = 0;
+    for (uint32_t i = 0; i < n; i++)
+        pids[i] = 0;
+    int rc = stk__forkserver_spawn_send(spec, n, ids, seeds, socks, arena_fd, args_fd, &sent);
+    int rc2 = stk__forkserver_spawn_wait(sent, ids, pids);
+    return rc ? rc : rc2;
 }
 
 int stk__forkserver_wait(pid_t pid, int timeout_ms, int *wstatus)

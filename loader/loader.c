@@ -57,6 +57,12 @@ struct stk_loader {
     worker_info_t *w;
     struct pollfd *pfd;
     int running;
+    /* Workers asked for while the loader gets on with its set-up: the
+     * server's answers (their pids) are read by spawn_finish. */
+    int spawn_pending;
+    uint32_t spawn_sent;
+    uint32_t *spawn_ids;
+    pid_t *spawn_pids;
     slot_info_t *slots;
     uint32_t *slot_of;           /* batch % nslots -> slot */
     stk__filler_t *inline_fill;
@@ -334,29 +340,56 @@ static int make_sockets(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *t
     return 0;
 }
 
-/* Starts workers ids[0..n) on the sockets made for them, one trip to the
- * server for all; closes the workers' ends here. */
-static int spawn_workers(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *theirs)
+/* Reads the server's answers to the requests spawn_begin sent: the
+ * workers' pids (0 for one that did not start). */
+static int spawn_finish(stk_loader_t *l)
+{
+    if (!l->spawn_pending)
+        return 0;
+    l->spawn_pending = 0;
+    int rc = stk__forkserver_spawn_wait(l->spawn_sent, l->spawn_ids, l->spawn_pids);
+    for (uint32_t i = 0; i < l->spawn_sent; i++)
+        l->w[l->spawn_ids[i]].pid = l->spawn_pids[i];
+    if (rc)
+        rc = stk__error_prefix(rc, "loader: start of %u worker(s)", l->spawn_sent);
+    return rc;
+}
+
+/* Asks the server for workers ids[0..n) on the sockets made for them, one
+ * trip for all, and closes the workers' ends here; spawn_finish collects
+ * the answers. */
+static int spawn_begin(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *theirs)
 {
     int rc = 0;
     uint64_t *seeds = calloc(n, sizeof *seeds);
-    pid_t *pids = calloc(n, sizeof *pids);
-    if (!seeds || !pids)
+    if (!seeds)
         rc = stk__error(-ENOMEM, "loader: out of memory");
     for (uint32_t i = 0; rc == 0 && i < n; i++)
         seeds[i] = worker_seed(l, ids[i]);
-    if (rc == 0)
-        rc = stk__forkserver_spawn(&l->spec, n, ids, seeds, theirs, l->arena_fd, l->ds->args_fd,
-                                   pids);
     for (uint32_t i = 0; i < n; i++) {
-        close(theirs[i]);
-        l->w[ids[i]].pid = pids ? pids[i] : 0;
+        l->w[ids[i]].pid = 0;
+        l->spawn_ids[i] = ids[i];
     }
+    if (seeds) {
+        /* Sent or not, the server's lock is held until spawn_finish. */
+        rc = stk__forkserver_spawn_send(&l->spec, n, ids, seeds, theirs, l->arena_fd,
+                                        l->ds->args_fd, &l->spawn_sent);
+        l->spawn_pending = 1;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        close(theirs[i]);
+    free(seeds);
     if (rc)
         rc = stk__error_prefix(rc, "loader: start of %u worker(s)", n);
-    free(seeds);
-    free(pids);
     return rc;
+}
+
+/* Both halves at once: the workers are running (or reported) on return. */
+static int spawn_workers(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *theirs)
+{
+    int rc = spawn_begin(l, n, ids, theirs);
+    int rc2 = spawn_finish(l);
+    return rc ? rc : rc2;
 }
 
 /* Waits for a worker's end (the fork server reports it) and describes it. */
@@ -414,8 +447,9 @@ static void stop_workers(stk_loader_t *l, int hard)
 static int issue(stk_loader_t *l);
 
 /* Starts the workers; with tasks, queues the first batches on their
- * sockets before the fork (the sampler must be ready then). */
-static int start_workers(stk_loader_t *l, int tasks)
+ * sockets before the fork (the sampler must be ready then). With defer,
+ * returns once the server has the requests; finish_start completes. */
+static int start_workers(stk_loader_t *l, int tasks, int defer)
 {
     if (l->running || l->nworkers == 0)
         return 0;
@@ -435,13 +469,26 @@ static int start_workers(stk_loader_t *l, int tasks)
          * a worker starts on batch work without a round trip. */
         rc = tasks ? issue(l) : 0;
         if (rc == 0)
-            rc = spawn_workers(l, l->nworkers, ids, theirs);
+            rc = defer ? spawn_begin(l, l->nworkers, ids, theirs)
+                       : spawn_workers(l, l->nworkers, ids, theirs);
         else
             for (uint32_t i = 0; i < l->nworkers; i++)
                 close(theirs[i]);
     }
     free(ids);
     free(theirs);
+    if (rc) {
+        spawn_finish(l);
+        l->running = 1;
+        stop_workers(l, 1);
+        return fail(l, STK_EWORKER, "%s", stk_error_message());
+    }
+    return 0;
+}
+
+static int finish_start(stk_loader_t *l)
+{
+    int rc = spawn_finish(l);
     if (rc) {
         l->running = 1;
         stop_workers(l, 1);
@@ -710,8 +757,10 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     l->slots = calloc(nslots, sizeof *l->slots);
     l->slot_of = calloc(nslots, sizeof *l->slot_of);
     l->w = calloc(nstats, sizeof *l->w);
+    l->spawn_ids = calloc(nstats, sizeof *l->spawn_ids);
+    l->spawn_pids = calloc(nstats, sizeof *l->spawn_pids);
     l->pfd = calloc(nstats, sizeof *l->pfd);
-    if (!l->slots || !l->slot_of || !l->w || !l->pfd) {
+    if (!l->slots || !l->slot_of || !l->w || !l->pfd || !l->spawn_ids || !l->spawn_pids) {
         rc = stk__error(-ENOMEM, "loader: out of memory");
         goto fail;
     }
@@ -730,10 +779,9 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
             goto fail;
     }
     /* Workers start now, before the sampler draws the epoch's order, so
-     * that their start (opening the dataset) overlaps it and the caller's
-     * own set-up; a worker that cannot start is reported by the first
-     * next. */
-    rc = start_workers(l, 0);
+     * that the server's forks and their start (opening the dataset) overlap
+     * it; a worker that cannot start is reported by the first next. */
+    rc = start_workers(l, 0, 1);
     if (rc)
         goto fail;
     if (cfg->batch_sampler) {
@@ -761,6 +809,8 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
         goto fail;
     l->nbatches = stk_batch_sampler_len(l->bs);
     rc = l->nworkers ? issue(l) : 0;
+    if (rc == 0)
+        rc = finish_start(l);
     if (rc)
         goto fail;
     *out = l;
@@ -775,6 +825,7 @@ void stk_loader_destroy(stk_loader_t **pl)
     if (!pl || !*pl)
         return;
     stk_loader_t *l = *pl;
+    spawn_finish(l); /* a create that failed before it did: release the server */
     if (l->w)
         stop_workers(l, l->failed != 0);
     stk__filler_destroy(&l->inline_fill);
@@ -790,6 +841,8 @@ void stk_loader_destroy(stk_loader_t **pl)
     free(l->slots);
     free(l->slot_of);
     free(l->w);
+    free(l->spawn_ids);
+    free(l->spawn_pids);
     free(l->pfd);
     if (l->own_bs)
         stk_batch_sampler_destroy(&l->bs);
@@ -896,7 +949,7 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
         l->wait_ns += stk__now_ns() - t0;
         return deliver(l, s, k, b);
     }
-    rc = start_workers(l, 1);
+    rc = start_workers(l, 1, 0);
     if (rc)
         return rc;
     rc = issue(l);

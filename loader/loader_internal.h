@@ -148,6 +148,14 @@ void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, in
 int stk__forkserver_spawn(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
                           const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
                           pid_t *pids);
+/* The same in two halves, so that the caller can work while the server
+ * forks: send returns holding the server's lock, with *sent requests out
+ * (an error may leave fewer); wait, which must follow on the same thread
+ * whatever happened in between, reads their answers and unlocks. */
+int stk__forkserver_spawn_send(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
+                               const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
+                               uint32_t *sent);
+int stk__forkserver_spawn_wait(uint32_t sent, const uint32_t *ids, pid_t *pids);
 /* Waits up to timeout_ms for the server's report on pid's end and gives
  * the wait status. -ETIMEDOUT when none came. */
 int stk__forkserver_wait(pid_t pid, int timeout_ms, int *wstatus);
