@@ -34,14 +34,31 @@ void stk_sampler_config_default(stk_sampler_config_t *cfg)
 /* Forward Fisher–Yates over a[0, n), stopping once the first `count`
  * entries are final. Each step draws from the same stream position whatever
  * `count` is, so a shorter order is a prefix of the full permutation. */
-static void shuffle_prefix(stk_rng_t *r, uint64_t *a, uint64_t n, uint64_t count)
+#define SHUFFLE_PREFIX(name, T)                                               \
+    static void name(stk_rng_t *r, T *a, uint64_t n, uint64_t count)          \
+    {                                                                         \
+        uint64_t steps = count < n ? count : n - 1;                           \
+        for (uint64_t i = 0; i < steps; i++) {                                \
+            uint64_t j = i + stk_rng_below(r, n - i);                         \
+            T t = a[i];                                                       \
+            a[i] = a[j];                                                      \
+            a[j] = t;                                                         \
+        }                                                                     \
+    }
+SHUFFLE_PREFIX(shuffle_prefix, uint64_t)
+SHUFFLE_PREFIX(shuffle_prefix32, uint32_t)
+
+/* a[0, n) = 0, 1, ..., n - 1, then its first count entries shuffled. */
+static void permute(stk_rng_t *r, uint64_t *a, uint32_t *a32, uint64_t n, uint64_t count)
 {
-    uint64_t steps = count < n ? count : n - 1;
-    for (uint64_t i = 0; i < steps; i++) {
-        uint64_t j = i + stk_rng_below(r, n - i);
-        uint64_t t = a[i];
-        a[i] = a[j];
-        a[j] = t;
+    if (a32) {
+        for (uint64_t i = 0; i < n; i++)
+            a32[i] = (uint32_t)i;
+        shuffle_prefix32(r, a32, n, count);
+    } else {
+        for (uint64_t i = 0; i < n; i++)
+            a[i] = i;
+        shuffle_prefix(r, a, n, count);
     }
 }
 
@@ -57,11 +74,9 @@ static void materialize(stk_sampler_t *s)
          * RandomSampler does: round k draws from stream k. The buffer is
          * rounded up to whole rounds, so the last one shuffles in place. */
         for (uint64_t base = 0, round = 0; base < s->len; base += s->n, round++) {
-            uint64_t *a = s->order + base;
-            for (uint64_t i = 0; i < s->n; i++)
-                a[i] = i;
             stk_rng_init(&r, s->key, round);
-            shuffle_prefix(&r, a, s->n, s->len - base);
+            permute(&r, s->order32 ? NULL : s->order + base, s->order32 ? s->order32 + base : NULL,
+                    s->n, s->len - base);
         }
         return;
     case STK_SAMPLER_SUBSET_RANDOM:
@@ -81,10 +96,8 @@ static void materialize(stk_sampler_t *s)
             return;
         /* One permutation of the whole data set, the same on every rank
          * (the key does not involve the rank). */
-        for (uint64_t i = 0; i < s->n; i++)
-            s->order[i] = i;
         stk_rng_init(&r, s->key, 0);
-        shuffle_prefix(&r, s->order, s->n, s->n);
+        permute(&r, s->order, s->order32, s->n, s->n);
         return;
     case STK_SAMPLER_SEQUENTIAL:
         return;
@@ -245,7 +258,15 @@ int stk_sampler_create(stk_sampler_t **out, const stk_sampler_config_t *cfg)
     case STK_SAMPLER_SEQUENTIAL:
         break;
     }
-    if (keep) {
+    int narrow = (s->kind == STK_SAMPLER_RANDOM || s->kind == STK_SAMPLER_DISTRIBUTED) &&
+                 s->n <= (uint64_t)UINT32_MAX + 1;
+    if (keep && narrow) {
+        s->order32 = malloc(keep * sizeof(uint32_t));
+        if (!s->order32) {
+            rc = stk__error(-ENOMEM, "sampler: order of %llu indices", (ull)keep);
+            goto fail;
+        }
+    } else if (keep) {
         s->order = malloc(keep * sizeof(uint64_t));
         if (!s->order) {
             rc = stk__error(-ENOMEM, "sampler: order of %llu indices", (ull)keep);
@@ -269,6 +290,7 @@ void stk_sampler_destroy(stk_sampler_t **sp)
     stk_sampler_t *s = *sp;
     stk__sampler_weighted_free(s);
     free(s->order);
+    free(s->order32);
     free(s->subset);
     free(s);
     *sp = NULL;
@@ -313,7 +335,7 @@ static uint64_t index_at(const stk_sampler_t *s, uint64_t pos)
             stk_rng_init(&r, s->key, pos);
             return stk_rng_below(&r, s->n);
         }
-        return s->order[pos];
+        return s->order32 ? s->order32[pos] : s->order[pos];
     case STK_SAMPLER_SUBSET_RANDOM:
         return s->order[pos];
     case STK_SAMPLER_WEIGHTED:
@@ -323,7 +345,7 @@ static uint64_t index_at(const stk_sampler_t *s, uint64_t pos)
          * needed: padded[i] = list[i mod n]. This rank takes padded[rank],
          * padded[rank + world], ... */
         uint64_t i = (s->rank + pos * s->world) % s->n;
-        return s->shuffle ? s->order[i] : i;
+        return !s->shuffle ? i : s->order32 ? s->order32[i] : s->order[i];
     }
     }
     return 0;

@@ -28,6 +28,10 @@ struct stk_sampler {
      * possibly more as scratch) and DISTRIBUTED with shuffle (the n-entry
      * permutation every rank shares). NULL where get() computes directly. */
     uint64_t *order;
+    /* The same for RANDOM and DISTRIBUTED over n <= 2^32 indices, in half
+     * the memory (then order is NULL): the first epoch of a 60k data set
+     * touches 240 KB, not 480, and shuffles faster. */
+    uint32_t *order32;
     uint64_t *subset; /* SUBSET_RANDOM: the caller's indices, copied */
 
     /* WEIGHTED without replacement: the weights and a 16-ary sum tree over
