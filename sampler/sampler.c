@@ -75,7 +75,7 @@ static void materialize(stk_sampler_t *s)
          * rounded up to whole rounds, so the last one shuffles in place. */
         for (uint64_t base = 0, round = 0; base < s->len; base += s->n, round++) {
             stk_rng_init(&r, s->key, round);
-            permute(&r, s->order32 ? NULL : s->order + base, s->order32 ? s->order32 + base : NULL,
+            permute(&r, s->order ? s->order + base : NULL, s->order32 ? s->order32 + base : NULL,
                     s->n, s->len - base);
         }
         return;
@@ -323,6 +323,12 @@ uint64_t stk_sampler_len(const stk_sampler_t *s)
     return s ? s->len : 0;
 }
 
+/* Entry i of the materialized order, whichever width it is kept in. */
+static inline uint64_t order_at(const stk_sampler_t *s, uint64_t i)
+{
+    return s->order32 ? s->order32[i] : s->order[i];
+}
+
 /* The index at pos < len; no checks, no side effects. */
 static uint64_t index_at(const stk_sampler_t *s, uint64_t pos)
 {
@@ -335,7 +341,7 @@ static uint64_t index_at(const stk_sampler_t *s, uint64_t pos)
             stk_rng_init(&r, s->key, pos);
             return stk_rng_below(&r, s->n);
         }
-        return s->order32 ? s->order32[pos] : s->order[pos];
+        return order_at(s, pos);
     case STK_SAMPLER_SUBSET_RANDOM:
         return s->order[pos];
     case STK_SAMPLER_WEIGHTED:
@@ -345,7 +351,7 @@ static uint64_t index_at(const stk_sampler_t *s, uint64_t pos)
          * needed: padded[i] = list[i mod n]. This rank takes padded[rank],
          * padded[rank + world], ... */
         uint64_t i = (s->rank + pos * s->world) % s->n;
-        return !s->shuffle ? i : s->order32 ? s->order32[i] : s->order[i];
+        return s->shuffle ? order_at(s, i) : i;
     }
     }
     return 0;
