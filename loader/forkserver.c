@@ -391,18 +391,6 @@ int stk__forkserver_spawn_wait(uint32_t sent, const uint32_t *ids, pid_t *pids)
     return rc;
 }
 
-int stk__forkserver_spawn(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
-                          const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
-                          pid_t *pids)
-{
-    uint32_t sent = 0;
-    for (uint32_t i = 0; i < n; i++)
-        pids[i] = 0;
-    int rc = stk__forkserver_spawn_send(spec, n, ids, seeds, socks, arena_fd, args_fd, &sent);
-    int rc2 = stk__forkserver_spawn_wait(sent, ids, pids);
-    return rc ? rc : rc2;
-}
-
 int stk__forkserver_wait(pid_t pid, int timeout_ms, int *wstatus)
 {
     uint64_t deadline = stk__now_ns() + (uint64_t)timeout_ms * 1000000ull;

@@ -446,6 +446,16 @@ static void stop_workers(stk_loader_t *l, int hard)
 
 static int issue(stk_loader_t *l);
 
+/* Workers that could not all start: stop those that did, fail the
+ * loader with the reason. */
+static int start_failed(stk_loader_t *l)
+{
+    spawn_finish(l);
+    l->running = 1;
+    stop_workers(l, 1);
+    return fail(l, STK_EWORKER, "%s", stk_error_message());
+}
+
 /* Starts the workers; with tasks, queues the first batches on their
  * sockets before the fork (the sampler must be ready then). With defer,
  * returns once the server has the requests; finish_start completes. */
@@ -477,24 +487,12 @@ static int start_workers(stk_loader_t *l, int tasks, int defer)
     }
     free(ids);
     free(theirs);
-    if (rc) {
-        spawn_finish(l);
-        l->running = 1;
-        stop_workers(l, 1);
-        return fail(l, STK_EWORKER, "%s", stk_error_message());
-    }
-    return 0;
+    return rc ? start_failed(l) : 0;
 }
 
 static int finish_start(stk_loader_t *l)
 {
-    int rc = spawn_finish(l);
-    if (rc) {
-        l->running = 1;
-        stop_workers(l, 1);
-        return fail(l, STK_EWORKER, "%s", stk_error_message());
-    }
-    return 0;
+    return spawn_finish(l) ? start_failed(l) : 0;
 }
 
 static int cmp_slot_batch(const void *a, const void *b, void *ctx)

@@ -144,14 +144,11 @@ void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, in
 
 /* Asks the fork server for n workers (spec with worker = ids[i], seed =
  * seeds[i], socket socks[i]; the arena and dataset memfds are shared),
- * all requests in one go. pids[i] is 0 for a worker that did not start. */
-int stk__forkserver_spawn(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
-                          const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
-                          pid_t *pids);
-/* The same in two halves, so that the caller can work while the server
- * forks: send returns holding the server's lock, with *sent requests out
- * (an error may leave fewer); wait, which must follow on the same thread
- * whatever happened in between, reads their answers and unlocks. */
+ * all requests in one go, in two halves so that the caller can work while
+ * the server forks: send returns holding the server's lock, with *sent
+ * requests out (an error may leave fewer); wait, which must follow on the
+ * same thread whatever happened in between, reads their answers (pids[i]
+ * is 0 for a worker that did not start) and unlocks. */
 int stk__forkserver_spawn_send(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
                                const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
                                uint32_t *sent);
