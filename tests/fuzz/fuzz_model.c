@@ -6,16 +6,13 @@
  * Built with libFuzzer under -Dfuzz=true; otherwise a plain main replays
  * files and directories given on the command line (CI runs the corpus). */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
+#include "replay.h"
 #include "stoker/engine.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static stk_model_t *fixed;
 
@@ -82,53 +79,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifndef STK_LIBFUZZER
-static int replay_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return -1;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        return -1;
-    }
-    fclose(f);
-    LLVMFuzzerTestOneInput(buf, (size_t)n);
-    free(buf);
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
-    int files = 0;
-    for (int i = 1; i < argc; i++) {
-        struct stat st;
-        if (stat(argv[i], &st) != 0) {
-            fprintf(stderr, "fuzz_model: cannot stat %s\n", argv[i]);
-            return 1;
-        }
-        if (!S_ISDIR(st.st_mode)) {
-            files += replay_file(argv[i]) == 0;
-            continue;
-        }
-        DIR *d = opendir(argv[i]);
-        struct dirent *e;
-        while (d && (e = readdir(d))) {
-            if (e->d_name[0] == '.')
-                continue;
-            char path[4096];
-            snprintf(path, sizeof(path), "%s/%s", argv[i], e->d_name);
-            files += replay_file(path) == 0;
-        }
-        if (d)
-            closedir(d);
-    }
+    int rc = stk_fuzz_replay("fuzz_model", argc, argv);
     stk_model_destroy(&fixed);
-    printf("fuzz_model: replayed %d inputs\n", files);
-    return 0;
+    return rc;
 }
 #endif

@@ -6,21 +6,18 @@
  * Built with libFuzzer under -Dfuzz=true; otherwise a plain main replays
  * files and directories given on the command line (CI runs the corpus). */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include "replay.h"
 #include "loader/shard_internal.h"
 
 #define MAX_DECODE_RECORDS 64
 #define MAX_DECODE_BYTES (16u << 20)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int memfd = -1;
 
@@ -105,64 +102,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifndef STK_LIBFUZZER
-static int replay_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "fuzz_shard: cannot open %s\n", path);
-        return -1;
-    }
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            cap = cap ? cap * 2 : 65536;
-            uint8_t *p = realloc(buf, cap);
-            if (!p)
-                abort();
-            buf = p;
-        }
-        size_t n = fread(buf + len, 1, cap - len, f);
-        if (n == 0)
-            break;
-        len += n;
-    }
-    fclose(f);
-    LLVMFuzzerTestOneInput(buf, len);
-    free(buf);
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
-    int files = 0, errors = 0;
-    for (int i = 1; i < argc; i++) {
-        struct stat st;
-        if (stat(argv[i], &st) == 0 && S_ISDIR(st.st_mode)) {
-            struct dirent **names;
-            int n = scandir(argv[i], &names, NULL, alphasort);
-            for (int k = 0; k < n; k++) {
-                char p[4096];
-                snprintf(p, sizeof p, "%s/%s", argv[i], names[k]->d_name);
-                if (names[k]->d_name[0] != '.' && stat(p, &st) == 0 && S_ISREG(st.st_mode)) {
-                    errors += replay_file(p) != 0;
-                    files++;
-                }
-                free(names[k]);
-            }
-            free(names);
-            if (n < 0)
-                errors++;
-        } else {
-            errors += replay_file(argv[i]) != 0;
-            files++;
-        }
-    }
-    printf("fuzz_shard: replayed %d inputs\n", files);
-    if (files == 0) {
-        fprintf(stderr, "fuzz_shard: no inputs\n");
-        return 1;
-    }
-    return errors ? 1 : 0;
+    return stk_fuzz_replay("fuzz_shard", argc, argv);
 }
 #endif
