@@ -350,8 +350,8 @@ static void prefetch_record(const unsigned char *p, size_t len)
  * bytes prefetched AHEAD places before. A random order makes each of these
  * a cache miss; taken in turn, each would stall. Stage times come from
  * every 8th record (decode, then sink), scaled to all; read is the rest:
- * a clock read costs ~12 ns here, and timing every record took 7% of a
- * raw batch. */
+ * a clock read costs ~12 ns here, and timing every record was 5-11% of a
+ * raw batch's perf profile. */
 /* Locates record i of the chunk, maps it and asks for its bytes; *p is
  * its mapping, NULL where it does not map. */
 static int look_ahead(shard_inst_t *s, const uint64_t *indices, size_t i,
