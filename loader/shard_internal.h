@@ -75,6 +75,26 @@ size_t stk__shardset_export_size(const stk_shardset_t *set);
 /* Starts loading the index entry of a record (no effect past the end). */
 void stk__shardset_prefetch(const stk_shardset_t *set, uint64_t index);
 void stk__shardset_export(const stk_shardset_t *set, void *out);
+/* Records per shard when every shard but the last holds the same number
+ * (a record's shard is then index / stride), else 0. */
+uint64_t stk__shardset_stride(const stk_shardset_t *set);
+
+/* A shard whose records are all raw and of one size, back to back (what
+ * stoker-pack writes at level 0 for a schema without variable fields):
+ * record first + i lies at file offset base + i * size. */
+typedef struct stk__dense_shard {
+    int fd;
+    uint64_t first, nrec, base, size, file_bytes;
+} stk__dense_shard_t;
+/* Fills *out and returns 1 when shard is dense, else 0. */
+int stk__shardset_dense(const stk_shardset_t *set, uint32_t shard, stk__dense_shard_t *out);
+/* STK_VERIFY_ONCE: one bit per record of the set, set once the record
+ * matched its checksum; NULL under STK_VERIFY_ALWAYS. */
+const uint64_t *stk__decoder_verified(const stk_decoder_t *dec);
+/* Fills rec with the fields of raw record bytes when the schema has no
+ * variable field (returns 1; else 0): a fixed layout needs no parse.
+ * With raw NULL, only says which. */
+int stk__decoder_fixed(const stk_decoder_t *dec, const void *raw, stk_record_t *rec);
 int stk__shardset_import(stk_shardset_t **out, const void *blob, size_t len);
 
 #endif

@@ -34,6 +34,9 @@ typedef struct shard {
     int level;
     int borrowed; /* index and dict point into an exported set (not ours) */
     uint64_t raw_bytes, stored_bytes;
+    /* Records all raw, all dense_size bytes, back to back from dense_base:
+     * a record's place is arithmetic (stk__shardset_dense). 0: not so. */
+    uint64_t dense_base, dense_size;
 } shard_t;
 
 struct stk_shardset {
@@ -233,6 +236,8 @@ static int shard_load(shard_t *s, stk_schema_t *schema, const char *path)
 static int shard_check_index(shard_t *s, const stk__schema_sizes_t *sz, uint64_t *max_raw,
                              uint64_t *max_stored)
 {
+    int dense = s->nrec > 0;
+    uint64_t base = 0, size = 0;
     for (uint64_t i = 0; i < s->nrec; i++) {
         const unsigned char *e = s->index + i * STK__INDEX_ENTRY;
         uint64_t off = stk__get_u64(e);
@@ -259,7 +264,14 @@ static int shard_check_index(shard_t *s, const stk__schema_sizes_t *sz, uint64_t
             *max_raw = rlen;
         if (slen > *max_stored)
             *max_stored = slen;
+        if (i == 0) {
+            base = off;
+            size = rlen;
+        }
+        dense = dense && slen == rlen && rlen == size && rlen > 0 && off == base + i * size;
     }
+    s->dense_base = dense ? base : 0;
+    s->dense_size = dense ? size : 0;
     return 0;
 }
 
@@ -582,6 +594,25 @@ int stk_shardset_locate(const stk_shardset_t *set, uint64_t index, stk_record_lo
     return 0;
 }
 
+int stk__shardset_dense(const stk_shardset_t *set, uint32_t shard, stk__dense_shard_t *out)
+{
+    if (!set || shard >= set->n)
+        return 0;
+    const shard_t *s = &set->shards[shard];
+    out->fd = s->fd;
+    out->first = s->first;
+    out->nrec = s->nrec;
+    out->base = s->dense_base;
+    out->size = s->dense_size;
+    out->file_bytes = s->size;
+    return s->dense_size != 0;
+}
+
+uint64_t stk__shardset_stride(const stk_shardset_t *set)
+{
+    return set->stride;
+}
+
 void stk__shardset_prefetch(const stk_shardset_t *set, uint64_t index)
 {
     if (index < set->total) {
@@ -677,6 +708,25 @@ void stk_decoder_destroy(stk_decoder_t **dp)
     *dp = NULL;
 }
 
+const uint64_t *stk__decoder_verified(const stk_decoder_t *dec)
+{
+    return dec->verified;
+}
+
+int stk__decoder_fixed(const stk_decoder_t *dec, const void *raw, stk_record_t *rec)
+{
+    if (!dec->fixed || !raw)
+        return dec->fixed;
+    const unsigned char *o = raw;
+    rec->nfields = dec->set->schema.nfields;
+    for (uint32_t i = 0; i < rec->nfields; i++) {
+        rec->data[i] = o + dec->fixed_off[i];
+        rec->bytes[i] = dec->fixed_bytes[i];
+        rec->var_extent[i] = -1;
+    }
+    return 1;
+}
+
 int stk_decoder_set_verify(stk_decoder_t *dec, stk_verify_t mode)
 {
     if (!dec)
@@ -743,16 +793,8 @@ int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const vo
         if (dec->verified)
             dec->verified[gi / 64] |= bit;
     }
-    if (rec && dec->fixed && loc->raw_len == set->sizes.min_raw) {
-        const unsigned char *o = out;
-        rec->nfields = set->schema.nfields;
-        for (uint32_t i = 0; i < rec->nfields; i++) {
-            rec->data[i] = o + dec->fixed_off[i];
-            rec->bytes[i] = dec->fixed_bytes[i];
-            rec->var_extent[i] = -1;
-        }
-    } else if (rec) {
-        /* Also where a fixed record has the wrong size: parse names it. */
+    /* A fixed record of the wrong size is parsed: parse names the fault. */
+    if (rec && !(loc->raw_len == set->sizes.min_raw && stk__decoder_fixed(dec, out, rec))) {
         int rc = stk_record_parse(&set->schema, out, (size_t)loc->raw_len, rec);
         if (rc)
             return stk__error_prefix(rc, "%s: record %" PRIu64 " (global %" PRIu64 ")", s->path,
@@ -817,6 +859,7 @@ typedef struct export_hdr {
 
 typedef struct export_shard {
     uint64_t size, nrec, first, header_len, index_offset, raw_bytes, stored_bytes;
+    uint64_t dense_base, dense_size;
     uint64_t path_off, index_off, dict_off;
     uint32_t path_len, dict_len;
     int32_t dict_slot, level;
@@ -844,6 +887,8 @@ static size_t export_walk(const stk_shardset_t *set, unsigned char *out)
         e.index_offset = s->index_offset;
         e.raw_bytes = s->raw_bytes;
         e.stored_bytes = s->stored_bytes;
+        e.dense_base = s->dense_base;
+        e.dense_size = s->dense_size;
         e.dict_slot = s->dict_slot;
         e.level = s->level;
         e.path_len = (uint32_t)strlen(s->path);
@@ -950,6 +995,15 @@ int stk__shardset_import(stk_shardset_t **out, const void *blob, size_t len)
         s->index_offset = e.index_offset;
         s->raw_bytes = e.raw_bytes;
         s->stored_bytes = e.stored_bytes;
+        /* Where records are found by arithmetic, the arithmetic must stay
+         * inside the record area, blob or not. */
+        if (e.dense_size && (e.dense_base < e.header_len || e.dense_base > e.index_offset ||
+                             e.nrec > (e.index_offset - e.dense_base) / e.dense_size)) {
+            rc = stk__error(STK_EDATA, "exported shard set: malformed blob");
+            goto fail;
+        }
+        s->dense_base = e.dense_base;
+        s->dense_size = e.dense_size;
         s->dict_slot = e.dict_slot;
         s->level = e.level;
         s->dict_len = e.dict_len;

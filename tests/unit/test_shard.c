@@ -527,6 +527,115 @@ static void flip(const char *path, long off)
 /* Shards of unequal sizes (600, then 6 x 100) take the searching path of
  * locate, equal ones the dividing path: both find every record. Verify
  * ONCE hashes a record until it has matched once, ALWAYS on every decode. */
+/* Raw fixed-size records lie back to back: the loader finds them by
+ * arithmetic (stk__shardset_dense), so that arithmetic must agree with the
+ * index for every record, survive export and import, and be refused for
+ * compressed and variable-size sets. Records bigger than the writer's
+ * 2 MiB buffer cross its aligned writes and must come back whole. */
+static void test_dense_shards(void **state)
+{
+    (void)state;
+    stk_schema_t s;
+    make_schema(&s, 0);
+    char *raw = strdup(tpath("dn_raw")), *z = strdup(tpath("dn_z")), *var = strdup(tpath("dn_var"));
+    write_set(raw, &s, 600, 0, 0, 250, NULL);
+    write_set(z, &s, 600, 3, 1, 250, NULL);
+    stk_schema_t sv;
+    make_schema(&sv, 1);
+    write_set(var, &sv, 600, 0, 0, 250, NULL);
+
+    stk_shardset_t *set = NULL;
+    assert_int_equal(stk_shardset_open(&set, raw), 0);
+    size_t blen = stk__shardset_export_size(set);
+    void *blob = malloc(blen);
+    assert_non_null(blob);
+    stk__shardset_export(set, blob);
+    stk_shardset_t *imp = NULL;
+    assert_int_equal(stk__shardset_import(&imp, blob, blen), 0);
+    stk_shardset_t *sets[2] = {set, imp};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(stk__shardset_stride(sets[k]), 250);
+        for (uint64_t i = 0; i < 600; i += 7) {
+            stk_record_loc_t loc;
+            stk__dense_shard_t d;
+            assert_int_equal(stk_shardset_locate(sets[k], i, &loc), 0);
+            assert_int_equal(stk__shardset_dense(sets[k], loc.shard, &d), 1);
+            assert_int_equal(d.size, loc.raw_len);
+            assert_int_equal(d.base + (i - d.first) * d.size, loc.offset);
+            assert_true(d.base + d.nrec * d.size <= d.file_bytes);
+        }
+    }
+    stk__dense_shard_t d;
+    assert_int_equal(stk__shardset_dense(set, 3, &d), 0); /* no such shard */
+    stk_shardset_close(&imp);
+    free(blob);
+    stk_shardset_close(&set);
+
+    /* Dense exactly where every record of the shard is stored raw (zstd
+     * keeps a record raw where it would not shrink); never with variable
+     * sizes. */
+    const char *others[2] = {z, var};
+    for (int k = 0; k < 2; k++) {
+        uint32_t ndense = 0;
+        assert_int_equal(stk_shardset_open(&set, others[k]), 0);
+        for (uint32_t sh = 0; sh < stk_shardset_num_shards(set); sh++) {
+            stk_shard_info_t info;
+            assert_int_equal(stk_shardset_shard_info(set, sh, &info), 0);
+            int all_raw = 1;
+            for (uint64_t i = 0; i < info.records; i++) {
+                stk_record_loc_t loc;
+                assert_int_equal(stk_shardset_locate(set, info.first_index + i, &loc), 0);
+                all_raw &= loc.stored_len == loc.raw_len;
+            }
+            int dense = stk__shardset_dense(set, sh, &d);
+            assert_int_equal(dense, k == 0 && all_raw);
+            ndense += (uint32_t)dense;
+        }
+        assert_true(ndense < stk_shardset_num_shards(set));
+        stk_shardset_close(&set);
+    }
+
+    /* Records of 3 MiB: every one straddles a 2 MiB boundary. */
+    stk_schema_t big;
+    memset(&big, 0, sizeof big);
+    const int64_t shape[1] = {3 << 20};
+    assert_int_equal(stk_schema_add(&big, "x", STK_DTYPE_U8, 1, shape), 0);
+    char *bdir = strdup(tpath("dn_big"));
+    stk_writer_config_t cfg;
+    stk_writer_config_default(&cfg);
+    stk_writer_t *w = NULL;
+    assert_int_equal(stk_writer_create(&w, bdir, &big, &cfg), 0);
+    unsigned char *rec = malloc(3 << 20), *got = malloc(3 << 20);
+    assert_non_null(rec);
+    assert_non_null(got);
+    for (int i = 0; i < 5; i++) {
+        for (size_t k = 0; k < (3u << 20); k++)
+            rec[k] = (unsigned char)(k * 31 + (size_t)i * 7 + (k >> 12));
+        const void *data[1] = {rec};
+        assert_int_equal(stk_writer_add(w, data, NULL), 0);
+    }
+    assert_int_equal(stk_writer_finish(w), 0);
+    stk_writer_destroy(&w);
+    assert_int_equal(stk_shardset_open(&set, bdir), 0);
+    stk_decoder_t *dec = NULL;
+    assert_int_equal(stk_decoder_create(&dec, set), 0);
+    for (int i = 4; i >= 0; i--) {
+        for (size_t k = 0; k < (3u << 20); k++)
+            rec[k] = (unsigned char)(k * 31 + (size_t)i * 7 + (k >> 12));
+        assert_int_equal(stk_shardset_get(set, dec, (uint64_t)i, got, 3u << 20, NULL), 0);
+        assert_memory_equal(got, rec, 3u << 20);
+    }
+    assert_int_equal(stk__shardset_dense(set, 0, &d), 1);
+    stk_decoder_destroy(&dec);
+    stk_shardset_close(&set);
+    free(rec);
+    free(got);
+    free(bdir);
+    free(raw);
+    free(z);
+    free(var);
+}
+
 static void test_locate_and_verify(void **state)
 {
     (void)state;
@@ -900,6 +1009,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_fixed),
         cmocka_unit_test(test_roundtrip_var),
         cmocka_unit_test(test_locate_and_verify),
+        cmocka_unit_test(test_dense_shards),
         cmocka_unit_test(test_estimate_ratio),
         cmocka_unit_test(test_writer_errors),
         cmocka_unit_test(test_writer_atomic),
