@@ -29,6 +29,7 @@ typedef struct slot_info {
     int state;
     uint32_t worker;
     uint64_t batch;
+    uint64_t gen;        /* ISSUED: the task's, which done_gen answers */
     int status;          /* DONE: the worker's result */
     char *msg;           /* DONE with an error: its context */
 } slot_info_t;
@@ -67,6 +68,8 @@ struct stk_loader {
     uint32_t *slot_of;           /* batch % nslots -> slot */
     stk__filler_t *inline_fill;
 
+    uint64_t last_gen;
+
     int failed;
     char failmsg[1024];
     uint64_t created_ns, wait_ns, wait_bytes, first_batch_ns, respawns;
@@ -80,6 +83,11 @@ static const stk__layout_t *LY(const stk_loader_t *l)
 static stk__wstats_t *wstats(const stk_loader_t *l, uint32_t i)
 {
     return (stk__wstats_t *)(l->arena + l->spec.wstats_off) + i;
+}
+
+static stk__wctl_t *wctl(const stk_loader_t *l, uint32_t i)
+{
+    return (stk__wctl_t *)(l->arena + l->spec.wctl_off + (size_t)i * l->spec.wctl_stride);
 }
 
 static unsigned char *slot_mem(const stk_loader_t *l, uint32_t s)
@@ -305,16 +313,74 @@ static int check_limits(stk_loader_t *l)
 
 /* ---- Workers ----------------------------------------------------- */
 
-static int send_task(stk_loader_t *l, uint32_t s)
+/* Wakes a process sleeping in recv() on the other end of sock. Should
+ * the socket be full, wake-ups are queued already; should the other side
+ * be gone, the wait loop hears of it (end of file). */
+static void wake(int sock)
 {
-    stk__task_msg_t t = {.slot = s, .epoch = l->epoch, .batch = l->slots[s].batch};
-    worker_info_t *w = &l->w[l->slots[s].worker];
+    stk__task_msg_t t;
+    memset(&t, 0, sizeof t);
+    t.slot = STK__WAKE;
     ssize_t k;
     do {
-        k = send(w->sock, &t, sizeof t, MSG_NOSIGNAL);
+        k = send(sock, &t, sizeof t, MSG_NOSIGNAL | MSG_DONTWAIT);
     } while (k < 0 && errno == EINTR);
-    /* A dead worker is noticed (EOF) and handled by the wait loop. */
+}
+
+/* Queues slot s's task on its worker's ring. */
+static int send_task(stk_loader_t *l, uint32_t s)
+{
+    slot_info_t *si = &l->slots[s];
+    stk__wctl_t *c = wctl(l, si->worker);
+    si->gen = ++l->last_gen;
+    uint64_t tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
+    if (tail - atomic_load_explicit(&c->head, memory_order_acquire) >= l->spec.ring_cap)
+        return fail(l, STK_ESTATE, "loader: worker %u has %u tasks queued already", si->worker,
+                    l->spec.ring_cap);
+    stk__task_msg_t *t = &c->ring[tail % l->spec.ring_cap];
+    t->slot = s;
+    t->pad = 0;
+    t->epoch = l->epoch;
+    t->batch = si->batch;
+    t->gen = si->gen;
+    atomic_store_explicit(&c->tail, tail + 1, memory_order_release);
+    /* Pairs with the worker's fence between setting sleeping and looking
+     * at tail again: one of the two sees the other. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&c->sleeping, memory_order_relaxed))
+        wake(l->w[si->worker].sock);
     return 0;
+}
+
+/* Marks slot s done if its worker says so in shared memory. */
+static int collect(stk_loader_t *l, uint32_t s)
+{
+    slot_info_t *si = &l->slots[s];
+    if (si->state != SLOT_ISSUED)
+        return 0;
+    const stk__slot_hdr_t *h = (const stk__slot_hdr_t *)slot_mem(l, s);
+    if (atomic_load_explicit(&h->done_gen, memory_order_acquire) != si->gen)
+        return 0;
+    si->state = SLOT_DONE;
+    si->status = 0;
+    return 1;
+}
+
+static void collect_all(stk_loader_t *l)
+{
+    for (uint32_t s = 0; s < LY(l)->nslots; s++)
+        collect(l, s);
+}
+
+/* Tells worker i (all with i == nworkers) whether main sleeps waiting
+ * for the task gen (any with STK__WAIT_ANY; 0: no longer). */
+static void set_main_waits(stk_loader_t *l, uint32_t i, uint64_t gen)
+{
+    for (uint32_t k = 0; k < l->nworkers; k++)
+        if (i >= l->nworkers || k == i)
+            atomic_store_explicit(&wctl(l, k)->main_waits, gen, memory_order_relaxed);
+    if (gen)
+        atomic_thread_fence(memory_order_seq_cst); /* pairs with the worker's */
 }
 
 static uint64_t worker_seed(const stk_loader_t *l, uint32_t i)
@@ -336,6 +402,14 @@ static int make_sockets(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *t
         }
         l->w[ids[i]].sock = sv[0];
         theirs[i] = sv[1];
+        /* A new worker starts on an empty ring (the one before it, if
+         * any, is gone). */
+        stk__wctl_t *c = wctl(l, ids[i]);
+        atomic_store(&c->head, 0);
+        atomic_store(&c->tail, 0);
+        atomic_store(&c->sleeping, 0);
+        atomic_store(&c->main_waits, 0);
+        atomic_store(&c->stop, 0);
     }
     return 0;
 }
@@ -426,9 +500,11 @@ static void stop_workers(stk_loader_t *l, int hard)
 {
     if (!l->running)
         return;
-    /* EOF on its socket tells a worker to exit; a failed loader may have
-     * a stopped or hung worker, which gets SIGKILL at once. */
+    /* The stop flag, then EOF on its socket, tell a worker to exit (it
+     * queues no more batches); a failed loader may have a stopped or hung
+     * worker, which gets SIGKILL at once. */
     for (uint32_t i = 0; i < l->nworkers; i++) {
+        atomic_store(&wctl(l, i)->stop, 1);
         if (hard && l->w[i].pid > 0)
             kill(l->w[i].pid, SIGKILL);
         if (l->w[i].sock >= 0) {
@@ -508,6 +584,7 @@ static int worker_lost(stk_loader_t *l, uint32_t i, const char *context)
 {
     char why[256];
     reap_worker(l, i, why, sizeof why);
+    collect_all(l); /* what it finished before it went is not lost */
     if (l->failed)
         return l->failed; /* it said why before it went (failed start) */
     uint64_t pending = UINT64_MAX;
@@ -721,7 +798,10 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
         memcpy(l->spec.init_arg, cfg->worker_init_arg, cfg->worker_init_arg_len);
     uint32_t nstats = l->nworkers ? l->nworkers : 1;
     l->spec.wstats_off = (size_t)nslots * LY(l)->slot_bytes;
-    l->arena_bytes = align_up(l->spec.wstats_off + nstats * sizeof(stk__wstats_t), 4096);
+    l->spec.ring_cap = nslots;
+    l->spec.wctl_off = align_up(l->spec.wstats_off + nstats * sizeof(stk__wstats_t), 64);
+    l->spec.wctl_stride = align_up(sizeof(stk__wctl_t) + nslots * sizeof(stk__task_msg_t), 64);
+    l->arena_bytes = align_up(l->spec.wctl_off + nstats * l->spec.wctl_stride, 4096);
     l->spec.arena_bytes = l->arena_bytes;
 
     rc = check_limits(l);
@@ -957,7 +1037,7 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
         return stk__error(STK_ESTATE, "every slot (%u) is held: release a batch first", L->nslots);
     uint32_t s = l->slot_of[k % L->nslots];
     uint64_t start = stk__now_ns();
-    while (l->slots[s].state == SLOT_ISSUED) {
+    while (l->slots[s].state == SLOT_ISSUED && !collect(l, s)) {
         int wait_ms = -1;
         if (l->cfg.timeout_ms) {
             uint64_t el = (stk__now_ns() - start) / 1000000ull;
@@ -980,7 +1060,14 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
             }
             wait_ms = (int)(l->cfg.timeout_ms - el);
         }
-        rc = pump(l, wait_ms, l->slots[s].worker);
+        uint32_t wi = l->slots[s].worker;
+        set_main_waits(l, wi, l->slots[s].gen);
+        if (collect(l, s)) {
+            set_main_waits(l, wi, 0);
+            break;
+        }
+        rc = pump(l, wait_ms, wi);
+        set_main_waits(l, wi, 0);
         if (rc)
             return rc;
     }
@@ -1003,16 +1090,25 @@ void stk_loader_release(stk_loader_t *l, stk_batch_t *b)
         issue(l);
 }
 
+/* Whether a slot is still being filled, after collecting those done. */
+static int any_issued(stk_loader_t *l)
+{
+    collect_all(l);
+    for (uint32_t s = 0; s < LY(l)->nslots; s++)
+        if (l->slots[s].state == SLOT_ISSUED)
+            return 1;
+    return 0;
+}
+
 /* Waits until no slot is being filled (their results are dropped). */
 static int drain(stk_loader_t *l)
 {
-    for (;;) {
-        int busy = 0;
-        for (uint32_t s = 0; s < LY(l)->nslots; s++)
-            busy |= l->slots[s].state == SLOT_ISSUED;
-        if (!busy || !l->running)
-            break;
-        int rc = pump(l, l->cfg.timeout_ms ? (int)l->cfg.timeout_ms : 1000, UINT32_MAX);
+    while (l->running && any_issued(l)) {
+        set_main_waits(l, l->nworkers, STK__WAIT_ANY);
+        int rc = any_issued(l) ? pump(l, l->cfg.timeout_ms ? (int)l->cfg.timeout_ms : 1000,
+                                      UINT32_MAX)
+                               : 0;
+        set_main_waits(l, l->nworkers, 0);
         if (rc)
             return rc;
     }

@@ -81,6 +81,10 @@ typedef struct stk__slot_hdr {
     uint64_t n;                   /* samples requested (indices follow) */
     uint64_t delivered;           /* samples written (n minus skipped) */
     int64_t maxlen[STK_MAX_FIELDS];
+    /* The gen of the last task a worker filled this slot for, stored
+     * (release) once the slot is complete; a failed fill leaves it and
+     * says so on the socket instead. */
+    _Atomic uint64_t done_gen;
 } stk__slot_hdr_t;
 
 /* Per-worker counters in the arena (after the slots), written by the
@@ -102,6 +106,8 @@ typedef struct stk__worker_spec {
     size_t args_len;
     size_t arena_bytes;
     size_t wstats_off;
+    size_t wctl_off, wctl_stride; /* worker i's stk__wctl_t at wctl_off + i * wctl_stride */
+    uint32_t ring_cap;
     stk__layout_t layout;
     int skip_corrupt;
     char augment[512];
@@ -111,12 +117,36 @@ typedef struct stk__worker_spec {
     unsigned char init_arg[256];
 } stk__worker_spec_t;
 
-/* main -> worker */
+/* main -> worker, through the worker's ring (stk__wctl_t) */
 typedef struct stk__task_msg {
     uint32_t slot;
     uint32_t pad;
     uint64_t epoch, batch;
+    uint64_t gen;                 /* unique per task: done_gen answers it */
 } stk__task_msg_t;
+
+/* One per worker in the arena, after the stats. Tasks and completions go
+ * through shared memory; the socket carries only a wake-up to a process
+ * that said it sleeps, error reports, and end of file when either side
+ * is gone. A worker with tasks queued makes no system call between
+ * batches, and main sleeps only when the batch it needs is not done:
+ * with two workers on two CPUs the per-batch messages, their wake-ups and
+ * their socket buffers cost about 36 us of CPU a batch (raw
+ * Fashion-MNIST: 4.0M samples/s at batch 256, 5.6M at batch 1024). */
+typedef struct stk__wctl {
+    _Atomic uint64_t tail;        /* tasks pushed by main */
+    _Atomic uint64_t main_waits;  /* gen main sleeps for; STK__WAIT_ANY; 0: none */
+    _Atomic uint32_t stop;        /* main asks the worker to exit */
+    char pad0[44];
+    _Atomic uint64_t head;        /* tasks taken by the worker */
+    _Atomic uint32_t sleeping;    /* the worker sleeps in recv() */
+    char pad1[52];
+    stk__task_msg_t ring[];       /* ring_cap entries */
+} stk__wctl_t;
+
+#define STK__WAIT_ANY UINT64_MAX
+/* A message slot meaning "wake up and look at shared memory". */
+#define STK__WAKE (UINT32_MAX - 1)
 
 /* worker -> main */
 typedef struct stk__done_msg {

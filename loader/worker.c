@@ -8,7 +8,6 @@
 #include "loader_internal.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -324,8 +323,9 @@ static void note_rss(stk__wstats_t *w, uint64_t nth)
  * longer than a warm one, all of it added to the time to first batch.
  * MADV_POPULATE_WRITE maps without writing, so a page the loader is
  * filling (the task's indices) keeps its content. Stops as soon as a task
- * is waiting. */
-static void prefault_slots(const stk__worker_spec_t *spec, unsigned char *arena, int sock)
+ * is queued. */
+static void prefault_slots(const stk__worker_spec_t *spec, unsigned char *arena,
+                           stk__wctl_t *c)
 {
 #ifdef MADV_POPULATE_WRITE
     const size_t page = 4096, step = 64 * page;
@@ -334,8 +334,8 @@ static void prefault_slots(const stk__worker_spec_t *spec, unsigned char *arena,
     for (uint32_t s = spec->worker; s < spec->layout.nslots; s += nw) {
         size_t beg = ((size_t)s * sb) & ~(page - 1), end = (size_t)(s + 1) * sb;
         for (size_t o = beg; o < end; o += step) {
-            struct pollfd pf = {.fd = sock, .events = POLLIN};
-            if (poll(&pf, 1, 0) != 0)
+            if (atomic_load_explicit(&c->tail, memory_order_acquire) !=
+                atomic_load_explicit(&c->head, memory_order_relaxed))
                 return;
             size_t len = end - o < step ? end - o : step;
             if (madvise(arena + o, len, MADV_POPULATE_WRITE) != 0)
@@ -343,8 +343,56 @@ static void prefault_slots(const stk__worker_spec_t *spec, unsigned char *arena,
         }
     }
 #else
-    (void)spec, (void)arena, (void)sock;
+    (void)spec, (void)arena, (void)c;
 #endif
+}
+
+/* Takes the next task off the ring, sleeping in recv() while there is
+ * none. Returns 0, or -1 when the loader is gone or asks us to stop. */
+static int next_task(stk__wctl_t *c, uint32_t cap, int sock, stk__task_msg_t *t)
+{
+    for (;;) {
+        if (atomic_load_explicit(&c->stop, memory_order_relaxed))
+            return -1;
+        uint64_t head = atomic_load_explicit(&c->head, memory_order_relaxed);
+        if (atomic_load_explicit(&c->tail, memory_order_acquire) != head) {
+            *t = c->ring[head % cap];
+            atomic_store_explicit(&c->head, head + 1, memory_order_release);
+            return 0;
+        }
+        atomic_store_explicit(&c->sleeping, 1, memory_order_relaxed);
+        /* Pairs with main's fence between pushing a task and looking at
+         * sleeping: either it sees us asleep and wakes us, or we see its
+         * task here. */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (atomic_load_explicit(&c->tail, memory_order_acquire) == head) {
+            stk__task_msg_t wake;
+            ssize_t k = recv(sock, &wake, sizeof wake, 0);
+            if (k == 0 || (k < 0 && errno != EINTR)) {
+                atomic_store_explicit(&c->sleeping, 0, memory_order_relaxed);
+                return -1; /* EOF: the loader is gone or stopping us */
+            }
+        }
+        atomic_store_explicit(&c->sleeping, 0, memory_order_relaxed);
+    }
+}
+
+/* A filled slot: its gen in the slot header, and a wake-up for main if
+ * it sleeps waiting for it. */
+static void report_done(stk__wctl_t *c, int sock, stk__slot_hdr_t *h, uint64_t gen)
+{
+    atomic_store_explicit(&h->done_gen, gen, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst); /* pairs with main's, as above */
+    uint64_t w = atomic_load_explicit(&c->main_waits, memory_order_relaxed);
+    if (w == gen || w == STK__WAIT_ANY) {
+        stk__done_msg_t m;
+        memset(&m, 0, offsetof(stk__done_msg_t, msg));
+        m.slot = STK__WAKE;
+        ssize_t k;
+        do {
+            k = send(sock, &m, offsetof(stk__done_msg_t, msg), MSG_NOSIGNAL | MSG_DONTWAIT);
+        } while (k < 0 && errno == EINTR);
+    }
 }
 
 void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, int args_fd)
@@ -376,26 +424,25 @@ void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, in
         send_done(sock, UINT32_MAX, rc, 0, 0);
         _exit(1);
     }
-    prefault_slots(spec, arena, sock);
+    stk__wctl_t *c = (stk__wctl_t *)(arena + spec->wctl_off + (size_t)spec->worker * spec->wctl_stride);
+    prefault_slots(spec, arena, c);
     uint64_t filled = 0;
     note_rss(ws, filled);
-    for (;;) {
-        stk__task_msg_t t;
-        ssize_t k = recv(sock, &t, sizeof t, 0);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k != (ssize_t)sizeof t)
-            break; /* EOF: the loader is gone or stopping us */
+    stk__task_msg_t t;
+    while (next_task(c, spec->ring_cap, sock, &t) == 0) {
         if (t.slot >= spec->layout.nslots) {
             send_done(sock, t.slot, stk__error(-EPROTO, "bad slot %u", t.slot), t.epoch, t.batch);
             continue;
         }
         unsigned char *slot = arena + (size_t)t.slot * spec->layout.slot_bytes;
         rc = stk__filler_run(fl, slot, t.epoch);
-        if (rc)
-            stk__error_prefix(rc, "batch %llu", (unsigned long long)t.batch);
         note_rss(ws, ++filled);
-        send_done(sock, t.slot, rc, t.epoch, t.batch);
+        if (rc) {
+            stk__error_prefix(rc, "batch %llu", (unsigned long long)t.batch);
+            send_done(sock, t.slot, rc, t.epoch, t.batch);
+        } else {
+            report_done(c, sock, (stk__slot_hdr_t *)slot, t.gen);
+        }
     }
     _exit(0);
 }
