@@ -27,9 +27,10 @@ enum { SLOT_FREE = 0, SLOT_ISSUED, SLOT_DONE, SLOT_HELD };
 
 typedef struct slot_info {
     int state;
-    uint32_t worker;
+    uint32_t worker;     /* DONE with an error: who reported it */
     uint64_t batch;
     uint64_t gen;        /* ISSUED: the task's, which done_gen answers */
+    uint64_t qpos;       /* ISSUED: its place in the queue (taken once head passes it) */
     int status;          /* DONE: the worker's result */
     char *msg;           /* DONE with an error: its context */
 } slot_info_t;
@@ -37,6 +38,7 @@ typedef struct slot_info {
 typedef struct worker_info {
     pid_t pid;
     int sock;
+    uint64_t seen_progress, seen_ns; /* its progress count, and when it last moved */
 } worker_info_t;
 
 struct stk_loader {
@@ -69,6 +71,7 @@ struct stk_loader {
     stk__filler_t *inline_fill;
 
     uint64_t last_gen;
+    uint32_t wake_next;
 
     int failed;
     char failmsg[1024];
@@ -87,7 +90,7 @@ static stk__wstats_t *wstats(const stk_loader_t *l, uint32_t i)
 
 static stk__wctl_t *wctl(const stk_loader_t *l, uint32_t i)
 {
-    return (stk__wctl_t *)(l->arena + l->spec.wctl_off + (size_t)i * l->spec.wctl_stride);
+    return (stk__wctl_t *)(l->arena + l->spec.wctl_off) + i;
 }
 
 static unsigned char *slot_mem(const stk_loader_t *l, uint32_t s)
@@ -313,46 +316,65 @@ static int check_limits(stk_loader_t *l)
 
 /* ---- Workers ----------------------------------------------------- */
 
+static stk__queue_t *queue(const stk_loader_t *l)
+{
+    return (stk__queue_t *)(l->arena + l->spec.queue_off);
+}
+
 /* Wakes a process sleeping in recv() on the other end of sock. Should
  * the socket be full, wake-ups are queued already; should the other side
  * be gone, the wait loop hears of it (end of file). */
 static void wake(int sock)
 {
-    stk__task_msg_t t;
-    memset(&t, 0, sizeof t);
-    t.slot = STK__WAKE;
+    char t = 1;
     ssize_t k;
     do {
-        k = send(sock, &t, sizeof t, MSG_NOSIGNAL | MSG_DONTWAIT);
+        k = send(sock, &t, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     } while (k < 0 && errno == EINTR);
 }
 
-/* Queues slot s's task on its worker's ring. */
+/* Queues slot s's task; wake_workers then wakes sleepers for it. */
 static int send_task(stk_loader_t *l, uint32_t s)
 {
     slot_info_t *si = &l->slots[s];
-    stk__wctl_t *c = wctl(l, si->worker);
+    stk__queue_t *q = queue(l);
     si->gen = ++l->last_gen;
-    uint64_t tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
-    if (tail - atomic_load_explicit(&c->head, memory_order_acquire) >= l->spec.ring_cap)
-        return fail(l, STK_ESTATE, "loader: worker %u has %u tasks queued already", si->worker,
-                    l->spec.ring_cap);
-    stk__task_msg_t *t = &c->ring[tail % l->spec.ring_cap];
-    t->slot = s;
-    t->pad = 0;
-    t->epoch = l->epoch;
-    t->batch = si->batch;
-    t->gen = si->gen;
-    atomic_store_explicit(&c->tail, tail + 1, memory_order_release);
-    /* Pairs with the worker's fence between setting sleeping and looking
-     * at tail again: one of the two sees the other. */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&c->sleeping, memory_order_relaxed))
-        wake(l->w[si->worker].sock);
+    si->worker = 0;
+    uint64_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    si->qpos = tail;
+    if (tail - atomic_load_explicit(&q->head, memory_order_acquire) >= l->spec.ring_cap)
+        return fail(l, STK_ESTATE, "loader: %u tasks queued already", l->spec.ring_cap);
+    stk__task_t *t = &q->ring[tail % l->spec.ring_cap];
+    atomic_store_explicit(&t->slot, s, memory_order_relaxed);
+    atomic_store_explicit(&t->epoch, l->epoch, memory_order_relaxed);
+    atomic_store_explicit(&t->batch, si->batch, memory_order_relaxed);
+    atomic_store_explicit(&t->gen, si->gen, memory_order_relaxed);
+    atomic_store_explicit(&q->tail, tail + 1, memory_order_release);
     return 0;
 }
 
-/* Marks slot s done if its worker says so in shared memory. */
+/* Wakes as many sleeping workers as tasks wait unclaimed, starting after
+ * the one woken last, so that a stopped worker holding a wake-up does
+ * not take every one. */
+static void wake_workers(stk_loader_t *l)
+{
+    stk__queue_t *q = queue(l);
+    /* Pairs with the worker's fence between setting sleeping and looking
+     * at tail again: one of the two sees the other. */
+    atomic_thread_fence(memory_order_seq_cst);
+    uint64_t waiting = atomic_load_explicit(&q->tail, memory_order_relaxed) -
+                       atomic_load_explicit(&q->head, memory_order_relaxed);
+    for (uint32_t k = 0; k < l->nworkers && waiting; k++) {
+        uint32_t i = (l->wake_next + k) % l->nworkers;
+        if (l->w[i].sock >= 0 && atomic_load_explicit(&wctl(l, i)->sleeping, memory_order_relaxed)) {
+            wake(l->w[i].sock);
+            waiting--;
+            l->wake_next = i + 1;
+        }
+    }
+}
+
+/* Marks slot s done if a worker says so in shared memory. */
 static int collect(stk_loader_t *l, uint32_t s)
 {
     slot_info_t *si = &l->slots[s];
@@ -372,20 +394,64 @@ static void collect_all(stk_loader_t *l)
         collect(l, s);
 }
 
-/* Tells worker i (all with i == nworkers) whether main sleeps waiting
- * for the task gen (any with STK__WAIT_ANY; 0: no longer). */
-static void set_main_waits(stk_loader_t *l, uint32_t i, uint64_t gen)
+/* Tells the workers that main sleeps waiting for the task gen (any with
+ * STK__WAIT_ANY; 0: no longer). */
+static void set_main_waits(stk_loader_t *l, uint64_t gen)
 {
-    for (uint32_t k = 0; k < l->nworkers; k++)
-        if (i >= l->nworkers || k == i)
-            atomic_store_explicit(&wctl(l, k)->main_waits, gen, memory_order_relaxed);
+    atomic_store_explicit(&queue(l)->main_waits, gen, memory_order_relaxed);
     if (gen)
         atomic_thread_fence(memory_order_seq_cst); /* pairs with the worker's */
+}
+
+/* The live worker filling (or taking) task gen, or UINT32_MAX. */
+static uint32_t holder_of(const stk_loader_t *l, uint64_t gen)
+{
+    for (uint32_t i = 0; i < l->nworkers; i++)
+        if (l->w[i].pid > 0 && l->w[i].sock >= 0 &&
+            atomic_load_explicit(&wctl(l, i)->busy_gen, memory_order_acquire) == gen)
+            return i;
+    return UINT32_MAX;
 }
 
 static uint64_t worker_seed(const stk_loader_t *l, uint32_t i)
 {
     return stk_rng_mix(l->cfg.seed, 0x776f726b00000000ull + i);
+}
+
+/* Notes, per worker, when its progress count last moved. */
+static void note_progress(stk_loader_t *l, uint64_t now)
+{
+    for (uint32_t i = 0; i < l->nworkers; i++) {
+        uint64_t p = atomic_load_explicit(&wctl(l, i)->progress, memory_order_relaxed);
+        if (p != l->w[i].seen_progress) {
+            l->w[i].seen_progress = p;
+            l->w[i].seen_ns = now;
+        }
+    }
+}
+
+/* After a timeout on slot s: the worker to blame, or UINT32_MAX when none
+ * is stuck. The one holding the batch (*holds = 1); else, while the
+ * batch waits in the queue, the worker that has not moved for longest,
+ * if that is the whole timeout (stopped or hung on another batch, or
+ * before it could take one). */
+static uint32_t hung_worker(stk_loader_t *l, uint32_t s, uint64_t now, int *holds)
+{
+    uint32_t h = holder_of(l, l->slots[s].gen);
+    *holds = h != UINT32_MAX;
+    if (h != UINT32_MAX)
+        return h;
+    if (l->slots[s].qpos < atomic_load(&queue(l)->head))
+        return UINT32_MAX; /* just taken, or done: look again */
+    note_progress(l, now);
+    uint32_t best = UINT32_MAX;
+    for (uint32_t i = 0; i < l->nworkers; i++)
+        if (l->w[i].pid > 0 && l->w[i].sock >= 0 &&
+            (best == UINT32_MAX || l->w[i].seen_ns < l->w[best].seen_ns))
+            best = i;
+    if (best != UINT32_MAX && now - l->w[best].seen_ns < (uint64_t)l->cfg.timeout_ms * 1000000ull)
+        best = UINT32_MAX;
+    return best;
 }
 
 /* Gives workers ids[0..n) their socket pairs (main's end in l->w). Tasks
@@ -402,14 +468,14 @@ static int make_sockets(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *t
         }
         l->w[ids[i]].sock = sv[0];
         theirs[i] = sv[1];
-        /* A new worker starts on an empty ring (the one before it, if
-         * any, is gone). */
+        /* The worker before it, if any, is gone. */
         stk__wctl_t *c = wctl(l, ids[i]);
-        atomic_store(&c->head, 0);
-        atomic_store(&c->tail, 0);
+        atomic_store(&c->busy_gen, 0);
+        atomic_store(&c->progress, 0);
         atomic_store(&c->sleeping, 0);
-        atomic_store(&c->main_waits, 0);
         atomic_store(&c->stop, 0);
+        l->w[ids[i]].seen_progress = 0;
+        l->w[ids[i]].seen_ns = stk__now_ns();
     }
     return 0;
 }
@@ -548,11 +614,16 @@ static int start_workers(stk_loader_t *l, int tasks, int defer)
     }
     for (uint32_t i = 0; i < l->nworkers; i++)
         ids[i] = i;
+    /* No worker is left to take what stopped workers left in the queue
+     * (their slots are free again): the queue starts empty. */
+    stk__queue_t *q = queue(l);
+    atomic_store(&q->head, atomic_load(&q->tail));
+    atomic_store(&q->main_waits, 0);
     int rc = make_sockets(l, l->nworkers, ids, theirs);
     if (rc == 0) {
         l->running = 1;
-        /* The first tasks wait in the sockets while the server forks, so
-         * a worker starts on batch work without a round trip. */
+        /* The first tasks wait in the queue while the server forks, so a
+         * worker starts on batch work without a round trip. */
         rc = tasks ? issue(l) : 0;
         if (rc == 0)
             rc = defer ? spawn_begin(l, l->nworkers, ids, theirs)
@@ -571,13 +642,6 @@ static int finish_start(stk_loader_t *l)
     return spawn_finish(l) ? start_failed(l) : 0;
 }
 
-static int cmp_slot_batch(const void *a, const void *b, void *ctx)
-{
-    const slot_info_t *s = ctx;
-    uint64_t x = s[*(const uint32_t *)a].batch, y = s[*(const uint32_t *)b].batch;
-    return x < y ? -1 : x > y;
-}
-
 /* A worker died (or was killed for hanging): respawn it and hand it its
  * unfinished batches again, or fail naming it. */
 static int worker_lost(stk_loader_t *l, uint32_t i, const char *context)
@@ -587,15 +651,21 @@ static int worker_lost(stk_loader_t *l, uint32_t i, const char *context)
     collect_all(l); /* what it finished before it went is not lost */
     if (l->failed)
         return l->failed; /* it said why before it went (failed start) */
-    uint64_t pending = UINT64_MAX;
-    for (uint32_t s = 0; s < LY(l)->nslots; s++)
-        if (l->slots[s].state == SLOT_ISSUED && l->slots[s].worker == i &&
-            l->slots[s].batch < pending)
-            pending = l->slots[s].batch;
+    /* The task it held: marked busy by it, taken off the queue (by it: a
+     * live worker that took it would have marked it busy before), not
+     * done. Read in this order, each seq_cst, against the worker's busy
+     * store before its claim. */
+    uint32_t lost = UINT32_MAX;
+    uint64_t gen = atomic_load(&wctl(l, i)->busy_gen);
+    uint64_t head = atomic_load(&queue(l)->head);
+    for (uint32_t s = 0; gen && s < LY(l)->nslots; s++)
+        if (l->slots[s].state == SLOT_ISSUED && l->slots[s].gen == gen &&
+            l->slots[s].qpos < head && holder_of(l, gen) == UINT32_MAX)
+            lost = s;
     if (!l->cfg.respawn || l->respawns >= l->cfg.max_respawns) {
-        if (pending != UINT64_MAX)
+        if (lost != UINT32_MAX)
             return fail(l, STK_EWORKER, "%s%s while loading batch %" PRIu64 " of epoch %" PRIu64
-                        "%s", why, context, pending, l->epoch,
+                        "%s", why, context, l->slots[lost].batch, l->epoch,
                         l->cfg.respawn ? " (respawn limit reached)" : "");
         return fail(l, STK_EWORKER, "%s%s", why, context);
     }
@@ -607,22 +677,17 @@ static int worker_lost(stk_loader_t *l, uint32_t i, const char *context)
         rc = spawn_workers(l, 1, &i, &theirs);
     if (rc)
         return fail(l, STK_EWORKER, "%s; respawn failed: %s", why, stk_error_message());
-    uint32_t *ids = malloc(LY(l)->nslots * sizeof *ids);
-    if (!ids)
-        return fail(l, -ENOMEM, "loader: out of memory");
-    uint32_t n = 0;
-    for (uint32_t s = 0; s < LY(l)->nslots; s++)
-        if (l->slots[s].state == SLOT_ISSUED && l->slots[s].worker == i)
-            ids[n++] = s;
-    qsort_r(ids, n, sizeof *ids, cmp_slot_batch, l->slots);
-    for (uint32_t k = 0; k < n; k++)
-        send_task(l, ids[k]);
-    free(ids);
+    if (lost != UINT32_MAX) {
+        rc = send_task(l, lost);
+        if (rc)
+            return rc;
+    }
+    wake_workers(l);
     return 0;
 }
 
 /* Puts batch k into free slot s: its indices into the slot header, and
- * (with workers) the task to worker k % num_workers. */
+ * (with workers) its task into the queue, for any worker to take. */
 static int issue_one(stk_loader_t *l, uint32_t s, uint64_t k)
 {
     const stk__layout_t *L = LY(l);
@@ -638,7 +703,7 @@ static int issue_one(stk_loader_t *l, uint32_t s, uint64_t k)
     h->delivered = 0;
     l->slots[s].state = SLOT_ISSUED;
     l->slots[s].batch = k;
-    l->slots[s].worker = l->nworkers ? (uint32_t)(k % l->nworkers) : 0;
+    l->slots[s].worker = 0;
     l->slots[s].status = 0;
     l->slot_of[k % L->nslots] = s;
     if (l->nworkers)
@@ -661,6 +726,8 @@ static int issue(stk_loader_t *l)
             return rc;
         l->next_issue++;
     }
+    if (l->nworkers && l->running)
+        wake_workers(l);
     return 0;
 }
 
@@ -681,6 +748,7 @@ static void take_done(stk_loader_t *l, const stk__done_msg_t *m, ssize_t len, ui
         return; /* stale: from before a respawn or a rewind */
     s->state = SLOT_DONE;
     s->status = m->status;
+    s->worker = wi;
     free(s->msg);
     s->msg = NULL;
     if (m->status && len > (ssize_t)offsetof(stk__done_msg_t, msg))
@@ -799,9 +867,10 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     uint32_t nstats = l->nworkers ? l->nworkers : 1;
     l->spec.wstats_off = (size_t)nslots * LY(l)->slot_bytes;
     l->spec.ring_cap = nslots;
-    l->spec.wctl_off = align_up(l->spec.wstats_off + nstats * sizeof(stk__wstats_t), 64);
-    l->spec.wctl_stride = align_up(sizeof(stk__wctl_t) + nslots * sizeof(stk__task_msg_t), 64);
-    l->arena_bytes = align_up(l->spec.wctl_off + nstats * l->spec.wctl_stride, 4096);
+    l->spec.queue_off = align_up(l->spec.wstats_off + nstats * sizeof(stk__wstats_t), 64);
+    l->spec.wctl_off = align_up(l->spec.queue_off + sizeof(stk__queue_t) +
+                                nslots * sizeof(stk__task_t), 64);
+    l->arena_bytes = align_up(l->spec.wctl_off + nstats * sizeof(stk__wctl_t), 4096);
     l->spec.arena_bytes = l->arena_bytes;
 
     rc = check_limits(l);
@@ -1037,37 +1106,46 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
         return stk__error(STK_ESTATE, "every slot (%u) is held: release a batch first", L->nslots);
     uint32_t s = l->slot_of[k % L->nslots];
     uint64_t start = stk__now_ns();
+    note_progress(l, start);
     while (l->slots[s].state == SLOT_ISSUED && !collect(l, s)) {
         int wait_ms = -1;
         if (l->cfg.timeout_ms) {
-            uint64_t el = (stk__now_ns() - start) / 1000000ull;
+            uint64_t now = stk__now_ns();
+            uint64_t el = (now - start) / 1000000ull;
             if (el >= l->cfg.timeout_ms) {
-                uint32_t wi = l->slots[s].worker;
+                int holds = 0;
+                uint32_t wi = hung_worker(l, s, now, &holds);
+                if (wi == UINT32_MAX) {
+                    start = now; /* every worker is moving: wait on */
+                    continue;
+                }
+                const char *what = holds ? "did not deliver it" : "made no progress in that time";
                 if (!l->cfg.respawn || l->respawns >= l->cfg.max_respawns)
                     return fail(l, -ETIMEDOUT, "batch %" PRIu64 " of epoch %" PRIu64 " not ready "
-                                "after %u ms: worker %u (pid %d) did not deliver it", k, l->epoch,
-                                l->cfg.timeout_ms, wi, (int)l->w[wi].pid);
-                /* Hung (or stopped): kill it; its batches go to the new one. */
-                char ctx[128];
-                snprintf(ctx, sizeof ctx, " after a %u ms timeout on batch %" PRIu64,
-                         l->cfg.timeout_ms, k);
+                                "after %u ms: worker %u (pid %d) %s", k, l->epoch,
+                                l->cfg.timeout_ms, wi, (int)l->w[wi].pid, what);
+                /* Hung (or stopped): kill it; what it held goes back in
+                 * the queue. */
+                char ctx[160];
+                snprintf(ctx, sizeof ctx, " after a %u ms timeout on batch %" PRIu64 " (it %s)",
+                         l->cfg.timeout_ms, k, what);
                 kill(l->w[wi].pid, SIGKILL);
                 rc = worker_lost(l, wi, ctx);
                 if (rc)
                     return rc;
                 start = stk__now_ns();
+                note_progress(l, start);
                 continue;
             }
             wait_ms = (int)(l->cfg.timeout_ms - el);
         }
-        uint32_t wi = l->slots[s].worker;
-        set_main_waits(l, wi, l->slots[s].gen);
+        set_main_waits(l, l->slots[s].gen);
         if (collect(l, s)) {
-            set_main_waits(l, wi, 0);
+            set_main_waits(l, 0);
             break;
         }
-        rc = pump(l, wait_ms, wi);
-        set_main_waits(l, wi, 0);
+        rc = pump(l, wait_ms, UINT32_MAX);
+        set_main_waits(l, 0);
         if (rc)
             return rc;
     }
@@ -1104,11 +1182,11 @@ static int any_issued(stk_loader_t *l)
 static int drain(stk_loader_t *l)
 {
     while (l->running && any_issued(l)) {
-        set_main_waits(l, l->nworkers, STK__WAIT_ANY);
+        set_main_waits(l, STK__WAIT_ANY);
         int rc = any_issued(l) ? pump(l, l->cfg.timeout_ms ? (int)l->cfg.timeout_ms : 1000,
                                       UINT32_MAX)
                                : 0;
-        set_main_waits(l, l->nworkers, 0);
+        set_main_waits(l, 0);
         if (rc)
             return rc;
     }

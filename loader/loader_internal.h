@@ -106,7 +106,8 @@ typedef struct stk__worker_spec {
     size_t args_len;
     size_t arena_bytes;
     size_t wstats_off;
-    size_t wctl_off, wctl_stride; /* worker i's stk__wctl_t at wctl_off + i * wctl_stride */
+    size_t queue_off;       /* stk__queue_t with ring_cap entries */
+    size_t wctl_off;        /* stk__wctl_t[num_workers] */
     uint32_t ring_cap;
     stk__layout_t layout;
     int skip_corrupt;
@@ -117,35 +118,51 @@ typedef struct stk__worker_spec {
     unsigned char init_arg[256];
 } stk__worker_spec_t;
 
-/* main -> worker, through the worker's ring (stk__wctl_t) */
-typedef struct stk__task_msg {
-    uint32_t slot;
-    uint32_t pad;
-    uint64_t epoch, batch;
-    uint64_t gen;                 /* unique per task: done_gen answers it */
-} stk__task_msg_t;
+/* A task: fill slot for batch of epoch. Workers read a ring entry while
+ * main may be writing the next lap of the ring, hence atomics. */
+typedef struct stk__task {
+    _Atomic uint64_t slot, epoch, batch;
+    _Atomic uint64_t gen;         /* unique per task: done_gen answers it */
+} stk__task_t;
 
-/* One per worker in the arena, after the stats. Tasks and completions go
- * through shared memory; the socket carries only a wake-up to a process
- * that said it sleeps, error reports, and end of file when either side
- * is gone. A worker with tasks queued makes no system call between
- * batches, and main sleeps only when the batch it needs is not done:
- * with two workers on two CPUs the per-batch messages, their wake-ups and
- * their socket buffers cost about 36 us of CPU a batch (raw
- * Fashion-MNIST: 4.0M samples/s at batch 256, 5.6M at batch 1024). */
-typedef struct stk__wctl {
+/* The task queue, in the arena after the stats. Main pushes at tail; any
+ * worker takes the task at head (compare-and-swap), so a worker that is
+ * free takes the next batch whoever filled the last one: with batch k
+ * bound to worker k % n (PyTorch's way), a worker sharing its CPU with
+ * the main process fell behind and the other, done with its own batches,
+ * slept a third of the time waiting for slots to come back in order.
+ * A sample depends on its index and the seeds only (the determinism the
+ * loader promises across num_workers), so who fills a batch changes no
+ * byte of it.
+ *
+ * Tasks and completions go through shared memory; a socket per worker
+ * carries only a wake-up to a process that said it sleeps, error reports,
+ * and end of file when either side is gone. A worker with tasks queued
+ * makes no system call between batches, and main sleeps only when the
+ * batch it needs is not done: with two workers on two CPUs, the
+ * per-batch messages, their wake-ups and socket buffers cost about 36 us
+ * of CPU a batch (raw Fashion-MNIST: 4.0M samples/s at batch 256, 5.6M at
+ * batch 1024). */
+typedef struct stk__queue {
     _Atomic uint64_t tail;        /* tasks pushed by main */
     _Atomic uint64_t main_waits;  /* gen main sleeps for; STK__WAIT_ANY; 0: none */
+    char pad0[48];
+    _Atomic uint64_t head;        /* tasks taken by workers */
+    char pad1[56];
+    stk__task_t ring[];           /* ring_cap entries */
+} stk__queue_t;
+
+/* One per worker, after the queue. */
+typedef struct stk__wctl {
+    _Atomic uint64_t busy_gen;    /* the task being taken or filled; 0: none */
+    _Atomic uint64_t progress;    /* tasks taken and finished, a count */
+    _Atomic uint32_t sleeping;    /* asleep in recv() */
     _Atomic uint32_t stop;        /* main asks the worker to exit */
-    char pad0[44];
-    _Atomic uint64_t head;        /* tasks taken by the worker */
-    _Atomic uint32_t sleeping;    /* the worker sleeps in recv() */
-    char pad1[52];
-    stk__task_msg_t ring[];       /* ring_cap entries */
+    char pad[40];
 } stk__wctl_t;
 
 #define STK__WAIT_ANY UINT64_MAX
-/* A message slot meaning "wake up and look at shared memory". */
+/* A done message's slot meaning "wake up and look at shared memory". */
 #define STK__WAKE (UINT32_MAX - 1)
 
 /* worker -> main */

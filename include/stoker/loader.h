@@ -55,7 +55,11 @@ typedef struct stk_dataset_ops {
     /* Loads sample index: fills rec, whose pointers may point into buf
      * (cap bytes, from the loader) or into the instance's own memory, valid
      * until the next call on this instance. STK_EDATA for a bad record,
-     * naming it. */
+     * naming it. A sample must depend on its index only (not on the worker
+     * or on what the instance read before): any free worker fills the next
+     * batch, so which worker loads a sample changes from run to run. Random
+     * augmentation belongs in the loader's augment pipeline, keyed by
+     * (seed, epoch, index). */
     int (*get)(void *inst, uint64_t index, void *buf, size_t cap, stk_record_t *rec,
                stk_dataset_stats_t *st);
     /* Optional: loads n samples at once (one I/O submission), calling sink
@@ -203,7 +207,10 @@ typedef struct stk_batch {
 
 /* The next batch, in sampler order: 0, STK_DONE when the epoch is over
  * (call stk_loader_set_epoch to go on), STK_EWORKER (worker pid and signal
- * or exit status in the message), -ETIMEDOUT (batch and worker named),
+ * or exit status in the message), -ETIMEDOUT (batch and worker named: the
+ * worker holding the batch, or, while the batch waits to be taken, one
+ * that made no progress for the whole timeout; with respawn it is killed
+ * and replaced, and what it held goes back in the queue),
  * STK_EDATA (shard and record named), STK_ESTATE when every slot is held.
  * After an error the loader stays failed (same code) until destroyed. */
 STK_API int stk_loader_next(stk_loader_t *l, stk_batch_t *batch);

@@ -86,6 +86,9 @@ typedef struct var_args {
     int64_t bad;
     uint64_t fds;
     int sleep_ms;  /* per sample, to keep workers busy */
+    int64_t hang;  /* a worker reading this index hangs: forever, or once */
+    int hang_once; /* with hang_marker: the first to hang creates it, and */
+    char hang_marker[128]; /* no worker hangs once it exists */
 } var_args_t;
 
 typedef struct var_inst {
@@ -151,6 +154,13 @@ static int var_get(void *inst, uint64_t index, void *buf, size_t cap, stk_record
         return stk__error(STK_EDATA, "var dataset: record %llu is corrupt", (unsigned long long)index);
     if (v->a.sleep_ms)
         msleep(v->a.sleep_ms);
+    if ((int64_t)index == v->a.hang &&
+        !(v->a.hang_once && access(v->a.hang_marker, F_OK) == 0)) {
+        if (v->a.hang_once)
+            close(open(v->a.hang_marker, O_CREAT | O_WRONLY, 0600));
+        for (;;)
+            pause();
+    }
     assert_true(cap >= var_max(inst));
     int32_t *lab = buf;
     int32_t *tok = lab + 1;
@@ -194,7 +204,7 @@ static const stk_dataset_ops_t var_ops = {
 
 static stk_dataset_t *make_var_ds(uint64_t n, int64_t bad, int sleep_ms)
 {
-    var_args_t a = {.n = n, .bad = bad, .fds = 0, .sleep_ms = sleep_ms};
+    var_args_t a = {.n = n, .bad = bad, .fds = 0, .sleep_ms = sleep_ms, .hang = -1};
     stk_dataset_t *ds = NULL;
     assert_int_equal(stk_dataset_create(&ds, &var_ops, &a, sizeof a), 0);
     return ds;
@@ -217,27 +227,36 @@ typedef struct run {
 } run_t;
 
 /* Reads the rest of the epoch, checksumming every field and index. */
-static int drain_epoch(stk_loader_t *l, run_t *r, uint64_t n)
+/* Reads one batch into r (its checksum, and which samples came). */
+static int take_one(stk_loader_t *l, run_t *r)
 {
     stk_batch_t b;
+    int rc = stk_loader_next(l, &b);
+    if (rc)
+        return rc;
+    r->sum = fnv(r->sum, &b.number, sizeof b.number);
+    r->sum = fnv(r->sum, b.indices, b.size * sizeof *b.indices);
+    for (uint32_t f = 0; f < b.nfields; f++) {
+        r->sum = fnv(r->sum, b.fields[f].data, b.fields[f].bytes);
+        if (b.fields[f].lengths)
+            r->sum = fnv(r->sum, b.fields[f].lengths, b.size * sizeof(int64_t));
+    }
+    for (size_t i = 0; i < b.size; i++)
+        r->seen[b.indices[i]]++;
+    r->nbatches++;
+    r->nsamples += b.size;
+    stk_loader_release(l, &b);
+    return 0;
+}
+
+static int drain_epoch(stk_loader_t *l, run_t *r, uint64_t n)
+{
     int rc;
     if (!r->seen)
         r->seen = calloc(n, sizeof *r->seen);
     if (!r->sum)
         r->sum = 0xcbf29ce484222325ull;
-    while ((rc = stk_loader_next(l, &b)) == 0) {
-        r->sum = fnv(r->sum, &b.number, sizeof b.number);
-        r->sum = fnv(r->sum, b.indices, b.size * sizeof *b.indices);
-        for (uint32_t f = 0; f < b.nfields; f++) {
-            r->sum = fnv(r->sum, b.fields[f].data, b.fields[f].bytes);
-            if (b.fields[f].lengths)
-                r->sum = fnv(r->sum, b.fields[f].lengths, b.size * sizeof(int64_t));
-        }
-        for (size_t i = 0; i < b.size; i++)
-            r->seen[b.indices[i]]++;
-        r->nbatches++;
-        r->nsamples += b.size;
-        stk_loader_release(l, &b);
+    while ((rc = take_one(l, r)) == 0) {
     }
     return rc;
 }
@@ -668,8 +687,33 @@ static void test_worker_killed(void **state)
     stk_dataset_destroy(&ds);
 }
 
-/* A stopped (hung) worker: the timeout names batch and worker; with
- * respawn its batch is re-issued and the stream does not change. */
+static stk_dataset_t *make_hang_ds(uint64_t n, int64_t hang, const char *marker)
+{
+    var_args_t a = {.n = n, .bad = -1, .fds = 0, .sleep_ms = 1, .hang = hang};
+    if (marker) {
+        a.hang_once = 1;
+        snprintf(a.hang_marker, sizeof a.hang_marker, "%s", marker);
+    }
+    stk_dataset_t *ds = NULL;
+    assert_int_equal(stk_dataset_create(&ds, &var_ops, &a, sizeof a), 0);
+    return ds;
+}
+
+static int names_a_worker(const char *msg, const int *pids, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "worker %d (pid %d)", i, pids[i]);
+        if (strstr(msg, want))
+            return 1;
+    }
+    return 0;
+}
+
+/* Hung workers. One stuck in get() (the batch with index 37): the
+ * timeout names the batch and the worker holding it; with respawn the
+ * batch is re-issued and the stream does not change. Workers stopped
+ * with SIGSTOP: the same, whichever holds what. */
 static void test_worker_hung(void **state)
 {
     (void)state;
@@ -678,52 +722,76 @@ static void test_worker_hung(void **state)
     c.batch_size = 4;
     run_t ref = run_epochs(ds, &c, 1);
     c.timeout_ms = sanitized() ? 1500 : 400;
+    char dir[] = "/tmp/stk-hang-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char marker[64];
+    snprintf(marker, sizeof marker, "%s/hung", dir);
 
-    stk_loader_t *l = NULL;
-    assert_int_equal(stk_loader_create(&l, ds, &c), 0);
-    stk_batch_t b;
-    assert_int_equal(stk_loader_next(l, &b), 0);
-    stk_loader_release(l, &b);
-    int pids[2];
-    stk_loader_worker_pids(l, pids, 2);
-    assert_int_equal(kill(pids[0], SIGSTOP), 0);
-    int rc;
-    while ((rc = stk_loader_next(l, &b)) == 0)
-        stk_loader_release(l, &b);
-    assert_int_equal(rc, -ETIMEDOUT);
-    char want[64];
-    snprintf(want, sizeof want, "worker 0 (pid %d)", pids[0]);
-    assert_non_null(strstr(stk_error_message(), want));
-    assert_non_null(strstr(stk_error_message(), "batch "));
-    stk_loader_destroy(&l);
-    assert_false(pid_alive(pids[0]));
-
-    c.respawn = 1;
-    assert_int_equal(stk_loader_create(&l, ds, &c), 0);
-    run_t got;
-    memset(&got, 0, sizeof got);
-    got.seen = calloc(300, sizeof *got.seen);
-    got.sum = 0xcbf29ce484222325ull;
-    assert_int_equal(stk_loader_next(l, &b), 0);
-    got.sum = fnv(got.sum, &b.number, sizeof b.number);
-    got.sum = fnv(got.sum, b.indices, b.size * sizeof *b.indices);
-    for (uint32_t f = 0; f < b.nfields; f++) {
-        got.sum = fnv(got.sum, b.fields[f].data, b.fields[f].bytes);
-        if (b.fields[f].lengths)
-            got.sum = fnv(got.sum, b.fields[f].lengths, b.size * sizeof(int64_t));
+    for (int respawn = 0; respawn < 2; respawn++) {
+        stk_dataset_t *hds = make_hang_ds(300, 37, respawn ? marker : NULL);
+        c.respawn = respawn;
+        stk_loader_t *l = NULL;
+        assert_int_equal(stk_loader_create(&l, hds, &c), 0);
+        run_t got;
+        memset(&got, 0, sizeof got);
+        got.seen = calloc(300, sizeof *got.seen);
+        got.sum = 0xcbf29ce484222325ull;
+        int rc = drain_epoch(l, &got, 300);
+        if (!respawn) {
+            assert_int_equal(rc, -ETIMEDOUT);
+            const char *m = stk_error_message();
+            assert_non_null(strstr(m, "did not deliver it"));
+            assert_non_null(strstr(m, "(pid "));
+            assert_non_null(strstr(m, "batch "));
+        } else {
+            assert_int_equal(rc, STK_DONE);
+            assert_each_once(&got, 300, -1);
+            assert_true(got.sum == ref.sum);
+            stk_loader_stats_t st;
+            stk_loader_get_stats(l, &st);
+            assert_int_equal(st.respawns, 1);
+            assert_int_equal(access(marker, F_OK), 0);
+        }
+        stk_loader_destroy(&l);
+        free(got.seen);
+        stk_dataset_destroy(&hds);
     }
-    for (size_t i = 0; i < b.size; i++)
-        got.seen[b.indices[i]]++;
-    stk_loader_release(l, &b);
-    stk_loader_worker_pids(l, pids, 2);
-    kill(pids[1], SIGSTOP);
-    assert_int_equal(drain_epoch(l, &got, 300), STK_DONE);
-    assert_each_once(&got, 300, -1);
-    assert_true(got.sum == ref.sum);
-    stk_loader_destroy(&l);
-    assert_false(pid_alive(pids[1]));
+    unlink(marker);
+    rmdir(dir);
+
+    /* Both workers stopped after the first batch. */
+    for (int respawn = 0; respawn < 2; respawn++) {
+        c.respawn = respawn;
+        stk_loader_t *l = NULL;
+        assert_int_equal(stk_loader_create(&l, ds, &c), 0);
+        run_t got;
+        memset(&got, 0, sizeof got);
+        got.seen = calloc(300, sizeof *got.seen);
+        got.sum = 0xcbf29ce484222325ull;
+        assert_int_equal(take_one(l, &got), 0);
+        int pids[2];
+        stk_loader_worker_pids(l, pids, 2);
+        assert_int_equal(kill(pids[0], SIGSTOP), 0);
+        assert_int_equal(kill(pids[1], SIGSTOP), 0);
+        int rc = drain_epoch(l, &got, 300);
+        if (!respawn) {
+            assert_int_equal(rc, -ETIMEDOUT);
+            assert_true(names_a_worker(stk_error_message(), pids, 2));
+            assert_non_null(strstr(stk_error_message(), "batch "));
+        } else {
+            assert_int_equal(rc, STK_DONE);
+            assert_each_once(&got, 300, -1);
+            assert_true(got.sum == ref.sum);
+            stk_loader_stats_t st;
+            stk_loader_get_stats(l, &st);
+            assert_true(st.respawns >= 1);
+        }
+        stk_loader_destroy(&l);
+        assert_false(pid_alive(pids[0]));
+        assert_false(pid_alive(pids[1]));
+        free(got.seen);
+    }
     free(ref.seen);
-    free(got.seen);
     stk_dataset_destroy(&ds);
 }
 
