@@ -122,7 +122,7 @@ static __attribute__((noreturn)) void srv_main(int ctrl)
         if (!p[0].revents)
             continue;
         static srv_req_t req;
-        int fds[3] = {-1, -1, -1};
+        int fds[4] = {-1, -1, -1, -1};
         char cbuf[CMSG_SPACE(sizeof fds)];
         struct iovec iov = {.iov_base = &req, .iov_len = sizeof req};
         struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
@@ -135,11 +135,11 @@ static __attribute__((noreturn)) void srv_main(int ctrl)
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
             if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
                 size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                memcpy(fds, CMSG_DATA(c), (nfd < 3 ? nfd : 3) * sizeof(int));
+                memcpy(fds, CMSG_DATA(c), (nfd < 4 ? nfd : 4) * sizeof(int));
             }
         srv_rep_t r = {.type = MSG_SPAWNED};
         if (k != (ssize_t)sizeof req || req.type != MSG_SPAWN || fds[0] < 0 || fds[1] < 0 ||
-            fds[2] < 0 || nkids == SRV_MAX_CHILDREN) {
+            fds[2] < 0 || fds[3] < 0 || nkids == SRV_MAX_CHILDREN) {
             r.err = -EPROTO;
         } else {
             pid_t server = getpid();
@@ -154,7 +154,7 @@ static __attribute__((noreturn)) void srv_main(int ctrl)
                 prctl(PR_SET_PDEATHSIG, SIGKILL);
                 if (getppid() != server)
                     _exit(1);
-                stk__worker_main(&req.spec, fds[0], fds[1], fds[2]);
+                stk__worker_main(&req.spec, fds[0], fds[1], fds[2], fds[3]);
             }
             if (pid < 0)
                 r.err = -errno;
@@ -162,7 +162,7 @@ static __attribute__((noreturn)) void srv_main(int ctrl)
                 kids[nkids++] = pid;
             r.pid = pid;
         }
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < 4; i++)
             if (fds[i] >= 0)
                 close(fds[i]);
         srv_send(ctrl, &r);
@@ -304,10 +304,10 @@ static int read_one(srv_rep_t *r, int timeout_ms)
     return 1;
 }
 
-static int send_spawn(const stk__worker_spec_t *spec, const int fds[3])
+static int send_spawn(const stk__worker_spec_t *spec, const int fds[4])
 {
     static srv_req_t req;
-    char cbuf[CMSG_SPACE(3 * sizeof(int))];
+    char cbuf[CMSG_SPACE(4 * sizeof(int))];
     memset(&req, 0, sizeof req);
     req.type = MSG_SPAWN;
     req.spec = *spec;
@@ -318,8 +318,8 @@ static int send_spawn(const stk__worker_spec_t *spec, const int fds[3])
     struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(3 * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, 3 * sizeof(int));
+    c->cmsg_len = CMSG_LEN(4 * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, 4 * sizeof(int));
     ssize_t k;
     do {
         k = sendmsg(fs_fd, &mh, MSG_NOSIGNAL);
@@ -329,7 +329,7 @@ static int send_spawn(const stk__worker_spec_t *spec, const int fds[3])
 
 int stk__forkserver_spawn_send(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
                                const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
-                               uint32_t *sent)
+                               int wake_fd, uint32_t *sent)
 {
     int rc = 0;
     *sent = 0;
@@ -347,7 +347,7 @@ int stk__forkserver_spawn_send(const stk__worker_spec_t *spec, uint32_t n, const
          * workers back to back, not one per round trip. */
         uint32_t k = 0;
         for (; k < n; k++) {
-            int fds[3] = {socks[k], arena_fd, args_fd};
+            int fds[4] = {socks[k], arena_fd, args_fd, wake_fd};
             one->worker = ids[k];
             one->seed = seeds[k];
             rc = send_spawn(one, fds);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -53,6 +54,12 @@ struct stk_loader {
     stk__worker_spec_t spec;     /* template sent to every worker */
     size_t arena_bytes;
     int arena_fd;
+    /* Workers wake main through this eventfd, not their sockets: a
+     * socket's wake-up is a "sync" one, which hints the scheduler to put
+     * the sleeper on the waker's CPU, as if the waker were about to sleep;
+     * a worker goes on with its next batch. Raw Fashion-MNIST, two
+     * workers, alternating A/B runs: 1.03-1.10x samples/s. */
+    int wake_fd;
     unsigned char *arena;
     int pinned;
 
@@ -321,16 +328,19 @@ static stk__queue_t *queue(const stk_loader_t *l)
     return (stk__queue_t *)(l->arena + l->spec.queue_off);
 }
 
-/* Wakes a process sleeping in recv() on the other end of sock. Should
- * the socket be full, wake-ups are queued already; should the other side
- * be gone, the wait loop hears of it (end of file). */
-static void wake(int sock)
+/* Wakes worker i if it sleeps in recv() on its socket. Should the socket
+ * be full, wake-ups are queued already; should the worker be gone, the
+ * wait loop hears of it (end of file). */
+static int wake(stk_loader_t *l, uint32_t i)
 {
+    if (!atomic_load_explicit(&wctl(l, i)->sleeping, memory_order_relaxed))
+        return 0;
     char t = 1;
     ssize_t k;
     do {
-        k = send(sock, &t, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        k = send(l->w[i].sock, &t, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     } while (k < 0 && errno == EINTR);
+    return 1;
 }
 
 /* Queues slot s's task; wake_workers then wakes sleepers for it. */
@@ -366,8 +376,7 @@ static void wake_workers(stk_loader_t *l)
                        atomic_load_explicit(&q->head, memory_order_relaxed);
     for (uint32_t k = 0; k < l->nworkers && waiting; k++) {
         uint32_t i = (l->wake_next + k) % l->nworkers;
-        if (l->w[i].sock >= 0 && atomic_load_explicit(&wctl(l, i)->sleeping, memory_order_relaxed)) {
-            wake(l->w[i].sock);
+        if (l->w[i].sock >= 0 && wake(l, i)) {
             waiting--;
             l->wake_next = i + 1;
         }
@@ -536,7 +545,7 @@ static int spawn_begin(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *th
     if (seeds) {
         /* Sent or not, the server's lock is held until spawn_finish. */
         rc = stk__forkserver_spawn_send(&l->spec, n, ids, seeds, theirs, l->arena_fd,
-                                        l->ds->args_fd, &l->spawn_sent);
+                                        l->ds->args_fd, l->wake_fd, &l->spawn_sent);
         l->spawn_pending = 1;
     }
     for (uint32_t i = 0; i < n; i++)
@@ -794,9 +803,17 @@ static int pump(stk_loader_t *l, int timeout_ms, uint32_t only)
         p[i].events = only >= l->nworkers || i == only ? POLLIN : 0;
         p[i].revents = 0;
     }
-    int n = poll(p, l->nworkers, timeout_ms);
+    p[l->nworkers].fd = l->wake_fd;
+    p[l->nworkers].events = POLLIN;
+    p[l->nworkers].revents = 0;
+    int n = poll(p, l->nworkers + 1, timeout_ms);
     if (n < 0)
         return errno == EINTR ? 0 : fail(l, -errno, "loader: poll");
+    if (p[l->nworkers].revents) {
+        uint64_t count;
+        if (read(l->wake_fd, &count, sizeof count) < 0 && errno != EAGAIN && errno != EINTR)
+            return fail(l, -errno, "loader: read of the wake-up eventfd");
+    }
     for (uint32_t i = 0; i < l->nworkers && n > 0; i++) {
         if (!p[i].revents)
             continue;
@@ -860,6 +877,7 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     l->ds = ds;
     l->cfg = *cfg;
     l->arena_fd = -1;
+    l->wake_fd = -1;
     l->nworkers = cfg->num_workers;
     if (l->cfg.prefetch == 0)
         l->cfg.prefetch = 2;
@@ -901,6 +919,11 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
         goto fail;
     /* memfd, not /dev/shm: nothing named to leak on a crash, and the
      * /dev/shm size limit of containers does not apply. */
+    l->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (l->wake_fd < 0) {
+        rc = stk__error(-errno, "loader: eventfd");
+        goto fail;
+    }
     l->arena_fd = memfd_create("stoker-batches", MFD_CLOEXEC);
     if (l->arena_fd < 0) {
         rc = stk__error(-errno, "loader: memfd_create");
@@ -929,7 +952,7 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     l->w = calloc(nstats, sizeof *l->w);
     l->spawn_ids = calloc(nstats, sizeof *l->spawn_ids);
     l->spawn_pids = calloc(nstats, sizeof *l->spawn_pids);
-    l->pfd = calloc(nstats, sizeof *l->pfd);
+    l->pfd = calloc(nstats + 1, sizeof *l->pfd);
     if (!l->slots || !l->slot_of || !l->w || !l->pfd || !l->spawn_ids || !l->spawn_pids) {
         rc = stk__error(-ENOMEM, "loader: out of memory");
         goto fail;
@@ -1005,6 +1028,8 @@ void stk_loader_destroy(stk_loader_t **pl)
         munmap(l->arena, l->arena_bytes);
     if (l->arena_fd >= 0)
         close(l->arena_fd);
+    if (l->wake_fd >= 0)
+        close(l->wake_fd);
     if (l->slots)
         for (uint32_t s = 0; s < LY(l)->nslots; s++)
             free(l->slots[s].msg);

@@ -136,8 +136,9 @@ typedef struct stk__task {
  * byte of it.
  *
  * Tasks and completions go through shared memory; a socket per worker
- * carries only a wake-up to a process that said it sleeps, error reports,
- * and end of file when either side is gone. A worker with tasks queued
+ * carries only a wake-up to a worker that said it sleeps, error reports,
+ * and end of file when either side is gone; an eventfd wakes main when it
+ * said it sleeps. A worker with tasks queued
  * makes no system call between batches, and main sleeps only when the
  * batch it needs is not done: with two workers on two CPUs, the
  * per-batch messages, their wake-ups and socket buffers cost about 36 us
@@ -162,8 +163,6 @@ typedef struct stk__wctl {
 } stk__wctl_t;
 
 #define STK__WAIT_ANY UINT64_MAX
-/* A done message's slot meaning "wake up and look at shared memory". */
-#define STK__WAKE (UINT32_MAX - 1)
 
 /* worker -> main */
 typedef struct stk__done_msg {
@@ -183,14 +182,16 @@ void stk__filler_destroy(stk__filler_t **f);
 /* Fills slot memory (header and indices already written by main).
  * Returns 0 or the error, context in stk_error_message(). */
 int stk__filler_run(stk__filler_t *f, void *slot, uint64_t epoch);
-/* The worker process body; never returns. */
-void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, int args_fd)
-    __attribute__((noreturn));
+/* The worker process body; never returns. wake_fd: the loader's eventfd
+ * that wakes main. */
+void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, int args_fd,
+                      int wake_fd) __attribute__((noreturn));
 
 /* ---- Fork server (forkserver.c) ----------------------------------- */
 
 /* Asks the fork server for n workers (spec with worker = ids[i], seed =
- * seeds[i], socket socks[i]; the arena and dataset memfds are shared),
+ * seeds[i], socket socks[i]; the arena and dataset memfds and the wake
+ * eventfd are shared),
  * all requests in one go, in two halves so that the caller can work while
  * the server forks: send returns holding the server's lock, with *sent
  * requests out (an error may leave fewer); wait, which must follow on the
@@ -198,7 +199,7 @@ void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, in
  * is 0 for a worker that did not start) and unlocks. */
 int stk__forkserver_spawn_send(const stk__worker_spec_t *spec, uint32_t n, const uint32_t *ids,
                                const uint64_t *seeds, const int *socks, int arena_fd, int args_fd,
-                               uint32_t *sent);
+                               int wake_fd, uint32_t *sent);
 int stk__forkserver_spawn_wait(uint32_t sent, const uint32_t *ids, pid_t *pids);
 /* Waits up to timeout_ms for the server's report on pid's end and gives
  * the wait status. -ETIMEDOUT when none came. */

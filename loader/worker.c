@@ -399,7 +399,7 @@ static int next_task(stk__queue_t *q, stk__wctl_t *c, uint32_t cap, int sock, ta
 
 /* A filled slot: its gen in the slot header, and a wake-up for main if
  * it sleeps waiting for it. */
-static void report_done(stk__queue_t *q, stk__wctl_t *c, int sock, stk__slot_hdr_t *h,
+static void report_done(stk__queue_t *q, stk__wctl_t *c, int wake_fd, stk__slot_hdr_t *h,
                         uint64_t gen)
 {
     atomic_store_explicit(&h->done_gen, gen, memory_order_release);
@@ -408,17 +408,16 @@ static void report_done(stk__queue_t *q, stk__wctl_t *c, int sock, stk__slot_hdr
     atomic_thread_fence(memory_order_seq_cst); /* pairs with main's, as above */
     uint64_t w = atomic_load_explicit(&q->main_waits, memory_order_relaxed);
     if (w == gen || w == STK__WAIT_ANY) {
-        stk__done_msg_t m;
-        memset(&m, 0, offsetof(stk__done_msg_t, msg));
-        m.slot = STK__WAKE;
+        uint64_t one = 1;
         ssize_t k;
         do {
-            k = send(sock, &m, offsetof(stk__done_msg_t, msg), MSG_NOSIGNAL | MSG_DONTWAIT);
+            k = write(wake_fd, &one, sizeof one);
         } while (k < 0 && errno == EINTR);
     }
 }
 
-void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, int args_fd)
+void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, int args_fd,
+                      int wake_fd)
 {
     void *args = NULL, *inst = NULL;
     stk__filler_t *fl = NULL;
@@ -467,7 +466,7 @@ void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, in
             atomic_store_explicit(&c->busy_gen, 0, memory_order_release);
             atomic_fetch_add_explicit(&c->progress, 1, memory_order_relaxed);
         } else {
-            report_done(q, c, sock, (stk__slot_hdr_t *)slot, t.gen);
+            report_done(q, c, wake_fd, (stk__slot_hdr_t *)slot, t.gen);
         }
     }
     _exit(0);
