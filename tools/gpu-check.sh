@@ -56,4 +56,49 @@ for t in 1 16; do
         >> "$OUT/enginebench.txt" 2>&1 || rc=1
 done
 cat "$OUT/enginebench.txt"
+
+# The loader on this machine's cores, beside PyTorch's DataLoader (tuned:
+# whole-batch gathers) at the same worker counts: raw 28x28 u8 records,
+# batch 256, 10 epochs, with and without crop+flip+normalize. The device
+# has no Fashion-MNIST, so a synthetic set of its shape stands in.
+FM=build-gpu/fm
+mkdir -p "$FM"
+python3 - "$FM" <<'PY' || rc=1
+import sys, numpy as np
+r = np.random.default_rng(0)
+np.save(sys.argv[1] + "/data.npy", r.integers(0, 256, (60000, 1, 28, 28), dtype=np.uint8))
+np.save(sys.argv[1] + "/labels.npy", r.integers(0, 10, 60000).astype(np.int64))
+PY
+rm -rf "$FM/stk"
+build-gpu/tools/stoker-pack npy "$FM/data.npy" "$FM/labels.npy" -o "$FM/stk" --field image -l 0 || rc=1
+AUG='crop:28,pad=2|hflip|normalize:mean=0.2860,std=0.3530'
+for w in 0 2 4 8 15; do
+    for rep in 1 2; do
+        echo "raw stoker $w $(build-gpu/tools/stoker-bench "$FM/stk" --workers $w --epochs 10 \
+            --no-checksum --no-memcpy --json)"
+        echo "raw torch $w $(LD_LIBRARY_PATH=$TORCH_LD python3 tools/bench_loader_torch.py npy \
+            --data "$FM/data.npy" --labels "$FM/labels.npy" --batch 256 --workers $w --epochs 10 2>/dev/null)"
+        echo "aug stoker $w $(build-gpu/tools/stoker-bench "$FM/stk" --workers $w --epochs 10 \
+            --augment "$AUG" --no-checksum --no-memcpy --json)"
+    done
+done > "$OUT/loaderbench.txt" 2>&1 || rc=1
+python3 - "$OUT/loaderbench.txt" <<'PY' || rc=1
+import json, statistics as S, sys
+rows = {}
+for line in open(sys.argv[1]):
+    try:
+        wl, who, w, js = line.split(" ", 3)
+        rows.setdefault((wl, who, int(w)), []).append(json.loads(js))
+    except ValueError:
+        print("failed run:", line.strip())
+for k in sorted(rows):
+    v = rows[k]
+    print("%-4s %-7s w=%-2d samples/s %10.0f  first batch %.2f ms" % (k[0], k[1], k[2],
+          S.median(r["samples_per_s"] for r in v), S.median(r["first_batch_ms"] for r in v)))
+for w in sorted({k[2] for k in rows}):
+    a, b = rows.get(("raw", "stoker", w)), rows.get(("raw", "torch", w))
+    if a and b:
+        print("raw w=%d stoker/torch %.2fx" % (w, S.median(r["samples_per_s"] for r in a) /
+                                              S.median(r["samples_per_s"] for r in b)))
+PY
 exit $rc
