@@ -292,9 +292,11 @@ static int shard_get(void *p, uint64_t index, void *buf, size_t cap, stk_record_
     }
     uint64_t t1 = stk__now_ns();
     if (rc == 0) {
+        uint64_t checked = stk__decoder_checked(s->dec);
         st->read.ns += t1 - t0;
         st->read.bytes += loc.stored_len;
         rc = stk_decoder_decode(s->dec, &loc, stored, buf, cap, rec);
+        st->checked += stk__decoder_checked(s->dec) - checked;
         st->decode.ns += stk__now_ns() - t1;
         st->decode.bytes += loc.raw_len;
     }
@@ -506,7 +508,8 @@ static int shard_get_dense_chunk(shard_inst_t *s, const uint64_t *indices, size_
     const uint64_t *ok = stk__decoder_verified(s->dec);
     const uint64_t total = stk_shardset_len(s->set);
     uint64_t snk = 0, timed = 0, t0 = stk__ticks();
-#define VERIFIED(gi) ((gi) < total && (ok[(gi) / 64] >> ((gi) % 64) & 1))
+#define VERIFIED(gi) \
+    ((gi) < total && (__atomic_load_n(&ok[(gi) / 64], __ATOMIC_RELAXED) >> ((gi) % 64) & 1))
     for (size_t i = 0; i < AHEAD && i < n; i++)
         if (indices[i] < total)
             prefetch_record(dense_ptr(s, indices[i]), s->dense_size);
@@ -588,16 +591,29 @@ static int shard_get_chunk(shard_inst_t *s, const uint64_t *indices, size_t n, s
     return rc;
 }
 
+static int shard_get_batch_chunks(shard_inst_t *s, const uint64_t *indices, size_t n,
+                                  stk_dataset_stats_t *st);
+
 static int shard_get_batch(void *p, const uint64_t *indices, size_t n, stk_dataset_sink_fn sink,
                            void *sink_ctx, stk_dataset_stats_t *st)
 {
     shard_inst_t *s = p;
+    uint64_t checked = stk__decoder_checked(s->dec);
     int rc = shard_buffers(s);
     if (rc)
         return rc;
     s->sink = sink;
     s->sink_ctx = sink_ctx;
     s->st = st;
+    rc = shard_get_batch_chunks(s, indices, n, st);
+    st->checked += stk__decoder_checked(s->dec) - checked;
+    return rc;
+}
+
+static int shard_get_batch_chunks(shard_inst_t *s, const uint64_t *indices, size_t n,
+                                  stk_dataset_stats_t *st)
+{
+    int rc;
     for (size_t b = 0; b < n; b += s->max_batch) {
         size_t k = n - b < s->max_batch ? n - b : s->max_batch;
         s->base = b;
@@ -622,6 +638,24 @@ static int shard_get_batch(void *p, const uint64_t *indices, size_t n, stk_datas
     return 0;
 }
 
+/* The verify-once bitmap, shared by all instances of a loader: a record
+ * one worker verified, no other hashes again. With a bitmap per worker,
+ * n workers over e epochs hashed each record up to min(n, e) times (each
+ * worker meets most records sooner or later): 15 workers, 10 epochs of
+ * raw 28x28 records, most of the data set hashed ten times over. */
+static size_t shard_shared_bytes(void *p)
+{
+    return stk__decoder_verified_bytes(((shard_inst_t *)p)->dec);
+}
+
+static void shard_attach_shared(void *p, void *mem, size_t bytes)
+{
+    shard_inst_t *s = p;
+    if (mem && bytes < stk__decoder_verified_bytes(s->dec))
+        return; /* not the size we asked for: keep our own */
+    stk__decoder_share_verified(s->dec, mem);
+}
+
 static const stk_dataset_ops_t shard_ops = {
     .name = "shard",
     .open = shard_open,
@@ -632,6 +666,8 @@ static const stk_dataset_ops_t shard_ops = {
     .get = shard_get,
     .get_batch = shard_get_batch,
     .open_fds = shard_fds,
+    .shared_bytes = shard_shared_bytes,
+    .attach_shared = shard_attach_shared,
 };
 
 void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg)

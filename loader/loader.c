@@ -76,6 +76,7 @@ struct stk_loader {
     slot_info_t *slots;
     uint32_t *slot_of;           /* batch % nslots -> slot */
     stk__filler_t *inline_fill;
+    int attached;                /* ds->inst uses the arena's dataset area */
 
     uint64_t last_gen;
     uint32_t wake_next;
@@ -911,7 +912,10 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     l->spec.queue_off = align_up(l->spec.wstats_off + nstats * sizeof(stk__wstats_t), 64);
     l->spec.wctl_off = align_up(l->spec.queue_off + sizeof(stk__queue_t) +
                                 nslots * sizeof(stk__task_t), 64);
-    l->arena_bytes = align_up(l->spec.wctl_off + nstats * sizeof(stk__wctl_t), 4096);
+    l->spec.dshared_off = align_up(l->spec.wctl_off + nstats * sizeof(stk__wctl_t), 64);
+    if (ds->ops->shared_bytes && ds->ops->attach_shared)
+        l->spec.dshared_bytes = ds->ops->shared_bytes(ds->inst);
+    l->arena_bytes = align_up(l->spec.dshared_off + l->spec.dshared_bytes, 4096);
     l->spec.arena_bytes = l->arena_bytes;
 
     rc = check_limits(l);
@@ -970,6 +974,10 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
         rc = stk__filler_create(&l->inline_fill, &l->spec, ds->inst, wstats(l, 0));
         if (rc)
             goto fail;
+        if (l->spec.dshared_bytes) {
+            ds->ops->attach_shared(ds->inst, l->arena + l->spec.dshared_off, l->spec.dshared_bytes);
+            l->attached = 1;
+        }
     }
     /* Workers start now, before the sampler draws the epoch's order, so
      * that the server's forks and their start (opening the dataset) overlap
@@ -1022,6 +1030,8 @@ void stk_loader_destroy(stk_loader_t **pl)
     if (l->w)
         stop_workers(l, l->failed != 0);
     stk__filler_destroy(&l->inline_fill);
+    if (l->attached)
+        l->ds->ops->attach_shared(l->ds->inst, NULL, 0);
     if (l->pinned)
         l->cfg.unpin(l->arena, l->arena_bytes, l->cfg.pin_user);
     if (l->arena)
@@ -1299,6 +1309,7 @@ void stk_loader_get_stats(const stk_loader_t *l, stk_loader_stats_t *o)
         o->batches += LD(batches);
         o->samples += LD(samples);
         o->skipped += LD(skipped);
+        o->checked += LD(checked);
         if (LD(max_rss_kb) > o->worker_max_rss_kb)
             o->worker_max_rss_kb = LD(max_rss_kb);
         if (LD(max_private_kb) > o->worker_max_private_kb)

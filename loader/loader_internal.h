@@ -92,8 +92,8 @@ typedef struct stk__slot_hdr {
 typedef struct stk__wstats {
     _Atomic uint64_t read_ns, read_bytes, decode_ns, decode_bytes;
     _Atomic uint64_t augment_ns, augment_bytes, collate_ns, collate_bytes;
-    _Atomic uint64_t batches, samples, skipped, max_rss_kb, max_private_kb;
-    char pad[56];
+    _Atomic uint64_t batches, samples, skipped, max_rss_kb, max_private_kb, checked;
+    char pad[48];
 } stk__wstats_t;
 
 /* What a worker needs to start, pointer-free except for functions and the
@@ -108,6 +108,7 @@ typedef struct stk__worker_spec {
     size_t wstats_off;
     size_t queue_off;       /* stk__queue_t with ring_cap entries */
     size_t wctl_off;        /* stk__wctl_t[num_workers] */
+    size_t dshared_off, dshared_bytes; /* the dataset's shared area (ops->shared_bytes) */
     uint32_t ring_cap;
     stk__layout_t layout;
     int skip_corrupt;

@@ -89,8 +89,18 @@ typedef struct stk__dense_shard {
 /* Fills *out and returns 1 when shard is dense, else 0. */
 int stk__shardset_dense(const stk_shardset_t *set, uint32_t shard, stk__dense_shard_t *out);
 /* STK_VERIFY_ONCE: one bit per record of the set, set once the record
- * matched its checksum; NULL under STK_VERIFY_ALWAYS. */
+ * matched its checksum (read it with atomic loads: it may be shared);
+ * NULL under STK_VERIFY_ALWAYS. */
 const uint64_t *stk__decoder_verified(const stk_decoder_t *dec);
+/* Its size in bytes (0 under STK_VERIFY_ALWAYS). */
+size_t stk__decoder_verified_bytes(const stk_decoder_t *dec);
+/* STK_VERIFY_ONCE: use bits (stk__decoder_verified_bytes, zeroed or
+ * filled by decoders of the same set) instead of a bitmap of our own, so
+ * that a record verified by one decoder is trusted by all; NULL goes back
+ * to an empty one of our own. No effect under STK_VERIFY_ALWAYS. */
+void stk__decoder_share_verified(stk_decoder_t *dec, uint64_t *bits);
+/* Records this decoder hashed, in all. */
+uint64_t stk__decoder_checked(const stk_decoder_t *dec);
 /* Fills rec with the fields of raw record bytes when the schema has no
  * variable field (returns 1; else 0): a fixed layout needs no parse.
  * With raw NULL, only says which. */

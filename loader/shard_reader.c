@@ -649,6 +649,8 @@ struct stk_decoder {
     unsigned char *scratch;
     size_t scratch_cap;
     uint64_t *verified;  /* STK_VERIFY_ONCE: a bit per record of the set */
+    int verified_shared; /* verified is not ours (stk__decoder_share_verified) */
+    uint64_t checked;    /* records hashed */
     /* A schema without variable fields lays every record out alike: the
      * fields' offsets and sizes, worked out once instead of per record. */
     int fixed;
@@ -701,7 +703,8 @@ void stk_decoder_destroy(stk_decoder_t **dp)
         for (uint32_t k = 0; k < d->set->ndicts; k++)
             ZSTD_freeDDict(d->ddicts[k]);
     free(d->ddicts);
-    free(d->verified);
+    if (!d->verified_shared)
+        free(d->verified);
     ZSTD_freeDCtx(d->dctx);
     free(d->scratch);
     free(d);
@@ -711,6 +714,31 @@ void stk_decoder_destroy(stk_decoder_t **dp)
 const uint64_t *stk__decoder_verified(const stk_decoder_t *dec)
 {
     return dec->verified;
+}
+
+size_t stk__decoder_verified_bytes(const stk_decoder_t *dec)
+{
+    return dec->verified ? (size_t)(dec->set->total / 64 + 1) * sizeof(uint64_t) : 0;
+}
+
+void stk__decoder_share_verified(stk_decoder_t *dec, uint64_t *bits)
+{
+    if (!dec->verified)
+        return; /* STK_VERIFY_ALWAYS: nothing to share */
+    if (!dec->verified_shared)
+        free(dec->verified);
+    dec->verified = bits;
+    dec->verified_shared = bits != NULL;
+    if (!bits) {
+        /* Back to a bitmap of our own, empty: what the shared one knew
+         * is gone with it. NULL (out of memory) checks every record. */
+        dec->verified = calloc((size_t)(dec->set->total / 64 + 1), sizeof *dec->verified);
+    }
+}
+
+uint64_t stk__decoder_checked(const stk_decoder_t *dec)
+{
+    return dec->checked;
 }
 
 int stk__decoder_fixed(const stk_decoder_t *dec, const void *raw, stk_record_t *rec)
@@ -734,8 +762,10 @@ int stk_decoder_set_verify(stk_decoder_t *dec, stk_verify_t mode)
     if (mode != STK_VERIFY_ALWAYS && mode != STK_VERIFY_ONCE)
         return stk__error(STK_ECONFIG, "verify mode %d unknown", (int)mode);
     if (mode == STK_VERIFY_ALWAYS) {
-        free(dec->verified);
+        if (!dec->verified_shared)
+            free(dec->verified);
         dec->verified = NULL;
+        dec->verified_shared = 0;
     } else if (!dec->verified) {
         /* 1.28M records: 160 KiB, touched only where records are read. */
         dec->verified = calloc((size_t)(dec->set->total / 64 + 1), sizeof *dec->verified);
@@ -783,15 +813,17 @@ int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const vo
                               s->path, loc->local_index, gi, r, loc->raw_len);
     }
     uint64_t bit = UINT64_C(1) << (gi % 64);
-    if (!dec->verified || !(dec->verified[gi / 64] & bit)) {
+    /* Atomics: the bitmap may be shared with other processes. */
+    if (!dec->verified || !(__atomic_load_n(&dec->verified[gi / 64], __ATOMIC_RELAXED) & bit)) {
         uint64_t h = stk__xxh64(out, (size_t)loc->raw_len, 0);
+        dec->checked++;
         if (h != loc->checksum)
             return stk__error(STK_EDATA,
                               "%s: record %" PRIu64 " (global %" PRIu64 "): checksum mismatch "
                               "(index %016" PRIx64 ", data %016" PRIx64 ")",
                               s->path, loc->local_index, gi, loc->checksum, h);
         if (dec->verified)
-            dec->verified[gi / 64] |= bit;
+            __atomic_fetch_or(&dec->verified[gi / 64], bit, __ATOMIC_RELAXED);
     }
     /* A fixed record of the wrong size is parsed: parse names the fault. */
     if (rec && !(loc->raw_len == set->sizes.min_raw && stk__decoder_fixed(dec, out, rec))) {

@@ -265,6 +265,7 @@ int stk__filler_run(stk__filler_t *f, void *slot, uint64_t epoch)
     atomic_fetch_add_explicit(&w->collate_ns, f->col_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&w->collate_bytes, f->col_bytes, memory_order_relaxed);
     atomic_fetch_add_explicit(&w->skipped, f->skipped, memory_order_relaxed);
+    atomic_fetch_add_explicit(&w->checked, st.checked, memory_order_relaxed);
     if (rc == 0) {
         atomic_fetch_add_explicit(&w->batches, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&w->samples, h->delivered, memory_order_relaxed);
@@ -439,6 +440,8 @@ void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, in
         rc = spec->worker_init(spec->worker, spec->seed, spec->init_arg, spec->init_arg_len);
     if (rc == 0)
         rc = spec->ops->open(args, spec->args_len, spec->worker, &inst);
+    if (rc == 0 && spec->dshared_bytes)
+        spec->ops->attach_shared(inst, arena + spec->dshared_off, spec->dshared_bytes);
     if (rc == 0)
         rc = stk__filler_create(&fl, spec, inst, ws);
     if (rc) {

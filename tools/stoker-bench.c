@@ -253,7 +253,8 @@ int main(int argc, char **argv)
                "\"first_batch_ms\":%.3f,\"open_ms\":%.3f,"
                "\"read_ms\":%.3f,\"read_mb\":%.3f,\"decode_ms\":%.3f,\"decode_mb\":%.3f,"
                "\"augment_ms\":%.3f,\"augment_mb\":%.3f,\"collate_ms\":%.3f,\"collate_mb\":%.3f,"
-               "\"wait_ms\":%.3f,\"skipped\":%llu,\"main_max_rss_kb\":%ld,\"worker_max_rss_kb\":%llu,"
+               "\"wait_ms\":%.3f,\"skipped\":%llu,\"checked\":%llu,\"main_max_rss_kb\":%ld,"
+               "\"worker_max_rss_kb\":%llu,"
                "\"worker_rss_after_epoch1_kb\":%llu,\"worker_max_private_kb\":%llu,"
                "\"worker_private_after_epoch1_kb\":%llu,\"checksum\":%s}\n",
                dir, batch, workers, prefetch, iomode, augment ? augment : "", epochs, seed,
@@ -261,7 +262,8 @@ int main(int argc, char **argv)
                (t0 - t_open) * 1e3, st.read.ns / 1e6, st.read.bytes / 1e6, st.decode.ns / 1e6,
                st.decode.bytes / 1e6, st.augment.ns / 1e6, st.augment.bytes / 1e6,
                st.collate.ns / 1e6, st.collate.bytes / 1e6, st.wait.ns / 1e6,
-               (unsigned long long)st.skipped, ru.ru_maxrss, (unsigned long long)st.worker_max_rss_kb,
+               (unsigned long long)st.skipped, (unsigned long long)st.checked, ru.ru_maxrss,
+               (unsigned long long)st.worker_max_rss_kb,
                (unsigned long long)rss_epoch1, (unsigned long long)st.worker_max_private_kb,
                (unsigned long long)private_epoch1, cks);
     } else {
@@ -278,6 +280,7 @@ int main(int argc, char **argv)
         printf("  augment   %10.1f  %10.1f\n", st.augment.ns / 1e6, st.augment.bytes / 1e6);
         printf("  collate   %10.1f  %10.1f\n", st.collate.ns / 1e6, st.collate.bytes / 1e6);
         printf("  wait(main)%10.1f\n", st.wait.ns / 1e6);
+        printf("  records checksummed: %llu (once per loader)\n", (unsigned long long)st.checked);
         printf("  peak RSS: main %ld kB, worker %llu kB (after epoch 1: %llu kB)\n", ru.ru_maxrss,
                (unsigned long long)st.worker_max_rss_kb, (unsigned long long)rss_epoch1);
         printf("  worker private memory (RSS less shared and mapped pages): peak %llu kB "

@@ -26,6 +26,7 @@ typedef struct stk_stage_stats {
 typedef struct stk_dataset_stats {
     stk_stage_stats_t read;   /* bytes read from storage */
     stk_stage_stats_t decode; /* raw bytes produced */
+    uint64_t checked;         /* records whose checksum was computed */
 } stk_dataset_stats_t;
 
 /* Called by get_batch once per position i of the batch, in any order:
@@ -69,6 +70,16 @@ typedef struct stk_dataset_ops {
     /* Optional: file descriptors one instance holds open (for the
      * RLIMIT_NOFILE check before workers start). */
     uint64_t (*open_fds)(void *inst);
+    /* Optional, both or neither: memory every instance of one loader
+     * shares, writable, zeroed when the loader is made (what one worker
+     * learnt that the others can use: the shard dataset keeps there which
+     * records matched their checksums). shared_bytes is asked of the
+     * creating process's instance; attach hands each instance the area
+     * (in workers, after open; in the creating process for num_workers 0,
+     * and again with NULL, 0 before the loader goes). Writes to it race
+     * with other processes: use atomics. */
+    size_t (*shared_bytes)(void *inst);
+    void (*attach_shared)(void *inst, void *mem, size_t bytes);
 } stk_dataset_ops_t;
 
 typedef struct stk_dataset stk_dataset_t;
@@ -246,6 +257,7 @@ typedef struct stk_loader_stats {
     uint64_t worker_max_private_kb;      /* largest peak of a worker's resident memory
                                           * less shared pages: its own cost, where RSS
                                           * also counts the mapped shards' cached pages */
+    uint64_t checked;                    /* records checksummed (stk_dataset_stats_t) */
 } stk_loader_stats_t;
 /* Sums over workers (their counters live in shared memory, so this is
  * cheap and current) and main; since create. Times of workers add up

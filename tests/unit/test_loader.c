@@ -1402,6 +1402,71 @@ static void read_set(const char *dir)
     }
 }
 
+/* Verify-once is per loader, shared by its workers: over 3 epochs every
+ * record is hashed exactly once, whatever the worker count. A record
+ * corrupted after it matched stays trusted by that loader; a new loader
+ * checks again and names it. */
+static void test_verify_shared(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/stk-loader-v-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    write_shards(dir, 0);
+    stk_dataset_t *ds = NULL;
+    assert_int_equal(stk_dataset_shard_create(&ds, dir, NULL), 0);
+    for (uint32_t wk = 0; wk <= 3; wk += 3) {
+        stk_loader_config_t c = base_cfg(wk, 2);
+        c.batch_size = 8;
+        run_t r = run_epochs(ds, &c, 3);
+        assert_each_once(&r, 300, -1);
+        free(r.seen);
+    }
+    stk_shardset_t *set = NULL;
+    assert_int_equal(stk_shardset_open(&set, dir), 0);
+    stk_record_loc_t loc;
+    assert_int_equal(stk_shardset_locate(set, 77, &loc), 0);
+    char shard[512];
+    snprintf(shard, sizeof shard, "%s", stk_shardset_shard_path(set, loc.shard));
+    stk_shardset_close(&set);
+    for (uint32_t wk = 0; wk <= 2; wk += 2) {
+        stk_loader_config_t c = base_cfg(wk, 2);
+        c.batch_size = 8;
+        stk_loader_t *l = NULL;
+        assert_int_equal(stk_loader_create(&l, ds, &c), 0);
+        run_t r;
+        memset(&r, 0, sizeof r);
+        assert_int_equal(drain_epoch(l, &r, 300), STK_DONE);
+        stk_loader_stats_t st;
+        stk_loader_get_stats(l, &st);
+        assert_int_equal(st.checked, 300);
+        int fd = open(shard, O_RDWR);
+        unsigned char byte;
+        assert_int_equal(pread(fd, &byte, 1, (off_t)loc.offset + 3), 1);
+        byte ^= 0x40;
+        assert_int_equal(pwrite(fd, &byte, 1, (off_t)loc.offset + 3), 1);
+        for (uint64_t e = 1; e < 4; e++) {
+            assert_int_equal(stk_loader_set_epoch(l, e), 0);
+            assert_int_equal(drain_epoch(l, &r, 300), STK_DONE);
+        }
+        stk_loader_get_stats(l, &st);
+        assert_int_equal(st.checked, 300);
+        stk_loader_destroy(&l);
+        assert_int_equal(stk_loader_create(&l, ds, &c), 0);
+        run_t r2;
+        memset(&r2, 0, sizeof r2);
+        assert_int_equal(drain_epoch(l, &r2, 300), STK_EDATA);
+        assert_non_null(strstr(stk_error_message(), "record 77"));
+        stk_loader_destroy(&l);
+        byte ^= 0x40;
+        assert_int_equal(pwrite(fd, &byte, 1, (off_t)loc.offset + 3), 1);
+        close(fd);
+        free(r.seen);
+        free(r2.seen);
+    }
+    stk_dataset_destroy(&ds);
+    rm_rf(dir);
+}
+
 /* STK_IO_AUTO on a compressed set of 2.4 MB (one shard, so that opening
  * it, which reads the head and the tail, leaves most pages uncached):
  * evicted, it is read (io_uring, or pread where refused); cached again,
@@ -1591,6 +1656,7 @@ int main(void)
         cmocka_unit_test(test_shard_dataset),
         cmocka_unit_test(test_shardset_export),
         cmocka_unit_test(test_auto_io),
+        cmocka_unit_test(test_verify_shared),
     };
     /* Workers are forked from the fork server, started here while this
      * process is still small. */
