@@ -118,7 +118,8 @@ typedef enum stk_io_mode {
 typedef struct stk_shard_dataset_config {
     stk_io_mode_t io;
     uint32_t max_batch;  /* most records one get_batch reads; sizes rings (default 1024) */
-    stk_verify_t verify; /* record checksums: STK_VERIFY_ONCE per worker (default) or
+    stk_verify_t verify; /* record checksums: STK_VERIFY_ONCE per loader (default: a
+                          * record one of its workers verified, none hashes again) or
                           * STK_VERIFY_ALWAYS; see stk_decoder_set_verify */
 } stk_shard_dataset_config_t;
 
