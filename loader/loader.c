@@ -19,10 +19,12 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *stk__cgroup_memory_max_path = "/sys/fs/cgroup/memory.max";
 const char *stk__cgroup_memory_current_path = "/sys/fs/cgroup/memory.current";
+uint32_t stk__test_wait_race_us;
 
 enum { SLOT_FREE = 0, SLOT_ISSUED, SLOT_DONE, SLOT_HELD };
 
@@ -428,7 +430,7 @@ static uint64_t worker_seed(const stk_loader_t *l, uint32_t i)
     return stk_rng_mix(l->cfg.seed, 0x776f726b00000000ull + i);
 }
 
-/* The task main asks to be woken for while it waits for batch k: k's,
+/* The slot main asks to be woken for while it waits for batch k: k's,
  * or, while batch k + 1 is on its way too, k + 1's, so that one wake-up
  * hands main two batches. Each wake-up of main on a machine whose CPUs
  * all run workers preempts one of them: two context switches, an
@@ -438,7 +440,7 @@ static uint64_t worker_seed(const stk_loader_t *l, uint32_t i)
  * where main waits for workers anyway; with 4 slots or more, workers
  * have free slots meanwhile. Not for a loader's first batch, whose time
  * is the time to first batch. */
-static uint64_t wake_gen(stk_loader_t *l, uint64_t k)
+static uint32_t wake_slot(stk_loader_t *l, uint64_t k)
 {
     const stk__layout_t *L = LY(l);
     uint32_t s = l->slot_of[k % L->nslots];
@@ -446,9 +448,9 @@ static uint64_t wake_gen(stk_loader_t *l, uint64_t k)
         uint32_t s1 = l->slot_of[(k + 1) % L->nslots];
         const slot_info_t *n = &l->slots[s1];
         if (n->state == SLOT_ISSUED && n->batch == k + 1 && !collect(l, s1))
-            return n->gen;
+            return s1;
     }
-    return l->slots[s].gen;
+    return s;
 }
 
 /* Notes, per worker, when its progress count last moved. */
@@ -1197,12 +1199,22 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
             }
             wait_ms = (int)(l->cfg.timeout_ms - el);
         }
-        set_main_waits(l, wake_gen(l, k));
-        if (collect(l, s)) {
-            set_main_waits(l, 0);
-            break;
+        /* After saying which task wakes us, look again at that task (and
+         * k): it may have finished before the worker could see what we
+         * wait for, and then no wake-up comes for it. */
+        uint32_t t = wake_slot(l, k);
+        if (stk__test_wait_race_us) {
+            struct timespec ts = {0, (long)stk__test_wait_race_us * 1000};
+            nanosleep(&ts, NULL);
         }
-        rc = pump(l, wait_ms, UINT32_MAX);
+        set_main_waits(l, l->slots[t].gen);
+        if (collect(l, s) || l->slots[t].state != SLOT_ISSUED || collect(l, t)) {
+            set_main_waits(l, 0);
+            continue;
+        }
+        /* Capped: should a wake-up ever go missing, the batch is found
+         * done a second later instead of never. */
+        rc = pump(l, wait_ms < 0 || wait_ms > 1000 ? 1000 : wait_ms, UINT32_MAX);
         set_main_waits(l, 0);
         if (rc)
             return rc;

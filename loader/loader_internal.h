@@ -211,6 +211,10 @@ void stk__forkserver_forget(pid_t pid);
 /* Test hooks: the cgroup memory file checked before workers start. */
 extern const char *stk__cgroup_memory_max_path;
 extern const char *stk__cgroup_memory_current_path;
+/* Test hook: main sleeps this long between choosing the task it waits
+ * for and saying so to the workers, which widens the window where a
+ * worker finishes that task unseen. */
+extern uint32_t stk__test_wait_race_us;
 
 uint64_t stk__now_ns(void);
 /* Cheap timestamps (TSC) and their ns per tick, calibrated per process. */

@@ -86,6 +86,7 @@ typedef struct var_args {
     int64_t bad;
     uint64_t fds;
     int sleep_ms;  /* per sample, to keep workers busy */
+    int jitter_us; /* and up to this much more, varying with the index */
     int64_t hang;  /* a worker reading this index hangs: forever, or once */
     int hang_once; /* with hang_marker: the first to hang creates it, and */
     char hang_marker[128]; /* no worker hangs once it exists */
@@ -154,6 +155,10 @@ static int var_get(void *inst, uint64_t index, void *buf, size_t cap, stk_record
         return stk__error(STK_EDATA, "var dataset: record %llu is corrupt", (unsigned long long)index);
     if (v->a.sleep_ms)
         msleep(v->a.sleep_ms);
+    if (v->a.jitter_us) {
+        struct timespec ts = {0, (long)((index * 2654435761u) % (uint64_t)v->a.jitter_us) * 1000};
+        nanosleep(&ts, NULL);
+    }
     if ((int64_t)index == v->a.hang &&
         !(v->a.hang_once && access(v->a.hang_marker, F_OK) == 0)) {
         if (v->a.hang_once)
@@ -792,6 +797,47 @@ static void test_worker_hung(void **state)
         free(got.seen);
     }
     free(ref.seen);
+    stk_dataset_destroy(&ds);
+}
+
+/* Many workers finishing batches out of order, main waiting in every
+ * way it can (for k, for k + 1 while k is filled), the window between
+ * choosing what to wait for and saying so widened by a test hook: no
+ * wake-up may be lost. A lost one stalls next() for a second (main looks
+ * again that often), so every next() must come back well before. */
+static void test_no_lost_wakeup(void **state)
+{
+    (void)state;
+    var_args_t a = {.n = 400, .bad = -1, .jitter_us = 300, .hang = -1};
+    stk_dataset_t *ds = NULL;
+    assert_int_equal(stk_dataset_create(&ds, &var_ops, &a, sizeof a), 0);
+    stk_loader_config_t c = base_cfg(8, 2);
+    c.batch_size = 2;
+    stk_loader_t *l = NULL;
+    assert_int_equal(stk_loader_create(&l, ds, &c), 0);
+    stk__test_wait_race_us = 150;
+    uint64_t worst = 0, batches = 0;
+    for (uint64_t e = 0; e < 12; e++) {
+        assert_int_equal(stk_loader_set_epoch(l, e), 0);
+        stk_batch_t b;
+        int rc;
+        for (;;) {
+            uint64_t t0 = stk__now_ns();
+            rc = stk_loader_next(l, &b);
+            uint64_t dt = stk__now_ns() - t0;
+            worst = dt > worst ? dt : worst;
+            if (rc)
+                break;
+            batches++;
+            stk_loader_release(l, &b);
+        }
+        assert_int_equal(rc, STK_DONE);
+    }
+    stk__test_wait_race_us = 0;
+    assert_int_equal(batches, 12 * 200);
+    if (worst >= (sanitized() ? 800 : 500) * 1000000ull)
+        fail_msg("a next() took %.0f ms: a wake-up was lost", worst / 1e6);
+    stk_loader_destroy(&l);
     stk_dataset_destroy(&ds);
 }
 
@@ -1657,6 +1703,7 @@ int main(void)
         cmocka_unit_test(test_shardset_export),
         cmocka_unit_test(test_auto_io),
         cmocka_unit_test(test_verify_shared),
+        cmocka_unit_test(test_no_lost_wakeup),
     };
     /* Workers are forked from the fork server, started here while this
      * process is still small. */
