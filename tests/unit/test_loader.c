@@ -232,6 +232,16 @@ typedef struct run {
 } run_t;
 
 /* Reads the rest of the epoch, checksumming every field and index. */
+/* An empty record of n samples' worth of batches. */
+static run_t fresh_run(uint64_t n)
+{
+    run_t r;
+    memset(&r, 0, sizeof r);
+    r.seen = calloc(n, sizeof *r.seen);
+    r.sum = 0xcbf29ce484222325ull;
+    return r;
+}
+
 /* Reads one batch into r (its checksum, and which samples came). */
 static int take_one(stk_loader_t *l, run_t *r)
 {
@@ -659,10 +669,7 @@ static void test_worker_killed(void **state)
 
     c.respawn = 1;
     assert_int_equal(stk_loader_create(&l, ds, &c), 0);
-    run_t got;
-    memset(&got, 0, sizeof got);
-    got.seen = calloc(400, sizeof *got.seen);
-    got.sum = 0xcbf29ce484222325ull;
+    run_t got = fresh_run(400);
     for (int k = 0; k < 10; k++) {
         assert_int_equal(stk_loader_next(l, &b), 0);
         got.sum = fnv(got.sum, &b.number, sizeof b.number);
@@ -690,6 +697,17 @@ static void test_worker_killed(void **state)
     free(ref.seen);
     free(got.seen);
     stk_dataset_destroy(&ds);
+}
+
+/* Checks that got is the stream ref was (every sample once, same bytes);
+ * returns how many workers l respawned on the way. */
+static uint64_t same_stream(const stk_loader_t *l, const run_t *got, const run_t *ref, uint64_t n)
+{
+    assert_each_once(got, n, -1);
+    assert_true(got->sum == ref->sum);
+    stk_loader_stats_t st;
+    stk_loader_get_stats(l, &st);
+    return st.respawns;
 }
 
 static stk_dataset_t *make_hang_ds(uint64_t n, int64_t hang, const char *marker)
@@ -737,10 +755,7 @@ static void test_worker_hung(void **state)
         c.respawn = respawn;
         stk_loader_t *l = NULL;
         assert_int_equal(stk_loader_create(&l, hds, &c), 0);
-        run_t got;
-        memset(&got, 0, sizeof got);
-        got.seen = calloc(300, sizeof *got.seen);
-        got.sum = 0xcbf29ce484222325ull;
+        run_t got = fresh_run(300);
         int rc = drain_epoch(l, &got, 300);
         if (!respawn) {
             assert_int_equal(rc, -ETIMEDOUT);
@@ -750,11 +765,7 @@ static void test_worker_hung(void **state)
             assert_non_null(strstr(m, "batch "));
         } else {
             assert_int_equal(rc, STK_DONE);
-            assert_each_once(&got, 300, -1);
-            assert_true(got.sum == ref.sum);
-            stk_loader_stats_t st;
-            stk_loader_get_stats(l, &st);
-            assert_int_equal(st.respawns, 1);
+            assert_int_equal(same_stream(l, &got, &ref, 300), 1);
             assert_int_equal(access(marker, F_OK), 0);
         }
         stk_loader_destroy(&l);
@@ -769,10 +780,7 @@ static void test_worker_hung(void **state)
         c.respawn = respawn;
         stk_loader_t *l = NULL;
         assert_int_equal(stk_loader_create(&l, ds, &c), 0);
-        run_t got;
-        memset(&got, 0, sizeof got);
-        got.seen = calloc(300, sizeof *got.seen);
-        got.sum = 0xcbf29ce484222325ull;
+        run_t got = fresh_run(300);
         assert_int_equal(take_one(l, &got), 0);
         int pids[2];
         stk_loader_worker_pids(l, pids, 2);
@@ -785,11 +793,7 @@ static void test_worker_hung(void **state)
             assert_non_null(strstr(stk_error_message(), "batch "));
         } else {
             assert_int_equal(rc, STK_DONE);
-            assert_each_once(&got, 300, -1);
-            assert_true(got.sum == ref.sum);
-            stk_loader_stats_t st;
-            stk_loader_get_stats(l, &st);
-            assert_true(st.respawns >= 1);
+            assert_true(same_stream(l, &got, &ref, 300) >= 1);
         }
         stk_loader_destroy(&l);
         assert_false(pid_alive(pids[0]));
@@ -1326,6 +1330,17 @@ static void write_shards(const char *dir, int level)
     stk_writer_destroy(&w);
 }
 
+/* Where record index of the set in dir lies: *loc, and its shard's path. */
+static void locate_record(const char *dir, uint64_t index, stk_record_loc_t *loc, char *path,
+                          size_t cap)
+{
+    stk_shardset_t *set = NULL;
+    assert_int_equal(stk_shardset_open(&set, dir), 0);
+    assert_int_equal(stk_shardset_locate(set, index, loc), 0);
+    snprintf(path, cap, "%s", stk_shardset_shard_path(set, loc->shard));
+    stk_shardset_close(&set);
+}
+
 static void rm_rf(const char *dir)
 {
     char cmd[600];
@@ -1473,13 +1488,9 @@ static void test_verify_shared(void **state)
         assert_each_once(&r, 300, -1);
         free(r.seen);
     }
-    stk_shardset_t *set = NULL;
-    assert_int_equal(stk_shardset_open(&set, dir), 0);
     stk_record_loc_t loc;
-    assert_int_equal(stk_shardset_locate(set, 77, &loc), 0);
     char shard[512];
-    snprintf(shard, sizeof shard, "%s", stk_shardset_shard_path(set, loc.shard));
-    stk_shardset_close(&set);
+    locate_record(dir, 77, &loc, shard, sizeof shard);
     for (uint32_t wk = 0; wk <= 2; wk += 2) {
         stk_loader_config_t c = base_cfg(wk, 2);
         c.batch_size = 8;
@@ -1630,13 +1641,9 @@ static void test_shard_dataset(void **state)
     /* Flip a byte inside record 10 of the first shard. */
     stk_dataset_t *ds = NULL;
     assert_int_equal(stk_dataset_shard_create(&ds, dir, NULL), 0);
-    stk_shardset_t *set = NULL;
-    assert_int_equal(stk_shardset_open(&set, dir), 0);
     stk_record_loc_t loc;
-    assert_int_equal(stk_shardset_locate(set, 10, &loc), 0);
     char shard[512];
-    snprintf(shard, sizeof shard, "%s", stk_shardset_shard_path(set, loc.shard));
-    stk_shardset_close(&set);
+    locate_record(dir, 10, &loc, shard, sizeof shard);
     int fd = open(shard, O_RDWR);
     unsigned char byte;
     assert_int_equal(pread(fd, &byte, 1, (off_t)loc.offset + 20), 1);
