@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* The loader's main-process side: arena layout and limits, the worker
- * pool (through the fork server), issuing batches to slots, delivering
- * them in sampler order as views, and what happens when a worker dies,
- * hangs or reports bad data. */
+/* The loader's main-process side: arena layout and limits, issuing
+ * batches to slots, delivering them in sampler order as views (waiting
+ * for workers, timeouts), state and stats. The workers themselves, seen
+ * from here, are pool.c's. */
 #define _GNU_SOURCE
-#include "loader_internal.h"
+#include "loader_main.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -26,93 +26,6 @@ const char *stk__cgroup_memory_max_path = "/sys/fs/cgroup/memory.max";
 const char *stk__cgroup_memory_current_path = "/sys/fs/cgroup/memory.current";
 uint32_t stk__test_wait_race_us;
 
-enum { SLOT_FREE = 0, SLOT_ISSUED, SLOT_DONE, SLOT_HELD };
-
-typedef struct slot_info {
-    int state;
-    uint32_t worker;     /* DONE with an error: who reported it */
-    uint64_t batch;
-    uint64_t gen;        /* ISSUED: the task's, which done_gen answers */
-    uint64_t qpos;       /* ISSUED: its place in the queue (taken once head passes it) */
-    int status;          /* DONE: the worker's result */
-    char *msg;           /* DONE with an error: its context */
-} slot_info_t;
-
-typedef struct worker_info {
-    pid_t pid;
-    int sock;
-    uint64_t seen_progress, seen_ns; /* its progress count, and when it last moved */
-} worker_info_t;
-
-struct stk_loader {
-    stk_dataset_t *ds;
-    stk_loader_config_t cfg;
-    char *augment, *augment_field;
-    stk_sampler_t *own_sampler;
-    stk_batch_sampler_t *bs;
-    int own_bs;
-    uint64_t epoch, nbatches, next_deliver, next_issue;
-
-    stk__worker_spec_t spec;     /* template sent to every worker */
-    size_t arena_bytes;
-    int arena_fd;
-    /* Workers wake main through this eventfd, not their sockets: a
-     * socket's wake-up is a "sync" one, which hints the scheduler to put
-     * the sleeper on the waker's CPU, as if the waker were about to sleep;
-     * a worker goes on with its next batch. Raw Fashion-MNIST, two
-     * workers, alternating A/B runs: 1.03-1.10x samples/s. */
-    int wake_fd;
-    unsigned char *arena;
-    int pinned;
-
-    uint32_t nworkers;
-    worker_info_t *w;
-    struct pollfd *pfd;
-    int running;
-    /* Workers asked for while the loader gets on with its set-up: the
-     * server's answers (their pids) are read by spawn_finish. */
-    int spawn_pending;
-    uint32_t spawn_sent;
-    uint32_t *spawn_ids;
-    pid_t *spawn_pids;
-    slot_info_t *slots;
-    uint32_t *slot_of;           /* batch % nslots -> slot */
-    stk__filler_t *inline_fill;
-    int attached;                /* ds->inst uses the arena's dataset area */
-
-    uint64_t last_gen;
-    uint32_t wake_next;
-
-    int failed;
-    char failmsg[1024];
-    uint64_t created_ns, wait_ns, wait_bytes, first_batch_ns, respawns;
-};
-
-static const stk__layout_t *LY(const stk_loader_t *l)
-{
-    return &l->spec.layout;
-}
-
-static stk__wstats_t *wstats(const stk_loader_t *l, uint32_t i)
-{
-    return (stk__wstats_t *)(l->arena + l->spec.wstats_off) + i;
-}
-
-static stk__wctl_t *wctl(const stk_loader_t *l, uint32_t i)
-{
-    return (stk__wctl_t *)(l->arena + l->spec.wctl_off) + i;
-}
-
-static unsigned char *slot_mem(const stk_loader_t *l, uint32_t s)
-{
-    return l->arena + (size_t)s * LY(l)->slot_bytes;
-}
-
-static size_t align_up(size_t v, size_t a)
-{
-    return (v + a - 1) / a * a;
-}
-
 void stk_loader_config_default(stk_loader_config_t *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -124,8 +37,7 @@ void stk_loader_config_default(stk_loader_config_t *cfg)
 }
 
 /* Records a lasting failure: every later call returns the same. */
-static int fail(stk_loader_t *l, int code, const char *fmt, ...) STK_PRINTF(3, 4);
-static int fail(stk_loader_t *l, int code, const char *fmt, ...)
+int stk__ld_fail(stk_loader_t *l, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -324,403 +236,6 @@ static int check_limits(stk_loader_t *l)
     return 0;
 }
 
-/* ---- Workers ----------------------------------------------------- */
-
-static stk__queue_t *queue(const stk_loader_t *l)
-{
-    return (stk__queue_t *)(l->arena + l->spec.queue_off);
-}
-
-/* Wakes worker i if it sleeps in recv() on its socket. Should the socket
- * be full, wake-ups are queued already; should the worker be gone, the
- * wait loop hears of it (end of file). */
-static int wake(stk_loader_t *l, uint32_t i)
-{
-    if (!atomic_load_explicit(&wctl(l, i)->sleeping, memory_order_relaxed))
-        return 0;
-    char t = 1;
-    ssize_t k;
-    do {
-        k = send(l->w[i].sock, &t, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    } while (k < 0 && errno == EINTR);
-    return 1;
-}
-
-/* Queues slot s's task; wake_workers then wakes sleepers for it. */
-static int send_task(stk_loader_t *l, uint32_t s)
-{
-    slot_info_t *si = &l->slots[s];
-    stk__queue_t *q = queue(l);
-    si->gen = ++l->last_gen;
-    si->worker = 0;
-    uint64_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
-    si->qpos = tail;
-    if (tail - atomic_load_explicit(&q->head, memory_order_acquire) >= l->spec.ring_cap)
-        return fail(l, STK_ESTATE, "loader: %u tasks queued already", l->spec.ring_cap);
-    stk__task_t *t = &q->ring[tail % l->spec.ring_cap];
-    atomic_store_explicit(&t->slot, s, memory_order_relaxed);
-    atomic_store_explicit(&t->epoch, l->epoch, memory_order_relaxed);
-    atomic_store_explicit(&t->batch, si->batch, memory_order_relaxed);
-    atomic_store_explicit(&t->gen, si->gen, memory_order_relaxed);
-    atomic_store_explicit(&q->tail, tail + 1, memory_order_release);
-    return 0;
-}
-
-/* Wakes as many sleeping workers as tasks wait unclaimed, starting after
- * the one woken last, so that a stopped worker holding a wake-up does
- * not take every one. */
-static void wake_workers(stk_loader_t *l)
-{
-    stk__queue_t *q = queue(l);
-    /* Pairs with the worker's fence between setting sleeping and looking
-     * at tail again: one of the two sees the other. */
-    atomic_thread_fence(memory_order_seq_cst);
-    uint64_t waiting = atomic_load_explicit(&q->tail, memory_order_relaxed) -
-                       atomic_load_explicit(&q->head, memory_order_relaxed);
-    for (uint32_t k = 0; k < l->nworkers && waiting; k++) {
-        uint32_t i = (l->wake_next + k) % l->nworkers;
-        if (l->w[i].sock >= 0 && wake(l, i)) {
-            waiting--;
-            l->wake_next = i + 1;
-        }
-    }
-}
-
-/* Marks slot s done if a worker says so in shared memory. */
-static int collect(stk_loader_t *l, uint32_t s)
-{
-    slot_info_t *si = &l->slots[s];
-    if (si->state != SLOT_ISSUED)
-        return 0;
-    const stk__slot_hdr_t *h = (const stk__slot_hdr_t *)slot_mem(l, s);
-    if (atomic_load_explicit(&h->done_gen, memory_order_acquire) != si->gen)
-        return 0;
-    si->state = SLOT_DONE;
-    si->status = 0;
-    return 1;
-}
-
-static void collect_all(stk_loader_t *l)
-{
-    for (uint32_t s = 0; s < LY(l)->nslots; s++)
-        collect(l, s);
-}
-
-/* Tells the workers that main sleeps waiting for the task gen (any with
- * STK__WAIT_ANY; 0: no longer). */
-static void set_main_waits(stk_loader_t *l, uint64_t gen)
-{
-    atomic_store_explicit(&queue(l)->main_waits, gen, memory_order_relaxed);
-    if (gen)
-        atomic_thread_fence(memory_order_seq_cst); /* pairs with the worker's */
-}
-
-/* The live worker filling (or taking) task gen, or UINT32_MAX. */
-static uint32_t holder_of(const stk_loader_t *l, uint64_t gen)
-{
-    for (uint32_t i = 0; i < l->nworkers; i++)
-        if (l->w[i].pid > 0 && l->w[i].sock >= 0 &&
-            atomic_load_explicit(&wctl(l, i)->busy_gen, memory_order_acquire) == gen)
-            return i;
-    return UINT32_MAX;
-}
-
-static uint64_t worker_seed(const stk_loader_t *l, uint32_t i)
-{
-    return stk_rng_mix(l->cfg.seed, 0x776f726b00000000ull + i);
-}
-
-/* The slot main asks to be woken for while it waits for batch k: k's,
- * or, while batch k + 1 is on its way too, k + 1's, so that one wake-up
- * hands main two batches. Each wake-up of main on a machine whose CPUs
- * all run workers preempts one of them: two context switches, an
- * interrupt, and some of that worker's cache (raw Fashion-MNIST, two
- * workers on two CPUs: 1.09x samples/s, a third fewer context switches).
- * Batch k comes later by up to one batch's time, which costs nothing
- * where main waits for workers anyway; with 4 slots or more, workers
- * have free slots meanwhile. Not for a loader's first batch, whose time
- * is the time to first batch. */
-static uint32_t wake_slot(stk_loader_t *l, uint64_t k)
-{
-    const stk__layout_t *L = LY(l);
-    uint32_t s = l->slot_of[k % L->nslots];
-    if (l->first_batch_ns && k + 1 < l->next_issue && L->nslots >= 4) {
-        uint32_t s1 = l->slot_of[(k + 1) % L->nslots];
-        const slot_info_t *n = &l->slots[s1];
-        if (n->state == SLOT_ISSUED && n->batch == k + 1 && !collect(l, s1))
-            return s1;
-    }
-    return s;
-}
-
-/* Notes, per worker, when its progress count last moved. */
-static void note_progress(stk_loader_t *l, uint64_t now)
-{
-    for (uint32_t i = 0; i < l->nworkers; i++) {
-        uint64_t p = atomic_load_explicit(&wctl(l, i)->progress, memory_order_relaxed);
-        if (p != l->w[i].seen_progress) {
-            l->w[i].seen_progress = p;
-            l->w[i].seen_ns = now;
-        }
-    }
-}
-
-/* After a timeout on slot s: the worker to blame, or UINT32_MAX when none
- * is stuck. The one holding the batch (*holds = 1); else, while the
- * batch waits in the queue, the worker that has not moved for longest,
- * if that is the whole timeout (stopped or hung on another batch, or
- * before it could take one). */
-static uint32_t hung_worker(stk_loader_t *l, uint32_t s, uint64_t now, int *holds)
-{
-    uint32_t h = holder_of(l, l->slots[s].gen);
-    *holds = h != UINT32_MAX;
-    if (h != UINT32_MAX)
-        return h;
-    if (l->slots[s].qpos < atomic_load(&queue(l)->head))
-        return UINT32_MAX; /* just taken, or done: look again */
-    note_progress(l, now);
-    uint32_t best = UINT32_MAX;
-    for (uint32_t i = 0; i < l->nworkers; i++)
-        if (l->w[i].pid > 0 && l->w[i].sock >= 0 &&
-            (best == UINT32_MAX || l->w[i].seen_ns < l->w[best].seen_ns))
-            best = i;
-    if (best != UINT32_MAX && now - l->w[best].seen_ns < (uint64_t)l->cfg.timeout_ms * 1000000ull)
-        best = UINT32_MAX;
-    return best;
-}
-
-/* Gives workers ids[0..n) their socket pairs (main's end in l->w). Tasks
- * may be queued on them before the workers exist. */
-static int make_sockets(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *theirs)
-{
-    for (uint32_t i = 0; i < n; i++) {
-        int sv[2];
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-            int rc = stk__error(-errno, "loader: socketpair for worker %u", ids[i]);
-            while (i-- > 0)
-                close(theirs[i]);
-            return rc;
-        }
-        l->w[ids[i]].sock = sv[0];
-        theirs[i] = sv[1];
-        /* The worker before it, if any, is gone. */
-        stk__wctl_t *c = wctl(l, ids[i]);
-        atomic_store(&c->busy_gen, 0);
-        atomic_store(&c->progress, 0);
-        atomic_store(&c->sleeping, 0);
-        atomic_store(&c->stop, 0);
-        l->w[ids[i]].seen_progress = 0;
-        l->w[ids[i]].seen_ns = stk__now_ns();
-    }
-    return 0;
-}
-
-/* Reads the server's answers to the requests spawn_begin sent: the
- * workers' pids (0 for one that did not start). */
-static int spawn_finish(stk_loader_t *l)
-{
-    if (!l->spawn_pending)
-        return 0;
-    l->spawn_pending = 0;
-    int rc = stk__forkserver_spawn_wait(l->spawn_sent, l->spawn_ids, l->spawn_pids);
-    for (uint32_t i = 0; i < l->spawn_sent; i++)
-        l->w[l->spawn_ids[i]].pid = l->spawn_pids[i];
-    if (rc)
-        rc = stk__error_prefix(rc, "loader: start of %u worker(s)", l->spawn_sent);
-    return rc;
-}
-
-/* Asks the server for workers ids[0..n) on the sockets made for them, one
- * trip for all, and closes the workers' ends here; spawn_finish collects
- * the answers. */
-static int spawn_begin(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *theirs)
-{
-    int rc = 0;
-    uint64_t *seeds = calloc(n, sizeof *seeds);
-    if (!seeds)
-        rc = stk__error(-ENOMEM, "loader: out of memory");
-    for (uint32_t i = 0; rc == 0 && i < n; i++)
-        seeds[i] = worker_seed(l, ids[i]);
-    for (uint32_t i = 0; i < n; i++) {
-        l->w[ids[i]].pid = 0;
-        l->spawn_ids[i] = ids[i];
-    }
-    if (seeds) {
-        /* Sent or not, the server's lock is held until spawn_finish. */
-        rc = stk__forkserver_spawn_send(&l->spec, n, ids, seeds, theirs, l->arena_fd,
-                                        l->ds->args_fd, l->wake_fd, &l->spawn_sent);
-        l->spawn_pending = 1;
-    }
-    for (uint32_t i = 0; i < n; i++)
-        close(theirs[i]);
-    free(seeds);
-    if (rc)
-        rc = stk__error_prefix(rc, "loader: start of %u worker(s)", n);
-    return rc;
-}
-
-/* Both halves at once: the workers are running (or reported) on return. */
-static int spawn_workers(stk_loader_t *l, uint32_t n, const uint32_t *ids, int *theirs)
-{
-    int rc = spawn_begin(l, n, ids, theirs);
-    int rc2 = spawn_finish(l);
-    return rc ? rc : rc2;
-}
-
-/* Waits for a worker's end (the fork server reports it) and describes it. */
-static void reap_worker(stk_loader_t *l, uint32_t i, char *why, size_t cap)
-{
-    int st = 0;
-    pid_t pid = l->w[i].pid;
-    if (l->w[i].sock >= 0)
-        close(l->w[i].sock);
-    l->w[i].sock = -1;
-    if (pid <= 0)
-        return;
-    int rc = stk__forkserver_wait(pid, 1000, &st);
-    if (rc == -ETIMEDOUT) {
-        kill(pid, SIGKILL);
-        rc = stk__forkserver_wait(pid, 2000, &st);
-    }
-    if (why) {
-        if (rc)
-            snprintf(why, cap, "worker %u (pid %d) is gone (no exit status: %s)", i, (int)pid,
-                     stk_strerror(rc));
-        else if (WIFSIGNALED(st))
-            snprintf(why, cap, "worker %u (pid %d) killed by signal %d (SIG%s)", i, (int)pid,
-                     WTERMSIG(st), sigabbrev_np(WTERMSIG(st)) ? sigabbrev_np(WTERMSIG(st)) : "?");
-        else
-            snprintf(why, cap, "worker %u (pid %d) exited with status %d", i, (int)pid,
-                     WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    }
-    stk__forkserver_forget(pid);
-    l->w[i].pid = 0;
-}
-
-static void stop_workers(stk_loader_t *l, int hard)
-{
-    if (!l->running)
-        return;
-    /* The stop flag, then EOF on its socket, tell a worker to exit (it
-     * queues no more batches); a failed loader may have a stopped or hung
-     * worker, which gets SIGKILL at once. */
-    for (uint32_t i = 0; i < l->nworkers; i++) {
-        atomic_store(&wctl(l, i)->stop, 1);
-        if (hard && l->w[i].pid > 0)
-            kill(l->w[i].pid, SIGKILL);
-        if (l->w[i].sock >= 0) {
-            close(l->w[i].sock);
-            l->w[i].sock = -1;
-        }
-    }
-    for (uint32_t i = 0; i < l->nworkers; i++)
-        reap_worker(l, i, NULL, 0);
-    for (uint32_t s = 0; s < LY(l)->nslots; s++)
-        if (l->slots[s].state == SLOT_ISSUED)
-            l->slots[s].state = SLOT_FREE;
-    l->running = 0;
-}
-
-static int issue(stk_loader_t *l);
-
-/* Workers that could not all start: stop those that did, fail the
- * loader with the reason. */
-static int start_failed(stk_loader_t *l)
-{
-    spawn_finish(l);
-    l->running = 1;
-    stop_workers(l, 1);
-    return fail(l, STK_EWORKER, "%s", stk_error_message());
-}
-
-/* Starts the workers; with tasks, queues the first batches on their
- * sockets before the fork (the sampler must be ready then). With defer,
- * returns once the server has the requests; finish_start completes. */
-static int start_workers(stk_loader_t *l, int tasks, int defer)
-{
-    if (l->running || l->nworkers == 0)
-        return 0;
-    uint32_t *ids = malloc(l->nworkers * sizeof *ids);
-    int *theirs = malloc(l->nworkers * sizeof *theirs);
-    if (!ids || !theirs) {
-        free(ids);
-        free(theirs);
-        return fail(l, -ENOMEM, "loader: out of memory");
-    }
-    for (uint32_t i = 0; i < l->nworkers; i++)
-        ids[i] = i;
-    /* No worker is left to take what stopped workers left in the queue
-     * (their slots are free again): the queue starts empty. */
-    stk__queue_t *q = queue(l);
-    atomic_store(&q->head, atomic_load(&q->tail));
-    atomic_store(&q->main_waits, 0);
-    int rc = make_sockets(l, l->nworkers, ids, theirs);
-    if (rc == 0) {
-        l->running = 1;
-        /* The first tasks wait in the queue while the server forks, so a
-         * worker starts on batch work without a round trip. */
-        rc = tasks ? issue(l) : 0;
-        if (rc == 0)
-            rc = defer ? spawn_begin(l, l->nworkers, ids, theirs)
-                       : spawn_workers(l, l->nworkers, ids, theirs);
-        else
-            for (uint32_t i = 0; i < l->nworkers; i++)
-                close(theirs[i]);
-    }
-    free(ids);
-    free(theirs);
-    return rc ? start_failed(l) : 0;
-}
-
-static int finish_start(stk_loader_t *l)
-{
-    return spawn_finish(l) ? start_failed(l) : 0;
-}
-
-/* A worker died (or was killed for hanging): respawn it and hand it its
- * unfinished batches again, or fail naming it. */
-static int worker_lost(stk_loader_t *l, uint32_t i, const char *context)
-{
-    char why[256];
-    reap_worker(l, i, why, sizeof why);
-    collect_all(l); /* what it finished before it went is not lost */
-    if (l->failed)
-        return l->failed; /* it said why before it went (failed start) */
-    /* The task it held: marked busy by it, taken off the queue (by it: a
-     * live worker that took it would have marked it busy before), not
-     * done. Read in this order, each seq_cst, against the worker's busy
-     * store before its claim. */
-    uint32_t lost = UINT32_MAX;
-    uint64_t gen = atomic_load(&wctl(l, i)->busy_gen);
-    uint64_t head = atomic_load(&queue(l)->head);
-    for (uint32_t s = 0; gen && s < LY(l)->nslots; s++)
-        if (l->slots[s].state == SLOT_ISSUED && l->slots[s].gen == gen &&
-            l->slots[s].qpos < head && holder_of(l, gen) == UINT32_MAX)
-            lost = s;
-    if (!l->cfg.respawn || l->respawns >= l->cfg.max_respawns) {
-        if (lost != UINT32_MAX)
-            return fail(l, STK_EWORKER, "%s%s while loading batch %" PRIu64 " of epoch %" PRIu64
-                        "%s", why, context, l->slots[lost].batch, l->epoch,
-                        l->cfg.respawn ? " (respawn limit reached)" : "");
-        return fail(l, STK_EWORKER, "%s%s", why, context);
-    }
-    stk__log(STK_LOG_WARN, "%s%s; respawning it", why, context);
-    l->respawns++;
-    int theirs;
-    int rc = make_sockets(l, 1, &i, &theirs);
-    if (rc == 0)
-        rc = spawn_workers(l, 1, &i, &theirs);
-    if (rc)
-        return fail(l, STK_EWORKER, "%s; respawn failed: %s", why, stk_error_message());
-    if (lost != UINT32_MAX) {
-        rc = send_task(l, lost);
-        if (rc)
-            return rc;
-    }
-    wake_workers(l);
-    return 0;
-}
-
 /* Puts batch k into free slot s: its indices into the slot header, and
  * (with workers) its task into the queue, for any worker to take. */
 static int issue_one(stk_loader_t *l, uint32_t s, uint64_t k)
@@ -731,7 +246,7 @@ static int issue_one(stk_loader_t *l, uint32_t s, uint64_t k)
     size_t n = 0;
     int rc = stk_batch_sampler_get(l->bs, k, (uint64_t *)(m + L->indices_off), &n);
     if (rc)
-        return fail(l, rc, "sampler: batch %" PRIu64 ": %s", k, stk_error_message());
+        return stk__ld_fail(l, rc, "sampler: batch %" PRIu64 ": %s", k, stk_error_message());
     h->epoch = l->epoch;
     h->batch = k;
     h->n = n;
@@ -742,12 +257,12 @@ static int issue_one(stk_loader_t *l, uint32_t s, uint64_t k)
     l->slots[s].status = 0;
     l->slot_of[k % L->nslots] = s;
     if (l->nworkers)
-        send_task(l, s);
+        stk__ld_send_task(l, s);
     return 0;
 }
 
 /* Fills free slots with the next batches, as far as slots allow. */
-static int issue(stk_loader_t *l)
+int stk__ld_issue(stk_loader_t *l)
 {
     const stk__layout_t *L = LY(l);
     uint32_t s = 0;
@@ -762,89 +277,8 @@ static int issue(stk_loader_t *l)
         l->next_issue++;
     }
     if (l->nworkers && l->running)
-        wake_workers(l);
+        stk__ld_wake_workers(l);
     return 0;
-}
-
-static void take_done(stk_loader_t *l, const stk__done_msg_t *m, ssize_t len, uint32_t wi)
-{
-    if (m->slot == UINT32_MAX) {
-        /* The worker could not start: it will exit; remember why. */
-        if (!l->failed)
-            fail(l, STK_EWORKER, "worker %u (pid %d) failed to start: %s (%s)", wi,
-                 (int)l->w[wi].pid, len > (ssize_t)offsetof(stk__done_msg_t, msg) ? m->msg : "",
-                 stk_err_name(m->status));
-        return;
-    }
-    if (m->slot >= LY(l)->nslots)
-        return;
-    slot_info_t *s = &l->slots[m->slot];
-    if (s->state != SLOT_ISSUED || s->batch != m->batch || m->epoch != l->epoch)
-        return; /* stale: from before a respawn or a rewind */
-    s->state = SLOT_DONE;
-    s->status = m->status;
-    s->worker = wi;
-    free(s->msg);
-    s->msg = NULL;
-    if (m->status && len > (ssize_t)offsetof(stk__done_msg_t, msg))
-        s->msg = strndup(m->msg, sizeof m->msg);
-}
-
-/* Reads what workers sent, handling deaths, for up to timeout_ms.
- * With only < nworkers, just that worker's messages wake the caller:
- * main waits for one batch, and being woken by the others' (whose slots
- * it cannot hand back before this one) cost a cross-CPU wake-up each
- * (raw Fashion-MNIST, 2 workers: ~10% more samples/s without them). Their
- * messages wait in the sockets; a death still wakes us (poll reports
- * POLLHUP and POLLERR whatever events asks for). Returns 0, or the
- * loader's failure. */
-static int pump(stk_loader_t *l, int timeout_ms, uint32_t only)
-{
-    struct pollfd *p = l->pfd;
-    for (uint32_t i = 0; i < l->nworkers; i++) {
-        p[i].fd = l->w[i].sock;
-        p[i].events = only >= l->nworkers || i == only ? POLLIN : 0;
-        p[i].revents = 0;
-    }
-    p[l->nworkers].fd = l->wake_fd;
-    p[l->nworkers].events = POLLIN;
-    p[l->nworkers].revents = 0;
-    int n = poll(p, l->nworkers + 1, timeout_ms);
-    if (n < 0)
-        return errno == EINTR ? 0 : fail(l, -errno, "loader: poll");
-    if (p[l->nworkers].revents) {
-        uint64_t count;
-        if (read(l->wake_fd, &count, sizeof count) < 0 && errno != EAGAIN && errno != EINTR)
-            return fail(l, -errno, "loader: read of the wake-up eventfd");
-    }
-    for (uint32_t i = 0; i < l->nworkers && n > 0; i++) {
-        if (!p[i].revents)
-            continue;
-        int eof = 0;
-        for (;;) {
-            stk__done_msg_t m;
-            ssize_t k = recv(l->w[i].sock, &m, sizeof m, MSG_DONTWAIT);
-            if (k > 0) {
-                take_done(l, &m, k, i);
-                continue;
-            }
-            if (k < 0 && errno == ECONNRESET && !eof) {
-                /* The worker closed with tasks unread: Linux reports the
-                 * reset once, ahead of what it sent before dying. */
-                eof = 1;
-                continue;
-            }
-            if (k == 0 || (errno != EAGAIN && errno != EINTR))
-                eof = 1;
-            break;
-        }
-        if (eof) {
-            int rc = worker_lost(l, i, "");
-            if (rc)
-                return rc;
-        }
-    }
-    return l->failed;
 }
 
 /* ---- Public API -------------------------------------------------- */
@@ -967,7 +401,7 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
         l->w[i].sock = -1;
     if (l->nworkers == 0) {
         l->spec.worker = 0;
-        l->spec.seed = worker_seed(l, 0);
+        l->spec.seed = stk__ld_worker_seed(l, 0);
         if (cfg->worker_init) {
             rc = cfg->worker_init(0, l->spec.seed, l->spec.init_arg, l->spec.init_arg_len);
             if (rc)
@@ -984,7 +418,7 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     /* Workers start now, before the sampler draws the epoch's order, so
      * that the server's forks and their start (opening the dataset) overlap
      * it; a worker that cannot start is reported by the first next. */
-    rc = start_workers(l, 0, 1);
+    rc = stk__ld_start_workers(l, 0, 1);
     if (rc)
         goto fail;
     if (cfg->batch_sampler) {
@@ -1011,9 +445,9 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     if (rc)
         goto fail;
     l->nbatches = stk_batch_sampler_len(l->bs);
-    rc = l->nworkers ? issue(l) : 0;
+    rc = l->nworkers ? stk__ld_issue(l) : 0;
     if (rc == 0)
-        rc = finish_start(l);
+        rc = stk__ld_finish_start(l);
     if (rc)
         goto fail;
     *out = l;
@@ -1028,9 +462,9 @@ void stk_loader_destroy(stk_loader_t **pl)
     if (!pl || !*pl)
         return;
     stk_loader_t *l = *pl;
-    spawn_finish(l); /* a create that failed before it did: release the server */
+    stk__ld_spawn_finish(l); /* a create that failed before it did: release the server */
     if (l->w)
-        stop_workers(l, l->failed != 0);
+        stk__ld_stop_workers(l, l->failed != 0);
     stk__filler_destroy(&l->inline_fill);
     if (l->attached)
         l->ds->ops->attach_shared(l->ds->inst, NULL, 0);
@@ -1105,9 +539,9 @@ static int deliver(stk_loader_t *l, uint32_t s, uint64_t k, stk_batch_t *b)
         int code = si->status;
         si->state = SLOT_FREE;
         if (l->nworkers)
-            return fail(l, code, "worker %u (pid %d): %s", si->worker, (int)l->w[si->worker].pid,
+            return stk__ld_fail(l, code, "worker %u (pid %d): %s", si->worker, (int)l->w[si->worker].pid,
                         si->msg ? si->msg : stk_strerror(code));
-        return fail(l, code, "%s", si->msg ? si->msg : stk_strerror(code));
+        return stk__ld_fail(l, code, "%s", si->msg ? si->msg : stk_strerror(code));
     }
     si->state = SLOT_HELD;
     l->next_deliver = k + 1;
@@ -1117,6 +551,29 @@ static int deliver(stk_loader_t *l, uint32_t s, uint64_t k, stk_batch_t *b)
     for (uint32_t f = 0; f < b->nfields; f++)
         l->wait_bytes += b->fields[f].bytes;
     return 0;
+}
+
+/* The slot main asks to be woken for while it waits for batch k: k's,
+ * or, while batch k + 1 is on its way too, k + 1's, so that one wake-up
+ * hands main two batches. Each wake-up of main on a machine whose CPUs
+ * all run workers preempts one of them: two context switches, an
+ * interrupt, and some of that worker's cache (raw Fashion-MNIST, two
+ * workers on two CPUs: 1.09x samples/s, a third fewer context switches).
+ * Batch k comes later by up to one batch's time, which costs nothing
+ * where main waits for workers anyway; with 4 slots or more, workers
+ * have free slots meanwhile. Not for a loader's first batch, whose time
+ * is the time to first batch. */
+static uint32_t wake_slot(stk_loader_t *l, uint64_t k)
+{
+    const stk__layout_t *L = LY(l);
+    uint32_t s = l->slot_of[k % L->nslots];
+    if (l->first_batch_ns && k + 1 < l->next_issue && L->nslots >= 4) {
+        uint32_t s1 = l->slot_of[(k + 1) % L->nslots];
+        const slot_info_t *n = &l->slots[s1];
+        if (n->state == SLOT_ISSUED && n->batch == k + 1 && !stk__ld_collect(l, s1))
+            return s1;
+    }
+    return s;
 }
 
 int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
@@ -1130,7 +587,7 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
         return stk__error(l->failed, "%s", l->failmsg);
     if (l->next_deliver >= l->nbatches) {
         if (!l->cfg.persistent_workers)
-            stop_workers(l, 0);
+            stk__ld_stop_workers(l, 0);
         return STK_DONE;
     }
     const stk__layout_t *L = LY(l);
@@ -1156,32 +613,32 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
         l->wait_ns += stk__now_ns() - t0;
         return deliver(l, s, k, b);
     }
-    rc = start_workers(l, 1, 0);
+    rc = stk__ld_start_workers(l, 1, 0);
     if (rc)
         return rc;
-    rc = issue(l);
+    rc = stk__ld_issue(l);
     if (rc)
         return rc;
     if (l->next_issue <= k)
         return stk__error(STK_ESTATE, "every slot (%u) is held: release a batch first", L->nslots);
     uint32_t s = l->slot_of[k % L->nslots];
     uint64_t start = stk__now_ns();
-    note_progress(l, start);
-    while (l->slots[s].state == SLOT_ISSUED && !collect(l, s)) {
+    stk__ld_note_progress(l, start);
+    while (l->slots[s].state == SLOT_ISSUED && !stk__ld_collect(l, s)) {
         int wait_ms = -1;
         if (l->cfg.timeout_ms) {
             uint64_t now = stk__now_ns();
             uint64_t el = (now - start) / 1000000ull;
             if (el >= l->cfg.timeout_ms) {
                 int holds = 0;
-                uint32_t wi = hung_worker(l, s, now, &holds);
+                uint32_t wi = stk__ld_hung_worker(l, s, now, &holds);
                 if (wi == UINT32_MAX) {
                     start = now; /* every worker is moving: wait on */
                     continue;
                 }
                 const char *what = holds ? "did not deliver it" : "made no progress in that time";
                 if (!l->cfg.respawn || l->respawns >= l->cfg.max_respawns)
-                    return fail(l, -ETIMEDOUT, "batch %" PRIu64 " of epoch %" PRIu64 " not ready "
+                    return stk__ld_fail(l, -ETIMEDOUT, "batch %" PRIu64 " of epoch %" PRIu64 " not ready "
                                 "after %u ms: worker %u (pid %d) %s", k, l->epoch,
                                 l->cfg.timeout_ms, wi, (int)l->w[wi].pid, what);
                 /* Hung (or stopped): kill it; what it held goes back in
@@ -1190,11 +647,11 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
                 snprintf(ctx, sizeof ctx, " after a %u ms timeout on batch %" PRIu64 " (it %s)",
                          l->cfg.timeout_ms, k, what);
                 kill(l->w[wi].pid, SIGKILL);
-                rc = worker_lost(l, wi, ctx);
+                rc = stk__ld_worker_lost(l, wi, ctx);
                 if (rc)
                     return rc;
                 start = stk__now_ns();
-                note_progress(l, start);
+                stk__ld_note_progress(l, start);
                 continue;
             }
             wait_ms = (int)(l->cfg.timeout_ms - el);
@@ -1207,22 +664,22 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
             struct timespec ts = {0, (long)stk__test_wait_race_us * 1000};
             nanosleep(&ts, NULL);
         }
-        set_main_waits(l, l->slots[t].gen);
-        if (collect(l, s) || l->slots[t].state != SLOT_ISSUED || collect(l, t)) {
-            set_main_waits(l, 0);
+        stk__ld_set_main_waits(l, l->slots[t].gen);
+        if (stk__ld_collect(l, s) || l->slots[t].state != SLOT_ISSUED || stk__ld_collect(l, t)) {
+            stk__ld_set_main_waits(l, 0);
             continue;
         }
         /* Capped: should a wake-up ever go missing, the batch is found
          * done a second later instead of never. */
-        rc = pump(l, wait_ms < 0 || wait_ms > 1000 ? 1000 : wait_ms, UINT32_MAX);
-        set_main_waits(l, 0);
+        rc = stk__ld_pump(l, wait_ms < 0 || wait_ms > 1000 ? 1000 : wait_ms, UINT32_MAX);
+        stk__ld_set_main_waits(l, 0);
         if (rc)
             return rc;
     }
     l->wait_ns += stk__now_ns() - t0;
     rc = deliver(l, s, k, b);
     if (rc == 0)
-        issue(l);
+        stk__ld_issue(l);
     return rc;
 }
 
@@ -1235,13 +692,13 @@ void stk_loader_release(stk_loader_t *l, stk_batch_t *b)
     b->slot = UINT32_MAX;
     b->size = 0;
     if (l->running && !l->failed)
-        issue(l);
+        stk__ld_issue(l);
 }
 
 /* Whether a slot is still being filled, after collecting those done. */
 static int any_issued(stk_loader_t *l)
 {
-    collect_all(l);
+    stk__ld_collect_all(l);
     for (uint32_t s = 0; s < LY(l)->nslots; s++)
         if (l->slots[s].state == SLOT_ISSUED)
             return 1;
@@ -1252,11 +709,11 @@ static int any_issued(stk_loader_t *l)
 static int drain(stk_loader_t *l)
 {
     while (l->running && any_issued(l)) {
-        set_main_waits(l, STK__WAIT_ANY);
-        int rc = any_issued(l) ? pump(l, l->cfg.timeout_ms ? (int)l->cfg.timeout_ms : 1000,
+        stk__ld_set_main_waits(l, STK__WAIT_ANY);
+        int rc = any_issued(l) ? stk__ld_pump(l, l->cfg.timeout_ms ? (int)l->cfg.timeout_ms : 1000,
                                       UINT32_MAX)
                                : 0;
-        set_main_waits(l, 0);
+        stk__ld_set_main_waits(l, 0);
         if (rc)
             return rc;
     }
