@@ -25,6 +25,7 @@
 const char *stk__cgroup_memory_max_path = "/sys/fs/cgroup/memory.max";
 const char *stk__cgroup_memory_current_path = "/sys/fs/cgroup/memory.current";
 uint32_t stk__test_wait_race_us;
+int stk__test_skip_reissue;
 
 void stk_loader_config_default(stk_loader_config_t *cfg)
 {
@@ -622,7 +623,7 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
     if (l->next_issue <= k)
         return stk__error(STK_ESTATE, "every slot (%u) is held: release a batch first", L->nslots);
     uint32_t s = l->slot_of[k % L->nslots];
-    uint64_t start = stk__now_ns();
+    uint64_t start = stk__now_ns(), lost_check = start;
     stk__ld_note_progress(l, start);
     while (l->slots[s].state == SLOT_ISSUED && !stk__ld_collect(l, s)) {
         int wait_ms = -1;
@@ -675,6 +676,13 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
         stk__ld_set_main_waits(l, 0);
         if (rc)
             return rc;
+        uint64_t now = stk__now_ns();
+        if (now - lost_check >= 1000000000ull) {
+            lost_check = now;
+            rc = stk__ld_recover(l, s, 1);
+            if (rc)
+                return rc;
+        }
     }
     l->wait_ns += stk__now_ns() - t0;
     rc = deliver(l, s, k, b);
@@ -711,9 +719,11 @@ static int drain(stk_loader_t *l)
     while (l->running && any_issued(l)) {
         stk__ld_set_main_waits(l, STK__WAIT_ANY);
         int rc = any_issued(l) ? stk__ld_pump(l, l->cfg.timeout_ms ? (int)l->cfg.timeout_ms : 1000,
-                                      UINT32_MAX)
+                                              UINT32_MAX)
                                : 0;
         stk__ld_set_main_waits(l, 0);
+        for (uint32_t s = 0; rc == 0 && s < LY(l)->nslots; s++)
+            rc = stk__ld_recover(l, s, 0);
         if (rc)
             return rc;
     }

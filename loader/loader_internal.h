@@ -215,6 +215,9 @@ extern const char *stk__cgroup_memory_current_path;
  * for and saying so to the workers, which widens the window where a
  * worker finishes that task unseen. */
 extern uint32_t stk__test_wait_race_us;
+/* Test hook: a dead worker's task is not re-issued, as in the race that
+ * stk__ld_recover covers. */
+extern int stk__test_skip_reissue;
 
 uint64_t stk__now_ns(void);
 /* Cheap timestamps (TSC) and their ns per tick, calibrated per process. */

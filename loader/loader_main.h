@@ -137,6 +137,9 @@ uint32_t stk__ld_hung_worker(stk_loader_t *l, uint32_t s, uint64_t now, int *hol
 /* A worker died or was killed: respawn it and re-issue what it held, or
  * fail naming it. */
 int stk__ld_worker_lost(stk_loader_t *l, uint32_t i, const char *context);
+/* Slot s's task, if lost (taken by a worker that is gone, unseen):
+ * queued again (reissue) or its slot freed. 0 or the loader's failure. */
+int stk__ld_recover(stk_loader_t *l, uint32_t s, int reissue);
 /* Reads what workers sent, handling deaths, for up to timeout_ms. */
 int stk__ld_pump(stk_loader_t *l, int timeout_ms, uint32_t only);
 

@@ -845,6 +845,51 @@ static void test_no_lost_wakeup(void **state)
     stk_dataset_destroy(&ds);
 }
 
+/* The one way a task can be lost (see stk__ld_recover): its worker dies
+ * right after claiming it and main leaves it to another. A test hook
+ * makes worker_lost forget every dead worker's task; the loader must
+ * still find the batch held by a worker hung in get() and killed, and
+ * the epoch must come out whole and unchanged. */
+static void test_lost_task_recovered(void **state)
+{
+    (void)state;
+    stk_dataset_t *ds = make_var_ds(120, -1, 0);
+    stk_loader_config_t c = base_cfg(2, 1);
+    c.batch_size = 4;
+    c.shuffle = 0; /* index 37 is in batch 9 */
+    run_t ref = run_epochs(ds, &c, 1);
+    char dir[] = "/tmp/stk-lost-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char marker[64];
+    snprintf(marker, sizeof marker, "%s/hung", dir);
+    stk_dataset_t *hds = make_hang_ds(120, 37, marker);
+    c.respawn = 1;
+    stk_loader_t *l = NULL;
+    assert_int_equal(stk_loader_create(&l, hds, &c), 0);
+    run_t got = fresh_run(120);
+    for (int k = 0; k < 8; k++)
+        assert_int_equal(take_one(l, &got), 0);
+    for (int tries = 0; access(marker, F_OK) != 0 && tries < 1000; tries++)
+        msleep(5);
+    assert_int_equal(access(marker, F_OK), 0);
+    int pids[2];
+    stk_loader_worker_pids(l, pids, 2);
+    stk__test_skip_reissue = 1;
+    assert_int_equal(kill(pids[0], SIGKILL), 0);
+    assert_int_equal(kill(pids[1], SIGKILL), 0);
+    int rc = drain_epoch(l, &got, 120);
+    stk__test_skip_reissue = 0;
+    assert_int_equal(rc, STK_DONE);
+    assert_int_equal(same_stream(l, &got, &ref, 120), 2);
+    stk_loader_destroy(&l);
+    free(got.seen);
+    free(ref.seen);
+    stk_dataset_destroy(&hds);
+    stk_dataset_destroy(&ds);
+    unlink(marker);
+    rmdir(dir);
+}
+
 static int init_calls;
 static int worker_init_ok(uint32_t worker, uint64_t seed, const void *arg, size_t len)
 {
@@ -1717,6 +1762,7 @@ int main(void)
         cmocka_unit_test(test_auto_io),
         cmocka_unit_test(test_verify_shared),
         cmocka_unit_test(test_no_lost_wakeup),
+        cmocka_unit_test(test_lost_task_recovered),
     };
     /* Workers are forked from the fork server, started here while this
      * process is still small. */
