@@ -8,6 +8,7 @@
 #include "loader_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -296,25 +297,30 @@ static void send_done(int sock, uint32_t slot, int status, uint64_t epoch, uint6
 /* Peak RSS, and peak private memory: RSS counts every page-cache page of
  * a mapped shard the worker has touched, which over epochs grows toward
  * the data set's size without costing anything; resident minus shared
- * pages is what the worker itself holds. statm every 16th batch only
- * (open + read + close is ~10 us). */
+ * pages is what the worker itself holds. Every 16th batch (and the first):
+ * the kernel keeps the RSS peak anyway, and statm is read through a file
+ * kept open (pread, ~3 us) instead of fopen, fscanf and fclose (~10 us). */
 static void note_rss(stk__wstats_t *w, uint64_t nth)
 {
+    static int statm = -1;
+    if (nth % 16)
+        return;
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         atomic_store_explicit(&w->max_rss_kb, (uint64_t)ru.ru_maxrss, memory_order_relaxed);
-    if (nth % 16)
+    if (statm < 0)
+        statm = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    char buf[128];
+    ssize_t n = statm < 0 ? -1 : pread(statm, buf, sizeof buf - 1, 0);
+    if (n <= 0)
         return;
-    FILE *f = fopen("/proc/self/statm", "re");
+    buf[n] = '\0';
     unsigned long long size, resident, shared;
-    if (!f)
-        return;
-    if (fscanf(f, "%llu %llu %llu", &size, &resident, &shared) == 3 && resident >= shared) {
+    if (sscanf(buf, "%llu %llu %llu", &size, &resident, &shared) == 3 && resident >= shared) {
         uint64_t kb = (resident - shared) * (uint64_t)(sysconf(_SC_PAGESIZE) / 1024);
         if (kb > atomic_load_explicit(&w->max_private_kb, memory_order_relaxed))
             atomic_store_explicit(&w->max_private_kb, kb, memory_order_relaxed);
     }
-    fclose(f);
 }
 
 /* A fresh worker usually waits for its first task (the loader draws the

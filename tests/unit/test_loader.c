@@ -1313,8 +1313,8 @@ static void test_workers_start_clean(void **state)
         while ((e = readdir(d)))
             nfd += e->d_name[0] != '.';
         closedir(d);
-        /* stdio, its socket, the wake-up eventfd, maybe io_uring: nothing
-         * of ours. */
+        /* stdio, its socket, the wake-up eventfd, /proc/self/statm:
+         * nothing of ours. */
         assert_true(nfd <= 6);
     }
     stk_loader_release(l, &b);
