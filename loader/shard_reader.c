@@ -2,9 +2,9 @@
 /* Reads .stk shard sets: opens one shard, a directory, a glob or a
  * manifest, checks every header, footer and index up front, and maps a
  * global record number to (shard, offset, lengths, checksum). Decoders
- * (one per worker) hold the zstd state and verify every record. */
+ * are shard_decoder.c's, the loader's flattened copy shard_export.c's. */
 #define _GNU_SOURCE
-#include "shard_internal.h"
+#include "shardset_impl.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -19,48 +19,38 @@
 
 #define MANIFEST_MAX (64u << 20)
 
-typedef struct shard {
-    char *path;
-    int fd;
-    uint64_t size;
-    uint64_t nrec;
-    uint64_t first; /* global index of record 0 */
-    uint64_t header_len;
-    uint64_t index_offset;
-    unsigned char *index; /* nrec entries of STK__INDEX_ENTRY bytes */
-    unsigned char *dict;
-    uint32_t dict_len;
-    int dict_slot; /* into the set's unique dictionaries, -1 if none */
-    int level;
-    int borrowed; /* index and dict point into an exported set (not ours) */
-    uint64_t raw_bytes, stored_bytes;
-    /* Records all raw, all dense_size bytes, back to back from dense_base:
-     * a record's place is arithmetic (stk__shardset_dense). 0: not so. */
-    uint64_t dense_base, dense_size;
-} shard_t;
-
-struct stk_shardset {
-    shard_t *shards;
-    uint32_t n, cap;
-    stk_schema_t schema;
-    stk__schema_sizes_t sizes;
-    uint64_t total;
-    uint64_t max_raw, max_stored;
-    uint32_t ndicts; /* distinct dictionaries; shard i uses shards[dict_owner[k]] */
-    uint32_t *dict_owner;
-    uint64_t stride; /* every shard but the last holds this many records; else 0 */
-};
-
 /* Sets packed with `stoker-pack -n N` have equal shards: a record's shard
  * is then a division, not a search whose branches a random order
  * mispredicts. */
-static void set_stride(stk_shardset_t *set)
+void stk__shardset_set_stride(stk_shardset_t *set)
 {
     set->stride = set->n ? set->shards[0].nrec : 0;
     for (uint32_t i = 0; i + 1 < set->n && set->stride; i++)
         if (set->shards[i].nrec != set->stride || set->shards[i].first != i * set->stride)
             set->stride = 0;
 }
+
+int stk__pread_all(int fd, void *buf, size_t len, uint64_t off, const char *path)
+{
+    unsigned char *p = buf;
+    while (len) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return stk__error(-errno, "read %s: %s", path, strerror(errno));
+        }
+        if (n == 0)
+            return stk__error(STK_EDATA, "%s: truncated (read past end at offset %" PRIu64 ")",
+                              path, off);
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+
 
 static inline uint32_t shard_of(const stk_shardset_t *set, uint64_t index)
 {
@@ -84,25 +74,6 @@ static inline uint32_t shard_of(const stk_shardset_t *set, uint64_t index)
     return lo;
 }
 
-static int pread_all(int fd, void *buf, size_t len, uint64_t off, const char *path)
-{
-    unsigned char *p = buf;
-    while (len) {
-        ssize_t n = pread(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return stk__error(-errno, "read %s: %s", path, strerror(errno));
-        }
-        if (n == 0)
-            return stk__error(STK_EDATA, "%s: truncated (read past end at offset %" PRIu64 ")",
-                              path, off);
-        p += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
 
 static void shard_free(shard_t *s)
 {
@@ -140,14 +111,14 @@ static int shard_load(shard_t *s, stk_schema_t *schema, const char *path)
     if (s->size < 8)
         return stk__error(STK_EFORMAT, "%s: not a Stoker shard (%" PRIu64 " bytes)", path,
                           s->size);
-    int rc = pread_all(s->fd, h, 8, 0, path);
+    int rc = stk__pread_all(s->fd, h, 8, 0, path);
     if (rc)
         return rc;
     if (memcmp(h, STK__SHARD_MAGIC, 8) != 0)
         return stk__error(STK_EFORMAT, "%s: not a Stoker shard (bad magic)", path);
     if (s->size < STK__HEADER_FIXED + STK__FOOTER_SIZE)
         return stk__error(STK_EFORMAT, "%s: truncated (%" PRIu64 " bytes)", path, s->size);
-    if ((rc = pread_all(s->fd, h, sizeof h, 0, path)))
+    if ((rc = stk__pread_all(s->fd, h, sizeof h, 0, path)))
         return rc;
     uint32_t version = stk__get_u32(h + 8);
     if (version > STK__SHARD_VERSION)
@@ -173,12 +144,12 @@ static int shard_load(shard_t *s, stk_schema_t *schema, const char *path)
     unsigned char *hdr = malloc(hlen);
     if (!hdr)
         return stk__error(-ENOMEM, "out of memory");
-    if ((rc = pread_all(s->fd, hdr, hlen, 0, path))) {
+    if ((rc = stk__pread_all(s->fd, hdr, hlen, 0, path))) {
         free(hdr);
         return rc;
     }
     unsigned char f[STK__FOOTER_SIZE];
-    if ((rc = pread_all(s->fd, f, sizeof f, s->size - sizeof f, path))) {
+    if ((rc = stk__pread_all(s->fd, f, sizeof f, s->size - sizeof f, path))) {
         free(hdr);
         return rc;
     }
@@ -224,7 +195,7 @@ static int shard_load(shard_t *s, stk_schema_t *schema, const char *path)
     s->index = malloc(ilen ? ilen : 1);
     if (!s->index)
         return stk__error(-ENOMEM, "out of memory");
-    if ((rc = pread_all(s->fd, s->index, ilen, s->index_offset, path)))
+    if ((rc = stk__pread_all(s->fd, s->index, ilen, s->index_offset, path)))
         return rc;
     if (stk__xxh64(s->index, ilen, 0) != ihash)
         return stk__error(STK_EDATA, "%s: index checksum mismatch", path);
@@ -361,7 +332,7 @@ static int open_manifest(stk_shardset_t *set, const char *path)
         close(fd);
         return stk__error(-ENOMEM, "out of memory");
     }
-    int rc = pread_all(fd, text, len, 0, path);
+    int rc = stk__pread_all(fd, text, len, 0, path);
     close(fd);
     if (rc) {
         free(text);
@@ -506,7 +477,7 @@ int stk_shardset_open(stk_shardset_t **out, const char *path)
     if (!rc && set->total == 0)
         rc = stk__error(STK_EEMPTY, "%s: the data set has no records", path);
     if (!rc)
-        set_stride(set);
+        stk__shardset_set_stride(set);
     if (rc) {
         stk_shardset_close(&set);
         return rc;
@@ -634,431 +605,8 @@ int stk_shardset_read_raw(const stk_shardset_t *set, uint64_t index, void *buf, 
         return stk__error(STK_ESHAPE, "%s: record %" PRIu64 ": needs %" PRIu64
                           " bytes, buffer has %zu", set->shards[l.shard].path, l.local_index,
                           l.stored_len, cap);
-    rc = pread_all(l.fd, buf, l.stored_len, l.offset, set->shards[l.shard].path);
+    rc = stk__pread_all(l.fd, buf, l.stored_len, l.offset, set->shards[l.shard].path);
     if (rc)
         return stk__error_prefix(rc, "record %" PRIu64, index);
     return 0;
-}
-
-/* ---- Decoder --------------------------------------------------------- */
-
-struct stk_decoder {
-    const stk_shardset_t *set;
-    ZSTD_DCtx *dctx;
-    ZSTD_DDict **ddicts; /* one per distinct dictionary of the set */
-    unsigned char *scratch;
-    size_t scratch_cap;
-    uint64_t *verified;  /* STK_VERIFY_ONCE: a bit per record of the set */
-    int verified_shared; /* verified is not ours (stk__decoder_share_verified) */
-    uint64_t checked;    /* records hashed */
-    /* A schema without variable fields lays every record out alike: the
-     * fields' offsets and sizes, worked out once instead of per record. */
-    int fixed;
-    size_t fixed_off[STK_MAX_FIELDS], fixed_bytes[STK_MAX_FIELDS];
-};
-
-int stk_decoder_create(stk_decoder_t **out, const stk_shardset_t *set)
-{
-    if (!out || !set)
-        return stk__error(STK_ECONFIG, "stk_decoder_create: NULL argument");
-    *out = NULL;
-    stk_decoder_t *d = calloc(1, sizeof *d);
-    if (!d)
-        return stk__error(-ENOMEM, "out of memory");
-    d->set = set;
-    if (set->sizes.nvar == 0) {
-        size_t off = 0;
-        d->fixed = 1;
-        for (uint32_t i = 0; i < set->schema.nfields; i++) {
-            d->fixed_off[i] = off;
-            d->fixed_bytes[i] = (size_t)stk_field_bytes(&set->schema.fields[i], 0);
-            off += d->fixed_bytes[i];
-        }
-    }
-    d->dctx = ZSTD_createDCtx();
-    d->ddicts = calloc(set->ndicts ? set->ndicts : 1, sizeof *d->ddicts);
-    int rc = 0;
-    if (!d->dctx || !d->ddicts)
-        rc = stk__error(-ENOMEM, "out of memory");
-    for (uint32_t k = 0; !rc && k < set->ndicts; k++) {
-        const shard_t *s = &set->shards[set->dict_owner[k]];
-        d->ddicts[k] = ZSTD_createDDict(s->dict, s->dict_len);
-        if (!d->ddicts[k])
-            rc = stk__error(STK_EDATA, "%s: cannot load its zstd dictionary", s->path);
-    }
-    if (rc) {
-        stk_decoder_destroy(&d);
-        return rc;
-    }
-    *out = d;
-    return 0;
-}
-
-void stk_decoder_destroy(stk_decoder_t **dp)
-{
-    if (!dp || !*dp)
-        return;
-    stk_decoder_t *d = *dp;
-    if (d->ddicts)
-        for (uint32_t k = 0; k < d->set->ndicts; k++)
-            ZSTD_freeDDict(d->ddicts[k]);
-    free(d->ddicts);
-    if (!d->verified_shared)
-        free(d->verified);
-    ZSTD_freeDCtx(d->dctx);
-    free(d->scratch);
-    free(d);
-    *dp = NULL;
-}
-
-const uint64_t *stk__decoder_verified(const stk_decoder_t *dec)
-{
-    return dec->verified;
-}
-
-size_t stk__decoder_verified_bytes(const stk_decoder_t *dec)
-{
-    return dec->verified ? (size_t)(dec->set->total / 64 + 1) * sizeof(uint64_t) : 0;
-}
-
-void stk__decoder_share_verified(stk_decoder_t *dec, uint64_t *bits)
-{
-    if (!dec->verified)
-        return; /* STK_VERIFY_ALWAYS: nothing to share */
-    if (!dec->verified_shared)
-        free(dec->verified);
-    dec->verified = bits;
-    dec->verified_shared = bits != NULL;
-    if (!bits) {
-        /* Back to a bitmap of our own, empty: what the shared one knew
-         * is gone with it. NULL (out of memory) checks every record. */
-        dec->verified = calloc((size_t)(dec->set->total / 64 + 1), sizeof *dec->verified);
-    }
-}
-
-uint64_t stk__decoder_checked(const stk_decoder_t *dec)
-{
-    return dec->checked;
-}
-
-int stk__decoder_fixed(const stk_decoder_t *dec, const void *raw, stk_record_t *rec)
-{
-    if (!dec->fixed || !raw)
-        return dec->fixed;
-    const unsigned char *o = raw;
-    rec->nfields = dec->set->schema.nfields;
-    for (uint32_t i = 0; i < rec->nfields; i++) {
-        rec->data[i] = o + dec->fixed_off[i];
-        rec->bytes[i] = dec->fixed_bytes[i];
-        rec->var_extent[i] = -1;
-    }
-    return 1;
-}
-
-int stk_decoder_set_verify(stk_decoder_t *dec, stk_verify_t mode)
-{
-    if (!dec)
-        return stk__error(STK_ECONFIG, "stk_decoder_set_verify: NULL decoder");
-    if (mode != STK_VERIFY_ALWAYS && mode != STK_VERIFY_ONCE)
-        return stk__error(STK_ECONFIG, "verify mode %d unknown", (int)mode);
-    if (mode == STK_VERIFY_ALWAYS) {
-        if (!dec->verified_shared)
-            free(dec->verified);
-        dec->verified = NULL;
-        dec->verified_shared = 0;
-    } else if (!dec->verified) {
-        /* 1.28M records: 160 KiB, touched only where records are read. */
-        dec->verified = calloc((size_t)(dec->set->total / 64 + 1), sizeof *dec->verified);
-        if (!dec->verified)
-            return stk__error(-ENOMEM, "decoder: verify bitmap for %" PRIu64 " records",
-                              dec->set->total);
-    }
-    return 0;
-}
-
-int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const void *stored,
-                       void *out, size_t cap, stk_record_t *rec)
-{
-    if (!dec || !loc || !stored || !out)
-        return stk__error(STK_ECONFIG, "stk_decoder_decode: NULL argument");
-    const stk_shardset_t *set = dec->set;
-    if (loc->shard >= set->n)
-        return stk__error(STK_ECONFIG, "no shard %u", loc->shard);
-    const shard_t *s = &set->shards[loc->shard];
-    uint64_t gi = s->first + loc->local_index;
-    if (cap < loc->raw_len)
-        return stk__error(STK_ESHAPE, "%s: record %" PRIu64 " (global %" PRIu64 "): needs %" PRIu64
-                          " bytes, buffer has %zu", s->path, loc->local_index, gi, loc->raw_len,
-                          cap);
-    if (loc->stored_len == loc->raw_len) {
-        if (out != stored)
-            memmove(out, stored, loc->raw_len);
-    } else {
-        size_t r;
-        /* cap bounds the output, so a frame that inflates past raw_len
-         * fails inside zstd instead of writing past the caller's buffer. */
-        size_t dst = (size_t)loc->raw_len;
-        if (s->dict_slot >= 0)
-            r = ZSTD_decompress_usingDDict(dec->dctx, out, dst, stored, loc->stored_len,
-                                           dec->ddicts[s->dict_slot]);
-        else
-            r = ZSTD_decompressDCtx(dec->dctx, out, dst, stored, loc->stored_len);
-        if (ZSTD_isError(r))
-            return stk__error(STK_EDATA, "%s: record %" PRIu64 " (global %" PRIu64 "): zstd: %s",
-                              s->path, loc->local_index, gi, ZSTD_getErrorName(r));
-        if (r != loc->raw_len)
-            return stk__error(STK_EDATA,
-                              "%s: record %" PRIu64 " (global %" PRIu64 "): decoded %zu bytes, "
-                              "index says %" PRIu64,
-                              s->path, loc->local_index, gi, r, loc->raw_len);
-    }
-    uint64_t bit = UINT64_C(1) << (gi % 64);
-    /* Atomics: the bitmap may be shared with other processes. */
-    if (!dec->verified || !(__atomic_load_n(&dec->verified[gi / 64], __ATOMIC_RELAXED) & bit)) {
-        uint64_t h = stk__xxh64(out, (size_t)loc->raw_len, 0);
-        dec->checked++;
-        if (h != loc->checksum)
-            return stk__error(STK_EDATA,
-                              "%s: record %" PRIu64 " (global %" PRIu64 "): checksum mismatch "
-                              "(index %016" PRIx64 ", data %016" PRIx64 ")",
-                              s->path, loc->local_index, gi, loc->checksum, h);
-        if (dec->verified)
-            __atomic_fetch_or(&dec->verified[gi / 64], bit, __ATOMIC_RELAXED);
-    }
-    /* A fixed record of the wrong size is parsed: parse names the fault. */
-    if (rec && !(loc->raw_len == set->sizes.min_raw && stk__decoder_fixed(dec, out, rec))) {
-        int rc = stk_record_parse(&set->schema, out, (size_t)loc->raw_len, rec);
-        if (rc)
-            return stk__error_prefix(rc, "%s: record %" PRIu64 " (global %" PRIu64 ")", s->path,
-                                     loc->local_index, gi);
-    }
-    return 0;
-}
-
-int stk_shardset_get(const stk_shardset_t *set, stk_decoder_t *dec, uint64_t index, void *out,
-                     size_t cap, stk_record_t *rec)
-{
-    if (!set || !dec || !out)
-        return stk__error(STK_ECONFIG, "stk_shardset_get: NULL argument");
-    if (dec->set != set)
-        return stk__error(STK_ECONFIG, "decoder belongs to another shard set");
-    stk_record_loc_t loc;
-    int rc = stk_shardset_locate(set, index, &loc);
-    if (rc)
-        return rc;
-    const stk_shardset_t *s = set;
-    if (cap < loc.raw_len)
-        return stk__error(STK_ESHAPE, "%s: record %" PRIu64 ": needs %" PRIu64
-                          " bytes, buffer has %zu", s->shards[loc.shard].path, loc.local_index,
-                          loc.raw_len, cap);
-    /* Raw records are read straight into the caller's buffer. */
-    void *stored = out;
-    if (loc.stored_len != loc.raw_len) {
-        if (loc.stored_len > dec->scratch_cap) {
-            size_t ncap = loc.stored_len < 65536 ? 65536 : (size_t)loc.stored_len;
-            unsigned char *p = realloc(dec->scratch, ncap);
-            if (!p)
-                return stk__error(-ENOMEM, "out of memory");
-            dec->scratch = p;
-            dec->scratch_cap = ncap;
-        }
-        stored = dec->scratch;
-    }
-    rc = pread_all(loc.fd, stored, loc.stored_len, loc.offset, s->shards[loc.shard].path);
-    if (rc)
-        return stk__error_prefix(rc, "record %" PRIu64, index);
-    return stk_decoder_decode(dec, &loc, stored, out, cap, rec);
-}
-
-/* ---- Export / import (loader workers) ----------------------------------
- * A checked set, flattened into one pointer-free blob that the loader puts
- * in the dataset memfd: every worker then reopens the shard files by path
- * and uses the index where it lies in the shared mapping, instead of
- * reading and checking every index again (about 1.4 ms for Fashion-MNIST's
- * 60k records, per worker, on the way to its first batch). Host byte
- * order: the blob never leaves the process tree that wrote it. */
-
-#define EXPORT_MAGIC 0x5354534554303031ull /* "STSET001" */
-
-typedef struct export_hdr {
-    uint64_t magic;
-    uint64_t bytes;
-    uint32_t n, ndicts;
-    uint64_t total, max_raw, max_stored;
-    stk_schema_t schema;
-    stk__schema_sizes_t sizes;
-} export_hdr_t;
-
-typedef struct export_shard {
-    uint64_t size, nrec, first, header_len, index_offset, raw_bytes, stored_bytes;
-    uint64_t dense_base, dense_size;
-    uint64_t path_off, index_off, dict_off;
-    uint32_t path_len, dict_len;
-    int32_t dict_slot, level;
-} export_shard_t;
-
-static size_t a8(size_t v)
-{
-    return (v + 7) & ~(size_t)7;
-}
-
-/* Walks the layout; writes it when out is not NULL. Returns the size. */
-static size_t export_walk(const stk_shardset_t *set, unsigned char *out)
-{
-    size_t off = a8(sizeof(export_hdr_t)) + a8((size_t)set->n * sizeof(export_shard_t));
-    size_t owners = off;
-    off += a8((size_t)set->ndicts * sizeof(uint32_t));
-    for (uint32_t i = 0; i < set->n; i++) {
-        const shard_t *s = &set->shards[i];
-        export_shard_t e;
-        memset(&e, 0, sizeof e);
-        e.size = s->size;
-        e.nrec = s->nrec;
-        e.first = s->first;
-        e.header_len = s->header_len;
-        e.index_offset = s->index_offset;
-        e.raw_bytes = s->raw_bytes;
-        e.stored_bytes = s->stored_bytes;
-        e.dense_base = s->dense_base;
-        e.dense_size = s->dense_size;
-        e.dict_slot = s->dict_slot;
-        e.level = s->level;
-        e.path_len = (uint32_t)strlen(s->path);
-        e.dict_len = s->dict_len;
-        e.path_off = off;
-        off = a8(off + e.path_len + 1);
-        e.index_off = off;
-        off = a8(off + (size_t)s->nrec * STK__INDEX_ENTRY);
-        e.dict_off = off;
-        off = a8(off + s->dict_len);
-        if (out) {
-            memcpy(out + a8(sizeof(export_hdr_t)) + i * sizeof e, &e, sizeof e);
-            memcpy(out + e.path_off, s->path, e.path_len + 1);
-            memcpy(out + e.index_off, s->index, (size_t)s->nrec * STK__INDEX_ENTRY);
-            if (s->dict_len)
-                memcpy(out + e.dict_off, s->dict, s->dict_len);
-        }
-    }
-    if (out) {
-        export_hdr_t h;
-        memset(&h, 0, sizeof h);
-        h.magic = EXPORT_MAGIC;
-        h.bytes = off;
-        h.n = set->n;
-        h.ndicts = set->ndicts;
-        h.total = set->total;
-        h.max_raw = set->max_raw;
-        h.max_stored = set->max_stored;
-        h.schema = set->schema;
-        h.sizes = set->sizes;
-        memcpy(out, &h, sizeof h);
-        if (set->ndicts)
-            memcpy(out + owners, set->dict_owner, set->ndicts * sizeof(uint32_t));
-    }
-    return off;
-}
-
-size_t stk__shardset_export_size(const stk_shardset_t *set)
-{
-    return export_walk(set, NULL);
-}
-
-void stk__shardset_export(const stk_shardset_t *set, void *out)
-{
-    export_walk(set, out);
-}
-
-int stk__shardset_import(stk_shardset_t **out, const void *blob, size_t len)
-{
-    const unsigned char *b = blob;
-    export_hdr_t h;
-    *out = NULL;
-    if (len < sizeof h)
-        return stk__error(STK_EDATA, "exported shard set: %zu bytes is too short", len);
-    memcpy(&h, b, sizeof h);
-    if (h.magic != EXPORT_MAGIC || h.bytes != len || h.n == 0 ||
-        a8(sizeof h) + a8((size_t)h.n * sizeof(export_shard_t)) > len)
-        return stk__error(STK_EDATA, "exported shard set: malformed blob");
-    stk_shardset_t *set = calloc(1, sizeof *set);
-    if (!set)
-        return stk__error(-ENOMEM, "out of memory");
-    int rc = 0;
-    set->shards = calloc(h.n, sizeof *set->shards);
-    set->dict_owner = calloc(h.ndicts ? h.ndicts : 1, sizeof *set->dict_owner);
-    if (!set->shards || !set->dict_owner) {
-        rc = stk__error(-ENOMEM, "out of memory");
-        goto fail;
-    }
-    set->cap = h.n;
-    set->ndicts = h.ndicts;
-    set->total = h.total;
-    set->max_raw = h.max_raw;
-    set->max_stored = h.max_stored;
-    set->schema = h.schema;
-    set->sizes = h.sizes;
-    size_t owners = a8(sizeof h) + a8((size_t)h.n * sizeof(export_shard_t));
-    if (owners + h.ndicts * sizeof(uint32_t) > len) {
-        rc = stk__error(STK_EDATA, "exported shard set: malformed blob");
-        goto fail;
-    }
-    if (h.ndicts)
-        memcpy(set->dict_owner, b + owners, h.ndicts * sizeof(uint32_t));
-    for (uint32_t i = 0; i < h.n; i++) {
-        export_shard_t e;
-        memcpy(&e, b + a8(sizeof h) + i * sizeof e, sizeof e);
-        shard_t *s = &set->shards[i];
-        s->fd = -1;
-        s->borrowed = 1;
-        set->n = i + 1;
-        if (e.path_off + e.path_len + 1 > len || e.index_off + e.nrec * STK__INDEX_ENTRY > len ||
-            e.dict_off + e.dict_len > len || b[e.path_off + e.path_len] != '\0') {
-            rc = stk__error(STK_EDATA, "exported shard set: malformed blob");
-            goto fail;
-        }
-        s->path = strdup((const char *)b + e.path_off);
-        if (!s->path) {
-            rc = stk__error(-ENOMEM, "out of memory");
-            goto fail;
-        }
-        s->size = e.size;
-        s->nrec = e.nrec;
-        s->first = e.first;
-        s->header_len = e.header_len;
-        s->index_offset = e.index_offset;
-        s->raw_bytes = e.raw_bytes;
-        s->stored_bytes = e.stored_bytes;
-        /* Where records are found by arithmetic, the arithmetic must stay
-         * inside the record area, blob or not. */
-        if (e.dense_size && (e.dense_base < e.header_len || e.dense_base > e.index_offset ||
-                             e.nrec > (e.index_offset - e.dense_base) / e.dense_size)) {
-            rc = stk__error(STK_EDATA, "exported shard set: malformed blob");
-            goto fail;
-        }
-        s->dense_base = e.dense_base;
-        s->dense_size = e.dense_size;
-        s->dict_slot = e.dict_slot;
-        s->level = e.level;
-        s->dict_len = e.dict_len;
-        s->index = (unsigned char *)(uintptr_t)(b + e.index_off);
-        s->dict = e.dict_len ? (unsigned char *)(uintptr_t)(b + e.dict_off) : NULL;
-        s->fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-        if (s->fd < 0) {
-            rc = stk__error(-errno, "open %s: %s", s->path, strerror(errno));
-            goto fail;
-        }
-        /* The index was checked against a file of this size; one that
-         * changed since is not the file that was checked. */
-        struct stat st;
-        if (fstat(s->fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != s->size) {
-            rc = stk__error(STK_EDATA, "%s: changed since the shard set was opened (%" PRIu64
-                            " bytes then)", s->path, s->size);
-            goto fail;
-        }
-    }
-    set_stride(set);
-    *out = set;
-    return 0;
-fail:
-    stk_shardset_close(&set);
-    return rc;
 }
