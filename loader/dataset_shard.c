@@ -508,33 +508,40 @@ static int shard_get_dense_chunk(shard_inst_t *s, const uint64_t *indices, size_
     const uint64_t *ok = stk__decoder_verified(s->dec);
     const uint64_t total = stk_shardset_len(s->set);
     uint64_t snk = 0, timed = 0, t0 = stk__ticks();
+    /* ptr[j % AHEAD]: record j's bytes, worked out (a division where the
+     * set has several shards) once, when they are prefetched. */
+    const unsigned char *ptr[AHEAD] = {0};
 #define VERIFIED(gi) \
     ((gi) < total && (__atomic_load_n(&ok[(gi) / 64], __ATOMIC_RELAXED) >> ((gi) % 64) & 1))
     for (size_t i = 0; i < AHEAD && i < n; i++)
-        if (indices[i] < total)
-            prefetch_record(dense_ptr(s, indices[i]), s->dense_size);
+        if (indices[i] < total) {
+            ptr[i] = dense_ptr(s, indices[i]);
+            prefetch_record(ptr[i], s->dense_size);
+        }
     for (size_t i = 0; i < 2 * AHEAD && i < n; i++)
         if (!VERIFIED(indices[i]))
             stk__shardset_prefetch(s->set, indices[i]);
     for (size_t j = 0; j < n; j++) {
         uint64_t gi = indices[j];
-        if (j + AHEAD < n && indices[j + AHEAD] < total)
-            prefetch_record(dense_ptr(s, indices[j + AHEAD]), s->dense_size);
+        const unsigned char *p = ptr[j % AHEAD];
+        if (j + AHEAD < n && indices[j + AHEAD] < total) {
+            ptr[j % AHEAD] = dense_ptr(s, indices[j + AHEAD]);
+            prefetch_record(ptr[j % AHEAD], s->dense_size);
+        }
         if (j + 2 * AHEAD < n && !VERIFIED(indices[j + 2 * AHEAD]))
             stk__shardset_prefetch(s->set, indices[j + 2 * AHEAD]);
         stk_record_t rec;
         int rc;
         if (VERIFIED(gi)) {
-            stk__decoder_fixed(s->dec, dense_ptr(s, gi), &rec);
+            stk__decoder_fixed(s->dec, p, &rec);
             rc = 0;
         } else {
             /* Verifies it (or says what is wrong with it, or that gi is
-             * out of range). */
+             * out of range: then p is not used). */
             stk_record_loc_t *loc = &s->locs[j];
             rc = stk_shardset_locate(s->set, gi, loc);
             if (rc == 0)
-                rc = stk_decoder_decode(s->dec, loc, dense_ptr(s, gi),
-                                        (void *)(uintptr_t)dense_ptr(s, gi), loc->raw_len, &rec);
+                rc = stk_decoder_decode(s->dec, loc, p, (void *)(uintptr_t)p, loc->raw_len, &rec);
         }
         st->read.bytes += s->dense_size;
         if (rc == 0)
