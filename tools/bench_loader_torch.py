@@ -16,10 +16,8 @@
 # DIR/labels.npy; pack it for stoker-bench with
 #   stoker-pack npy DIR/data.npy DIR/labels.npy -o DIR/stk --field image -l 0
 import argparse
-import gzip
 import json
 import os
-import struct
 import time
 
 import numpy as np
@@ -27,16 +25,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 import torchvision.transforms as T
 
+from idx_file import read_idx
+
 FMNIST = "/usr/share/datasets/fashion-mnist"
-
-
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    magic, = struct.unpack(">I", data[:4])
-    ndim = magic & 0xFF
-    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 class ArrayDataset(Dataset):

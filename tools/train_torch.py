@@ -9,17 +9,17 @@
 #   LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread \
 #     /usr/bin/python3 tools/train_torch.py configs/fmnist-cnn.conf [--set key=value]... [--json]
 import argparse
-import gzip
 import json
 import math
 import os
-import struct
 import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from idx_file import read_idx
 
 IDX = "/usr/share/datasets/fashion-mnist"
 
@@ -43,14 +43,9 @@ def parse_conf(path, sets):
     return cfg
 
 
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    magic, = struct.unpack(">I", data[:4])
-    ndim = magic & 0xFF
-    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    t = torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8)
-    return t.reshape(dims)
+def read_idx_tensor(path):
+    """An IDX file as a (writable) uint8 tensor."""
+    return torch.from_numpy(read_idx(path).copy())
 
 
 def build_model(path):
@@ -252,8 +247,8 @@ def main():
     eval_spec = cfg.get("test_augment") or "|".join(
         p for p in spec.split("|") if p.strip().startswith("normalize"))
 
-    xtr, ytr = read_idx(f"{a.idx}/train-images-idx3-ubyte.gz"), read_idx(f"{a.idx}/train-labels-idx1-ubyte.gz")
-    xte, yte = read_idx(f"{a.idx}/t10k-images-idx3-ubyte.gz"), read_idx(f"{a.idx}/t10k-labels-idx1-ubyte.gz")
+    xtr, ytr = read_idx_tensor(f"{a.idx}/train-images-idx3-ubyte.gz"), read_idx_tensor(f"{a.idx}/train-labels-idx1-ubyte.gz")
+    xte, yte = read_idx_tensor(f"{a.idx}/t10k-images-idx3-ubyte.gz"), read_idx_tensor(f"{a.idx}/t10k-labels-idx1-ubyte.gz")
     if int(cfg.get("train_limit", 0)):
         xtr, ytr = xtr[:int(cfg["train_limit"])], ytr[:int(cfg["train_limit"])]
     if int(cfg.get("test_limit", 0)):
