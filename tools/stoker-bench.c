@@ -6,6 +6,7 @@
  * (two runs with the same seed must print the same one). */
 #define _GNU_SOURCE
 #include <stoker/stoker.h>
+#include "tool_clock.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -14,13 +15,6 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void usage(FILE *f)
 {
@@ -62,9 +56,9 @@ static double memcpy_mbs(void)
     memset(b, 2, n);
     double best = 0;
     for (int r = 0; r < 3; r++) {
-        double t0 = now_s();
+        double t0 = tool_now_s();
         memcpy(b, a, n);
-        double dt = now_s() - t0;
+        double dt = tool_now_s() - t0;
         if (dt > 0 && n / dt / 1e6 > best)
             best = n / dt / 1e6;
     }
@@ -161,7 +155,7 @@ int main(int argc, char **argv)
     if (batch > dc.max_batch)
         dc.max_batch = (uint32_t)batch;
 
-    double t_open = now_s();
+    double t_open = tool_now_s();
     stk_dataset_t *ds = NULL;
     int rc = stk_dataset_shard_create(&ds, dir, &dc);
     if (rc) {
@@ -179,7 +173,7 @@ int main(int argc, char **argv)
     lc.augment = augment;
     lc.augment_field = field;
     stk_loader_t *l = NULL;
-    double t0 = now_s();
+    double t0 = tool_now_s();
     rc = stk_loader_create(&l, ds, &lc);
     if (rc) {
         fprintf(stderr, "stoker-bench: %s (%s)\n", stk_error_message(), stk_err_name(rc));
@@ -195,7 +189,7 @@ int main(int argc, char **argv)
         rc = stk_loader_set_epoch(l, e);
         while (rc == 0 && (rc = stk_loader_next(l, &b)) == 0) {
             if (first < 0)
-                first = now_s() - t0;
+                first = tool_now_s() - t0;
             if (checksum) {
                 sum = mix_bytes(sum, b.indices, b.size * sizeof *b.indices);
                 for (uint32_t f = 0; f < b.nfields; f++)
@@ -207,7 +201,7 @@ int main(int argc, char **argv)
             nb++;
             stk_loader_release(l, &b);
             if (tty && (nb & 15) == 0) {
-                double t = now_s();
+                double t = tool_now_s();
                 if (t - last_print > 0.25) {
                     fprintf(stderr, "\repoch %llu  batch %llu/%llu  %.0f samples/s   ", e,
                             (unsigned long long)b.number + 1, (unsigned long long)stk_loader_len(l),
@@ -225,7 +219,7 @@ int main(int argc, char **argv)
             private_epoch1 = s1.worker_max_private_kb;
         }
     }
-    double dt = now_s() - t0;
+    double dt = tool_now_s() - t0;
     if (tty)
         fprintf(stderr, "\r%60s\r", "");
     if (rc) {

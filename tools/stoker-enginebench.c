@@ -4,19 +4,13 @@
  * timing. --export also writes the state, an input batch and its eval-mode
  * logits, for tools/load_safetensors.py. */
 #include <stoker/engine.h>
+#include "tool_clock.h"
 
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int write_raw(const char *path, const void *p, size_t bytes)
 {
@@ -94,7 +88,7 @@ int main(int argc, char **argv)
         if (it == warmup) {
             stk_model_set_profiling(m, profile);
             stk_model_reset_stats(m);
-            t0 = now_s();
+            t0 = tool_now_s();
         }
         stk_model_set_step(m, (uint64_t)it);
         stk_model_zero_grad(m);
@@ -107,7 +101,7 @@ int main(int argc, char **argv)
         stk_model_destroy(&m);
         return 1;
     }
-    double dt = now_s() - t0;
+    double dt = tool_now_s() - t0;
     printf("stoker: %s batch %d threads %d (backend max %d): %.1f images/s (%.2f ms/iter, loss %.4f)\n", model,
            batch, threads, stk_model_threads(m), (double)iters * batch / dt, 1e3 * dt / iters, (double)loss);
     if (profile) {

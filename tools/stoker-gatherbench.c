@@ -15,6 +15,7 @@
 #include <stoker/stoker.h>
 
 #include "../common/internal.h"
+#include "tool_clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,13 +28,6 @@
 enum { AHEAD = 8 };
 
 static volatile uint64_t kept;
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -92,7 +86,7 @@ static int run(const stk_shardset_t *set, unsigned epochs, size_t batch, int pro
                 perm[i] = perm[j];
                 perm[j] = t;
             }
-            double t0 = now_s();
+            double t0 = tool_now_s();
             for (uint64_t b = 0; b < n; b += batch) {
                 size_t k = n - b < batch ? (size_t)(n - b) : batch;
                 unsigned char *o = out;
@@ -107,7 +101,7 @@ static int run(const stk_shardset_t *set, unsigned epochs, size_t batch, int pro
                 }
                 sink += out[b % 64];
             }
-            ns[e] = (now_s() - t0) / (double)n * 1e9;
+            ns[e] = (tool_now_s() - t0) / (double)n * 1e9;
         }
         qsort(ns + 1, epochs - 1, sizeof *ns, cmp_double);
         printf("process %d: %-12s %6.1f ns/record (median of epochs 2..%u; epoch 1 %.1f)\n",

@@ -4,6 +4,7 @@
  * input formats live in stoker-pack-input.c; the format in the library. */
 #define _GNU_SOURCE
 #include "stoker-pack.h"
+#include "tool_clock.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -43,13 +44,6 @@ typedef struct opts {
     int quiet;
     int cifar100;
 } opts_t;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 typedef struct progress {
     int on;
@@ -218,7 +212,7 @@ static int run_pack(pack_src_t *src, const opts_t *o)
     signal(SIGTERM, on_signal);
     progress_t pr;
     progress_init(&pr, "packing", src->count, o->quiet);
-    double t0 = now_s();
+    double t0 = tool_now_s();
     int rc = 0;
     for (uint64_t i = 0; i < src->count; i++) {
         if (interrupted) {
@@ -251,7 +245,7 @@ static int run_pack(pack_src_t *src, const opts_t *o)
         fprintf(stderr, "stoker-pack: %s\n", stk_error_message());
         rc = 1;
     }
-    double dt = now_s() - t0;
+    double dt = tool_now_s() - t0;
     stk_writer_stats_t st;
     stk_writer_stats(w, &st);
     stk_writer_destroy(&w);
@@ -450,7 +444,7 @@ static int cmd_verify(int argc, char **argv)
     uint64_t n = stk_shardset_len(set), bad = 0;
     progress_t pr;
     progress_init(&pr, "verifying", n, quiet);
-    double t0 = now_s();
+    double t0 = tool_now_s();
     for (uint64_t i = 0; i < n; i++) {
         stk_record_t rec;
         if (stk_shardset_get(set, dec, i, buf, cap, &rec)) {
@@ -460,7 +454,7 @@ static int cmd_verify(int argc, char **argv)
         if ((i & 1023) == 0 || i + 1 == n)
             progress_update(&pr, i + 1);
     }
-    double dt = now_s() - t0;
+    double dt = tool_now_s() - t0;
     print_summary(set);
     printf("verify:  %" PRIu64 " records checked in %.2f s, %" PRIu64 " bad: %s\n", n, dt, bad,
            bad ? "FAILED" : "OK");

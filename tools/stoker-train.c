@@ -8,6 +8,7 @@
  * byte of output is written. */
 #define _GNU_SOURCE
 #include "stoker-train.h"
+#include "tool_clock.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -76,13 +77,6 @@ static void on_signal(int sig)
 {
     (void)sig;
     stop_requested = 1;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -730,12 +724,12 @@ static int train_epoch(run_t *r)
     if (rc)
         return fail_stk(rc, "train loader");
     stk_model_set_train(r->model, 1);
-    double t_start = now_s() - r->ep_train_s, t_print = 0;
+    double t_start = tool_now_s() - r->ep_train_s, t_print = 0;
     for (;;) {
         stk_batch_t b;
-        double t0 = now_s();
+        double t0 = tool_now_s();
         rc = stk_loader_next(r->train_loader, &b);
-        r->ep_wait_s += now_s() - t0;
+        r->ep_wait_s += tool_now_s() - t0;
         if (rc == STK_DONE)
             break;
         if (rc)
@@ -753,11 +747,11 @@ static int train_epoch(run_t *r)
         stk_model_set_step(r->model, (uint64_t)r->epoch * nb + k);
         float loss;
         int64_t correct = 0;
-        double tc = now_s();
+        double tc = tool_now_s();
         rc = stk_model_forward(r->model, images, (int64_t)b.size, r->lbuf, NULL, &loss);
         if (rc == 0)
             rc = stk_model_backward(r->model);
-        r->prof_compute_s += now_s() - tc;
+        r->prof_compute_s += tool_now_s() - tc;
         if (rc == 0)
             rc = stk_model_count_correct(r->model, r->lbuf, &correct);
         size_t n = b.size;
@@ -771,7 +765,7 @@ static int train_epoch(run_t *r)
         r->ep_correct += (uint64_t)correct;
         r->ep_seen += n;
         if (k + 1 == group_start + group) {
-            double to = now_s();
+            double to = tool_now_s();
             float *params = stk_model_params(r->model, NULL);
             rc = stk_optim_step(r->opt, params, stk_model_grads(r->model, NULL));
             if (rc == 0)
@@ -779,9 +773,9 @@ static int train_epoch(run_t *r)
             if (rc)
                 return fail_stk(rc, "optimizer step");
             stk_model_zero_grad(r->model);
-            r->prof_optim_s += now_s() - to;
+            r->prof_optim_s += tool_now_s() - to;
             r->step++;
-            r->ep_train_s = now_s() - t_start;
+            r->ep_train_s = tool_now_s() - t_start;
             if (c->checkpoint_steps && r->step % (uint64_t)c->checkpoint_steps == 0 && k + 1 < nb &&
                 (rc = save_checkpoint(r)) != 0)
                 return rc;
@@ -793,14 +787,14 @@ static int train_epoch(run_t *r)
             }
         }
         if (r->progress) {
-            double t = now_s();
+            double t = tool_now_s();
             if (t - t_print > 0.25) {
                 progress_line(r, k + 1, t - t_start);
                 t_print = t;
             }
         }
     }
-    r->ep_train_s = now_s() - t_start;
+    r->ep_train_s = tool_now_s() - t_start;
     return 0;
 }
 
@@ -897,7 +891,7 @@ static int run_training(run_t *r)
     int last = c->stop_after_epochs ? c->stop_after_epochs : c->epochs;
     int rc;
     while (r->epoch < last) {
-        double t0 = now_s();
+        double t0 = tool_now_s();
         if ((rc = train_epoch(r)) != 0)
             return rc;
         double train_s = r->ep_train_s;
@@ -910,11 +904,11 @@ static int run_training(run_t *r)
         s->lr = current_lr(r);
         s->images_per_s = train_s > 0 ? (double)r->ep_seen / train_s : 0;
         s->data_wait = train_s > 0 ? r->ep_wait_s / train_s : 0;
-        double te = now_s();
+        double te = tool_now_s();
         if ((rc = evaluate(r, &s->test_loss, &s->test_acc)) != 0)
             return rc;
-        r->prof_eval_s += now_s() - te;
-        s->epoch_s = now_s() - t0;
+        r->prof_eval_s += tool_now_s() - te;
+        s->epoch_s = tool_now_s() - t0;
         r->nhist++;
         r->total_train_s += train_s;
         r->total_wait_s += r->ep_wait_s;
@@ -1012,7 +1006,7 @@ int main(int argc, char **argv)
     const char *config = NULL, *resume = NULL;
     int print_config = 0;
     char err[2048];
-    double t_begin = now_s();
+    double t_begin = tool_now_s();
 
     /* Config first, then --set in order: later settings win. */
     for (int i = 1; i < argc; i++) {
@@ -1096,7 +1090,7 @@ int main(int argc, char **argv)
             stk_model_set_profiling(r->model, 1);
         rc = run_training(r);
         if (rc == 0)
-            print_results(r, now_s() - t_begin);
+            print_results(r, tool_now_s() - t_begin);
         if (rc == 0 && r->cfg.profile)
             print_profile(r);
     }
