@@ -8,6 +8,7 @@
 #ifndef STOKER_ENGINE_BACKEND_H
 #define STOKER_ENGINE_BACKEND_H
 
+#include "backend_rnn.h"
 #include "internal.h"
 #include "stoker/engine.h"
 
@@ -158,6 +159,24 @@ typedef struct stk__backend_iface {
     /* dlogits = scale * d(loss)/d(logits), from the saved softmax; overwrites. */
     void (*xent_backward)(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
                           const float *soft, float smoothing, float scale, float *dlogits);
+
+    /* Recurrent stacks (backend_rnn.h: shapes, layouts, the parameter
+     * block and packed-sequence semantics). rnn_create plans for at most
+     * d->batch sequences of d->steps; the op owns its workspaces and what a
+     * training forward saves for backward (each layer's input and output,
+     * the states at every length boundary, the primitives' workspaces), so
+     * one op serves one forward/backward pair at a time. */
+    int (*rnn_create)(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **op);
+    /* NULL is a no-op. */
+    void (*rnn_destroy)(void *ctx, stk__rnn_op_t *op);
+    /* y, hn, cn from x, h0, c0, w; train: dropout between layers, and saves
+     * for backward. -EINVAL names a length outside [0, t] or a call larger
+     * than the plan. */
+    int (*rnn_forward)(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a);
+    /* dx, dh0, dc0, dw (overwritten) from dy, dhn, dcn, w for the op's last
+     * forward, which must have been a training one of the same n, t
+     * (STK_ESTATE otherwise). */
+    int (*rnn_backward)(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a);
 } stk__backend_iface_t;
 
 typedef struct stk__backend {

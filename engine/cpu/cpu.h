@@ -36,5 +36,9 @@ int stk__cpu_linear_forward(void *ctx, stk__op_t *op, const float *x, const floa
 int stk__cpu_linear_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx);
 int stk__cpu_linear_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw,
                                      float *db);
+int stk__cpu_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **op);
+void stk__cpu_rnn_destroy(void *ctx, stk__rnn_op_t *op);
+int stk__cpu_rnn_forward(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a);
+int stk__cpu_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a);
 
 #endif

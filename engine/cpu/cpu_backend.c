@@ -346,6 +346,10 @@ static const stk__backend_iface_t cpu_iface = {
     .dropout_backward = cpu_dropout_backward,
     .xent_forward = cpu_xent_forward,
     .xent_backward = cpu_xent_backward,
+    .rnn_create = stk__cpu_rnn_create,
+    .rnn_destroy = stk__cpu_rnn_destroy,
+    .rnn_forward = stk__cpu_rnn_forward,
+    .rnn_backward = stk__cpu_rnn_backward,
 };
 
 int stk__cpu_backend_open(stk__backend_t *b)
