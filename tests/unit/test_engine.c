@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "engine/model.h"
+#include "engine/layer.h"
 #include "stoker/engine.h"
 
 /* ------------------------------------------------------------- helpers */
@@ -885,6 +885,29 @@ static void test_count_topk(void **state)
     stk_model_destroy(&m);
 }
 
+/* Every kind has one entry in the layer table, named as the model files
+ * and stk_layer_kind_name name it, with the slots every kind needs. */
+static void test_layer_table(void **state)
+{
+    (void)state;
+    for (int k = 1; k < STK_LAYER_KIND_COUNT; k++) {
+        const stk__layer_class_t *c = stk__layer_class((stk_layer_kind_t)k);
+        assert_non_null(c);
+        assert_int_equal(c->kind, k);
+        assert_string_equal(stk_layer_kind_name((stk_layer_kind_t)k), c->name);
+        assert_int_equal(stk_layer_kind_from_name(c->name), k);
+        assert_non_null(c->forward);
+        assert_true(c->n_inputs >= 0 && c->n_inputs <= 2);
+        assert_true((c->n_inputs == 0) == (k == STK_LAYER_INPUT));
+        assert_true(!c->plan || c->n_inputs > 0);
+        for (const stk__layer_key_t *key = c->keys; key && key->key; key++)
+            assert_true(key->off < sizeof(stk_layer_desc_t) && key->off2 < sizeof(stk_layer_desc_t));
+    }
+    assert_null(stk__layer_class(STK_LAYER_INVALID));
+    assert_null(stk__layer_class(STK_LAYER_KIND_COUNT));
+    assert_string_equal(stk_layer_kind_name(STK_LAYER_KIND_COUNT), "invalid");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -900,6 +923,7 @@ int main(void)
         cmocka_unit_test(test_backend_errors),
         cmocka_unit_test(test_dropout_steps),
         cmocka_unit_test(test_count_topk),
+        cmocka_unit_test(test_layer_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
