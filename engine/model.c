@@ -538,7 +538,8 @@ static int layout_arenas(stk_model_t *m)
             maxp = m->pinfo[i].info.count;
     m->param_scratch_n = maxp;
     m->param_scratch = be->alloc(m->be.ctx, maxp * sizeof(float));
-    if (!m->param_scratch)
+    m->stats = be->alloc(m->be.ctx, 64);
+    if (!m->param_scratch || !m->stats)
         return stk__error(-ENOMEM, "model: out of memory");
     m->grads_zero = 1;
     return 0;
@@ -622,8 +623,13 @@ static void unplan(stk_model_t *m)
     }
     be->free(m->be.ctx, m->act_scratch);
     be->free(m->be.ctx, m->view_buf);
+    be->free(m->be.ctx, m->labels_stage);
+    be->free(m->be.ctx, m->soft_stage);
     m->act_scratch = m->view_buf = NULL;
+    m->labels_stage = NULL;
+    m->soft_stage = NULL;
     m->fwd_state = 0;
+    m->correct_valid = 0;
 }
 
 static int plan(stk_model_t *m, int64_t n)
@@ -700,6 +706,13 @@ static int plan(stk_model_t *m, int64_t n)
             l->prob = be->alloc(ctx, (size_t)(n * l->in_c) * sizeof(float));
             if (!l->prob)
                 goto nomem;
+            /* Targets come from the host; a device gets them staged. */
+            if (!be->host_memory) {
+                m->labels_stage = be->alloc(ctx, 2 * (size_t)n * sizeof(int64_t));
+                m->soft_stage = be->alloc(ctx, (size_t)(n * l->in_c) * sizeof(float));
+                if (!m->labels_stage || !m->soft_stage)
+                    goto nomem;
+            }
             break;
         default:
             break;
@@ -746,6 +759,7 @@ void stk_model_destroy(stk_model_t **pm)
         m->be.iface->free(m->be.ctx, m->grads);
         m->be.iface->free(m->be.ctx, m->buffers);
         m->be.iface->free(m->be.ctx, m->param_scratch);
+        m->be.iface->free(m->be.ctx, m->stats);
     }
     for (int i = 0; i < m->nl; i++)
         layer_free_strings(&m->layers[i]);
@@ -871,6 +885,11 @@ void stk_model_set_step(stk_model_t *m, uint64_t step)
     m->step = step;
 }
 
+uint64_t stk_model_step(const stk_model_t *m)
+{
+    return m->step;
+}
+
 void stk_model_set_seed(stk_model_t *m, uint64_t seed)
 {
     m->seed = seed;
@@ -962,7 +981,7 @@ static uint64_t dropout_key(const stk_model_t *m, int layer)
 
 /* ----------------------------------------------------------------- forward */
 
-static int layer_forward(stk_model_t *m, int i, float *loss)
+static int layer_forward(stk_model_t *m, int i)
 {
     stk__layer_t *l = &m->layers[i];
     const stk_layer_desc_t *d = &l->d;
@@ -1008,7 +1027,7 @@ static int layer_forward(stk_model_t *m, int i, float *loss)
         return be->pool_forward(ctx, l->op, m->train, x, l->y);
     case STK_LAYER_DROPOUT:
         if (m->train && d->p > 0.0f)
-            be->dropout_forward(ctx, n_out, d->p, dropout_key(m, i), m->step, x, l->y);
+            be->dropout_forward(ctx, n_out, d->p, dropout_key(m, i), m->fwd_step, x, l->y);
         else
             be->copy(ctx, l->y, x, n_out * sizeof(float));
         return 0;
@@ -1024,10 +1043,44 @@ static int layer_forward(stk_model_t *m, int i, float *loss)
         if (!m->labels && !m->soft)
             return 0;
         (void)n_in;
-        return be->xent_forward(ctx, m->batch, l->in_c, x, m->labels, m->soft, d->label_smoothing, l->prob, loss);
+        return be->xent_forward(ctx, m->batch, l->in_c, x, m->labels_dev, m->soft_dev, d->label_smoothing, l->prob,
+                                (float *)m->stats);
     default:
         return stk__error(-EINVAL, "model: layer kind %d", (int)d->kind);
     }
+}
+
+/* The engine checks labels on the host, so that every backend reports a
+ * bad one the same way and device kernels need no error path. */
+static int check_labels(const stk_model_t *m, const int64_t *labels, int64_t n, const char *what)
+{
+    int64_t k = stk_model_num_classes(m);
+    for (int64_t i = 0; i < n; i++)
+        if (labels[i] < 0 || labels[i] >= k)
+            return stk__error(-EINVAL, "%s: label %lld of sample %lld is outside [0, %lld)", what,
+                              (long long)labels[i], (long long)i, (long long)k);
+    return 0;
+}
+
+/* Points labels_dev / soft_dev at the targets, staging them on a device. */
+static int stage_targets(stk_model_t *m, const int64_t *labels, const float *soft)
+{
+    const stk__backend_iface_t *be = m->be.iface;
+    m->labels_dev = labels;
+    m->soft_dev = soft;
+    if (be->host_memory)
+        return 0;
+    int64_t k = stk_model_num_classes(m);
+    int rc = 0;
+    if (labels) {
+        rc = be->upload(m->be.ctx, m->labels_stage, labels, (size_t)m->batch * sizeof(int64_t));
+        m->labels_dev = m->labels_stage;
+    }
+    if (soft && rc == 0) {
+        rc = be->upload(m->be.ctx, m->soft_stage, soft, (size_t)(m->batch * k) * sizeof(float));
+        m->soft_dev = m->soft_stage;
+    }
+    return rc;
 }
 
 int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const int64_t *labels,
@@ -1039,24 +1092,30 @@ int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const i
         return stk__error(-EINVAL, "model forward: give labels or soft targets, not both");
     if ((labels || soft_targets) && (m->loss_layer < 0 || !loss))
         return stk__error(-EINVAL, "model forward: targets need a loss layer and a loss pointer");
-    int rc = stk_model_set_batch_size(m, batch);
+    int rc = labels ? check_labels(m, labels, batch, "model forward") : 0;
+    if (rc < 0)
+        return rc;
+    rc = stk_model_set_batch_size(m, batch);
     if (rc < 0)
         return rc;
     if (m->threads > 0)
         m->be.iface->set_threads(m->be.ctx, m->threads);
     m->fwd_state = 0;
+    m->correct_valid = 0;
     m->input = input;
     m->labels = labels;
     m->soft = soft_targets;
+    if ((rc = stage_targets(m, labels, soft_targets)) < 0)
+        return stk__error_prefix(rc, "model forward: staging the targets");
+    m->fwd_step = m->step;
     m->layers[0].y = (float *)input;
     for (int i = 1; i < m->nl; i++)
         if (m->layers[i].alias)
             m->layers[i].y = m->layers[m->layers[i].root].y;
-    float lv = 0.0f;
     char where[200];
     for (int i = 0; i < m->nl; i++) {
         double t0 = m->profiling ? now_s() : 0.0;
-        rc = layer_forward(m, i, &lv);
+        rc = layer_forward(m, i);
         if (rc < 0)
             return stk__error_prefix(rc, "forward: %s", stk__layer_where(&m->layers[i], where, sizeof(where)));
         if (m->profiling) {
@@ -1064,8 +1123,25 @@ int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const i
             m->layers[i].fcalls++;
         }
     }
-    if (loss)
-        *loss = lv;
+    /* Each training forward draws new dropout masks without the caller's
+     * help; stk_model_set_step overrides (resume, replay). */
+    if (m->train)
+        m->step = m->fwd_step + 1;
+    if (labels || soft_targets) {
+        /* Loss and top-1 count come back in one read per step. */
+        const stk__layer_t *lg = &m->layers[m->logits_layer];
+        if (labels && (rc = m->be.iface->count_correct(m->be.ctx, m->batch, lg->c, 1, lg->y, m->labels_dev,
+                                                        (int64_t *)(m->stats + 8))) < 0)
+            return stk__error_prefix(rc, "forward: counting the correct samples");
+        unsigned char st[16];
+        if ((rc = m->be.iface->download(m->be.ctx, st, m->stats, labels ? 16 : 4)) < 0)
+            return stk__error_prefix(rc, "forward: reading the loss back");
+        memcpy(loss, st, sizeof(float));
+        if (labels) {
+            memcpy(&m->correct, st + 8, sizeof(int64_t));
+            m->correct_valid = 1;
+        }
+    }
     m->fwd_state = (labels || soft_targets) ? 2 : 1;
     return 0;
 }
@@ -1167,7 +1243,7 @@ static int layer_backward(stk_model_t *m, int i)
     case STK_LAYER_CROSS_ENTROPY:
         dx = dx_target(m, i, 0, &acc);
         if (dx)
-            be->xent_backward(ctx, m->batch, l->in_c, l->prob, m->labels, m->soft, d->label_smoothing,
+            be->xent_backward(ctx, m->batch, l->in_c, l->prob, m->labels_dev, m->soft_dev, d->label_smoothing,
                               m->loss_scale, dx);
         break;
     case STK_LAYER_CONV2D:
@@ -1254,7 +1330,7 @@ static int layer_backward(stk_model_t *m, int i)
         dx = dx_target(m, i, 0, &acc);
         if (dx) {
             if (m->train && d->p > 0.0f)
-                be->dropout_backward(ctx, n_out, d->p, dropout_key(m, i), m->step, dy, dx);
+                be->dropout_backward(ctx, n_out, d->p, dropout_key(m, i), m->fwd_step, dy, dx);
             else
                 be->copy(ctx, dx, dy, n_out * sizeof(float));
         }
@@ -1397,25 +1473,40 @@ int stk_model_logits(const stk_model_t *m, const float **logits, int64_t *batch,
     return 0;
 }
 
-int stk_model_count_correct(const stk_model_t *m, const int64_t *labels, int64_t *correct)
+int stk_model_count_topk(stk_model_t *m, const int64_t *labels, int topk, int64_t *correct)
 {
-    const float *z;
-    int64_t n, k;
-    int rc = stk_model_logits(m, &z, &n, &k);
+    if (!m || !labels || !correct || topk < 1)
+        return stk__error(-EINVAL, "count_correct: NULL argument or topk %d", topk);
+    if (m->fwd_state == 0)
+        return stk__error(STK_ESTATE, "count_correct: no forward yet");
+    if (m->loss_layer < 0)
+        return stk__error(STK_ESTATE, "count_correct: the model has no loss layer, so no classes");
+    if (topk == 1 && m->correct_valid && labels == m->labels) {
+        *correct = m->correct;
+        return 0;
+    }
+    int rc = check_labels(m, labels, m->batch, "count_correct");
     if (rc < 0)
         return rc;
-    if (!labels || !correct)
-        return stk__error(-EINVAL, "count_correct: NULL argument");
-    int64_t c = 0;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t best = 0;
-        for (int64_t j = 1; j < k; j++)
-            if (z[i * k + j] > z[i * k + best])
-                best = j;
-        c += best == labels[i];
+    const int64_t *dev = labels;
+    const stk__backend_iface_t *be = m->be.iface;
+    if (!be->host_memory) {
+        /* The second half of the stage: backward may still need the
+         * forward's labels in the first. */
+        int64_t *stage = m->labels_stage + m->batch;
+        if ((rc = be->upload(m->be.ctx, stage, labels, (size_t)m->batch * sizeof(int64_t))) < 0)
+            return rc;
+        dev = stage;
     }
-    *correct = c;
-    return 0;
+    const stk__layer_t *lg = &m->layers[m->logits_layer];
+    if ((rc = be->count_correct(m->be.ctx, m->batch, lg->c, topk, lg->y, dev, (int64_t *)(m->stats + 8))) < 0)
+        return rc;
+    return be->download(m->be.ctx, correct, m->stats + 8, sizeof(int64_t));
+}
+
+int stk_model_count_correct(stk_model_t *m, const int64_t *labels, int64_t *correct)
+{
+    return stk_model_count_topk(m, labels, 1, correct);
 }
 
 int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out)

@@ -58,10 +58,21 @@ struct stk_model {
     int input_grad;        /* stk__model_backward_input: the input's dy is wanted */
     int fwd_state;         /* 0 none, 1 forward without targets, 2 with, 3 backward done */
     const float *input;
-    const int64_t *labels;
-    const float *soft;
+    const int64_t *labels;  /* the caller's (host) labels of the last forward */
+    const float *soft;      /* the caller's (host) soft targets */
+    const int64_t *labels_dev; /* the same on the device: the caller's with host_memory, else staged */
+    const float *soft_dev;
+    int64_t *labels_stage;  /* device buffers for staging, planned batch (not with host_memory) */
+    float *soft_stage;
+    /* Device block the loss layer and the counters write into; read back
+     * with one download per forward: float loss at 0, i64 correct at 8. */
+    unsigned char *stats;
+    int64_t correct;        /* top-1 count of the last forward with labels */
+    int correct_valid;
     float loss_scale;
-    uint64_t seed, step;
+    uint64_t seed;
+    uint64_t step;          /* what the next training forward uses */
+    uint64_t fwd_step;      /* what the last forward used (backward's dropout) */
     stk_grad_ready_fn hook;
     void *hook_user;
     int loss_layer;        /* -1 when none */

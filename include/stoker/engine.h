@@ -172,12 +172,19 @@ STK_API void stk_model_set_train(stk_model_t *m, int train);
 STK_API int stk_model_is_train(const stk_model_t *m);
 
 /* Dropout masks are a pure function of (seed, step, layer, element): the
- * same step gives the same mask, whatever the thread count. The trainer
- * sets the step (e.g. the global micro-batch counter) before forward.
- * "element" is the position in the layer's memory: NCHW order for features
- * and for images the backend keeps plain; a backend that keeps an image in
- * a blocked layout draws in that order (same step, same mask still). */
+ * same step gives the same mask, whatever the thread count. The model
+ * counts its own steps: every forward in training mode uses the current
+ * step and then advances it by one (backward uses the step of its
+ * forward), so consecutive training forwards draw new masks with no help
+ * from the caller; evaluation forwards neither use nor advance it. The
+ * step starts at 0. stk_model_set_step sets the step the next training
+ * forward uses (resume, or replaying a forward); stk_model_step reads it
+ * (save it with a checkpoint). "element" is the position in the layer's
+ * memory: NCHW order for features and for images the backend keeps plain;
+ * a backend that keeps an image in a blocked layout draws in that order
+ * (same step, same mask still). */
 STK_API void stk_model_set_step(stk_model_t *m, uint64_t step);
+STK_API uint64_t stk_model_step(const stk_model_t *m);
 STK_API void stk_model_set_seed(stk_model_t *m, uint64_t seed);
 
 /* Backend thread count for this model's work (oneDNN on CPU uses OpenMP:
@@ -225,11 +232,23 @@ STK_API void stk_model_zero_grad(stk_model_t *m);
 typedef void (*stk_grad_ready_fn)(size_t offset, size_t count, void *user);
 STK_API void stk_model_set_grad_hook(stk_model_t *m, stk_grad_ready_fn fn, void *user);
 
-/* The logits of the last forward (batch x classes, row-major), valid until
- * the next forward or re-plan. Returns 0 or STK_ESTATE (no forward yet). */
+/* The logits of the last forward (batch x classes, row-major) in the
+ * model's device memory (host memory on the CPU), valid until the next
+ * forward or re-plan. Returns 0 or STK_ESTATE (no forward yet). */
 STK_API int stk_model_logits(const stk_model_t *m, const float **logits, int64_t *batch, int64_t *classes);
-/* Samples of the last forward whose argmax logit equals labels[i]. */
-STK_API int stk_model_count_correct(const stk_model_t *m, const int64_t *labels, int64_t *correct);
+/* Top-1 accuracy of the last forward: *correct = the samples whose first
+ * largest logit is at labels[i] (labels: host memory, one per sample of
+ * that forward). When labels is the array given to that forward, the
+ * count made during the forward is returned (no second pass, no device
+ * read). Returns 0, -EINVAL (NULL, or a label outside [0, classes): the
+ * message names the sample), STK_ESTATE (no forward yet, or no loss
+ * layer), or a backend error. */
+STK_API int stk_model_count_correct(stk_model_t *m, const int64_t *labels, int64_t *correct);
+/* Top-k accuracy: samples whose label's logit is among the topk largest
+ * (ties broken by index, so topk = 1 is stk_model_count_correct). topk >= 1
+ * (-EINVAL otherwise); topk >= classes counts every sample. Same codes as
+ * stk_model_count_correct. */
+STK_API int stk_model_count_topk(stk_model_t *m, const int64_t *labels, int topk, int64_t *correct);
 /* A view of a layer's output of the last forward (by layer name), NCHW.
  * Where the backend keeps that output in a blocked layout, the view is of
  * a plain copy this call makes (the one copy the engine ever makes for a
