@@ -53,7 +53,7 @@ typedef struct stk__plan {
     uint64_t used;         /* the forward count when last used (eviction) */
 } stk__plan_t;
 
-#define STK__MAX_PLANS 1
+#define STK__MAX_PLANS STK_MODEL_PLANS
 
 struct stk_model {
     stk__backend_t be;

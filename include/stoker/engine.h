@@ -129,8 +129,9 @@ STK_API int stk_model_builder_parse(stk_model_builder_t *b, const char *text, co
 typedef struct stk_model stk_model_t;
 
 typedef struct stk_model_config {
-    int64_t batch_size;   /* planned batch; forward with another size
-                           * re-plans (slow once). Default 32 */
+    int64_t batch_size;   /* the batch planned at create; a forward with
+                           * another size plans it once (see
+                           * stk_model_set_batch_size). Default 32 */
     uint64_t seed;        /* parameter init and dropout masks. Default 0 */
     int threads;          /* backend threads; 0: leave as is. Default 0 */
     stk_device_t device;  /* STK_DEVICE_CPU (default) */
@@ -160,8 +161,14 @@ STK_API void stk_model_destroy(stk_model_t **m);
 STK_API void stk_model_input_shape(const stk_model_t *m, int64_t shape[4]);
 /* Classes (logits per sample) of the loss layer; 0 when there is none. */
 STK_API int64_t stk_model_num_classes(const stk_model_t *m);
-/* Re-plans for another batch size (activations, primitives). Parameters,
- * gradients and buffers are kept. 0, -EINVAL, -ENOMEM, STK_EBACKEND. */
+/* Makes batch the current size. A model plans each batch size once (the
+ * backend's primitives: about 100 ms with oneDNN) and keeps the plans of
+ * the last STK_MODEL_PLANS sizes it used, so alternating sizes (a short last
+ * batch, evaluation at another size) plan once each; activations are
+ * shared by the plans, sized for the largest batch. Forward calls this
+ * itself. Parameters, gradients and buffers are kept. 0, -EINVAL (batch < 1
+ * or > 2^20), -ENOMEM, STK_EBACKEND. */
+#define STK_MODEL_PLANS 4
 STK_API int stk_model_set_batch_size(stk_model_t *m, int64_t batch);
 STK_API int64_t stk_model_batch_size(const stk_model_t *m);
 
@@ -201,7 +208,8 @@ STK_API int stk_model_threads(const stk_model_t *m);
 STK_API void stk_model_set_loss_scale(stk_model_t *m, float scale);
 
 /* Forward pass over batch samples at input (f32, NCHW, contiguous, on the
- * model's device; batch <= anything: another size re-plans). With labels
+ * model's device; any batch from 1 to 2^20: see stk_model_set_batch_size).
+ * With labels
  * (batch i64 class indices) or soft_targets (batch x classes f32 rows, each
  * a distribution, e.g. from mixup), the loss (mean over the batch) is
  * written to *loss and backward may follow; with neither, only the logits

@@ -908,6 +908,57 @@ static void test_layer_table(void **state)
     assert_string_equal(stk_layer_kind_name(STK_LAYER_KIND_COUNT), "invalid");
 }
 
+/* A model plans each batch size once: alternating sizes (a short last
+ * batch) reuse their plans; past STK_MODEL_PLANS sizes the least recently
+ * used plan goes. Results do not depend on which plans were made before. */
+static void test_plan_cache(void **state)
+{
+    (void)state;
+    stk_model_t *m = residual_model(4);
+    assert_int_equal(m->plans_made, 1);
+    float x[6 * 72];
+    for (size_t i = 0; i < 6 * 72; i++)
+        x[i] = (float)((i * 7) % 19) / 19.0f - 0.5f;
+    int64_t y[6] = {0, 1, 2, 1, 0, 2};
+    float l4 = 0, l3 = 0, l;
+    for (int round = 0; round < 5; round++) {
+        stk_model_set_step(m, 9);
+        assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l), 0);
+        assert_int_equal(stk_model_backward(m), 0);
+        if (round == 0)
+            l4 = l;
+        assert_true(l == l4);
+        stk_model_set_step(m, 9);
+        assert_int_equal(stk_model_forward(m, x, 3, y, NULL, &l), 0);
+        if (round == 0)
+            l3 = l;
+        assert_true(l == l3);
+    }
+    assert_int_equal(m->plans_made, 2);
+    /* A larger batch grows the shared activations; the old plans stay. */
+    assert_int_equal(stk_model_forward(m, x, 6, y, NULL, &l), 0);
+    assert_int_equal(m->plans_made, 3);
+    stk_model_set_step(m, 9);
+    assert_int_equal(stk_model_forward(m, x, 3, y, NULL, &l), 0);
+    assert_true(l == l3);
+    assert_int_equal(m->plans_made, 3);
+    /* Sizes 4, 6, 3 are cached (3 most recent); 5 fills the last slot,
+     * then 2 evicts the least recently used (4), which plans again. */
+    assert_int_equal(stk_model_set_batch_size(m, 5), 0);
+    assert_int_equal(stk_model_set_batch_size(m, 2), 0);
+    assert_int_equal(m->plans_made, 5);
+    assert_int_equal(stk_model_set_batch_size(m, 6), 0);
+    assert_int_equal(stk_model_set_batch_size(m, 3), 0);
+    assert_int_equal(m->plans_made, 5);
+    stk_model_set_step(m, 9);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l), 0);
+    assert_int_equal(m->plans_made, 6);
+    assert_true(l == l4);
+    assert_int_equal(stk_model_set_batch_size(m, 0), -EINVAL);
+    assert_int_equal(stk_model_batch_size(m), 4);
+    stk_model_destroy(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -924,6 +975,7 @@ int main(void)
         cmocka_unit_test(test_dropout_steps),
         cmocka_unit_test(test_count_topk),
         cmocka_unit_test(test_layer_table),
+        cmocka_unit_test(test_plan_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
