@@ -55,8 +55,8 @@ typedef struct stk__rnn_args {
     float *y;
     float *hn, *cn;         /* NULL: not wanted */
     uint64_t key, step;     /* dropout: the mask is a pure function of (key, step, layer, element) */
-    /* backward (of the last training forward on the op, whose x, lengths
-     * and saved activations it uses) */
+    /* backward (of the last forward on the op, whose x, lengths and saved
+     * activations it uses) */
     const float *dy;
     const float *dhn, *dcn; /* NULL: zeros */
     float *dx;              /* NULL: not wanted */

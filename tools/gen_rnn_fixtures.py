@@ -102,6 +102,115 @@ def rnn_case(name, cell, n, t, inp, hidden, layers, bidir, init, lengths):
     return name
 
 
+# ------------------------------------------------------------ whole models
+
+
+def model_case(name, text, build, forward, n, t, lengths, tokens=None, x=None, targets=None, labels=None):
+    """A model in Stoker's model-file syntax and its torch twin: the
+    parameters (by Stoker's names), the batch, and torch's loss and
+    parameter gradients (float64 math, stored as f32)."""
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    mods = build()
+    f32 = lambda a: a.float().double()
+    with torch.no_grad():
+        for mname, mod in mods.items():
+            for pname, p in mod.named_parameters():
+                p.copy_(f32((torch.rand(p.shape, generator=g, dtype=torch.float64) * 2 - 1) * 0.5))
+            if isinstance(mod, torch.nn.Embedding) and mod.padding_idx is not None:
+                mod.weight[mod.padding_idx].zero_()
+    lengths = torch.tensor(lengths, dtype=torch.int64)
+    loss = forward(mods, lengths)
+    loss.backward()
+    ts = {"lengths": lengths, "loss": loss.detach().reshape(1)}
+    if tokens is not None:
+        ts["tokens"] = tokens
+    if x is not None:
+        ts["x"] = x
+    if targets is not None:
+        ts["targets"] = targets
+    if labels is not None:
+        ts["labels"] = labels
+    for mname, mod in mods.items():
+        for pname, p in mod.named_parameters():
+            ts["param.%s.%s" % (mname, pname)] = p
+            ts["grad.%s.%s" % (mname, pname)] = p.grad
+    # the engine's JSON reader takes no escapes: lines are joined by '|'
+    write_safetensors(os.path.join(OUT, name + ".safetensors"), ts,
+                      {"model": text.strip().replace("\n", "|"), "batch": str(n), "steps": str(t)})
+    return name
+
+
+def packed_run(rnn, x, lengths, t):
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = rnn(packed)
+    y, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
+    return y
+
+
+def lm_case():
+    n, t, v = 4, 6, 11
+    lengths = [6, 3, 1, 4]
+    g = torch.Generator().manual_seed(7)
+    tokens = torch.randint(1, v, (n, t), generator=g)
+    targets = torch.randint(0, v, (n, t), generator=g)
+    for i, L in enumerate(lengths):
+        tokens[i, L:] = 0
+        targets[i, L:] = -1
+    targets[0, 2] = -1  # ignored inside a sequence too
+    targets[3, 0] = -1
+    text = ("input name=tok steps=6 tokens=1\n"
+            "embedding name=emb vocab=11 dim=5 padding_idx=0\n"
+            "lstm name=lstm hidden=7 layers=2\n"
+            "linear name=out out=11\n"
+            "cross_entropy name=loss ignore_index=-1\n")
+
+    def build():
+        return {"emb": torch.nn.Embedding(v, 5, padding_idx=0).double(),
+                "lstm": torch.nn.LSTM(5, 7, 2, batch_first=True).double(),
+                "out": torch.nn.Linear(7, v).double()}
+
+    def forward(m, lens):
+        y = packed_run(m["lstm"], m["emb"](tokens), lens, t)
+        logits = m["out"](y)
+        mask = (torch.arange(t)[None, :] < lens[:, None]).reshape(-1)
+        flat_t = targets.reshape(-1).clone()
+        flat_t[~mask] = -1
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, v), flat_t, ignore_index=-1)
+
+    return model_case("model_lm", text, build, forward, n, t, lengths, tokens=tokens, targets=targets)
+
+
+def classifier_case(name, cell, head, bidir):
+    n, t, f, h, k = 5, 6, 3, 4, 3
+    lengths = [6, 2, 5, 1, 6]
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()) + 1)
+    x = (torch.randn(n, t, f, generator=g, dtype=torch.float64)).float().double()
+    for i, L in enumerate(lengths):
+        x[i, L:] = 0
+    labels = torch.randint(0, k, (n,), generator=g)
+    text = ("input name=x steps=6 features=3\n"
+            "%s name=rnn hidden=4 layers=2 bidirectional=%d\n"
+            "%s name=pool\n"
+            "linear name=fc out=3\n"
+            "cross_entropy name=loss\n") % (cell, int(bidir), head)
+    cls = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
+
+    def build():
+        return {"rnn": cls(f, h, 2, batch_first=True, bidirectional=bidir).double(),
+                "fc": torch.nn.Linear((2 if bidir else 1) * h, k).double()}
+
+    def forward(m, lens):
+        y = packed_run(m["rnn"], x, lens, t)
+        if head == "seq_last":
+            pooled = y[torch.arange(n), lens - 1]
+        else:
+            mask = (torch.arange(t)[None, :] < lens[:, None]).double()
+            pooled = (y * mask[:, :, None]).sum(1) / lens[:, None].double()
+        return torch.nn.functional.cross_entropy(m["fc"](pooled), labels)
+
+    return model_case(name, text, build, forward, n, t, lengths, x=x, labels=labels)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     names = []
@@ -121,6 +230,12 @@ def main():
                           [11, 3, 7, 7, 1, 9, 2, 11, 5]))
     names.append(rnn_case("gru_l2_bi_h0_big", "gru", 9, 11, 13, 24, 2, True, True,
                           [4, 11, 6, 6, 10, 1, 8, 2, 11]))
+    models = [lm_case(), classifier_case("model_lstm_last", "lstm", "seq_last", False),
+              classifier_case("model_gru_bi_mean", "gru", "seq_mean", True)]
+    with open(os.path.join(OUT, "models.txt"), "w") as f:
+        f.write("# generated by tools/gen_rnn_fixtures.py; one whole-model case per line\n")
+        for n in models:
+            f.write(n + "\n")
     with open(os.path.join(OUT, "cases.txt"), "w") as f:
         f.write("# generated by tools/gen_rnn_fixtures.py; one case per line\n")
         for n in names:

@@ -369,6 +369,10 @@ static const stk__backend_iface_t cpu_iface = {
     .rnn_destroy = stk__cpu_rnn_destroy,
     .rnn_forward = stk__cpu_rnn_forward,
     .rnn_backward = stk__cpu_rnn_backward,
+    .gather_rows = stk__cpu_gather_rows,
+    .scatter_add_rows = stk__cpu_scatter_add_rows,
+    .seq_pool_forward = stk__cpu_seq_pool_forward,
+    .seq_pool_backward = stk__cpu_seq_pool_backward,
 };
 
 int stk__cpu_backend_open(stk__backend_t *b)

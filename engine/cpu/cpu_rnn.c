@@ -806,7 +806,7 @@ int stk__cpu_rnn_forward(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn
         int64_t seq = op->order[i];
         memset(a->y + (seq * t + op->len[i]) * dh, 0, (size_t)((t - op->len[i]) * dh) * sizeof(float));
     }
-    op->trained = train;
+    op->trained = 1;
     return 0;
 }
 
@@ -885,7 +885,7 @@ int stk__cpu_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a
 {
     (void)ctx;
     if (!op->trained)
-        return stk__error(STK_ESTATE, "rnn: backward without a training forward before it");
+        return stk__error(STK_ESTATE, "rnn: backward without a forward before it");
     if (a->n != op->n || a->t != op->t)
         return stk__error(-EINVAL, "rnn: backward of %lld x %lld, but the forward was %lld x %lld", (long long)a->n,
                           (long long)a->t, (long long)op->n, (long long)op->t);
