@@ -428,3 +428,20 @@ def test_pin_memory_cuda(fm):  # pragma: no cover - no GPU on this machine
             g = t.cuda(non_blocking=True)
             torch.cuda.synchronize()
             assert torch.equal(g.cpu(), t)
+
+
+@pytest.mark.skipif(torch is None, reason='needs PyTorch')
+def test_example_trains(tmp_path):
+    src = os.environ.get('STK_SOURCE_ROOT', '')
+    idx = '/usr/share/datasets/fashion-mnist'
+    if not os.path.exists(f'{idx}/train-images-idx3-ubyte.gz'):
+        pytest.skip(f'no Fashion-MNIST in {idx} (apt install dataset-fashion-mnist)')
+    env = dict(os.environ, LD_LIBRARY_PATH='/usr/lib/x86_64-linux-gnu/openblas-pthread')
+    r = subprocess.run([sys.executable, os.path.join(src, 'examples', 'train_torch_stoker.py'),
+                        os.path.join(src, 'configs', 'fmnist-cnn.conf'), '--set', 'train_limit=512',
+                        '--set', 'test_limit=256', '--set', 'epochs=1', '--set', 'batch_size=64',
+                        '--data', str(tmp_path), '--json'],
+                       capture_output=True, text=True, timeout=300, cwd=src, env=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res['epochs'] == 1 and 0.0 <= res['data_wait'] < 1.0 and res['final_test_acc'] > 0.1
