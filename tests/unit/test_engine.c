@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "engine/model.h"
+#include "engine/layer.h"
 #include "stoker/engine.h"
 
 /* ------------------------------------------------------------- helpers */
@@ -840,7 +840,9 @@ static void test_count_topk(void **state)
     stk_model_t *m = model_from_text("input name=data shape=5,1,1\nlinear name=fc out=5\ncross_entropy\n", n, 4, 1);
     int64_t correct = -1;
     int64_t y[16], y2[16];
+    float none[1];
     assert_int_equal(stk_model_count_correct(m, y, &correct), STK_ESTATE);
+    assert_int_equal(stk_model_read_logits(m, none, 1), STK_ESTATE);
     float x[16 * 5];
     stk_rng_t r;
     stk_rng_init(&r, 11, 0);
@@ -855,6 +857,12 @@ static void test_count_topk(void **state)
     const float *z;
     int64_t nb, nk;
     assert_int_equal(stk_model_logits(m, &z, &nb, &nk), 0);
+    /* The host copy of the logits, from any device. */
+    float host[16 * 5 + 1];
+    assert_int_equal(stk_model_read_logits(m, host, 16 * 5 - 1), -ENOSPC);
+    assert_int_equal(stk_model_read_logits(m, NULL, 16 * 5), -EINVAL);
+    assert_int_equal(stk_model_read_logits(m, host, 16 * 5 + 1), 0);
+    assert_memory_equal(host, z, sizeof(float) * 16 * 5);
     for (int pass = 0; pass < 2; pass++) {
         const int64_t *lab = pass ? y2 : y;
         for (int t = 1; t <= 6; t++) {
@@ -885,6 +893,80 @@ static void test_count_topk(void **state)
     stk_model_destroy(&m);
 }
 
+/* Every kind has one entry in the layer table, named as the model files
+ * and stk_layer_kind_name name it, with the slots every kind needs. */
+static void test_layer_table(void **state)
+{
+    (void)state;
+    for (int k = 1; k < STK_LAYER_KIND_COUNT; k++) {
+        const stk__layer_class_t *c = stk__layer_class((stk_layer_kind_t)k);
+        assert_non_null(c);
+        assert_int_equal(c->kind, k);
+        assert_string_equal(stk_layer_kind_name((stk_layer_kind_t)k), c->name);
+        assert_int_equal(stk_layer_kind_from_name(c->name), k);
+        assert_non_null(c->forward);
+        assert_true(c->n_inputs >= 0 && c->n_inputs <= 2);
+        assert_true((c->n_inputs == 0) == (k == STK_LAYER_INPUT));
+        assert_true(!c->plan || c->n_inputs > 0);
+        for (const stk__layer_key_t *key = c->keys; key && key->key; key++)
+            assert_true(key->off < sizeof(stk_layer_desc_t) && key->off2 < sizeof(stk_layer_desc_t));
+    }
+    assert_null(stk__layer_class(STK_LAYER_INVALID));
+    assert_null(stk__layer_class(STK_LAYER_KIND_COUNT));
+    assert_string_equal(stk_layer_kind_name(STK_LAYER_KIND_COUNT), "invalid");
+}
+
+/* A model plans each batch size once: alternating sizes (a short last
+ * batch) reuse their plans; past STK_MODEL_PLANS sizes the least recently
+ * used plan goes. Results do not depend on which plans were made before. */
+static void test_plan_cache(void **state)
+{
+    (void)state;
+    stk_model_t *m = residual_model(4);
+    assert_int_equal(m->plans_made, 1);
+    float x[6 * 72];
+    for (size_t i = 0; i < 6 * 72; i++)
+        x[i] = (float)((i * 7) % 19) / 19.0f - 0.5f;
+    int64_t y[6] = {0, 1, 2, 1, 0, 2};
+    float l4 = 0, l3 = 0, l;
+    for (int round = 0; round < 5; round++) {
+        stk_model_set_step(m, 9);
+        assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l), 0);
+        assert_int_equal(stk_model_backward(m), 0);
+        if (round == 0)
+            l4 = l;
+        assert_true(l == l4);
+        stk_model_set_step(m, 9);
+        assert_int_equal(stk_model_forward(m, x, 3, y, NULL, &l), 0);
+        if (round == 0)
+            l3 = l;
+        assert_true(l == l3);
+    }
+    assert_int_equal(m->plans_made, 2);
+    /* A larger batch grows the shared activations; the old plans stay. */
+    assert_int_equal(stk_model_forward(m, x, 6, y, NULL, &l), 0);
+    assert_int_equal(m->plans_made, 3);
+    stk_model_set_step(m, 9);
+    assert_int_equal(stk_model_forward(m, x, 3, y, NULL, &l), 0);
+    assert_true(l == l3);
+    assert_int_equal(m->plans_made, 3);
+    /* Sizes 4, 6, 3 are cached (3 most recent); 5 fills the last slot,
+     * then 2 evicts the least recently used (4), which plans again. */
+    assert_int_equal(stk_model_set_batch_size(m, 5), 0);
+    assert_int_equal(stk_model_set_batch_size(m, 2), 0);
+    assert_int_equal(m->plans_made, 5);
+    assert_int_equal(stk_model_set_batch_size(m, 6), 0);
+    assert_int_equal(stk_model_set_batch_size(m, 3), 0);
+    assert_int_equal(m->plans_made, 5);
+    stk_model_set_step(m, 9);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l), 0);
+    assert_int_equal(m->plans_made, 6);
+    assert_true(l == l4);
+    assert_int_equal(stk_model_set_batch_size(m, 0), -EINVAL);
+    assert_int_equal(stk_model_batch_size(m), 4);
+    stk_model_destroy(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -900,6 +982,8 @@ int main(void)
         cmocka_unit_test(test_backend_errors),
         cmocka_unit_test(test_dropout_steps),
         cmocka_unit_test(test_count_topk),
+        cmocka_unit_test(test_layer_table),
+        cmocka_unit_test(test_plan_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
