@@ -43,9 +43,12 @@ typedef struct stk__read_req {
 /* Called as each read completes, in any order; res is 0 or -errno. */
 typedef int (*stk__read_done_fn)(void *ctx, size_t i, int res);
 
-/* Resolves STK_IO_AUTO: io_uring if built in, not disabled by sysctl and a
- * ring can be made here; logs one warning when it falls back. */
+/* Resolves STK_IO_AUTO: io_uring if built in, not turned off by
+ * STK_IO_URING=0 nor by sysctl, and a ring can be made here; logs one
+ * warning per process when it falls back (stk__io_uring_warned, which a
+ * test may clear). */
 int stk__io_resolve(stk_io_mode_t want, stk_io_mode_t *got);
+extern _Atomic int stk__io_uring_warned;
 int stk__reader_create(stk__reader_t **out, stk_io_mode_t mode, unsigned depth);
 void stk__reader_destroy(stk__reader_t **r);
 /* Registers buf (once, for fixed-buffer reads) if the mode can use it. */

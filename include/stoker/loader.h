@@ -130,8 +130,11 @@ STK_API void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg);
  * (STK_IO_MMAP: no read call and no copy per record; each worker reads its
  * first batch with pread, cheaper than first faults on a cold mapping);
  * any other set uses io_uring, probed here; when refused (seccomp, old
- * kernel, kernel.io_uring_disabled) the reader falls back to pread and
- * logs one warning. Force URING/PREAD/MMAP to override the rule. */
+ * kernel, kernel.io_uring_disabled) or turned off with STK_IO_URING=0 in
+ * the environment (as libuv's UV_USE_IO_URING), the reader falls back to
+ * pread and logs one warning per process. Force URING/PREAD/MMAP to
+ * override the rule (URING then fails: -EPERM, or STK_ECONFIG when built
+ * without liburing). */
 STK_API int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
                                      const stk_shard_dataset_config_t *cfg);
 /* The I/O mode a shard dataset resolved to (URING, PREAD or MMAP);

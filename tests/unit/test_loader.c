@@ -28,6 +28,11 @@
 #include "../../loader/loader_internal.h"
 #include "../../loader/shard_internal.h"
 
+#if STK_HAVE_IO_URING
+#include <liburing.h>
+#endif
+#include <sys/vfs.h>
+
 #define N_SAMPLES 600
 #define IMG 8
 
@@ -1609,17 +1614,83 @@ static void test_workers_start_clean(void **state)
     close(late);
 }
 
+/* Whether this process may make an io_uring, asked of the kernel
+ * directly: what STK_IO_AUTO must pick when nothing turns it off. Where
+ * it may not (a seccomp profile, kernel.io_uring_disabled), the io_uring
+ * read path cannot run here: the tests say so on stderr, and
+ * STK_REQUIRE_IO_URING=1 makes that a failure (for CI machines that have
+ * it). */
+static int uring_allowed(void)
+{
+    int ok = 0;
+#if STK_HAVE_IO_URING
+    struct io_uring r;
+    ok = io_uring_queue_init(8, &r, 0) == 0;
+    if (ok)
+        io_uring_queue_exit(&r);
+#endif
+    if (!ok) {
+        const char *req = getenv("STK_REQUIRE_IO_URING");
+        if (req && strcmp(req, "1") == 0)
+            fail_msg("STK_REQUIRE_IO_URING=1 but io_uring %s", STK_HAVE_IO_URING ?
+                     "is refused in this process" : "is not built in");
+        fprintf(stderr, "note: io_uring %s here: its read path is not run (the pread "
+                "fallback is)\n", STK_HAVE_IO_URING ? "is refused" : "is not built in");
+    }
+    return ok;
+}
+
+static int warnings;
+static void count_warning(stk_log_level_t level, const char *msg, void *user)
+{
+    (void)level;
+    warnings++;
+    keep_log(level, msg, user);
+}
+
+/* Modes resolve as asked; STK_IO_AUTO to io_uring exactly where the
+ * kernel allows it; STK_IO_URING=0 turns it off on purpose: AUTO falls
+ * back to pread with one warning per process naming why, and forced
+ * io_uring fails saying so. */
 static void test_io_resolve(void **state)
 {
     (void)state;
     stk_io_mode_t got;
     assert_int_equal(stk__io_resolve(STK_IO_PREAD, &got), 0);
     assert_int_equal(got, STK_IO_PREAD);
+    int allowed = uring_allowed();
+    atomic_store(&stk__io_uring_warned, 0);
+    warnings = 0;
+    logged[0] = '\0';
+    stk_log_set_callback(count_warning, NULL, STK_LOG_WARN);
     assert_int_equal(stk__io_resolve(STK_IO_AUTO, &got), 0);
-    assert_true(got == STK_IO_PREAD || got == STK_IO_URING);
-    /* Forced io_uring: works, or says why (not built in, or refused). */
+    assert_int_equal(got, allowed ? STK_IO_URING : STK_IO_PREAD);
+    assert_int_equal(warnings, allowed ? 0 : 1);
     int rc = stk__io_resolve(STK_IO_URING, &got);
-    assert_true((rc == 0 && got == STK_IO_URING) || rc == STK_ECONFIG || rc == -EPERM);
+    if (allowed) {
+        assert_int_equal(rc, 0);
+        assert_int_equal(got, STK_IO_URING);
+    } else {
+        assert_int_equal(rc, STK_HAVE_IO_URING ? -EPERM : STK_ECONFIG);
+    }
+
+    setenv("STK_IO_URING", "0", 1);
+    atomic_store(&stk__io_uring_warned, 0);
+    warnings = 0;
+    logged[0] = '\0';
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(stk__io_resolve(STK_IO_AUTO, &got), 0);
+        assert_int_equal(got, STK_IO_PREAD);
+    }
+    if (STK_HAVE_IO_URING) {
+        assert_int_equal(warnings, 1); /* once, however often it resolves */
+        assert_non_null(strstr(logged, "io_uring unavailable (STK_IO_URING=0 in the environment): "
+                                       "reading records with pread"));
+        assert_int_equal(stk__io_resolve(STK_IO_URING, &got), -EPERM);
+        assert_non_null(strstr(stk_error_message(), "STK_IO_URING=0"));
+    }
+    unsetenv("STK_IO_URING");
+    stk_log_set_callback(NULL, NULL, STK_LOG_WARN);
     assert_int_equal(stk__io_resolve(STK_IO_MMAP, &got), 0);
     assert_int_equal(got, STK_IO_MMAP);
     stk_dataset_t *ds = NULL;
@@ -1751,38 +1822,6 @@ static void test_shardset_export(void **state)
     rm_rf(zdir);
 }
 
-/* With evict, drops the shard files of dir from the page cache; returns
- * whether every page of them is cached (tmpfs keeps them all). */
-static int set_resident(const char *dir, int evict)
-{
-    char path[600];
-    int resident = 1;
-    for (int k = 0;; k++) {
-        snprintf(path, sizeof path, "%s/shard-%05d.stk", dir, k);
-        int fd = open(path, O_RDONLY);
-        if (fd < 0)
-            break;
-        struct stat st;
-        assert_int_equal(fstat(fd, &st), 0);
-        if (evict) {
-            assert_int_equal(fdatasync(fd), 0);
-            assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
-        }
-        unsigned char *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-        assert_true(m != MAP_FAILED);
-        size_t pages = ((size_t)st.st_size + 4095) / 4096;
-        unsigned char *vec = malloc(pages);
-        assert_non_null(vec);
-        assert_int_equal(mincore(m, (size_t)st.st_size, vec), 0);
-        for (size_t i = 0; i < pages; i++)
-            resident &= vec[i] & 1;
-        free(vec);
-        munmap(m, (size_t)st.st_size);
-        close(fd);
-    }
-    return resident;
-}
-
 static void read_set(const char *dir)
 {
     char path[600], buf[65536];
@@ -1858,14 +1897,51 @@ static void test_verify_shared(void **state)
     rm_rf(dir);
 }
 
+/* Percent of the set's pages in the page cache; with evict, after
+ * asking the kernel to drop them. */
+static int resident_share(const char *dir, int evict)
+{
+    char path[600];
+    size_t pages = 0, resident = 0;
+    for (int k = 0;; k++) {
+        snprintf(path, sizeof path, "%s/shard-%05d.stk", dir, k);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            break;
+        struct stat st;
+        assert_int_equal(fstat(fd, &st), 0);
+        if (evict) {
+            assert_int_equal(fdatasync(fd), 0);
+            assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+        }
+        unsigned char *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        assert_true(m != MAP_FAILED);
+        size_t n = ((size_t)st.st_size + 4095) / 4096;
+        unsigned char *vec = malloc(n);
+        assert_non_null(vec);
+        assert_int_equal(mincore(m, (size_t)st.st_size, vec), 0);
+        for (size_t i = 0; i < n; i++)
+            resident += vec[i] & 1;
+        pages += n;
+        free(vec);
+        munmap(m, (size_t)st.st_size);
+        close(fd);
+    }
+    return pages ? (int)(resident * 100 / pages) : 0;
+}
+
 /* STK_IO_AUTO on a compressed set of 2.4 MB (one shard, so that opening
  * it, which reads the head and the tail, leaves most pages uncached):
- * evicted, it is read (io_uring, or pread where refused); cached again,
- * it is mapped. Either way the batches are the same. */
+ * evicted, it is read with io_uring where the kernel allows it, and with
+ * pread under STK_IO_URING=0; cached again, it is mapped. The batches are
+ * the same every way. The set lies in the build tree when there is one
+ * (/tmp may be a tmpfs, whose pages cannot be evicted). */
 static void test_auto_io(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/stk-loader-a-XXXXXX";
+    char dir[400];
+    const char *root = getenv("STK_BUILD_ROOT");
+    snprintf(dir, sizeof dir, "%s/stk-loader-a-XXXXXX", root && root[0] ? root : "/tmp");
     assert_non_null(mkdtemp(dir));
     stk_schema_t sc;
     memset(&sc, 0, sizeof sc);
@@ -1888,19 +1964,27 @@ static void test_auto_io(void **state)
     }
     assert_int_equal(stk_writer_finish(w), 0);
     stk_writer_destroy(&w);
-    uint64_t sums[2];
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 0)
-            set_resident(dir, 1);
+    int allowed = uring_allowed();
+    const stk_io_mode_t want[3] = {allowed ? STK_IO_URING : STK_IO_PREAD, STK_IO_PREAD, STK_IO_MMAP};
+    uint64_t sums[3];
+    for (int pass = 0; pass < 3; pass++) {
+        if (pass == 1)
+            setenv("STK_IO_URING", "0", 1);
+        if (pass < 2)
+            resident_share(dir, 1);
         else
             read_set(dir);
         stk_dataset_t *ds = NULL;
         assert_int_equal(stk_dataset_shard_create(&ds, dir, NULL), 0);
-        stk_io_mode_t m = stk_dataset_io_mode(ds);
-        if (pass == 0 && !set_resident(dir, 0))
-            assert_true(m == STK_IO_URING || m == STK_IO_PREAD);
-        else
-            assert_int_equal(m, STK_IO_MMAP);
+        unsetenv("STK_IO_URING");
+        int share = resident_share(dir, 0);
+        if (pass < 2 && share >= 90) {
+            struct statfs fs;
+            statfs(dir, &fs);
+            fail_msg("%s stays in the page cache (%d%% after eviction; filesystem type 0x%lx)",
+                     dir, share, (unsigned long)fs.f_type);
+        }
+        assert_int_equal(stk_dataset_io_mode(ds), want[pass]);
         stk_loader_config_t c = base_cfg(2, 2);
         run_t rr = run_epochs(ds, &c, 1);
         assert_each_once(&rr, 2400, -1);
@@ -1908,7 +1992,7 @@ static void test_auto_io(void **state)
         free(rr.seen);
         stk_dataset_destroy(&ds);
     }
-    assert_true(sums[0] == sums[1]);
+    assert_true(sums[0] == sums[1] && sums[1] == sums[2]);
     rm_rf(dir);
 }
 
@@ -1940,8 +2024,10 @@ static void test_shard_dataset(void **state)
         sc2.max_batch = 5; /* batches of 16 go in chunks */
         stk_dataset_t *ds = NULL;
         int rc = stk_dataset_shard_create(&ds, io > 3 ? zdir : dir, &sc2);
-        if (sc2.io == STK_IO_URING && rc != 0)
-            continue; /* refused here: the fallback is tested by AUTO */
+        if (sc2.io == STK_IO_URING && !uring_allowed()) {
+            assert_int_equal(rc, STK_HAVE_IO_URING ? -EPERM : STK_ECONFIG);
+            continue; /* refused here (uring_allowed said so); pread is run below */
+        }
         assert_int_equal(rc, 0);
         assert_int_equal(stk_dataset_io_mode(ds), sc2.io);
         for (uint32_t wk = 0; wk < 3; wk += 2) {
