@@ -532,6 +532,7 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     assign_layouts(m);
     if ((rc = stk__backend_open(&m->be, cfg->device)) < 0)
         goto fail;
+    m->device = cfg->device;
     if (m->threads > 0 && (rc = m->be.iface->set_threads(m->be.ctx, m->threads)) < 0)
         goto fail;
     if ((rc = layout_arenas(m)) < 0)
@@ -671,7 +672,7 @@ int stk_model_forward_tensor(stk_model_t *m, const stk_tensor_t *input, const st
     if (!m || !input)
         return stk__error(-EINVAL, "model forward: NULL argument");
     const stk__layer_t *in = &m->layers[0];
-    if (input->dtype != STK_DTYPE_F32 || input->device != STK_DEVICE_CPU || !stk_tensor_is_contiguous(input))
+    if (input->dtype != STK_DTYPE_F32 || input->device != m->device || !stk_tensor_is_contiguous(input))
         return stk__error(-EINVAL, "model forward: the input must be contiguous f32 on the model's device");
     int64_t feat = input->ndim == 4 ? input->shape[1] * input->shape[2] * input->shape[3]
                                     : (input->ndim == 2 ? input->shape[1] : -1);

@@ -122,6 +122,21 @@ int stk_model_logits(const stk_model_t *m, const float **logits, int64_t *batch,
     return 0;
 }
 
+int stk_model_read_logits(const stk_model_t *m, float *dst, size_t cap)
+{
+    const float *z;
+    int64_t n, k;
+    if (!dst)
+        return stk__error(-EINVAL, "read_logits: NULL argument");
+    int rc = stk_model_logits(m, &z, &n, &k);
+    if (rc < 0)
+        return rc;
+    size_t need = (size_t)(n * k);
+    if (cap < need)
+        return stk__error(-ENOSPC, "read_logits: %zu floats needed, the buffer has %zu", need, cap);
+    return m->be.iface->download(m->be.ctx, dst, z, need * sizeof(float));
+}
+
 int stk_model_count_topk(stk_model_t *m, const int64_t *labels, int topk, int64_t *correct)
 {
     if (!m || !labels || !correct || topk < 1)
@@ -170,10 +185,11 @@ int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out)
     const stk__layer_t *l = &m->layers[i];
     int64_t shape[4] = {m->batch, l->c, l->h, l->w};
     const float *y = l->y;
+    int rc = 0;
     if (l->fmt != STK__LAYOUT_PLAIN) {
         /* Blocked inside: hand out a plain copy. */
         stk__op_t *op = NULL;
-        int rc = m->be.iface->reorder_create(m->be.ctx, m->batch, l->c, l->h, l->w, l->fmt, STK__LAYOUT_PLAIN, &op);
+        rc = m->be.iface->reorder_create(m->be.ctx, m->batch, l->c, l->h, l->w, l->fmt, STK__LAYOUT_PLAIN, &op);
         if (rc == 0)
             rc = m->be.iface->reorder_run(m->be.ctx, op, 0, l->y, m->view_buf);
         m->be.iface->op_destroy(m->be.ctx, op);
@@ -181,7 +197,9 @@ int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out)
             return rc;
         y = m->view_buf;
     }
-    return stk_tensor_init(out, (void *)y, STK_DTYPE_F32, 4, shape);
+    rc = stk_tensor_init(out, (void *)y, STK_DTYPE_F32, 4, shape);
+    out->device = m->device;
+    return rc;
 }
 
 float *stk_model_params(stk_model_t *m, size_t *count)

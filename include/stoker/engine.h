@@ -244,6 +244,11 @@ STK_API void stk_model_set_grad_hook(stk_model_t *m, stk_grad_ready_fn fn, void 
  * model's device memory (host memory on the CPU), valid until the next
  * forward or re-plan. Returns 0 or STK_ESTATE (no forward yet). */
 STK_API int stk_model_logits(const stk_model_t *m, const float **logits, int64_t *batch, int64_t *classes);
+/* Copies the logits of the last forward (batch x classes floats) into host
+ * memory at dst (cap floats), from any device. Returns 0, STK_ESTATE (no
+ * forward yet), -ENOSPC (cap too small; nothing copied), -EINVAL (NULL), or
+ * a backend error. */
+STK_API int stk_model_read_logits(const stk_model_t *m, float *dst, size_t cap);
 /* Top-1 accuracy of the last forward: *correct = the samples whose first
  * largest logit is at labels[i] (labels: host memory, one per sample of
  * that forward). When labels is the array given to that forward, the
@@ -257,11 +262,13 @@ STK_API int stk_model_count_correct(stk_model_t *m, const int64_t *labels, int64
  * (-EINVAL otherwise); topk >= classes counts every sample. Same codes as
  * stk_model_count_correct. */
 STK_API int stk_model_count_topk(stk_model_t *m, const int64_t *labels, int topk, int64_t *correct);
-/* A view of a layer's output of the last forward (by layer name), NCHW.
- * Where the backend keeps that output in a blocked layout, the view is of
- * a plain copy this call makes (the one copy the engine ever makes for a
- * caller). STK_ENOTFOUND for an unknown name. Valid until the next forward
- * or the next call of this function. */
+/* A view of a layer's output of the last forward (by layer name), NCHW,
+ * in the model's device memory (out->device says which). Where the backend
+ * keeps that output in a blocked layout, the view is of a plain copy this
+ * call makes (the one copy the engine ever makes for a caller). Returns 0,
+ * STK_ENOTFOUND for an unknown name, STK_ESTATE before a forward, -EINVAL
+ * for NULL, or a backend error. Valid until the next forward or the next
+ * call of this function. */
 STK_API int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out);
 
 /* ------------------------------------------------- parameters, buffers */
@@ -290,8 +297,11 @@ typedef struct stk_param_info {
 } stk_param_info_t;
 
 /* The flat arenas (floats, 64-byte aligned): parameters and gradients
- * have the same layout. Owned by the model; the optimizer updates the
- * parameters in place. *count may be NULL. */
+ * have the same layout. Owned by the model, in its device's memory (host
+ * memory on the CPU, which is where these pointers may be read and
+ * written directly; on a device, use them with device code, e.g. a
+ * communicator, and move values with stk_model_state_save / _load). The
+ * optimizer updates the parameters in place. *count may be NULL. */
 STK_API float *stk_model_params(stk_model_t *m, size_t *count);
 STK_API float *stk_model_grads(stk_model_t *m, size_t *count);
 /* Trainable parameter tensors, in layer order. */

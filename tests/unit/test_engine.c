@@ -840,7 +840,9 @@ static void test_count_topk(void **state)
     stk_model_t *m = model_from_text("input name=data shape=5,1,1\nlinear name=fc out=5\ncross_entropy\n", n, 4, 1);
     int64_t correct = -1;
     int64_t y[16], y2[16];
+    float none[1];
     assert_int_equal(stk_model_count_correct(m, y, &correct), STK_ESTATE);
+    assert_int_equal(stk_model_read_logits(m, none, 1), STK_ESTATE);
     float x[16 * 5];
     stk_rng_t r;
     stk_rng_init(&r, 11, 0);
@@ -855,6 +857,12 @@ static void test_count_topk(void **state)
     const float *z;
     int64_t nb, nk;
     assert_int_equal(stk_model_logits(m, &z, &nb, &nk), 0);
+    /* The host copy of the logits, from any device. */
+    float host[16 * 5 + 1];
+    assert_int_equal(stk_model_read_logits(m, host, 16 * 5 - 1), -ENOSPC);
+    assert_int_equal(stk_model_read_logits(m, NULL, 16 * 5), -EINVAL);
+    assert_int_equal(stk_model_read_logits(m, host, 16 * 5 + 1), 0);
+    assert_memory_equal(host, z, sizeof(float) * 16 * 5);
     for (int pass = 0; pass < 2; pass++) {
         const int64_t *lab = pass ? y2 : y;
         for (int t = 1; t <= 6; t++) {
