@@ -460,14 +460,14 @@ static int select_plan(stk_model_t *m, int64_t n)
 
 /* ------------------------------------------------------------ create/free */
 
-stk_model_config_t stk_model_config_default(void)
+void stk_model_config_default(stk_model_config_t *cfg)
 {
-    stk_model_config_t c;
-    memset(&c, 0, sizeof(c));
-    c.batch_size = 32;
-    c.device = STK_DEVICE_CPU;
-    c.init_params = 1;
-    return c;
+    if (!cfg)
+        return;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->batch_size = 32;
+    cfg->device = STK_DEVICE_CPU;
+    cfg->init_params = 1;
 }
 
 void stk_model_destroy(stk_model_t **pm)
@@ -504,7 +504,8 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     if (!out || !b)
         return stk__error(-EINVAL, "model: NULL argument");
     *out = NULL;
-    stk_model_config_t dc = stk_model_config_default();
+    stk_model_config_t dc;
+    stk_model_config_default(&dc);
     if (!cfg)
         cfg = &dc;
     if (cfg->batch_size < 1 || cfg->batch_size > STK__MAX_DIM || cfg->threads < 0)
@@ -551,6 +552,7 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     assign_layouts(m);
     if ((rc = stk__backend_open(&m->be, cfg->device)) < 0)
         goto fail;
+    m->device = cfg->device;
     if (m->threads > 0 && (rc = m->be.iface->set_threads(m->be.ctx, m->threads)) < 0)
         goto fail;
     if ((rc = layout_arenas(m)) < 0)
@@ -776,7 +778,7 @@ int stk_model_forward_tensor(stk_model_t *m, const stk_tensor_t *input, const st
     if (!m || !input)
         return stk__error(-EINVAL, "model forward: NULL argument");
     const stk__layer_t *in = &m->layers[0];
-    if (input->device != STK_DEVICE_CPU || !stk_tensor_is_contiguous(input) || input->ndim < 1)
+    if (input->device != m->device || !stk_tensor_is_contiguous(input) || input->ndim < 1)
         return stk__error(-EINVAL, "model forward: the input must be contiguous on the model's device");
     int64_t n = input->shape[0], steps = 0;
     int rc;

@@ -58,6 +58,7 @@ typedef struct stk__plan {
 
 struct stk_model {
     stk__backend_t be;
+    stk_device_t device;
     stk__layer_t *layers;
     int nl;
     int64_t batch;         /* the batch size of the current plan */

@@ -102,8 +102,10 @@ size_t stk_model_num_layers(const stk_model_t *m)
 
 int stk_model_layer_stats(const stk_model_t *m, size_t i, stk_layer_stats_t *st)
 {
-    if (!m || !st || i >= (size_t)m->nl)
-        return stk__error(-EINVAL, "model: layer %zu out of range", i);
+    if (!m || !st)
+        return stk__error(-EINVAL, "model layer_stats: NULL argument");
+    if (i >= (size_t)m->nl)
+        return stk__error(-ERANGE, "model: layer %zu of %d", i, m->nl);
     const stk__layer_t *l = &m->layers[i];
     st->name = l->name;
     st->kind = l->d.kind;
@@ -128,6 +130,21 @@ int stk_model_logits(const stk_model_t *m, const float **logits, int64_t *batch,
     if (classes)
         *classes = l->c * l->h * l->w;
     return 0;
+}
+
+int stk_model_read_logits(const stk_model_t *m, float *dst, size_t cap)
+{
+    const float *z;
+    int64_t n, k;
+    if (!dst)
+        return stk__error(-EINVAL, "read_logits: NULL argument");
+    int rc = stk_model_logits(m, &z, &n, &k);
+    if (rc < 0)
+        return rc;
+    size_t need = (size_t)(n * k);
+    if (cap < need)
+        return stk__error(-ENOSPC, "read_logits: %zu floats needed, the buffer has %zu", need, cap);
+    return m->be.iface->download(m->be.ctx, dst, z, need * sizeof(float));
 }
 
 int stk_model_count_topk(stk_model_t *m, const int64_t *labels, int topk, int64_t *correct)
@@ -181,10 +198,11 @@ int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out)
     const stk__layer_t *l = &m->layers[i];
     int64_t shape[4] = {m->batch, l->c, l->h, l->w};
     const float *y = l->y;
+    int rc = 0;
     if (l->fmt != STK__LAYOUT_PLAIN) {
         /* Blocked inside: hand out a plain copy. */
         stk__op_t *op = NULL;
-        int rc = m->be.iface->reorder_create(m->be.ctx, m->batch, l->c, l->h, l->w, l->fmt, STK__LAYOUT_PLAIN, &op);
+        rc = m->be.iface->reorder_create(m->be.ctx, m->batch, l->c, l->h, l->w, l->fmt, STK__LAYOUT_PLAIN, &op);
         if (rc == 0)
             rc = m->be.iface->reorder_run(m->be.ctx, op, 0, l->y, m->view_buf);
         m->be.iface->op_destroy(m->be.ctx, op);
@@ -192,7 +210,9 @@ int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out)
             return rc;
         y = m->view_buf;
     }
-    return stk_tensor_init(out, (void *)y, STK_DTYPE_F32, 4, shape);
+    rc = stk_tensor_init(out, (void *)y, STK_DTYPE_F32, 4, shape);
+    out->device = m->device;
+    return rc;
 }
 
 float *stk_model_params(stk_model_t *m, size_t *count)
@@ -228,16 +248,20 @@ size_t stk_model_num_buffers(const stk_model_t *m)
 
 int stk_model_param_info(const stk_model_t *m, size_t i, stk_param_info_t *info)
 {
-    if (!m || !info || i >= m->npinfo)
-        return stk__error(-EINVAL, "model: parameter %zu out of range", i);
+    if (!m || !info)
+        return stk__error(-EINVAL, "model param_info: NULL argument");
+    if (i >= m->npinfo)
+        return stk__error(-ERANGE, "model: parameter %zu of %zu", i, m->npinfo);
     *info = m->pinfo[i].info;
     return 0;
 }
 
 int stk_model_buffer_info(const stk_model_t *m, size_t i, stk_param_info_t *info)
 {
-    if (!m || !info || i >= m->nbinfo)
-        return stk__error(-EINVAL, "model: buffer %zu out of range", i);
+    if (!m || !info)
+        return stk__error(-EINVAL, "model buffer_info: NULL argument");
+    if (i >= m->nbinfo)
+        return stk__error(-ERANGE, "model: buffer %zu of %zu", i, m->nbinfo);
     *info = m->binfo[i].info;
     return 0;
 }

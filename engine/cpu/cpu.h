@@ -43,9 +43,12 @@ struct stk__op {
     size_t nchunks, total;
 };
 
+typedef struct cpu_staged cpu_staged_t; /* cpu_staged.c */
+
 typedef struct cpu_ctx {
     dnnl_engine_t eng;
     dnnl_stream_t stream;
+    cpu_staged_t *staged; /* NULL, or the staged mode's allocation table */
 } cpu_ctx_t;
 
 int stk__cpu_dnnl_init(cpu_ctx_t *c);
@@ -71,6 +74,13 @@ int stk__cpu_linear_forward(void *ctx, stk__op_t *op, const float *x, const floa
 int stk__cpu_linear_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx);
 int stk__cpu_linear_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw,
                                      float *db);
+/* cpu_staged.c: the CPU backend posing as a device (STK_ENGINE_STAGED=1):
+ * host_memory = 0, and the slots the engine stages for check that they get
+ * only memory from alloc. */
+int stk__cpu_staged_enable(cpu_ctx_t *c, const stk__backend_iface_t *plain, const stk__backend_iface_t **iface);
+void stk__cpu_staged_free(cpu_ctx_t *c);
+void stk__cpu_staged_track(cpu_ctx_t *c, void *p, size_t bytes);
+void stk__cpu_staged_untrack(cpu_ctx_t *c, void *p);
 /* cpu_optim.c */
 #define STK__CPU_OPTIM_CHUNK ((size_t)1 << 16)
 int stk__cpu_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);

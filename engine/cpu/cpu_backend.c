@@ -22,24 +22,30 @@ static void cpu_destroy(void *ctx)
     if (!c)
         return;
     stk__cpu_dnnl_fini(c);
+    stk__cpu_staged_free(c);
     free(c);
 }
 
 static void *cpu_alloc(void *ctx, size_t bytes)
 {
-    (void)ctx;
+    cpu_ctx_t *c = ctx;
     size_t sz = (bytes + 63) & ~(size_t)63;
     if (sz == 0)
         sz = 64;
     void *p = aligned_alloc(64, sz);
-    if (p)
+    if (p) {
         memset(p, 0, sz);
+        if (c->staged)
+            stk__cpu_staged_track(c, p, sz);
+    }
     return p;
 }
 
 static void cpu_free(void *ctx, void *p)
 {
-    (void)ctx;
+    cpu_ctx_t *c = ctx;
+    if (p && c->staged)
+        stk__cpu_staged_untrack(c, p);
     free(p);
 }
 
@@ -387,5 +393,12 @@ int stk__cpu_backend_open(stk__backend_t *b)
     }
     b->iface = &cpu_iface;
     b->ctx = c;
+    const char *staged = getenv("STK_ENGINE_STAGED");
+    if (staged && strcmp(staged, "0") != 0 && (rc = stk__cpu_staged_enable(c, &cpu_iface, &b->iface)) < 0) {
+        cpu_destroy(c);
+        b->iface = NULL;
+        b->ctx = NULL;
+        return rc;
+    }
     return 0;
 }

@@ -117,3 +117,14 @@ const stk__layer_class_t stk__layer_embedding = {
     .forward = embedding_forward,
     .backward = embedding_backward,
 };
+
+stk_layer_desc_t stk_layer_embedding(const char *name, int64_t vocab, int64_t dim, int64_t padding_idx)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_EMBEDDING);
+    d.name = name;
+    d.vocab = vocab;
+    d.out = dim;
+    d.padding_idx = padding_idx;
+    return d;
+}

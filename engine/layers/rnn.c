@@ -235,3 +235,26 @@ const stk__layer_class_t stk__layer_gru = {
     .forward = rnn_forward,
     .backward = rnn_backward,
 };
+
+static stk_layer_desc_t rnn_desc(stk_layer_kind_t kind, const char *name, int64_t hidden, int64_t layers,
+                                 int bidirectional, float dropout)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, kind);
+    d.name = name;
+    d.out = hidden;
+    d.num_layers = layers;
+    d.bidirectional = bidirectional;
+    d.p = dropout;
+    return d;
+}
+
+stk_layer_desc_t stk_layer_lstm(const char *name, int64_t hidden, int64_t layers, int bidirectional, float dropout)
+{
+    return rnn_desc(STK_LAYER_LSTM, name, hidden, layers, bidirectional, dropout);
+}
+
+stk_layer_desc_t stk_layer_gru(const char *name, int64_t hidden, int64_t layers, int bidirectional, float dropout)
+{
+    return rnn_desc(STK_LAYER_GRU, name, hidden, layers, bidirectional, dropout);
+}

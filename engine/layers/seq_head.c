@@ -67,3 +67,19 @@ const stk__layer_class_t stk__layer_seq_mean = {
     .forward = head_forward,
     .backward = head_backward,
 };
+
+stk_layer_desc_t stk_layer_seq_last(const char *name)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_SEQ_LAST);
+    d.name = name;
+    return d;
+}
+
+stk_layer_desc_t stk_layer_seq_mean(const char *name)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_SEQ_MEAN);
+    d.name = name;
+    return d;
+}

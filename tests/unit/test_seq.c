@@ -50,7 +50,8 @@ static stk_model_t *model_from_text(const char *text, int64_t batch)
     assert_int_equal(stk_model_builder_create(&b), 0);
     if (stk_model_builder_parse(b, text, "test") < 0)
         fail_msg("parse: %s", stk_error_message());
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.seed = 3;
     stk_model_t *m = NULL;
@@ -298,6 +299,42 @@ static void test_torch_names(void **state)
     stk_model_destroy(&m);
 }
 
+/* The constructors give what the model-file keys give. */
+static void test_constructors(void **state)
+{
+    (void)state;
+    stk_layer_desc_t layers[] = {
+        stk_layer_input_tokens("text", 7),        stk_layer_embedding("emb", 30, 6, 0),
+        stk_layer_gru("gru", 5, 2, 1, 0.25f),      stk_layer_lstm("lstm", 4, 1, 0, 0.0f),
+        stk_layer_seq_mean("mean"),               stk_layer_linear("fc", 3),
+        stk_layer_cross_entropy("loss", 0.0f),
+    };
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    for (size_t i = 0; i < sizeof(layers) / sizeof(layers[0]); i++)
+        if (stk_model_builder_add(b, &layers[i]) < 0)
+            fail_msg("add %zu: %s", i, stk_error_message());
+    stk_model_t *m = NULL, *f = NULL;
+    assert_int_equal(stk_model_create(&m, b, NULL), 0);
+    stk_model_builder_destroy(&b);
+    f = model_from_text("input name=text steps=7 tokens=1\nembedding name=emb vocab=30 dim=6 padding_idx=0\n"
+                        "gru name=gru hidden=5 layers=2 bidirectional=1 dropout=0.25\nlstm name=lstm hidden=4\n"
+                        "seq_mean name=mean\nlinear name=fc out=3\ncross_entropy name=loss\n",
+                        32);
+    size_t nm = 0, nf = 0;
+    stk_model_params(m, &nm);
+    stk_model_params(f, &nf);
+    assert_int_equal(nm, nf);
+    assert_int_equal(stk_model_num_params(m), stk_model_num_params(f));
+    assert_int_equal(stk_model_num_classes(m), 3);
+    stk_layer_desc_t s = stk_layer_input_sequence("x", 28, 28);
+    assert_int_equal(s.steps, 28);
+    assert_int_equal(s.in_c, 28);
+    assert_int_equal(s.tokens, 0);
+    stk_model_destroy(&m);
+    stk_model_destroy(&f);
+}
+
 /* The LM's embedding: rows no token picked, and the padding row, get no
  * gradient; loss_count is the counted steps. */
 static void test_embedding_rows(void **state)
@@ -450,7 +487,7 @@ int main(void)
         cmocka_unit_test(test_pytorch_models),    cmocka_unit_test(test_shorter_batches),
         cmocka_unit_test(test_torch_names),       cmocka_unit_test(test_embedding_rows),
         cmocka_unit_test(test_model_file_errors), cmocka_unit_test(test_forward_errors),
-        cmocka_unit_test(test_image_as_sequence),
+        cmocka_unit_test(test_image_as_sequence), cmocka_unit_test(test_constructors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
