@@ -58,7 +58,8 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.threads = threads;
     cfg.seed = 1;

@@ -53,7 +53,8 @@ static stk_model_t *model_from_text(const char *text, int64_t batch, uint64_t se
     int rc = stk_model_builder_parse(b, text, "test");
     if (rc < 0)
         fail_msg("parse: %s", stk_error_message());
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.seed = seed;
     cfg.init_params = init;
@@ -374,7 +375,8 @@ static void expect_parse_error(const char *text, int code, const char *needle1, 
     int rc = stk_model_builder_parse(b, text, "bad.model");
     stk_model_t *m = NULL;
     if (rc == 0) {
-        stk_model_config_t cfg = stk_model_config_default();
+        stk_model_config_t cfg;
+        stk_model_config_default(&cfg);
         cfg.batch_size = 2;
         rc = stk_model_create(&m, b, &cfg);
     }
@@ -426,7 +428,8 @@ static void test_reference_model(void **state)
     char path[512];
     const char *src = getenv("STK_SOURCE_ROOT");
     snprintf(path, sizeof(path), "%s/models/fmnist-cnn.model", src ? src : ".");
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = 4;
     stk_model_t *m = NULL;
     if (stk_model_create_from_file(&m, path, &cfg) < 0)
@@ -550,37 +553,39 @@ static stk_model_t *residual_model(int64_t batch)
 {
     stk_model_builder_t *b = NULL;
     assert_int_equal(stk_model_builder_create(&b), 0);
-    stk_layer_desc_t d = stk_layer_desc_default(STK_LAYER_INPUT);
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_INPUT);
     d.name = "data";
     d.in_c = 2, d.in_h = 6, d.in_w = 6;
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_CONV2D);
+    stk_layer_desc_default(&d, STK_LAYER_CONV2D);
     d.name = "c1", d.out = 2, d.pad_h = d.pad_w = 1;
     assert_int_equal(stk_model_builder_add(b, &d), 0);
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* duplicate name */
-    d = stk_layer_desc_default(STK_LAYER_ADD);
+    stk_layer_desc_default(&d, STK_LAYER_ADD);
     d.name = "res";
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* one input */
     d.inputs[0] = "c1", d.inputs[1] = "data";
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_GLOBAL_AVGPOOL);
+    stk_layer_desc_default(&d, STK_LAYER_GLOBAL_AVGPOOL);
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_FLATTEN);
+    stk_layer_desc_default(&d, STK_LAYER_FLATTEN);
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_LINEAR);
+    stk_layer_desc_default(&d, STK_LAYER_LINEAR);
     d.out = 3;
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_DROPOUT);
+    stk_layer_desc_default(&d, STK_LAYER_DROPOUT);
     d.name = "drop";
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_CROSS_ENTROPY);
+    stk_layer_desc_default(&d, STK_LAYER_CROSS_ENTROPY);
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_INPUT);
+    stk_layer_desc_default(&d, STK_LAYER_INPUT);
     d.in_c = d.in_h = d.in_w = 1;
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* second input */
     d.kind = (stk_layer_kind_t)99;
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG);
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.seed = 9;
     stk_model_t *m = NULL;
@@ -688,7 +693,12 @@ static void test_training_mechanics(void **state)
     assert_string_equal(st.name, "c1");
     assert_int_equal(st.forward_calls, 1);
     assert_int_equal(st.backward_calls, 1);
-    assert_int_equal(stk_model_layer_stats(m, 100, &st), -EINVAL);
+    assert_int_equal(stk_model_layer_stats(m, 100, &st), -ERANGE);
+    assert_int_equal(stk_model_layer_stats(m, 1, NULL), -EINVAL);
+    stk_param_info_t pi;
+    assert_int_equal(stk_model_param_info(m, stk_model_num_params(m), &pi), -ERANGE);
+    assert_int_equal(stk_model_buffer_info(m, stk_model_num_buffers(m), &pi), -ERANGE);
+    assert_int_equal(stk_model_param_info(m, 0, NULL), -EINVAL);
     char buf[4096];
     assert_true(stk_model_stats_format(m, buf, sizeof(buf)) < sizeof(buf));
     assert_non_null(strstr(buf, "c1 (conv2d)"));
@@ -782,14 +792,15 @@ static void test_backend_errors(void **state)
     stk__backend_close(&be);
     assert_int_equal(stk__backend_open(&be, STK_DEVICE_CUDA), STK_EDEVICE);
     assert_int_equal(stk__backend_open(&be, (stk_device_t)7), STK_EDEVICE);
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.device = STK_DEVICE_CUDA;
     stk_model_builder_t *b = NULL;
     assert_int_equal(stk_model_builder_create(&b), 0);
     assert_int_equal(stk_model_builder_parse(b, "input shape=3\nlinear out=2", NULL), 0);
     stk_model_t *m = NULL;
     assert_int_equal(stk_model_create(&m, b, &cfg), STK_EDEVICE);
-    cfg = stk_model_config_default();
+    stk_model_config_default(&cfg);
     cfg.batch_size = 0;
     assert_int_equal(stk_model_create(&m, b, &cfg), -EINVAL);
     stk_model_builder_destroy(&b);
@@ -967,6 +978,73 @@ static void test_plan_cache(void **state)
     stk_model_destroy(&m);
 }
 
+/* The constructors build what the model file says, default for default:
+ * the same parameters (same seed) and the same summary. */
+static void test_constructors(void **state)
+{
+    (void)state;
+    const char *text = "input name=data shape=2,12,12\n"
+                       "conv2d name=c1 out=8 kernel=3 pad=1\n"
+                       "batchnorm2d name=bn1\n"
+                       "relu name=r1\n"
+                       "maxpool2d name=p1 kernel=2\n"
+                       "conv2d name=c2 out=8 kernel=3 stride=2 pad=1 dilation=2\n"
+                       "leaky_relu name=l1 slope=0.2\n"
+                       "add name=res inputs=c2,l1\n"
+                       "concat name=cat inputs=res,c2\n"
+                       "avgpool2d name=p2 kernel=3 stride=1 pad=1\n"
+                       "gelu name=g\nsigmoid name=s\ntanh name=t\n"
+                       "global_avgpool name=gap\nflatten name=f\n"
+                       "linear name=fc out=5 bias=0\n"
+                       "dropout name=d p=0.25\n"
+                       "cross_entropy name=loss smoothing=0.1\n";
+    stk_layer_desc_t c2 = stk_layer_conv2d("c2", 8, 3, 2, 1), fc = stk_layer_linear("fc", 5);
+    c2.dilation_h = c2.dilation_w = 2;
+    fc.bias = 0;
+    const stk_layer_desc_t layers[] = {
+        stk_layer_input("data", 2, 12, 12), stk_layer_conv2d("c1", 8, 3, 1, 1), stk_layer_batchnorm2d("bn1"),
+        stk_layer_relu("r1"), stk_layer_maxpool2d("p1", 2, 0, 0), c2, stk_layer_leaky_relu("l1", 0.2f),
+        stk_layer_add("res", "c2", "l1"), stk_layer_concat("cat", "res", "c2"), stk_layer_avgpool2d("p2", 3, 1, 1),
+        stk_layer_gelu("g"), stk_layer_sigmoid("s"), stk_layer_tanh("t"), stk_layer_global_avgpool("gap"),
+        stk_layer_flatten("f"), fc, stk_layer_dropout("d", 0.25f), stk_layer_cross_entropy("loss", 0.1f),
+    };
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    for (size_t i = 0; i < sizeof(layers) / sizeof(layers[0]); i++)
+        if (stk_model_builder_add(b, &layers[i]) != 0)
+            fail_msg("layer %zu: %s", i, stk_error_message());
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
+    cfg.batch_size = 2;
+    cfg.seed = 5;
+    stk_model_t *a = NULL, *m = model_from_text(text, 2, 5, 1);
+    assert_int_equal(stk_model_create(&a, b, &cfg), 0);
+    stk_model_builder_destroy(&b);
+    size_t na = stk_model_state_size(a), nm = stk_model_state_size(m), wa, wm;
+    assert_int_equal(na, nm);
+    char *sa = malloc(na), *sm = malloc(nm);
+    assert_int_equal(stk_model_state_save_mem(a, sa, na, &wa), 0);
+    assert_int_equal(stk_model_state_save_mem(m, sm, nm, &wm), 0);
+    assert_memory_equal(sa, sm, na);
+    char ta[8192], tm[8192];
+    assert_true(stk_model_summary(a, ta, sizeof(ta)) < sizeof(ta));
+    assert_true(stk_model_summary(m, tm, sizeof(tm)) < sizeof(tm));
+    assert_string_equal(ta, tm);
+    free(sa);
+    free(sm);
+    stk_model_destroy(&a);
+    stk_model_destroy(&m);
+    /* Defaults by pointer, NULL-safe. */
+    stk_layer_desc_default(NULL, STK_LAYER_CONV2D);
+    stk_model_config_default(NULL);
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_CONV2D);
+    assert_int_equal(d.kernel_h, 3);
+    assert_int_equal(d.stride_w, 1);
+    assert_int_equal(d.groups, 1);
+    assert_int_equal(d.bias, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -984,6 +1062,7 @@ int main(void)
         cmocka_unit_test(test_count_topk),
         cmocka_unit_test(test_layer_table),
         cmocka_unit_test(test_plan_cache),
+        cmocka_unit_test(test_constructors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
