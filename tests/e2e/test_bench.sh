@@ -16,7 +16,7 @@ dir=$(mktemp -d /tmp/stk-bench-e2e-XXXXXX)
 # A background run this script started dies with it, whatever ends the
 # script (a failed check, meson's timeout): nothing is left running.
 bg=
-trap 'for p in $bg; do kill -KILL $p 2>/dev/null || :; done; rm -rf "$dir"' EXIT
+trap 'rc=$?; for p in $bg; do kill -KILL $p 2>/dev/null || true; done; rm -rf "$dir"; exit $rc' EXIT
 "$tools/stoker-pack" idx "$src/train-images-idx3-ubyte.gz" "$src/train-labels-idx1-ubyte.gz" \
     -o "$dir/fm" --limit 4096 -n 1000 -q
 # The same records zstd-compressed: STK_IO_AUTO reads those with io_uring
