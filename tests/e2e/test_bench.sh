@@ -13,7 +13,10 @@ if [ ! -f "$src/train-images-idx3-ubyte.gz" ]; then
 fi
 tools="$STK_BUILD_ROOT/tools"
 dir=$(mktemp -d /tmp/stk-bench-e2e-XXXXXX)
-trap 'rm -rf "$dir"' EXIT
+# A background run this script started dies with it, whatever ends the
+# script (a failed check, meson's timeout): nothing is left running.
+bg=
+trap 'rc=$?; for p in $bg; do kill -KILL $p 2>/dev/null || true; done; rm -rf "$dir"; exit $rc' EXIT
 "$tools/stoker-pack" idx "$src/train-images-idx3-ubyte.gz" "$src/train-labels-idx1-ubyte.gz" \
     -o "$dir/fm" --limit 4096 -n 1000 -q
 # The same records zstd-compressed: STK_IO_AUTO reads those with io_uring
@@ -117,7 +120,8 @@ case "$err" in *'no field "image" in the dataset (its fields: data u8[12,12], la
 # tool's only child.
 children() { awk -v p="$1" '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null; }
 stop_workers() { # tool pid: waits for its workers, stops them
-    for _ in $(seq 100); do
+    # Generous: worker start-up under a loaded machine can take seconds.
+    for _ in $(seq 600); do
         srv=$(children "$1")
         ws=$(for s in $srv; do children "$s"; done)
         [ -n "$ws" ] && break
@@ -129,6 +133,7 @@ stop_workers() { # tool pid: waits for its workers, stops them
 }
 "$tools/stoker-bench" "$dir/fm" --workers 2 --epochs 1000000 --no-memcpy 2>"$dir/err" >/dev/null &
 pid=$!
+bg="$bg $pid"
 stop_workers $pid
 sleep 0.3
 kill -INT $pid
@@ -137,6 +142,7 @@ if wait $pid; then rc=0; else rc=$?; fi
 grep -q "stopped by SIGINT" "$dir/err" || { echo "FAIL: $(cat "$dir/err")" >&2; exit 1; }
 "$tools/stoker-bench" "$dir/fm" --workers 2 --epochs 1000000 --timeout 1 --no-memcpy 2>"$dir/err" >/dev/null &
 pid=$!
+bg="$bg $pid"
 stop_workers $pid
 if wait $pid; then rc=0; else rc=$?; fi
 [ "$rc" -eq 1 ] || { echo "FAIL: --timeout 1 with stopped workers: exit $rc" >&2; exit 1; }
