@@ -501,7 +501,7 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->train = 1;
     m->loss_scale = 1.0f;
     m->seed = cfg->seed;
-    m->threads = cfg->threads;
+    m->threads = cfg->threads ? cfg->threads : stk__default_threads();
     int rc = 0;
     m->layers = calloc((size_t)b->n, sizeof(*m->layers));
     m->written = calloc((size_t)b->n, sizeof(int));

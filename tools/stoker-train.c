@@ -1009,6 +1009,8 @@ int main(int argc, char **argv)
     const char *config = NULL, *resume = NULL;
     int print_config = 0;
     char err[2048];
+    /* OpenMP threads that wait passively (it executes us again once). */
+    stk_engine_passive_wait(argv);
     double t_begin = tool_now_s();
 
     /* Config first, then --set in order: later settings win. */

@@ -172,7 +172,9 @@ typedef struct stk_model_config {
                            * another size plans it once (see
                            * stk_model_set_batch_size). Default 32 */
     uint64_t seed;        /* parameter init and dropout masks. Default 0 */
-    int threads;          /* backend threads; 0: leave as is. Default 0 */
+    int threads;          /* backend threads; 0 (default): the CPUs this
+                           * process may use (stk_engine_cpu_count), or
+                           * OpenMP's own count when OMP_NUM_THREADS is set */
     stk_device_t device;  /* STK_DEVICE_CPU (default) */
     int init_params;      /* 1 (default): PyTorch default init from seed;
                            * 0: parameters start at zero */
@@ -390,6 +392,39 @@ STK_API int stk_model_state_save(const stk_model_t *m, const char *path);
 STK_API int stk_model_state_load(stk_model_t *m, const char *path);
 /* The same file as stk_model_state_save: safetensors is the state format. */
 STK_API int stk_model_export_safetensors(const stk_model_t *m, const char *path);
+
+/* ------------------------------------------------------------ CPU threads */
+
+/* CPUs this process may use: its affinity mask (sched_getaffinity), capped
+ * by the cgroup CPU quota of its cgroup and every parent (cgroup v2
+ * cpu.max, or v1 cpu.cfs_quota_us / cpu.cfs_period_us), rounded up; at
+ * least 1. A container limited to 1.5 CPUs on a 64-core host gets 2, where
+ * OpenMP would start 64 threads. Thread-safe. */
+STK_API int stk_engine_cpu_count(void);
+
+/* How the OpenMP threads of the CPU backend (oneDNN, on Debian libgomp)
+ * wait for work, as libgomp read it when the program started. */
+typedef enum stk_wait_policy {
+    STK_WAIT_SPIN = 0,    /* libgomp's default: spin ~3 ms, then sleep */
+    STK_WAIT_PASSIVE = 1, /* sleep at once (OMP_WAIT_POLICY=passive) */
+    STK_WAIT_ACTIVE = 2   /* spin (OMP_WAIT_POLICY=active) */
+} stk_wait_policy_t;
+STK_API stk_wait_policy_t stk_engine_wait_policy(void);
+
+/* Makes this program's OpenMP threads wait passively, as they should on a
+ * machine shared with other work: a spinning thread burns the CPU time
+ * the thread it waits for needs (measured: stoker-enginebench beside two
+ * busy processes, see engine/README.md). libgomp reads its wait policy
+ * once, before main, and has no call to change it, so when neither
+ * OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set this sets
+ * OMP_WAIT_POLICY=passive and executes the program again (/proc/self/exe,
+ * same argv, same pid): call it first thing in main, before threads, open
+ * files or output you care about. Returns 0 when there is nothing to do
+ * (the user chose a policy, or the second time), or on failure a negative
+ * errno (the program runs on with spinning threads; children still get
+ * the variable). argv must be main's (NULL-terminated). The Stoker tools
+ * call it. */
+STK_API int stk_engine_passive_wait(char **argv);
 
 /* ---------------------------------------------------- summary and timing */
 
