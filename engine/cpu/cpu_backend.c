@@ -3,6 +3,7 @@
  * so threads are OpenMP's), the element-wise kernels written here, and the
  * interface table that puts them next to the oneDNN ops of cpu_dnnl.c. */
 #include "cpu.h"
+#include "philox.h"
 
 #include <errno.h>
 #include <math.h>
@@ -214,7 +215,7 @@ static void dropout_block(uint64_t key, uint64_t step, uint64_t blk, float p, fl
     uint32_t r[4];
     stk_philox4x32(key, step, blk, r);
     for (int j = 0; j < 4; j++)
-        keep[j] = (float)(r[j] >> 8) * (1.0f / 16777216.0f) >= p ? scale : 0.0f;
+        keep[j] = stk__dropout_keep(r[j], p) ? scale : 0.0f;
 }
 
 static void dropout_apply(size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y)
