@@ -59,6 +59,9 @@ typedef enum stk__eltwise {
 
 typedef struct stk__backend_iface {
     const char *name;
+    /* 1 when the backend's convolution, batch-norm and pooling ops take
+     * STK__LAYOUT_BLOCKED8 activations; 0: the model keeps them plain. */
+    int blocked_layouts;
     /* Frees the context and everything it holds. */
     void (*destroy)(void *ctx);
 
@@ -66,12 +69,16 @@ typedef struct stk__backend_iface {
     void *(*alloc)(void *ctx, size_t bytes);
     /* Frees alloc'd memory; NULL is a no-op. */
     void (*free)(void *ctx, void *p);
-    /* Host to device / device to host / device to device copies. */
-    void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
-    void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
-    void (*copy)(void *ctx, void *dst, const void *src, size_t bytes);
+    /* Host to device / device to host / device to device copies. upload
+     * and download return when the host memory may be reused or read;
+     * copy is ordered with the backend's other work. The slots from here
+     * to xent_backward that return int return 0 or a negative status: on
+     * a GPU each can fail (a lost device, a fault of earlier work). */
+    int (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
+    int (*download)(void *ctx, void *dst, const void *src, size_t bytes);
+    int (*copy)(void *ctx, void *dst, const void *src, size_t bytes);
     /* dst[0..n) = 0. */
-    void (*zero)(void *ctx, float *dst, size_t n);
+    int (*zero)(void *ctx, float *dst, size_t n);
 
     /* Worker threads for the calling thread's subsequent work; 0 or -EINVAL. */
     int (*set_threads)(void *ctx, int n);
@@ -102,8 +109,8 @@ typedef struct stk__backend_iface {
                        const float *mean, const float *var, float *dx, float *dgamma, float *dbeta);
     /* running = (1 - momentum) running + momentum batch; the variance is
      * made unbiased (times count / (count - 1)) first, as PyTorch. */
-    void (*bn_update_running)(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
-                              const float *var, float *running_mean, float *running_var);
+    int (*bn_update_running)(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
+                             const float *var, float *running_mean, float *running_var);
 
     /* Pooling plan; a max-pooling op keeps its workspace (argmax). */
     int (*pool_create)(void *ctx, const stk__pool_desc_t *d, stk__op_t **op);
@@ -132,22 +139,22 @@ typedef struct stk__backend_iface {
                             const float *dy, float *dx);
 
     /* y = a + b over n elements. */
-    void (*add)(void *ctx, size_t n, const float *a, const float *b, float *y);
+    int (*add)(void *ctx, size_t n, const float *a, const float *b, float *y);
     /* y += x over n elements. */
-    void (*accumulate)(void *ctx, size_t n, const float *x, float *y);
+    int (*accumulate)(void *ctx, size_t n, const float *x, float *y);
     /* Channel concat of a [n, ca, hw] and b [n, cb, hw] into y [n, ca+cb, hw]. */
-    void (*concat_forward)(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
-                           const float *b, float *y);
+    int (*concat_forward)(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
+                          const float *b, float *y);
     /* The split of dy into da, db; acc_a/acc_b: add instead of overwrite;
      * a NULL destination is skipped. */
-    void (*concat_backward)(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy, float *da,
-                            float *db, int acc_a, int acc_b);
+    int (*concat_backward)(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy, float *da,
+                           float *db, int acc_a, int acc_b);
 
     /* Dropout with a mask that is a pure function of (key, step, element):
      * keep when the element's Philox uniform >= p, scaled by 1/(1-p).
      * Backward regenerates the mask; nothing is stored. */
-    void (*dropout_forward)(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y);
-    void (*dropout_backward)(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy, float *dx);
+    int (*dropout_forward)(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y);
+    int (*dropout_backward)(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy, float *dx);
 
     /* Softmax cross-entropy over logits [n, k], mean over the batch, with
      * label smoothing; targets are labels (i64) or soft rows (f32), one of
@@ -156,8 +163,8 @@ typedef struct stk__backend_iface {
     int (*xent_forward)(void *ctx, int64_t n, int64_t k, const float *logits, const int64_t *labels,
                         const float *soft, float smoothing, float *prob, float *loss);
     /* dlogits = scale * d(loss)/d(logits), from the saved softmax; overwrites. */
-    void (*xent_backward)(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
-                          const float *soft, float smoothing, float scale, float *dlogits);
+    int (*xent_backward)(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
+                         const float *soft, float smoothing, float scale, float *dlogits);
 } stk__backend_iface_t;
 
 typedef struct stk__backend {
@@ -172,5 +179,9 @@ void stk__backend_close(stk__backend_t *b);
 
 /* The CPU backend (engine/cpu/). */
 int stk__cpu_backend_open(stk__backend_t *b);
+/* The CUDA backend (engine/cuda/, built when STK_HAVE_CUDA): device
+ * `device`, or the calling thread's current one when negative.
+ * STK_EDEVICE without a usable GPU. */
+int stk__cuda_backend_open(stk__backend_t *b, int device);
 
 #endif

@@ -395,10 +395,11 @@ static int infer_shapes(stk_model_t *m)
  * writes the blocked layout oneDNN's vector kernels want; layers that keep
  * the channel count keep their input's layout; flatten, linear and the
  * loss are plain (flatten converts). When a two-input layer would mix
- * layouts, or a concat is present, the whole graph stays plain. */
+ * layouts, or a concat is present, or the backend has no blocked ops (the
+ * CUDA backend), the whole graph stays plain. */
 static void assign_layouts(stk_model_t *m)
 {
-    int uniform_plain = 0;
+    int uniform_plain = !m->be.iface->blocked_layouts;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < m->nl; i++) {
             stk__layer_t *l = &m->layers[i];
@@ -809,9 +810,9 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->logits_layer = m->nl - 1;
     if ((rc = infer_shapes(m)) < 0)
         goto fail;
-    assign_layouts(m);
     if ((rc = stk__backend_open(&m->be, cfg->device)) < 0)
         goto fail;
+    assign_layouts(m);
     if (m->threads > 0 && (rc = m->be.iface->set_threads(m->be.ctx, m->threads)) < 0)
         goto fail;
     if ((rc = layout_arenas(m)) < 0)

@@ -44,17 +44,19 @@ static void cpu_free(void *ctx, void *p)
     free(p);
 }
 
-static void cpu_copy(void *ctx, void *dst, const void *src, size_t bytes)
+static int cpu_copy(void *ctx, void *dst, const void *src, size_t bytes)
 {
     (void)ctx;
     if (bytes && dst != src)
         memmove(dst, src, bytes);
+    return 0;
 }
 
-static void cpu_zero(void *ctx, float *dst, size_t n)
+static int cpu_zero(void *ctx, float *dst, size_t n)
 {
     (void)ctx;
     memset(dst, 0, n * sizeof(float));
+    return 0;
 }
 
 static int cpu_set_threads(void *ctx, int n)
@@ -157,26 +159,28 @@ static int cpu_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size
     return 0;
 }
 
-static void cpu_add(void *ctx, size_t n, const float *a, const float *b, float *y)
+static int cpu_add(void *ctx, size_t n, const float *a, const float *b, float *y)
 {
     (void)ctx;
     ptrdiff_t len = (ptrdiff_t)n;
 #pragma omp parallel for if (len > PAR_MIN)
     for (ptrdiff_t i = 0; i < len; i++)
         y[i] = a[i] + b[i];
+    return 0;
 }
 
-static void cpu_accumulate(void *ctx, size_t n, const float *x, float *y)
+static int cpu_accumulate(void *ctx, size_t n, const float *x, float *y)
 {
     (void)ctx;
     ptrdiff_t len = (ptrdiff_t)n;
 #pragma omp parallel for if (len > PAR_MIN)
     for (ptrdiff_t i = 0; i < len; i++)
         y[i] += x[i];
+    return 0;
 }
 
-static void cpu_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
-                               const float *b, float *y)
+static int cpu_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
+                              const float *b, float *y)
 {
     (void)ctx;
     for (int64_t i = 0; i < n; i++) {
@@ -184,6 +188,7 @@ static void cpu_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int
         memcpy(row, a + i * ca * hw, (size_t)(ca * hw) * sizeof(float));
         memcpy(row + ca * hw, b + i * cb * hw, (size_t)(cb * hw) * sizeof(float));
     }
+    return 0;
 }
 
 static void split_part(const float *src, float *dst, int64_t len, int acc)
@@ -195,8 +200,8 @@ static void split_part(const float *src, float *dst, int64_t len, int acc)
         memcpy(dst, src, (size_t)len * sizeof(float));
 }
 
-static void cpu_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy,
-                                float *da, float *db, int acc_a, int acc_b)
+static int cpu_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy,
+                               float *da, float *db, int acc_a, int acc_b)
 {
     (void)ctx;
     for (int64_t i = 0; i < n; i++) {
@@ -206,6 +211,7 @@ static void cpu_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, in
         if (db)
             split_part(row + ca * hw, db + i * cb * hw, cb * hw, acc_b);
     }
+    return 0;
 }
 
 /* The dropout mask of elements [4 blk, 4 blk + 4): keep where the 24-bit
@@ -232,21 +238,23 @@ static void dropout_apply(size_t n, float p, uint64_t key, uint64_t step, const 
     }
 }
 
-static void cpu_dropout_forward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y)
+static int cpu_dropout_forward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y)
 {
     (void)ctx;
     dropout_apply(n, p, key, step, x, y);
+    return 0;
 }
 
-static void cpu_dropout_backward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy,
-                                 float *dx)
+static int cpu_dropout_backward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy,
+                                float *dx)
 {
     (void)ctx;
     dropout_apply(n, p, key, step, dy, dx);
+    return 0;
 }
 
-static void cpu_bn_update_running(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
-                                  const float *var, float *running_mean, float *running_var)
+static int cpu_bn_update_running(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
+                                 const float *var, float *running_mean, float *running_var)
 {
     (void)ctx;
     double unbias = count > 1 ? (double)count / (double)(count - 1) : 1.0;
@@ -254,6 +262,7 @@ static void cpu_bn_update_running(void *ctx, int64_t c, int64_t count, float mom
         running_mean[i] = (1.0f - momentum) * running_mean[i] + momentum * mean[i];
         running_var[i] = (1.0f - momentum) * running_var[i] + momentum * (float)(var[i] * unbias);
     }
+    return 0;
 }
 
 static int cpu_xent_forward(void *ctx, int64_t n, int64_t k, const float *logits, const int64_t *labels,
@@ -293,8 +302,8 @@ static int cpu_xent_forward(void *ctx, int64_t n, int64_t k, const float *logits
     return 0;
 }
 
-static void cpu_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
-                              const float *soft, float smoothing, float scale, float *dlogits)
+static int cpu_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
+                             const float *soft, float smoothing, float scale, float *dlogits)
 {
     (void)ctx;
     float s = scale / (float)n;
@@ -306,10 +315,12 @@ static void cpu_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob
             dlogits[i * k + j] = s * (prob[i * k + j] - t);
         }
     }
+    return 0;
 }
 
 static const stk__backend_iface_t cpu_iface = {
     .name = "cpu",
+    .blocked_layouts = 1,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
     .free = cpu_free,
