@@ -39,12 +39,13 @@ main_job() {
     local data=${STK_DATA:-data}
     local src=/usr/share/datasets/fashion-mnist
     mkdir -p "$data"
-    # A finished pack writes its manifest last, so its presence means done.
+    # A pack appears whole (manifest included) or not at all; --force
+    # replaces what an older, interrupted version may have left.
     if [ ! -f "$data/fmnist-train/shard.manifest" ]; then
-        "$BUILD/tools/stoker-pack" idx "$src/train-images-idx3-ubyte.gz" "$src/train-labels-idx1-ubyte.gz" -o "$data/fmnist-train"
+        "$BUILD/tools/stoker-pack" idx "$src/train-images-idx3-ubyte.gz" "$src/train-labels-idx1-ubyte.gz" -o "$data/fmnist-train" --force
     fi
     if [ ! -f "$data/fmnist-test/shard.manifest" ]; then
-        "$BUILD/tools/stoker-pack" idx "$src/t10k-images-idx3-ubyte.gz" "$src/t10k-labels-idx1-ubyte.gz" -o "$data/fmnist-test"
+        "$BUILD/tools/stoker-pack" idx "$src/t10k-images-idx3-ubyte.gz" "$src/t10k-labels-idx1-ubyte.gz" -o "$data/fmnist-test" --force
     fi
     "$BUILD/tools/stoker-pack" verify "$data/fmnist-train"
     "$BUILD/tools/stoker-pack" verify "$data/fmnist-test"

@@ -167,7 +167,51 @@ def xent(name, n, k, smoothing, soft, scale=1.0):
     loss = F.cross_entropy(z, target, label_smoothing=smoothing)
     (dz,) = grads(loss * scale, [z], torch.tensor(1.0))
     t.update({"prob": torch.softmax(z.detach(), 1), "loss": loss.reshape(1), "dlogits": dz})
+    if not soft:
+        # Top-k accuracy as the backends count it: rank = logits above the
+        # label's, plus equal ones at lower indices.
+        zd, lab = z.detach(), target
+        zy = zd.gather(1, lab[:, None])
+        idx = torch.arange(k)[None, :]
+        rank = ((zd > zy) | ((zd == zy) & (idx < lab[:, None]))).sum(1)
+        t["correct1"] = (rank < 1).sum().float().reshape(1)
+        t["correct3"] = (rank < 3).sum().float().reshape(1)
     return name, "xent", dict(n=n, k=k, smoothing=smoothing, soft=int(soft), scale=scale), t
+
+
+OPTIM_KIND = {"sgd": 1, "adam": 2, "adamw": 3, "rmsprop": 4}
+
+
+def optim(name, kind, steps=3, **h):
+    """torch.optim over the elements of two ranges of a 1000-float arena
+    (the rest must stay as it is), `steps` steps with fresh gradients."""
+    g = gen(name)
+    size, ranges = 1000, [(0, 300), (420, 580)]
+    p0 = torch.randn(size, generator=g)
+    gs = [torch.randn(size, generator=g) for _ in range(steps)]
+    parts = [p0[a:a + c].clone().requires_grad_(True) for a, c in ranges]
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+           "rmsprop": torch.optim.RMSprop}[kind]
+    opt = cls(parts, **h)
+    for gr in gs:
+        for part, (a, c) in zip(parts, ranges):
+            part.grad = gr[a:a + c].clone()
+        opt.step()
+    p = p0.clone()
+    with torch.no_grad():
+        for part, (a, c) in zip(parts, ranges):
+            p[a:a + c] = part
+    t = {"p0": p0, "p": p}
+    for i, gr in enumerate(gs):
+        t[f"g{i}"] = gr
+    prm = dict(kind=OPTIM_KIND[kind], steps=steps, size=size, r0=ranges[0][0], n0=ranges[0][1], r1=ranges[1][0],
+               n1=ranges[1][1])
+    for k, v in h.items():
+        if k == "betas":
+            prm["beta1"], prm["beta2"] = v
+        else:
+            prm[k] = int(v) if isinstance(v, bool) else v
+    return name, "optim", prm, t
 
 
 def reorder(name, n, c, h, w):
@@ -213,6 +257,14 @@ def cases():
         xent("xent_soft_smooth", 3, 6, 0.2, True, scale=2.0),
         xent("xent_wide", 3, 1500, 0.05, False),
         reorder("reorder_c16", 2, 16, 3, 5),
+        optim("optim_sgd_nesterov", "sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        optim("optim_sgd_plain", "sgd", lr=0.05),
+        optim("optim_sgd_dampening", "sgd", lr=0.05, momentum=0.8, dampening=0.3, maximize=True),
+        optim("optim_adam", "adam", lr=1e-3, weight_decay=1e-2),
+        optim("optim_adam_amsgrad", "adam", lr=2e-3, betas=(0.8, 0.99), amsgrad=True),
+        optim("optim_adamw", "adamw", lr=1e-3, weight_decay=0.05),
+        optim("optim_rmsprop", "rmsprop", lr=1e-2),
+        optim("optim_rmsprop_centered", "rmsprop", lr=1e-2, momentum=0.9, centered=True, weight_decay=1e-3),
     ]
 
 

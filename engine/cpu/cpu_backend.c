@@ -23,24 +23,30 @@ static void cpu_destroy(void *ctx)
     if (!c)
         return;
     stk__cpu_dnnl_fini(c);
+    stk__cpu_staged_free(c);
     free(c);
 }
 
 static void *cpu_alloc(void *ctx, size_t bytes)
 {
-    (void)ctx;
+    cpu_ctx_t *c = ctx;
     size_t sz = (bytes + 63) & ~(size_t)63;
     if (sz == 0)
         sz = 64;
     void *p = aligned_alloc(64, sz);
-    if (p)
+    if (p) {
         memset(p, 0, sz);
+        if (c->staged)
+            stk__cpu_staged_track(c, p, sz);
+    }
     return p;
 }
 
 static void cpu_free(void *ctx, void *p)
 {
-    (void)ctx;
+    cpu_ctx_t *c = ctx;
+    if (p && c->staged)
+        stk__cpu_staged_untrack(c, p);
     free(p);
 }
 
@@ -52,11 +58,10 @@ static int cpu_copy(void *ctx, void *dst, const void *src, size_t bytes)
     return 0;
 }
 
-static int cpu_zero(void *ctx, float *dst, size_t n)
+static void cpu_zero(void *ctx, float *dst, size_t n)
 {
     (void)ctx;
     memset(dst, 0, n * sizeof(float));
-    return 0;
 }
 
 static int cpu_set_threads(void *ctx, int n)
@@ -159,28 +164,26 @@ static int cpu_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size
     return 0;
 }
 
-static int cpu_add(void *ctx, size_t n, const float *a, const float *b, float *y)
+static void cpu_add(void *ctx, size_t n, const float *a, const float *b, float *y)
 {
     (void)ctx;
     ptrdiff_t len = (ptrdiff_t)n;
 #pragma omp parallel for if (len > PAR_MIN)
     for (ptrdiff_t i = 0; i < len; i++)
         y[i] = a[i] + b[i];
-    return 0;
 }
 
-static int cpu_accumulate(void *ctx, size_t n, const float *x, float *y)
+static void cpu_accumulate(void *ctx, size_t n, const float *x, float *y)
 {
     (void)ctx;
     ptrdiff_t len = (ptrdiff_t)n;
 #pragma omp parallel for if (len > PAR_MIN)
     for (ptrdiff_t i = 0; i < len; i++)
         y[i] += x[i];
-    return 0;
 }
 
-static int cpu_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
-                              const float *b, float *y)
+static void cpu_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
+                               const float *b, float *y)
 {
     (void)ctx;
     for (int64_t i = 0; i < n; i++) {
@@ -188,7 +191,6 @@ static int cpu_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int6
         memcpy(row, a + i * ca * hw, (size_t)(ca * hw) * sizeof(float));
         memcpy(row + ca * hw, b + i * cb * hw, (size_t)(cb * hw) * sizeof(float));
     }
-    return 0;
 }
 
 static void split_part(const float *src, float *dst, int64_t len, int acc)
@@ -200,8 +202,8 @@ static void split_part(const float *src, float *dst, int64_t len, int acc)
         memcpy(dst, src, (size_t)len * sizeof(float));
 }
 
-static int cpu_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy,
-                               float *da, float *db, int acc_a, int acc_b)
+static void cpu_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy,
+                                float *da, float *db, int acc_a, int acc_b)
 {
     (void)ctx;
     for (int64_t i = 0; i < n; i++) {
@@ -211,7 +213,6 @@ static int cpu_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int
         if (db)
             split_part(row + ca * hw, db + i * cb * hw, cb * hw, acc_b);
     }
-    return 0;
 }
 
 /* The dropout mask of elements [4 blk, 4 blk + 4): keep where the 24-bit
@@ -238,23 +239,21 @@ static void dropout_apply(size_t n, float p, uint64_t key, uint64_t step, const 
     }
 }
 
-static int cpu_dropout_forward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y)
+static void cpu_dropout_forward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y)
 {
     (void)ctx;
     dropout_apply(n, p, key, step, x, y);
-    return 0;
 }
 
-static int cpu_dropout_backward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy,
-                                float *dx)
+static void cpu_dropout_backward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy,
+                                 float *dx)
 {
     (void)ctx;
     dropout_apply(n, p, key, step, dy, dx);
-    return 0;
 }
 
-static int cpu_bn_update_running(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
-                                 const float *var, float *running_mean, float *running_var)
+static void cpu_bn_update_running(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
+                                  const float *var, float *running_mean, float *running_var)
 {
     (void)ctx;
     double unbias = count > 1 ? (double)count / (double)(count - 1) : 1.0;
@@ -262,7 +261,6 @@ static int cpu_bn_update_running(void *ctx, int64_t c, int64_t count, float mome
         running_mean[i] = (1.0f - momentum) * running_mean[i] + momentum * mean[i];
         running_var[i] = (1.0f - momentum) * running_var[i] + momentum * (float)(var[i] * unbias);
     }
-    return 0;
 }
 
 static int cpu_xent_forward(void *ctx, int64_t n, int64_t k, const float *logits, const int64_t *labels,
@@ -271,9 +269,6 @@ static int cpu_xent_forward(void *ctx, int64_t n, int64_t k, const float *logits
     (void)ctx;
     double total = 0.0;
     for (int64_t i = 0; i < n; i++) {
-        if (labels && (labels[i] < 0 || labels[i] >= k))
-            return stk__error(-EINVAL, "cross_entropy: label %lld of sample %lld is outside [0, %lld)",
-                              (long long)labels[i], (long long)i, (long long)k);
         const float *z = logits + i * k;
         float *p = prob + i * k;
         float mx = z[0];
@@ -302,8 +297,8 @@ static int cpu_xent_forward(void *ctx, int64_t n, int64_t k, const float *logits
     return 0;
 }
 
-static int cpu_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
-                             const float *soft, float smoothing, float scale, float *dlogits)
+static void cpu_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
+                              const float *soft, float smoothing, float scale, float *dlogits)
 {
     (void)ctx;
     float s = scale / (float)n;
@@ -315,11 +310,28 @@ static int cpu_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob,
             dlogits[i * k + j] = s * (prob[i * k + j] - t);
         }
     }
+}
+
+static int cpu_count_correct(void *ctx, int64_t n, int64_t k, int topk, const float *logits, const int64_t *labels,
+                             int64_t *correct)
+{
+    (void)ctx;
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *z = logits + i * k;
+        int64_t y = labels[i];
+        int64_t rank = 0;
+        for (int64_t j = 0; j < k && rank < topk; j++)
+            rank += z[j] > z[y] || (j < y && z[j] == z[y]);
+        c += rank < topk;
+    }
+    *correct = c;
     return 0;
 }
 
 static const stk__backend_iface_t cpu_iface = {
     .name = "cpu",
+    .host_memory = 1,
     .blocked_layouts = 1,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
@@ -358,6 +370,9 @@ static const stk__backend_iface_t cpu_iface = {
     .dropout_backward = cpu_dropout_backward,
     .xent_forward = cpu_xent_forward,
     .xent_backward = cpu_xent_backward,
+    .count_correct = cpu_count_correct,
+    .optim_create = stk__cpu_optim_create,
+    .optim_update = stk__cpu_optim_update,
 };
 
 int stk__cpu_backend_open(stk__backend_t *b)
@@ -372,5 +387,12 @@ int stk__cpu_backend_open(stk__backend_t *b)
     }
     b->iface = &cpu_iface;
     b->ctx = c;
+    const char *staged = getenv("STK_ENGINE_STAGED");
+    if (staged && strcmp(staged, "0") != 0 && (rc = stk__cpu_staged_enable(c, &cpu_iface, &b->iface)) < 0) {
+        cpu_destroy(c);
+        b->iface = NULL;
+        b->ctx = NULL;
+        return rc;
+    }
     return 0;
 }

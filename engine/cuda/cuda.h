@@ -71,7 +71,7 @@ typedef struct lt_gemm {
     size_t workspace[2];
 } lt_gemm_t;
 
-enum { CU_OP_CONV = 1, CU_OP_BN, CU_OP_POOL, CU_OP_LINEAR, CU_OP_REORDER };
+enum { CU_OP_CONV = 1, CU_OP_BN, CU_OP_POOL, CU_OP_LINEAR, CU_OP_REORDER, CU_OP_OPTIM };
 enum { CU_FWD = 0, CU_BWD_DATA = 1, CU_BWD_FILTER = 2 };
 
 /* The CUDA backend's planned op (the CPU backend has its own). */
@@ -90,8 +90,9 @@ struct stk__op {
     lt_gemm_t gemm[3];
     void *workspace; /* owned by the op, sized for its plans */
     size_t ws_bytes;
-    void *aux;       /* batch norm: ReLU mask; max pooling: argmax */
-    double *partial; /* batch norm: per channel sums */
+    void *aux;       /* batch norm: ReLU mask; max pooling: argmax;
+                      * optimizer: its chunks (stk_optim_range_t) */
+    size_t nchunks;  /* optimizer */
 };
 
 /* Status mapping. Each returns 0 for success, else records "what: the
@@ -142,25 +143,33 @@ int stk__cuda_reorder_create(void *ctx, int64_t n, int64_t c, int64_t h, int64_t
                              stk__op_t **out);
 int stk__cuda_reorder_run(void *ctx, stk__op_t *op, int reverse, const float *src, float *dst);
 
-/* Element-wise slots and the loss (cuda_ops.c). */
+/* Element-wise slots, the loss and accuracy (cuda_ops.c). */
 int stk__cuda_eltwise_forward(void *ctx, stk__eltwise_t alg, float alpha, size_t n, const float *x, float *y);
 int stk__cuda_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size_t n, const float *x,
                                const float *y, const float *dy, float *dx);
-int stk__cuda_add(void *ctx, size_t n, const float *a, const float *b, float *y);
-int stk__cuda_accumulate(void *ctx, size_t n, const float *x, float *y);
-int stk__cuda_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
-                             const float *b, float *y);
-int stk__cuda_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy, float *da,
-                              float *db, int acc_a, int acc_b);
-int stk__cuda_dropout_forward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y);
-int stk__cuda_dropout_backward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy,
-                               float *dx);
-int stk__cuda_bn_update_running(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
-                                const float *var, float *running_mean, float *running_var);
+void stk__cuda_add(void *ctx, size_t n, const float *a, const float *b, float *y);
+void stk__cuda_accumulate(void *ctx, size_t n, const float *x, float *y);
+void stk__cuda_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
+                              const float *b, float *y);
+void stk__cuda_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy,
+                               float *da, float *db, int acc_a, int acc_b);
+void stk__cuda_dropout_forward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x,
+                               float *y);
+void stk__cuda_dropout_backward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy,
+                                float *dx);
+void stk__cuda_bn_update_running(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
+                                 const float *var, float *running_mean, float *running_var);
 int stk__cuda_xent_forward(void *ctx, int64_t n, int64_t k, const float *logits, const int64_t *labels,
                            const float *soft, float smoothing, float *prob, float *loss);
-int stk__cuda_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
-                            const float *soft, float smoothing, float scale, float *dlogits);
+void stk__cuda_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
+                             const float *soft, float smoothing, float scale, float *dlogits);
+int stk__cuda_count_correct(void *ctx, int64_t n, int64_t k, int topk, const float *logits, const int64_t *labels,
+                            int64_t *correct);
+
+/* The fused optimizer update (cuda_optim.c). */
+int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);
+int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
+                           const float *grads, float *s0, float *s1, float *s2);
 
 /* Device memory of the op's own (workspaces, masks): zeroed; -ENOMEM
  * names what it was for. */

@@ -155,18 +155,26 @@ static int cu_download(void *ctx, void *dst, const void *src, size_t bytes)
 static int cu_copy(void *ctx, void *dst, const void *src, size_t bytes)
 {
     cuda_ctx_t *c = ctx;
-    if (bytes == 0 || dst == src)
-        return 0;
-    return stk__cu_stick(c, stk__cu_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream),
-                                           "device copy"));
+    int rc = stk__cu_unstick(c);
+    if (rc || bytes == 0 || dst == src)
+        return rc;
+    /* cudaMemcpyAsync copies overlapping ranges as memmove does. */
+    return stk__cu_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream), "device copy");
 }
 
-static int cu_zero(void *ctx, float *dst, size_t n)
+static void cu_zero(void *ctx, float *dst, size_t n)
 {
     cuda_ctx_t *c = ctx;
-    if (n == 0)
-        return 0;
-    return stk__cu_stick(c, stk__cu_status(cudaMemsetAsync(dst, 0, n * sizeof(float), c->stream), "zero"));
+    if (n)
+        stk__cu_stick(c, stk__cu_status(cudaMemsetAsync(dst, 0, n * sizeof(float), c->stream), "zero"));
+}
+
+/* Waits for this model's stream: the first failure of its queued work. */
+static int cu_synchronize(void *ctx)
+{
+    cuda_ctx_t *c = ctx;
+    int rc = stk__cu_unstick(c);
+    return rc ? rc : stk__cu_status(cudaStreamSynchronize(c->stream), "synchronize");
 }
 
 static int cu_set_threads(void *ctx, int n)
@@ -185,6 +193,7 @@ static int cu_max_threads(void *ctx)
 
 static const stk__backend_iface_t cuda_iface = {
     .name = "cuda",
+    .host_memory = 0,
     .blocked_layouts = 0,
     .destroy = cu_destroy,
     .alloc = cu_alloc,
@@ -193,6 +202,7 @@ static const stk__backend_iface_t cuda_iface = {
     .download = cu_download,
     .copy = cu_copy,
     .zero = cu_zero,
+    .synchronize = cu_synchronize,
     .set_threads = cu_set_threads,
     .max_threads = cu_max_threads,
     .op_destroy = stk__cuda_op_destroy,
@@ -223,6 +233,9 @@ static const stk__backend_iface_t cuda_iface = {
     .dropout_backward = stk__cuda_dropout_backward,
     .xent_forward = stk__cuda_xent_forward,
     .xent_backward = stk__cuda_xent_backward,
+    .count_correct = stk__cuda_count_correct,
+    .optim_create = stk__cuda_optim_create,
+    .optim_update = stk__cuda_optim_update,
 };
 
 /* ------------------------------------------------------------------ open */

@@ -122,6 +122,5 @@ void stk__cuda_op_destroy(void *ctx, stk__op_t *op)
     stk__cuda_linear_free(op);
     cudaFree(op->workspace);
     cudaFree(op->aux);
-    cudaFree(op->partial);
     free(op);
 }

@@ -74,11 +74,11 @@ int stk__cuda_bn_backward(void *ctx, stk__op_t *op, const float *x, const float 
                           "batch norm backward");
 }
 
-int stk__cuda_bn_update_running(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
-                                const float *var, float *running_mean, float *running_var)
+void stk__cuda_bn_update_running(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
+                                 const float *var, float *running_mean, float *running_var)
 {
     cuda_ctx_t *cx = ctx;
-    return stk__cu_stick(cx, stk__cu_status(stk__k_bn_running(cx->stream, c, count, momentum, mean, var,
+    stk__cu_stick(cx, stk__cu_status(stk__k_bn_running(cx->stream, c, count, momentum, mean, var,
                                                                running_mean, running_var),
                                             "batch norm running statistics"));
 }
@@ -197,27 +197,27 @@ int stk__cuda_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size_
     return stk__cu_status(stk__k_eltwise_bwd(c->stream, (int)alg, alpha, n, x, y, dy, dx), "activation backward");
 }
 
-int stk__cuda_add(void *ctx, size_t n, const float *a, const float *b, float *y)
+void stk__cuda_add(void *ctx, size_t n, const float *a, const float *b, float *y)
 {
     cuda_ctx_t *c = ctx;
-    return stk__cu_stick(c, stk__cu_status(stk__k_add(c->stream, n, a, b, y), "add"));
+    stk__cu_stick(c, stk__cu_status(stk__k_add(c->stream, n, a, b, y), "add"));
 }
 
-int stk__cuda_accumulate(void *ctx, size_t n, const float *x, float *y)
+void stk__cuda_accumulate(void *ctx, size_t n, const float *x, float *y)
 {
     cuda_ctx_t *c = ctx;
-    return stk__cu_stick(c, stk__cu_status(stk__k_accumulate(c->stream, n, x, y), "accumulate"));
+    stk__cu_stick(c, stk__cu_status(stk__k_accumulate(c->stream, n, x, y), "accumulate"));
 }
 
-int stk__cuda_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
-                             const float *b, float *y)
+void stk__cuda_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
+                              const float *b, float *y)
 {
     cuda_ctx_t *c = ctx;
-    return stk__cu_stick(c, stk__cu_status(stk__k_concat_fwd(c->stream, n, ca, cb, hw, a, b, y), "concat"));
+    stk__cu_stick(c, stk__cu_status(stk__k_concat_fwd(c->stream, n, ca, cb, hw, a, b, y), "concat"));
 }
 
-int stk__cuda_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy, float *da,
-                              float *db, int acc_a, int acc_b)
+void stk__cuda_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy, float *da,
+                               float *db, int acc_a, int acc_b)
 {
     cuda_ctx_t *c = ctx;
     int rc = 0;
@@ -225,20 +225,20 @@ int stk__cuda_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int6
         rc = stk__cu_status(stk__k_concat_bwd(c->stream, n, ca + cb, 0, ca, hw, dy, da, acc_a), "concat backward");
     if (rc == 0 && db)
         rc = stk__cu_status(stk__k_concat_bwd(c->stream, n, ca + cb, ca, cb, hw, dy, db, acc_b), "concat backward");
-    return stk__cu_stick(c, rc);
+    stk__cu_stick(c, rc);
 }
 
-int stk__cuda_dropout_forward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y)
+void stk__cuda_dropout_forward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y)
 {
     cuda_ctx_t *c = ctx;
-    return stk__cu_stick(c, stk__cu_status(stk__k_dropout(c->stream, n, p, key, step, x, y), "dropout"));
+    stk__cu_stick(c, stk__cu_status(stk__k_dropout(c->stream, n, p, key, step, x, y), "dropout"));
 }
 
-int stk__cuda_dropout_backward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy,
-                               float *dx)
+void stk__cuda_dropout_backward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy,
+                                float *dx)
 {
     /* The mask is a function of (key, step, element): regenerated. */
-    return stk__cuda_dropout_forward(ctx, n, p, key, step, dy, dx);
+    stk__cuda_dropout_forward(ctx, n, p, key, step, dy, dx);
 }
 
 /* ------------------------------------------------------ cross-entropy */
@@ -260,32 +260,29 @@ int stk__cuda_xent_forward(void *ctx, int64_t n, int64_t k, const float *logits,
         c->rows = rows;
         c->rows_cap = (size_t)n;
     }
-    stk__k_xent_out_t *dout = c->dev_scratch, *hout = c->host_scratch;
-    rc = stk__cu_status(stk__k_xent_fwd(c->stream, n, k, logits, labels, soft, smoothing, prob, c->rows, dout),
-                        "cross-entropy");
-    if (rc == 0)
-        rc = stk__cu_status(cudaMemcpyAsync(hout, dout, sizeof(*hout), cudaMemcpyDeviceToHost, c->stream),
-                            "reading the loss");
-    if (rc == 0)
-        rc = stk__cu_status(cudaStreamSynchronize(c->stream), "cross-entropy");
-    if (rc)
-        return rc;
-    if (hout->bad < n) {
-        int64_t bad = hout->bad, label = -1;
-        /* The label itself, for the message. */
-        cudaMemcpy(&label, labels + bad, sizeof(label), cudaMemcpyDeviceToHost);
-        return stk__error(-EINVAL, "cross_entropy: label %lld of sample %lld is outside [0, %lld)", (long long)label,
-                          (long long)bad, (long long)k);
-    }
-    *loss = hout->loss;
-    return 0;
+    /* The loss stays on the device: the engine reads it back once per
+     * step, with the accuracy counters. */
+    return stk__cu_status(stk__k_xent_fwd(c->stream, n, k, logits, labels, soft, smoothing, prob, c->rows, loss),
+                          "cross-entropy");
 }
 
-int stk__cuda_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
-                            const float *soft, float smoothing, float scale, float *dlogits)
+int stk__cuda_count_correct(void *ctx, int64_t n, int64_t k, int topk, const float *logits, const int64_t *labels,
+                            int64_t *correct)
 {
     cuda_ctx_t *c = ctx;
-    return stk__cu_stick(c, stk__cu_status(stk__k_xent_bwd(c->stream, n, k, prob, labels, soft, smoothing, scale,
+    int rc = stk__cu_unstick(c);
+    if (rc)
+        return rc;
+    if (topk < 1)
+        return stk__error(-EINVAL, "count_correct: top-%d", topk);
+    return stk__cu_status(stk__k_count_correct(c->stream, n, k, topk, logits, labels, correct), "accuracy");
+}
+
+void stk__cuda_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
+                             const float *soft, float smoothing, float scale, float *dlogits)
+{
+    cuda_ctx_t *c = ctx;
+    stk__cu_stick(c, stk__cu_status(stk__k_xent_bwd(c->stream, n, k, prob, labels, soft, smoothing, scale,
                                                            dlogits),
                                            "cross-entropy backward"));
 }

@@ -8,6 +8,7 @@
 #ifndef STOKER_ENGINE_CUDA_KERNEL_BODIES_H
 #define STOKER_ENGINE_CUDA_KERNEL_BODIES_H
 
+#include "../optim_kernels.h"
 #include "kernels.h"
 #include "philox.h"
 
@@ -207,6 +208,85 @@ KB float kb_xent_bwd_at(int64_t e, int64_t n, int64_t k, const float *prob, cons
     int64_t i = e / k, j = e - i * k;
     float s = scale / (float)n;
     return s * (prob[e] - kb_xent_target(i, j, k, labels, soft, smoothing));
+}
+
+/* ---------------------------------------------------------- optimizer */
+
+/* Element i of one step, in optim_kernels.c's order of float operations
+ * (PyTorch's): with no FMA contraction (-fmad=false) and IEEE square
+ * root and division (nvcc's defaults), the same bits as the CPU. */
+KB void kb_optim_at(const stk__optim_scalars_t *k, size_t i, float *p, const float *g, float *s0, float *s1,
+                    float *s2)
+{
+    switch (k->kind) {
+    case STK_OPTIM_SGD: {
+        float d = k->sign < 0.0f ? -g[i] : g[i];
+        if (k->use_wd)
+            d = d + k->wd * p[i];
+        if (k->use_mom) {
+            float b = k->first ? d : s0[i] * k->mom + k->damp1 * d;
+            s0[i] = b;
+            d = k->nesterov ? d + k->mom * b : b;
+        }
+        p[i] = p[i] + k->neglr * d;
+        break;
+    }
+    case STK_OPTIM_ADAM:
+    case STK_OPTIM_ADAMW: {
+        float d = g[i] * k->sign, w = p[i];
+        if (k->decoupled)
+            w = w * k->decay;
+        if (k->use_wd)
+            d = d + k->wd * w;
+        float m = s0[i] * k->b1 + k->omb1 * d;
+        s0[i] = m;
+        float x = s1[i] * k->b2 + (k->omb2 * d) * d;
+        s1[i] = x;
+        if (k->amsgrad) {
+            float a = s2[i];
+            a = (a != a || a > x) ? a : x; /* torch.maximum propagates NaN */
+            s2[i] = a;
+            x = a;
+        }
+        p[i] = w + (k->neg_step * m) / (sqrtf(x) / k->bc2s + k->eps);
+        break;
+    }
+    case STK_OPTIM_RMSPROP: {
+        float d = g[i] * k->sign;
+        if (k->use_wd)
+            d = d + k->wd * p[i];
+        float sq = s0[i] * k->alpha + (k->oma * d) * d;
+        s0[i] = sq;
+        if (k->centered) {
+            float x = s2[i] * k->alpha + k->oma * d;
+            s2[i] = x;
+            sq = sq + (-x) * x;
+        }
+        float avg = sqrtf(sq) + k->eps;
+        if (k->use_mom) {
+            float b = s1[i] * k->mom + d / avg;
+            s1[i] = b;
+            p[i] = p[i] + k->neglr * b;
+        } else {
+            p[i] = p[i] + (k->neglr * d) / avg;
+        }
+        break;
+    }
+    }
+}
+
+/* ----------------------------------------------------------- accuracy */
+
+/* Whether row i's label ranks below topk (ties to the lower index). */
+KB int kb_correct_at(int64_t i, int64_t k, int topk, const float *logits, const int64_t *labels)
+{
+    const float *z = logits + i * k;
+    int64_t y = labels[i], rank = 0;
+    if (y < 0 || y >= k)
+        return 0;
+    for (int64_t j = 0; j < k; j++)
+        rank += z[j] > z[y] || (j < y && z[j] == z[y]);
+    return rank < topk;
 }
 
 #endif

@@ -71,21 +71,27 @@ cudaError_t stk__k_pool_fwd(cudaStream_t s, const stk__k_pool_t *p, const float 
 cudaError_t stk__k_pool_bwd(cudaStream_t s, const stk__k_pool_t *p, const float *dy, const int32_t *argmax,
                             float *dx);
 
-/* Softmax cross-entropy forward over logits [n, k]: prob = softmax; the
- * mean loss lands in out->loss and the first sample with a label outside
- * [0, k) in out->bad (n when none). labels or soft is NULL. row is device
+/* Softmax cross-entropy forward over logits [n, k]: prob = softmax, and
+ * the mean loss in *loss (device memory). labels or soft is NULL; a label
+ * outside [0, k) makes its row, and so the loss, NaN. row is device
  * scratch of n doubles. */
-typedef struct stk__k_xent_out {
-    float loss;
-    int32_t pad;
-    int64_t bad;
-} stk__k_xent_out_t;
-
 cudaError_t stk__k_xent_fwd(cudaStream_t s, int64_t n, int64_t k, const float *logits, const int64_t *labels,
-                            const float *soft, float smoothing, float *prob, double *row, stk__k_xent_out_t *out);
+                            const float *soft, float smoothing, float *prob, double *row, float *loss);
 /* dlogits = scale / n (prob - smoothed target). */
 cudaError_t stk__k_xent_bwd(cudaStream_t s, int64_t n, int64_t k, const float *prob, const int64_t *labels,
                             const float *soft, float smoothing, float scale, float *dlogits);
+/* *correct (device) = rows whose label's logit ranks below topk (ties go
+ * to the lower index). */
+cudaError_t stk__k_count_correct(cudaStream_t s, int64_t n, int64_t k, int topk, const float *logits,
+                                 const int64_t *labels, int64_t *correct);
+
+/* One optimizer step over the chunks (device array of nchunks offset and
+ * count pairs, none longer than STK__K_OPTIM_CHUNK) of the flat arenas.
+ * k: the step's scalars (engine/optim_kernels.h), passed by value. */
+#define STK__K_OPTIM_CHUNK 4096
+struct stk__optim_scalars;
+cudaError_t stk__k_optim(cudaStream_t s, const struct stk__optim_scalars *k, const void *chunks, size_t nchunks,
+                         float *p, const float *g, float *s0, float *s1, float *s2);
 
 #ifdef __cplusplus
 }

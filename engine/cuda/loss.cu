@@ -3,8 +3,7 @@
  * arithmetic: exponentials in float, their sum and the log-sum-exp in
  * double, the loss of a row in double. One block per row; the rows'
  * losses are then summed by one block in a fixed order, so the loss has
- * the same bits every run. A label outside [0, k) is not an error a
- * kernel can return: the smallest such row is recorded for the host. */
+ * the same bits every run. Also the accuracy count (top-k). */
 #include "kernel_bodies.h"
 #include "launch.cuh"
 
@@ -31,21 +30,13 @@ static __device__ inline float block_max(float v, float *buf)
 }
 
 static __global__ void k_xent_rows(int64_t n, int64_t k, const float *logits, const int64_t *labels,
-                                   const float *soft, float smoothing, float *prob, double *row,
-                                   stk__k_xent_out_t *out)
+                                   const float *soft, float smoothing, float *prob, double *row)
 {
     __shared__ double dbuf[33];
     __shared__ float fbuf[33];
     const int64_t i = blockIdx.x;
     const float *z = logits + i * k;
     float *p = prob + i * k;
-    if (labels && (labels[i] < 0 || labels[i] >= k)) {
-        if (threadIdx.x == 0) {
-            atomicMin((unsigned long long *)&out->bad, (unsigned long long)i);
-            row[i] = 0.0;
-        }
-        return; /* the whole block leaves: no barrier is left waiting */
-    }
     float mx = -INFINITY;
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x)
         mx = fmaxf(mx, z[j]);
@@ -59,6 +50,9 @@ static __global__ void k_xent_rows(int64_t n, int64_t k, const float *logits, co
     sum = block_sum(sum, dbuf);
     const double lse = log(sum) + mx;
     const float inv = (float)(1.0 / sum);
+    /* The engine checks labels; one that slipped through poisons the
+     * loss instead of reading outside the row. */
+    const int bad = labels && (labels[i] < 0 || labels[i] >= k);
     double l = 0.0;
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
         p[j] *= inv;
@@ -69,11 +63,11 @@ static __global__ void k_xent_rows(int64_t n, int64_t k, const float *logits, co
     }
     l = block_sum(l, dbuf);
     if (threadIdx.x == 0)
-        row[i] = l;
+        row[i] = bad ? NAN : l;
 }
 
-/* One block: the mean of the rows' losses. */
-static __global__ void k_xent_mean(int64_t n, const double *row, stk__k_xent_out_t *out)
+/* One block: the mean of the rows' losses, in a fixed order. */
+static __global__ void k_xent_mean(int64_t n, const double *row, float *loss)
 {
     __shared__ double buf[33];
     double s = 0.0;
@@ -81,13 +75,26 @@ static __global__ void k_xent_mean(int64_t n, const double *row, stk__k_xent_out
         s += row[i];
     s = block_sum(s, buf);
     if (threadIdx.x == 0)
-        out->loss = (float)(s / (double)n);
+        *loss = (float)(s / (double)n);
 }
 
-static __global__ void k_xent_init(int64_t n, stk__k_xent_out_t *out)
+/* One warp per row: the label's rank among the row's logits. */
+static __global__ void k_count_correct(int64_t n, int64_t k, int topk, const float *logits, const int64_t *labels,
+                                       unsigned long long *correct)
 {
-    out->loss = 0.0f;
-    out->bad = n;
+    const int64_t i = blockIdx.x;
+    const int64_t y = labels[i];
+    if (y < 0 || y >= k)
+        return; /* the engine checks labels; such a row is simply wrong */
+    const float *z = logits + i * k;
+    const float zy = z[y];
+    unsigned long long rank = 0;
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x)
+        rank += z[j] > zy || (j < y && z[j] == zy);
+    for (int o = 16; o > 0; o >>= 1)
+        rank += __shfl_down_sync(0xffffffffu, rank, o);
+    if (threadIdx.x == 0 && rank < (unsigned long long)topk)
+        atomicAdd(correct, 1ull); /* integer sums: the same in any order */
 }
 
 static __global__ void k_xent_bwd(size_t total, int64_t n, int64_t k, const float *prob, const int64_t *labels,
@@ -99,14 +106,24 @@ static __global__ void k_xent_bwd(size_t total, int64_t n, int64_t k, const floa
 
 extern "C" cudaError_t stk__k_xent_fwd(cudaStream_t s, int64_t n, int64_t k, const float *logits,
                                        const int64_t *labels, const float *soft, float smoothing, float *prob,
-                                       double *row, stk__k_xent_out_t *out)
+                                       double *row, float *loss)
 {
     if (n < 1 || n > 0x7fffffff || k < 1 || (!labels && !soft))
         return cudaErrorInvalidValue;
-    k_xent_init<<<1, 1, 0, s>>>(n, out);
-    k_xent_rows<<<(unsigned)n, k >= 1024 ? THREADS : 32, 0, s>>>(n, k, logits, labels, soft, smoothing, prob, row,
-                                                                 out);
-    k_xent_mean<<<1, THREADS, 0, s>>>(n, row, out);
+    k_xent_rows<<<(unsigned)n, k >= 1024 ? THREADS : 32, 0, s>>>(n, k, logits, labels, soft, smoothing, prob, row);
+    k_xent_mean<<<1, THREADS, 0, s>>>(n, row, loss);
+    return launched();
+}
+
+extern "C" cudaError_t stk__k_count_correct(cudaStream_t s, int64_t n, int64_t k, int topk, const float *logits,
+                                            const int64_t *labels, int64_t *correct)
+{
+    if (n < 0 || n > 0x7fffffff || k < 1 || topk < 1)
+        return cudaErrorInvalidValue;
+    cudaError_t e = cudaMemsetAsync(correct, 0, sizeof(*correct), s);
+    if (e != cudaSuccess || n == 0)
+        return e;
+    k_count_correct<<<(unsigned)n, 32, 0, s>>>(n, k, topk, logits, labels, (unsigned long long *)correct);
     return launched();
 }
 

@@ -82,6 +82,18 @@ void fixture_free(fixture_t *fx)
     fx->buf = NULL;
 }
 
+int fx_has(const fixture_t *fx, const char *key)
+{
+    size_t kl = strlen(key);
+    for (const char *p = fx->params; p && *p;) {
+        if (strncmp(p, key, kl) == 0 && p[kl] == '=')
+            return 1;
+        p = strchr(p, ',');
+        p = p ? p + 1 : NULL;
+    }
+    return 0;
+}
+
 double fx_param(const fixture_t *fx, const char *key)
 {
     size_t kl = strlen(key);

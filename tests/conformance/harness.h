@@ -32,6 +32,8 @@ void fixture_free(fixture_t *fx);
 /* Parameter `key` of the fixture's "params" metadata; fails the test
  * when it is missing. */
 double fx_param(const fixture_t *fx, const char *key);
+/* Whether the fixture has parameter `key`. */
+int fx_has(const fixture_t *fx, const char *key);
 int64_t fx_int(const fixture_t *fx, const char *key);
 /* A tensor of the fixture as a fresh, aligned host copy (float or i64
  * by the file's dtype); NULL when absent. *n: element count. */

@@ -3,7 +3,8 @@
  * the host over every index and compared with the CPU backend on the same
  * inputs: activations, concat, dropout (bit for bit: the same Philox
  * code), reorder, batch-norm normalize and input gradient, pooling forward
- * and backward (argmax and gather), the cross-entropy gradient. What runs
+ * and backward (argmax and gather), the cross-entropy gradient, the
+ * accuracy count, and the optimizer updates (bit for bit). What runs
  * on a GPU is these functions inside grid-stride loops, so their index
  * arithmetic and formulas are checked here on a machine without one; the
  * parallel reductions and the launches are left to the GPU tests.
@@ -15,6 +16,7 @@
 
 extern "C" {
 #include "engine/backend.h"
+#include "engine/optim_kernels.h"
 }
 #include "engine/cuda/kernel_bodies.h"
 
@@ -93,11 +95,11 @@ static void test_concat_dropout(const stk__backend_t *cpu)
     float *db = fbuf(nb), *kdb = fbuf(nb);
     fill(a, na, 3, 1.0f);
     fill(b, nb, 4, 1.0f);
-    OK(cpu->iface->concat_forward(cpu->ctx, n, ca, cb, hw, a, b, y));
+    cpu->iface->concat_forward(cpu->ctx, n, ca, cb, hw, a, b, y);
     for (size_t i = 0; i < ny; i++)
         ky[i] = kb_concat_fwd_at((int64_t)i, ca, cb, hw, a, b);
     close_enough("concat forward", ky, y, ny, 0, 0);
-    OK(cpu->iface->concat_backward(cpu->ctx, n, ca, cb, hw, y, da, db, 0, 0));
+    cpu->iface->concat_backward(cpu->ctx, n, ca, cb, hw, y, da, db, 0, 0);
     for (size_t i = 0; i < na; i++)
         kda[i] = y[kb_concat_src((int64_t)i, ca + cb, 0, ca, hw)];
     for (size_t i = 0; i < nb; i++)
@@ -112,7 +114,7 @@ static void test_concat_dropout(const stk__backend_t *cpu)
     for (size_t t = 0; t < 4; t++) {
         float p = ps[t], scale = 1.0f / (1.0f - p);
         uint64_t key = 0x9E3779B97F4A7C15ull + t, step = 1000003ull * t;
-        OK(cpu->iface->dropout_forward(cpu->ctx, nd, p, key, step, x, dr));
+        cpu->iface->dropout_forward(cpu->ctx, nd, p, key, step, x, dr);
         for (uint64_t blk = 0; blk < (nd + 3) / 4; blk++)
             kb_dropout_block(blk, nd, p, scale, key, step, x, kd);
         EXPECT(memcmp(kd, dr, nd * sizeof(float)) == 0, "dropout p=%g: the mask differs from the CPU's", (double)p);
@@ -233,11 +235,84 @@ static void test_xent(const stk__backend_t *cpu, int soft, float smoothing)
     const int64_t *lab = soft ? NULL : labels;
     const float *st = soft ? t : NULL;
     OK(cpu->iface->xent_forward(cpu->ctx, n, k, z, lab, st, smoothing, prob, &loss));
-    OK(cpu->iface->xent_backward(cpu->ctx, n, k, prob, lab, st, smoothing, 0.75f, dz));
+    cpu->iface->xent_backward(cpu->ctx, n, k, prob, lab, st, smoothing, 0.75f, dz);
     for (size_t e = 0; e < total; e++)
         kdz[e] = kb_xent_bwd_at((int64_t)e, n, k, prob, lab, st, smoothing, 0.75f);
     close_enough(soft ? "cross-entropy soft dz" : "cross-entropy dz", kdz, dz, total, 0, 0);
     free(z), free(prob), free(dz), free(kdz), free(t);
+}
+
+static void test_correct(const stk__backend_t *cpu)
+{
+    const int64_t n = 40, k = 7;
+    float *z = fbuf((size_t)(n * k));
+    int64_t labels[40], want = 0;
+    fill(z, (size_t)(n * k), 12, 1.0f);
+    for (int64_t i = 0; i < n; i++) {
+        labels[i] = (i * 5) % k;
+        if (i % 4 == 0) /* ties, which go to the lower index */
+            z[i * k + labels[i]] = z[i * k + (labels[i] + 3) % k];
+    }
+    for (int topk = 1; topk <= 3; topk++) {
+        int64_t c = -1, got = 0;
+        OK(cpu->iface->count_correct(cpu->ctx, n, k, topk, z, labels, &c));
+        for (int64_t i = 0; i < n; i++)
+            got += kb_correct_at(i, k, topk, z, labels);
+        EXPECT(got == c, "top-%d correct: %lld, the CPU counts %lld", topk, (long long)got, (long long)c);
+        want += c;
+    }
+    printf("  %-24s top-1..3 counts match the CPU backend (%lld in all)\n", "accuracy", (long long)want);
+    free(z);
+}
+
+/* Every kind and flag combination, 5 steps, against the CPU's kernels:
+ * the same bits, parameters and state. */
+static void test_optim(void)
+{
+    const size_t n = 777;
+    struct {
+        stk_optim_kind_t kind;
+        double lr, wd, mom, damp;
+        int nesterov, ams, centered, maximize;
+    } cases[] = {
+        {STK_OPTIM_SGD, 0.1, 0, 0, 0, 0, 0, 0, 0},       {STK_OPTIM_SGD, 0.1, 5e-4, 0.9, 0, 1, 0, 0, 0},
+        {STK_OPTIM_SGD, 0.05, 1e-3, 0.8, 0.3, 0, 0, 0, 1}, {STK_OPTIM_ADAM, 1e-3, 0, 0, 0, 0, 0, 0, 0},
+        {STK_OPTIM_ADAM, 2e-3, 1e-2, 0, 0, 0, 1, 0, 1},  {STK_OPTIM_ADAMW, 1e-3, 0.05, 0, 0, 0, 0, 0, 0},
+        {STK_OPTIM_ADAMW, 1e-3, 0.05, 0, 0, 0, 1, 0, 0}, {STK_OPTIM_RMSPROP, 1e-2, 0, 0, 0, 0, 0, 0, 0},
+        {STK_OPTIM_RMSPROP, 1e-2, 1e-3, 0.9, 0, 0, 0, 1, 0},
+    };
+    float *buf[2][5];
+    for (int s = 0; s < 2; s++)
+        for (int a = 0; a < 5; a++)
+            buf[s][a] = fbuf(n);
+    float *g = fbuf(n);
+    for (size_t c = 0; c < STK__ARRAY_LEN(cases); c++) {
+        stk_optim_hparams_t h = stk_optim_hparams_default(cases[c].kind);
+        h.lr = cases[c].lr, h.weight_decay = cases[c].wd, h.momentum = cases[c].mom, h.dampening = cases[c].damp;
+        h.nesterov = cases[c].nesterov, h.amsgrad = cases[c].ams, h.centered = cases[c].centered;
+        h.maximize = cases[c].maximize;
+        for (int s = 0; s < 2; s++) {
+            fill(buf[s][0], n, 20 + c, 1.0f);
+            for (int a = 1; a < 4; a++)
+                memset(buf[s][a], 0, n * sizeof(float));
+        }
+        for (int t = 1; t <= 5; t++) {
+            fill(g, n, 100 * c + t, 1.0f);
+            stk__optim_scalars_t k;
+            stk__optim_scalars(cases[c].kind, &h, t, t == 1, &k);
+            stk__optim_kernel(&k, buf[0][0], g, buf[0][1], buf[0][2], buf[0][3], n);
+            for (size_t i = 0; i < n; i++)
+                kb_optim_at(&k, i, buf[1][0], g, buf[1][1], buf[1][2], buf[1][3]);
+        }
+        for (int a = 0; a < 4; a++)
+            EXPECT(memcmp(buf[0][a], buf[1][a], n * sizeof(float)) == 0,
+                   "optimizer case %zu (kind %d): array %d differs from the CPU's kernel", c, (int)cases[c].kind, a);
+    }
+    printf("  %-24s %zu cases x 5 steps: the same bits as the CPU kernels\n", "optimizer", STK__ARRAY_LEN(cases));
+    for (int s = 0; s < 2; s++)
+        for (int a = 0; a < 5; a++)
+            free(buf[s][a]);
+    free(g);
 }
 
 int main(void)
@@ -261,6 +336,8 @@ int main(void)
     test_xent(&cpu, 0, 0.0f);
     test_xent(&cpu, 0, 0.1f);
     test_xent(&cpu, 1, 0.2f);
+    test_correct(&cpu);
+    test_optim();
     stk__backend_close(&cpu);
     printf("%d failure(s)\n", failures);
     return failures ? 1 : 0;
