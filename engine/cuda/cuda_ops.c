@@ -216,8 +216,8 @@ void stk__cuda_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int6
     stk__cu_stick(c, stk__cu_status(stk__k_concat_fwd(c->stream, n, ca, cb, hw, a, b, y), "concat"));
 }
 
-void stk__cuda_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy, float *da,
-                               float *db, int acc_a, int acc_b)
+void stk__cuda_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy,
+                               float *da, float *db, int acc_a, int acc_b)
 {
     cuda_ctx_t *c = ctx;
     int rc = 0;

@@ -305,10 +305,14 @@ static int op_optim(run_t *r, const fixture_t *fx, int layout)
         const char *key;
         size_t off;
     } dkeys[] = {
-        {"lr", offsetof(stk_optim_hparams_t, lr)},           {"weight_decay", offsetof(stk_optim_hparams_t, weight_decay)},
-        {"momentum", offsetof(stk_optim_hparams_t, momentum)}, {"dampening", offsetof(stk_optim_hparams_t, dampening)},
-        {"beta1", offsetof(stk_optim_hparams_t, beta1)},     {"beta2", offsetof(stk_optim_hparams_t, beta2)},
-        {"eps", offsetof(stk_optim_hparams_t, eps)},         {"alpha", offsetof(stk_optim_hparams_t, alpha)},
+        {"lr", offsetof(stk_optim_hparams_t, lr)},
+        {"weight_decay", offsetof(stk_optim_hparams_t, weight_decay)},
+        {"momentum", offsetof(stk_optim_hparams_t, momentum)},
+        {"dampening", offsetof(stk_optim_hparams_t, dampening)},
+        {"beta1", offsetof(stk_optim_hparams_t, beta1)},
+        {"beta2", offsetof(stk_optim_hparams_t, beta2)},
+        {"eps", offsetof(stk_optim_hparams_t, eps)},
+        {"alpha", offsetof(stk_optim_hparams_t, alpha)},
     };
     for (size_t i = 0; i < STK__ARRAY_LEN(dkeys); i++)
         if (fx_has(fx, dkeys[i].key))
