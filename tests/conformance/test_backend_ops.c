@@ -492,19 +492,21 @@ int main(int argc, char **argv)
         else
             printf("backend %s: present\n", names[i]);
     }
+    int early = 0;
     if (!present[0]) {
         fprintf(stderr, "FAIL the CPU backend does not open\n");
-        return 1;
+        early = 1;
+    } else if (!present[1] && require_gpu) {
+        fprintf(stderr, "FAIL STK_REQUIRE_GPU=1 and the CUDA backend does not open\n");
+        early = 1;
+    } else if (!present[1] && gpu_suite) {
+        fprintf(stderr, "SKIP no usable GPU (CUDA backend: not present); set STK_REQUIRE_GPU=1 to fail\n");
+        early = 77;
     }
-    if (!present[1]) {
-        if (require_gpu) {
-            fprintf(stderr, "FAIL STK_REQUIRE_GPU=1 and the CUDA backend does not open\n");
-            return 1;
-        }
-        if (gpu_suite) {
-            fprintf(stderr, "SKIP no usable GPU (CUDA backend: not present); set STK_REQUIRE_GPU=1 to fail\n");
-            return 77;
-        }
+    if (early) {
+        for (int i = 0; i < NB; i++)
+            stk__backend_close(&be[i]);
+        return early;
     }
 
     const char *data = getenv("STK_TEST_DATA");
@@ -514,6 +516,8 @@ int main(int argc, char **argv)
     char **files = list_fixtures(dir, &nf);
     if (!files || nf == 0) {
         fprintf(stderr, "FAIL no fixtures in %s\n", dir);
+        for (int i = 0; i < NB; i++)
+            stk__backend_close(&be[i]);
         return 1;
     }
     for (int fi = 0; fi < nf; fi++) {
