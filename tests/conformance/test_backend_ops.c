@@ -300,7 +300,8 @@ static int op_optim(run_t *r, const fixture_t *fx, int layout)
     const stk__backend_iface_t *be = r->be->iface;
     void *ctx = r->be->ctx;
     stk_optim_kind_t kind = (stk_optim_kind_t)fx_int(fx, "kind");
-    stk_optim_hparams_t h = stk_optim_hparams_default(kind);
+    stk_optim_hparams_t h;
+    stk_optim_hparams_default(&h, kind);
     static const struct {
         const char *key;
         size_t off;

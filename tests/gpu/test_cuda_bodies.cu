@@ -287,7 +287,8 @@ static void test_optim(void)
             buf[s][a] = fbuf(n);
     float *g = fbuf(n);
     for (size_t c = 0; c < STK__ARRAY_LEN(cases); c++) {
-        stk_optim_hparams_t h = stk_optim_hparams_default(cases[c].kind);
+        stk_optim_hparams_t h;
+        stk_optim_hparams_default(&h, cases[c].kind);
         h.lr = cases[c].lr, h.weight_decay = cases[c].wd, h.momentum = cases[c].mom, h.dampening = cases[c].damp;
         h.nesterov = cases[c].nesterov, h.amsgrad = cases[c].ams, h.centered = cases[c].centered;
         h.maximize = cases[c].maximize;
