@@ -373,6 +373,14 @@ static const stk__backend_iface_t cpu_iface = {
     .count_correct = cpu_count_correct,
     .optim_create = stk__cpu_optim_create,
     .optim_update = stk__cpu_optim_update,
+    .rnn_create = stk__cpu_rnn_create,
+    .rnn_destroy = stk__cpu_rnn_destroy,
+    .rnn_forward = stk__cpu_rnn_forward,
+    .rnn_backward = stk__cpu_rnn_backward,
+    .gather_rows = stk__cpu_gather_rows,
+    .scatter_add_rows = stk__cpu_scatter_add_rows,
+    .seq_pool_forward = stk__cpu_seq_pool_forward,
+    .seq_pool_backward = stk__cpu_seq_pool_backward,
 };
 
 int stk__cpu_backend_open(stk__backend_t *b)
