@@ -81,6 +81,9 @@ typedef struct stk__backend_iface {
     const char *name;
     /* 1: device memory is host memory (see the top of this file). */
     int host_memory;
+    /* 1 when the backend's convolution, batch-norm and pooling ops take
+     * STK__LAYOUT_BLOCKED8 activations; 0: the model keeps them plain. */
+    int blocked_layouts;
     /* Frees the context and everything it holds. */
     void (*destroy)(void *ctx);
 
@@ -264,6 +267,10 @@ void stk__backend_close(stk__backend_t *b);
 
 /* The CPU backend (engine/cpu/). */
 int stk__cpu_backend_open(stk__backend_t *b);
+/* The CUDA backend (engine/cuda/, built when STK_HAVE_CUDA): device
+ * `device`, or the calling thread's current one when negative.
+ * STK_EDEVICE without a usable GPU. */
+int stk__cuda_backend_open(stk__backend_t *b, int device);
 /* engine/cpu/cpu_threads.c: CPUs allowed by the cgroup CPU quotas (v2 and
  * v1) of the process described by a mountinfo and a cgroup file, mount
  * points read under prefix (tests point all three at fake trees); 0 when

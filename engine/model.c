@@ -117,12 +117,13 @@ static int infer_shapes(stk_model_t *m)
  * multiple of 8 output channels) writes the blocked layout oneDNN's vector
  * kernels want; most layers keep their input's layout; some are plain
  * (flatten converts). When a two-input layer would mix layouts, or a layer
- * needs the whole graph plain (concat), every layer is plain. Then each
+ * needs the whole graph plain (concat), or the backend has no blocked
+ * ops (CUDA), every layer is plain. Then each
  * kind adjusts to the layouts (fusions, conversions), and aliases find the
  * layer whose buffers they share. */
 static void assign_layouts(stk_model_t *m)
 {
-    int uniform_plain = 0;
+    int uniform_plain = !m->be.iface->blocked_layouts;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < m->nl; i++) {
             stk__layer_t *l = &m->layers[i];
@@ -549,10 +550,10 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->logits_layer = m->nl - 1;
     if ((rc = infer_shapes(m)) < 0)
         goto fail;
-    assign_layouts(m);
     if ((rc = stk__backend_open(&m->be, cfg->device)) < 0)
         goto fail;
     m->device = cfg->device;
+    assign_layouts(m);
     if (m->threads > 0 && (rc = m->be.iface->set_threads(m->be.ctx, m->threads)) < 0)
         goto fail;
     if ((rc = layout_arenas(m)) < 0)
