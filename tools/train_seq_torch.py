@@ -103,8 +103,10 @@ class SeqModel(nn.Module):
                 x = mod(x)
             elif kind in ("lstm", "gru"):
                 t = x.shape[1]
-                if bool((lengths == t).all()):
-                    x, _ = mod(x)  # fixed length: the plain (faster) path torch users take
+                if not self.tokens and bool((lengths == t).all()):
+                    # fixed-length features (row-sequential images): the plain
+                    # path torch users take; variable-length text is packed
+                    x, _ = mod(x)
                 else:
                     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
                     out, _ = mod(packed)
