@@ -405,6 +405,7 @@ static int start(stk_comm_t *c, stk_comm_work_t *tmpl, stk_comm_work_t **out)
     w->t_start = w->t_end = 0;
 
     pthread_mutex_lock(&c->mu);
+    w->seq = ++c->seq;
     if (c->broken) {
         int rc = stk__error(STK_ERANK, "%s on rank %d: the communicator failed earlier: %s",
                             stk__work_what(w, what, sizeof(what)), c->rank, c->broken_msg);
@@ -412,7 +413,6 @@ static int start(stk_comm_t *c, stk_comm_work_t *tmpl, stk_comm_work_t **out)
         free(w);
         return rc;
     }
-    w->seq = ++c->seq;
     if (c->iface->threaded) {
         if (c->tail)
             c->tail->next = w;

@@ -331,21 +331,28 @@ static int start_rank(const opts_t *o, rank_t *r, int world)
         fprintf(stderr, TOOL ": pipe: %s\n", strerror(errno));
         return -1;
     }
+    /* A stop may come before the child has its default handlers back: held
+     * until then, it takes effect instead of running our handler there. */
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
     pid_t pid = fork();
     if (pid < 0) {
+        sigprocmask(SIG_SETMASK, &old, NULL);
         fprintf(stderr, TOOL ": fork: %s\n", strerror(errno));
         return -1;
     }
     if (pid == 0) {
         /* Its own process group: stopping a rank reaches its workers too. */
         setpgid(0, 0);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        signal(SIGCHLD, SIG_DFL);
+        signal(SIGPIPE, SIG_DFL);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGCHLD, SIG_DFL);
-        signal(SIGPIPE, SIG_DFL);
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         dup2(out[1], STDOUT_FILENO);
         dup2(err[1], STDERR_FILENO);
@@ -369,6 +376,7 @@ static int start_rank(const opts_t *o, rank_t *r, int world)
         _exit(127);
     }
     setpgid(pid, pid); /* also here: no race with an early kill */
+    sigprocmask(SIG_SETMASK, &old, NULL);
     r->pgid = pid;
     close(out[1]);
     close(err[1]);
@@ -583,8 +591,12 @@ int main(int argc, char **argv)
             rank_t *r = &ranks[first_fail];
             char how[128];
             describe(r, how, sizeof(how));
-            fprintf(stderr, TOOL ": rank %d (local %d) %s; stopping the other ranks (%d still running)\n", r->rank,
-                    r->local, how, live);
+            if (live)
+                fprintf(stderr, TOOL ": rank %d (local %d) %s; stopping the other ranks (%d still running)\n",
+                        r->rank, r->local, how, live);
+            else
+                fprintf(stderr, TOOL ": rank %d (local %d) %s; the other ranks were stopped\n", r->rank, r->local,
+                        how);
         }
         if (stopping && !killed && live > 0 && tool_now_s() >= kill_at) {
             fprintf(stderr, TOOL ": %d rank%s still running after %.0f s: SIGKILL\n", live, live == 1 ? "" : "s",

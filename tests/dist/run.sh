@@ -1,25 +1,43 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Runs tests/dist/dist_check as N real ranks and checks the outcome:
-#   run.sh mpi|launch N MODE [--fail] [--within S] [--expect REGEX]...
+#   run.sh mpi|launch N MODE [--gpus G] [--fail] [--within S] [--expect REGEX]...
 # mpi: under mpirun (MPI backend); launch: under stoker-launch (TCP, or
 # STK_COMM_BACKEND). --fail: the job must fail (and every --expect regex
-# appear in its output) within S seconds (default 60). Either way no rank
+# appear in its output) within S seconds (default 60). --gpus G: skip when
+# fewer than G GPUs are visible (no GPU at all fails under
+# STK_REQUIRE_GPU=1, as every GPU test does). Either way no rank
 # may be left running afterwards. Exit 77 passes a skip through.
 set -u
 kind=$1 n=$2 mode=$3
 shift 3
-fail=0 within=60 expects=()
+fail=0 within=60 expects=() gpus=0
 while [ $# -gt 0 ]; do
     case $1 in
         --fail) fail=1 ;;
         --within) within=$2; shift ;;
+        --gpus) gpus=$2; shift ;;
         --expect) expects+=("$2"); shift ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
 build=${STK_BUILD_ROOT:?}
+if [ "$gpus" -gt 0 ]; then
+    have=0
+    [ -d /proc/driver/nvidia/gpus ] && have=$(ls /proc/driver/nvidia/gpus | wc -l)
+    if [ -n "${CUDA_VISIBLE_DEVICES+x}" ]; then
+        have=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .)
+    fi
+    if [ "$have" -lt "$gpus" ]; then
+        echo "run.sh: SKIP: needs $gpus GPU(s), $have visible"
+        if [ "$have" -eq 0 ] && [ "${STK_REQUIRE_GPU:-0}" = 1 ]; then
+            echo "run.sh: FAIL: STK_REQUIRE_GPU=1 and no GPU"
+            exit 1
+        fi
+        exit 77
+    fi
+fi
 check=$build/tests/dist/dist_check
 # Marks this run's processes, to find any left behind.
 tag="stkdist-$$-$RANDOM"
@@ -27,6 +45,9 @@ tag="stkdist-$$-$RANDOM"
 if [ "$(id -u)" -eq 0 ]; then
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
+# Containers often forbid process_vm_readv (CMA), which OpenMPI's shared
+# memory transport uses for large messages by default.
+export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
 case $kind in
     # OpenMPI unloads its plugins before LeakSanitizer looks, so their
     # allocations show as "<unknown module>", which no suppression can
