@@ -129,8 +129,9 @@ STK_API int stk_model_builder_parse(stk_model_builder_t *b, const char *text, co
 typedef struct stk_model stk_model_t;
 
 typedef struct stk_model_config {
-    int64_t batch_size;   /* planned batch; forward with another size
-                           * re-plans (slow once). Default 32 */
+    int64_t batch_size;   /* the batch planned at create; a forward with
+                           * another size plans it once (see
+                           * stk_model_set_batch_size). Default 32 */
     uint64_t seed;        /* parameter init and dropout masks. Default 0 */
     int threads;          /* backend threads; 0: leave as is. Default 0 */
     stk_device_t device;  /* STK_DEVICE_CPU (default) */
@@ -160,8 +161,14 @@ STK_API void stk_model_destroy(stk_model_t **m);
 STK_API void stk_model_input_shape(const stk_model_t *m, int64_t shape[4]);
 /* Classes (logits per sample) of the loss layer; 0 when there is none. */
 STK_API int64_t stk_model_num_classes(const stk_model_t *m);
-/* Re-plans for another batch size (activations, primitives). Parameters,
- * gradients and buffers are kept. 0, -EINVAL, -ENOMEM, STK_EBACKEND. */
+/* Makes batch the current size. A model plans each batch size once (the
+ * backend's primitives: about 100 ms with oneDNN) and keeps the plans of
+ * the last STK_MODEL_PLANS sizes it used, so alternating sizes (a short last
+ * batch, evaluation at another size) plan once each; activations are
+ * shared by the plans, sized for the largest batch. Forward calls this
+ * itself. Parameters, gradients and buffers are kept. 0, -EINVAL (batch < 1
+ * or > 2^20), -ENOMEM, STK_EBACKEND. */
+#define STK_MODEL_PLANS 4
 STK_API int stk_model_set_batch_size(stk_model_t *m, int64_t batch);
 STK_API int64_t stk_model_batch_size(const stk_model_t *m);
 
@@ -172,12 +179,19 @@ STK_API void stk_model_set_train(stk_model_t *m, int train);
 STK_API int stk_model_is_train(const stk_model_t *m);
 
 /* Dropout masks are a pure function of (seed, step, layer, element): the
- * same step gives the same mask, whatever the thread count. The trainer
- * sets the step (e.g. the global micro-batch counter) before forward.
- * "element" is the position in the layer's memory: NCHW order for features
- * and for images the backend keeps plain; a backend that keeps an image in
- * a blocked layout draws in that order (same step, same mask still). */
+ * same step gives the same mask, whatever the thread count. The model
+ * counts its own steps: every forward in training mode uses the current
+ * step and then advances it by one (backward uses the step of its
+ * forward), so consecutive training forwards draw new masks with no help
+ * from the caller; evaluation forwards neither use nor advance it. The
+ * step starts at 0. stk_model_set_step sets the step the next training
+ * forward uses (resume, or replaying a forward); stk_model_step reads it
+ * (save it with a checkpoint). "element" is the position in the layer's
+ * memory: NCHW order for features and for images the backend keeps plain;
+ * a backend that keeps an image in a blocked layout draws in that order
+ * (same step, same mask still). */
 STK_API void stk_model_set_step(stk_model_t *m, uint64_t step);
+STK_API uint64_t stk_model_step(const stk_model_t *m);
 STK_API void stk_model_set_seed(stk_model_t *m, uint64_t seed);
 
 /* Backend thread count for this model's work (oneDNN on CPU uses OpenMP:
@@ -194,7 +208,8 @@ STK_API int stk_model_threads(const stk_model_t *m);
 STK_API void stk_model_set_loss_scale(stk_model_t *m, float scale);
 
 /* Forward pass over batch samples at input (f32, NCHW, contiguous, on the
- * model's device; batch <= anything: another size re-plans). With labels
+ * model's device; any batch from 1 to 2^20: see stk_model_set_batch_size).
+ * With labels
  * (batch i64 class indices) or soft_targets (batch x classes f32 rows, each
  * a distribution, e.g. from mixup), the loss (mean over the batch) is
  * written to *loss and backward may follow; with neither, only the logits
@@ -225,16 +240,35 @@ STK_API void stk_model_zero_grad(stk_model_t *m);
 typedef void (*stk_grad_ready_fn)(size_t offset, size_t count, void *user);
 STK_API void stk_model_set_grad_hook(stk_model_t *m, stk_grad_ready_fn fn, void *user);
 
-/* The logits of the last forward (batch x classes, row-major), valid until
- * the next forward or re-plan. Returns 0 or STK_ESTATE (no forward yet). */
+/* The logits of the last forward (batch x classes, row-major) in the
+ * model's device memory (host memory on the CPU), valid until the next
+ * forward or re-plan. Returns 0 or STK_ESTATE (no forward yet). */
 STK_API int stk_model_logits(const stk_model_t *m, const float **logits, int64_t *batch, int64_t *classes);
-/* Samples of the last forward whose argmax logit equals labels[i]. */
-STK_API int stk_model_count_correct(const stk_model_t *m, const int64_t *labels, int64_t *correct);
-/* A view of a layer's output of the last forward (by layer name), NCHW.
- * Where the backend keeps that output in a blocked layout, the view is of
- * a plain copy this call makes (the one copy the engine ever makes for a
- * caller). STK_ENOTFOUND for an unknown name. Valid until the next forward
- * or the next call of this function. */
+/* Copies the logits of the last forward (batch x classes floats) into host
+ * memory at dst (cap floats), from any device. Returns 0, STK_ESTATE (no
+ * forward yet), -ENOSPC (cap too small; nothing copied), -EINVAL (NULL), or
+ * a backend error. */
+STK_API int stk_model_read_logits(const stk_model_t *m, float *dst, size_t cap);
+/* Top-1 accuracy of the last forward: *correct = the samples whose first
+ * largest logit is at labels[i] (labels: host memory, one per sample of
+ * that forward). When labels is the array given to that forward, the
+ * count made during the forward is returned (no second pass, no device
+ * read). Returns 0, -EINVAL (NULL, or a label outside [0, classes): the
+ * message names the sample), STK_ESTATE (no forward yet, or no loss
+ * layer), or a backend error. */
+STK_API int stk_model_count_correct(stk_model_t *m, const int64_t *labels, int64_t *correct);
+/* Top-k accuracy: samples whose label's logit is among the topk largest
+ * (ties broken by index, so topk = 1 is stk_model_count_correct). topk >= 1
+ * (-EINVAL otherwise); topk >= classes counts every sample. Same codes as
+ * stk_model_count_correct. */
+STK_API int stk_model_count_topk(stk_model_t *m, const int64_t *labels, int topk, int64_t *correct);
+/* A view of a layer's output of the last forward (by layer name), NCHW,
+ * in the model's device memory (out->device says which). Where the backend
+ * keeps that output in a blocked layout, the view is of a plain copy this
+ * call makes (the one copy the engine ever makes for a caller). Returns 0,
+ * STK_ENOTFOUND for an unknown name, STK_ESTATE before a forward, -EINVAL
+ * for NULL, or a backend error. Valid until the next forward or the next
+ * call of this function. */
 STK_API int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out);
 
 /* ------------------------------------------------- parameters, buffers */
@@ -263,8 +297,11 @@ typedef struct stk_param_info {
 } stk_param_info_t;
 
 /* The flat arenas (floats, 64-byte aligned): parameters and gradients
- * have the same layout. Owned by the model; the optimizer updates the
- * parameters in place. *count may be NULL. */
+ * have the same layout. Owned by the model, in its device's memory (host
+ * memory on the CPU, which is where these pointers may be read and
+ * written directly; on a device, use them with device code, e.g. a
+ * communicator, and move values with stk_model_state_save / _load). The
+ * optimizer updates the parameters in place. *count may be NULL. */
 STK_API float *stk_model_params(stk_model_t *m, size_t *count);
 STK_API float *stk_model_grads(stk_model_t *m, size_t *count);
 /* Trainable parameter tensors, in layer order. */

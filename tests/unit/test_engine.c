@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "engine/model.h"
+#include "engine/layer.h"
 #include "stoker/engine.h"
 
 /* ------------------------------------------------------------- helpers */
@@ -243,9 +243,12 @@ static void test_fixture_network(void **state)
 
 /* ---------------------------------------------------- finite differences */
 
+/* Every evaluation replays step 3, so dropout keeps one mask (a training
+ * forward advances the model's step). */
 static double loss_at(stk_model_t *m, const float *x, int64_t n, const int64_t *labels)
 {
     float loss;
+    stk_model_set_step(m, 3);
     if (stk_model_forward(m, x, n, labels, NULL, &loss) < 0)
         fail_msg("forward: %s", stk_error_message());
     return loss;
@@ -267,7 +270,6 @@ static void fd_check(const char *text, int64_t n, int64_t classes)
         x[i] = 2.0f * stk_rng_uniform(&r) - 1.0f;
     for (int64_t i = 0; i < n; i++)
         labels[i] = (int64_t)stk_rng_below(&r, (uint64_t)classes);
-    stk_model_set_step(m, 3);
     stk_model_zero_grad(m);
     loss_at(m, x, n, labels);
     if (stk__model_backward_input(m, NULL, dx) < 0)
@@ -599,28 +601,34 @@ static void test_training_mechanics(void **state)
     size_t np;
     float l1, l2;
     assert_int_equal(stk_model_backward(m), STK_ESTATE);
-    /* Same step, same dropout mask; another step, another loss. */
+    /* The model advances its step: the next forward draws another mask;
+     * set_step replays one. */
     stk_model_set_step(m, 1);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
-    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
-    assert_true(l1 == l2);
-    stk_model_set_step(m, 2);
+    assert_int_equal(stk_model_step(m), 2);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
     assert_true(l1 != l2);
-    /* Accumulation: two backwards add; loss scale scales. */
+    stk_model_set_step(m, 1);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
+    assert_true(l1 == l2);
+    /* Accumulation: two backwards add; loss scale scales (same step, so
+     * the same mask, each time). */
     stk_model_zero_grad(m);
+    stk_model_set_step(m, 1);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
     assert_int_equal(stk_model_backward(m), 0);
     assert_int_equal(stk_model_backward(m), STK_ESTATE);
     float *g = stk_model_grads(m, &np);
     float *g1 = malloc(np * sizeof(float));
     memcpy(g1, g, np * sizeof(float));
+    stk_model_set_step(m, 1);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
     assert_int_equal(stk_model_backward(m), 0);
     for (size_t i = 0; i < np; i++)
         assert_true(fabsf(g[i] - 2.0f * g1[i]) <= 1e-6f + 1e-5f * fabsf(g1[i]));
     stk_model_zero_grad(m);
     stk_model_set_loss_scale(m, 0.5f);
+    stk_model_set_step(m, 1);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
     assert_int_equal(stk_model_backward(m), 0);
     for (size_t i = 0; i < np; i++)
@@ -636,7 +644,9 @@ static void test_training_mechanics(void **state)
     float soft[4 * 3] = {0};
     for (int i = 0; i < 4; i++)
         soft[i * 3 + y[i]] = 1.0f;
+    stk_model_set_step(m, 5);
     assert_int_equal(stk_model_forward(m, x, 4, NULL, soft, &l2), 0);
+    stk_model_set_step(m, 5);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
     assert_true(fabsf(l1 - l2) < 1e-6f);
     /* Errors. */
@@ -685,8 +695,10 @@ static void test_training_mechanics(void **state)
     /* Threads: the loss does not depend on the count beyond reassociation. */
     assert_int_equal(stk_model_set_threads(m, -1), -EINVAL);
     assert_int_equal(stk_model_set_threads(m, 1), 0);
+    stk_model_set_step(m, 5);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
     assert_int_equal(stk_model_set_threads(m, 2), 0);
+    stk_model_set_step(m, 5);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
     assert_true(fabsf(l1 - l2) <= 1e-5f * fabsf(l1));
     free(g1);
@@ -783,6 +795,178 @@ static void test_backend_errors(void **state)
     stk_model_builder_destroy(&b);
 }
 
+/* A training forward advances the model's step: two in a row draw
+ * different dropout masks with no set_step from the caller; set_step
+ * replays one; evaluation forwards neither drop nor advance the step. */
+static void test_dropout_steps(void **state)
+{
+    (void)state;
+    stk_model_t *m = model_from_text("input name=data shape=64,1,1\ndropout name=drop p=0.5\n", 4, 3, 1);
+    float x[256], y[3][256];
+    for (int i = 0; i < 256; i++)
+        x[i] = 1.0f;
+    stk_tensor_t out;
+    assert_int_equal(stk_model_step(m), 0);
+    for (int k = 0; k < 3; k++) {
+        if (k == 2)
+            stk_model_set_step(m, 0);
+        assert_int_equal(stk_model_forward(m, x, 4, NULL, NULL, NULL), 0);
+        assert_int_equal(stk_model_output(m, "drop", &out), 0);
+        memcpy(y[k], out.data, sizeof(y[k]));
+    }
+    assert_int_equal(stk_model_step(m), 1);
+    int zeros = 0;
+    for (int i = 0; i < 256; i++) {
+        assert_true(y[0][i] == 0.0f || y[0][i] == 2.0f);
+        zeros += y[0][i] == 0.0f;
+    }
+    assert_true(zeros > 64 && zeros < 192);
+    assert_true(memcmp(y[0], y[1], sizeof(y[0])) != 0);
+    assert_memory_equal(y[0], y[2], sizeof(y[0]));
+    stk_model_set_train(m, 0);
+    assert_int_equal(stk_model_forward(m, x, 4, NULL, NULL, NULL), 0);
+    assert_int_equal(stk_model_output(m, "drop", &out), 0);
+    assert_memory_equal(out.data, x, sizeof(x));
+    assert_int_equal(stk_model_step(m), 1);
+    stk_model_destroy(&m);
+}
+
+/* Top-k counts against a count on the host from the logits, through the
+ * forward's own labels (counted during the forward) and other labels. */
+static void test_count_topk(void **state)
+{
+    (void)state;
+    const int64_t n = 16, k = 5;
+    stk_model_t *m = model_from_text("input name=data shape=5,1,1\nlinear name=fc out=5\ncross_entropy\n", n, 4, 1);
+    int64_t correct = -1;
+    int64_t y[16], y2[16];
+    float none[1];
+    assert_int_equal(stk_model_count_correct(m, y, &correct), STK_ESTATE);
+    assert_int_equal(stk_model_read_logits(m, none, 1), STK_ESTATE);
+    float x[16 * 5];
+    stk_rng_t r;
+    stk_rng_init(&r, 11, 0);
+    for (int i = 0; i < n * k; i++)
+        x[i] = 4.0f * stk_rng_uniform(&r) - 2.0f;
+    for (int i = 0; i < n; i++) {
+        y[i] = (int64_t)stk_rng_below(&r, (uint64_t)k);
+        y2[i] = (i * 3) % k;
+    }
+    float loss;
+    assert_int_equal(stk_model_forward(m, x, n, y, NULL, &loss), 0);
+    const float *z;
+    int64_t nb, nk;
+    assert_int_equal(stk_model_logits(m, &z, &nb, &nk), 0);
+    /* The host copy of the logits, from any device. */
+    float host[16 * 5 + 1];
+    assert_int_equal(stk_model_read_logits(m, host, 16 * 5 - 1), -ENOSPC);
+    assert_int_equal(stk_model_read_logits(m, NULL, 16 * 5), -EINVAL);
+    assert_int_equal(stk_model_read_logits(m, host, 16 * 5 + 1), 0);
+    assert_memory_equal(host, z, sizeof(float) * 16 * 5);
+    for (int pass = 0; pass < 2; pass++) {
+        const int64_t *lab = pass ? y2 : y;
+        for (int t = 1; t <= 6; t++) {
+            int64_t want = 0;
+            for (int64_t i = 0; i < n; i++) {
+                int64_t above = 0;
+                for (int64_t j = 0; j < k; j++)
+                    above += z[i * k + j] > z[i * k + lab[i]];
+                want += above < t;
+            }
+            assert_int_equal(stk_model_count_topk(m, lab, t, &correct), 0);
+            assert_int_equal(correct, want);
+        }
+        assert_int_equal(stk_model_count_correct(m, lab, &correct), 0);
+        assert_int_equal(stk_model_count_topk(m, lab, (int)k, &nb), 0);
+        assert_int_equal(nb, n);
+    }
+    assert_int_equal(stk_model_count_topk(m, y, 0, &correct), -EINVAL);
+    assert_int_equal(stk_model_count_topk(m, NULL, 1, &correct), -EINVAL);
+    y2[3] = 5;
+    assert_int_equal(stk_model_count_correct(m, y2, &correct), -EINVAL);
+    assert_non_null(strstr(stk_error_message(), "sample 3"));
+    stk_model_destroy(&m);
+    /* No loss layer: no classes to count. */
+    m = model_from_text("input name=data shape=5,1,1\nlinear name=fc out=5\n", 2, 4, 1);
+    assert_int_equal(stk_model_forward(m, x, 2, NULL, NULL, NULL), 0);
+    assert_int_equal(stk_model_count_correct(m, y, &correct), STK_ESTATE);
+    stk_model_destroy(&m);
+}
+
+/* Every kind has one entry in the layer table, named as the model files
+ * and stk_layer_kind_name name it, with the slots every kind needs. */
+static void test_layer_table(void **state)
+{
+    (void)state;
+    for (int k = 1; k < STK_LAYER_KIND_COUNT; k++) {
+        const stk__layer_class_t *c = stk__layer_class((stk_layer_kind_t)k);
+        assert_non_null(c);
+        assert_int_equal(c->kind, k);
+        assert_string_equal(stk_layer_kind_name((stk_layer_kind_t)k), c->name);
+        assert_int_equal(stk_layer_kind_from_name(c->name), k);
+        assert_non_null(c->forward);
+        assert_true(c->n_inputs >= 0 && c->n_inputs <= 2);
+        assert_true((c->n_inputs == 0) == (k == STK_LAYER_INPUT));
+        assert_true(!c->plan || c->n_inputs > 0);
+        for (const stk__layer_key_t *key = c->keys; key && key->key; key++)
+            assert_true(key->off < sizeof(stk_layer_desc_t) && key->off2 < sizeof(stk_layer_desc_t));
+    }
+    assert_null(stk__layer_class(STK_LAYER_INVALID));
+    assert_null(stk__layer_class(STK_LAYER_KIND_COUNT));
+    assert_string_equal(stk_layer_kind_name(STK_LAYER_KIND_COUNT), "invalid");
+}
+
+/* A model plans each batch size once: alternating sizes (a short last
+ * batch) reuse their plans; past STK_MODEL_PLANS sizes the least recently
+ * used plan goes. Results do not depend on which plans were made before. */
+static void test_plan_cache(void **state)
+{
+    (void)state;
+    stk_model_t *m = residual_model(4);
+    assert_int_equal(m->plans_made, 1);
+    float x[6 * 72];
+    for (size_t i = 0; i < 6 * 72; i++)
+        x[i] = (float)((i * 7) % 19) / 19.0f - 0.5f;
+    int64_t y[6] = {0, 1, 2, 1, 0, 2};
+    float l4 = 0, l3 = 0, l;
+    for (int round = 0; round < 5; round++) {
+        stk_model_set_step(m, 9);
+        assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l), 0);
+        assert_int_equal(stk_model_backward(m), 0);
+        if (round == 0)
+            l4 = l;
+        assert_true(l == l4);
+        stk_model_set_step(m, 9);
+        assert_int_equal(stk_model_forward(m, x, 3, y, NULL, &l), 0);
+        if (round == 0)
+            l3 = l;
+        assert_true(l == l3);
+    }
+    assert_int_equal(m->plans_made, 2);
+    /* A larger batch grows the shared activations; the old plans stay. */
+    assert_int_equal(stk_model_forward(m, x, 6, y, NULL, &l), 0);
+    assert_int_equal(m->plans_made, 3);
+    stk_model_set_step(m, 9);
+    assert_int_equal(stk_model_forward(m, x, 3, y, NULL, &l), 0);
+    assert_true(l == l3);
+    assert_int_equal(m->plans_made, 3);
+    /* Sizes 4, 6, 3 are cached (3 most recent); 5 fills the last slot,
+     * then 2 evicts the least recently used (4), which plans again. */
+    assert_int_equal(stk_model_set_batch_size(m, 5), 0);
+    assert_int_equal(stk_model_set_batch_size(m, 2), 0);
+    assert_int_equal(m->plans_made, 5);
+    assert_int_equal(stk_model_set_batch_size(m, 6), 0);
+    assert_int_equal(stk_model_set_batch_size(m, 3), 0);
+    assert_int_equal(m->plans_made, 5);
+    stk_model_set_step(m, 9);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l), 0);
+    assert_int_equal(m->plans_made, 6);
+    assert_true(l == l4);
+    assert_int_equal(stk_model_set_batch_size(m, 0), -EINVAL);
+    assert_int_equal(stk_model_batch_size(m), 4);
+    stk_model_destroy(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -796,6 +980,10 @@ int main(void)
         cmocka_unit_test(test_training_mechanics),
         cmocka_unit_test(test_grad_hook),
         cmocka_unit_test(test_backend_errors),
+        cmocka_unit_test(test_dropout_steps),
+        cmocka_unit_test(test_count_topk),
+        cmocka_unit_test(test_layer_table),
+        cmocka_unit_test(test_plan_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -298,15 +298,15 @@ static void test_create_errors(void **state)
 {
     (void)state;
     expect_create_err("step:gamma=0.5", 0, "invalid step_size");
-    expect_create_err("cosine", 0, "invalid T_max");
-    expect_create_err("cosine|exp", 0, "open-ended in the middle needs total_steps");
-    expect_create_err("cosine|exp:10", 5, "needs total_steps > 10");
+    expect_create_err("cosine", 0, "key 'T_max': needs the run's length");
+    expect_create_err("cosine|exp", 0, "open-ended in the middle needs the run's length: total_steps");
+    expect_create_err("cosine|exp:10", 5, "total_steps > 10");
     expect_create_err("cosine|exp|step:step_size=3", 100, "only one middle phase may be open-ended");
     expect_create_err("warmup:5|plateau", 0, "plateau cannot be chained");
-    expect_create_err("onecycle", 0, "invalid total_steps");
+    expect_create_err("onecycle", 0, "key 'total_steps': needs the run's length");
     expect_create_err("onecycle:total_steps=10,pct_start=1.5", 0, "invalid pct_start");
     expect_create_err("linear:start=2", 0, "invalid start_factor");
-    expect_create_err("cooldown", 0, "invalid total_iters");
+    expect_create_err("cooldown", 0, "key 'total_iters': needs the run's length");
     expect_create_err("plateau:factor=1", 0, "invalid factor");
     expect_create_err("multistep:milestones=5;3", 0, "ascending");
     stk_optim_t *o = make_opt(STK_OPTIM_SGD);
@@ -466,6 +466,37 @@ static void test_parse_garbage(void **state)
     stk_optim_destroy(&o);
 }
 
+/* One call with the run's length gives what parse + create give; without
+ * the length, a phase that needs it names the key to give. */
+static void test_create_from_text(void **state)
+{
+    (void)state;
+    stk_optim_t *oa = make_opt(STK_OPTIM_SGD), *ob = make_opt(STK_OPTIM_SGD);
+    const char *text = "warmup:1ep,start=0.1|cosine:eta_min=0";
+    stk_sched_t *a = NULL, *b = make_sched(text, 10, 100, ob);
+    assert_int_equal(stk_sched_create_from_text(&a, oa, text, 10, 100), 0);
+    for (int64_t t = 0; t < 120; t++) {
+        double la, lb;
+        assert_int_equal(stk_optim_get_lr(oa, 0, &la), 0);
+        assert_int_equal(stk_optim_get_lr(ob, 0, &lb), 0);
+        assert_true(la == lb);
+        assert_int_equal(stk_sched_step(a), 0);
+        assert_int_equal(stk_sched_step(b), 0);
+    }
+    stk_sched_destroy(&a);
+    stk_sched_destroy(&b);
+    expect_err(stk_sched_create_from_text(&a, oa, "warmup:1ep|cosine", 10, 0), STK_ECONFIG,
+               "phase 1 (cosine): key 'T_max': needs the run's length");
+    assert_null(a);
+    expect_err(stk_sched_create_from_text(&a, oa, "onecycle", 0, 0), STK_ECONFIG, "key 'total_steps'");
+    expect_err(stk_sched_create_from_text(&a, oa, "cosine:1ep", 0, 100), STK_ECONFIG, "steps_per_epoch");
+    expect_err(stk_sched_create_from_text(&a, oa, "cosine", 10, -1), -EINVAL, "negative");
+    expect_err(stk_sched_create_from_text(&a, NULL, "cosine", 10, 5), -EINVAL, "NULL");
+    expect_err(stk_sched_create_from_text(&a, oa, "cosinus", 10, 5), STK_ECONFIG, "unknown kind");
+    stk_optim_destroy(&oa);
+    stk_optim_destroy(&ob);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -474,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_parse_errors),       cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_plateau_needs_metric), cmocka_unit_test(test_bad_blobs),
         cmocka_unit_test(test_drives_optimizer),   cmocka_unit_test(test_parse_garbage),
+        cmocka_unit_test(test_create_from_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
