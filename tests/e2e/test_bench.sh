@@ -115,7 +115,9 @@ case "$err" in *'no field "image" in the dataset (its fields: data u8[12,12], la
 # ends it at once (130); with --timeout 1, it fails naming a stopped
 # worker. The workers are the fork server's children, the server the
 # tool's only child.
-children() { awk -v p="$1" '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null; }
+# A process may exit between the glob and awk reading it: awk then exits 2,
+# which is no failure here.
+children() { awk -v p="$1" '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null || true; }
 stop_workers() { # tool pid: waits for its workers, stops them
     for _ in $(seq 100); do
         srv=$(children "$1")
