@@ -70,7 +70,19 @@ static int nccl_open(stk_comm_t *c, void **ctx)
     if (ce != cudaSuccess || ndev == 0)
         return stk__error(STK_EDEVICE, "communicator (nccl) on rank %d: no CUDA device (%s)", c->rank,
                           ce != cudaSuccess ? cudaGetErrorString(ce) : "none visible");
-    int dev = c->cfg.cuda_device >= 0 ? c->cfg.cuda_device : c->local_rank;
+    /* The GPU: as configured, else the launcher's choice (stoker-launch
+     * sets STK_CUDA_DEVICE), else the local rank. */
+    int dev = c->local_rank;
+    const char *env_dev = getenv("STK_CUDA_DEVICE");
+    if (c->cfg.cuda_device >= 0) {
+        dev = c->cfg.cuda_device;
+    } else if (env_dev && env_dev[0]) {
+        char *end;
+        long v = strtol(env_dev, &end, 10);
+        if (*end != '\0' || v < 0 || v > 4096)
+            return stk__error(STK_ECONFIG, "environment: STK_CUDA_DEVICE='%s' is not a GPU index", env_dev);
+        dev = (int)v;
+    }
     if (dev >= ndev)
         return stk__error(STK_EDEVICE, "communicator (nccl): rank %d (local rank %d) wants GPU %d, but %d %s visible "
                           "(one GPU per rank: NCCL refuses two ranks on one GPU)", c->rank, c->local_rank, dev, ndev,

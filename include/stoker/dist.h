@@ -78,7 +78,8 @@ typedef struct stk_comm_config {
      * (single, mpi, tcp, nccl) overrides AUTO. */
     stk_comm_backend_t backend;
     stk_device_t device;    /* where the buffers live: CPU (default) or CUDA */
-    int cuda_device;        /* NCCL: the GPU; -1 (default): the local rank */
+    int cuda_device;        /* NCCL: the GPU; -1 (default): STK_CUDA_DEVICE
+                             * (stoker-launch sets it), else the local rank */
     /* A collective (or the set-up) that makes no progress for this long
      * fails with STK_ERANK naming the collective and the rank, and the
      * communicator is unusable afterwards. Default 300 s; the environment
