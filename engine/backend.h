@@ -226,5 +226,13 @@ void stk__backend_close(stk__backend_t *b);
 
 /* The CPU backend (engine/cpu/). */
 int stk__cpu_backend_open(stk__backend_t *b);
+/* engine/cpu/cpu_threads.c: CPUs allowed by the cgroup CPU quotas (v2 and
+ * v1) of the process described by a mountinfo and a cgroup file, mount
+ * points read under prefix (tests point all three at fake trees); 0 when
+ * unlimited. */
+long stk__cgroup_cpu_limit(const char *mountinfo, const char *cgroup_file, const char *prefix);
+/* A model's thread count when its config says 0: stk_engine_cpu_count(),
+ * or 0 (leave OpenMP's) when the user set OMP_NUM_THREADS. */
+int stk__default_threads(void);
 
 #endif

@@ -27,16 +27,16 @@ stk_layer_kind_t stk_layer_kind_from_name(const char *name)
     return STK_LAYER_INVALID;
 }
 
-stk_layer_desc_t stk_layer_desc_default(stk_layer_kind_t kind)
+void stk_layer_desc_default(stk_layer_desc_t *d, stk_layer_kind_t kind)
 {
-    stk_layer_desc_t d;
-    memset(&d, 0, sizeof(d));
-    d.kind = kind;
-    d.in_h = d.in_w = 1;
+    if (!d)
+        return;
+    memset(d, 0, sizeof(*d));
+    d->kind = kind;
+    d->in_h = d->in_w = 1;
     const stk__layer_class_t *c = stk__layer_class(kind);
     if (c && c->defaults)
-        c->defaults(&d);
-    return d;
+        c->defaults(d);
 }
 
 const char *stk__layer_where(const stk__layer_t *l, char *buf, size_t cap)

@@ -6,12 +6,14 @@
  *
  * Adding a layer kind (an embedding, an LSTM, a head over sequences):
  *  1. its public parts in include/stoker/engine.h: a value in
- *     stk_layer_kind_t (before STK_LAYER_KIND_COUNT) and any new settings
- *     as fields of stk_layer_desc_t;
+ *     stk_layer_kind_t (before STK_LAYER_KIND_COUNT), any new settings as
+ *     fields of stk_layer_desc_t (with their defaults in the comment), and
+ *     its constructor stk_layer_<kind>(name, ...);
  *  2. a new file engine/layers/<family>.c defining a const
  *     stk__layer_class_t (kind, model-file name and keys, defaults, check,
- *     infer, params/init, plan/unplan, forward, backward), listed in
- *     engine/meson.build;
+ *     infer, params/init, plan/unplan, forward, backward) and the
+ *     constructor, listed in engine/meson.build (and its keys in
+ *     engine/MODEL_FORMAT.md);
  *  3. one line in engine/layers/registry.c.
  * Nothing else switches on the kind. A layer whose input is not f32 (token
  * ids: STK_DTYPE_I64) sets its output's dtype in infer and reads its

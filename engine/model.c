@@ -441,14 +441,14 @@ static int select_plan(stk_model_t *m, int64_t n)
 
 /* ------------------------------------------------------------ create/free */
 
-stk_model_config_t stk_model_config_default(void)
+void stk_model_config_default(stk_model_config_t *cfg)
 {
-    stk_model_config_t c;
-    memset(&c, 0, sizeof(c));
-    c.batch_size = 32;
-    c.device = STK_DEVICE_CPU;
-    c.init_params = 1;
-    return c;
+    if (!cfg)
+        return;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->batch_size = 32;
+    cfg->device = STK_DEVICE_CPU;
+    cfg->init_params = 1;
 }
 
 void stk_model_destroy(stk_model_t **pm)
@@ -485,7 +485,8 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     if (!out || !b)
         return stk__error(-EINVAL, "model: NULL argument");
     *out = NULL;
-    stk_model_config_t dc = stk_model_config_default();
+    stk_model_config_t dc;
+    stk_model_config_default(&dc);
     if (!cfg)
         cfg = &dc;
     if (cfg->batch_size < 1 || cfg->batch_size > STK__MAX_DIM || cfg->threads < 0)
@@ -500,7 +501,7 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->train = 1;
     m->loss_scale = 1.0f;
     m->seed = cfg->seed;
-    m->threads = cfg->threads;
+    m->threads = cfg->threads ? cfg->threads : stk__default_threads();
     int rc = 0;
     m->layers = calloc((size_t)b->n, sizeof(*m->layers));
     m->written = calloc((size_t)b->n, sizeof(int));

@@ -94,8 +94,10 @@ size_t stk_model_num_layers(const stk_model_t *m)
 
 int stk_model_layer_stats(const stk_model_t *m, size_t i, stk_layer_stats_t *st)
 {
-    if (!m || !st || i >= (size_t)m->nl)
-        return stk__error(-EINVAL, "model: layer %zu out of range", i);
+    if (!m || !st)
+        return stk__error(-EINVAL, "model layer_stats: NULL argument");
+    if (i >= (size_t)m->nl)
+        return stk__error(-ERANGE, "model: layer %zu of %d", i, m->nl);
     const stk__layer_t *l = &m->layers[i];
     st->name = l->name;
     st->kind = l->d.kind;
@@ -235,16 +237,20 @@ size_t stk_model_num_buffers(const stk_model_t *m)
 
 int stk_model_param_info(const stk_model_t *m, size_t i, stk_param_info_t *info)
 {
-    if (!m || !info || i >= m->npinfo)
-        return stk__error(-EINVAL, "model: parameter %zu out of range", i);
+    if (!m || !info)
+        return stk__error(-EINVAL, "model param_info: NULL argument");
+    if (i >= m->npinfo)
+        return stk__error(-ERANGE, "model: parameter %zu of %zu", i, m->npinfo);
     *info = m->pinfo[i].info;
     return 0;
 }
 
 int stk_model_buffer_info(const stk_model_t *m, size_t i, stk_param_info_t *info)
 {
-    if (!m || !info || i >= m->nbinfo)
-        return stk__error(-EINVAL, "model: buffer %zu out of range", i);
+    if (!m || !info)
+        return stk__error(-EINVAL, "model buffer_info: NULL argument");
+    if (i >= m->nbinfo)
+        return stk__error(-ERANGE, "model: buffer %zu of %zu", i, m->nbinfo);
     *info = m->binfo[i].info;
     return 0;
 }

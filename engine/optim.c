@@ -98,31 +98,31 @@ static int kind_valid(stk_optim_kind_t kind)
     return kind >= STK_OPTIM_SGD && kind <= STK_OPTIM_RMSPROP;
 }
 
-stk_optim_hparams_t stk_optim_hparams_default(stk_optim_kind_t kind)
+void stk_optim_hparams_default(stk_optim_hparams_t *h, stk_optim_kind_t kind)
 {
-    stk_optim_hparams_t h;
-    memset(&h, 0, sizeof(h));
-    h.beta1 = 0.9;
-    h.beta2 = 0.999;
-    h.eps = 1e-8;
-    h.alpha = 0.99;
+    if (!h)
+        return;
+    memset(h, 0, sizeof(*h));
+    h->beta1 = 0.9;
+    h->beta2 = 0.999;
+    h->eps = 1e-8;
+    h->alpha = 0.99;
     switch (kind) {
-    case STK_OPTIM_SGD: h.lr = 0.01; break;
-    case STK_OPTIM_ADAM: h.lr = 1e-3; break;
-    case STK_OPTIM_ADAMW: h.lr = 1e-3; h.weight_decay = 1e-2; break;
-    case STK_OPTIM_RMSPROP: h.lr = 1e-2; break;
+    case STK_OPTIM_SGD: h->lr = 0.01; break;
+    case STK_OPTIM_ADAM: h->lr = 1e-3; break;
+    case STK_OPTIM_ADAMW: h->lr = 1e-3; h->weight_decay = 1e-2; break;
+    case STK_OPTIM_RMSPROP: h->lr = 1e-2; break;
     }
-    return h;
 }
 
-stk_optim_config_t stk_optim_config_default(stk_optim_kind_t kind, size_t n_params)
+void stk_optim_config_default(stk_optim_config_t *cfg, stk_optim_kind_t kind, size_t n_params)
 {
-    stk_optim_config_t c;
-    memset(&c, 0, sizeof(c));
-    c.kind = kind;
-    c.n_params = n_params;
-    c.defaults = stk_optim_hparams_default(kind);
-    return c;
+    if (!cfg)
+        return;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->kind = kind;
+    cfg->n_params = n_params;
+    stk_optim_hparams_default(&cfg->defaults, kind);
 }
 
 /* Which keys a kind reads, as a bit set over the key table below. */
@@ -303,7 +303,8 @@ int stk_optim_config_parse(const char *text, stk_optim_config_t *cfg)
     } else if (!kind) {
         rc = stk__error(STK_ECONFIG, "optimizer: unknown kind '%s' (sgd, adam, adamw, rmsprop)", copy);
     } else {
-        stk_optim_hparams_t h = stk_optim_hparams_default(kind);
+        stk_optim_hparams_t h;
+        stk_optim_hparams_default(&h, kind);
         rc = colon ? stk__optim_apply_items(kind, &h, colon + 1, NULL) : check_hparams(kind, &h, "optimizer ");
         if (rc == 0) {
             cfg->kind = kind;

@@ -121,7 +121,7 @@ int stk_optim_create_for_model(stk_optim_t **out, stk_model_t *m, const char *sp
         goto out;
     }
     int nd = ND_NONE;
-    hs[0] = stk_optim_hparams_default(kind);
+    stk_optim_hparams_default(&hs[0], kind);
     char empty[1] = "";
     if ((rc = stk__optim_apply_items(kind, &hs[0], colon ? colon + 1 : empty, &nd)) != 0)
         goto out;

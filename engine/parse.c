@@ -119,7 +119,8 @@ static int parse_line(stk_model_builder_t *b, char *line, int lineno, const char
     const stk__layer_class_t *cls = stk__layer_class(kind);
     if (!cls)
         return stk__error(STK_ECONFIG, "%s: line %d: unknown layer type '%s'", origin, lineno, tok);
-    stk_layer_desc_t d = stk_layer_desc_default(kind);
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, kind);
     char *inputs_copy = NULL;
     int have_required = cls->required == NULL;
     int rc = 0;

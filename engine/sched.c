@@ -47,32 +47,31 @@ const char *stk_sched_kind_name(stk_sched_kind_t kind)
     return "invalid";
 }
 
-stk_sched_phase_t stk_sched_phase_default(stk_sched_kind_t kind)
+void stk_sched_phase_default(stk_sched_phase_t *p, stk_sched_kind_t kind)
 {
-    stk_sched_phase_t p;
-    memset(&p, 0, sizeof(p));
-    p.kind = kind;
-    p.factor = kind == STK_SCHED_PLATEAU ? 0.1 : 1.0;
-    p.gamma = 0.1;
-    p.start_factor = 1.0 / 3;
-    p.end_factor = 1.0;
-    p.pct_start = 0.3;
-    p.div_factor = 25.0;
-    p.final_div_factor = 1e4;
-    p.cycle_momentum = 1;
-    p.base_momentum = 0.85;
-    p.max_momentum = 0.95;
-    p.patience = 10;
-    p.threshold = 1e-4;
-    p.eps = 1e-8;
-    return p;
+    if (!p)
+        return;
+    memset(p, 0, sizeof(*p));
+    p->kind = kind;
+    p->factor = kind == STK_SCHED_PLATEAU ? 0.1 : 1.0;
+    p->gamma = 0.1;
+    p->start_factor = 1.0 / 3;
+    p->end_factor = 1.0;
+    p->pct_start = 0.3;
+    p->div_factor = 25.0;
+    p->final_div_factor = 1e4;
+    p->cycle_momentum = 1;
+    p->base_momentum = 0.85;
+    p->max_momentum = 0.95;
+    p->patience = 10;
+    p->threshold = 1e-4;
+    p->eps = 1e-8;
 }
 
-stk_sched_config_t stk_sched_config_default(void)
+void stk_sched_config_default(stk_sched_config_t *cfg)
 {
-    stk_sched_config_t c;
-    memset(&c, 0, sizeof(c));
-    return c;
+    if (cfg)
+        memset(cfg, 0, sizeof(*cfg));
 }
 
 /* ---- values ----------------------------------------------------------- */
@@ -561,7 +560,7 @@ static int parse_phase(char *text, size_t pi, int64_t spe, stk_sched_phase_t *ou
     if (!kind)
         return PBAD("schedule phase %zu: unknown kind '%s' (constant, step, multistep, exp, cosine, linear, "
                     "warmup, cooldown, onecycle, plateau)", pi, text);
-    *out = stk_sched_phase_default(kind);
+    stk_sched_phase_default(out, kind);
     if (!colon)
         return 0;
     char *save = NULL;
@@ -636,7 +635,8 @@ int stk_sched_create_from_text(stk_sched_t **out, stk_optim_t *opt, const char *
     if (total_steps < 0 || steps_per_epoch < 0)
         return stk__error(-EINVAL, "stk_sched_create_from_text: negative steps_per_epoch %lld or total_steps %lld",
                           (long long)steps_per_epoch, (long long)total_steps);
-    stk_sched_config_t cfg = stk_sched_config_default();
+    stk_sched_config_t cfg;
+    stk_sched_config_default(&cfg);
     cfg.total_steps = total_steps;
     int rc = stk_sched_parse(text, steps_per_epoch, &cfg);
     return rc ? rc : stk_sched_create(out, &cfg, opt);

@@ -519,7 +519,8 @@ static int setup(run_t *r, const char *resume)
             if (outs[i][0] && !strcmp(outs[i], ins[j]))
                 return fail(EXIT_USAGE, "output %s would overwrite an input", outs[i]);
 
-    stk_model_config_t mcfg = stk_model_config_default();
+    stk_model_config_t mcfg;
+    stk_model_config_default(&mcfg);
     mcfg.batch_size = c->batch_size;
     mcfg.seed = c->seed;
     mcfg.threads = c->threads;
@@ -544,7 +545,8 @@ static int setup(run_t *r, const char *resume)
 
     size_t nparams;
     stk_model_params(r->model, &nparams);
-    stk_optim_config_t ocfg = stk_optim_config_default(STK_OPTIM_SGD, nparams);
+    stk_optim_config_t ocfg;
+    stk_optim_config_default(&ocfg, STK_OPTIM_SGD, nparams);
     rc = stk_optim_config_parse(c->optimizer, &ocfg);
     if (rc) {
         fail(EXIT_USAGE, "key 'optimizer': %s (%s)", stk_error_message(), stk_err_name(rc));
@@ -564,7 +566,8 @@ static int setup(run_t *r, const char *resume)
     r->batches_per_epoch = stk_loader_len(r->train_loader);
     r->steps_per_epoch = (r->batches_per_epoch + (uint64_t)c->accum_steps - 1) / (uint64_t)c->accum_steps;
 
-    stk_sched_config_t scfg = stk_sched_config_default();
+    stk_sched_config_t scfg;
+    stk_sched_config_default(&scfg);
     scfg.total_steps = (int64_t)r->steps_per_epoch * c->epochs;
     rc = stk_sched_parse(c->scheduler, (int64_t)r->steps_per_epoch, &scfg);
     if (rc == 0)
@@ -1006,6 +1009,8 @@ int main(int argc, char **argv)
     const char *config = NULL, *resume = NULL;
     int print_config = 0;
     char err[2048];
+    /* OpenMP threads that wait passively (it executes us again once). */
+    stk_engine_passive_wait(argv);
     double t_begin = tool_now_s();
 
     /* Config first, then --set in order: later settings win. */

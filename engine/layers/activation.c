@@ -64,3 +64,38 @@ ACTIVATION(STK_LAYER_LEAKY_RELU, leaky_relu, .keys = leaky_keys, .defaults = lea
 ACTIVATION(STK_LAYER_GELU, gelu);
 ACTIVATION(STK_LAYER_SIGMOID, sigmoid);
 ACTIVATION(STK_LAYER_TANH, tanh);
+
+static stk_layer_desc_t named(stk_layer_kind_t kind, const char *name)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, kind);
+    d.name = name;
+    return d;
+}
+
+stk_layer_desc_t stk_layer_relu(const char *name)
+{
+    return named(STK_LAYER_RELU, name);
+}
+
+stk_layer_desc_t stk_layer_leaky_relu(const char *name, float negative_slope)
+{
+    stk_layer_desc_t d = named(STK_LAYER_LEAKY_RELU, name);
+    d.negative_slope = negative_slope;
+    return d;
+}
+
+stk_layer_desc_t stk_layer_gelu(const char *name)
+{
+    return named(STK_LAYER_GELU, name);
+}
+
+stk_layer_desc_t stk_layer_sigmoid(const char *name)
+{
+    return named(STK_LAYER_SIGMOID, name);
+}
+
+stk_layer_desc_t stk_layer_tanh(const char *name)
+{
+    return named(STK_LAYER_TANH, name);
+}

@@ -152,3 +152,15 @@ const stk__layer_class_t stk__layer_conv2d = {
     .forward = conv_forward,
     .backward = conv_backward,
 };
+
+stk_layer_desc_t stk_layer_conv2d(const char *name, int64_t out, int64_t kernel, int64_t stride, int64_t pad)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_CONV2D);
+    d.name = name;
+    d.out = out;
+    d.kernel_h = d.kernel_w = kernel;
+    d.stride_h = d.stride_w = stride;
+    d.pad_h = d.pad_w = pad;
+    return d;
+}

@@ -70,3 +70,12 @@ const stk__layer_class_t stk__layer_dropout = {
     .forward = dropout_forward,
     .backward = dropout_backward,
 };
+
+stk_layer_desc_t stk_layer_dropout(const char *name, float p)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_DROPOUT);
+    d.name = name;
+    d.p = p;
+    return d;
+}

@@ -112,3 +112,12 @@ const stk__layer_class_t stk__layer_linear = {
     .forward = linear_forward,
     .backward = linear_backward,
 };
+
+stk_layer_desc_t stk_layer_linear(const char *name, int64_t out)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_LINEAR);
+    d.name = name;
+    d.out = out;
+    return d;
+}

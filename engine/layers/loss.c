@@ -72,3 +72,12 @@ const stk__layer_class_t stk__layer_cross_entropy = {
     .forward = xent_forward,
     .backward = xent_backward,
 };
+
+stk_layer_desc_t stk_layer_cross_entropy(const char *name, float label_smoothing)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_CROSS_ENTROPY);
+    d.name = name;
+    d.label_smoothing = label_smoothing;
+    return d;
+}

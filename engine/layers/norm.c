@@ -178,3 +178,11 @@ const stk__layer_class_t stk__layer_batchnorm2d = {
     .forward = bn_forward,
     .backward = bn_backward,
 };
+
+stk_layer_desc_t stk_layer_batchnorm2d(const char *name)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_BATCHNORM2D);
+    d.name = name;
+    return d;
+}

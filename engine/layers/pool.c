@@ -107,3 +107,32 @@ const stk__layer_class_t stk__layer_global_avgpool = {
     .kind = STK_LAYER_GLOBAL_AVGPOOL, .name = "global_avgpool", .n_inputs = 1, .fmt = STK__FMT_KEEP,
     .infer = global_infer, .plan = pool_plan, .forward = pool_forward, .backward = pool_backward,
 };
+
+static stk_layer_desc_t pool(stk_layer_kind_t kind, const char *name, int64_t kernel, int64_t stride, int64_t pad)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, kind);
+    d.name = name;
+    d.kernel_h = d.kernel_w = kernel;
+    d.stride_h = d.stride_w = stride;
+    d.pad_h = d.pad_w = pad;
+    return d;
+}
+
+stk_layer_desc_t stk_layer_maxpool2d(const char *name, int64_t kernel, int64_t stride, int64_t pad)
+{
+    return pool(STK_LAYER_MAXPOOL2D, name, kernel, stride, pad);
+}
+
+stk_layer_desc_t stk_layer_avgpool2d(const char *name, int64_t kernel, int64_t stride, int64_t pad)
+{
+    return pool(STK_LAYER_AVGPOOL2D, name, kernel, stride, pad);
+}
+
+stk_layer_desc_t stk_layer_global_avgpool(const char *name)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_GLOBAL_AVGPOOL);
+    d.name = name;
+    return d;
+}

@@ -219,3 +219,44 @@ const stk__layer_class_t stk__layer_concat = {
     .forward = concat_forward,
     .backward = concat_backward,
 };
+
+/* ----------------------------------------------------------- constructors */
+
+stk_layer_desc_t stk_layer_input(const char *name, int64_t c, int64_t h, int64_t w)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_INPUT);
+    d.name = name;
+    d.in_c = c;
+    d.in_h = h;
+    d.in_w = w;
+    return d;
+}
+
+stk_layer_desc_t stk_layer_flatten(const char *name)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_FLATTEN);
+    d.name = name;
+    return d;
+}
+
+static stk_layer_desc_t two_inputs(stk_layer_kind_t kind, const char *name, const char *a, const char *b)
+{
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, kind);
+    d.name = name;
+    d.inputs[0] = a;
+    d.inputs[1] = b;
+    return d;
+}
+
+stk_layer_desc_t stk_layer_add(const char *name, const char *a, const char *b)
+{
+    return two_inputs(STK_LAYER_ADD, name, a, b);
+}
+
+stk_layer_desc_t stk_layer_concat(const char *name, const char *a, const char *b)
+{
+    return two_inputs(STK_LAYER_CONCAT, name, a, b);
+}

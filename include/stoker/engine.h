@@ -80,20 +80,31 @@ STK_API const char *stk_layer_kind_name(stk_layer_kind_t kind);
 /* Inverse of stk_layer_kind_name; STK_LAYER_INVALID if unknown. */
 STK_API stk_layer_kind_t stk_layer_kind_from_name(const char *name);
 
-/* One layer for the builder. Start from stk_layer_desc_default(kind), then
- * set what the kind uses; other fields are ignored. Strings are copied by
- * stk_model_builder_add. */
+/* One layer for the builder: a constructor below gives the common case,
+ * with every other field at its default (PyTorch's); set more fields after
+ * it when needed (dilation, groups, bias = 0, eps...). A kind reads only
+ * the fields marked with its name; strings are copied by
+ * stk_model_builder_add. Model files (engine/MODEL_FORMAT.md) name the
+ * same settings with the same defaults. */
 typedef struct stk_layer_desc {
     stk_layer_kind_t kind;
-    const char *name;       /* unique; NULL: "<kind><n>", e.g. "conv2d3" */
+    const char *name;       /* unique; NULL: "<kind><n>", e.g. "conv2d3".
+                             * Parameters are named "<name>.weight" etc.,
+                             * as PyTorch names a module's */
     const char *inputs[2];  /* names of earlier layers; NULL: the previous
                              * layer (add and concat need inputs[1]) */
-    /* input: the shape of one sample (c, h, w); h = w = 1 for features */
+    /* input: the shape of one sample (c, h, w), h = w = 1 (default) for
+     * features; conv2d, batchnorm2d, linear: in_c > 0 declares the input's
+     * channels / features and is checked (default 0: taken as it comes) */
     int64_t in_c, in_h, in_w;
-    /* conv2d: out channels; linear: out features */
+    /* conv2d: out channels; linear: out features (required) */
     int64_t out;
-    /* conv2d, pools: kernel, stride (0: pools use the kernel size), padding
-     * (symmetric), dilation (conv only, >= 1), groups (conv only) */
+    /* conv2d, maxpool2d, avgpool2d:
+     *   kernel:   conv2d 3x3, pools 2x2 by default
+     *   stride:   conv2d 1; pools 0, meaning the kernel size (PyTorch's None)
+     *   pad:      0, on both sides (pools: at most half the kernel)
+     *   dilation: conv2d only, 1 = dense
+     *   groups:   conv2d only, 1; divides in and out channels */
     int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
     int bias;               /* conv2d, linear: 1 (default) or 0 */
     float eps;              /* batchnorm2d: 1e-5 */
@@ -103,8 +114,36 @@ typedef struct stk_layer_desc {
     float label_smoothing;  /* cross_entropy: 0 */
 } stk_layer_desc_t;
 
-/* Defaults for kind (PyTorch's), as documented on each field. */
-STK_API stk_layer_desc_t stk_layer_desc_default(stk_layer_kind_t kind);
+/* Fills *d with the defaults of kind, as documented on each field, kind
+ * set, no name, no inputs. NULL-safe. */
+STK_API void stk_layer_desc_default(stk_layer_desc_t *d, stk_layer_kind_t kind);
+
+/* Constructors, one per kind: its defaults plus its usual settings (a
+ * square kernel, stride and padding). name may be NULL (see the name
+ * field); a and b name the two inputs of add and concat. For instance
+ *     stk_layer_desc_t conv = stk_layer_conv2d("conv1", 32, 3, 1, 1);
+ *     conv.dilation_h = conv.dilation_w = 2;
+ *     rc = stk_model_builder_add(b, &conv);
+ * They check nothing: stk_model_builder_add does. Thread-safe. */
+STK_API stk_layer_desc_t stk_layer_input(const char *name, int64_t c, int64_t h, int64_t w);
+STK_API stk_layer_desc_t stk_layer_conv2d(const char *name, int64_t out, int64_t kernel, int64_t stride,
+                                          int64_t pad);
+STK_API stk_layer_desc_t stk_layer_batchnorm2d(const char *name);
+STK_API stk_layer_desc_t stk_layer_relu(const char *name);
+STK_API stk_layer_desc_t stk_layer_leaky_relu(const char *name, float negative_slope);
+STK_API stk_layer_desc_t stk_layer_gelu(const char *name);
+STK_API stk_layer_desc_t stk_layer_sigmoid(const char *name);
+STK_API stk_layer_desc_t stk_layer_tanh(const char *name);
+/* stride 0: the kernel size. */
+STK_API stk_layer_desc_t stk_layer_maxpool2d(const char *name, int64_t kernel, int64_t stride, int64_t pad);
+STK_API stk_layer_desc_t stk_layer_avgpool2d(const char *name, int64_t kernel, int64_t stride, int64_t pad);
+STK_API stk_layer_desc_t stk_layer_global_avgpool(const char *name);
+STK_API stk_layer_desc_t stk_layer_linear(const char *name, int64_t out);
+STK_API stk_layer_desc_t stk_layer_dropout(const char *name, float p);
+STK_API stk_layer_desc_t stk_layer_flatten(const char *name);
+STK_API stk_layer_desc_t stk_layer_add(const char *name, const char *a, const char *b);
+STK_API stk_layer_desc_t stk_layer_concat(const char *name, const char *a, const char *b);
+STK_API stk_layer_desc_t stk_layer_cross_entropy(const char *name, float label_smoothing);
 
 /* ---------------------------------------------------------------- builder */
 
@@ -133,13 +172,17 @@ typedef struct stk_model_config {
                            * another size plans it once (see
                            * stk_model_set_batch_size). Default 32 */
     uint64_t seed;        /* parameter init and dropout masks. Default 0 */
-    int threads;          /* backend threads; 0: leave as is. Default 0 */
+    int threads;          /* backend threads; 0 (default): the CPUs this
+                           * process may use (stk_engine_cpu_count), or
+                           * OpenMP's own count when OMP_NUM_THREADS is set */
     stk_device_t device;  /* STK_DEVICE_CPU (default) */
     int init_params;      /* 1 (default): PyTorch default init from seed;
                            * 0: parameters start at zero */
 } stk_model_config_t;
 
-STK_API stk_model_config_t stk_model_config_default(void);
+/* Fills *cfg with the defaults documented on each field. NULL-safe. Like
+ * every *_config_default of Stoker, it fills a struct the caller owns. */
+STK_API void stk_model_config_default(stk_model_config_t *cfg);
 
 /* Builds the graph: checks shapes (STK_ECONFIG / STK_ESHAPE naming the
  * line when the layer came from a file, and the key), allocates the
@@ -149,7 +192,9 @@ STK_API stk_model_config_t stk_model_config_default(void);
  * Returns 0, STK_ECONFIG, STK_ESHAPE, -ENOMEM, STK_EBACKEND (with the
  * backend's message) or STK_EDEVICE (device not available). */
 STK_API int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_model_config_t *cfg);
-/* Reads and parses a model file, then stk_model_create. -errno on I/O. */
+/* Reads and parses a model file, then stk_model_create: its codes, plus
+ * -errno when the file cannot be read (the message names the path) and
+ * -EINVAL for NULL. */
 STK_API int stk_model_create_from_file(stk_model_t **out, const char *path, const stk_model_config_t *cfg);
 /* NULL-safe; sets *m to NULL. */
 STK_API void stk_model_destroy(stk_model_t **m);
@@ -227,8 +272,10 @@ STK_API int stk_model_forward_tensor(stk_model_t *m, const stk_tensor_t *input, 
 
 /* Backward from the loss of the last forward: ADDS the parameter gradients
  * (times the loss scale) into the gradient arena, as PyTorch accumulates
- * into .grad. Requires a forward with targets in training or eval mode
- * (STK_ESTATE otherwise, or when called twice for one forward). */
+ * into .grad. Requires a forward with targets in training or eval mode.
+ * Returns 0, STK_ESTATE (no such forward, called twice for one forward,
+ * or a layer that needs training mode: batchnorm, max pooling), -EINVAL
+ * (NULL), or a backend error. */
 STK_API int stk_model_backward(stk_model_t *m);
 /* Sets the whole gradient arena to zero. */
 STK_API void stk_model_zero_grad(stk_model_t *m);
@@ -306,17 +353,19 @@ STK_API float *stk_model_params(stk_model_t *m, size_t *count);
 STK_API float *stk_model_grads(stk_model_t *m, size_t *count);
 /* Trainable parameter tensors, in layer order. */
 STK_API size_t stk_model_num_params(const stk_model_t *m);
-/* 0, or -EINVAL when i is out of range. */
+/* Describes parameter tensor i. 0, -ERANGE (i >= stk_model_num_params),
+ * -EINVAL (NULL). */
 STK_API int stk_model_param_info(const stk_model_t *m, size_t i, stk_param_info_t *info);
 
 /* Buffers (batchnorm running statistics): a third flat arena, not
  * trainable, saved with the state. */
 STK_API float *stk_model_buffers(stk_model_t *m, size_t *count);
 STK_API size_t stk_model_num_buffers(const stk_model_t *m);
+/* Describes buffer i. 0, -ERANGE (i >= stk_model_num_buffers), -EINVAL. */
 STK_API int stk_model_buffer_info(const stk_model_t *m, size_t i, stk_param_info_t *info);
 
 /* Finds a parameter or buffer by name; *is_buffer tells which (may be
- * NULL). STK_ENOTFOUND for an unknown name. */
+ * NULL). 0, STK_ENOTFOUND for an unknown name, -EINVAL for NULL. */
 STK_API int stk_model_find(const stk_model_t *m, const char *name, stk_param_info_t *info, int *is_buffer);
 
 /* ------------------------------------------------------------------ state */
@@ -327,8 +376,9 @@ STK_API int stk_model_find(const stk_model_t *m, const char *name, stk_param_inf
 
 /* Bytes stk_model_state_save_mem writes. */
 STK_API size_t stk_model_state_size(const stk_model_t *m);
-/* Writes the state into buf (cap bytes); *written gets the size. -ENOSPC
- * when cap is too small. */
+/* Writes the state into buf (cap bytes); *written gets the size. 0,
+ * -ENOSPC when cap is too small (nothing written), -EINVAL (NULL), -ENOMEM,
+ * or a backend error (reading device memory back). */
 STK_API int stk_model_state_save_mem(const stk_model_t *m, void *buf, size_t cap, size_t *written);
 /* Loads a state blob. Every parameter and buffer of the model must be
  * there with the same shape and dtype; names the model does not have are
@@ -336,11 +386,45 @@ STK_API int stk_model_state_save_mem(const stk_model_t *m, void *buf, size_t cap
  * unknown name, named in the message), STK_ESHAPE (shape, with both
  * shapes in the message). On error the model is unchanged. */
 STK_API int stk_model_state_load_mem(stk_model_t *m, const void *buf, size_t len);
-/* File forms: written to a temporary name and renamed. -errno on I/O. */
+/* File forms: written to a temporary name and renamed. The codes of the
+ * memory forms, plus -errno on I/O (the message names the path). */
 STK_API int stk_model_state_save(const stk_model_t *m, const char *path);
 STK_API int stk_model_state_load(stk_model_t *m, const char *path);
 /* The same file as stk_model_state_save: safetensors is the state format. */
 STK_API int stk_model_export_safetensors(const stk_model_t *m, const char *path);
+
+/* ------------------------------------------------------------ CPU threads */
+
+/* CPUs this process may use: its affinity mask (sched_getaffinity), capped
+ * by the cgroup CPU quota of its cgroup and every parent (cgroup v2
+ * cpu.max, or v1 cpu.cfs_quota_us / cpu.cfs_period_us), rounded up; at
+ * least 1. A container limited to 1.5 CPUs on a 64-core host gets 2, where
+ * OpenMP would start 64 threads. Thread-safe. */
+STK_API int stk_engine_cpu_count(void);
+
+/* How the OpenMP threads of the CPU backend (oneDNN, on Debian libgomp)
+ * wait for work, as libgomp read it when the program started. */
+typedef enum stk_wait_policy {
+    STK_WAIT_SPIN = 0,    /* libgomp's default: spin ~3 ms, then sleep */
+    STK_WAIT_PASSIVE = 1, /* sleep at once (OMP_WAIT_POLICY=passive) */
+    STK_WAIT_ACTIVE = 2   /* spin (OMP_WAIT_POLICY=active) */
+} stk_wait_policy_t;
+STK_API stk_wait_policy_t stk_engine_wait_policy(void);
+
+/* Makes this program's OpenMP threads wait passively, as they should on a
+ * machine shared with other work: a spinning thread burns the CPU time
+ * the thread it waits for needs (measured: stoker-enginebench beside two
+ * busy processes, see engine/README.md). libgomp reads its wait policy
+ * once, before main, and has no call to change it, so when neither
+ * OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set this sets
+ * OMP_WAIT_POLICY=passive and executes the program again (/proc/self/exe,
+ * same argv, same pid): call it first thing in main, before threads, open
+ * files or output you care about. Returns 0 when there is nothing to do
+ * (the user chose a policy, or the second time), or on failure a negative
+ * errno (the program runs on with spinning threads; children still get
+ * the variable). argv must be main's (NULL-terminated). The Stoker tools
+ * call it. */
+STK_API int stk_engine_passive_wait(char **argv);
 
 /* ---------------------------------------------------- summary and timing */
 
@@ -365,7 +449,7 @@ STK_API void stk_model_set_profiling(stk_model_t *m, int on);
 STK_API void stk_model_reset_stats(stk_model_t *m);
 /* Layers in graph order (the input layer included). */
 STK_API size_t stk_model_num_layers(const stk_model_t *m);
-/* 0, or -EINVAL when i is out of range. */
+/* 0, -ERANGE (i >= stk_model_num_layers), -EINVAL (NULL). */
 STK_API int stk_model_layer_stats(const stk_model_t *m, size_t i, stk_layer_stats_t *st);
 /* A table of the stats (ms per call, share of the total), as summary. */
 STK_API size_t stk_model_stats_format(const stk_model_t *m, char *buf, size_t cap);

@@ -113,12 +113,15 @@ typedef struct stk_optim_config {
     size_t n_groups;
 } stk_optim_config_t;
 
-/* PyTorch's defaults for `kind`: lr 1e-3 (Adam, AdamW), 1e-2 (RMSprop),
- * 0.01 for SGD (PyTorch has no default there: set it); betas (0.9, 0.999),
- * eps 1e-8, weight_decay 0 (AdamW 1e-2), alpha 0.99, the rest 0. */
-STK_API stk_optim_hparams_t stk_optim_hparams_default(stk_optim_kind_t kind);
-/* A config for one group of n_params elements with the defaults of kind. */
-STK_API stk_optim_config_t stk_optim_config_default(stk_optim_kind_t kind, size_t n_params);
+/* Fills *h with PyTorch's defaults for `kind`: lr 1e-3 (Adam, AdamW), 1e-2
+ * (RMSprop), 0.01 for SGD (PyTorch has no default there: set it); betas
+ * (0.9, 0.999), eps 1e-8, weight_decay 0 (AdamW 1e-2), alpha 0.99, the rest
+ * 0. NULL-safe. */
+STK_API void stk_optim_hparams_default(stk_optim_hparams_t *h, stk_optim_kind_t kind);
+/* Fills *cfg: one group of n_params elements with the defaults of kind
+ * (stk_optim_config_parse may then replace kind and defaults from text).
+ * NULL-safe. */
+STK_API void stk_optim_config_default(stk_optim_config_t *cfg, stk_optim_kind_t kind, size_t n_params);
 
 /* Text form, for config files:
  *     "<kind>[:key=value[,key=value...]]"
@@ -382,10 +385,12 @@ typedef struct stk_sched_config {
     int64_t total_steps;
 } stk_sched_config_t;
 
-/* PyTorch's defaults for one phase of `kind` (see the fields). */
-STK_API stk_sched_phase_t stk_sched_phase_default(stk_sched_kind_t kind);
-/* An empty chain (n_phases 0, total_steps 0); add phases before create. */
-STK_API stk_sched_config_t stk_sched_config_default(void);
+/* Fills *p with PyTorch's defaults for one phase of `kind` (see the
+ * fields). NULL-safe. */
+STK_API void stk_sched_phase_default(stk_sched_phase_t *p, stk_sched_kind_t kind);
+/* Fills *cfg with an empty chain (n_phases 0, total_steps 0); add phases
+ * before create. NULL-safe. */
+STK_API void stk_sched_config_default(stk_sched_config_t *cfg);
 /* "constant", "step", "multistep", "exponential", "cosine", "linear",
  * "cooldown", "onecycle", "plateau"; "invalid" otherwise. */
 STK_API const char *stk_sched_kind_name(stk_sched_kind_t kind);

@@ -53,7 +53,8 @@ static stk_model_t *model_from_text(const char *text, int64_t batch, uint64_t se
     int rc = stk_model_builder_parse(b, text, "test");
     if (rc < 0)
         fail_msg("parse: %s", stk_error_message());
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.seed = seed;
     cfg.init_params = init;
@@ -374,7 +375,8 @@ static void expect_parse_error(const char *text, int code, const char *needle1, 
     int rc = stk_model_builder_parse(b, text, "bad.model");
     stk_model_t *m = NULL;
     if (rc == 0) {
-        stk_model_config_t cfg = stk_model_config_default();
+        stk_model_config_t cfg;
+        stk_model_config_default(&cfg);
         cfg.batch_size = 2;
         rc = stk_model_create(&m, b, &cfg);
     }
@@ -426,7 +428,8 @@ static void test_reference_model(void **state)
     char path[512];
     const char *src = getenv("STK_SOURCE_ROOT");
     snprintf(path, sizeof(path), "%s/models/fmnist-cnn.model", src ? src : ".");
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = 4;
     stk_model_t *m = NULL;
     if (stk_model_create_from_file(&m, path, &cfg) < 0)
@@ -550,37 +553,39 @@ static stk_model_t *residual_model(int64_t batch)
 {
     stk_model_builder_t *b = NULL;
     assert_int_equal(stk_model_builder_create(&b), 0);
-    stk_layer_desc_t d = stk_layer_desc_default(STK_LAYER_INPUT);
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_INPUT);
     d.name = "data";
     d.in_c = 2, d.in_h = 6, d.in_w = 6;
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_CONV2D);
+    stk_layer_desc_default(&d, STK_LAYER_CONV2D);
     d.name = "c1", d.out = 2, d.pad_h = d.pad_w = 1;
     assert_int_equal(stk_model_builder_add(b, &d), 0);
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* duplicate name */
-    d = stk_layer_desc_default(STK_LAYER_ADD);
+    stk_layer_desc_default(&d, STK_LAYER_ADD);
     d.name = "res";
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* one input */
     d.inputs[0] = "c1", d.inputs[1] = "data";
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_GLOBAL_AVGPOOL);
+    stk_layer_desc_default(&d, STK_LAYER_GLOBAL_AVGPOOL);
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_FLATTEN);
+    stk_layer_desc_default(&d, STK_LAYER_FLATTEN);
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_LINEAR);
+    stk_layer_desc_default(&d, STK_LAYER_LINEAR);
     d.out = 3;
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_DROPOUT);
+    stk_layer_desc_default(&d, STK_LAYER_DROPOUT);
     d.name = "drop";
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_CROSS_ENTROPY);
+    stk_layer_desc_default(&d, STK_LAYER_CROSS_ENTROPY);
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_INPUT);
+    stk_layer_desc_default(&d, STK_LAYER_INPUT);
     d.in_c = d.in_h = d.in_w = 1;
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* second input */
     d.kind = (stk_layer_kind_t)99;
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG);
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.seed = 9;
     stk_model_t *m = NULL;
@@ -688,7 +693,12 @@ static void test_training_mechanics(void **state)
     assert_string_equal(st.name, "c1");
     assert_int_equal(st.forward_calls, 1);
     assert_int_equal(st.backward_calls, 1);
-    assert_int_equal(stk_model_layer_stats(m, 100, &st), -EINVAL);
+    assert_int_equal(stk_model_layer_stats(m, 100, &st), -ERANGE);
+    assert_int_equal(stk_model_layer_stats(m, 1, NULL), -EINVAL);
+    stk_param_info_t pi;
+    assert_int_equal(stk_model_param_info(m, stk_model_num_params(m), &pi), -ERANGE);
+    assert_int_equal(stk_model_buffer_info(m, stk_model_num_buffers(m), &pi), -ERANGE);
+    assert_int_equal(stk_model_param_info(m, 0, NULL), -EINVAL);
     char buf[4096];
     assert_true(stk_model_stats_format(m, buf, sizeof(buf)) < sizeof(buf));
     assert_non_null(strstr(buf, "c1 (conv2d)"));
@@ -782,14 +792,15 @@ static void test_backend_errors(void **state)
     stk__backend_close(&be);
     assert_int_equal(stk__backend_open(&be, STK_DEVICE_CUDA), STK_EDEVICE);
     assert_int_equal(stk__backend_open(&be, (stk_device_t)7), STK_EDEVICE);
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.device = STK_DEVICE_CUDA;
     stk_model_builder_t *b = NULL;
     assert_int_equal(stk_model_builder_create(&b), 0);
     assert_int_equal(stk_model_builder_parse(b, "input shape=3\nlinear out=2", NULL), 0);
     stk_model_t *m = NULL;
     assert_int_equal(stk_model_create(&m, b, &cfg), STK_EDEVICE);
-    cfg = stk_model_config_default();
+    stk_model_config_default(&cfg);
     cfg.batch_size = 0;
     assert_int_equal(stk_model_create(&m, b, &cfg), -EINVAL);
     stk_model_builder_destroy(&b);
@@ -967,8 +978,210 @@ static void test_plan_cache(void **state)
     stk_model_destroy(&m);
 }
 
-int main(void)
+/* The constructors build what the model file says, default for default:
+ * the same parameters (same seed) and the same summary. */
+static void test_constructors(void **state)
 {
+    (void)state;
+    const char *text = "input name=data shape=2,12,12\n"
+                       "conv2d name=c1 out=8 kernel=3 pad=1\n"
+                       "batchnorm2d name=bn1\n"
+                       "relu name=r1\n"
+                       "maxpool2d name=p1 kernel=2\n"
+                       "conv2d name=c2 out=8 kernel=3 stride=2 pad=1 dilation=2\n"
+                       "leaky_relu name=l1 slope=0.2\n"
+                       "add name=res inputs=c2,l1\n"
+                       "concat name=cat inputs=res,c2\n"
+                       "avgpool2d name=p2 kernel=3 stride=1 pad=1\n"
+                       "gelu name=g\nsigmoid name=s\ntanh name=t\n"
+                       "global_avgpool name=gap\nflatten name=f\n"
+                       "linear name=fc out=5 bias=0\n"
+                       "dropout name=d p=0.25\n"
+                       "cross_entropy name=loss smoothing=0.1\n";
+    stk_layer_desc_t c2 = stk_layer_conv2d("c2", 8, 3, 2, 1), fc = stk_layer_linear("fc", 5);
+    c2.dilation_h = c2.dilation_w = 2;
+    fc.bias = 0;
+    const stk_layer_desc_t layers[] = {
+        stk_layer_input("data", 2, 12, 12), stk_layer_conv2d("c1", 8, 3, 1, 1), stk_layer_batchnorm2d("bn1"),
+        stk_layer_relu("r1"), stk_layer_maxpool2d("p1", 2, 0, 0), c2, stk_layer_leaky_relu("l1", 0.2f),
+        stk_layer_add("res", "c2", "l1"), stk_layer_concat("cat", "res", "c2"), stk_layer_avgpool2d("p2", 3, 1, 1),
+        stk_layer_gelu("g"), stk_layer_sigmoid("s"), stk_layer_tanh("t"), stk_layer_global_avgpool("gap"),
+        stk_layer_flatten("f"), fc, stk_layer_dropout("d", 0.25f), stk_layer_cross_entropy("loss", 0.1f),
+    };
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    for (size_t i = 0; i < sizeof(layers) / sizeof(layers[0]); i++)
+        if (stk_model_builder_add(b, &layers[i]) != 0)
+            fail_msg("layer %zu: %s", i, stk_error_message());
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
+    cfg.batch_size = 2;
+    cfg.seed = 5;
+    stk_model_t *a = NULL, *m = model_from_text(text, 2, 5, 1);
+    assert_int_equal(stk_model_create(&a, b, &cfg), 0);
+    stk_model_builder_destroy(&b);
+    size_t na = stk_model_state_size(a), nm = stk_model_state_size(m), wa, wm;
+    assert_int_equal(na, nm);
+    char *sa = malloc(na), *sm = malloc(nm);
+    assert_int_equal(stk_model_state_save_mem(a, sa, na, &wa), 0);
+    assert_int_equal(stk_model_state_save_mem(m, sm, nm, &wm), 0);
+    assert_memory_equal(sa, sm, na);
+    char ta[8192], tm[8192];
+    assert_true(stk_model_summary(a, ta, sizeof(ta)) < sizeof(ta));
+    assert_true(stk_model_summary(m, tm, sizeof(tm)) < sizeof(tm));
+    assert_string_equal(ta, tm);
+    free(sa);
+    free(sm);
+    stk_model_destroy(&a);
+    stk_model_destroy(&m);
+    /* Defaults by pointer, NULL-safe. */
+    stk_layer_desc_default(NULL, STK_LAYER_CONV2D);
+    stk_model_config_default(NULL);
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_CONV2D);
+    assert_int_equal(d.kernel_h, 3);
+    assert_int_equal(d.stride_w, 1);
+    assert_int_equal(d.groups, 1);
+    assert_int_equal(d.bias, 1);
+}
+
+/* ------------------------------------------------------------ CPU threads */
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A fake /proc and /sys under dir: mountinfo lines, /proc/self/cgroup and
+ * quota files; the limit is the smallest quota from the process's cgroup
+ * up, rounded up, for v2 and v1 alike. */
+static void test_cgroup_quota(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/stk-cgroup-XXXXXX", p[512], mi[512], cg[512];
+    assert_non_null(mkdtemp(dir));
+    snprintf(mi, sizeof(mi), "%s/mountinfo", dir);
+    snprintf(cg, sizeof(cg), "%s/cgroup", dir);
+    /* v2: job (1.5 CPUs) inside user (3 CPUs): 2. */
+    snprintf(p, sizeof(p), "mkdir -p %s/sys/fs/cgroup/user/job %s/sys/fs/cgroup/cpu/a", dir, dir);
+    assert_int_equal(system(p), 0);
+    write_file(mi, "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n");
+    write_file(cg, "0::/user/job\n");
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/user/job/cpu.max", dir);
+    write_file(p, "150000 100000\n");
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/user/cpu.max", dir);
+    write_file(p, "300000 100000\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 2);
+    /* The parent's limit is lower: it wins. */
+    write_file(p, "50000 100000\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 1);
+    /* No limit anywhere, or a malformed file: 0. */
+    write_file(p, "max 100000\n");
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/user/job/cpu.max", dir);
+    write_file(p, "max 100000\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 0);
+    write_file(p, "garbage\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 0);
+    /* Inside a cgroup namespace the mount's root prefixes the path. */
+    write_file(p, "250000 100000\n");
+    write_file(mi, "30 1 0:26 /user /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+    snprintf(p, sizeof(p), "mkdir -p %s/sys/fs/cgroup/job", dir);
+    assert_int_equal(system(p), 0);
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/job/cpu.max", dir);
+    write_file(p, "250000 100000\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 3);
+    /* v1: the hierarchy with the cpu controller; -1 is no quota. */
+    write_file(mi, "25 1 0:22 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+                   "26 1 0:23 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n");
+    write_file(cg, "4:memory:/x\n3:cpu,cpuacct:/a\n0::/\n");
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/cpu/a/cpu.cfs_quota_us", dir);
+    write_file(p, "200000\n");
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/cpu/a/cpu.cfs_period_us", dir);
+    write_file(p, "100000\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 2);
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/cpu/a/cpu.cfs_quota_us", dir);
+    write_file(p, "-1\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 0);
+    /* Missing files: no limit, no error. */
+    assert_int_equal(stk__cgroup_cpu_limit("/nonexistent/mountinfo", cg, dir), 0);
+    snprintf(p, sizeof(p), "rm -rf %s", dir);
+    assert_int_equal(system(p), 0);
+    /* This machine: at least 1, at most the affinity mask. */
+    int n = stk_engine_cpu_count();
+    assert_true(n >= 1 && n <= sysconf(_SC_NPROCESSORS_ONLN));
+}
+
+/* The child side of test_passive_wait: asks for passive waiting (executes
+ * itself again when nothing was chosen) and says what libgomp read. */
+static int policy_probe(char **argv)
+{
+    int rc = stk_engine_passive_wait(argv);
+    printf("policy %d rc %d\n", (int)stk_engine_wait_policy(), rc);
+    return rc == 0 ? 0 : 1;
+}
+
+/* Runs this test program as a policy probe with the given wait-policy
+ * variable (NULL: none) and OMP_DISPLAY_ENV=verbose, so that libgomp
+ * prints what it parsed at each start; returns the output. */
+static char *run_probe(const char *policy)
+{
+    char cmd[4096], self[2048];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    assert_true(n > 0);
+    self[n] = '\0';
+    snprintf(cmd, sizeof(cmd), "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT %s%s OMP_DISPLAY_ENV=verbose '%s' --policy-probe 2>&1",
+             policy ? "OMP_WAIT_POLICY=" : "", policy ? policy : "", self);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    char *out = calloc(1, 65536);
+    size_t len = fread(out, 1, 65535, f);
+    out[len] = '\0';
+    assert_int_equal(pclose(f), 0);
+    return out;
+}
+
+static int count_of(const char *s, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(s, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+/* libgomp reads its wait policy once, before main; stk_engine_passive_wait
+ * executes the program again with OMP_WAIT_POLICY=passive, and libgomp's
+ * own report (OMP_DISPLAY_ENV) shows the spin count went from its default
+ * to 0. A policy the user set is left alone (one start). */
+static void test_passive_wait(void **state)
+{
+    (void)state;
+#ifdef _OPENMP
+    char *out = run_probe(NULL);
+    if (count_of(out, "GOMP_SPINCOUNT") != 2 || !strstr(out, "GOMP_SPINCOUNT = '300000'") ||
+        !strstr(strstr(out, "GOMP_SPINCOUNT = '300000'") + 1, "GOMP_SPINCOUNT = '0'") ||
+        !strstr(out, "policy 1 rc 0"))
+        fail_msg("passive wait did not take effect:\n%s", out);
+    free(out);
+    out = run_probe("active");
+    if (count_of(out, "GOMP_SPINCOUNT") != 1 || !strstr(out, "policy 2 rc 0"))
+        fail_msg("a user's policy was not left alone:\n%s", out);
+    free(out);
+    out = run_probe("passive");
+    if (count_of(out, "GOMP_SPINCOUNT = '0'") != 1 || !strstr(out, "policy 1 rc 0"))
+        fail_msg("passive from the start:\n%s", out);
+    free(out);
+#else
+    skip();
+#endif
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--policy-probe"))
+        return policy_probe(argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tensor),
         cmocka_unit_test(test_fixtures_layers),
@@ -984,6 +1197,9 @@ int main(void)
         cmocka_unit_test(test_count_topk),
         cmocka_unit_test(test_layer_table),
         cmocka_unit_test(test_plan_cache),
+        cmocka_unit_test(test_constructors),
+        cmocka_unit_test(test_cgroup_quota),
+        cmocka_unit_test(test_passive_wait),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

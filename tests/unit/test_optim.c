@@ -57,10 +57,11 @@ static void load_case(ocase_t *c, const char *name)
     assert_int_equal(fx_load(&c->fx, name), 0);
     char text[256];
     snprintf(text, sizeof(text), "%s", fx_get(&c->fx, "optim"));
-    stk_optim_config_t tmp = stk_optim_config_default(STK_OPTIM_SGD, N);
+    stk_optim_config_t tmp;
+    stk_optim_config_default(&tmp, STK_OPTIM_SGD, N);
     assert_int_equal(stk_optim_config_parse(text, &tmp), 0);
     c->kind = tmp.kind;
-    c->cfg = stk_optim_config_default(c->kind, N);
+    stk_optim_config_default(&c->cfg, c->kind, N);
     c->ra[0] = (stk_optim_range_t){0, 3};
     c->ra[1] = (stk_optim_range_t){7, 3};
     c->rb[0] = (stk_optim_range_t){3, 4};
@@ -72,8 +73,10 @@ static void load_case(ocase_t *c, const char *name)
         if (!strcmp(c->fx.lines[i].tag, "group") && !strncmp(c->fx.lines[i].rest, "B ", 2))
             gb = c->fx.lines[i].rest;
     assert_non_null(gb);
-    c->groups[0] = (stk_optim_group_t){c->ra, 2, stk_optim_hparams_default(c->kind)};
-    c->groups[1] = (stk_optim_group_t){c->rb, 1, stk_optim_hparams_default(c->kind)};
+    c->groups[0] = (stk_optim_group_t){c->ra, 2, {0}};
+    c->groups[1] = (stk_optim_group_t){c->rb, 1, {0}};
+    stk_optim_hparams_default(&c->groups[0].h, c->kind);
+    stk_optim_hparams_default(&c->groups[1].h, c->kind);
     int rc = stk_optim_hparams_parse(ga + 2, c->kind, &c->groups[0].h);
     if (rc)
         fail_msg("%s: group A: %s", name, stk_error_message());
@@ -260,7 +263,8 @@ static void test_bad_blobs(void **state)
 static void test_parse(void **state)
 {
     (void)state;
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_ADAM, 5);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_ADAM, 5);
     assert_int_equal(stk_optim_config_parse("sgd:lr=0.1,momentum=0.9,nesterov=1,weight_decay=5e-4", &cfg), 0);
     assert_int_equal(cfg.kind, STK_OPTIM_SGD);
     assert_true(cfg.defaults.lr == 0.1 && cfg.defaults.momentum == 0.9 && cfg.defaults.nesterov == 1);
@@ -290,7 +294,8 @@ static void test_parse(void **state)
     expect_err(stk_optim_config_parse(NULL, &cfg), -EINVAL, NULL);
     assert_memory_equal(&keep, &cfg, sizeof(cfg));
 
-    stk_optim_hparams_t h = stk_optim_hparams_default(STK_OPTIM_SGD);
+    stk_optim_hparams_t h;
+    stk_optim_hparams_default(&h, STK_OPTIM_SGD);
     assert_int_equal(stk_optim_hparams_parse("weight_decay=0,lr=0.5", STK_OPTIM_SGD, &h), 0);
     assert_true(h.lr == 0.5);
     expect_err(stk_optim_hparams_parse("alpha=0.5", STK_OPTIM_SGD, &h), STK_ECONFIG, "'alpha'");
@@ -303,15 +308,16 @@ static void test_create_errors(void **state)
 {
     (void)state;
     stk_optim_t *o = NULL;
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_SGD, 10);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_SGD, 10);
     expect_err(stk_optim_create(NULL, &cfg), -EINVAL, NULL);
     expect_err(stk_optim_create(&o, NULL), -EINVAL, NULL);
     cfg.kind = (stk_optim_kind_t)7;
     expect_err(stk_optim_create(&o, &cfg), STK_ECONFIG, "kind");
-    cfg = stk_optim_config_default(STK_OPTIM_ADAM, 10);
+    stk_optim_config_default(&cfg, STK_OPTIM_ADAM, 10);
     cfg.defaults.beta2 = 1.5;
     expect_err(stk_optim_create(&o, &cfg), STK_ECONFIG, "group 0: adam: invalid beta2");
-    cfg = stk_optim_config_default(STK_OPTIM_SGD, 10);
+    stk_optim_config_default(&cfg, STK_OPTIM_SGD, 10);
     stk_optim_range_t r1[1] = {{0, 6}}, r2[1] = {{5, 5}}, r3[1] = {{8, 3}};
     stk_optim_group_t gs[2] = {{r1, 1, cfg.defaults}, {r2, 1, cfg.defaults}};
     cfg.groups = gs;
@@ -332,7 +338,8 @@ static void test_accessors(void **state)
 {
     (void)state;
     stk_optim_t *o = NULL;
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_ADAM, 4);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_ADAM, 4);
     assert_int_equal(stk_optim_create(&o, &cfg), 0);
     assert_int_equal(stk_optim_num_groups(o), 1);
     assert_int_equal(stk_optim_kind(o), STK_OPTIM_ADAM);
@@ -365,7 +372,8 @@ static void test_sgd_momentum_restart(void **state)
 {
     (void)state;
     stk_optim_t *o = NULL;
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_SGD, 1);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_SGD, 1);
     cfg.defaults.lr = 1;
     cfg.defaults.momentum = 0.5;
     assert_int_equal(stk_optim_create(&o, &cfg), 0);
@@ -400,12 +408,14 @@ static void test_garbage(void **state)
         unsigned n = 1 + (unsigned)stk_rng_below(&rng, 12);
         for (unsigned j = 0; j < n; j++)
             strcat(text, atoms[stk_rng_below(&rng, sizeof(atoms) / sizeof(atoms[0]))]);
-        stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_SGD, 4);
+        stk_optim_config_t cfg;
+        stk_optim_config_default(&cfg, STK_OPTIM_SGD, 4);
         int rc = stk_optim_config_parse(text, &cfg);
         if (rc != 0 && rc != STK_ECONFIG)
             fail_msg("parse '%s' returned %d", text, rc);
     }
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_RMSPROP, 8);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_RMSPROP, 8);
     cfg.defaults.momentum = 0.5;
     cfg.defaults.centered = 1;
     stk_optim_t *a = NULL, *b = NULL;
@@ -490,7 +500,8 @@ static void test_step_slices(void **state)
         fx_free(&c.fx);
     }
 
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_ADAM, 4);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_ADAM, 4);
     stk_optim_t *o = NULL;
     assert_int_equal(stk_optim_create(&o, &cfg), 0);
     float p[4] = {0}, g[4] = {1, 1, 1, 1};
@@ -526,7 +537,8 @@ static void test_large_step(void **state)
     assert_non_null(g);
     const stk_optim_kind_t kinds[] = {STK_OPTIM_SGD, STK_OPTIM_ADAMW, STK_OPTIM_RMSPROP};
     for (size_t k = 0; k < 3; k++) {
-        stk_optim_config_t cfg = stk_optim_config_default(kinds[k], n);
+        stk_optim_config_t cfg;
+        stk_optim_config_default(&cfg, kinds[k], n);
         cfg.defaults.momentum = 0.9;
         stk_optim_range_t ra[2] = {{0, 100000}, {250000, 50007}}, rb[1] = {{100000, 150000}};
         stk_optim_group_t gs[2] = {{ra, 2, cfg.defaults}, {rb, 1, cfg.defaults}};
@@ -573,7 +585,8 @@ static stk_model_t *make_model(void)
     stk_model_builder_t *b = NULL;
     assert_int_equal(stk_model_builder_create(&b), 0);
     assert_int_equal(stk_model_builder_parse(b, small_model, "small"), 0);
-    stk_model_config_t mc = stk_model_config_default();
+    stk_model_config_t mc;
+    stk_model_config_default(&mc);
     mc.batch_size = 2;
     stk_model_t *m = NULL;
     assert_int_equal(stk_model_create(&m, b, &mc), 0);
@@ -731,7 +744,8 @@ static void test_model_errors(void **state)
     assert_int_equal(stk_optim_create_for_model(&o, NULL, "sgd"), -EINVAL);
     assert_int_equal(stk_optim_create_for_model(&o, m, NULL), -EINVAL);
     /* The model-only keys are refused where there is no model. */
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_SGD, 4);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_SGD, 4);
     assert_int_equal(stk_optim_config_parse("sgd:no_decay=bias_norm", &cfg), STK_ECONFIG);
     assert_non_null(strstr(stk_error_message(), "stk_optim_create_for_model"));
     assert_int_equal(stk_optim_config_parse("sgd|*.bias:lr=1", &cfg), STK_ECONFIG);
@@ -749,7 +763,7 @@ static void test_model_errors(void **state)
     assert_int_equal(stk_optim_step_model(o, m), 0);
     assert_int_equal(stk_optim_group_steps(o, 0), 1);
     stk_optim_t *arr = NULL;
-    cfg = stk_optim_config_default(STK_OPTIM_SGD, 4);
+    stk_optim_config_default(&cfg, STK_OPTIM_SGD, 4);
     assert_int_equal(stk_optim_create(&arr, &cfg), 0);
     assert_int_equal(stk_optim_step_model(arr, m), STK_ESTATE);
     /* A blob of the array optimizer does not load into the model's. */
