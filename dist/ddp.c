@@ -474,8 +474,10 @@ size_t stk_ddp_num_buckets(const stk_ddp_t *d)
 
 int stk_ddp_bucket(const stk_ddp_t *d, size_t i, size_t *offset, size_t *count)
 {
-    if (!d || i >= d->nb)
-        return stk__error(-EINVAL, "stk_ddp_bucket: no bucket %zu", i);
+    if (!d)
+        return stk__error(-EINVAL, "stk_ddp_bucket: NULL ddp");
+    if (i >= d->nb)
+        return stk__error(-ERANGE, "stk_ddp_bucket: no bucket %zu (there are %zu)", i, d->nb);
     if (offset)
         *offset = d->b[i].lo;
     if (count)

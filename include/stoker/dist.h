@@ -255,7 +255,8 @@ STK_API int stk_ddp_broadcast_buffers(stk_ddp_t *d);
 STK_API int stk_ddp_check_params(stk_ddp_t *d);
 
 /* Buckets, in the order they are reduced (bucket 0 holds the last layers).
- * offset/count in floats into the gradient arena. */
+ * offset/count in floats into the gradient arena (either may be NULL).
+ * stk_ddp_bucket returns 0, -ERANGE (i >= stk_ddp_num_buckets) or -EINVAL. */
 STK_API size_t stk_ddp_num_buckets(const stk_ddp_t *d);
 STK_API int stk_ddp_bucket(const stk_ddp_t *d, size_t i, size_t *offset, size_t *count);
 

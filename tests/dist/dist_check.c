@@ -216,7 +216,8 @@ static stk_model_t *make_model(int64_t batch, uint64_t seed)
     stk_model_builder_t *b = NULL;
     CHECK(stk_model_builder_create(&b), "builder");
     CHECK(stk_model_builder_parse(b, g_model_text ? g_model_text : k_model, "dist_check"), "parse");
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.seed = seed;
     cfg.threads = 1;
@@ -504,7 +505,8 @@ static int mode_stop(stk_comm_t *c, const char *how)
  * and the share of the reductions hidden under backward. */
 static int mode_bench(stk_comm_t *c, const char *model_path, int64_t batch, int steps, int overlap, int use_ddp)
 {
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.seed = 7;
     cfg.threads = 1;

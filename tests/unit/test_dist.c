@@ -634,7 +634,8 @@ static stk_model_t *make_model(const char *text, uint64_t seed)
     stk_model_builder_t *b = NULL;
     assert_int_equal(stk_model_builder_create(&b), 0);
     assert_int_equal(stk_model_builder_parse(b, text, "test"), 0);
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = 4;
     cfg.seed = seed;
     cfg.threads = 1;
@@ -685,7 +686,8 @@ static void test_ddp_single(void **state)
         expect_hi = off;
     }
     assert_int_equal(expect_hi, 0);
-    assert_int_equal(stk_ddp_bucket(d, nb, NULL, NULL), -EINVAL);
+    assert_int_equal(stk_ddp_bucket(d, nb, NULL, NULL), -ERANGE);
+    assert_int_equal(stk_ddp_bucket(NULL, 0, NULL, NULL), -EINVAL);
 
     /* Accumulation: two local micro-steps, then one that reduces. */
     for (int k = 0; k < 3; k++) {
