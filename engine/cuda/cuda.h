@@ -184,6 +184,12 @@ int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_
 int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
                            const float *grads, float *s0, float *s1, float *s2);
 
+/* Recurrent stacks (cuDNN's v8 RNN API: cuda_rnn.c). */
+int stk__cuda_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **out);
+void stk__cuda_rnn_destroy(void *ctx, stk__rnn_op_t *op);
+int stk__cuda_rnn_forward(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a);
+int stk__cuda_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a);
+
 /* Device memory of the op's own (workspaces, masks): zeroed; -ENOMEM
  * names what it was for. */
 int stk__cuda_op_alloc(cuda_ctx_t *c, void **p, size_t bytes, const char *what);

@@ -99,8 +99,9 @@ enum { STK__K_FAULT_NONE = 0, STK__K_FAULT_GATHER_INDEX = 1 };
  * gives a zero row and a fault. */
 cudaError_t stk__k_gather_rows(cudaStream_t s, int64_t n, int64_t f, int64_t rows, const int64_t *idx,
                                const float *src, float *dst, stk__k_fault_t *fault);
-/* dst[idx[i]] += src[i] rows, idx[i] == skip skipped. Atomic adds: the
- * order of a repeated index's additions is not fixed. */
+/* dst[idx[i]] += src[i] rows, idx[i] == skip skipped: each thread one
+ * column, the rows in order, so a repeated index adds up as on the CPU
+ * (no float atomics: the same bits every run). */
 cudaError_t stk__k_scatter_add_rows(cudaStream_t s, int64_t n, int64_t f, const int64_t *idx, int64_t skip,
                                     const float *src, float *dst);
 /* The sequence heads: see seq_pool_forward/backward in backend.h. */

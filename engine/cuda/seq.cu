@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Sequence helpers of the CUDA backend: row gathers (embeddings, a loss
  * over the valid steps), their scatter-add gradient, and the heads that
- * pool each sequence's valid steps. Thread bodies in kernel_bodies.h. */
+ * pool each sequence's valid steps. Thread bodies in kernel_bodies.h;
+ * the scatter-add walks rows in order, so runs repeat bit for bit. */
 #include "kernel_bodies.h"
 #include "launch.cuh"
 
@@ -21,14 +22,16 @@ static __global__ void k_gather(size_t total, int64_t f, int64_t rows, const int
     }
 }
 
-static __global__ void k_scatter_add(size_t total, int64_t f, const int64_t *idx, int64_t skip, const float *src,
+/* One thread per column, walking the rows in order: no float atomics, so
+ * a repeated index adds up in the CPU's order (the seq helper's design). */
+static __global__ void k_scatter_add(int64_t n, int64_t f, const int64_t *idx, int64_t skip, const float *src,
                                      float *dst)
 {
-    FOR_EACH(e, total)
+    FOR_EACH(j, f)
     {
-        int64_t i = (int64_t)e / f, r = idx[i];
-        if (r != skip)
-            atomicAdd(&dst[r * f + ((int64_t)e - i * f)], src[e]);
+        for (int64_t i = 0; i < n; i++)
+            if (idx[i] != skip)
+                dst[idx[i] * f + (int64_t)j] += src[i * f + (int64_t)j];
     }
 }
 
@@ -58,9 +61,8 @@ extern "C" cudaError_t stk__k_gather_rows(cudaStream_t s, int64_t n, int64_t f, 
 extern "C" cudaError_t stk__k_scatter_add_rows(cudaStream_t s, int64_t n, int64_t f, const int64_t *idx,
                                                int64_t skip, const float *src, float *dst)
 {
-    size_t total = (size_t)(n * f);
-    if (total)
-        k_scatter_add<<<grid_for(total), THREADS, 0, s>>>(total, f, idx, skip, src, dst);
+    if (n > 0 && f > 0)
+        k_scatter_add<<<grid_for((size_t)f), THREADS, 0, s>>>(n, f, idx, skip, src, dst);
     return launched();
 }
 
