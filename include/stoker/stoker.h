@@ -12,5 +12,6 @@
 #include "stoker/engine.h"
 #include "stoker/optim.h"
 #include "stoker/checkpoint.h"
+#include "stoker/dist.h"
 
 #endif
