@@ -171,6 +171,21 @@ int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_
 int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
                            const float *grads, float *s0, float *s1, float *s2);
 
+/* Recurrent stacks (cuDNN's v8 RNN API) and the sequence helpers
+ * (cuda_rnn.c, seq.cu). */
+int stk__cuda_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **out);
+void stk__cuda_rnn_destroy(void *ctx, stk__rnn_op_t *op);
+int stk__cuda_rnn_forward(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a);
+int stk__cuda_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a);
+int stk__cuda_gather_rows(void *ctx, int64_t n, int64_t f, int64_t rows, const int64_t *idx, const float *src,
+                          float *dst);
+void stk__cuda_scatter_add_rows(void *ctx, int64_t n, int64_t f, const int64_t *idx, int64_t skip, const float *src,
+                                float *dst);
+void stk__cuda_seq_pool_forward(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                const float *x, float *y);
+void stk__cuda_seq_pool_backward(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                 const float *dy, float *dx);
+
 /* Device memory of the op's own (workspaces, masks): zeroed; -ENOMEM
  * names what it was for. */
 int stk__cuda_op_alloc(cuda_ctx_t *c, void **p, size_t bytes, const char *what);

@@ -93,6 +93,19 @@ struct stk__optim_scalars;
 cudaError_t stk__k_optim(cudaStream_t s, const struct stk__optim_scalars *k, const void *chunks, size_t nchunks,
                          float *p, const float *g, float *s0, float *s1, float *s2);
 
+/* Sequences (seq.cu). dst[i] = src[idx[i]] over rows of f; *bad (device)
+ * gets the smallest i whose index is outside [0, rows), n when none. */
+cudaError_t stk__k_gather_rows(cudaStream_t s, int64_t n, int64_t f, int64_t rows, const int64_t *idx,
+                               const float *src, float *dst, unsigned long long *bad);
+/* dst[idx[i]] += src[i], skipping idx[i] == skip; rows in order (no atomics). */
+cudaError_t stk__k_scatter_add_rows(cudaStream_t s, int64_t n, int64_t f, const int64_t *idx, int64_t skip,
+                                    const float *src, float *dst);
+/* The heads over x [n, t, f] with lengths [n]: last valid step or mean. */
+cudaError_t stk__k_seq_pool_fwd(cudaStream_t s, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                const float *x, float *y);
+cudaError_t stk__k_seq_pool_bwd(cudaStream_t s, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                const float *dy, float *dx);
+
 #ifdef __cplusplus
 }
 #endif
