@@ -1300,10 +1300,14 @@ static void test_auto_workers(void **state)
     stk__test_cpus = 2;
     for (int workers_win = 0; workers_win < 2; workers_win++) {
         var_args_t a = {.n = 600, .bad = -1, .hang = -1};
+        /* Sleeps, not work, decide each case, so that a loaded machine
+         * cannot flip it: 2 workers sleeping 4 ms a record halve the
+         * time of main sleeping it; workers that sleep 8 ms a record
+         * lose to main, which does not. */
         if (workers_win)
-            a.sleep_ms = 1;
+            a.sleep_ms = 4;
         else
-            a.worker_sleep_ms = 2;
+            a.worker_sleep_ms = 8;
         stk_dataset_t *ds = NULL;
         assert_int_equal(stk_dataset_create(&ds, &var_ops, &a, sizeof a), 0);
         stk_loader_config_t c = base_cfg(workers_win ? 3 : 0, 0); /* whichever is quick */
