@@ -41,6 +41,8 @@ typedef struct cuda_ctx {
      * the pinned host buffer it is read into. */
     void *dev_scratch;
     void *host_scratch;
+    void *stage; /* upload: pageable copies of pinned sources */
+    size_t stage_cap;
     double *rows; /* cross-entropy: per-row losses */
     size_t rows_cap;
     /* FP32 means FP32: cuDNN engines that run FP32 convolutions on tensor
@@ -69,6 +71,7 @@ typedef struct lt_gemm {
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo[2];
     size_t workspace[2];
+    int have[2];
 } lt_gemm_t;
 
 enum { CU_OP_CONV = 1, CU_OP_BN, CU_OP_POOL, CU_OP_LINEAR, CU_OP_REORDER, CU_OP_OPTIM };

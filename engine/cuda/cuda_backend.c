@@ -99,6 +99,7 @@ static void cu_destroy(void *ctx)
         cudnnBackendDestroyDescriptor(c->devprop);
     if (c->dnn)
         cudnnDestroy(c->dnn);
+    free(c->stage);
     cudaFree(c->dev_scratch);
     cudaFree(c->rows);
     cudaFreeHost(c->host_scratch);
@@ -131,13 +132,28 @@ static int cu_upload(void *ctx, void *dst, const void *src, size_t bytes)
     int rc = stk__cu_unstick(c);
     if (rc || bytes == 0)
         return rc;
-    /* Waits: the caller may free or reuse src as soon as this returns,
-     * and a pinned src would still be read by the copy engine. The
-     * loader's batches take their own asynchronous path (train/). */
-    rc = stk__cu_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
-    if (rc == 0)
-        rc = stk__cu_status(cudaStreamSynchronize(c->stream), "upload");
-    return rc;
+    /* The caller may reuse src once this returns, without a wait for the
+     * stream: from pageable memory cudaMemcpyAsync stages the bytes before
+     * it returns; pinned memory (a loader's registered arena) it would
+     * read later, so such a src is first copied to pageable memory of the
+     * context's (small: labels, targets, the odd parameter load). */
+    const void *from = src;
+    struct cudaPointerAttributes at;
+    cudaError_t q = cudaPointerGetAttributes(&at, src);
+    if (q != cudaSuccess)
+        (void)cudaGetLastError(); /* the query's own error, not the stream's */
+    else if (at.type == cudaMemoryTypeHost) {
+        if (bytes > c->stage_cap) {
+            void *p = realloc(c->stage, bytes);
+            if (!p)
+                return stk__error(-ENOMEM, "upload: out of memory for %zu staged bytes", bytes);
+            c->stage = p;
+            c->stage_cap = bytes;
+        }
+        memcpy(c->stage, src, bytes);
+        from = c->stage;
+    }
+    return stk__cu_status(cudaMemcpyAsync(dst, from, bytes, cudaMemcpyDefault, c->stream), "upload");
 }
 
 static int cu_download(void *ctx, void *dst, const void *src, size_t bytes)
