@@ -93,6 +93,7 @@ static void cu_destroy(void *ctx)
     /* Work still queued may use what is freed below. */
     if (c->stream)
         cudaStreamSynchronize(c->stream);
+    stk__cuda_feed_fini(c);
     if (c->lt)
         cublasLtDestroy(c->lt);
     if (c->devprop)
@@ -257,6 +258,11 @@ static const stk__backend_iface_t cuda_iface = {
     .scatter_add_rows = stk__cuda_scatter_add_rows,
     .seq_pool_forward = stk__cuda_seq_pool_forward,
     .seq_pool_backward = stk__cuda_seq_pool_backward,
+    .feed_copy = stk__cuda_feed_copy,
+    .feed_use = stk__cuda_feed_use,
+    .feed_release = stk__cuda_feed_release,
+    .pin_host = stk__cuda_pin_host,
+    .unpin_host = stk__cuda_unpin_host,
     .optim_create = stk__cuda_optim_create,
     .optim_update = stk__cuda_optim_update,
 };
@@ -301,7 +307,7 @@ int stk__cuda_backend_open(stk__backend_t *b, int device)
     if ((rc = stk__dnn_status(cudnnCreate(&c->dnn), "cudnnCreate")) ||
         (rc = stk__dnn_status(cudnnSetStream(c->dnn, c->stream), "cudnnSetStream")))
         goto fail;
-    if ((rc = stk__dnn_devprop_create(c)) < 0)
+    if ((rc = stk__dnn_devprop_create(c)) < 0 || (rc = stk__cuda_feed_init(c)) < 0)
         goto fail;
     if ((rc = stk__lt_status(cublasLtCreate(&c->lt), "cublasLtCreate")))
         goto fail;
