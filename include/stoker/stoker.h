@@ -11,5 +11,6 @@
 #include "stoker/engine.h"
 #include "stoker/optim.h"
 #include "stoker/checkpoint.h"
+#include "stoker/train.h"
 
 #endif
