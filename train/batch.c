@@ -134,7 +134,7 @@ struct stk_train_inputs {
     void *img;      /* converted images */
     size_t img_cap; /* bytes */
     int64_t *lab;
-    size_t lab_cap; /* labels */
+    size_t lab_cap; /* bytes */
 };
 
 void stk_train_inputs_config_default(stk_train_inputs_config_t *cfg)
@@ -298,7 +298,11 @@ int stk_train_inputs_get(stk_train_inputs_t *x, const stk_batch_t *b, stk_tensor
     if (img->var_dim >= 0 || img->lengths)
         return stk__error(STK_ESHAPE, "image field '%s' has a variable shape", img->name);
     uint32_t c, h, w;
-    if (img->ndim == 3) {
+    int flat = img->ndim == 2; /* features: N x F */
+    if (flat) {
+        c = (uint32_t)img->shape[1];
+        h = w = 1;
+    } else if (img->ndim == 3) {
         c = 1;
         h = (uint32_t)img->shape[1];
         w = (uint32_t)img->shape[2];
@@ -307,8 +311,8 @@ int stk_train_inputs_get(stk_train_inputs_t *x, const stk_batch_t *b, stk_tensor
         h = (uint32_t)img->shape[2];
         w = (uint32_t)img->shape[3];
     } else {
-        return stk__error(STK_ESHAPE, "field '%s' is not an image: %u dimensions with the batch (3 or 4 expected)",
-                          img->name, img->ndim);
+        return stk__error(STK_ESHAPE, "field '%s' is neither features nor an image: %u dimensions with the batch "
+                          "(2, 3 or 4 expected)", img->name, img->ndim);
     }
     size_t n = (size_t)img->shape[0], per = (size_t)c * h * w;
     if (img->bytes != n * per * stk_dtype_size(img->dtype))
@@ -330,7 +334,7 @@ int stk_train_inputs_get(stk_train_inputs_t *x, const stk_batch_t *b, stk_tensor
                           stk_dtype_name(img->dtype));
     }
     int64_t shape[4] = {(int64_t)n, c, h, w};
-    if ((rc = stk_tensor_init(input, (void *)data, x->dtype, 4, shape)) != 0)
+    if ((rc = stk_tensor_init(input, (void *)data, x->dtype, flat ? 2 : 4, shape)) != 0)
         return rc;
     if (!target)
         return 0;

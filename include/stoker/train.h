@@ -56,9 +56,10 @@ typedef struct stk_train_inputs_config {
 
 STK_API void stk_train_inputs_config_default(stk_train_inputs_config_t *cfg);
 
-/* Turns batches into an input tensor (N x C x H x W; a 2-D field is one
- * channel) and an i64 label tensor [N], converting only what needs it
- * (f32 images and i64 labels are views of the batch). */
+/* Turns batches into an input tensor (N x C x H x W for an image field, a
+ * 2-D image being one channel; N x F for a field of F features) and an i64
+ * label tensor [N], converting only what needs it (f32 inputs and i64
+ * labels are views of the batch). */
 typedef struct stk_train_inputs stk_train_inputs_t;
 
 /* Copies cfg (strings included) and parses the normalize spec. Returns 0,
@@ -69,7 +70,7 @@ STK_API void stk_train_inputs_destroy(stk_train_inputs_t **in);
  * They point into b or into buffers of in, valid until the next call on
  * in or the batch's release. target may be NULL. Returns 0, STK_ENOTFOUND
  * (a field is missing: the message lists the batch's fields), STK_ESHAPE
- * (not an image, variable shape), STK_ECONFIG (a dtype it cannot convert),
+ * (neither features nor an image, variable shape), STK_ECONFIG (a dtype it cannot convert),
  * -ENOMEM. Not thread-safe on one object. */
 STK_API int stk_train_inputs_get(stk_train_inputs_t *in, const stk_batch_t *b, stk_tensor_t *input,
                                  stk_tensor_t *target);
