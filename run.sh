@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 BUILD=${STK_BUILD:-build}
 PACKAGES=(build-essential pkg-config meson ninja-build liburing-dev libzstd-dev
           libcmocka-dev libdnnl-dev libopenmpi-dev openmpi-bin zlib1g-dev
-          dataset-fashion-mnist python3)
+          dataset-fashion-mnist python3 python3-dev python3-numpy python3-pytest)
 
 install_packages() {
     [ "${STK_NO_INSTALL:-0}" = 1 ] && return 0
@@ -39,12 +39,13 @@ main_job() {
     local data=${STK_DATA:-data}
     local src=/usr/share/datasets/fashion-mnist
     mkdir -p "$data"
-    # A finished pack writes its manifest last, so its presence means done.
+    # A pack appears whole (manifest included) or not at all; --force
+    # replaces what an older, interrupted version may have left.
     if [ ! -f "$data/fmnist-train/shard.manifest" ]; then
-        "$BUILD/tools/stoker-pack" idx "$src/train-images-idx3-ubyte.gz" "$src/train-labels-idx1-ubyte.gz" -o "$data/fmnist-train"
+        "$BUILD/tools/stoker-pack" idx "$src/train-images-idx3-ubyte.gz" "$src/train-labels-idx1-ubyte.gz" -o "$data/fmnist-train" --force
     fi
     if [ ! -f "$data/fmnist-test/shard.manifest" ]; then
-        "$BUILD/tools/stoker-pack" idx "$src/t10k-images-idx3-ubyte.gz" "$src/t10k-labels-idx1-ubyte.gz" -o "$data/fmnist-test"
+        "$BUILD/tools/stoker-pack" idx "$src/t10k-images-idx3-ubyte.gz" "$src/t10k-labels-idx1-ubyte.gz" -o "$data/fmnist-test" --force
     fi
     "$BUILD/tools/stoker-pack" verify "$data/fmnist-train"
     "$BUILD/tools/stoker-pack" verify "$data/fmnist-test"

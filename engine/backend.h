@@ -1,14 +1,33 @@
 /* SPDX-License-Identifier: MIT */
-/* The backend interface: what a device must do for the layers. A backend is
- * an iface (a table of functions) plus a context; layers call through the
- * table and never know which backend runs them. Shapes are planned once
- * (the *_create slots build an op holding primitives and workspaces) and
- * executed many times. All tensors are dense f32, NCHW / (N, features);
- * weights as PyTorch lays them out (OIHW, [out, in]). */
+/* The backend interface: what a device must do for the layers and the
+ * optimizer. A backend is an iface (a table of functions) plus a context;
+ * layers call through the table and never know which backend runs them.
+ * Shapes are planned once (the *_create slots build an op holding
+ * primitives and workspaces) and executed many times. All activations are
+ * dense f32, NCHW / (N, features); weights as PyTorch lays them out (OIHW,
+ * [out, in]).
+ *
+ * Memory. "Device memory" is memory from the alloc slot (or a pointer into
+ * it). Unless a slot says "host", every pointer it receives is device
+ * memory: activations, the model's parameter / gradient / buffer arenas,
+ * the optimizer's state, labels and soft targets (staged by the engine),
+ * the loss and counters it writes. With host_memory = 1 (the CPU backend)
+ * device memory is host memory and the engine hands caller memory (the
+ * input batch, labels) to the slots directly; with 0 it stages labels and
+ * soft targets through upload and reads results through download, and the
+ * input batch must already be device memory (the caller's job).
+ *
+ * Ordering. A backend executes the work of its slots in call order (one
+ * stream). A slot may return before its work is done unless it says it is
+ * synchronous; download is, so a value the engine reads back is complete.
+ * A slot that reports an error (negative STK_E* with context in
+ * stk_error_message) may report it late: at the next synchronous slot.
+ * The engine calls a backend from one thread at a time. */
 #ifndef STOKER_ENGINE_BACKEND_H
 #define STOKER_ENGINE_BACKEND_H
 
 #include "internal.h"
+#include "optim_kernels.h"
 #include "stoker/engine.h"
 
 #include <stddef.h>
@@ -59,19 +78,30 @@ typedef enum stk__eltwise {
 
 typedef struct stk__backend_iface {
     const char *name;
+    /* 1: device memory is host memory (see the top of this file). */
+    int host_memory;
     /* Frees the context and everything it holds. */
     void (*destroy)(void *ctx);
 
-    /* Device memory: zeroed, 64-byte aligned; NULL on failure. */
+    /* Device memory: zeroed, 64-byte aligned; NULL on failure (the engine
+     * reports -ENOMEM). Synchronous (usable by the next slot). */
     void *(*alloc)(void *ctx, size_t bytes);
-    /* Frees alloc'd memory; NULL is a no-op. */
+    /* Frees alloc'd memory after the work queued on it; NULL is a no-op. */
     void (*free)(void *ctx, void *p);
-    /* Host to device / device to host / device to device copies. */
-    void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
-    void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
-    void (*copy)(void *ctx, void *dst, const void *src, size_t bytes);
-    /* dst[0..n) = 0. */
+    /* Host src (any host memory, not necessarily pinned) to device dst.
+     * Returns once src may be reused; the copy is ordered before later
+     * slots. 0 or a negative STK_E*. */
+    int (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
+    /* Device src to host dst (any host memory). Synchronous: waits for
+     * the work queued before it, so dst holds the result on return. */
+    int (*download)(void *ctx, void *dst, const void *src, size_t bytes);
+    /* Device to device; the ranges may overlap (memmove). */
+    int (*copy)(void *ctx, void *dst, const void *src, size_t bytes);
+    /* dst[0..n) = 0 (device memory). */
     void (*zero)(void *ctx, float *dst, size_t n);
+    /* Waits for all queued work and returns the first error it raised (0
+     * when none). Optional: NULL when every slot is synchronous. */
+    int (*synchronize)(void *ctx);
 
     /* Worker threads for the calling thread's subsequent work; 0 or -EINVAL. */
     int (*set_threads)(void *ctx, int n);
@@ -150,14 +180,38 @@ typedef struct stk__backend_iface {
     void (*dropout_backward)(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy, float *dx);
 
     /* Softmax cross-entropy over logits [n, k], mean over the batch, with
-     * label smoothing; targets are labels (i64) or soft rows (f32), one of
-     * them NULL. Writes the softmax to prob and returns the loss in *loss.
-     * -EINVAL for a label outside [0, k) (the message names the sample). */
+     * label smoothing; targets are labels (i64 [n]) or soft rows (f32
+     * [n, k]), one of them NULL, both device memory. The engine has checked
+     * every label is in [0, k). Writes the softmax to prob and the loss
+     * (one float) to the device memory at loss: the engine reads it back
+     * once per forward, with the counters below, in one download. */
     int (*xent_forward)(void *ctx, int64_t n, int64_t k, const float *logits, const int64_t *labels,
                         const float *soft, float smoothing, float *prob, float *loss);
     /* dlogits = scale * d(loss)/d(logits), from the saved softmax; overwrites. */
     void (*xent_backward)(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
                           const float *soft, float smoothing, float scale, float *dlogits);
+    /* Top-k accuracy: *correct (one i64, device memory, overwritten) = the
+     * number of rows i of logits [n, k] whose label (i64 [n], device memory,
+     * in [0, k)) has rank < topk, where a logit's rank counts the logits
+     * greater than it plus the equal ones at lower indices (topk = 1 is the
+     * first argmax; rows with a NaN logit count as the backend pleases). topk
+     * >= 1. */
+    int (*count_correct)(void *ctx, int64_t n, int64_t k, int topk, const float *logits, const int64_t *labels,
+                         int64_t *correct);
+
+    /* Optimizer plan for one parameter group: ranges are element offsets
+     * and counts into the flat arenas (host memory, read during the call;
+     * the op keeps what it needs). Released by op_destroy. */
+    int (*optim_create)(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **op);
+    /* One fused update of the group in one pass over its ranges: params,
+     * grads and the state arrays s0..s2 are whole arenas (device memory,
+     * the op's ranges index them; a state array the update does not use is
+     * NULL, see stk__optim_kernel for which is which); k holds the step's
+     * float32 scalars (host memory, read during the call: the lr is an
+     * argument, not part of the plan). The result must equal
+     * stk__optim_kernel's within float rounding (bit-equal on the CPU). */
+    int (*optim_update)(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params, const float *grads,
+                        float *s0, float *s1, float *s2);
 } stk__backend_iface_t;
 
 typedef struct stk__backend {

@@ -6,7 +6,10 @@
 
 #include "backend.h"
 
+typedef struct stk__layer_class stk__layer_class_t; /* layer.h */
+
 typedef struct stk__layer {
+    const stk__layer_class_t *cls; /* what the kind does (layer.h) */
     stk_layer_desc_t d;     /* d.name and d.inputs point at the copies below */
     char *name;
     char *in_name[2];
@@ -14,18 +17,18 @@ typedef struct stk__layer {
     int in[2], nin;         /* input layer indices */
     int64_t c, h, w;        /* output shape of one sample */
     int64_t in_c, in_h, in_w; /* input shape of one sample (first input) */
-    int alias;              /* flatten: y and dy are the input's */
+    stk_dtype_t dtype;      /* of y (f32 but for inputs of token ids) */
+    int alias;              /* y and dy are the input's (flatten, fused relu) */
     int fmt;                /* stk__layout_t of y and dy */
     int flat;               /* features, not an image: printed as [N, C] */
     int fused;              /* batchnorm: applies the next relu; relu: done by the batchnorm */
     int root;               /* the layer whose buffers y/dy really are */
-    float *y, *dy;          /* [batch, c, h, w] */
-    float *mean, *var;      /* batchnorm: batch statistics of the last forward */
-    float *prob;            /* cross_entropy: softmax of the last forward */
-    int param[2];           /* indices into the param list: weight, bias; -1 */
-    int buffer[2];          /* running mean, running var; -1 */
+    float *y, *dy;          /* [batch, c, h, w], sized for the largest batch planned */
+    void *extra;            /* the class's extra_bytes, kept from forward to backward */
+    void *plan;             /* the class's plan for the current batch size */
+    int param0, nparam;     /* its parameters: pinfo[param0 .. param0 + nparam) */
+    int buffer0, nbuffer;   /* its buffers: binfo[buffer0 ..) */
     int64_t num_batches_tracked;
-    stk__op_t *op;
     int64_t rf, jump;       /* receptive field and jump (input pixels) */
     uint64_t fcalls, bcalls;
     double fsec, bsec;
@@ -41,11 +44,28 @@ typedef struct stk__tensor_info {
     char *name;
 } stk__tensor_info_t;
 
+/* A plan for one batch size: each layer's backend plan (NULL where the
+ * layer needs none). Kept in a small cache (model.c), so that alternating
+ * sizes (the short last batch of an epoch) plan once each. */
+typedef struct stk__plan {
+    int64_t batch;         /* 0: the slot is free */
+    void **layer;          /* [nl] */
+    uint64_t used;         /* the forward count when last used (eviction) */
+} stk__plan_t;
+
+#define STK__MAX_PLANS STK_MODEL_PLANS
+
 struct stk_model {
     stk__backend_t be;
+    stk_device_t device;
     stk__layer_t *layers;
     int nl;
-    int64_t batch;
+    int64_t batch;         /* the batch size of the current plan */
+    stk__plan_t plans[STK__MAX_PLANS];
+    int cur_plan;          /* index into plans, -1 before the first */
+    uint64_t plan_clock;   /* ticks once per plan selection */
+    uint64_t plans_made;   /* plans built in the model's life (tests) */
+    int64_t act_batch;     /* activations (y, dy, extra, scratch) hold this many samples */
     float *params, *grads, *buffers;
     size_t np, nb;
     stk__tensor_info_t *pinfo, *binfo;
@@ -58,10 +78,21 @@ struct stk_model {
     int input_grad;        /* stk__model_backward_input: the input's dy is wanted */
     int fwd_state;         /* 0 none, 1 forward without targets, 2 with, 3 backward done */
     const float *input;
-    const int64_t *labels;
-    const float *soft;
+    const int64_t *labels;  /* the caller's (host) labels of the last forward */
+    const float *soft;      /* the caller's (host) soft targets */
+    const int64_t *labels_dev; /* the same on the device: the caller's with host_memory, else staged */
+    const float *soft_dev;
+    int64_t *labels_stage;  /* device buffers for staging, act_batch (not with host_memory) */
+    float *soft_stage;
+    /* Device block the loss layer and the counters write into; read back
+     * with one download per forward: float loss at 0, i64 correct at 8. */
+    unsigned char *stats;
+    int64_t correct;        /* top-1 count of the last forward with labels */
+    int correct_valid;
     float loss_scale;
-    uint64_t seed, step;
+    uint64_t seed;
+    uint64_t step;          /* what the next training forward uses */
+    uint64_t fwd_step;      /* what the last forward used (backward's dropout) */
     stk_grad_ready_fn hook;
     void *hook_user;
     int loss_layer;        /* -1 when none */
@@ -105,6 +136,9 @@ int stk__model_backward_input(stk_model_t *m, const float *dy_out, float *dx_inp
 
 /* Appends a copy of desc with its model-file line to the builder. */
 int stk__builder_add_line(stk_model_builder_t *b, const stk_layer_desc_t *desc, int line);
+void stk__layer_free_strings(stk__layer_t *l);
+/* Index of the last layer named name among layers[0..n), or -1. */
+int stk__find_layer(const stk__layer_t *layers, int n, const char *name);
 /* "line N: " or "layer 'name': " prefix for messages about layer l. */
 const char *stk__layer_where(const stk__layer_t *l, char *buf, size_t cap);
 

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
-/* SGD, Adam, AdamW and RMSprop over a flat parameter array, element by
- * element as PyTorch 1.13's single-tensor code: float32 arithmetic in the
- * same order, scalar hyper-parameters rounded to float as its CPU kernels
- * do, so that trajectories match PyTorch to a few ulp. Also the state blob
- * and the text form of the configuration. */
+/* SGD, Adam, AdamW and RMSprop over a flat parameter array: parameter
+ * groups, step counts, the state blob and the text form of the
+ * configuration. The element-wise updates are optim_kernels.c's. An
+ * optimizer over host arrays runs them itself; one made for a model
+ * (optim_model.c) keeps its state in the model's backend memory and runs
+ * the backend's fused update slot, so on a device nothing leaves it. */
 #include "internal.h"
+#include "optim_internal.h"
 #include "optim_util.h"
-#include "stoker/optim.h"
 
 #include <errno.h>
 #include <math.h>
@@ -14,36 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#if defined(__SSE__)
-#include <immintrin.h>
-#endif
 
 #define OPTIM_MAGIC "STKOPTM"
 #define OPTIM_VERSION 1u
-#define OPTIM_NBUF 3
 #define OPTIM_PAR_CHUNK ((size_t)1 << 16) /* elements per OpenMP work item */
 
-typedef struct optim_group {
-    stk_optim_range_t *ranges;
-    size_t n_ranges;
-    stk_optim_hparams_t h;
-    double base_lr;
-    int64_t step;
-    int buf_valid; /* SGD: momentum buffer holds a value (PyTorch: not None) */
-} optim_group_t;
-
-struct stk_optim {
-    stk_optim_kind_t kind;
-    size_t n;
-    optim_group_t *groups;
-    size_t ng;
-    /* State arrays over the whole flat array, allocated on first use:
-     *   SGD:     [0] momentum_buffer
-     *   Adam(W): [0] exp_avg, [1] exp_avg_sq, [2] max_exp_avg_sq
-     *   RMSprop: [0] square_avg, [1] momentum_buffer, [2] grad_avg */
-    float *buf[OPTIM_NBUF];
-    int in_step; /* between stk_optim_step_begin and stk_optim_step_end */
-};
 
 /* ---- text values ------------------------------------------------------ */
 
@@ -122,31 +98,31 @@ static int kind_valid(stk_optim_kind_t kind)
     return kind >= STK_OPTIM_SGD && kind <= STK_OPTIM_RMSPROP;
 }
 
-stk_optim_hparams_t stk_optim_hparams_default(stk_optim_kind_t kind)
+void stk_optim_hparams_default(stk_optim_hparams_t *h, stk_optim_kind_t kind)
 {
-    stk_optim_hparams_t h;
-    memset(&h, 0, sizeof(h));
-    h.beta1 = 0.9;
-    h.beta2 = 0.999;
-    h.eps = 1e-8;
-    h.alpha = 0.99;
+    if (!h)
+        return;
+    memset(h, 0, sizeof(*h));
+    h->beta1 = 0.9;
+    h->beta2 = 0.999;
+    h->eps = 1e-8;
+    h->alpha = 0.99;
     switch (kind) {
-    case STK_OPTIM_SGD: h.lr = 0.01; break;
-    case STK_OPTIM_ADAM: h.lr = 1e-3; break;
-    case STK_OPTIM_ADAMW: h.lr = 1e-3; h.weight_decay = 1e-2; break;
-    case STK_OPTIM_RMSPROP: h.lr = 1e-2; break;
+    case STK_OPTIM_SGD: h->lr = 0.01; break;
+    case STK_OPTIM_ADAM: h->lr = 1e-3; break;
+    case STK_OPTIM_ADAMW: h->lr = 1e-3; h->weight_decay = 1e-2; break;
+    case STK_OPTIM_RMSPROP: h->lr = 1e-2; break;
     }
-    return h;
 }
 
-stk_optim_config_t stk_optim_config_default(stk_optim_kind_t kind, size_t n_params)
+void stk_optim_config_default(stk_optim_config_t *cfg, stk_optim_kind_t kind, size_t n_params)
 {
-    stk_optim_config_t c;
-    memset(&c, 0, sizeof(c));
-    c.kind = kind;
-    c.n_params = n_params;
-    c.defaults = stk_optim_hparams_default(kind);
-    return c;
+    if (!cfg)
+        return;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->kind = kind;
+    cfg->n_params = n_params;
+    stk_optim_hparams_default(&cfg->defaults, kind);
 }
 
 /* Which keys a kind reads, as a bit set over the key table below. */
@@ -210,8 +186,21 @@ static const struct key_def key_defs[] = {
     {"nesterov", K_NEST}, {"amsgrad", K_AMS}, {"centered", K_CENT}, {"maximize", K_MAX},
 };
 
-static int set_key(stk_optim_kind_t kind, stk_optim_hparams_t *h, const char *key, const char *val)
+static int set_key(stk_optim_kind_t kind, stk_optim_hparams_t *h, const char *key, const char *val, int *no_decay)
 {
+    if (!strcmp(key, "no_decay")) {
+        if (!no_decay)
+            return stk__error(STK_ECONFIG, "optimizer %s: key 'no_decay' needs the model's parameter names (use "
+                              "stk_optim_create_for_model)", stk_optim_kind_name(kind));
+        static const char *const nd[] = {"none", "bias", "norm", "bias_norm"};
+        for (int i = 0; i < 4; i++)
+            if (!strcmp(val, nd[i])) {
+                *no_decay = i;
+                return 0;
+            }
+        return stk__error(STK_ECONFIG, "optimizer %s: bad value '%s' for key 'no_decay' (none, bias, norm, "
+                          "bias_norm)", stk_optim_kind_name(kind), val);
+    }
     unsigned bit = 0;
     for (size_t i = 0; i < STK__ARRAY_LEN(key_defs); i++)
         if (!strcmp(key, key_defs[i].name))
@@ -255,8 +244,7 @@ static int set_key(stk_optim_kind_t kind, stk_optim_hparams_t *h, const char *ke
     return 0;
 }
 
-/* Applies "k=v,k=v" (a writable copy) to *h. */
-static int apply_items(stk_optim_kind_t kind, stk_optim_hparams_t *h, char *items)
+int stk__optim_apply_items(stk_optim_kind_t kind, stk_optim_hparams_t *h, char *items, int *no_decay)
 {
     char *save = NULL;
     for (char *it = strtok_r(items, ",", &save); it; it = strtok_r(NULL, ",", &save)) {
@@ -267,7 +255,7 @@ static int apply_items(stk_optim_kind_t kind, stk_optim_hparams_t *h, char *item
             return stk__error(STK_ECONFIG, "optimizer %s: expected key=value, got '%s'",
                               stk_optim_kind_name(kind), it);
         *eq = '\0';
-        int rc = set_key(kind, h, it, eq + 1);
+        int rc = set_key(kind, h, it, eq + 1, no_decay);
         if (rc)
             return rc;
     }
@@ -282,11 +270,19 @@ int stk_optim_hparams_parse(const char *text, stk_optim_kind_t kind, stk_optim_h
     if (!copy)
         return stk__error(-ENOMEM, "stk_optim_hparams_parse: out of memory");
     stk_optim_hparams_t tmp = *h;
-    int rc = apply_items(kind, &tmp, copy);
+    int rc = stk__optim_apply_items(kind, &tmp, copy, NULL);
     free(copy);
     if (rc == 0)
         *h = tmp;
     return rc;
+}
+
+stk_optim_kind_t stk__optim_kind_from_name(const char *name)
+{
+    for (int k = STK_OPTIM_SGD; k <= STK_OPTIM_RMSPROP; k++)
+        if (!strcmp(name, stk_optim_kind_name((stk_optim_kind_t)k)))
+            return (stk_optim_kind_t)k;
+    return (stk_optim_kind_t)0;
 }
 
 int stk_optim_config_parse(const char *text, stk_optim_config_t *cfg)
@@ -299,16 +295,17 @@ int stk_optim_config_parse(const char *text, stk_optim_config_t *cfg)
     char *colon = strchr(copy, ':');
     if (colon)
         *colon = '\0';
-    stk_optim_kind_t kind = 0;
-    for (int k = STK_OPTIM_SGD; k <= STK_OPTIM_RMSPROP; k++)
-        if (!strcmp(copy, stk_optim_kind_name((stk_optim_kind_t)k)))
-            kind = (stk_optim_kind_t)k;
+    stk_optim_kind_t kind = stk__optim_kind_from_name(copy);
     int rc;
-    if (!kind) {
+    if (strchr(text, '|')) {
+        rc = stk__error(STK_ECONFIG, "optimizer: parameter groups ('|') need the model's parameter names (use "
+                        "stk_optim_create_for_model)");
+    } else if (!kind) {
         rc = stk__error(STK_ECONFIG, "optimizer: unknown kind '%s' (sgd, adam, adamw, rmsprop)", copy);
     } else {
-        stk_optim_hparams_t h = stk_optim_hparams_default(kind);
-        rc = colon ? apply_items(kind, &h, colon + 1) : check_hparams(kind, &h, "optimizer ");
+        stk_optim_hparams_t h;
+        stk_optim_hparams_default(&h, kind);
+        rc = colon ? stk__optim_apply_items(kind, &h, colon + 1, NULL) : check_hparams(kind, &h, "optimizer ");
         if (rc == 0) {
             cfg->kind = kind;
             cfg->defaults = h;
@@ -430,11 +427,18 @@ void stk_optim_destroy(stk_optim_t **opt)
         return;
     stk_optim_t *o = *opt;
     if (o->groups)
-        for (size_t g = 0; g < o->ng; g++)
+        for (size_t g = 0; g < o->ng; g++) {
             free(o->groups[g].ranges);
+            if (o->be)
+                o->be->iface->op_destroy(o->be->ctx, o->groups[g].op);
+        }
     free(o->groups);
-    for (int i = 0; i < OPTIM_NBUF; i++)
-        free(o->buf[i]);
+    for (int i = 0; i < OPTIM_NBUF; i++) {
+        if (o->be)
+            o->be->iface->free(o->be->ctx, o->buf[i]);
+        else
+            free(o->buf[i]);
+    }
     free(o);
     *opt = NULL;
 }
@@ -445,195 +449,10 @@ static int need_buf(stk_optim_t *o, int i)
 {
     if (o->buf[i])
         return 0;
-    o->buf[i] = calloc(o->n ? o->n : 1, sizeof(float));
+    /* A model's backend allocates zeroed memory, as calloc. */
+    o->buf[i] = o->be ? o->be->iface->alloc(o->be->ctx, (o->n ? o->n : 1) * sizeof(float))
+                      : calloc(o->n ? o->n : 1, sizeof(float));
     return o->buf[i] ? 0 : stk__error(-ENOMEM, "optimizer: out of memory for %zu state values", o->n);
-}
-
-/* Square roots of a block, in place. A plain sqrtf loop does not
- * vectorize: GCC keeps errno semantics for sqrtf unless the whole build
- * has -fno-math-errno (an optimize attribute or pragma does not do it).
- * SSE's sqrtps rounds exactly as sqrtf, so results are the same bits. The
- * Adam and RMSprop loops below are split around this call in blocks that
- * stay in L1, so the rest of them vectorizes too (about 4x faster). */
-#define SQRT_BLOCK 512
-
-static void sqrt_block(float *x, size_t n)
-{
-    size_t i = 0;
-#if defined(__SSE__)
-    for (; i + 4 <= n; i += 4)
-        _mm_storeu_ps(x + i, _mm_sqrt_ps(_mm_loadu_ps(x + i)));
-#endif
-    for (; i < n; i++)
-        x[i] = sqrtf(x[i]);
-}
-
-/* In the functions below every hyper-parameter is first rounded to float
- * and every operation is float, in PyTorch's order: `a.add_(b, alpha=s)`
- * is a + s*b, `addcmul_(b, c, value=s)` is a + (s*b)*c and
- * `addcdiv_(b, c, value=s)` is a + (s*b)/c. */
-
-static void sgd_range(const optim_group_t *g, float *restrict p, const float *restrict gr,
-                             float *restrict buf, size_t n, int first)
-{
-    const float wd = (float)g->h.weight_decay, mom = (float)g->h.momentum;
-    const float damp1 = (float)(1.0 - g->h.dampening), neglr = (float)(-g->h.lr);
-    const int use_mom = g->h.momentum != 0, nest = g->h.nesterov, maxi = g->h.maximize;
-    const int use_wd = g->h.weight_decay != 0;
-    for (size_t i = 0; i < n; i++) {
-        float d = maxi ? -gr[i] : gr[i];
-        if (use_wd)
-            d = d + wd * p[i];
-        if (use_mom) {
-            float b = first ? d : buf[i] * mom + damp1 * d;
-            buf[i] = b;
-            d = nest ? d + mom * b : b;
-        }
-        p[i] = p[i] + neglr * d;
-    }
-}
-
-/* Scalars of one Adam(W) step, rounded to float as PyTorch does. */
-typedef struct adam_k {
-    float b1, omb1, b2, omb2, neg_step, bc2s, eps, wd, decay, sign;
-} adam_k_t;
-
-/* The body, specialised by constant flags (see adam_range) so that each
- * instance is a branch-free loop the compiler vectorizes. maximize is a
- * multiplication by -1, which is exact. */
-static inline __attribute__((always_inline)) void
-adam_body(const adam_k_t *k, float *restrict p, const float *restrict gr, float *restrict m, float *restrict v,
-          float *restrict vmax, size_t n, const int decoupled, const int use_wd, const int ams)
-{
-    const float b1 = k->b1, omb1 = k->omb1, b2 = k->b2, omb2 = k->omb2, neg_step = k->neg_step;
-    const float bc2s = k->bc2s, eps = k->eps, wd = k->wd, decay = k->decay, sign = k->sign;
-    float root[SQRT_BLOCK];
-    for (size_t at = 0; at < n; at += SQRT_BLOCK) {
-        size_t len = n - at < SQRT_BLOCK ? n - at : SQRT_BLOCK;
-        float *restrict pp = p + at, *restrict mm = m + at, *restrict vv = v + at;
-        const float *restrict gg = gr + at;
-        for (size_t j = 0; j < len; j++) {
-            float d = gg[j] * sign;
-            if (decoupled)
-                pp[j] = pp[j] * decay;
-            if (use_wd)
-                d = d + wd * pp[j];
-            mm[j] = mm[j] * b1 + omb1 * d;
-            float x = vv[j] * b2 + (omb2 * d) * d;
-            vv[j] = x;
-            if (ams) {
-                /* torch.maximum propagates NaN */
-                float a = vmax[at + j];
-                a = (a != a || a > x) ? a : x;
-                vmax[at + j] = a;
-                x = a;
-            }
-            root[j] = x;
-        }
-        sqrt_block(root, len);
-        for (size_t j = 0; j < len; j++)
-            pp[j] = pp[j] + (neg_step * mm[j]) / (root[j] / bc2s + eps);
-    }
-}
-
-static void adam_range(const optim_group_t *g, int decoupled, float *restrict p, const float *restrict gr,
-                              float *restrict m, float *restrict v, float *restrict vmax, size_t n)
-{
-    const double step = (double)g->step;
-    const double bc1 = 1.0 - pow(g->h.beta1, step), bc2 = 1.0 - pow(g->h.beta2, step);
-    adam_k_t k = {
-        .b1 = (float)g->h.beta1, .omb1 = (float)(1.0 - g->h.beta1),
-        .b2 = (float)g->h.beta2, .omb2 = (float)(1.0 - g->h.beta2),
-        .neg_step = (float)(-(g->h.lr / bc1)), .bc2s = (float)sqrt(bc2), .eps = (float)g->h.eps,
-        .wd = (float)g->h.weight_decay, .decay = (float)(1.0 - g->h.lr * g->h.weight_decay),
-        .sign = g->h.maximize ? -1.0f : 1.0f,
-    };
-    const int use_wd = !decoupled && g->h.weight_decay != 0;
-    if (g->h.amsgrad) {
-        if (decoupled)
-            adam_body(&k, p, gr, m, v, vmax, n, 1, 0, 1);
-        else if (use_wd)
-            adam_body(&k, p, gr, m, v, vmax, n, 0, 1, 1);
-        else
-            adam_body(&k, p, gr, m, v, vmax, n, 0, 0, 1);
-    } else {
-        if (decoupled)
-            adam_body(&k, p, gr, m, v, vmax, n, 1, 0, 0);
-        else if (use_wd)
-            adam_body(&k, p, gr, m, v, vmax, n, 0, 1, 0);
-        else
-            adam_body(&k, p, gr, m, v, vmax, n, 0, 0, 0);
-    }
-}
-
-typedef struct rms_k {
-    float a, oma, eps, wd, mom, neglr, sign;
-} rms_k_t;
-
-static inline __attribute__((always_inline)) void
-rmsprop_body(const rms_k_t *k, float *restrict p, const float *restrict gr, float *restrict sq,
-             float *restrict buf, float *restrict ga, size_t n, const int use_wd, const int cen, const int use_mom)
-{
-    const float a = k->a, oma = k->oma, eps = k->eps, wd = k->wd, mom = k->mom, neglr = k->neglr;
-    const float sign = k->sign;
-    float root[SQRT_BLOCK], dd[SQRT_BLOCK];
-    for (size_t at = 0; at < n; at += SQRT_BLOCK) {
-        size_t len = n - at < SQRT_BLOCK ? n - at : SQRT_BLOCK;
-        float *restrict pp = p + at, *restrict ss = sq + at;
-        const float *restrict gg = gr + at;
-        for (size_t j = 0; j < len; j++) {
-            float d = gg[j] * sign;
-            if (use_wd)
-                d = d + wd * pp[j];
-            dd[j] = d;
-            float s = ss[j] * a + (oma * d) * d;
-            ss[j] = s;
-            if (cen) {
-                float x = ga[at + j] * a + oma * d;
-                ga[at + j] = x;
-                s = s + (-x) * x;
-            }
-            root[j] = s;
-        }
-        sqrt_block(root, len);
-        for (size_t j = 0; j < len; j++) {
-            float avg = root[j] + eps;
-            if (use_mom) {
-                float b = buf[at + j] * mom + dd[j] / avg;
-                buf[at + j] = b;
-                pp[j] = pp[j] + neglr * b;
-            } else {
-                pp[j] = pp[j] + (neglr * dd[j]) / avg;
-            }
-        }
-    }
-}
-
-static void rmsprop_range(const optim_group_t *g, float *restrict p, const float *restrict gr,
-                                 float *restrict sq, float *restrict buf, float *restrict ga, size_t n)
-{
-    rms_k_t k = {
-        .a = (float)g->h.alpha, .oma = (float)(1.0 - g->h.alpha), .eps = (float)g->h.eps,
-        .wd = (float)g->h.weight_decay, .mom = (float)g->h.momentum, .neglr = (float)(-g->h.lr),
-        .sign = g->h.maximize ? -1.0f : 1.0f,
-    };
-    const int use_wd = g->h.weight_decay != 0, cen = g->h.centered, use_mom = g->h.momentum > 0;
-    /* Eight constant-flag instances, one per combination. */
-#define RMS(W, C, M) rmsprop_body(&k, p, gr, sq, buf, ga, n, W, C, M)
-    if (use_wd) {
-        if (cen) {
-            if (use_mom) RMS(1, 1, 1); else RMS(1, 1, 0);
-        } else {
-            if (use_mom) RMS(1, 0, 1); else RMS(1, 0, 0);
-        }
-    } else {
-        if (cen) {
-            if (use_mom) RMS(0, 1, 1); else RMS(0, 1, 0);
-        } else {
-            if (use_mom) RMS(0, 0, 1); else RMS(0, 0, 0);
-        }
-    }
-#undef RMS
 }
 
 int stk_optim_step_begin(stk_optim_t *o)
@@ -671,8 +490,11 @@ int stk_optim_step_begin(stk_optim_t *o)
         if (rc)
             return rc;
     }
-    for (size_t gi = 0; gi < o->ng; gi++)
-        o->groups[gi].step++;
+    for (size_t gi = 0; gi < o->ng; gi++) {
+        optim_group_t *g = &o->groups[gi];
+        g->step++;
+        stk__optim_scalars(o->kind, &g->h, g->step, !g->buf_valid, &g->k);
+    }
     o->in_step = 1;
     return 0;
 }
@@ -683,6 +505,9 @@ int stk_optim_step_slice(const stk_optim_t *o, float *params, const float *grads
         return stk__error(-EINVAL, "stk_optim_step_slice: NULL argument");
     if (!o->in_step)
         return stk__error(STK_ESTATE, "stk_optim_step_slice: no open step (call stk_optim_step_begin)");
+    if (!stk__optim_host_state(o))
+        return stk__error(STK_ESTATE, "stk_optim_step_slice: the state is in device memory (use "
+                          "stk_optim_step_model)");
     if (offset > o->n || count > o->n - offset)
         return stk__error(-ERANGE, "stk_optim_step_slice: [%zu, +%zu) outside the %zu parameters", offset, count,
                           o->n);
@@ -697,23 +522,8 @@ int stk_optim_step_slice(const stk_optim_t *o, float *params, const float *grads
                 b = hi;
             if (a >= b)
                 continue;
-            size_t n = b - a;
-            float *p = params + a;
-            const float *gr = grads + a;
-            switch (o->kind) {
-            case STK_OPTIM_SGD:
-                sgd_range(g, p, gr, o->buf[0] ? o->buf[0] + a : NULL, n, !g->buf_valid);
-                break;
-            case STK_OPTIM_ADAM:
-            case STK_OPTIM_ADAMW:
-                adam_range(g, o->kind == STK_OPTIM_ADAMW, p, gr, o->buf[0] + a, o->buf[1] + a,
-                           o->buf[2] ? o->buf[2] + a : NULL, n);
-                break;
-            case STK_OPTIM_RMSPROP:
-                rmsprop_range(g, p, gr, o->buf[0] + a, o->buf[1] ? o->buf[1] + a : NULL,
-                              o->buf[2] ? o->buf[2] + a : NULL, n);
-                break;
-            }
+            stk__optim_kernel(&g->k, params + a, grads + a, o->buf[0] ? o->buf[0] + a : NULL,
+                              o->buf[1] ? o->buf[1] + a : NULL, o->buf[2] ? o->buf[2] + a : NULL, b - a);
         }
     }
     return 0;
@@ -738,6 +548,8 @@ int stk_optim_step(stk_optim_t *o, float *params, const float *grads)
 {
     if (!o || (o->n && (!params || !grads)))
         return stk__error(-EINVAL, "stk_optim_step: NULL argument");
+    if (!stk__optim_host_state(o))
+        return stk__error(STK_ESTATE, "stk_optim_step: the state is in device memory (use stk_optim_step_model)");
     int rc = stk_optim_step_begin(o);
     if (rc)
         return rc;
@@ -849,7 +661,8 @@ int stk_optim_set_momentum(stk_optim_t *o, size_t group, double m)
  * per buffer: u32 present, then n_params f32 if present;
  * u64 checksum of everything before it. All little-endian. */
 
-static void serialize(const stk_optim_t *o, stk__blobw_t *w)
+/* host[i]: buffer i in host memory (only read when w writes). */
+static void serialize(const stk_optim_t *o, stk__blobw_t *w, float *const host[OPTIM_NBUF])
 {
     stk__w_bytes(w, OPTIM_MAGIC, 8);
     stk__w_u32(w, OPTIM_VERSION);
@@ -873,7 +686,7 @@ static void serialize(const stk_optim_t *o, stk__blobw_t *w)
     for (int i = 0; i < OPTIM_NBUF; i++) {
         stk__w_u32(w, o->buf[i] != NULL);
         if (o->buf[i])
-            stk__w_f32s(w, o->buf[i], o->n);
+            stk__w_f32s(w, host[i], o->n);
     }
 }
 
@@ -882,7 +695,7 @@ size_t stk_optim_state_size(const stk_optim_t *o)
     if (!o)
         return 0;
     stk__blobw_t w = {NULL, 0, 0};
-    serialize(o, &w);
+    serialize(o, &w, o->buf);
     return w.len + 8;
 }
 
@@ -896,10 +709,27 @@ int stk_optim_state_save(const stk_optim_t *o, void *buf, size_t cap, size_t *wr
     *written = need;
     if (cap < need)
         return stk__error(-ENOSPC, "optimizer state: needs %zu bytes, buffer has %zu", need, cap);
-    stk__blobw_t w = {buf, 0, cap};
-    serialize(o, &w);
-    stk__w_u64(&w, stk__blob_hash(buf, w.len));
-    return 0;
+    /* State in device memory is read through host copies. */
+    float *host[OPTIM_NBUF] = {NULL, NULL, NULL};
+    int rc = 0, staged = !stk__optim_host_state(o);
+    for (int i = 0; i < OPTIM_NBUF && !rc; i++) {
+        host[i] = o->buf[i];
+        if (!staged || !o->buf[i])
+            continue;
+        if (!(host[i] = malloc((o->n ? o->n : 1) * sizeof(float))))
+            rc = stk__error(-ENOMEM, "optimizer state: out of memory");
+        else
+            rc = o->be->iface->download(o->be->ctx, host[i], o->buf[i], o->n * sizeof(float));
+    }
+    if (rc == 0) {
+        stk__blobw_t w = {buf, 0, cap};
+        serialize(o, &w, host);
+        stk__w_u64(&w, stk__blob_hash(buf, w.len));
+    }
+    if (staged)
+        for (int i = 0; i < OPTIM_NBUF; i++)
+            free(host[i]);
+    return rc;
 }
 
 int stk_optim_state_load(stk_optim_t *o, const void *buf, size_t len)
@@ -973,16 +803,27 @@ int stk_optim_state_load(stk_optim_t *o, const void *buf, size_t len)
     if (r.bad || r.pos != r.len)
         return stk__error(STK_EFORMAT, "optimizer state: blob of %zu bytes is %s", len,
                           r.bad ? "truncated" : "longer than its contents");
+    /* Everything that can fail for lack of memory comes first. State in
+     * device memory is written through one host copy. */
     float *fresh[OPTIM_NBUF] = {NULL, NULL, NULL};
-    for (int i = 0; i < OPTIM_NBUF; i++)
+    int staged = !stk__optim_host_state(o);
+    float *stage = staged ? malloc((o->n ? o->n : 1) * sizeof(float)) : NULL;
+    int nomem = staged && !stage;
+    for (int i = 0; i < OPTIM_NBUF && !nomem; i++)
         if (present[i] && !o->buf[i]) {
-            fresh[i] = malloc((o->n ? o->n : 1) * sizeof(float));
-            if (!fresh[i]) {
-                for (int j = 0; j < i; j++)
-                    free(fresh[j]);
-                return stk__error(-ENOMEM, "optimizer state: out of memory");
-            }
+            size_t bytes = (o->n ? o->n : 1) * sizeof(float);
+            fresh[i] = o->be ? o->be->iface->alloc(o->be->ctx, bytes) : malloc(bytes);
+            nomem = !fresh[i];
         }
+    if (nomem) {
+        for (int j = 0; j < OPTIM_NBUF; j++)
+            if (o->be)
+                o->be->iface->free(o->be->ctx, fresh[j]);
+            else
+                free(fresh[j]);
+        free(stage);
+        return stk__error(-ENOMEM, "optimizer state: out of memory");
+    }
 
     r.pos = groups_at;
     for (size_t g = 0; g < ng; g++) {
@@ -999,16 +840,23 @@ int stk_optim_state_load(stk_optim_t *o, const void *buf, size_t len)
         stk__r_u32(&r);
     }
     r.pos = bufs_at;
+    int rc = 0;
     for (int i = 0; i < OPTIM_NBUF; i++) {
         stk__r_u32(&r);
         if (present[i]) {
             if (fresh[i])
                 o->buf[i] = fresh[i];
-            stk__r_f32s(&r, o->buf[i], o->n);
+            stk__r_f32s(&r, staged ? stage : o->buf[i], o->n);
+            if (staged && rc == 0)
+                rc = o->be->iface->upload(o->be->ctx, o->buf[i], stage, o->n * sizeof(float));
         } else if (o->buf[i]) {
             /* Absent in the blob means never used: zeros, as at creation. */
-            memset(o->buf[i], 0, o->n * sizeof(float));
+            if (o->be)
+                o->be->iface->zero(o->be->ctx, o->buf[i], o->n);
+            else
+                memset(o->buf[i], 0, o->n * sizeof(float));
         }
     }
-    return 0;
+    free(stage);
+    return rc;
 }

@@ -2,7 +2,7 @@
 /* The model file parser (format in engine/MODEL_FORMAT.md): one layer per
  * line, "kind key=value ...", '#' comments. Every error names the line and
  * the key so that a user can fix the file without reading code. */
-#include "model.h"
+#include "layer.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -59,37 +59,54 @@ static int parse_bool(const char *v, int *out)
     return 0;
 }
 
-/* Which keys a kind accepts, so that a typo is an error, not a default. */
-static int key_allowed(stk_layer_kind_t k, const char *key)
+/* The key of cls named key, or NULL: a typo is an error, not a default. */
+static const stk__layer_key_t *find_key(const stk__layer_class_t *cls, const char *key)
 {
-    if (!strcmp(key, "name"))
-        return 1;
-    if (!strcmp(key, "input"))
-        return k != STK_LAYER_INPUT && k != STK_LAYER_ADD && k != STK_LAYER_CONCAT;
-    if (!strcmp(key, "inputs"))
-        return k == STK_LAYER_ADD || k == STK_LAYER_CONCAT;
-    switch (k) {
-    case STK_LAYER_INPUT:
-        return !strcmp(key, "shape");
-    case STK_LAYER_CONV2D:
-        return !strcmp(key, "in") || !strcmp(key, "out") || !strcmp(key, "kernel") || !strcmp(key, "stride") ||
-               !strcmp(key, "pad") || !strcmp(key, "dilation") || !strcmp(key, "groups") || !strcmp(key, "bias");
-    case STK_LAYER_MAXPOOL2D:
-    case STK_LAYER_AVGPOOL2D:
-        return !strcmp(key, "kernel") || !strcmp(key, "stride") || !strcmp(key, "pad");
-    case STK_LAYER_BATCHNORM2D:
-        return !strcmp(key, "in") || !strcmp(key, "eps") || !strcmp(key, "momentum");
-    case STK_LAYER_LINEAR:
-        return !strcmp(key, "in") || !strcmp(key, "out") || !strcmp(key, "bias");
-    case STK_LAYER_LEAKY_RELU:
-        return !strcmp(key, "slope");
-    case STK_LAYER_DROPOUT:
-        return !strcmp(key, "p");
-    case STK_LAYER_CROSS_ENTROPY:
-        return !strcmp(key, "smoothing");
-    default:
-        return 0;
+    for (const stk__layer_key_t *k = cls->keys; k && k->key; k++)
+        if (!strcmp(k->key, key))
+            return k;
+    return NULL;
+}
+
+/* "C[,H,W]": one value (features) or three. */
+static int parse_shape(const char *v, stk_layer_desc_t *d)
+{
+    int64_t s[3] = {0, 1, 1};
+    char tmp[128];
+    snprintf(tmp, sizeof(tmp), "%s", v);
+    char *sp = NULL;
+    int nd = 0;
+    for (char *p = strtok_r(tmp, ",", &sp); p; p = strtok_r(NULL, ",", &sp)) {
+        if (nd == 3 || parse_int(p, &s[nd]) < 0)
+            return -1;
+        nd++;
     }
+    d->in_c = s[0];
+    d->in_h = s[1];
+    d->in_w = s[2];
+    return nd == 0 || nd == 2 ? -1 : 0;
+}
+
+/* Parses v into the desc field(s) k names. 0 or -1 (bad value). */
+static int set_value(const stk__layer_key_t *k, const char *v, stk_layer_desc_t *d)
+{
+    char *base = (char *)d;
+    int64_t *i64 = (int64_t *)(base + k->off);
+    switch (k->type) {
+    case STK__KEY_INT:
+        return parse_int(v, i64);
+    case STK__KEY_POS_INT:
+        return parse_int(v, i64) < 0 || *i64 < 1 ? -1 : 0;
+    case STK__KEY_PAIR:
+        return parse_pair(v, i64, (int64_t *)(base + k->off2));
+    case STK__KEY_FLOAT:
+        return parse_float(v, (float *)(base + k->off));
+    case STK__KEY_BOOL:
+        return parse_bool(v, (int *)(base + k->off));
+    case STK__KEY_SHAPE:
+        return parse_shape(v, d);
+    }
+    return -1;
 }
 
 static int parse_line(stk_model_builder_t *b, char *line, int lineno, const char *origin)
@@ -99,11 +116,13 @@ static int parse_line(stk_model_builder_t *b, char *line, int lineno, const char
     if (!tok)
         return 0;
     stk_layer_kind_t kind = stk_layer_kind_from_name(tok);
-    if (kind == STK_LAYER_INVALID)
+    const stk__layer_class_t *cls = stk__layer_class(kind);
+    if (!cls)
         return stk__error(STK_ECONFIG, "%s: line %d: unknown layer type '%s'", origin, lineno, tok);
-    stk_layer_desc_t d = stk_layer_desc_default(kind);
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, kind);
     char *inputs_copy = NULL;
-    int have_shape = 0;
+    int have_required = cls->required == NULL;
     int rc = 0;
     while ((tok = strtok_r(NULL, " \t\r", &save))) {
         char *eq = strchr(tok, '=');
@@ -113,17 +132,13 @@ static int parse_line(stk_model_builder_t *b, char *line, int lineno, const char
         }
         *eq = 0;
         const char *key = tok, *v = eq + 1;
-        if (!key_allowed(kind, key)) {
-            rc = stk__error(STK_ECONFIG, "%s: line %d: key '%s': not a setting of %s", origin, lineno, key,
-                            stk_layer_kind_name(kind));
-            goto out;
-        }
+        const stk__layer_key_t *k = find_key(cls, key);
         int bad = 0;
         if (!strcmp(key, "name")) {
             d.name = v;
-        } else if (!strcmp(key, "input")) {
+        } else if (!strcmp(key, "input") && cls->n_inputs == 1) {
             d.inputs[0] = v;
-        } else if (!strcmp(key, "inputs")) {
+        } else if (!strcmp(key, "inputs") && cls->n_inputs == 2) {
             free(inputs_copy);
             inputs_copy = strdup(v);
             if (!inputs_copy) {
@@ -138,62 +153,22 @@ static int parse_line(stk_model_builder_t *b, char *line, int lineno, const char
                 d.inputs[0] = inputs_copy;
                 d.inputs[1] = c + 1;
             }
-        } else if (!strcmp(key, "shape")) {
-            int64_t s[3] = {0, 1, 1};
-            char tmp[128];
-            snprintf(tmp, sizeof(tmp), "%s", v);
-            char *sp = NULL;
-            int nd = 0;
-            for (char *p = strtok_r(tmp, ",", &sp); p; p = strtok_r(NULL, ",", &sp)) {
-                if (nd == 3 || parse_int(p, &s[nd]) < 0) {
-                    bad = 1;
-                    break;
-                }
-                nd++;
-            }
-            bad |= nd == 0 || nd == 2;
-            d.in_c = s[0];
-            d.in_h = s[1];
-            d.in_w = s[2];
-            have_shape = 1;
-        } else if (!strcmp(key, "in")) {
-            bad = parse_int(v, &d.in_c) < 0 || d.in_c < 1;
-        } else if (!strcmp(key, "out")) {
-            bad = parse_int(v, &d.out) < 0;
-        } else if (!strcmp(key, "kernel")) {
-            bad = parse_pair(v, &d.kernel_h, &d.kernel_w) < 0;
-        } else if (!strcmp(key, "stride")) {
-            bad = parse_pair(v, &d.stride_h, &d.stride_w) < 0;
-        } else if (!strcmp(key, "pad")) {
-            bad = parse_pair(v, &d.pad_h, &d.pad_w) < 0;
-        } else if (!strcmp(key, "dilation")) {
-            bad = parse_pair(v, &d.dilation_h, &d.dilation_w) < 0;
-        } else if (!strcmp(key, "groups")) {
-            bad = parse_int(v, &d.groups) < 0;
-        } else if (!strcmp(key, "bias")) {
-            bad = parse_bool(v, &d.bias) < 0;
-        } else if (!strcmp(key, "eps")) {
-            bad = parse_float(v, &d.eps) < 0;
-        } else if (!strcmp(key, "momentum")) {
-            bad = parse_float(v, &d.momentum) < 0;
-        } else if (!strcmp(key, "slope")) {
-            bad = parse_float(v, &d.negative_slope) < 0;
-        } else if (!strcmp(key, "p")) {
-            bad = parse_float(v, &d.p) < 0;
-        } else if (!strcmp(key, "smoothing")) {
-            bad = parse_float(v, &d.label_smoothing) < 0;
+        } else if (k) {
+            bad = set_value(k, v, &d) < 0;
+            have_required |= !strcmp(key, cls->required ? cls->required : "");
+        } else {
+            rc = stk__error(STK_ECONFIG, "%s: line %d: key '%s': not a setting of %s", origin, lineno, key,
+                            cls->name);
+            goto out;
         }
         if (bad) {
             rc = stk__error(STK_ECONFIG, "%s: line %d: key '%s': bad value '%s'", origin, lineno, key, v);
             goto out;
         }
     }
-    if (kind == STK_LAYER_INPUT && !have_shape) {
-        rc = stk__error(STK_ECONFIG, "%s: line %d: key 'shape': missing (input needs shape=C,H,W)", origin, lineno);
-        goto out;
-    }
-    if ((kind == STK_LAYER_CONV2D || kind == STK_LAYER_LINEAR) && d.out == 0) {
-        rc = stk__error(STK_ECONFIG, "%s: line %d: key 'out': missing", origin, lineno);
+    if (!have_required) {
+        rc = stk__error(STK_ECONFIG, "%s: line %d: key '%s': missing (%s needs it)", origin, lineno, cls->required,
+                        cls->name);
         goto out;
     }
     rc = stk__builder_add_line(b, &d, lineno);

@@ -47,32 +47,31 @@ const char *stk_sched_kind_name(stk_sched_kind_t kind)
     return "invalid";
 }
 
-stk_sched_phase_t stk_sched_phase_default(stk_sched_kind_t kind)
+void stk_sched_phase_default(stk_sched_phase_t *p, stk_sched_kind_t kind)
 {
-    stk_sched_phase_t p;
-    memset(&p, 0, sizeof(p));
-    p.kind = kind;
-    p.factor = kind == STK_SCHED_PLATEAU ? 0.1 : 1.0;
-    p.gamma = 0.1;
-    p.start_factor = 1.0 / 3;
-    p.end_factor = 1.0;
-    p.pct_start = 0.3;
-    p.div_factor = 25.0;
-    p.final_div_factor = 1e4;
-    p.cycle_momentum = 1;
-    p.base_momentum = 0.85;
-    p.max_momentum = 0.95;
-    p.patience = 10;
-    p.threshold = 1e-4;
-    p.eps = 1e-8;
-    return p;
+    if (!p)
+        return;
+    memset(p, 0, sizeof(*p));
+    p->kind = kind;
+    p->factor = kind == STK_SCHED_PLATEAU ? 0.1 : 1.0;
+    p->gamma = 0.1;
+    p->start_factor = 1.0 / 3;
+    p->end_factor = 1.0;
+    p->pct_start = 0.3;
+    p->div_factor = 25.0;
+    p->final_div_factor = 1e4;
+    p->cycle_momentum = 1;
+    p->base_momentum = 0.85;
+    p->max_momentum = 0.95;
+    p->patience = 10;
+    p->threshold = 1e-4;
+    p->eps = 1e-8;
 }
 
-stk_sched_config_t stk_sched_config_default(void)
+void stk_sched_config_default(stk_sched_config_t *cfg)
 {
-    stk_sched_config_t c;
-    memset(&c, 0, sizeof(c));
-    return c;
+    if (cfg)
+        memset(cfg, 0, sizeof(*cfg));
 }
 
 /* ---- values ----------------------------------------------------------- */
@@ -234,8 +233,8 @@ static int resolve(const stk_sched_config_t *cfg, stk_sched_config_t *out)
     }
     if (open_mid >= 0) {
         if (cfg->total_steps <= known)
-            return PBAD("schedule phase %d (%s): open-ended in the middle needs total_steps > %lld (the other "
-                        "phases' steps), got %lld", open_mid, stk_sched_kind_name(cfg->phases[open_mid].kind),
+            return PBAD("schedule phase %d (%s): open-ended in the middle needs the run's length: total_steps > "
+                        "%lld (the other phases' steps), got %lld", open_mid, stk_sched_kind_name(cfg->phases[open_mid].kind),
                         (long long)known, (long long)cfg->total_steps);
         out->phases[open_mid].steps = cfg->total_steps - known;
     } else if (out->phases[n - 1].steps == 0 && cfg->total_steps > known) {
@@ -250,6 +249,15 @@ static int resolve(const stk_sched_config_t *cfg, stk_sched_config_t *out)
     do {                                                                                           \
         if (!(cond))                                                                               \
             return PBAD("schedule phase %zu (%s): invalid %s: " __VA_ARGS__);                      \
+    } while (0)
+/* A count that defaults to the phase length when neither it, the phase
+ * length nor the run's length (total_steps) is known. */
+#define NEED_LEN(val, key)                                                                                    \
+    do {                                                                                                      \
+        if ((val) == 0)                                                                                       \
+            return PBAD("schedule phase %zu (%s): key '%s': needs the run's length, which is unknown: give %s, "  \
+                        "a phase length ('%s:N' in steps or '%s:Nep' in epochs) or the run's total_steps", i, kn, \
+                        key, key, kn, kn);                                                                    \
     } while (0)
         switch (p->kind) {
         case STK_SCHED_CONSTANT:
@@ -277,6 +285,7 @@ static int resolve(const stk_sched_config_t *cfg, stk_sched_config_t *out)
         case STK_SCHED_COSINE:
             if (p->t_max == 0)
                 p->t_max = p->steps;
+            NEED_LEN(p->t_max, "T_max");
             NEED(p->t_max > 0, "T_max", "%lld (give T_max or the phase length)", i, kn, "T_max",
                  (long long)p->t_max);
             NEED(isfinite(p->eta_min), "eta_min", "%g", i, kn, "eta_min", p->eta_min);
@@ -293,6 +302,7 @@ static int resolve(const stk_sched_config_t *cfg, stk_sched_config_t *out)
         case STK_SCHED_COOLDOWN:
             if (p->total_iters == 0)
                 p->total_iters = p->steps;
+            NEED_LEN(p->total_iters, "total_iters");
             NEED(p->total_iters > 0, "total_iters", "%lld (give total_iters or the phase length)", i, kn,
                  "total_iters", (long long)p->total_iters);
             NEED(isfinite(p->final_factor) && p->final_factor >= 0, "final_factor", "%g (must be >= 0)", i, kn,
@@ -301,6 +311,7 @@ static int resolve(const stk_sched_config_t *cfg, stk_sched_config_t *out)
         case STK_SCHED_ONECYCLE:
             if (p->total_steps == 0)
                 p->total_steps = p->steps ? p->steps : cfg->total_steps;
+            NEED_LEN(p->total_steps, "total_steps");
             NEED(p->total_steps > 0, "total_steps", "%lld (give total_steps, the phase length or the "
                  "config's total_steps)", i, kn, "total_steps", (long long)p->total_steps);
             NEED(p->pct_start >= 0 && p->pct_start <= 1, "pct_start", "%g (must be in [0, 1])", i, kn,
@@ -327,6 +338,7 @@ static int resolve(const stk_sched_config_t *cfg, stk_sched_config_t *out)
             break;
         }
 #undef NEED
+#undef NEED_LEN
     }
     return 0;
 }
@@ -548,7 +560,7 @@ static int parse_phase(char *text, size_t pi, int64_t spe, stk_sched_phase_t *ou
     if (!kind)
         return PBAD("schedule phase %zu: unknown kind '%s' (constant, step, multistep, exp, cosine, linear, "
                     "warmup, cooldown, onecycle, plateau)", pi, text);
-    *out = stk_sched_phase_default(kind);
+    stk_sched_phase_default(out, kind);
     if (!colon)
         return 0;
     char *save = NULL;
@@ -612,6 +624,22 @@ static void plateau_reset(stk_sched_t *s)
     s->best = p->mode_max ? -INFINITY : INFINITY;
     s->num_bad = 0;
     s->cooldown_counter = 0;
+}
+
+int stk_sched_create_from_text(stk_sched_t **out, stk_optim_t *opt, const char *text, int64_t steps_per_epoch,
+                               int64_t total_steps)
+{
+    if (!out || !opt || !text)
+        return stk__error(-EINVAL, "stk_sched_create_from_text: NULL argument");
+    *out = NULL;
+    if (total_steps < 0 || steps_per_epoch < 0)
+        return stk__error(-EINVAL, "stk_sched_create_from_text: negative steps_per_epoch %lld or total_steps %lld",
+                          (long long)steps_per_epoch, (long long)total_steps);
+    stk_sched_config_t cfg;
+    stk_sched_config_default(&cfg);
+    cfg.total_steps = total_steps;
+    int rc = stk_sched_parse(text, steps_per_epoch, &cfg);
+    return rc ? rc : stk_sched_create(out, &cfg, opt);
 }
 
 int stk_sched_create(stk_sched_t **out, const stk_sched_config_t *cfg, stk_optim_t *opt)

@@ -4,7 +4,7 @@
  * endian data. One format for checkpoints and for PyTorch: what Stoker
  * saves, torch loads. Loading checks every name, dtype and shape before it
  * changes anything. */
-#include "model.h"
+#include "layer.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -46,7 +46,7 @@ static int collect(const stk_model_t *m, entry_t **out, size_t *n)
     }
     for (int i = 0; i < m->nl; i++) {
         stk__layer_t *l = &m->layers[i];
-        if (l->d.kind != STK_LAYER_BATCHNORM2D)
+        if (!l->cls->counts_batches)
             continue;
         e[k] = (entry_t){.dtype = "I64", .ndim = 0, .shape = NULL, .data = &l->num_batches_tracked,
                          .dst = &l->num_batches_tracked, .bytes = sizeof(int64_t)};

@@ -2,7 +2,7 @@
 /* The model summary (a torchinfo-like table: output shape, parameters and
  * receptive field per layer, then totals) and the per-layer timing table.
  * Both write into a caller's buffer with snprintf semantics. */
-#include "model.h"
+#include "layer.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -45,9 +45,8 @@ static const char *commas(uint64_t v, char *buf)
 static size_t layer_params(const stk_model_t *m, const stk__layer_t *l)
 {
     size_t n = 0;
-    for (int t = 0; t < 2; t++)
-        if (l->param[t] >= 0)
-            n += m->pinfo[l->param[t]].info.count;
+    for (int t = 0; t < l->nparam; t++)
+        n += m->pinfo[l->param0 + t].info.count;
     return n;
 }
 
@@ -66,7 +65,7 @@ size_t stk_model_summary(const stk_model_t *m, char *buf, size_t cap)
     for (int i = 0; i < m->nl; i++) {
         const stk__layer_t *l = &m->layers[i];
         snprintf(name, sizeof(name), "%s (%s)", l->name, stk_layer_kind_name(l->d.kind));
-        if (l->d.kind == STK_LAYER_CROSS_ENTROPY)
+        if (l->cls->is_loss)
             snprintf(shape, sizeof(shape), "[]");
         else if (l->flat)
             snprintf(shape, sizeof(shape), "[%lld, %lld]", (long long)m->batch, (long long)l->c);
@@ -80,7 +79,7 @@ size_t stk_model_summary(const stk_model_t *m, char *buf, size_t cap)
         else
             snprintf(rf, sizeof(rf), "--");
         put(&s, "%-32s %-22s %12s %18s\n", name, shape, np ? commas(np, num) : "--", rf);
-        if (!l->alias && l->d.kind != STK_LAYER_INPUT)
+        if (!l->alias && l->cls->n_inputs)
             act += (size_t)(m->batch * l->c * l->h * l->w);
     }
     put(&s, RULE);

@@ -179,18 +179,15 @@ int main(int argc, char **argv)
     stk_model_builder_t *b;
     CHECK(stk_model_builder_create(&b));
     CHECK(stk_model_builder_parse(b, "input shape=2\nlinear out=16\nrelu\nlinear out=3\ncross_entropy\n", "mlp"));
-    stk_model_config_t mc = stk_model_config_default();
+    stk_model_config_t mc;
+    stk_model_config_default(&mc);
     mc.batch_size = 32;
     mc.seed = 1;
     stk_model_t *model;
     CHECK(stk_model_create(&model, b, &mc));
     stk_model_builder_destroy(&b);
-    size_t n;
-    stk_model_params(model, &n);
-    stk_optim_config_t oc = stk_optim_config_default(STK_OPTIM_ADAM, n);
-    oc.defaults.lr = 0.02;
     stk_optim_t *opt;
-    CHECK(stk_optim_create(&opt, &oc));
+    CHECK(stk_optim_create_for_model(&opt, model, "adam:lr=0.02"));
     stk_train_inputs_config_t ic;
     stk_train_inputs_config_default(&ic);
     ic.image_field = "features";
@@ -208,7 +205,7 @@ int main(int argc, char **argv)
             CHECK(stk_train_inputs_get(inputs, &batch, &x, &y));
             CHECK(stk_model_forward_tensor(model, &x, &y, &loss));
             CHECK(stk_model_backward(model));
-            CHECK(stk_optim_step(opt, stk_model_params(model, NULL), stk_model_grads(model, NULL)));
+            CHECK(stk_optim_step_model(opt, model));
             stk_model_zero_grad(model);
             stk_loader_release(train, &batch);
         }

@@ -10,6 +10,7 @@
 
 #include <stoker/stoker.h>
 
+/* Every call returns 0 or a negative code; stk_error_message() says why. */
 #define CHECK(call)                                                                                                   \
     do {                                                                                                              \
         int rc_ = (call);                                                                                             \
@@ -19,35 +20,26 @@
         }                                                                                                             \
     } while (0)
 
-static const char model_text[] = "input shape=1,28,28\n"
-                                 "conv2d out=16 kernel=3 pad=1\n"
-                                 "batchnorm2d\n"
-                                 "relu\n"
-                                 "maxpool2d kernel=2\n"
-                                 "flatten\n"
-                                 "dropout p=0.1\n"
-                                 "linear out=10\n"
-                                 "cross_entropy\n";
+static const char model_text[] = "input shape=1,28,28\n conv2d out=16 kernel=3 pad=1\n batchnorm2d\n relu\n"
+                                 "maxpool2d kernel=2\n flatten\n dropout p=0.1\n linear out=10\n cross_entropy\n";
 
-/* A loader over the first `limit` samples of ds, with 2 worker processes. */
-static stk_loader_t *make_loader(stk_dataset_t *ds, uint64_t limit, int train, stk_sampler_t **sampler)
+/* A loader over the first `limit` samples of ds, with 2 worker processes
+ * that crop, flip (training only) and normalize: the images arrive as f32. */
+static stk_loader_t *make_loader(stk_dataset_t *ds, uint64_t limit, int train, stk_sampler_t **order)
 {
     stk_sampler_config_t sc;
     stk_sampler_config_default(&sc);
     sc.kind = train ? STK_SAMPLER_RANDOM : STK_SAMPLER_SEQUENTIAL;
     sc.dataset_len = limit < stk_dataset_len(ds) ? limit : stk_dataset_len(ds);
     sc.seed = 1;
-    CHECK(stk_sampler_create(sampler, &sc));
+    CHECK(stk_sampler_create(order, &sc));
     stk_loader_config_t c;
     stk_loader_config_default(&c);
     c.batch_size = 64;
     c.drop_last = train;
-    c.seed = 1;
-    c.sampler = *sampler;
+    c.sampler = *order;
     c.num_workers = 2;
     c.persistent_workers = 1;
-    /* Random crop and flip for training; both end in normalize, so the
-     * workers hand over f32 images. */
     c.augment = train ? "crop:28,pad=2|hflip|normalize:mean=0.286,std=0.353" : "normalize:mean=0.286,std=0.353";
     stk_loader_t *l;
     CHECK(stk_loader_create(&l, ds, &c));
@@ -72,37 +64,31 @@ int main(int argc, char **argv)
     stk_model_builder_t *b;
     CHECK(stk_model_builder_create(&b));
     CHECK(stk_model_builder_parse(b, model_text, "custom_loop"));
-    stk_model_config_t mc = stk_model_config_default();
+    stk_model_config_t mc;
+    stk_model_config_default(&mc);
     mc.batch_size = 64;
-    mc.seed = 1;
     stk_model_t *model;
     CHECK(stk_model_create(&model, b, &mc));
     stk_model_builder_destroy(&b);
-
-    size_t n_params;
-    stk_model_params(model, &n_params);
-    stk_optim_config_t oc = stk_optim_config_default(STK_OPTIM_SGD, n_params);
-    CHECK(stk_optim_config_parse("sgd:lr=0.01,momentum=0.9,weight_decay=5e-4", &oc));
+    /* No weight decay on biases and batchnorm; a schedule that does not
+     * depend on the run's length, so that a resumed run may go on longer. */
     stk_optim_t *opt;
-    CHECK(stk_optim_create(&opt, &oc));
-    /* A schedule that does not depend on the run's length, so that a
-     * resumed run may be asked for more epochs. */
-    stk_sched_config_t sc = stk_sched_config_default();
-    CHECK(stk_sched_parse("warmup:0.5ep,start=0.1|step:step_size=1ep,gamma=0.7", (int64_t)stk_loader_len(train), &sc));
+    CHECK(stk_optim_create_for_model(&opt, model, "sgd:lr=0.01,momentum=0.9,weight_decay=5e-4,no_decay=bias_norm"));
     stk_sched_t *sched;
-    CHECK(stk_sched_create(&sched, &sc, opt));
-
+    CHECK(stk_sched_create_from_text(&sched, opt, "warmup:0.5ep,start=0.1|step:step_size=1ep,gamma=0.7",
+                                     (int64_t)stk_loader_len(train), 0));
     stk_train_inputs_config_t ic;
     stk_train_inputs_config_default(&ic); /* fields "image" and "label" */
     stk_train_inputs_t *inputs;
     CHECK(stk_train_inputs_create(&inputs, &ic));
 
-    /* Resume when the folder holds a checkpoint of this loop's. */
+    /* Resume when the folder holds a checkpoint. */
     stk_train_parts_t parts = {model, opt, sched};
     stk_train_state_t st;
     char path[4096];
     if (stk_train_checkpoint_latest(argv[3], NULL, path, sizeof path) == 0) {
         CHECK(stk_train_checkpoint_load(path, &parts, &st));
+        stk_model_set_step(model, st.micro); /* dropout goes on where it stopped */
         printf("resumed run %s at epoch %llu from %s\n", st.run_id, (unsigned long long)st.epoch, path);
     } else {
         CHECK(stk_train_state_init(&st, 1));
@@ -118,17 +104,17 @@ int main(int argc, char **argv)
             stk_tensor_t x, y;
             float loss;
             CHECK(stk_train_inputs_get(inputs, &batch, &x, &y));
-            stk_model_set_step(model, st.micro++); /* a new dropout mask per step */
-            CHECK(stk_model_forward_tensor(model, &x, &y, &loss));
+            CHECK(stk_model_forward_tensor(model, &x, &y, &loss)); /* a new dropout mask each time */
             CHECK(stk_model_backward(model));
-            CHECK(stk_optim_step(opt, stk_model_params(model, NULL), stk_model_grads(model, NULL)));
+            CHECK(stk_optim_step_model(opt, model));
             CHECK(stk_sched_step(sched));
             stk_model_zero_grad(model);
             stk_loader_release(train, &batch);
             loss_sum += loss;
             st.step++;
+            st.micro++;
         }
-        CHECK(rc);
+        CHECK(rc); /* STK_DONE (positive) ends the epoch */
         stk_train_eval_t ev;
         CHECK(stk_train_evaluate(model, test, inputs, 5, NULL, &ev));
         printf("epoch %llu: train loss %.4f, test loss %.4f, accuracy %.2f%% (top-5 %.2f%%)\n",

@@ -21,81 +21,39 @@
         }                                                                                                             \
     } while (0)
 
-static stk_model_builder_t *b;
-
-static void add(stk_layer_kind_t kind, const char *name, void (*set)(stk_layer_desc_t *, int64_t), int64_t arg)
-{
-    stk_layer_desc_t d = stk_layer_desc_default(kind);
-    d.name = name;
-    if (set)
-        set(&d, arg);
-    CHECK(stk_model_builder_add(b, &d));
-}
-
-static void input_1x28x28(stk_layer_desc_t *d, int64_t unused)
-{
-    (void)unused;
-    d->in_c = 1;
-    d->in_h = d->in_w = 28;
-}
-
-/* A 3x3 convolution with `out` channels, padding 1. */
-static void conv3(stk_layer_desc_t *d, int64_t out)
-{
-    d->out = out;
-    d->kernel_h = d->kernel_w = 3;
-    d->pad_h = d->pad_w = 1;
-}
-
-/* The same, dilated by 2 (padding 2 keeps the size). */
-static void conv3_dilated(stk_layer_desc_t *d, int64_t out)
-{
-    conv3(d, out);
-    d->pad_h = d->pad_w = 2;
-    d->dilation_h = d->dilation_w = 2;
-}
-
-static void pool2(stk_layer_desc_t *d, int64_t unused)
-{
-    (void)unused;
-    d->kernel_h = d->kernel_w = 2;
-}
-
-static void linear(stk_layer_desc_t *d, int64_t out)
-{
-    d->out = out;
-}
-
-static void dropout(stk_layer_desc_t *d, int64_t percent)
-{
-    d->p = (float)percent / 100.0f;
-}
-
 static stk_model_t *build(void)
 {
+    stk_layer_desc_t dilated = stk_layer_conv2d("conv3", 64, 3, 1, 2);
+    dilated.dilation_h = dilated.dilation_w = 2;
+    const stk_layer_desc_t layers[] = {
+        stk_layer_input("data", 1, 28, 28),
+        stk_layer_conv2d("conv1", 32, 3, 1, 1), /* out, kernel, stride, pad */
+        stk_layer_batchnorm2d("bn1"),
+        stk_layer_relu("relu1"),
+        stk_layer_conv2d("conv2", 32, 3, 1, 1),
+        stk_layer_batchnorm2d("bn2"),
+        stk_layer_relu("relu2"),
+        stk_layer_maxpool2d("pool1", 2, 0, 0), /* kernel, stride (0: the kernel), pad */
+        dilated,
+        stk_layer_batchnorm2d("bn3"),
+        stk_layer_relu("relu3"),
+        stk_layer_conv2d("conv4", 64, 3, 1, 1),
+        stk_layer_batchnorm2d("bn4"),
+        stk_layer_relu("relu4"),
+        stk_layer_maxpool2d("pool2", 2, 0, 0),
+        stk_layer_flatten("flatten"),
+        stk_layer_linear("fc1", 128),
+        stk_layer_relu("relu5"),
+        stk_layer_dropout("drop", 0.25f),
+        stk_layer_linear("fc2", 10),
+        stk_layer_cross_entropy("loss", 0),
+    };
+    stk_model_builder_t *b;
     CHECK(stk_model_builder_create(&b));
-    add(STK_LAYER_INPUT, "data", input_1x28x28, 0);
-    add(STK_LAYER_CONV2D, "conv1", conv3, 32);
-    add(STK_LAYER_BATCHNORM2D, "bn1", NULL, 0);
-    add(STK_LAYER_RELU, "relu1", NULL, 0);
-    add(STK_LAYER_CONV2D, "conv2", conv3, 32);
-    add(STK_LAYER_BATCHNORM2D, "bn2", NULL, 0);
-    add(STK_LAYER_RELU, "relu2", NULL, 0);
-    add(STK_LAYER_MAXPOOL2D, "pool1", pool2, 0);
-    add(STK_LAYER_CONV2D, "conv3", conv3_dilated, 64);
-    add(STK_LAYER_BATCHNORM2D, "bn3", NULL, 0);
-    add(STK_LAYER_RELU, "relu3", NULL, 0);
-    add(STK_LAYER_CONV2D, "conv4", conv3, 64);
-    add(STK_LAYER_BATCHNORM2D, "bn4", NULL, 0);
-    add(STK_LAYER_RELU, "relu4", NULL, 0);
-    add(STK_LAYER_MAXPOOL2D, "pool2", pool2, 0);
-    add(STK_LAYER_FLATTEN, "flatten", NULL, 0);
-    add(STK_LAYER_LINEAR, "fc1", linear, 128);
-    add(STK_LAYER_RELU, "relu5", NULL, 0);
-    add(STK_LAYER_DROPOUT, "drop", dropout, 25);
-    add(STK_LAYER_LINEAR, "fc2", linear, 10);
-    add(STK_LAYER_CROSS_ENTROPY, "loss", NULL, 0);
-    stk_model_config_t mc = stk_model_config_default();
+    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++)
+        CHECK(stk_model_builder_add(b, &layers[i]));
+    stk_model_config_t mc;
+    stk_model_config_default(&mc);
     mc.batch_size = 4;
     mc.seed = 1;
     stk_model_t *m;
@@ -112,7 +70,8 @@ int main(int argc, char **argv)
         stk_model_destroy(&m);
         return 0;
     }
-    stk_model_config_t mc = stk_model_config_default();
+    stk_model_config_t mc;
+    stk_model_config_default(&mc);
     mc.batch_size = 4;
     mc.seed = 1;
     stk_model_t *f;
@@ -128,25 +87,27 @@ int main(int argc, char **argv)
             fprintf(stderr, "parameter %zu: %s (%zu) in C, %s (%zu) in %s\n", i, a.name, a.count, c.name, c.count,
                     argv[1]);
     }
-    size_t n, nf;
-    const float *pm = stk_model_params(m, &n), *pf = stk_model_params(f, &nf);
-    same = same && n == nf && !memcmp(pm, pf, n * sizeof *pm);
+    /* Same initial values (a state blob holds every parameter and buffer). */
+    size_t sm = stk_model_state_size(m), sf = stk_model_state_size(f);
+    char *bm = malloc(sm), *bf = malloc(sf);
+    CHECK(stk_model_state_save_mem(m, bm, sm, &sm));
+    CHECK(stk_model_state_save_mem(f, bf, sf, &sf));
+    same = same && sm == sf && !memcmp(bm, bf, sm);
     /* The same batch through both, in evaluation mode. */
-    float x[4 * 28 * 28];
+    static float x[4 * 28 * 28];
     for (size_t i = 0; i < sizeof x / sizeof x[0]; i++)
         x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    float lm[40], lf[40];
     stk_model_set_train(m, 0);
     stk_model_set_train(f, 0);
-    const float *lm, *lf;
-    int64_t rows, cols;
     CHECK(stk_model_forward(m, x, 4, NULL, NULL, NULL));
-    CHECK(stk_model_logits(m, &lm, &rows, &cols));
-    float keep[40];
-    memcpy(keep, lm, sizeof keep);
+    CHECK(stk_model_read_logits(m, lm, 40));
     CHECK(stk_model_forward(f, x, 4, NULL, NULL, NULL));
-    CHECK(stk_model_logits(f, &lf, &rows, &cols));
-    same = same && rows * cols == 40 && !memcmp(keep, lf, sizeof keep);
-    printf("%s %s: %zu parameters\n", same ? "same model as" : "DIFFERENT from", argv[1], n);
+    CHECK(stk_model_read_logits(f, lf, 40));
+    same = same && !memcmp(lm, lf, sizeof lm);
+    printf("%s %s: %zu parameters and buffers' bytes\n", same ? "same model as" : "DIFFERENT from", argv[1], sm);
+    free(bm);
+    free(bf);
     stk_model_destroy(&m);
     stk_model_destroy(&f);
     return same ? 0 : 1;

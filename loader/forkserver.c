@@ -16,7 +16,9 @@
  * Workers are the server's children: it reaps them and reports each exit
  * (pid, wait status) to the main process, which learns of a death first
  * from EOF on the worker's socket. The server exits, killing its workers,
- * when the main process closes its socket or dies. */
+ * when the main process closes its socket or dies; should the server
+ * itself be killed, its workers die with it (PDEATHSIG), and main, which
+ * reaps the server, says so for each of them. */
 #define _GNU_SOURCE
 #include "loader_internal.h"
 
@@ -50,6 +52,7 @@ typedef struct srv_rep {
 typedef struct exit_rec {
     pid_t pid;
     int status;
+    char *lost;      /* lost with the server: how the server ended */
 } exit_rec_t;
 
 static pthread_mutex_t fs_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -57,6 +60,8 @@ static int fs_fd = -1;         /* main's end of the control socket */
 static pid_t fs_pid;
 static exit_rec_t *fs_exits;   /* exits reported but not yet asked for */
 static size_t fs_nexits, fs_capexits;
+static pid_t *fs_kids;         /* forked by the running server, not yet reported gone */
+static size_t fs_nkids, fs_capkids;
 
 /* ---- Server side ------------------------------------------------- */
 
@@ -192,22 +197,47 @@ static int process_has_cuda(void)
 
 /* A child forked by the program (not by us) must not talk on its
  * parent's control socket: it starts its own server when it needs one. */
+static void forget_all(void)
+{
+    for (size_t i = 0; i < fs_nexits; i++)
+        free(fs_exits[i].lost);
+    free(fs_exits);
+    fs_exits = NULL;
+    fs_nexits = fs_capexits = 0;
+    free(fs_kids);
+    fs_kids = NULL;
+    fs_nkids = fs_capkids = 0;
+}
+
 static void atfork_child(void)
 {
     if (fs_fd >= 0)
         close(fs_fd);
     fs_fd = -1;
     fs_pid = 0;
-    free(fs_exits);
-    fs_exits = NULL;
-    fs_nexits = fs_capexits = 0;
+    forget_all();
     pthread_mutex_init(&fs_lock, NULL);
+}
+
+static void stop_locked(void);
+
+/* A program that returns from main (or calls exit) with the server
+ * running, on an error path say, reaps it here: otherwise the server
+ * outlives it briefly and is left to the program's parent (or a
+ * subreaper) to reap. Skipped when another thread holds the lock. */
+static void stop_at_exit(void)
+{
+    if (pthread_mutex_trylock(&fs_lock) != 0)
+        return;
+    stop_locked();
+    pthread_mutex_unlock(&fs_lock);
 }
 
 static pthread_once_t fs_once = PTHREAD_ONCE_INIT;
 static void register_atfork(void)
 {
     pthread_atfork(NULL, NULL, atfork_child);
+    atexit(stop_at_exit);
 }
 
 static int start_locked(void)
@@ -257,9 +287,7 @@ static void stop_locked(void)
     while (waitpid(fs_pid, NULL, 0) < 0 && errno == EINTR) {
     }
     fs_pid = 0;
-    free(fs_exits);
-    fs_exits = NULL;
-    fs_nexits = fs_capexits = 0;
+    forget_all();
 }
 
 void stk_loader_forkserver_stop(void)
@@ -269,19 +297,72 @@ void stk_loader_forkserver_stop(void)
     pthread_mutex_unlock(&fs_lock);
 }
 
-static void note_exit(pid_t pid, int status)
+static void note_exit(pid_t pid, int status, char *lost)
 {
+    for (size_t i = 0; i < fs_nkids; i++)
+        if (fs_kids[i] == pid) {
+            fs_kids[i] = fs_kids[--fs_nkids];
+            break;
+        }
     if (fs_nexits == fs_capexits) {
         size_t cap = fs_capexits ? fs_capexits * 2 : 16;
         exit_rec_t *n = realloc(fs_exits, cap * sizeof *n);
-        if (!n)
+        if (!n) {
+            free(lost);
             return;
+        }
         fs_exits = n;
         fs_capexits = cap;
     }
     fs_exits[fs_nexits].pid = pid;
     fs_exits[fs_nexits].status = status;
+    fs_exits[fs_nexits].lost = lost;
     fs_nexits++;
+}
+
+static void note_kid(pid_t pid)
+{
+    if (fs_nkids == fs_capkids) {
+        size_t cap = fs_capkids ? fs_capkids * 2 : 16;
+        pid_t *n = realloc(fs_kids, cap * sizeof *n);
+        if (!n)
+            return; /* its end is then reported without the server's */
+        fs_kids = n;
+        fs_capkids = cap;
+    }
+    fs_kids[fs_nkids++] = pid;
+}
+
+/* The server closed its socket: it is dead (killed: it exits only when
+ * main closes its end). Reaps it and records, for each worker it had,
+ * that the worker went with it and how the server ended. */
+static void server_died(void)
+{
+    char how[160];
+    int st = 0;
+    pid_t w = 0;
+    close(fs_fd);
+    fs_fd = -1;
+    /* Its socket closes as it exits: a zombie within moments. */
+    for (int i = 0; i < 2000 && (w = waitpid(fs_pid, &st, WNOHANG)) == 0; i++)
+        usleep(1000);
+    if (w == 0) {
+        kill(fs_pid, SIGKILL);
+        w = waitpid(fs_pid, &st, 0);
+    }
+    if (w != fs_pid)
+        snprintf(how, sizeof how, "the fork server (pid %d) is gone (reaped elsewhere)",
+                 (int)fs_pid);
+    else if (WIFSIGNALED(st))
+        snprintf(how, sizeof how, "the fork server (pid %d) was killed by signal %d (SIG%s), and "
+                 "its workers with it", (int)fs_pid, WTERMSIG(st),
+                 sigabbrev_np(WTERMSIG(st)) ? sigabbrev_np(WTERMSIG(st)) : "?");
+    else
+        snprintf(how, sizeof how, "the fork server (pid %d) exited with status %d, and its "
+                 "workers with it", (int)fs_pid, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    while (fs_nkids)
+        note_exit(fs_kids[fs_nkids - 1], 0, strdup(how));
+    fs_pid = 0;
 }
 
 /* Reads one message, waiting up to timeout_ms; 1 when one was read,
@@ -295,12 +376,14 @@ static int read_one(srv_rep_t *r, int timeout_ms)
     if (n == 0)
         return 0;
     ssize_t k = recv(fs_fd, r, sizeof *r, 0);
-    if (k < 0)
-        return errno == EINTR ? 0 : -errno;
-    if (k != (ssize_t)sizeof *r)
+    if (k < 0 && errno == EINTR)
+        return 0;
+    if (k != (ssize_t)sizeof *r) {
+        server_died();
         return -EPIPE;
+    }
     if (r->type == MSG_EXITED)
-        note_exit(r->pid, r->status);
+        note_exit(r->pid, r->status, NULL);
     return 1;
 }
 
@@ -356,7 +439,7 @@ int stk__forkserver_spawn_send(const stk__worker_spec_t *spec, uint32_t n, const
         }
         if (rc && k == 0 && attempt == 0) {
             /* The server died (someone killed it): start a new one. */
-            stop_locked();
+            server_died();
             continue;
         }
         if (rc)
@@ -377,14 +460,17 @@ int stk__forkserver_spawn_wait(uint32_t sent, const uint32_t *ids, pid_t *pids)
         srv_rep_t r;
         int k = read_one(&r, 10000);
         if (k <= 0) {
-            rc = stk__error(k ? k : -ETIMEDOUT, "fork server (pid %d) %s", (int)fs_pid,
-                            k ? "died" : "did not answer in 10 s");
+            rc = k ? stk__error(k, "fork server died while starting workers")
+                   : stk__error(-ETIMEDOUT, "fork server (pid %d) did not answer in 10 s",
+                                (int)fs_pid);
             break;
         }
         if (r.type != MSG_SPAWNED)
             continue;
         if (r.err && !rc)
             rc = stk__error(r.err, "fork server: fork of worker %u failed", ids[got]);
+        if (!r.err)
+            note_kid(r.pid);
         pids[got++] = r.err ? 0 : r.pid;
     }
     pthread_mutex_unlock(&fs_lock);
@@ -400,22 +486,25 @@ int stk__forkserver_wait(pid_t pid, int timeout_ms, int *wstatus)
         for (size_t i = 0; i < fs_nexits; i++)
             if (fs_exits[i].pid == pid) {
                 *wstatus = fs_exits[i].status;
-                rc = 0;
+                rc = fs_exits[i].lost ? stk__error(-ESRCH, "%s", fs_exits[i].lost) : 0;
                 goto out;
             }
         if (fs_fd < 0) {
-            rc = -ESRCH;
+            rc = stk__error(-ESRCH, "no fork server reports its end");
             break;
         }
+        /* What the server sent is read even when the time is up: the
+         * caller kills a pid it hears nothing of. */
         uint64_t now = stk__now_ns();
-        if (now >= deadline)
-            break;
+        int left = now >= deadline ? 0 : (int)((deadline - now) / 1000000ull) + 1;
         srv_rep_t r;
-        int got = read_one(&r, (int)((deadline - now) / 1000000ull) + 1);
-        if (got < 0) {
-            rc = got;
+        int got = read_one(&r, left);
+        if (got < 0 && fs_fd >= 0) {
+            rc = stk__error(got, "fork server: %s", strerror(-got));
             break;
         }
+        if (got == 0 && left == 0)
+            break;
     }
 out:
     pthread_mutex_unlock(&fs_lock);
@@ -427,8 +516,17 @@ void stk__forkserver_forget(pid_t pid)
     pthread_mutex_lock(&fs_lock);
     for (size_t i = 0; i < fs_nexits; i++)
         if (fs_exits[i].pid == pid) {
+            free(fs_exits[i].lost);
             fs_exits[i] = fs_exits[--fs_nexits];
             break;
         }
     pthread_mutex_unlock(&fs_lock);
+}
+
+pid_t stk__forkserver_pid(void)
+{
+    pthread_mutex_lock(&fs_lock);
+    pid_t pid = fs_fd >= 0 ? fs_pid : 0;
+    pthread_mutex_unlock(&fs_lock);
+    return pid;
 }

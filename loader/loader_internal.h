@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* Loader internals shared by the main-process side (loader.c), the worker
- * side (worker.c), the fork server and the readers. Not installed. */
+/* Loader internals shared by the main-process side (loader.c over pool.c
+ * over ring.c), the worker side (worker.c), the fork server and the
+ * readers. Not installed. */
 #ifndef STOKER_LOADER_INTERNAL_H
 #define STOKER_LOADER_INTERNAL_H
 
@@ -42,9 +43,12 @@ typedef struct stk__read_req {
 /* Called as each read completes, in any order; res is 0 or -errno. */
 typedef int (*stk__read_done_fn)(void *ctx, size_t i, int res);
 
-/* Resolves STK_IO_AUTO: io_uring if built in, not disabled by sysctl and a
- * ring can be made here; logs one warning when it falls back. */
+/* Resolves STK_IO_AUTO: io_uring if built in, not turned off by
+ * STK_IO_URING=0 nor by sysctl, and a ring can be made here; logs one
+ * warning per process when it falls back (stk__io_uring_warned, which a
+ * test may clear). */
 int stk__io_resolve(stk_io_mode_t want, stk_io_mode_t *got);
+extern _Atomic int stk__io_uring_warned;
 int stk__reader_create(stk__reader_t **out, stk_io_mode_t mode, unsigned depth);
 void stk__reader_destroy(stk__reader_t **r);
 /* Registers buf (once, for fixed-buffer reads) if the mode can use it. */
@@ -81,10 +85,6 @@ typedef struct stk__slot_hdr {
     uint64_t n;                   /* samples requested (indices follow) */
     uint64_t delivered;           /* samples written (n minus skipped) */
     int64_t maxlen[STK_MAX_FIELDS];
-    /* The gen of the last task a worker filled this slot for, stored
-     * (release) once the slot is complete; a failed fill leaves it and
-     * says so on the socket instead. */
-    _Atomic uint64_t done_gen;
 } stk__slot_hdr_t;
 
 /* Per-worker counters in the arena (after the slots), written by the
@@ -106,8 +106,8 @@ typedef struct stk__worker_spec {
     size_t args_len;
     size_t arena_bytes;
     size_t wstats_off;
-    size_t queue_off;       /* stk__queue_t with ring_cap entries */
-    size_t wctl_off;        /* stk__wctl_t[num_workers] */
+    size_t ring_off;        /* the task ring (ring.h): ring_cap tasks, a consumer per
+                             * worker, a cell per slot */
     size_t dshared_off, dshared_bytes; /* the dataset's shared area (ops->shared_bytes) */
     uint32_t ring_cap;
     stk__layout_t layout;
@@ -119,59 +119,29 @@ typedef struct stk__worker_spec {
     unsigned char init_arg[256];
 } stk__worker_spec_t;
 
-/* A task: fill slot for batch of epoch. Workers read a ring entry while
- * main may be writing the next lap of the ring, hence atomics. */
-typedef struct stk__task {
-    _Atomic uint64_t slot, epoch, batch;
-    _Atomic uint64_t gen;         /* unique per task: done_gen answers it */
-} stk__task_t;
-
-/* The task queue, in the arena after the stats. Main pushes at tail; any
- * worker takes the task at head (compare-and-swap), so a worker that is
- * free takes the next batch whoever filled the last one: with batch k
- * bound to worker k % n (PyTorch's way), a worker sharing its CPU with
- * the main process fell behind and the other, done with its own batches,
- * slept a third of the time waiting for slots to come back in order.
- * A sample depends on its index and the seeds only (the determinism the
- * loader promises across num_workers), so who fills a batch changes no
- * byte of it.
- *
- * Tasks and completions go through shared memory; a socket per worker
- * carries only a wake-up to a worker that said it sleeps, error reports,
- * and end of file when either side is gone; an eventfd wakes main when it
- * said it sleeps. A worker with tasks queued
- * makes no system call between batches, and main sleeps only when the
- * batch it needs is not done: with two workers on two CPUs, the
- * per-batch messages, their wake-ups and socket buffers cost about 36 us
- * of CPU a batch (raw Fashion-MNIST: 4.0M samples/s at batch 256, 5.6M at
- * batch 1024). */
-typedef struct stk__queue {
-    _Atomic uint64_t tail;        /* tasks pushed by main */
-    _Atomic uint64_t main_waits;  /* gen main sleeps for; STK__WAIT_ANY; 0: none */
-    char pad0[48];
-    _Atomic uint64_t head;        /* tasks taken by workers */
-    char pad1[56];
-    stk__task_t ring[];           /* ring_cap entries */
-} stk__queue_t;
-
-/* One per worker, after the queue. */
-typedef struct stk__wctl {
-    _Atomic uint64_t busy_gen;    /* the task being taken or filled; 0: none */
-    _Atomic uint64_t progress;    /* tasks taken and finished, a count */
-    _Atomic uint32_t sleeping;    /* asleep in recv() */
-    _Atomic uint32_t stop;        /* main asks the worker to exit */
-    char pad[40];
-} stk__wctl_t;
-
-#define STK__WAIT_ANY UINT64_MAX
-
-/* worker -> main */
+/* worker -> main, on its socket: a failed task (the ring marks the
+ * others done), or slot UINT32_MAX from a worker that could not start. */
 typedef struct stk__done_msg {
     uint32_t slot;
     int32_t status;
     uint64_t epoch, batch;
     char msg[STK__MSG_MAX];
 } stk__done_msg_t;
+
+/* ---- Slot layout and limits (layout.c) ----------------------------- */
+
+/* Fills spec->layout (and, with an augment spec, spec->aug_in and
+ * spec->augment) for batches of `batch` samples in nslots slots. The
+ * augmented field is augment_field, or with NULL "image", or else the
+ * dataset's only image-like field. STK_ECONFIG naming what is wrong. */
+int stk__layout_make(stk__worker_spec_t *spec, const stk_dataset_t *ds, const char *augment,
+                     const char *augment_field, stk_layout_t aug_layout, uint64_t batch,
+                     uint32_t nslots);
+/* What would make workers fail later (RLIMIT_NOFILE, RLIMIT_MEMLOCK with
+ * pin_memlock, the cgroup's memory.max against the arena), checked now:
+ * STK_ELIMIT naming the limit, its value and the need. */
+int stk__loader_check_limits(const stk_dataset_t *ds, uint32_t nworkers, size_t arena_bytes,
+                             int pin_memlock);
 
 /* ---- Batch filling (worker.c), used by workers and by inline mode --- */
 
@@ -207,6 +177,8 @@ int stk__forkserver_spawn_wait(uint32_t sent, const uint32_t *ids, pid_t *pids);
 int stk__forkserver_wait(pid_t pid, int timeout_ms, int *wstatus);
 /* Forgets a pid's report (after the loader handled it). */
 void stk__forkserver_forget(pid_t pid);
+/* The running server's pid, or 0 (for tests). */
+pid_t stk__forkserver_pid(void);
 
 /* Test hooks: the cgroup memory file checked before workers start. */
 extern const char *stk__cgroup_memory_max_path;
@@ -216,8 +188,11 @@ extern const char *stk__cgroup_memory_current_path;
  * worker finishes that task unseen. */
 extern uint32_t stk__test_wait_race_us;
 /* Test hook: a dead worker's task is not re-issued, as in the race that
- * stk__ld_recover covers. */
+ * recover() in loader.c covers. */
 extern int stk__test_skip_reissue;
+/* Test hook: main's sleep while it waits for a batch is not capped at a
+ * second, so that a lost wake-up hangs instead of costing a second. */
+extern int stk__test_no_wait_cap;
 
 uint64_t stk__now_ns(void);
 /* Cheap timestamps (TSC) and their ns per tick, calibrated per process. */

@@ -27,6 +27,17 @@ struct stk__reader {
 #endif
 };
 
+_Atomic int stk__io_uring_warned;
+
+/* STK_IO_URING=0 in the environment turns io_uring off, as libuv's
+ * UV_USE_IO_URING=0 does: for a kernel whose io_uring misbehaves, and so
+ * that the fallback is tested on machines where io_uring works. */
+static int uring_env_off(void)
+{
+    const char *e = getenv("STK_IO_URING");
+    return e && strcmp(e, "0") == 0;
+}
+
 #if STK_HAVE_IO_URING
 /* 0 = allowed, 1 = only for a group, 2 = disabled (Linux 6.6+). */
 static int uring_sysctl(void)
@@ -48,10 +59,11 @@ int stk__io_resolve(stk_io_mode_t want, stk_io_mode_t *got)
     if (want == STK_IO_PREAD || want == STK_IO_MMAP)
         return 0;
 #if STK_HAVE_IO_URING
-    static _Atomic int warned;
     char why[160] = "";
     int sys = uring_sysctl();
-    if (sys == 2) {
+    if (uring_env_off()) {
+        snprintf(why, sizeof why, "STK_IO_URING=0 in the environment");
+    } else if (sys == 2) {
         snprintf(why, sizeof why, "kernel.io_uring_disabled = 2");
     } else {
         /* Seccomp profiles (Docker's default before 25.0) and kernels
@@ -68,12 +80,13 @@ int stk__io_resolve(stk_io_mode_t want, stk_io_mode_t *got)
     }
     if (want == STK_IO_URING)
         return stk__error(-EPERM, "io_uring forced but unavailable: %s", why);
-    if (!atomic_exchange(&warned, 1))
+    if (!atomic_exchange(&stk__io_uring_warned, 1))
         stk__log(STK_LOG_WARN, "io_uring unavailable (%s): reading records with pread", why);
     return 0;
 #else
     if (want == STK_IO_URING)
         return stk__error(STK_ECONFIG, "io_uring forced but Stoker was built without liburing");
+    (void)uring_env_off;
     return 0;
 #endif
 }

@@ -105,6 +105,8 @@ static int shard_load(shard_t *s, stk_schema_t *schema, const char *path)
     if (!S_ISREG(st.st_mode))
         return stk__error(STK_EFORMAT, "%s: not a regular file", path);
     s->size = (uint64_t)st.st_size;
+    s->dev = (uint64_t)st.st_dev;
+    s->ino = (uint64_t)st.st_ino;
 
     unsigned char h[STK__HEADER_FIXED];
     if (s->size < 8)
@@ -159,6 +161,7 @@ static int shard_load(shard_t *s, stk_schema_t *schema, const char *path)
     s->index_offset = stk__get_u64(f);
     s->nrec = stk__get_u64(f + 8);
     uint64_t ihash = stk__get_u64(f + 16);
+    s->set_id = stk__get_u64(f + 32);
     /* Checked before the schema is parsed, so that a flipped bit reads as
      * corruption rather than as a strange schema. */
     if (stk__get_u64(f + 24) != stk__xxh64(hdr, hlen, 0)) {
@@ -261,6 +264,10 @@ static int set_add_shard(stk_shardset_t *set, const char *path)
     set->n++; /* even on failure, so that close frees it */
     if (rc)
         return rc;
+    for (uint32_t i = 0; i + 1 < set->n; i++)
+        if (set->shards[i].dev == s->dev && set->shards[i].ino == s->ino)
+            return stk__error(STK_EFORMAT, "%s is the same file as %s: a set lists each shard once",
+                              path, set->shards[i].path);
     if (set->n == 1) {
         set->schema = schema;
         stk__schema_sizes(&schema, &set->sizes);
@@ -271,6 +278,16 @@ static int set_add_shard(stk_shardset_t *set, const char *path)
         return stk__error(STK_EFORMAT, "%s: schema '%s' differs from %s: '%s'", path, a,
                           set->shards[0].path, b);
     }
+    /* A folder is one pack's: shards of two packs side by side (an
+     * interrupted re-pack by an older writer, files copied together) would
+     * read as one set. A glob or a hand-written manifest may combine packs
+     * on purpose. */
+    if (set->one_pack && set->n > 1 && s->set_id != set->shards[0].set_id)
+        return stk__error(STK_EFORMAT,
+                          "%s belongs to another pack (set %016" PRIx64 ") than %s (set %016" PRIx64
+                          "): a folder holds the shards of one pack; re-pack it, or list the "
+                          "shards in a manifest to combine packs",
+                          path, s->set_id, set->shards[0].path, set->shards[0].set_id);
     if ((rc = shard_check_index(s, &set->sizes, &set->max_raw, &set->max_stored)))
         return rc;
     s->first = set->total;
@@ -315,6 +332,34 @@ static int open_glob(stk_shardset_t *set, const char *pattern)
     return rc;
 }
 
+/* A whole unsigned number in base 10 (at most 20 digits) or 16 (at most
+ * 16), and nothing else but trailing spaces: no sign, no overflow. */
+static int parse_u64(const char *s, int base, uint64_t *out)
+{
+    uint64_t v = 0;
+    int digits = 0;
+    for (; *s && *s != ' ' && *s != '\t' && *s != '\r'; s++, digits++) {
+        int d;
+        if (*s >= '0' && *s <= '9')
+            d = *s - '0';
+        else if (base == 16 && *s >= 'a' && *s <= 'f')
+            d = *s - 'a' + 10;
+        else if (base == 16 && *s >= 'A' && *s <= 'F')
+            d = *s - 'A' + 10;
+        else
+            return -1;
+        if (v > (UINT64_MAX - (uint64_t)d) / (uint64_t)base)
+            return -1;
+        v = v * (uint64_t)base + (uint64_t)d;
+    }
+    while (*s == ' ' || *s == '\t' || *s == '\r')
+        s++;
+    if (!digits || *s)
+        return -1;
+    *out = v;
+    return 0;
+}
+
 static int open_manifest(stk_shardset_t *set, const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -345,8 +390,8 @@ static int open_manifest(stk_shardset_t *set, const char *path)
     const char *slash = strrchr(path, '/');
     int dlen = slash ? (int)(slash - path) : 1;
     const char *dir = slash ? path : ".";
-    uint64_t declared = UINT64_MAX;
-    int line_no = 0, have_magic = 0;
+    uint64_t declared = 0, declared_set = 0;
+    int line_no = 0, have_magic = 0, records_line = 0, set_line = 0;
     char *save = NULL;
     for (char *line = strtok_r(text, "\n", &save); line && !rc;
          line = strtok_r(NULL, "\n", &save)) {
@@ -364,8 +409,23 @@ static int open_manifest(stk_shardset_t *set, const char *path)
         char tail;
         if (strncmp(line, "schema ", 7) == 0 || line[0] == '#') {
             continue; /* informative; the shards' own schemas are checked */
-        } else if (sscanf(line, "records %" SCNu64 " %c", &recs, &tail) == 1) {
-            declared = recs;
+        } else if (strncmp(line, "records ", 8) == 0) {
+            if (records_line)
+                rc = stk__error(STK_EFORMAT, "%s: line %d: a second records line (first on line %d)",
+                                path, line_no, records_line);
+            else if (parse_u64(line + 8, 10, &declared))
+                rc = stk__error(STK_EFORMAT,
+                                "%s: line %d: records must be a whole number of at most 20 digits, "
+                                "got '%.40s'", path, line_no, line + 8);
+            records_line = line_no;
+        } else if (strncmp(line, "set ", 4) == 0) {
+            if (set_line)
+                rc = stk__error(STK_EFORMAT, "%s: line %d: a second set line (first on line %d)",
+                                path, line_no, set_line);
+            else if (parse_u64(line + 4, 16, &declared_set) || declared_set == 0)
+                rc = stk__error(STK_EFORMAT, "%s: line %d: set must be a non-zero hex id, got '%.40s'",
+                                path, line_no, line + 4);
+            set_line = line_no;
         } else if (sscanf(line, "shard %4095s %" SCNu64 " %" SCNu64 " %c", name, &recs, &bytes,
                           &tail) == 3) {
             char *full = NULL;
@@ -391,9 +451,15 @@ static int open_manifest(stk_shardset_t *set, const char *path)
         return rc;
     if (!have_magic)
         return stk__error(STK_EFORMAT, "%s: empty manifest", path);
-    if (declared != UINT64_MAX && declared != set->total)
+    if (records_line && declared != set->total)
         return stk__error(STK_EFORMAT, "%s: manifest says %" PRIu64 " records, shards hold %" PRIu64,
                           path, declared, set->total);
+    for (uint32_t i = 0; set_line && i < set->n; i++)
+        if (set->shards[i].set_id != declared_set)
+            return stk__error(STK_EFORMAT,
+                              "%s: manifest is of set %016" PRIx64 " but %s is of set %016" PRIx64
+                              " (a shard from another pack)",
+                              path, declared_set, set->shards[i].path, set->shards[i].set_id);
     return 0;
 }
 
@@ -429,6 +495,7 @@ static int open_dir(stk_shardset_t *set, const char *dir)
         char *pattern = NULL;
         if (asprintf(&pattern, "%s/*.stk", dir) < 0)
             return stk__error(-ENOMEM, "out of memory");
+        set->one_pack = 1;
         rc = open_glob(set, pattern);
         if (rc == STK_EEMPTY)
             rc = stk__error(STK_EEMPTY, "%s: no shards (*.stk) and no manifest", dir);

@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* Writes .stk shards: records compressed one by one with zstd (optionally
  * with a dictionary trained on the first records), an index and a footer.
- * Shards are written under temporary names and renamed, with the manifest
- * last, only by stk_writer_finish, so an interrupted pack leaves nothing
- * that looks complete. */
+ * A set is built whole in a staging folder beside its destination
+ * (.<name>.tmp-XXXXXX) and switched into place by one rename (or an
+ * atomic exchange with the set it replaces), so that the destination
+ * always holds one complete set, the old or the new, whenever the process
+ * dies. Every shard of one pack carries the same random set id, so that
+ * shards of two packs put together are refused by readers. */
 #define _GNU_SOURCE
 #include "shard_internal.h"
 
@@ -11,7 +14,11 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zdict.h>
@@ -126,15 +133,16 @@ static void enc_free(enc_t *e)
 /* ---- Writer ---------------------------------------------------------- */
 
 typedef struct shard_file {
-    char *tmp;     /* temporary name while being written */
-    char *final;   /* name after rename */
+    char *path;    /* in the staging folder */
     uint64_t records;
     uint64_t bytes;
-    int renamed;
 } shard_file_t;
 
 struct stk_writer {
-    char *dir;
+    char *dir;     /* destination, as given (for messages) */
+    char *target;  /* destination with symlinks resolved: what is switched */
+    char *stage;   /* staging folder beside target, NULL once switched */
+    uint64_t set_id;
     char prefix[128];
     stk_schema_t schema;
     stk_writer_config_t cfg;
@@ -240,6 +248,119 @@ static int fsync_dir(const char *dir)
     return rc;
 }
 
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* What a shard set folder may hold: shards, manifests, side files a pack
+ * writes, and what an interrupted pack of an older writer left. */
+static int is_set_file(const char *name)
+{
+    return ends_with(name, ".stk") || ends_with(name, ".manifest") ||
+           strcmp(name, "classes.txt") == 0 || strstr(name, ".tmp-") != NULL;
+}
+
+/* Checks that an existing destination may be replaced: empty, or (with
+ * overwrite) holding nothing but a shard set's files. */
+static int check_replaceable(const char *dir, const char *shown, int overwrite)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return stk__error(-errno, "open %s: %s", shown, strerror(errno));
+    int rc = 0;
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        if (!overwrite)
+            rc = stk__error(-EEXIST,
+                            "%s is not empty (it holds %s); pack into a new folder, or overwrite "
+                            "(stoker-pack --force) to replace the set in it",
+                            shown, e->d_name);
+        else if (!is_set_file(e->d_name) || e->d_type == DT_DIR)
+            rc = stk__error(-EEXIST,
+                            "%s holds %s, which is not part of a shard set: not replacing the folder",
+                            shown, e->d_name);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* Removes a staging (or replaced) folder and the set files in it. */
+static void remove_set_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+                continue;
+            char *p = path_join(dir, e->d_name);
+            if (p)
+                unlink(p);
+            free(p);
+        }
+        closedir(d);
+    }
+    if (rmdir(dir) < 0 && errno != ENOENT)
+        stk__log(STK_LOG_WARN, "cannot remove %s: %s", dir, strerror(errno));
+}
+
+/* Resolves where the set goes and makes the staging folder beside it. */
+static int make_stage(stk_writer_t *w, const char *dir, int overwrite)
+{
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    char *given = strndup(dir, n);
+    if (!given)
+        return stk__error(-ENOMEM, "out of memory");
+    struct stat st;
+    int rc = 0;
+    if (stat(given, &st) == 0) {
+        if (!S_ISDIR(st.st_mode))
+            rc = stk__error(-ENOTDIR, "%s exists and is not a folder", given);
+        else if (!(w->target = realpath(given, NULL)))
+            rc = stk__error(-errno, "%s: %s", given, strerror(errno));
+        else
+            rc = check_replaceable(w->target, given, overwrite);
+    } else if (errno != ENOENT) {
+        rc = stk__error(-errno, "%s: %s", given, strerror(errno));
+    } else if (!(w->target = strdup(given))) {
+        rc = stk__error(-ENOMEM, "out of memory");
+    }
+    if (rc) {
+        free(given);
+        return rc;
+    }
+    /* The staging folder lies in the same parent, so that the switch is a
+     * rename within one file system. */
+    char *slash = strrchr(w->target, '/');
+    const char *base = slash ? slash + 1 : w->target;
+    char *parent = slash ? strndup(w->target, slash == w->target ? 1 : (size_t)(slash - w->target))
+                         : strdup(".");
+    if (!parent || !*base || !strcmp(base, ".") || !strcmp(base, "..")) {
+        rc = parent ? stk__error(STK_ECONFIG, "%s: name a folder to pack into", given)
+                    : stk__error(-ENOMEM, "out of memory");
+    } else if (!(rc = mkdir_p(parent))) {
+        if (asprintf(&w->stage, "%s/.%s.tmp-XXXXXX", parent, base) < 0) {
+            w->stage = NULL;
+            rc = stk__error(-ENOMEM, "out of memory");
+        } else if (!mkdtemp(w->stage)) {
+            rc = stk__error(-errno, "create %s: %s", w->stage, strerror(errno));
+            free(w->stage);
+            w->stage = NULL;
+        } else if (chmod(w->stage, 0755) < 0) {
+            rc = stk__error(-errno, "chmod %s: %s", w->stage, strerror(errno));
+        }
+    }
+    free(parent);
+    free(given);
+    return rc;
+}
+
 int stk_writer_create(stk_writer_t **out, const char *dir, const stk_schema_t *schema,
                       const stk_writer_config_t *cfg)
 {
@@ -270,9 +391,6 @@ int stk_writer_create(stk_writer_t **out, const char *dir, const stk_schema_t *s
         if (rc)
             return rc;
     }
-    int rc = mkdir_p(dir);
-    if (rc)
-        return rc;
 
     stk_writer_t *w = calloc(1, sizeof *w);
     if (!w)
@@ -284,10 +402,19 @@ int stk_writer_create(stk_writer_t **out, const char *dir, const stk_schema_t *s
     w->cfg = *cfg;
     snprintf(w->prefix, sizeof w->prefix, "%s", prefix);
     w->cfg.prefix = w->prefix;
+    int rc = 0;
     if (!w->dir || !w->wbuf) {
         rc = stk__error(-ENOMEM, "out of memory");
         goto fail;
     }
+    /* 0 would read as "written before set ids" (FORMAT.md). */
+    while (w->set_id == 0)
+        if (getrandom(&w->set_id, sizeof w->set_id, 0) != (ssize_t)sizeof w->set_id) {
+            rc = stk__error(-errno, "getrandom: %s", strerror(errno));
+            goto fail;
+        }
+    if ((rc = make_stage(w, dir, cfg->overwrite)))
+        goto fail;
     rc = enc_init(&w->enc, cfg->zstd_level);
     if (rc)
         goto fail;
@@ -295,22 +422,6 @@ int stk_writer_create(stk_writer_t **out, const char *dir, const stk_schema_t *s
     w->sample_budget = cfg->dict_size * 100;
     if (w->sample_budget > DICT_SAMPLE_MAX)
         w->sample_budget = DICT_SAMPLE_MAX;
-
-    /* A manifest left by an earlier pack into this directory would
-     * describe shards that this one is about to replace. */
-    char name[160];
-    snprintf(name, sizeof name, "%s.manifest", w->prefix);
-    char *mpath = path_join(dir, name);
-    if (!mpath) {
-        rc = stk__error(-ENOMEM, "out of memory");
-        goto fail;
-    }
-    if (unlink(mpath) < 0 && errno != ENOENT) {
-        rc = stk__error(-errno, "unlink %s: %s", mpath, strerror(errno));
-        free(mpath);
-        goto fail;
-    }
-    free(mpath);
     *out = w;
     return 0;
 fail:
@@ -320,7 +431,7 @@ fail:
 
 static int wflush(stk_writer_t *w)
 {
-    int rc = write_all(w->fd, w->wbuf, w->wlen, w->shards[w->nshards - 1].tmp);
+    int rc = write_all(w->fd, w->wbuf, w->wlen, w->shards[w->nshards - 1].path);
     w->wstart += w->wlen;
     w->wlen = 0;
     return rc;
@@ -360,17 +471,13 @@ static int shard_open(stk_writer_t *w)
     memset(sf, 0, sizeof *sf);
     char name[160];
     snprintf(name, sizeof name, "%s-%05u.stk", w->prefix, w->nshards);
-    sf->final = path_join(w->dir, name);
-    if (!sf->final || asprintf(&sf->tmp, "%s.tmp-XXXXXX", sf->final) < 0) {
-        free(sf->final);
+    sf->path = path_join(w->stage, name);
+    if (!sf->path)
         return stk__error(-ENOMEM, "out of memory");
-    }
     w->nshards++;
-    w->fd = mkostemp(sf->tmp, O_CLOEXEC);
+    w->fd = open(sf->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (w->fd < 0)
-        return stk__error(-errno, "create %s: %s", sf->tmp, strerror(errno));
-    if (fchmod(w->fd, 0644) < 0)
-        return stk__error(-errno, "chmod %s: %s", sf->tmp, strerror(errno));
+        return stk__error(-errno, "create %s: %s", sf->path, strerror(errno));
 
     size_t flen = (size_t)w->schema.nfields * STK__FIELD_DESC;
     size_t hlen = STK__HEADER_FIXED + flen + w->enc.dict_len;
@@ -407,7 +514,7 @@ static int shard_close(stk_writer_t *w)
     stk__put_u64(foot + 8, n);
     stk__put_u64(foot + 16, stk__xxh64(w->index, ilen, 0));
     stk__put_u64(foot + 24, w->header_hash);
-    stk__put_u64(foot + 32, 0);
+    stk__put_u64(foot + 32, w->set_id);
     memcpy(foot + 40, STK__FOOTER_MAGIC, 8);
     int rc = wappend(w, w->index, ilen);
     if (!rc)
@@ -415,9 +522,9 @@ static int shard_close(stk_writer_t *w)
     if (!rc)
         rc = wflush(w);
     if (!rc && fsync(w->fd) < 0)
-        rc = stk__error(-errno, "fsync %s: %s", sf->tmp, strerror(errno));
+        rc = stk__error(-errno, "fsync %s: %s", sf->path, strerror(errno));
     if (close(w->fd) < 0 && !rc)
-        rc = stk__error(-errno, "close %s: %s", sf->tmp, strerror(errno));
+        rc = stk__error(-errno, "close %s: %s", sf->path, strerror(errno));
     w->fd = -1;
     sf->records = n;
     sf->bytes = w->pos + ilen + sizeof foot;
@@ -544,50 +651,114 @@ int stk_writer_add(stk_writer_t *w, const void *const *data, const int64_t *var_
     return stk__writer_add_raw(w, w->raw, len);
 }
 
+/* Writes a whole file in the staging folder and fsyncs it. */
+static int write_stage_file(stk_writer_t *w, const char *name, const void *data, size_t len)
+{
+    char *path = path_join(w->stage, name);
+    if (!path)
+        return stk__error(-ENOMEM, "out of memory");
+    int rc = 0;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        rc = stk__error(-errno, "create %s: %s", path, strerror(errno));
+    if (!rc)
+        rc = write_all(fd, data, len, path);
+    if (!rc && fsync(fd) < 0)
+        rc = stk__error(-errno, "fsync %s: %s", path, strerror(errno));
+    if (fd >= 0 && close(fd) < 0 && !rc)
+        rc = stk__error(-errno, "close %s: %s", path, strerror(errno));
+    free(path);
+    return rc;
+}
+
+int stk_writer_add_file(stk_writer_t *w, const char *name, const void *data, size_t len)
+{
+    if (!w || !name || (!data && len))
+        return stk__error(STK_ECONFIG, "stk_writer_add_file: NULL argument");
+    if (w->finished || w->failed)
+        return stk__error(STK_ESTATE, "writer for %s is %s", w->dir,
+                          w->finished ? "finished" : "failed");
+    if (!*name || name[0] == '.' || strchr(name, '/') || strlen(name) > 200 ||
+        ends_with(name, ".stk") || ends_with(name, ".manifest") || strstr(name, ".tmp-"))
+        return stk__error(STK_ECONFIG, "side file name '%s' (no '/', no leading '.', not *.stk, "
+                          "*.manifest or .tmp-)", name);
+    int rc = write_stage_file(w, name, data, len);
+    if (rc)
+        w->failed = 1;
+    return rc;
+}
+
 static int write_manifest(stk_writer_t *w)
 {
     char name[160], schema_txt[2048];
     snprintf(name, sizeof name, "%s.manifest", w->prefix);
-    char *final = path_join(w->dir, name);
-    char *tmp = NULL;
-    if (!final || asprintf(&tmp, "%s.tmp-XXXXXX", final) < 0) {
-        free(final);
+    int rc = stk_schema_format(&w->schema, schema_txt, sizeof schema_txt);
+    if (rc)
+        return rc;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f)
+        return stk__error(-ENOMEM, "out of memory");
+    fprintf(f, "%s\nschema %s\nset %016" PRIx64 "\nrecords %" PRIu64 "\n", STK__MANIFEST_MAGIC,
+            schema_txt, w->set_id, w->stats.records);
+    for (uint32_t i = 0; i < w->nshards; i++) {
+        const char *base = strrchr(w->shards[i].path, '/') + 1;
+        fprintf(f, "shard %s %" PRIu64 " %" PRIu64 "\n", base, w->shards[i].records,
+                w->shards[i].bytes);
+    }
+    if (fclose(f) != 0 || !text) {
+        free(text);
         return stk__error(-ENOMEM, "out of memory");
     }
-    int rc = stk_schema_format(&w->schema, schema_txt, sizeof schema_txt);
-    int fd = rc ? -1 : mkostemp(tmp, O_CLOEXEC);
-    FILE *f = NULL;
-    if (!rc && fd < 0)
-        rc = stk__error(-errno, "create %s: %s", tmp, strerror(errno));
-    if (!rc && fchmod(fd, 0644) < 0)
-        rc = stk__error(-errno, "chmod %s: %s", tmp, strerror(errno));
-    if (!rc && !(f = fdopen(fd, "w")))
-        rc = stk__error(-errno, "fdopen %s: %s", tmp, strerror(errno));
-    if (!rc) {
-        fd = -1;
-        fprintf(f, "%s\nschema %s\nrecords %" PRIu64 "\n", STK__MANIFEST_MAGIC, schema_txt,
-                w->stats.records);
-        for (uint32_t i = 0; i < w->nshards; i++) {
-            const char *base = strrchr(w->shards[i].final, '/') + 1;
-            fprintf(f, "shard %s %" PRIu64 " %" PRIu64 "\n", base, w->shards[i].records,
-                    w->shards[i].bytes);
-        }
-        if (fflush(f) != 0 || ferror(f))
-            rc = stk__error(-EIO, "write %s: %s", tmp, strerror(errno));
-        if (!rc && fsync(fileno(f)) < 0)
-            rc = stk__error(-errno, "fsync %s: %s", tmp, strerror(errno));
-        if (fclose(f) != 0 && !rc)
-            rc = stk__error(-errno, "close %s: %s", tmp, strerror(errno));
-    }
-    if (fd >= 0)
-        close(fd);
-    if (!rc && rename(tmp, final) < 0)
-        rc = stk__error(-errno, "rename %s: %s", final, strerror(errno));
-    if (rc)
-        unlink(tmp);
-    free(tmp);
-    free(final);
+    rc = write_stage_file(w, name, text, len);
+    free(text);
     return rc;
+}
+
+/* Puts the staging folder where the set belongs. A destination that does
+ * not exist, or is empty, is replaced by a rename; one that holds a set is
+ * exchanged with the staging folder atomically, so that readers see the
+ * old set or the new one and nothing in between, whenever this process
+ * dies. Where the file system cannot exchange, the old set is first moved
+ * aside to a .tmp- name: then a crash in between leaves no set at the
+ * destination, but never a mixed one. On return, *old names the folder
+ * (now at a staging name) holding the replaced set, or is NULL. */
+static int switch_in(stk_writer_t *w, char **old)
+{
+    *old = NULL;
+    if (rename(w->stage, w->target) == 0)
+        return 0;
+    if (errno != EEXIST && errno != ENOTEMPTY)
+        return stk__error(-errno, "rename %s to %s: %s", w->stage, w->dir, strerror(errno));
+    /* Checked again: something may have appeared there since create. */
+    int rc = check_replaceable(w->target, w->dir, w->cfg.overwrite);
+    if (rc)
+        return rc;
+    if (renameat2(AT_FDCWD, w->stage, AT_FDCWD, w->target, RENAME_EXCHANGE) == 0) {
+        *old = w->stage;
+        w->stage = NULL;
+        return 0;
+    }
+    if (errno != EINVAL && errno != ENOSYS)
+        return stk__error(-errno, "exchange %s with %s: %s", w->stage, w->dir, strerror(errno));
+    char *aside = NULL;
+    if (asprintf(&aside, "%s.old", w->stage) < 0)
+        return stk__error(-ENOMEM, "out of memory");
+    if (rename(w->target, aside) < 0) {
+        rc = stk__error(-errno, "rename %s to %s: %s", w->dir, aside, strerror(errno));
+        free(aside);
+        return rc;
+    }
+    if (rename(w->stage, w->target) < 0) {
+        rc = stk__error(-errno, "rename %s to %s: %s", w->stage, w->dir, strerror(errno));
+        if (rename(aside, w->target) < 0)
+            stk__log(STK_LOG_ERROR, "the set that was at %s is now at %s", w->dir, aside);
+        free(aside);
+        return rc;
+    }
+    *old = aside;
+    return 0;
 }
 
 int stk_writer_finish(stk_writer_t *w)
@@ -604,35 +775,29 @@ int stk_writer_finish(stk_writer_t *w)
         rc = shard_close(w);
     if (!rc && w->stats.records == 0)
         rc = stk__error(STK_EEMPTY, "%s: no records were added", w->dir);
-    for (uint32_t i = 0; !rc && i < w->nshards; i++) {
-        if (rename(w->shards[i].tmp, w->shards[i].final) < 0)
-            rc = stk__error(-errno, "rename %s: %s", w->shards[i].final, strerror(errno));
-        else
-            w->shards[i].renamed = 1;
-    }
-    if (!rc)
-        rc = fsync_dir(w->dir);
     if (!rc)
         rc = write_manifest(w);
     if (!rc)
-        rc = fsync_dir(w->dir);
+        rc = fsync_dir(w->stage);
+    char *old = NULL;
+    if (!rc)
+        rc = switch_in(w, &old);
     if (rc) {
         w->failed = 1;
         return rc;
     }
+    /* The set is in place: from here on, failing would not undo that. */
     w->finished = 1;
-    /* Shards beyond this pack's count, left by an earlier larger pack with
-     * the same prefix, would be picked up by a directory glob. */
-    for (uint32_t i = w->nshards;; i++) {
-        char name[160];
-        snprintf(name, sizeof name, "%s-%05u.stk", w->prefix, i);
-        char *p = path_join(w->dir, name);
-        int gone = !p || unlink(p) < 0;
-        free(p);
-        if (gone)
-            break;
-    }
-    return 0;
+    char *slash = strrchr(w->target, '/');
+    char *parent = slash ? strndup(w->target, slash == w->target ? 1 : (size_t)(slash - w->target))
+                         : strdup(".");
+    if (parent)
+        rc = fsync_dir(parent);
+    free(parent);
+    if (old)
+        remove_set_dir(old);
+    free(old);
+    return rc;
 }
 
 void stk_writer_destroy(stk_writer_t **wp)
@@ -642,12 +807,10 @@ void stk_writer_destroy(stk_writer_t **wp)
     stk_writer_t *w = *wp;
     if (w->fd >= 0)
         close(w->fd);
-    for (uint32_t i = 0; i < w->nshards; i++) {
-        if (!w->finished)
-            unlink(w->shards[i].renamed ? w->shards[i].final : w->shards[i].tmp);
-        free(w->shards[i].tmp);
-        free(w->shards[i].final);
-    }
+    if (w->stage && !w->finished)
+        remove_set_dir(w->stage);
+    for (uint32_t i = 0; i < w->nshards; i++)
+        free(w->shards[i].path);
     enc_free(&w->enc);
     free(w->shards);
     free(w->pend);
@@ -656,6 +819,8 @@ void stk_writer_destroy(stk_writer_t **wp)
     free(w->wbuf);
     free(w->raw);
     free(w->dir);
+    free(w->target);
+    free(w->stage);
     free(w);
     *wp = NULL;
 }

@@ -26,6 +26,8 @@ typedef struct shard {
     /* Records all raw, all dense_size bytes, back to back from dense_base:
      * a record's place is arithmetic (stk__shardset_dense). 0: not so. */
     uint64_t dense_base, dense_size;
+    uint64_t set_id; /* footer: the pack that wrote it, 0 = unknown */
+    uint64_t dev, ino; /* which file, to refuse one listed twice */
 } shard_t;
 
 struct stk_shardset {
@@ -38,6 +40,7 @@ struct stk_shardset {
     uint32_t ndicts; /* distinct dictionaries; shard i uses shards[dict_owner[k]] */
     uint32_t *dict_owner;
     uint64_t stride; /* every shard but the last holds this many records; else 0 */
+    int one_pack;    /* opened as a folder: its shards must come from one pack */
 };
 
 /* Sets stride from the shards (0 unless all but the last are equal). */

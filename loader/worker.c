@@ -6,6 +6,7 @@
  * filler, so batches are bit-identical either way. */
 #define _GNU_SOURCE
 #include "loader_internal.h"
+#include "ring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -332,7 +333,7 @@ static void note_rss(stk__wstats_t *w, uint64_t nth)
  * filling (the task's indices) keeps its content. Stops as soon as a task
  * is queued. */
 static void prefault_slots(const stk__worker_spec_t *spec, unsigned char *arena,
-                           stk__queue_t *q)
+                           const stk__ring_t *ring)
 {
 #ifdef MADV_POPULATE_WRITE
     const size_t page = 4096, step = 64 * page;
@@ -341,8 +342,7 @@ static void prefault_slots(const stk__worker_spec_t *spec, unsigned char *arena,
     for (uint32_t s = spec->worker; s < spec->layout.nslots; s += nw) {
         size_t beg = ((size_t)s * sb) & ~(page - 1), end = (size_t)(s + 1) * sb;
         for (size_t o = beg; o < end; o += step) {
-            if (atomic_load_explicit(&q->tail, memory_order_acquire) !=
-                atomic_load_explicit(&q->head, memory_order_relaxed))
+            if (stk__ring_queued(ring))
                 return;
             size_t len = end - o < step ? end - o : step;
             if (madvise(arena + o, len, MADV_POPULATE_WRITE) != 0)
@@ -350,77 +350,8 @@ static void prefault_slots(const stk__worker_spec_t *spec, unsigned char *arena,
         }
     }
 #else
-    (void)spec, (void)arena, (void)q;
+    (void)spec, (void)arena, (void)ring;
 #endif
-}
-
-typedef struct task {
-    uint32_t slot;
-    uint64_t epoch, batch, gen;
-} task_t;
-
-/* Takes the next task off the queue, sleeping in recv() while there is
- * none. Returns 0, or -1 when the loader is gone or asks us to stop. */
-static int next_task(stk__queue_t *q, stk__wctl_t *c, uint32_t cap, int sock, task_t *t)
-{
-    for (;;) {
-        if (atomic_load_explicit(&c->stop, memory_order_relaxed))
-            return -1;
-        uint64_t head = atomic_load_explicit(&q->head, memory_order_acquire);
-        if (atomic_load_explicit(&q->tail, memory_order_acquire) != head) {
-            /* Read before the claim: main writes this entry again only
-             * once head has passed it, which our claim (release) orders
-             * after these reads; a failed claim just tries again. */
-            const stk__task_t *e = &q->ring[head % cap];
-            t->slot = (uint32_t)atomic_load_explicit(&e->slot, memory_order_relaxed);
-            t->epoch = atomic_load_explicit(&e->epoch, memory_order_relaxed);
-            t->batch = atomic_load_explicit(&e->batch, memory_order_relaxed);
-            t->gen = atomic_load_explicit(&e->gen, memory_order_relaxed);
-            /* Busy before the claim, so that a worker killed right after
-             * it is known to hold the task (main re-issues a task its dead
-             * worker marked unless a live one marked it too). */
-            atomic_store_explicit(&c->busy_gen, t->gen, memory_order_seq_cst);
-            if (atomic_compare_exchange_strong(&q->head, &head, head + 1)) {
-                atomic_fetch_add_explicit(&c->progress, 1, memory_order_relaxed);
-                return 0;
-            }
-            continue;
-        }
-        atomic_store_explicit(&c->busy_gen, 0, memory_order_relaxed);
-        atomic_store_explicit(&c->sleeping, 1, memory_order_relaxed);
-        /* Pairs with main's fence between pushing a task and looking at
-         * sleeping: either it sees us asleep and wakes us, or we see its
-         * task here. */
-        atomic_thread_fence(memory_order_seq_cst);
-        if (atomic_load_explicit(&q->tail, memory_order_acquire) == head) {
-            char wake[16];
-            ssize_t k = recv(sock, wake, sizeof wake, 0);
-            if (k == 0 || (k < 0 && errno != EINTR)) {
-                atomic_store_explicit(&c->sleeping, 0, memory_order_relaxed);
-                return -1; /* EOF: the loader is gone or stopping us */
-            }
-        }
-        atomic_store_explicit(&c->sleeping, 0, memory_order_relaxed);
-    }
-}
-
-/* A filled slot: its gen in the slot header, and a wake-up for main if
- * it sleeps waiting for it. */
-static void report_done(stk__queue_t *q, stk__wctl_t *c, int wake_fd, stk__slot_hdr_t *h,
-                        uint64_t gen)
-{
-    atomic_store_explicit(&h->done_gen, gen, memory_order_release);
-    atomic_store_explicit(&c->busy_gen, 0, memory_order_release);
-    atomic_fetch_add_explicit(&c->progress, 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst); /* pairs with main's, as above */
-    uint64_t w = atomic_load_explicit(&q->main_waits, memory_order_relaxed);
-    if (w == gen || w == STK__WAIT_ANY) {
-        uint64_t one = 1;
-        ssize_t k;
-        do {
-            k = write(wake_fd, &one, sizeof one);
-        } while (k < 0 && errno == EINTR);
-    }
 }
 
 void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, int args_fd,
@@ -455,27 +386,28 @@ void stk__worker_main(const stk__worker_spec_t *spec, int sock, int arena_fd, in
         send_done(sock, UINT32_MAX, rc, 0, 0);
         _exit(1);
     }
-    stk__queue_t *q = (stk__queue_t *)(arena + spec->queue_off);
-    stk__wctl_t *c = (stk__wctl_t *)(arena + spec->wctl_off) + spec->worker;
-    prefault_slots(spec, arena, q);
+    stk__ring_t ring;
+    stk__ring_attach(&ring, arena + spec->ring_off, spec->ring_cap, spec->num_workers,
+                     spec->layout.nslots);
+    prefault_slots(spec, arena, &ring);
     uint64_t filled = 0;
     note_rss(ws, filled);
-    task_t t;
-    while (next_task(q, c, spec->ring_cap, sock, &t) == 0) {
-        if (t.slot >= spec->layout.nslots) {
-            send_done(sock, t.slot, stk__error(-EPROTO, "bad slot %u", t.slot), t.epoch, t.batch);
-            continue;
-        }
-        unsigned char *slot = arena + (size_t)t.slot * spec->layout.slot_bytes;
-        rc = stk__filler_run(fl, slot, t.epoch);
+    stk__ring_task_t t;
+    uint32_t me = spec->worker;
+    while (stk__ring_take(&ring, me, sock, &t) == 0) {
+        if (t.cell >= spec->layout.nslots)
+            rc = stk__error(-EPROTO, "bad slot %u", t.cell);
+        else
+            rc = stk__filler_run(fl, arena + (size_t)t.cell * spec->layout.slot_bytes, t.epoch);
         note_rss(ws, ++filled);
         if (rc) {
+            /* The report first, then the task given up: main reads
+             * reports before it decides a task unheld is lost. */
             stk__error_prefix(rc, "batch %llu", (unsigned long long)t.batch);
-            send_done(sock, t.slot, rc, t.epoch, t.batch);
-            atomic_store_explicit(&c->busy_gen, 0, memory_order_release);
-            atomic_fetch_add_explicit(&c->progress, 1, memory_order_relaxed);
+            send_done(sock, t.cell, rc, t.epoch, t.batch);
+            stk__ring_release(&ring, me);
         } else {
-            report_done(q, c, wake_fd, (stk__slot_hdr_t *)slot, t.gen);
+            stk__ring_finish(&ring, me, &t, wake_fd);
         }
     }
     _exit(0);

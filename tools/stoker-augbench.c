@@ -6,6 +6,7 @@
  * crop + flip + normalize one pixel at a time is timed alongside. Usage: stoker-augbench [-t SECONDS_PER_ROW] [-s SHAPE]
  * where SHAPE is 28 or 224 (default both). */
 #include <stoker/augment.h>
+#include "tool_args.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -145,11 +146,17 @@ int main(int argc, char **argv)
     double secs = 0.3;
     int only = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-t") && i + 1 < argc)
-            secs = atof(argv[++i]);
-        else if (!strcmp(argv[i], "-s") && i + 1 < argc)
-            only = atoi(argv[++i]);
-        else {
+        if (!strcmp(argv[i], "-t") && i + 1 < argc) {
+            if (tool_parse_f64("stoker-augbench", "-t", argv[++i], 0.001, 3600, &secs) < 0)
+                return 2;
+        } else if (!strcmp(argv[i], "-s") && i + 1 < argc) {
+            if (tool_parse_int("stoker-augbench", "-s", argv[++i], 28, 224, &only) < 0)
+                return 2;
+            if (only != 28 && only != 224) {
+                fprintf(stderr, "stoker-augbench: -s: %d is neither 28 nor 224\n", only);
+                return 2;
+            }
+        } else {
             bool help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
             fprintf(help ? stdout : stderr, "usage: %s [-t SECONDS_PER_ROW] [-s 28|224]\n", argv[0]);
             return help ? 0 : 2;

@@ -3,12 +3,17 @@
  * would and reports throughput, time to first batch, the per-stage
  * breakdown, peak RSS of main and workers, memcpy bandwidth measured in
  * the same run, and with --checksum a checksum of every delivered batch
- * (two runs with the same seed must print the same one). */
+ * (two runs with the same seed must print the same one). SIGINT and
+ * SIGTERM end a run at once, whatever its workers do (status 130 / 143);
+ * a second one kills it. */
 #define _GNU_SOURCE
 #include <stoker/stoker.h>
+#include "tool_args.h"
 #include "tool_clock.h"
 
 #include <errno.h>
+#include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,9 +24,24 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: stoker-bench DIR [--batch N] [--workers N] [--prefetch N] [--io uring|pread|mmap]\n"
-               "                   [--augment SPEC] [--field NAME] [--epochs N]\n"
+               "                   [--augment SPEC] [--field NAME] [--epochs N] [--timeout SECONDS]\n"
                "                   [--sampler random|sequential] [--seed N] [--no-checksum]\n"
-               "                   [--no-memcpy] [--json]\n");
+               "                   [--no-memcpy] [--json]\n"
+               "  --timeout S  fail when a batch is not ready after S seconds (default 0: no\n"
+               "               limit; a worker that stops moving is reported every so often)\n"
+               "  --field NAME the field --augment takes (default: \"image\", or the only\n"
+               "               image-like field)\n");
+}
+
+static stk_loader_t *volatile running_loader;
+static volatile sig_atomic_t stop_signal;
+
+/* Ends the run at once, even with a worker stopped or hung: the loader's
+ * wait returns -EINTR. SA_RESETHAND: a second signal kills. */
+static void on_stop(int sig)
+{
+    stop_signal = sig;
+    stk_loader_interrupt(running_loader);
 }
 
 /* Four independent multiply-xor lanes: fast enough not to be what the
@@ -71,8 +91,10 @@ static double memcpy_mbs(void)
 
 int main(int argc, char **argv)
 {
-    const char *dir = NULL, *augment = NULL, *field = "image", *sampler = "random", *io = NULL;
-    unsigned long long batch = 256, workers = 2, prefetch = 2, epochs = 1, seed = 0;
+    const char *dir = NULL, *augment = NULL, *field = NULL, *sampler = "random", *io = NULL;
+    const char *me = "stoker-bench";
+    int64_t batch = 256, workers = 2, prefetch = 2, epochs = 1, seed = 0;
+    double timeout_s = 0;
     /* The checksum is on by default, so that two runs can be compared
      * for content; it re-reads every batch on the main thread (36% of a
      * workload-2 run), so throughput comparisons with PyTorch's loop,
@@ -83,13 +105,14 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define NUM(name, var)                                                   \
+#define NUM(name, var, lo, hi)                                           \
     if (!strcmp(a, name)) {                                              \
         if (!v) {                                                        \
             usage(stderr);                                               \
             return 2;                                                    \
         }                                                                \
-        var = strtoull(v, NULL, 10);                                     \
+        if (tool_parse_i64(me, name, v, lo, hi, &var) < 0)               \
+            return 2;                                                    \
         i++;                                                             \
         continue;                                                        \
     }
@@ -103,11 +126,21 @@ int main(int argc, char **argv)
         i++;                                                             \
         continue;                                                        \
     }
-        NUM("--batch", batch)
-        NUM("--workers", workers)
-        NUM("--prefetch", prefetch)
-        NUM("--epochs", epochs)
-        NUM("--seed", seed)
+        NUM("--batch", batch, 1, 1 << 24)
+        NUM("--workers", workers, 0, 1024)
+        NUM("--prefetch", prefetch, 1, 64)
+        NUM("--epochs", epochs, 1, 1000000000)
+        NUM("--seed", seed, 0, INT64_MAX)
+        if (!strcmp(a, "--timeout")) {
+            if (!v) {
+                usage(stderr);
+                return 2;
+            }
+            if (tool_parse_f64(me, a, v, 0, 4294967.0, &timeout_s) < 0)
+                return 2;
+            i++;
+            continue;
+        }
         STR("--augment", augment)
         STR("--field", field)
         STR("--sampler", sampler)
@@ -134,10 +167,20 @@ int main(int argc, char **argv)
         }
         dir = a;
     }
-    if (!dir || batch == 0 || epochs == 0) {
+    if (!dir) {
         usage(stderr);
         return 2;
     }
+    if (strcmp(sampler, "random") != 0 && strcmp(sampler, "sequential") != 0) {
+        fprintf(stderr, "stoker-bench: --sampler: '%s' is neither random nor sequential\n", sampler);
+        return 2;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sa.sa_flags = SA_RESETHAND; /* no SA_RESTART: a wait returns at once */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     stk_log_set_callback(stk_log_stderr, NULL, STK_LOG_WARN);
 
     stk_shard_dataset_config_t dc;
@@ -164,11 +207,12 @@ int main(int argc, char **argv)
     }
     stk_loader_config_t lc;
     stk_loader_config_default(&lc);
-    lc.batch_size = batch;
+    lc.batch_size = (uint64_t)batch;
+    lc.timeout_ms = (uint32_t)ceil(timeout_s * 1000);
     lc.num_workers = (uint32_t)workers;
     lc.prefetch = (uint32_t)prefetch;
     lc.persistent_workers = 1;
-    lc.seed = seed;
+    lc.seed = (uint64_t)seed;
     lc.shuffle = strcmp(sampler, "sequential") != 0;
     lc.augment = augment;
     lc.augment_field = field;
@@ -180,13 +224,16 @@ int main(int argc, char **argv)
         stk_dataset_destroy(&ds);
         return 1;
     }
+    running_loader = l;
+    if (stop_signal) /* came before there was a loader to interrupt */
+        stk_loader_interrupt(l);
     int tty = isatty(2) && !json;
     uint64_t sum = 0x5354424e43480000ull, samples = 0, bytes = 0, nb = 0;
     double first = -1, last_print = t0;
     uint64_t rss_epoch1 = 0, private_epoch1 = 0;
     stk_batch_t b;
-    for (unsigned long long e = 0; e < epochs && rc == 0; e++) {
-        rc = stk_loader_set_epoch(l, e);
+    for (int64_t e = 0; e < epochs && rc == 0; e++) {
+        rc = stk_loader_set_epoch(l, (uint64_t)e);
         while (rc == 0 && (rc = stk_loader_next(l, &b)) == 0) {
             if (first < 0)
                 first = tool_now_s() - t0;
@@ -203,7 +250,7 @@ int main(int argc, char **argv)
             if (tty && (nb & 15) == 0) {
                 double t = tool_now_s();
                 if (t - last_print > 0.25) {
-                    fprintf(stderr, "\repoch %llu  batch %llu/%llu  %.0f samples/s   ", e,
+                    fprintf(stderr, "\repoch %lld  batch %llu/%llu  %.0f samples/s   ", (long long)e,
                             (unsigned long long)b.number + 1, (unsigned long long)stk_loader_len(l),
                             samples / (t - t0));
                     last_print = t;
@@ -223,10 +270,16 @@ int main(int argc, char **argv)
     if (tty)
         fprintf(stderr, "\r%60s\r", "");
     if (rc) {
-        fprintf(stderr, "stoker-bench: %s (%s)\n", stk_error_message(), stk_err_name(rc));
+        int sig = stop_signal;
+        if (sig && rc == -EINTR)
+            fprintf(stderr, "stoker-bench: stopped by SIG%s after %llu batches\n",
+                    sigabbrev_np(sig), (unsigned long long)nb);
+        else
+            fprintf(stderr, "stoker-bench: %s (%s)\n", stk_error_message(), stk_err_name(rc));
+        running_loader = NULL;
         stk_loader_destroy(&l);
         stk_dataset_destroy(&ds);
-        return 1;
+        return sig && rc == -EINTR ? 128 + sig : 1;
     }
     stk_loader_stats_t st;
     stk_loader_get_stats(l, &st);
@@ -251,7 +304,9 @@ int main(int argc, char **argv)
                "\"worker_max_rss_kb\":%llu,"
                "\"worker_rss_after_epoch1_kb\":%llu,\"worker_max_private_kb\":%llu,"
                "\"worker_private_after_epoch1_kb\":%llu,\"checksum\":%s}\n",
-               dir, batch, workers, prefetch, iomode, augment ? augment : "", epochs, seed,
+               dir, (unsigned long long)batch, (unsigned long long)workers,
+               (unsigned long long)prefetch, iomode, augment ? augment : "",
+               (unsigned long long)epochs, (unsigned long long)seed,
                (unsigned long long)samples, (unsigned long long)nb, dt, sps, mbs, mcpy, first * 1e3,
                (t0 - t_open) * 1e3, st.read.ns / 1e6, st.read.bytes / 1e6, st.decode.ns / 1e6,
                st.decode.bytes / 1e6, st.augment.ns / 1e6, st.augment.bytes / 1e6,
@@ -262,9 +317,10 @@ int main(int argc, char **argv)
                (unsigned long long)private_epoch1, cks);
     } else {
         printf("stoker-bench %s: batch %llu, workers %llu, prefetch %llu, io %s, augment \"%s\"\n",
-               dir, batch, workers, prefetch, iomode, augment ? augment : "");
+               dir, (unsigned long long)batch, (unsigned long long)workers,
+               (unsigned long long)prefetch, iomode, augment ? augment : "");
         printf("  %llu samples in %llu batches, %llu epoch(s), %.3f s\n",
-               (unsigned long long)samples, (unsigned long long)nb, epochs, dt);
+               (unsigned long long)samples, (unsigned long long)nb, (unsigned long long)epochs, dt);
         printf("  %.0f samples/s, %.1f MB/s (memcpy %.0f MB/s in this run)\n", sps, mbs, mcpy);
         printf("  time to first batch %.3f ms (dataset open %.3f ms)\n", first * 1e3,
                (t0 - t_open) * 1e3);

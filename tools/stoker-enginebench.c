@@ -58,7 +58,8 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.threads = threads;
     cfg.seed = 1;
@@ -113,21 +114,22 @@ int main(int argc, char **argv)
     }
     if (export) {
         char path[4096];
-        const float *z;
-        int64_t nb, nk;
+        size_t nz = (size_t)batch * (size_t)stk_model_num_classes(m);
+        float *z = malloc((nz ? nz : 1) * sizeof(float));
         stk_model_set_train(m, 0);
         snprintf(path, sizeof(path), "%s.safetensors", export);
-        if (stk_model_state_save(m, path) < 0 || stk_model_forward(m, x, batch, NULL, NULL, NULL) < 0 ||
-            stk_model_logits(m, &z, &nb, &nk) < 0) {
+        if (!z || stk_model_state_save(m, path) < 0 || stk_model_forward(m, x, batch, NULL, NULL, NULL) < 0 ||
+            stk_model_read_logits(m, z, nz) < 0) {
             fprintf(stderr, "stoker-enginebench: %s\n", stk_error_message());
             rc = 1;
         } else {
             snprintf(path, sizeof(path), "%s.input.f32", export);
             rc |= write_raw(path, x, nx * sizeof(float));
             snprintf(path, sizeof(path), "%s.logits.f32", export);
-            rc |= write_raw(path, z, (size_t)(nb * nk) * sizeof(float));
+            rc |= write_raw(path, z, nz * sizeof(float));
             printf("exported %s.{safetensors,input.f32,logits.f32}\n", export);
         }
+        free(z);
     }
     free(x);
     free(y);

@@ -15,6 +15,7 @@
 #include <stoker/stoker.h>
 
 #include "../common/internal.h"
+#include "tool_args.h"
 #include "tool_clock.h"
 
 #include <stdio.h>
@@ -113,24 +114,27 @@ static int run(const stk_shardset_t *set, unsigned epochs, size_t batch, int pro
 
 int main(int argc, char **argv)
 {
-    const char *path = NULL;
-    unsigned epochs = 5, procs = 1;
-    size_t batch = 256;
+    const char *path = NULL, *me = "stoker-gatherbench";
+    int64_t epochs = 5, procs = 1, batch = 256;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--epochs") && i + 1 < argc)
-            epochs = (unsigned)strtoul(argv[++i], NULL, 10);
-        else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
-            batch = strtoul(argv[++i], NULL, 10);
-        else if (!strcmp(argv[i], "--processes") && i + 1 < argc)
-            procs = (unsigned)strtoul(argv[++i], NULL, 10);
-        else if (argv[i][0] != '-' && !path)
-            path = argv[i];
-        else {
-            fprintf(stderr, "usage: stoker-gatherbench SET [--epochs N] [--batch N] [--processes P]\n");
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--epochs") && v) {
+            if (tool_parse_i64(me, a, argv[++i], 2, 1000000, &epochs) < 0)
+                return 2;
+        } else if (!strcmp(a, "--batch") && v) {
+            if (tool_parse_i64(me, a, argv[++i], 1, 1 << 24, &batch) < 0)
+                return 2;
+        } else if (!strcmp(a, "--processes") && v) {
+            if (tool_parse_i64(me, a, argv[++i], 1, 64, &procs) < 0)
+                return 2;
+        } else if (a[0] != '-' && !path) {
+            path = a;
+        } else {
+            fprintf(stderr, "usage: stoker-gatherbench SET [--epochs N>=2] [--batch N] [--processes P<=64]\n");
             return 2;
         }
     }
-    if (!path || epochs < 2 || batch == 0 || procs == 0 || procs > 64) {
+    if (!path) {
         fprintf(stderr, "usage: stoker-gatherbench SET [--epochs N>=2] [--batch N] [--processes P<=64]\n");
         return 2;
     }
@@ -141,16 +145,16 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     int rc = 0;
-    for (unsigned p = 1; p < procs; p++) {
+    for (unsigned p = 1; p < (unsigned)procs; p++) {
         pid_t pid = fork();
         if (pid == 0)
-            _exit(run(set, epochs, batch, (int)p));
+            _exit(run(set, (unsigned)epochs, (size_t)batch, (int)p));
         if (pid < 0) {
             perror("stoker-gatherbench: fork");
             rc = 1;
         }
     }
-    rc |= run(set, epochs, batch, 0);
+    rc |= run(set, (unsigned)epochs, (size_t)batch, 0);
     int st;
     while (wait(&st) > 0)
         rc |= !WIFEXITED(st) || WEXITSTATUS(st) != 0;

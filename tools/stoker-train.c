@@ -280,7 +280,8 @@ static int make_loader(run_t *r, int train)
  * the memory check. */
 static int make_model(run_t *r)
 {
-    stk_model_config_t mcfg = stk_model_config_default();
+    stk_model_config_t mcfg;
+    stk_model_config_default(&mcfg);
     mcfg.batch_size = 1;
     mcfg.seed = r->cfg.seed;
     mcfg.threads = r->cfg.threads;
@@ -365,18 +366,14 @@ static void fit_schedule(stk_sched_config_t *s)
 
 static int make_optim(run_t *r)
 {
-    size_t nparams;
-    stk_model_params(r->model, &nparams);
-    stk_optim_config_t ocfg = stk_optim_config_default(STK_OPTIM_SGD, nparams);
-    int rc = stk_optim_config_parse(r->cfg.optimizer, &ocfg);
-    ocfg.n_params = nparams;
-    if (rc == 0)
-        rc = stk_optim_create(&r->opt, &ocfg);
+    /* Parameter groups by name and no_decay come with the spec. */
+    int rc = stk_optim_create_for_model(&r->opt, r->model, r->cfg.optimizer);
     if (rc)
         return fail_key(r, EXIT_USAGE, "optimizer", rc, NULL);
     r->batches_per_epoch = stk_loader_len(r->train_loader);
     r->steps_per_epoch = (r->batches_per_epoch + (uint64_t)r->cfg.accum_steps - 1) / (uint64_t)r->cfg.accum_steps;
-    stk_sched_config_t scfg = stk_sched_config_default();
+    stk_sched_config_t scfg;
+    stk_sched_config_default(&scfg);
     scfg.total_steps = (int64_t)r->steps_per_epoch * r->cfg.epochs;
     rc = stk_sched_parse(r->cfg.scheduler, (int64_t)r->steps_per_epoch, &scfg);
     if (rc == 0) {

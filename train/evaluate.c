@@ -1,42 +1,16 @@
 /* SPDX-License-Identifier: MIT */
-/* Evaluation: one forward-only pass over a loader's epoch in evaluation
- * mode, scoring the logits in double (mean cross-entropy, top-1 and top-k
- * accuracy). A short last batch is padded with zeros to the size of the
- * first one, so that the model keeps one plan for the whole pass (in
- * evaluation mode no sample affects another, so the padding changes
- * nothing but is not scored). */
+/* Evaluation: one forward pass over a loader's epoch in evaluation mode,
+ * with the model's own loss and the engine's top-1 and top-k counts, so
+ * that nothing here reads the model's memory (which may live on a
+ * device). A short last batch costs one plan, once: the model keeps the
+ * plans of the sizes it has seen. */
 #define _GNU_SOURCE
 #include "internal.h"
 #include "stoker/train.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
-
-/* Adds the cross-entropy and the top-1 / top-k hits of the first n rows. */
-static void score(const float *logits, int64_t classes, const int64_t *labels, size_t n, int topk, double *loss_sum,
-                  uint64_t *top1, uint64_t *topk_hits)
-{
-    for (size_t i = 0; i < n; i++) {
-        const float *z = logits + (size_t)classes * i;
-        int64_t y = labels[i], arg = 0, above = 0;
-        for (int64_t c = 1; c < classes; c++)
-            if (z[c] > z[arg])
-                arg = c;
-        /* The label's rank: classes ahead of it, ties going to the lower
-         * index, as the engine's top-k counts. */
-        for (int64_t c = 0; c < classes; c++)
-            if (z[c] > z[y] || (z[c] == z[y] && c < y))
-                above++;
-        double lse = 0;
-        for (int64_t c = 0; c < classes; c++)
-            lse += exp((double)z[c] - (double)z[arg]);
-        *loss_sum += log(lse) + (double)z[arg] - (double)z[y];
-        *top1 += above == 0;
-        *topk_hits += above < topk;
-    }
-}
 
 int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_inputs_t *inputs, int topk,
                        const volatile sig_atomic_t *stop, stk_train_eval_t *out)
@@ -53,10 +27,9 @@ int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_input
         return rc;
     int was_train = stk_model_is_train(model);
     stk_model_set_train(model, 0);
+    int64_t classes = stk_model_num_classes(model);
     double loss_sum = 0;
     uint64_t top1 = 0, topk_hits = 0, seen = 0;
-    size_t full = 0, pad_cap = 0;
-    float *pad = NULL;
     for (;;) {
         if (stop && *stop) {
             rc = stk__error(-EINTR, "evaluation stopped after %llu samples", (unsigned long long)seen);
@@ -72,48 +45,31 @@ int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_input
             break;
         stk_tensor_t input, target;
         rc = stk_train_inputs_get(inputs, &b, &input, &target);
-        if (rc == 0 && (input.dtype != STK_DTYPE_F32 || target.dtype != STK_DTYPE_I64))
-            rc = stk__error(STK_ECONFIG, "evaluation needs f32 inputs and integer labels");
+        if (rc == 0 && target.dtype != STK_DTYPE_I64)
+            rc = stk__error(STK_ECONFIG, "evaluation needs integer labels");
         size_t n = b.size;
-        int64_t classes = stk_model_num_classes(model);
         const int64_t *labels = rc == 0 ? target.data : NULL;
+        /* Checked here to name the sample by its index in the data set. */
         for (size_t i = 0; rc == 0 && i < n; i++)
             if (labels[i] < 0 || labels[i] >= classes)
                 rc = stk__error(-EINVAL, "evaluation: sample %llu has label %lld, the model has %lld classes",
                                 (unsigned long long)b.indices[i], (long long)labels[i], (long long)classes);
-        if (rc == 0 && full == 0)
-            full = n;
-        const float *x = rc == 0 ? input.data : NULL;
-        size_t per = rc == 0 ? (size_t)(stk_tensor_numel(&input) / (int64_t)(n ? n : 1)) : 0;
-        if (rc == 0 && n < full) {
-            if (pad_cap < full * per) {
-                free(pad);
-                pad_cap = 0;
-                if (!(pad = malloc(full * per * sizeof *pad)))
-                    rc = stk__error(-ENOMEM, "evaluation: out of memory");
-                else
-                    pad_cap = full * per;
-            }
-            if (rc == 0) {
-                memcpy(pad, x, n * per * sizeof *pad);
-                memset(pad + n * per, 0, (full - n) * per * sizeof *pad);
-                x = pad;
-            }
-        }
-        const float *logits = NULL;
-        int64_t lb, lc;
+        float loss = NAN;
+        int64_t c1 = 0, ck = 0;
         if (rc == 0)
-            rc = stk_model_forward(model, x, (int64_t)(n < full ? full : n), NULL, NULL, NULL);
+            rc = stk_model_forward_tensor(model, &input, &target, &loss);
         if (rc == 0)
-            rc = stk_model_logits(model, &logits, &lb, &lc);
+            rc = stk_model_count_correct(model, labels, &c1);
         if (rc == 0)
-            score(logits, lc, labels, n, topk, &loss_sum, &top1, &topk_hits);
+            rc = topk == 1 ? (ck = c1, 0) : stk_model_count_topk(model, labels, topk, &ck);
         stk_loader_release(loader, &b);
         if (rc)
             break;
+        loss_sum += (double)loss * (double)n;
+        top1 += (uint64_t)c1;
+        topk_hits += (uint64_t)ck;
         seen += n;
     }
-    free(pad);
     stk_model_set_train(model, was_train);
     if (rc)
         return rc;

@@ -110,11 +110,8 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
         stk_tensor_t input, target;
         stk_train_step_metrics_t m;
         rc = stk_train_inputs_get(cfg->train_inputs, &b, &input, &target);
-        if (rc == 0) {
-            /* Dropout masks follow the micro-batch count. */
-            stk_model_set_step(cfg->model, micro);
+        if (rc == 0)
             rc = stk_train_stepper_step(stepper, &input, &target, b.number, &m);
-        }
         uint64_t number = b.number;
         stk_loader_release(cfg->train_loader, &b);
         if (rc)
@@ -238,6 +235,9 @@ int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
     if (rc)
         return rc;
     stk_train_stepper_set_steps(stepper, st->step);
+    /* The model advances its step (dropout's key) on each training
+     * forward: a resumed run starts it where the state stands. */
+    stk_model_set_step(cfg->model, st->micro);
     uint64_t last = cfg->stop_after ? cfg->stop_after : cfg->epochs;
     while (rc == 0 && st->epoch < last) {
         rc = train_epoch(cfg, stepper, nb, st);

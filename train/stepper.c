@@ -77,8 +77,8 @@ void stk_train_stepper_set_steps(stk_train_stepper_t *s, uint64_t steps)
         s->steps = steps;
 }
 
-/* The gradient arena is read on the host here: the one place in train/
- * that does, until the engine offers a norm of its own. */
+/* The gradient arena is read on the host here (CPU models): the one place
+ * in train/ that does, until the engine offers a norm of its own. */
 int stk_train_clip_grad_norm(stk_model_t *model, double max_norm, double *norm_out)
 {
     if (!model || !(max_norm >= 0))
@@ -119,8 +119,12 @@ static int close_group(stk_train_stepper_t *s, stk_train_step_metrics_t *m)
     if (s->cfg.clip_norm > 0 && (rc = stk_train_clip_grad_norm(s->model, s->cfg.clip_norm, &m->grad_norm)) != 0)
         return rc;
     m->lr = lr0(s->opt);
-    float *params = stk_model_params(s->model, NULL);
-    if ((rc = stk_optim_step(s->opt, params, stk_model_grads(s->model, NULL))) != 0)
+    /* An optimizer made for the model steps on the model's backend; one
+     * made by stk_optim_create over its arenas steps on the host. */
+    rc = stk_optim_step_model(s->opt, s->model);
+    if (rc == STK_ESTATE)
+        rc = stk_optim_step(s->opt, stk_model_params(s->model, NULL), stk_model_grads(s->model, NULL));
+    if (rc)
         return rc;
     if (s->sched && (rc = stk_sched_step(s->sched)) != 0)
         return rc;

@@ -1,16 +1,54 @@
 /* SPDX-License-Identifier: MIT */
-/* The CPU backend's private declarations: its context and the oneDNN ops
- * that cpu_backend.c puts into the interface table. */
+/* The CPU backend's private declarations: its context, its op (one struct
+ * for every kind of plan), and the oneDNN and optimizer ops that
+ * cpu_backend.c puts into the interface table. */
 #ifndef STOKER_ENGINE_CPU_H
 #define STOKER_ENGINE_CPU_H
 
 #include "../backend.h"
 
-#include <oneapi/dnnl/dnnl_types.h>
+#include <oneapi/dnnl/dnnl.h>
+
+#define MAX_ARGS 10
+
+/* One primitive with its argument memories; pointers are bound per call. */
+typedef struct prim {
+    dnnl_primitive_t p;
+    int nargs;
+    dnnl_exec_arg_t args[MAX_ARGS];
+} prim_t;
+
+enum { OP_CONV = 1, OP_BN, OP_POOL, OP_LINEAR, OP_REORDER, OP_OPTIM };
+
+struct stk__op {
+    int kind;
+    prim_t fwd, fwd_eval, bwd_data, bwd_weights;
+    void *workspace;  /* max pooling argmax */
+    int has_bias;
+    /* Convolution weights in the layouts the primitives chose (format
+     * `any`): the user's OIHW weights are reordered in before forward and
+     * backward data, the weight gradient reordered out after backward
+     * weights. A NULL buffer means the primitive takes OIHW itself. */
+    prim_t w_to_fwd, w_to_bwd, dw_from;
+    void *w_fwd, *w_bwd, *dw;
+    /* oneDNN 2.6 has no vectorized backward-weights kernel for some blocked
+     * cases (dilation, one input channel) and falls back to a reference
+     * loop a hundred times slower; there the op converts x and dy to plain
+     * NCHW and uses the GEMM kernel. NULL buffers: no conversion. */
+    prim_t bw_src_re, bw_dst_re;
+    void *bw_src, *bw_dst;
+    /* OP_OPTIM: a parameter group's ranges cut into pieces of at most
+     * STK__CPU_OPTIM_CHUNK elements, the unit of work of one thread. */
+    stk_optim_range_t *chunks;
+    size_t nchunks, total;
+};
+
+typedef struct cpu_staged cpu_staged_t; /* cpu_staged.c */
 
 typedef struct cpu_ctx {
     dnnl_engine_t eng;
     dnnl_stream_t stream;
+    cpu_staged_t *staged; /* NULL, or the staged mode's allocation table */
 } cpu_ctx_t;
 
 int stk__cpu_dnnl_init(cpu_ctx_t *c);
@@ -36,5 +74,17 @@ int stk__cpu_linear_forward(void *ctx, stk__op_t *op, const float *x, const floa
 int stk__cpu_linear_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx);
 int stk__cpu_linear_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw,
                                      float *db);
+/* cpu_staged.c: the CPU backend posing as a device (STK_ENGINE_STAGED=1):
+ * host_memory = 0, and the slots the engine stages for check that they get
+ * only memory from alloc. */
+int stk__cpu_staged_enable(cpu_ctx_t *c, const stk__backend_iface_t *plain, const stk__backend_iface_t **iface);
+void stk__cpu_staged_free(cpu_ctx_t *c);
+void stk__cpu_staged_track(cpu_ctx_t *c, void *p, size_t bytes);
+void stk__cpu_staged_untrack(cpu_ctx_t *c, void *p);
+/* cpu_optim.c */
+#define STK__CPU_OPTIM_CHUNK ((size_t)1 << 16)
+int stk__cpu_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);
+int stk__cpu_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
+                          const float *grads, float *s0, float *s1, float *s2);
 
 #endif

@@ -22,32 +22,39 @@ static void cpu_destroy(void *ctx)
     if (!c)
         return;
     stk__cpu_dnnl_fini(c);
+    stk__cpu_staged_free(c);
     free(c);
 }
 
 static void *cpu_alloc(void *ctx, size_t bytes)
 {
-    (void)ctx;
+    cpu_ctx_t *c = ctx;
     size_t sz = (bytes + 63) & ~(size_t)63;
     if (sz == 0)
         sz = 64;
     void *p = aligned_alloc(64, sz);
-    if (p)
+    if (p) {
         memset(p, 0, sz);
+        if (c->staged)
+            stk__cpu_staged_track(c, p, sz);
+    }
     return p;
 }
 
 static void cpu_free(void *ctx, void *p)
 {
-    (void)ctx;
+    cpu_ctx_t *c = ctx;
+    if (p && c->staged)
+        stk__cpu_staged_untrack(c, p);
     free(p);
 }
 
-static void cpu_copy(void *ctx, void *dst, const void *src, size_t bytes)
+static int cpu_copy(void *ctx, void *dst, const void *src, size_t bytes)
 {
     (void)ctx;
     if (bytes && dst != src)
         memmove(dst, src, bytes);
+    return 0;
 }
 
 static void cpu_zero(void *ctx, float *dst, size_t n)
@@ -261,9 +268,6 @@ static int cpu_xent_forward(void *ctx, int64_t n, int64_t k, const float *logits
     (void)ctx;
     double total = 0.0;
     for (int64_t i = 0; i < n; i++) {
-        if (labels && (labels[i] < 0 || labels[i] >= k))
-            return stk__error(-EINVAL, "cross_entropy: label %lld of sample %lld is outside [0, %lld)",
-                              (long long)labels[i], (long long)i, (long long)k);
         const float *z = logits + i * k;
         float *p = prob + i * k;
         float mx = z[0];
@@ -307,8 +311,26 @@ static void cpu_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob
     }
 }
 
+static int cpu_count_correct(void *ctx, int64_t n, int64_t k, int topk, const float *logits, const int64_t *labels,
+                             int64_t *correct)
+{
+    (void)ctx;
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *z = logits + i * k;
+        int64_t y = labels[i];
+        int64_t rank = 0;
+        for (int64_t j = 0; j < k && rank < topk; j++)
+            rank += z[j] > z[y] || (j < y && z[j] == z[y]);
+        c += rank < topk;
+    }
+    *correct = c;
+    return 0;
+}
+
 static const stk__backend_iface_t cpu_iface = {
     .name = "cpu",
+    .host_memory = 1,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
     .free = cpu_free,
@@ -346,6 +368,9 @@ static const stk__backend_iface_t cpu_iface = {
     .dropout_backward = cpu_dropout_backward,
     .xent_forward = cpu_xent_forward,
     .xent_backward = cpu_xent_backward,
+    .count_correct = cpu_count_correct,
+    .optim_create = stk__cpu_optim_create,
+    .optim_update = stk__cpu_optim_update,
 };
 
 int stk__cpu_backend_open(stk__backend_t *b)
@@ -360,5 +385,12 @@ int stk__cpu_backend_open(stk__backend_t *b)
     }
     b->iface = &cpu_iface;
     b->ctx = c;
+    const char *staged = getenv("STK_ENGINE_STAGED");
+    if (staged && strcmp(staged, "0") != 0 && (rc = stk__cpu_staged_enable(c, &cpu_iface, &b->iface)) < 0) {
+        cpu_destroy(c);
+        b->iface = NULL;
+        b->ctx = NULL;
+        return rc;
+    }
     return 0;
 }

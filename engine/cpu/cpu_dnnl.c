@@ -14,36 +14,6 @@
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
 
-#define MAX_ARGS 10
-
-/* One primitive with its argument memories; pointers are bound per call. */
-typedef struct prim {
-    dnnl_primitive_t p;
-    int nargs;
-    dnnl_exec_arg_t args[MAX_ARGS];
-} prim_t;
-
-enum { OP_CONV = 1, OP_BN, OP_POOL, OP_LINEAR, OP_REORDER };
-
-struct stk__op {
-    int kind;
-    prim_t fwd, fwd_eval, bwd_data, bwd_weights;
-    void *workspace;  /* max pooling argmax */
-    int has_bias;
-    /* Convolution weights in the layouts the primitives chose (format
-     * `any`): the user's OIHW weights are reordered in before forward and
-     * backward data, the weight gradient reordered out after backward
-     * weights. A NULL buffer means the primitive takes OIHW itself. */
-    prim_t w_to_fwd, w_to_bwd, dw_from;
-    void *w_fwd, *w_bwd, *dw;
-    /* oneDNN 2.6 has no vectorized backward-weights kernel for some blocked
-     * cases (dilation, one input channel) and falls back to a reference
-     * loop a hundred times slower; there the op converts x and dy to plain
-     * NCHW and uses the GEMM kernel. NULL buffers: no conversion. */
-    prim_t bw_src_re, bw_dst_re;
-    void *bw_src, *bw_dst;
-};
-
 #define DNNL_TRY(call)                                                                                 \
     do {                                                                                               \
         dnnl_status_t st_ = (call);                                                                    \
@@ -167,6 +137,7 @@ void stk__cpu_op_destroy(void *ctx, stk__op_t *op)
     free(op->w_fwd);
     free(op->w_bwd);
     free(op->dw);
+    free(op->chunks);
     free(op);
 }
 

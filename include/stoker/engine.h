@@ -80,20 +80,31 @@ STK_API const char *stk_layer_kind_name(stk_layer_kind_t kind);
 /* Inverse of stk_layer_kind_name; STK_LAYER_INVALID if unknown. */
 STK_API stk_layer_kind_t stk_layer_kind_from_name(const char *name);
 
-/* One layer for the builder. Start from stk_layer_desc_default(kind), then
- * set what the kind uses; other fields are ignored. Strings are copied by
- * stk_model_builder_add. */
+/* One layer for the builder: a constructor below gives the common case,
+ * with every other field at its default (PyTorch's); set more fields after
+ * it when needed (dilation, groups, bias = 0, eps...). A kind reads only
+ * the fields marked with its name; strings are copied by
+ * stk_model_builder_add. Model files (engine/MODEL_FORMAT.md) name the
+ * same settings with the same defaults. */
 typedef struct stk_layer_desc {
     stk_layer_kind_t kind;
-    const char *name;       /* unique; NULL: "<kind><n>", e.g. "conv2d3" */
+    const char *name;       /* unique; NULL: "<kind><n>", e.g. "conv2d3".
+                             * Parameters are named "<name>.weight" etc.,
+                             * as PyTorch names a module's */
     const char *inputs[2];  /* names of earlier layers; NULL: the previous
                              * layer (add and concat need inputs[1]) */
-    /* input: the shape of one sample (c, h, w); h = w = 1 for features */
+    /* input: the shape of one sample (c, h, w), h = w = 1 (default) for
+     * features; conv2d, batchnorm2d, linear: in_c > 0 declares the input's
+     * channels / features and is checked (default 0: taken as it comes) */
     int64_t in_c, in_h, in_w;
-    /* conv2d: out channels; linear: out features */
+    /* conv2d: out channels; linear: out features (required) */
     int64_t out;
-    /* conv2d, pools: kernel, stride (0: pools use the kernel size), padding
-     * (symmetric), dilation (conv only, >= 1), groups (conv only) */
+    /* conv2d, maxpool2d, avgpool2d:
+     *   kernel:   conv2d 3x3, pools 2x2 by default
+     *   stride:   conv2d 1; pools 0, meaning the kernel size (PyTorch's None)
+     *   pad:      0, on both sides (pools: at most half the kernel)
+     *   dilation: conv2d only, 1 = dense
+     *   groups:   conv2d only, 1; divides in and out channels */
     int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
     int bias;               /* conv2d, linear: 1 (default) or 0 */
     float eps;              /* batchnorm2d: 1e-5 */
@@ -103,8 +114,36 @@ typedef struct stk_layer_desc {
     float label_smoothing;  /* cross_entropy: 0 */
 } stk_layer_desc_t;
 
-/* Defaults for kind (PyTorch's), as documented on each field. */
-STK_API stk_layer_desc_t stk_layer_desc_default(stk_layer_kind_t kind);
+/* Fills *d with the defaults of kind, as documented on each field, kind
+ * set, no name, no inputs. NULL-safe. */
+STK_API void stk_layer_desc_default(stk_layer_desc_t *d, stk_layer_kind_t kind);
+
+/* Constructors, one per kind: its defaults plus its usual settings (a
+ * square kernel, stride and padding). name may be NULL (see the name
+ * field); a and b name the two inputs of add and concat. For instance
+ *     stk_layer_desc_t conv = stk_layer_conv2d("conv1", 32, 3, 1, 1);
+ *     conv.dilation_h = conv.dilation_w = 2;
+ *     rc = stk_model_builder_add(b, &conv);
+ * They check nothing: stk_model_builder_add does. Thread-safe. */
+STK_API stk_layer_desc_t stk_layer_input(const char *name, int64_t c, int64_t h, int64_t w);
+STK_API stk_layer_desc_t stk_layer_conv2d(const char *name, int64_t out, int64_t kernel, int64_t stride,
+                                          int64_t pad);
+STK_API stk_layer_desc_t stk_layer_batchnorm2d(const char *name);
+STK_API stk_layer_desc_t stk_layer_relu(const char *name);
+STK_API stk_layer_desc_t stk_layer_leaky_relu(const char *name, float negative_slope);
+STK_API stk_layer_desc_t stk_layer_gelu(const char *name);
+STK_API stk_layer_desc_t stk_layer_sigmoid(const char *name);
+STK_API stk_layer_desc_t stk_layer_tanh(const char *name);
+/* stride 0: the kernel size. */
+STK_API stk_layer_desc_t stk_layer_maxpool2d(const char *name, int64_t kernel, int64_t stride, int64_t pad);
+STK_API stk_layer_desc_t stk_layer_avgpool2d(const char *name, int64_t kernel, int64_t stride, int64_t pad);
+STK_API stk_layer_desc_t stk_layer_global_avgpool(const char *name);
+STK_API stk_layer_desc_t stk_layer_linear(const char *name, int64_t out);
+STK_API stk_layer_desc_t stk_layer_dropout(const char *name, float p);
+STK_API stk_layer_desc_t stk_layer_flatten(const char *name);
+STK_API stk_layer_desc_t stk_layer_add(const char *name, const char *a, const char *b);
+STK_API stk_layer_desc_t stk_layer_concat(const char *name, const char *a, const char *b);
+STK_API stk_layer_desc_t stk_layer_cross_entropy(const char *name, float label_smoothing);
 
 /* ---------------------------------------------------------------- builder */
 
@@ -129,8 +168,9 @@ STK_API int stk_model_builder_parse(stk_model_builder_t *b, const char *text, co
 typedef struct stk_model stk_model_t;
 
 typedef struct stk_model_config {
-    int64_t batch_size;   /* planned batch; forward with another size
-                           * re-plans (slow once). Default 32 */
+    int64_t batch_size;   /* the batch planned at create; a forward with
+                           * another size plans it once (see
+                           * stk_model_set_batch_size). Default 32 */
     uint64_t seed;        /* parameter init and dropout masks. Default 0 */
     int threads;          /* backend threads; 0: leave as is. Default 0 */
     stk_device_t device;  /* STK_DEVICE_CPU (default) */
@@ -138,7 +178,9 @@ typedef struct stk_model_config {
                            * 0: parameters start at zero */
 } stk_model_config_t;
 
-STK_API stk_model_config_t stk_model_config_default(void);
+/* Fills *cfg with the defaults documented on each field. NULL-safe. Like
+ * every *_config_default of Stoker, it fills a struct the caller owns. */
+STK_API void stk_model_config_default(stk_model_config_t *cfg);
 
 /* Builds the graph: checks shapes (STK_ECONFIG / STK_ESHAPE naming the
  * line when the layer came from a file, and the key), allocates the
@@ -148,7 +190,9 @@ STK_API stk_model_config_t stk_model_config_default(void);
  * Returns 0, STK_ECONFIG, STK_ESHAPE, -ENOMEM, STK_EBACKEND (with the
  * backend's message) or STK_EDEVICE (device not available). */
 STK_API int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_model_config_t *cfg);
-/* Reads and parses a model file, then stk_model_create. -errno on I/O. */
+/* Reads and parses a model file, then stk_model_create: its codes, plus
+ * -errno when the file cannot be read (the message names the path) and
+ * -EINVAL for NULL. */
 STK_API int stk_model_create_from_file(stk_model_t **out, const char *path, const stk_model_config_t *cfg);
 /* NULL-safe; sets *m to NULL. */
 STK_API void stk_model_destroy(stk_model_t **m);
@@ -160,8 +204,14 @@ STK_API void stk_model_destroy(stk_model_t **m);
 STK_API void stk_model_input_shape(const stk_model_t *m, int64_t shape[4]);
 /* Classes (logits per sample) of the loss layer; 0 when there is none. */
 STK_API int64_t stk_model_num_classes(const stk_model_t *m);
-/* Re-plans for another batch size (activations, primitives). Parameters,
- * gradients and buffers are kept. 0, -EINVAL, -ENOMEM, STK_EBACKEND. */
+/* Makes batch the current size. A model plans each batch size once (the
+ * backend's primitives: about 100 ms with oneDNN) and keeps the plans of
+ * the last STK_MODEL_PLANS sizes it used, so alternating sizes (a short last
+ * batch, evaluation at another size) plan once each; activations are
+ * shared by the plans, sized for the largest batch. Forward calls this
+ * itself. Parameters, gradients and buffers are kept. 0, -EINVAL (batch < 1
+ * or > 2^20), -ENOMEM, STK_EBACKEND. */
+#define STK_MODEL_PLANS 4
 STK_API int stk_model_set_batch_size(stk_model_t *m, int64_t batch);
 STK_API int64_t stk_model_batch_size(const stk_model_t *m);
 
@@ -172,12 +222,19 @@ STK_API void stk_model_set_train(stk_model_t *m, int train);
 STK_API int stk_model_is_train(const stk_model_t *m);
 
 /* Dropout masks are a pure function of (seed, step, layer, element): the
- * same step gives the same mask, whatever the thread count. The trainer
- * sets the step (e.g. the global micro-batch counter) before forward.
- * "element" is the position in the layer's memory: NCHW order for features
- * and for images the backend keeps plain; a backend that keeps an image in
- * a blocked layout draws in that order (same step, same mask still). */
+ * same step gives the same mask, whatever the thread count. The model
+ * counts its own steps: every forward in training mode uses the current
+ * step and then advances it by one (backward uses the step of its
+ * forward), so consecutive training forwards draw new masks with no help
+ * from the caller; evaluation forwards neither use nor advance it. The
+ * step starts at 0. stk_model_set_step sets the step the next training
+ * forward uses (resume, or replaying a forward); stk_model_step reads it
+ * (save it with a checkpoint). "element" is the position in the layer's
+ * memory: NCHW order for features and for images the backend keeps plain;
+ * a backend that keeps an image in a blocked layout draws in that order
+ * (same step, same mask still). */
 STK_API void stk_model_set_step(stk_model_t *m, uint64_t step);
+STK_API uint64_t stk_model_step(const stk_model_t *m);
 STK_API void stk_model_set_seed(stk_model_t *m, uint64_t seed);
 
 /* Backend thread count for this model's work (oneDNN on CPU uses OpenMP:
@@ -194,7 +251,8 @@ STK_API int stk_model_threads(const stk_model_t *m);
 STK_API void stk_model_set_loss_scale(stk_model_t *m, float scale);
 
 /* Forward pass over batch samples at input (f32, NCHW, contiguous, on the
- * model's device; batch <= anything: another size re-plans). With labels
+ * model's device; any batch from 1 to 2^20: see stk_model_set_batch_size).
+ * With labels
  * (batch i64 class indices) or soft_targets (batch x classes f32 rows, each
  * a distribution, e.g. from mixup), the loss (mean over the batch) is
  * written to *loss and backward may follow; with neither, only the logits
@@ -212,8 +270,10 @@ STK_API int stk_model_forward_tensor(stk_model_t *m, const stk_tensor_t *input, 
 
 /* Backward from the loss of the last forward: ADDS the parameter gradients
  * (times the loss scale) into the gradient arena, as PyTorch accumulates
- * into .grad. Requires a forward with targets in training or eval mode
- * (STK_ESTATE otherwise, or when called twice for one forward). */
+ * into .grad. Requires a forward with targets in training or eval mode.
+ * Returns 0, STK_ESTATE (no such forward, called twice for one forward,
+ * or a layer that needs training mode: batchnorm, max pooling), -EINVAL
+ * (NULL), or a backend error. */
 STK_API int stk_model_backward(stk_model_t *m);
 /* Sets the whole gradient arena to zero. */
 STK_API void stk_model_zero_grad(stk_model_t *m);
@@ -225,16 +285,35 @@ STK_API void stk_model_zero_grad(stk_model_t *m);
 typedef void (*stk_grad_ready_fn)(size_t offset, size_t count, void *user);
 STK_API void stk_model_set_grad_hook(stk_model_t *m, stk_grad_ready_fn fn, void *user);
 
-/* The logits of the last forward (batch x classes, row-major), valid until
- * the next forward or re-plan. Returns 0 or STK_ESTATE (no forward yet). */
+/* The logits of the last forward (batch x classes, row-major) in the
+ * model's device memory (host memory on the CPU), valid until the next
+ * forward or re-plan. Returns 0 or STK_ESTATE (no forward yet). */
 STK_API int stk_model_logits(const stk_model_t *m, const float **logits, int64_t *batch, int64_t *classes);
-/* Samples of the last forward whose argmax logit equals labels[i]. */
-STK_API int stk_model_count_correct(const stk_model_t *m, const int64_t *labels, int64_t *correct);
-/* A view of a layer's output of the last forward (by layer name), NCHW.
- * Where the backend keeps that output in a blocked layout, the view is of
- * a plain copy this call makes (the one copy the engine ever makes for a
- * caller). STK_ENOTFOUND for an unknown name. Valid until the next forward
- * or the next call of this function. */
+/* Copies the logits of the last forward (batch x classes floats) into host
+ * memory at dst (cap floats), from any device. Returns 0, STK_ESTATE (no
+ * forward yet), -ENOSPC (cap too small; nothing copied), -EINVAL (NULL), or
+ * a backend error. */
+STK_API int stk_model_read_logits(const stk_model_t *m, float *dst, size_t cap);
+/* Top-1 accuracy of the last forward: *correct = the samples whose first
+ * largest logit is at labels[i] (labels: host memory, one per sample of
+ * that forward). When labels is the array given to that forward, the
+ * count made during the forward is returned (no second pass, no device
+ * read). Returns 0, -EINVAL (NULL, or a label outside [0, classes): the
+ * message names the sample), STK_ESTATE (no forward yet, or no loss
+ * layer), or a backend error. */
+STK_API int stk_model_count_correct(stk_model_t *m, const int64_t *labels, int64_t *correct);
+/* Top-k accuracy: samples whose label's logit is among the topk largest
+ * (ties broken by index, so topk = 1 is stk_model_count_correct). topk >= 1
+ * (-EINVAL otherwise); topk >= classes counts every sample. Same codes as
+ * stk_model_count_correct. */
+STK_API int stk_model_count_topk(stk_model_t *m, const int64_t *labels, int topk, int64_t *correct);
+/* A view of a layer's output of the last forward (by layer name), NCHW,
+ * in the model's device memory (out->device says which). Where the backend
+ * keeps that output in a blocked layout, the view is of a plain copy this
+ * call makes (the one copy the engine ever makes for a caller). Returns 0,
+ * STK_ENOTFOUND for an unknown name, STK_ESTATE before a forward, -EINVAL
+ * for NULL, or a backend error. Valid until the next forward or the next
+ * call of this function. */
 STK_API int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out);
 
 /* ------------------------------------------------- parameters, buffers */
@@ -263,23 +342,28 @@ typedef struct stk_param_info {
 } stk_param_info_t;
 
 /* The flat arenas (floats, 64-byte aligned): parameters and gradients
- * have the same layout. Owned by the model; the optimizer updates the
- * parameters in place. *count may be NULL. */
+ * have the same layout. Owned by the model, in its device's memory (host
+ * memory on the CPU, which is where these pointers may be read and
+ * written directly; on a device, use them with device code, e.g. a
+ * communicator, and move values with stk_model_state_save / _load). The
+ * optimizer updates the parameters in place. *count may be NULL. */
 STK_API float *stk_model_params(stk_model_t *m, size_t *count);
 STK_API float *stk_model_grads(stk_model_t *m, size_t *count);
 /* Trainable parameter tensors, in layer order. */
 STK_API size_t stk_model_num_params(const stk_model_t *m);
-/* 0, or -EINVAL when i is out of range. */
+/* Describes parameter tensor i. 0, -ERANGE (i >= stk_model_num_params),
+ * -EINVAL (NULL). */
 STK_API int stk_model_param_info(const stk_model_t *m, size_t i, stk_param_info_t *info);
 
 /* Buffers (batchnorm running statistics): a third flat arena, not
  * trainable, saved with the state. */
 STK_API float *stk_model_buffers(stk_model_t *m, size_t *count);
 STK_API size_t stk_model_num_buffers(const stk_model_t *m);
+/* Describes buffer i. 0, -ERANGE (i >= stk_model_num_buffers), -EINVAL. */
 STK_API int stk_model_buffer_info(const stk_model_t *m, size_t i, stk_param_info_t *info);
 
 /* Finds a parameter or buffer by name; *is_buffer tells which (may be
- * NULL). STK_ENOTFOUND for an unknown name. */
+ * NULL). 0, STK_ENOTFOUND for an unknown name, -EINVAL for NULL. */
 STK_API int stk_model_find(const stk_model_t *m, const char *name, stk_param_info_t *info, int *is_buffer);
 
 /* ------------------------------------------------------------------ state */
@@ -290,8 +374,9 @@ STK_API int stk_model_find(const stk_model_t *m, const char *name, stk_param_inf
 
 /* Bytes stk_model_state_save_mem writes. */
 STK_API size_t stk_model_state_size(const stk_model_t *m);
-/* Writes the state into buf (cap bytes); *written gets the size. -ENOSPC
- * when cap is too small. */
+/* Writes the state into buf (cap bytes); *written gets the size. 0,
+ * -ENOSPC when cap is too small (nothing written), -EINVAL (NULL), -ENOMEM,
+ * or a backend error (reading device memory back). */
 STK_API int stk_model_state_save_mem(const stk_model_t *m, void *buf, size_t cap, size_t *written);
 /* Loads a state blob. Every parameter and buffer of the model must be
  * there with the same shape and dtype; names the model does not have are
@@ -299,7 +384,8 @@ STK_API int stk_model_state_save_mem(const stk_model_t *m, void *buf, size_t cap
  * unknown name, named in the message), STK_ESHAPE (shape, with both
  * shapes in the message). On error the model is unchanged. */
 STK_API int stk_model_state_load_mem(stk_model_t *m, const void *buf, size_t len);
-/* File forms: written to a temporary name and renamed. -errno on I/O. */
+/* File forms: written to a temporary name and renamed. The codes of the
+ * memory forms, plus -errno on I/O (the message names the path). */
 STK_API int stk_model_state_save(const stk_model_t *m, const char *path);
 STK_API int stk_model_state_load(stk_model_t *m, const char *path);
 /* The same file as stk_model_state_save: safetensors is the state format. */
@@ -328,7 +414,7 @@ STK_API void stk_model_set_profiling(stk_model_t *m, int on);
 STK_API void stk_model_reset_stats(stk_model_t *m);
 /* Layers in graph order (the input layer included). */
 STK_API size_t stk_model_num_layers(const stk_model_t *m);
-/* 0, or -EINVAL when i is out of range. */
+/* 0, -ERANGE (i >= stk_model_num_layers), -EINVAL (NULL). */
 STK_API int stk_model_layer_stats(const stk_model_t *m, size_t i, stk_layer_stats_t *st);
 /* A table of the stats (ms per call, share of the total), as summary. */
 STK_API size_t stk_model_stats_format(const stk_model_t *m, char *buf, size_t cap);

@@ -130,8 +130,11 @@ STK_API void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg);
  * (STK_IO_MMAP: no read call and no copy per record; each worker reads its
  * first batch with pread, cheaper than first faults on a cold mapping);
  * any other set uses io_uring, probed here; when refused (seccomp, old
- * kernel, kernel.io_uring_disabled) the reader falls back to pread and
- * logs one warning. Force URING/PREAD/MMAP to override the rule. */
+ * kernel, kernel.io_uring_disabled) or turned off with STK_IO_URING=0 in
+ * the environment (as libuv's UV_USE_IO_URING), the reader falls back to
+ * pread and logs one warning per process. Force URING/PREAD/MMAP to
+ * override the rule (URING then fails: -EPERM, or STK_ECONFIG when built
+ * without liburing). */
 STK_API int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
                                      const stk_shard_dataset_config_t *cfg);
 /* The I/O mode a shard dataset resolved to (URING, PREAD or MMAP);
@@ -159,7 +162,21 @@ typedef struct stk_loader_config {
     uint32_t num_workers;                /* 0 = load in the calling process */
     uint32_t prefetch;                   /* batches in flight per worker (default 2) */
     int persistent_workers;              /* keep workers across epochs */
-    uint32_t timeout_ms;                 /* per batch; 0 = wait forever */
+    /* How long stk_loader_next may wait for one batch before it blames a
+     * worker: the one filling that batch, or, while the batch still waits
+     * to be taken, one that made no progress for that long. Without
+     * respawn that ends the run with -ETIMEDOUT naming batch and worker;
+     * with respawn the worker is killed and replaced and its batch goes
+     * to another. Counted afresh for each batch and after each
+     * replacement. 0 (the default) = no limit: a stopped or hung worker
+     * is then only reported (stall_warn_ms), and the caller ends the wait
+     * with stk_loader_interrupt. */
+    uint32_t timeout_ms;
+    /* While main waits, log a warning (stk_log_set_callback) naming each
+     * worker that made no progress for this long: its pid, the kernel's
+     * word for its state (running, sleeping, stopped...) and the batch it
+     * holds; again after twice the wait, and so on. Default 10000; 0 = never. */
+    uint32_t stall_warn_ms;
     int respawn;                         /* replace dead or hung workers, lose nothing */
     uint32_t max_respawns;               /* give up after this many (default 8) */
     int skip_corrupt;                    /* drop bad records and count them */
@@ -167,7 +184,10 @@ typedef struct stk_loader_config {
     const void *worker_init_arg;         /* copied */
     size_t worker_init_arg_len;
     const char *augment;                 /* spec, NULL or "" = none */
-    const char *augment_field;           /* default "image" */
+    /* The field augment transforms. NULL (the default): "image", or when
+     * there is none, the dataset's only image-like field (2 or 3 fixed
+     * dims); STK_ECONFIG naming the fields when that is not one. */
+    const char *augment_field;
     stk_layout_t augment_layout;         /* layout of the stored image */
     stk_pin_fn pin;
     stk_unpin_fn unpin;
@@ -219,13 +239,19 @@ typedef struct stk_batch {
 
 /* The next batch, in sampler order: 0, STK_DONE when the epoch is over
  * (call stk_loader_set_epoch to go on), STK_EWORKER (worker pid and signal
- * or exit status in the message), -ETIMEDOUT (batch and worker named: the
- * worker holding the batch, or, while the batch waits to be taken, one
- * that made no progress for the whole timeout; with respawn it is killed
- * and replaced, and what it held goes back in the queue),
- * STK_EDATA (shard and record named), STK_ESTATE when every slot is held.
- * After an error the loader stays failed (same code) until destroyed. */
+ * or exit status in the message; "fork server" when the server the
+ * workers came from was killed), -ETIMEDOUT (see timeout_ms: batch and
+ * worker named), STK_EDATA (shard and record named), STK_ESTATE when
+ * every slot is held. After these errors the loader stays failed (same
+ * code) until destroyed. -EINTR after stk_loader_interrupt: nothing is
+ * lost, and a later call goes on where this one stopped. */
 STK_API int stk_loader_next(stk_loader_t *l, stk_batch_t *batch);
+/* Makes the stk_loader_next (or set_epoch, set_state) that is waiting on
+ * l, or else the next such call, return -EINTR at once, for a program
+ * that must stop while a worker is stopped or hung. Async-signal-safe
+ * (an atomic store and a write(2) to the loader's eventfd): call it from
+ * a SIGINT or SIGTERM handler. Not while l is being destroyed. */
+STK_API void stk_loader_interrupt(stk_loader_t *l);
 /* Hands the slot back for prefetching; the view's pointers are invalid
  * afterwards. Releasing twice, or an empty view, does nothing. Sets
  * batch->size to 0. Batches may be released in any order. */
@@ -233,20 +259,24 @@ STK_API void stk_loader_release(stk_loader_t *l, stk_batch_t *batch);
 
 /* Selects an epoch and rewinds to its first batch (batches being filled
  * are waited for and dropped; held views stay valid). Returns 0, the
- * sampler's error, or the loader's failure. */
+ * sampler's error, the loader's failure, or -EINTR (stk_loader_interrupt;
+ * the epoch is then unchanged). */
 STK_API int stk_loader_set_epoch(stk_loader_t *l, uint64_t epoch);
 /* Batches per epoch (of the selected epoch). */
 STK_API uint64_t stk_loader_len(const stk_loader_t *l);
 
 /* Where the loader stands: the next batch it delivers is number `batch` of
- * `epoch`. A loader given this state delivers exactly the batches that
- * would have come next. */
+ * `epoch`. Once an epoch has been delivered whole, that is (epoch + 1, 0):
+ * the next epoch's first batch, after stk_loader_set_epoch(epoch + 1) (or
+ * set_state with this state). A loader given this state delivers exactly
+ * the batches that would have come next. */
 typedef struct stk_loader_state {
     uint64_t epoch;
     uint64_t batch;
 } stk_loader_state_t;
 STK_API void stk_loader_get_state(const stk_loader_t *l, stk_loader_state_t *out);
-/* Like set_epoch, then skips to st->batch; -ERANGE past the epoch. */
+/* Like set_epoch, then skips to st->batch; -ERANGE past the epoch
+ * (st->batch equal to the epoch's length is its end: next says STK_DONE). */
 STK_API int stk_loader_set_state(stk_loader_t *l, const stk_loader_state_t *st);
 
 typedef struct stk_loader_stats {
@@ -281,7 +311,9 @@ STK_API uint32_t stk_loader_worker_pids(const stk_loader_t *l, int *pids, uint32
  * A child forked by the program starts its own when it needs one.
  * Idempotent, thread-safe. Returns 0 or a negative errno. */
 STK_API int stk_loader_forkserver_start(void);
-/* Stops the fork server (after every loader is destroyed). */
+/* Stops the fork server (after every loader is destroyed) and reaps it.
+ * A program that exits without calling it stops it at exit(3) (an
+ * atexit handler), so no process is left behind, zombie or not. */
 STK_API void stk_loader_forkserver_stop(void);
 
 #ifdef __cplusplus

@@ -1,13 +1,18 @@
 /* SPDX-License-Identifier: MIT */
-/* Optimizers (SGD, Adam, AdamW, RMSprop) and learning-rate schedulers over
- * flat float arrays: one parameter array, one gradient array of the same
- * length, split into parameter groups by [offset, count) ranges. Updates
- * follow PyTorch 1.13's torch.optim definitions; state (moment buffers,
- * step counts, scheduler position) saves to a versioned byte blob. */
+/* Optimizers (SGD, Adam, AdamW, RMSprop) and learning-rate schedulers.
+ * Most code makes one for a model from a text spec
+ * (stk_optim_create_for_model, groups by parameter name) and steps it with
+ * stk_optim_step_model; underneath, an optimizer works over flat float
+ * arrays: one parameter array, one gradient array of the same length,
+ * split into parameter groups by [offset, count) ranges, which is also
+ * usable alone (stk_optim_create / stk_optim_step). Updates follow PyTorch
+ * 1.13's torch.optim definitions; state (moment buffers, step counts,
+ * scheduler position) saves to a versioned byte blob. */
 #ifndef STOKER_OPTIM_H
 #define STOKER_OPTIM_H
 
 #include "stoker/common.h"
+#include "stoker/engine.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -108,12 +113,15 @@ typedef struct stk_optim_config {
     size_t n_groups;
 } stk_optim_config_t;
 
-/* PyTorch's defaults for `kind`: lr 1e-3 (Adam, AdamW), 1e-2 (RMSprop),
- * 0.01 for SGD (PyTorch has no default there: set it); betas (0.9, 0.999),
- * eps 1e-8, weight_decay 0 (AdamW 1e-2), alpha 0.99, the rest 0. */
-STK_API stk_optim_hparams_t stk_optim_hparams_default(stk_optim_kind_t kind);
-/* A config for one group of n_params elements with the defaults of kind. */
-STK_API stk_optim_config_t stk_optim_config_default(stk_optim_kind_t kind, size_t n_params);
+/* Fills *h with PyTorch's defaults for `kind`: lr 1e-3 (Adam, AdamW), 1e-2
+ * (RMSprop), 0.01 for SGD (PyTorch has no default there: set it); betas
+ * (0.9, 0.999), eps 1e-8, weight_decay 0 (AdamW 1e-2), alpha 0.99, the rest
+ * 0. NULL-safe. */
+STK_API void stk_optim_hparams_default(stk_optim_hparams_t *h, stk_optim_kind_t kind);
+/* Fills *cfg: one group of n_params elements with the defaults of kind
+ * (stk_optim_config_parse may then replace kind and defaults from text).
+ * NULL-safe. */
+STK_API void stk_optim_config_default(stk_optim_config_t *cfg, stk_optim_kind_t kind, size_t n_params);
 
 /* Text form, for config files:
  *     "<kind>[:key=value[,key=value...]]"
@@ -137,6 +145,44 @@ STK_API int stk_optim_hparams_parse(const char *text, stk_optim_kind_t kind, stk
 /* Name of a kind ("sgd", "adam", "adamw", "rmsprop"; "invalid"). */
 STK_API const char *stk_optim_kind_name(stk_optim_kind_t kind);
 
+/* ------------------------------------------------------------------------
+ * An optimizer for a model
+ *
+ * spec: the text form above for the defaults (group 0), then optional
+ * parameter groups by name, each "|patterns:key=value[,key=value...]":
+ *     "sgd:lr=0.1,momentum=0.9,weight_decay=5e-4|fc*:lr=0.01"
+ *     "adamw:lr=1e-3,weight_decay=0.05,no_decay=bias_norm"
+ * patterns are globs (fnmatch) over parameter names such as "conv1.weight"
+ * or "bn1.bias" (stk_model_param_info), several separated by ';'
+ * ("*.bias;bn*"); a group's keys override the defaults. Each parameter
+ * goes to the first group whose patterns match its name; a pattern that
+ * matches no parameter is an error (a typo would otherwise change nothing).
+ * The key no_decay (defaults only) = none (default) | bias | norm |
+ * bias_norm puts the parameters no pattern took that are biases
+ * (STK_PARAM_BIAS) and/or normalization parameters (STK_PARAM_BN_WEIGHT,
+ * STK_PARAM_BN_BIAS) into one more group, the last, with weight_decay = 0:
+ * the usual way to keep weight decay off them. So the groups are: 0 (the
+ * rest), 1..N (the patterns, in order), then the no-decay group if asked
+ * (present even when empty).
+ *
+ * The optimizer's state lives where the model's arenas do (the device
+ * memory of its backend); state save/load copy through the host. The model
+ * is borrowed: it must outlive the optimizer. Returns 0, STK_ECONFIG (bad
+ * kind, key, value or pattern, named in the message), -EINVAL (NULL),
+ * -ENOMEM, or a backend error.
+ * ---------------------------------------------------------------------- */
+STK_API int stk_optim_create_for_model(stk_optim_t **out, stk_model_t *model, const char *spec);
+
+/* One update of every group of an optimizer made for model, over the
+ * model's parameter and gradient arenas, on the model's backend (one fused
+ * pass per group) and with the model's thread count. Does not zero the
+ * gradients (stk_model_zero_grad). Returns 0, -EINVAL (NULL, or another
+ * model than the one it was made for), STK_ESTATE (made by
+ * stk_optim_create: use stk_optim_step; or a step is open), -ENOMEM (the
+ * first step could not allocate its state; nothing changed), or a backend
+ * error. Not thread-safe on one optimizer or model. */
+STK_API int stk_optim_step_model(stk_optim_t *opt, stk_model_t *model);
+
 /* Creates an optimizer. Copies what it needs from cfg (ranges included).
  * State buffers are allocated on first use. Returns 0, STK_ECONFIG (bad
  * hyper-parameter or range, named in the message), -EINVAL, -ENOMEM. */
@@ -146,11 +192,13 @@ STK_API void stk_optim_destroy(stk_optim_t **opt);
 
 /* One update of every group: reads grads[i], updates params[i] and the state
  * for every i in a group. Both arrays have cfg.n_params elements and are
- * borrowed for the call only (the engine's flat arenas, host memory).
- * params and grads must not overlap. Does not zero grads (the caller's
- * job, before the next accumulation). Single-threaded. Returns 0, -EINVAL,
- * or -ENOMEM when the first step cannot allocate its state (then nothing
- * changed). Not thread-safe on one optimizer. */
+ * borrowed for the call only (host memory). params and grads must not
+ * overlap. Does not zero grads (the caller's job, before the next
+ * accumulation). Large arrays are split over the OpenMP threads (the same
+ * bits as one thread). Returns 0, -EINVAL, STK_ESTATE (an optimizer made
+ * for a model on a device: use stk_optim_step_model), or -ENOMEM when the
+ * first step cannot allocate its state (then nothing changed). Not
+ * thread-safe on one optimizer. */
 STK_API int stk_optim_step(stk_optim_t *opt, float *params, const float *grads);
 
 /* The same step in pieces, for threads or for overlapping the update with
@@ -158,6 +206,8 @@ STK_API int stk_optim_step(stk_optim_t *opt, float *params, const float *grads);
  * the step counts), then stk_optim_step_slice over slices that together
  * cover every element of every group exactly once, in any order, then
  * stk_optim_step_end. The result is bit-identical to stk_optim_step.
+ * Slices need the state in host memory (slice answers STK_ESTATE for an
+ * optimizer made for a model on a device).
  * Slices with disjoint [offset, offset + count) may run concurrently on
  * different threads; params and grads are the whole arrays (as for
  * stk_optim_step) and only the slice's elements in a group are touched.
@@ -335,10 +385,12 @@ typedef struct stk_sched_config {
     int64_t total_steps;
 } stk_sched_config_t;
 
-/* PyTorch's defaults for one phase of `kind` (see the fields). */
-STK_API stk_sched_phase_t stk_sched_phase_default(stk_sched_kind_t kind);
-/* An empty chain (n_phases 0, total_steps 0); add phases before create. */
-STK_API stk_sched_config_t stk_sched_config_default(void);
+/* Fills *p with PyTorch's defaults for one phase of `kind` (see the
+ * fields). NULL-safe. */
+STK_API void stk_sched_phase_default(stk_sched_phase_t *p, stk_sched_kind_t kind);
+/* Fills *cfg with an empty chain (n_phases 0, total_steps 0); add phases
+ * before create. NULL-safe. */
+STK_API void stk_sched_config_default(stk_sched_config_t *cfg);
 /* "constant", "step", "multistep", "exponential", "cosine", "linear",
  * "cooldown", "onecycle", "plateau"; "invalid" otherwise. */
 STK_API const char *stk_sched_kind_name(stk_sched_kind_t kind);
@@ -364,6 +416,15 @@ STK_API const char *stk_sched_kind_name(stk_sched_kind_t kind);
  * Returns 0, STK_ECONFIG (the message names the phase and the bad key or
  * value), or -EINVAL. Thread-safe. */
 STK_API int stk_sched_parse(const char *text, int64_t steps_per_epoch, stk_sched_config_t *cfg);
+
+/* The one call most loops need: parses text (as stk_sched_parse, with
+ * steps_per_epoch for counts in 'ep', 0 when none are) and creates the
+ * scheduler for a run of total_steps scheduler steps (0: unknown; then a
+ * phase that needs the run's length, such as a last "cosine" with no
+ * length, is STK_ECONFIG naming the key to give, e.g. T_max). Returns 0,
+ * STK_ECONFIG, -EINVAL (NULL or a negative count), -ENOMEM. */
+STK_API int stk_sched_create_from_text(stk_sched_t **out, stk_optim_t *opt, const char *text,
+                                       int64_t steps_per_epoch, int64_t total_steps);
 
 /* Creates a scheduler driving `opt` (borrowed: it must outlive the
  * scheduler) and sets every group's lr to the value at t = 0 (ONECYCLE

@@ -76,19 +76,36 @@ typedef struct stk_writer_config {
     size_t dict_size;            /* bytes, when use_dict (default 64 KiB) */
     uint64_t records_per_shard;  /* 0 = everything in one shard */
     const char *prefix;          /* shard file names: <prefix>-00000.stk */
+    int overwrite;               /* replace a folder that holds a set (see create) */
 } stk_writer_config_t;
 
 STK_API void stk_writer_config_default(stk_writer_config_t *cfg);
 
-/* Creates DIR if needed; shards go there under temporary names and are
- * renamed into place, with the manifest, by stk_writer_finish. */
+/* Starts a set that stk_writer_finish puts at DIR, whole: shards,
+ * manifest and side files are written to a staging folder beside it
+ * (.<name>.tmp-XXXXXX in DIR's parent, which is created if needed) and
+ * switched into place at once, atomically replacing the set there (a
+ * killed process leaves DIR as it was, plus a .tmp- folder). DIR must not
+ * exist, be empty, or, with cfg->overwrite, hold nothing but a shard
+ * set's files (*.stk, *.manifest, classes.txt, .tmp- leftovers).
+ * Returns 0, -EEXIST (DIR not empty, or holding other files: named),
+ * -ENOTDIR, STK_ECONFIG (bad level, dictionary size, prefix or schema),
+ * -errno from making the staging folder, -ENOMEM. */
 STK_API int stk_writer_create(stk_writer_t **out, const char *dir, const stk_schema_t *schema,
                               const stk_writer_config_t *cfg);
 /* Appends one record: data[f] points at field f's bytes, var_extent[f] is
  * the extent of its variable dim (ignored for fixed fields; may be NULL
  * when the schema has none). Copies the bytes. */
 STK_API int stk_writer_add(stk_writer_t *w, const void *const *data, const int64_t *var_extent);
-/* Flushes, fsyncs, renames shards and writes the manifest. */
+/* Writes a side file (e.g. classes.txt) into the set; it appears with the
+ * shards. name: no '/', no leading '.', not *.stk or *.manifest. Returns
+ * 0, STK_ECONFIG, STK_ESTATE (finished or failed writer), -errno. */
+STK_API int stk_writer_add_file(stk_writer_t *w, const char *name, const void *data, size_t len);
+/* Flushes and fsyncs the shards, writes the manifest, and switches the
+ * set into place (see create). Returns 0, STK_EEMPTY (no records),
+ * STK_ESTATE (called twice, or after a failure), -EEXIST (something not
+ * replaceable appeared at DIR meanwhile), -errno from a write, fsync or
+ * rename: then DIR still holds what it held before. */
 STK_API int stk_writer_finish(stk_writer_t *w);
 /* Frees the writer; an unfinished writer removes its temporary files.
  * Accepts NULL; sets *w to NULL. */

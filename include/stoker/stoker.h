@@ -8,6 +8,7 @@
 #include "stoker/sampler.h"
 #include "stoker/augment.h"
 #include "stoker/loader.h"
+#include "stoker/pack.h"
 #include "stoker/engine.h"
 #include "stoker/optim.h"
 #include "stoker/checkpoint.h"

@@ -121,15 +121,17 @@ typedef struct stk_train_step_metrics {
 typedef struct stk_train_stepper stk_train_stepper_t;
 
 /* model and opt are required, sched may be NULL; all are borrowed and
- * must outlive the stepper. opt must cover model's parameter arena.
+ * must outlive the stepper. opt is made for the model
+ * (stk_optim_create_for_model, stepped on the model's backend) or over its
+ * arenas (stk_optim_create, stepped on the host).
  * Returns 0, -EINVAL, STK_ECONFIG (accum_steps 0, negative clip), -ENOMEM. */
 STK_API int stk_train_stepper_create(stk_train_stepper_t **out, stk_model_t *model, stk_optim_t *opt,
                                      stk_sched_t *sched, const stk_train_stepper_config_t *cfg);
 STK_API void stk_train_stepper_destroy(stk_train_stepper_t **s);
 /* One micro-batch: loss scale, forward (with target: i64 labels [N] or f32
- * soft targets [N, classes]), the finite-loss check, backward into the
- * gradient arena, and at the group boundary reduce, clip, optimizer step,
- * scheduler step and zero_grad. batch is the micro-batch's number in its
+ * soft targets [N, classes]; the model advances its own dropout step), the
+ * finite-loss check, backward into the gradient arena, and at the group
+ * boundary reduce, clip, optimizer step, scheduler step and zero_grad. batch is the micro-batch's number in its
  * epoch (stk_batch_t.number), which places it in its group. The model
  * must be in training mode; the stepper does not change the mode. On an
  * error the gradients of the open group are left as they are. Returns 0,
@@ -149,7 +151,8 @@ STK_API void stk_train_stepper_set_steps(stk_train_stepper_t *s, uint64_t steps)
 /* Global L2 norm of the model's gradients, and (when max_norm > 0 and the
  * norm exceeds it) their scaling by max_norm / (norm + 1e-6), as PyTorch's
  * clip_grad_norm_. *norm (may be NULL) gets the norm before clipping.
- * Returns 0 or -EINVAL. */
+ * Reads the gradient arena on the host: CPU models only, until the engine
+ * offers a norm of its own. Returns 0 or -EINVAL. */
 STK_API int stk_train_clip_grad_norm(stk_model_t *model, double max_norm, double *norm);
 
 /* ---- Memory ------------------------------------------------------------ */
@@ -172,19 +175,20 @@ STK_API uint64_t stk_train_memory_available(void);
 /* ---- Evaluation ------------------------------------------------------- */
 
 typedef struct stk_train_eval {
-    double loss;      /* mean cross-entropy of the logits, in double */
+    double loss;      /* mean of the model's loss (its cross_entropy) */
     double top1;      /* share of samples whose largest logit is the label */
     double topk;      /* share whose label is among the k largest */
     uint64_t samples;
 } stk_train_eval_t;
 
-/* One pass over the loader's current epoch from its first batch, forward
- * only, in evaluation mode (the model's mode is restored afterwards); the
- * loss is computed from the logits, so the model's planned batch and loss
- * scale do not matter. topk >= 1 (1: topk = top1). stop (may be NULL) is
- * polled between batches: when it reads non-zero the pass ends with
- * -EINTR. Labels outside the model's classes fail with -EINVAL naming the
- * sample. Returns 0, -EINTR, -EINVAL, or the loader's or engine's error. */
+/* One pass over the loader's current epoch from its first batch, in
+ * evaluation mode (the model's mode is restored afterwards), with the
+ * model's loss and the engine's top-1 and top-k counts (nothing is read
+ * from the model's memory here, so it works on any device). topk >= 1.
+ * stop (may be NULL) is polled between batches: when it reads non-zero
+ * the pass ends with -EINTR. A label outside the model's classes fails
+ * with -EINVAL naming the sample's index in the data set. Returns 0,
+ * -EINTR, -EINVAL, or the loader's or engine's error. */
 STK_API int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_inputs_t *inputs, int topk,
                                const volatile sig_atomic_t *stop, stk_train_eval_t *out);
 
@@ -219,7 +223,8 @@ typedef struct stk_train_state {
     uint64_t seed;          /* recorded for the reader; every draw is keyed by it */
     uint64_t epoch;         /* 0-based epoch in progress (= epochs done) */
     uint64_t step;          /* optimizer steps taken */
-    uint64_t micro;         /* training micro-batches taken: the model's step */
+    uint64_t micro;         /* training micro-batches taken: the model's step
+                             * (stk_model_step), set back on resume */
     /* The next training batch. (e, nb) with nb the epoch's batch count:
      * epoch e was trained but its end (evaluation, history) is to come;
      * after it the position reads (e + 1, 0). */

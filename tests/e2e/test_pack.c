@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* End-to-end: runs the stoker-pack binary on real inputs and reads every
- * record back through the library, bit for bit. "fmnist" packs the first
- * 2,000 Fashion-MNIST records from the Debian package (skips, exit 77, if
- * it is absent); "formats" packs IDX, CIFAR-10/100, .npy and folder inputs
- * that it writes itself, and checks the CLI's error exits and messages. */
+/* End-to-end: runs the stoker-pack binary and the library's importers on
+ * real inputs and reads every record back, bit for bit. "fmnist" packs the
+ * first 2,000 Fashion-MNIST records from the Debian package (skips, exit
+ * 77, if it is absent); "formats" packs IDX, CIFAR-10/100, .npy and folder
+ * inputs that it writes itself, and checks the importers' errors (library
+ * calls) and the CLI's exits; "crash" kills or fails a re-pack at every
+ * file-system call (ptrace) and checks the folder always holds one whole
+ * set. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -12,11 +15,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <signal.h>
+#include <sys/ptrace.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#if defined(__x86_64__)
+#include <sys/user.h>
+#endif
 #include <unistd.h>
 #include <zlib.h>
 
+#include "stoker/pack.h"
 #include "stoker/shard.h"
 
 #define FMNIST_DIR "/usr/share/datasets/fashion-mnist"
@@ -105,6 +116,49 @@ static void write_file(const char *path, const void *data, size_t len)
         exit(1);
     }
     fclose(f);
+}
+
+/* Opens a source with the library (as stoker-pack would) and returns its
+ * status; on success, packs it into out (when not NULL) and returns that
+ * status. The message stays in stk_error_message(). */
+static int lib_pack(stk_pack_format_t fmt, const char *a, const char *b, const char *out)
+{
+    const char *inputs[2] = {a, b};
+    stk_pack_source_config_t sc;
+    stk_pack_source_config_default(&sc);
+    sc.format = fmt;
+    sc.inputs = inputs;
+    sc.ninputs = b ? 2 : 1;
+    stk_pack_source_t *src = NULL;
+    int rc = stk_pack_source_create(&src, &sc);
+    if (rc == 0 && (src == NULL || stk_pack_source_count(src) == 0))
+        return -9999;
+    if (rc == 0 && out) {
+        stk_pack_config_t cfg;
+        stk_pack_config_default(&cfg);
+        cfg.zstd_level = 0;
+        rc = stk_pack_write(src, out, &cfg, NULL);
+    }
+    stk_pack_source_destroy(&src);
+    return rc;
+}
+
+static int msg_has(const char *needle)
+{
+    if (strstr(stk_error_message(), needle))
+        return 1;
+    fprintf(stderr, "message '%s' lacks '%s'\n", stk_error_message(), needle);
+    return 0;
+}
+
+static void write_gz(const char *path, const void *data, size_t len)
+{
+    gzFile f = gzopen(path, "wb");
+    if (!f || gzwrite(f, data, (unsigned)len) != (int)len) {
+        fprintf(stderr, "cannot write %s\n", path);
+        exit(1);
+    }
+    gzclose(f);
 }
 
 /* Opens a packed set and hands every record to check(i, rec). */
@@ -253,17 +307,56 @@ static void test_idx(void)
     write_file(tp("lab.idx"), lab, sizeof lab);
     CHECK(pack("idx", tp("img.idx"), tp("lab.idx"), "-o", tp("idx"), "-q", NULL) == 0);
     CHECK(read_back(tp("idx"), 5, "image:u8[1,2,3] label:i64[]", idx_check, NULL) == 0);
+    /* The same through the library, gzipped. */
+    write_gz(tp("img.idx.gz"), img, sizeof img);
+    write_gz(tp("lab.idx.gz"), lab, sizeof lab);
+    CHECK(lib_pack(STK_PACK_IDX, tp("img.idx.gz"), tp("lab.idx.gz"), tp("idxgz")) == 0);
+    CHECK(read_back(tp("idxgz"), 5, "image:u8[1,2,3] label:i64[]", idx_check, NULL) == 0);
     /* Label count disagreeing with the images. */
     lab[7] = 4;
     write_file(tp("lab4.idx"), lab, sizeof lab - 1);
-    CHECK(pack("idx", tp("img.idx"), tp("lab4.idx"), "-o", tp("idx2"), NULL) != 0);
-    CHECK(strstr(err_text, "lab4.idx") != NULL);
-    /* Truncated image data. */
+    CHECK(lib_pack(STK_PACK_IDX, tp("img.idx"), tp("lab4.idx"), NULL) == STK_ESHAPE);
+    CHECK(msg_has("lab4.idx"));
+    lab[7] = 5;
+    /* Truncated image data: plain files are sized up front, gzip ones at
+     * the record that is cut. */
     write_file(tp("short.idx"), img, sizeof img - 3);
-    CHECK(pack("idx", tp("short.idx"), tp("lab.idx"), "-o", tp("idx3"), "--level", "0", NULL) !=
-          0);
-    CHECK(strstr(err_text, "short.idx") && strstr(err_text, "truncated"));
-    CHECK(access(tp("idx3/shard.manifest"), F_OK) != 0);
+    CHECK(lib_pack(STK_PACK_IDX, tp("short.idx"), tp("lab.idx"), NULL) == STK_EFORMAT);
+    CHECK(msg_has("short.idx") && msg_has("truncated"));
+    write_gz(tp("short.idx.gz"), img, sizeof img - 3);
+    CHECK(lib_pack(STK_PACK_IDX, tp("short.idx.gz"), tp("lab.idx"), tp("idx3")) == STK_EFORMAT);
+    CHECK(msg_has("short.idx.gz") && msg_has("truncated") && msg_has("record 4"));
+    CHECK(access(tp("idx3"), F_OK) != 0);
+    /* Trailing bytes: a wrong header or two files joined, not ignored. */
+    unsigned char longer[sizeof img + 7];
+    memcpy(longer, img, sizeof img);
+    memset(longer + sizeof img, 0xAB, 7);
+    write_file(tp("long.idx"), longer, sizeof longer);
+    CHECK(lib_pack(STK_PACK_IDX, tp("long.idx"), tp("lab.idx"), NULL) == STK_EFORMAT);
+    CHECK(msg_has("long.idx") && msg_has("7 bytes after the last of its 5 images"));
+    write_gz(tp("long.idx.gz"), longer, sizeof longer);
+    CHECK(lib_pack(STK_PACK_IDX, tp("long.idx.gz"), tp("lab.idx"), tp("idx4")) == STK_EFORMAT);
+    CHECK(msg_has("long.idx.gz") && msg_has("7 bytes after"));
+    CHECK(access(tp("idx4"), F_OK) != 0);
+    unsigned char lab_long[sizeof lab + 1];
+    memcpy(lab_long, lab, sizeof lab);
+    lab_long[sizeof lab] = 3;
+    write_file(tp("lablong.idx"), lab_long, sizeof lab_long);
+    CHECK(lib_pack(STK_PACK_IDX, tp("img.idx"), tp("lablong.idx"), NULL) == STK_EFORMAT);
+    CHECK(msg_has("lablong.idx") && msg_has("1 bytes after"));
+    /* The CLI says the same and exits 1. */
+    CHECK(pack("idx", tp("long.idx"), tp("lab.idx"), "-o", tp("idx5"), NULL) == 1);
+    CHECK(strstr(err_text, "long.idx") && strstr(err_text, "bytes after"));
+    /* Not IDX; missing file; zero images. */
+    CHECK(lib_pack(STK_PACK_IDX, tp("lab4.idx"), tp("lab.idx"), NULL) == STK_EFORMAT);
+    CHECK(lib_pack(STK_PACK_IDX, tp("nope.idx"), tp("lab.idx"), NULL) == -ENOENT);
+    CHECK(msg_has("nope.idx"));
+    const unsigned char ih0[16] = {0, 0, 8, 3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 3};
+    const unsigned char lh0[8] = {0, 0, 8, 1, 0, 0, 0, 0};
+    write_file(tp("img0.idx"), ih0, 16);
+    write_file(tp("lab0.idx"), lh0, 8);
+    CHECK(lib_pack(STK_PACK_IDX, tp("img0.idx"), tp("lab0.idx"), NULL) == STK_EEMPTY);
+    CHECK(msg_has("img0.idx"));
 }
 
 static int cifar_check(uint64_t i, const stk_record_t *rec, void *user)
@@ -312,8 +405,12 @@ static void test_cifar(void)
     CHECK(read_back(tp("c100"), 6, "image:u8[3,32,32] coarse_label:i64[] label:i64[]",
                     cifar_check, &c100) == 0);
     /* A CIFAR-10 file read as CIFAR-100 is not a whole number of records. */
-    CHECK(pack("cifar", "--cifar100", tp("c10_a.bin"), "-o", tp("c100x"), NULL) != 0);
+    CHECK(lib_pack(STK_PACK_CIFAR100, tp("c10_a.bin"), NULL, NULL) == STK_EFORMAT);
+    CHECK(msg_has("c10_a.bin") && msg_has("CIFAR-100"));
+    CHECK(pack("cifar", "--cifar100", tp("c10_a.bin"), "-o", tp("c100x"), NULL) == 1);
     CHECK(strstr(err_text, "c10_a.bin") != NULL);
+    CHECK(lib_pack(STK_PACK_CIFAR10, tp("nope.bin"), NULL, NULL) == -ENOENT);
+    CHECK(msg_has("nope.bin"));
 }
 
 /* A version 1.0 .npy file: magic, version, u16 header length, header
@@ -363,14 +460,33 @@ static void test_npy(void)
     CHECK(pack("npy", tp("x.npy"), tp("y.npy"), "-o", tp("npy"), "-q", NULL) == 0);
     CHECK(read_back(tp("npy"), 5, "data:f32[2,3] label:i64[]", npy_check, NULL) == 0);
     write_npy(tp("xf.npy"), "<f4", "True", "(5, 2, 3)", data, sizeof data);
-    CHECK(pack("npy", tp("xf.npy"), tp("y.npy"), "-o", tp("npyf"), NULL) != 0);
-    CHECK(strstr(err_text, "xf.npy") && strstr(err_text, "fortran"));
+    CHECK(lib_pack(STK_PACK_NPY, tp("xf.npy"), tp("y.npy"), NULL) == STK_EFORMAT);
+    CHECK(msg_has("xf.npy") && msg_has("fortran"));
     write_npy(tp("x8.npy"), "<f8", "False", "(5, 3)", data, 5 * 3 * 8);
-    CHECK(pack("npy", tp("x8.npy"), tp("y.npy"), "-o", tp("npy8"), NULL) != 0);
-    CHECK(strstr(err_text, "x8.npy") && strstr(err_text, "<f8"));
+    CHECK(lib_pack(STK_PACK_NPY, tp("x8.npy"), tp("y.npy"), NULL) == STK_EFORMAT);
+    CHECK(msg_has("x8.npy") && msg_has("<f8"));
     write_npy(tp("y4.npy"), "<i4", "False", "(4,)", labels, 16);
-    CHECK(pack("npy", tp("x.npy"), tp("y4.npy"), "-o", tp("npy4"), NULL) != 0);
-    CHECK(strstr(err_text, "y4.npy") != NULL);
+    CHECK(lib_pack(STK_PACK_NPY, tp("x.npy"), tp("y4.npy"), NULL) == STK_ESHAPE);
+    CHECK(msg_has("y4.npy"));
+    write_npy(tp("yf.npy"), "<f4", "False", "(5,)", labels, sizeof labels);
+    CHECK(lib_pack(STK_PACK_NPY, tp("x.npy"), tp("yf.npy"), NULL) == STK_EFORMAT);
+    CHECK(msg_has("yf.npy") && msg_has("integers"));
+    write_file(tp("notnpy.npy"), "hello world", 11);
+    CHECK(lib_pack(STK_PACK_NPY, tp("notnpy.npy"), tp("y.npy"), NULL) == STK_EFORMAT);
+    CHECK(msg_has("notnpy.npy") && msg_has("magic"));
+    /* Too many bytes for the header's shape. */
+    float more[6][6] = {{0}};
+    write_npy(tp("xl.npy"), "<f4", "False", "(5, 2, 3)", more, sizeof more);
+    CHECK(lib_pack(STK_PACK_NPY, tp("xl.npy"), tp("y.npy"), NULL) == STK_EFORMAT);
+    CHECK(msg_has("xl.npy") && msg_has("24 bytes after"));
+    /* An empty array names the input, and no output folder is left. */
+    write_npy(tp("x0.npy"), "<f4", "False", "(0, 2, 3)", data, 0);
+    write_npy(tp("y0.npy"), "<i4", "False", "(0,)", labels, 0);
+    CHECK(lib_pack(STK_PACK_NPY, tp("x0.npy"), tp("y0.npy"), tp("npy0")) == STK_EEMPTY);
+    CHECK(msg_has("x0.npy") && msg_has("no rows"));
+    CHECK(pack("npy", tp("x0.npy"), tp("y0.npy"), "-o", tp("npy0"), NULL) == 1);
+    CHECK(strstr(err_text, "x0.npy") && !strstr(err_text, "npy0"));
+    CHECK(access(tp("npy0"), F_OK) != 0);
 }
 
 typedef struct folder_ref {
@@ -405,8 +521,16 @@ static void test_folder(void)
     slurp(tp("folder/classes.txt"), classes, sizeof classes);
     CHECK(strcmp(classes, "cat\ndog\n") == 0);
     mkdir(tp("root/empty"), 0755);
-    CHECK(pack("folder", tp("root"), "-o", tp("folder2"), NULL) != 0);
+    CHECK(lib_pack(STK_PACK_FOLDER, tp("root"), NULL, NULL) == STK_EEMPTY);
+    CHECK(msg_has("root/empty"));
+    CHECK(pack("folder", tp("root"), "-o", tp("folder2"), NULL) == 1);
     CHECK(strstr(err_text, "root/empty") != NULL);
+    rmdir(tp("root/empty"));
+    CHECK(lib_pack(STK_PACK_FOLDER, tp("nope-root"), NULL, NULL) == -ENOENT);
+    CHECK(msg_has("nope-root"));
+    mkdir(tp("noclasses"), 0755);
+    CHECK(lib_pack(STK_PACK_FOLDER, tp("noclasses"), NULL, NULL) == STK_EEMPTY);
+    CHECK(msg_has("noclasses"));
 }
 
 static void test_cli(void)
@@ -420,6 +544,30 @@ static void test_cli(void)
     CHECK(strstr(err_text, "nope-images") != NULL);
     CHECK(pack("idx", tp("img.idx"), tp("lab.idx"), NULL) == 2); /* no -o */
     CHECK(pack("idx", tp("img.idx"), tp("lab.idx"), "-o", tp("x"), "--level", "99", NULL) == 2);
+    /* Every number is checked whole: no "abc" as 0, "2x" as 2, "-1" as
+     * UINT64_MAX. */
+    const char *bad_numbers[][2] = {
+        {"--records-per-shard", "abc"}, {"-n", "2x"}, {"--records-per-shard", "-1"},      {"--limit", "0"},
+        {"--limit", "1e3"},  {"--level", "-1"},     {"--level", "3.5"}, {"--dict-size", "100"},
+        {"--dict-size", " 4096"}, {"--records-per-shard", "99999999999999999999"}, {"--limit", ""},
+    };
+    for (size_t i = 0; i < sizeof bad_numbers / sizeof bad_numbers[0]; i++) {
+        int rc = pack("idx", tp("img.idx"), tp("lab.idx"), "-o", tp("x"), bad_numbers[i][0],
+                      bad_numbers[i][1], NULL);
+        const char *opt = strcmp(bad_numbers[i][0], "-n") ? bad_numbers[i][0] : "--records-per-shard";
+        if (rc != 2 || !strstr(err_text, opt)) {
+            fprintf(stderr, "%s '%s': exit %d, %s\n", bad_numbers[i][0], bad_numbers[i][1], rc,
+                    err_text);
+            failures++;
+        }
+    }
+    CHECK(access(tp("x"), F_OK) != 0);
+    /* A folder that holds a set is replaced only with --force. */
+    CHECK(pack("idx", tp("img.idx"), tp("lab.idx"), "-o", tp("idx"), "-q", NULL) == 1);
+    CHECK(strstr(err_text, "not empty") && strstr(err_text, "--force"));
+    CHECK(pack("idx", tp("img.idx"), tp("lab.idx"), "-o", tp("idx"), "-q", "--force", "--limit",
+               "3", NULL) == 0);
+    CHECK(pack("verify", tp("idx"), NULL) == 0 && strstr(out_text, "records: 3"));
     CHECK(pack("verify", tp("nope-dir"), NULL) == 1);
     CHECK(strstr(err_text, "nope-dir") != NULL);
     CHECK(pack("info", tp("nope-dir"), NULL) == 1);
@@ -441,6 +589,258 @@ static void test_cli(void)
     CHECK(strstr(out_text, "1 bad"));
 }
 
+
+/* ---- Crash safety of a re-pack ------------------------------------------
+ * A child re-packs a set folder under ptrace. One run counts the file-system
+ * calls the pack makes; then for each k the child is killed (SIGKILL) at the
+ * entry of call k, or call k fails with ENOSPC (skipped, its result
+ * replaced), as a full disk or a power cut would. After each run the folder
+ * must hold one whole set that verifies, the old one or the new one, and
+ * nothing but .tmp- names beside it. The new set has fewer shards than the
+ * old, so a mix of the two (what the old writer left) would show. */
+
+#define OLD_N 30
+#define NEW_N 12
+
+static void make_set(const char *dir, uint64_t n, int64_t label0, int overwrite)
+{
+    stk_schema_t s = {0};
+    const int64_t shape[1] = {8};
+    stk_schema_add(&s, "x", STK_DTYPE_U8, 1, shape);
+    stk_schema_add(&s, "label", STK_DTYPE_I64, 0, NULL);
+    unsigned char x[64][8];
+    int64_t lab[64];
+    for (uint64_t i = 0; i < n; i++) {
+        memset(x[i], (int)(i + (uint64_t)label0), 8);
+        lab[i] = label0 + (int64_t)i;
+    }
+    const void *fields[2] = {x, lab};
+    stk_pack_source_t *src = NULL;
+    stk_pack_config_t cfg;
+    stk_pack_config_default(&cfg);
+    cfg.zstd_level = 0;
+    cfg.records_per_shard = 10;
+    cfg.overwrite = overwrite;
+    if (stk_pack_source_arrays(&src, &s, fields, n) || stk_pack_write(src, dir, &cfg, NULL)) {
+        fprintf(stderr, "make_set %s: %s\n", dir, stk_error_message());
+        _exit(1);
+    }
+    stk_pack_source_destroy(&src);
+}
+
+/* Which set the folder holds: 1 old, 2 new, 0 none or a broken one. */
+static int which_set(const char *dir)
+{
+    stk_pack_verify_result_t vr;
+    if (stk_pack_verify(dir, &vr, NULL, NULL, NULL) != 0) {
+        fprintf(stderr, "verify %s: %s\n", dir, stk_error_message());
+        return 0;
+    }
+    stk_shardset_t *set = NULL;
+    if (stk_shardset_open(&set, dir))
+        return 0;
+    uint64_t n = stk_shardset_len(set);
+    int64_t want0 = n == OLD_N ? 0 : n == NEW_N ? 1000 : -1;
+    stk_decoder_t *dec = NULL;
+    unsigned char buf[64];
+    int ok = want0 >= 0 && stk_decoder_create(&dec, set) == 0;
+    for (uint64_t i = 0; ok && i < n; i++) {
+        stk_record_t rec;
+        int64_t l;
+        ok = stk_shardset_get(set, dec, i, buf, sizeof buf, &rec) == 0;
+        if (ok) {
+            memcpy(&l, rec.data[1], 8);
+            ok = l == want0 + (int64_t)i;
+        }
+    }
+    stk_decoder_destroy(&dec);
+    stk_shardset_close(&set);
+    return ok ? (want0 == 0 ? 1 : 2) : 0;
+}
+
+/* Entries of dir other than name: each must hold ".tmp-"; returns how
+ * many there are (removing them), or -1 for a stranger. */
+static int sweep_beside(const char *dir, const char *name)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, name))
+            continue;
+        if (!strstr(e->d_name, ".tmp-")) {
+            fprintf(stderr, "%s/%s left beside the set\n", dir, e->d_name);
+            n = -1;
+            break;
+        }
+        char p[1024];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        n++;
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+#if defined(__x86_64__)
+static int fs_call(long nr, int enospc)
+{
+    switch (nr) {
+    case SYS_write: case SYS_pwrite64: case SYS_fsync: case SYS_fdatasync: case SYS_openat:
+    case SYS_mkdir: case SYS_mkdirat: case SYS_rename: case SYS_renameat: case SYS_renameat2:
+    case SYS_close:
+        return 1;
+    case SYS_unlink: case SYS_unlinkat: case SYS_rmdir: case SYS_getdents64:
+        return !enospc; /* cleanup calls: a kill matters there, an error is only logged */
+    default:
+        return 0;
+    }
+}
+
+/* Runs one traced re-pack of dir. mode 0 (3): count the calls that mode 1
+ * (2) would pick in *calls; 1: SIGKILL at the entry of call k; 2: call k
+ * fails with ENOSPC. Returns the
+ * child's exit status (128 + signal when killed). */
+static int traced_repack(const char *dir, int mode, long k, long *calls)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        ptrace(PTRACE_TRACEME, 0, NULL, NULL);
+        raise(SIGSTOP);
+        stk_pack_source_t *src = NULL;
+        stk_schema_t s = {0};
+        const int64_t shape[1] = {8};
+        stk_schema_add(&s, "x", STK_DTYPE_U8, 1, shape);
+        stk_schema_add(&s, "label", STK_DTYPE_I64, 0, NULL);
+        unsigned char x[NEW_N][8];
+        int64_t lab[NEW_N];
+        for (int i = 0; i < NEW_N; i++) {
+            memset(x[i], i + 1000, 8);
+            lab[i] = 1000 + i;
+        }
+        const void *fields[2] = {x, lab};
+        stk_pack_config_t cfg;
+        stk_pack_config_default(&cfg);
+        cfg.zstd_level = 0;
+        cfg.records_per_shard = 10;
+        cfg.overwrite = 1;
+        int rc = stk_pack_source_arrays(&src, &s, fields, NEW_N);
+        if (!rc)
+            rc = stk_pack_write(src, dir, &cfg, NULL);
+        stk_pack_source_destroy(&src);
+        _exit(rc ? 1 : 0);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    ptrace(PTRACE_SETOPTIONS, pid, NULL, (void *)(long)(PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL));
+    long n = 0;
+    int in_call = 0, inject = 0, sig = 0;
+    for (;;) {
+        ptrace(PTRACE_SYSCALL, pid, NULL, (void *)(long)sig);
+        sig = 0;
+        if (waitpid(pid, &st, 0) < 0)
+            return -1;
+        if (WIFEXITED(st) || WIFSIGNALED(st))
+            break;
+        if (WSTOPSIG(st) != (SIGTRAP | 0x80)) {
+            sig = WSTOPSIG(st) == SIGTRAP ? 0 : WSTOPSIG(st);
+            continue;
+        }
+        struct user_regs_struct r;
+        ptrace(PTRACE_GETREGS, pid, NULL, &r);
+        if (!in_call) {
+            in_call = 1;
+            if (fs_call((long)r.orig_rax, mode >= 2) && ++n == k) {
+                if (mode == 1) {
+                    kill(pid, SIGKILL);
+                    waitpid(pid, &st, 0);
+                    break;
+                }
+                if (mode == 2) {
+                    r.orig_rax = (unsigned long long)-1; /* skip the call */
+                    ptrace(PTRACE_SETREGS, pid, NULL, &r);
+                    inject = 1;
+                }
+            }
+        } else {
+            in_call = 0;
+            if (inject) {
+                r.rax = (unsigned long long)-ENOSPC;
+                ptrace(PTRACE_SETREGS, pid, NULL, &r);
+                inject = 0;
+            }
+        }
+    }
+    if (calls)
+        *calls = n;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+#endif
+
+static int test_crash(void)
+{
+#if !defined(__x86_64__)
+    fprintf(stderr, "SKIP: the ptrace fault injector reads x86-64 registers only\n");
+    return 77;
+#else
+    char parent[600], dir[700];
+    snprintf(parent, sizeof parent, "%s/crash", tmpdir);
+    snprintf(dir, sizeof dir, "%s/set", parent);
+    mkdir(parent, 0755);
+    make_set(dir, OLD_N, 0, 0);
+    long calls = 0;
+    int rc = traced_repack(dir, 0, 0, &calls);
+    if (rc != 0 || which_set(dir) != 2 || calls < 10) {
+        fprintf(stderr, "traced re-pack: exit %d, %ld calls, set %d\n", rc, calls, which_set(dir));
+        return 1;
+    }
+    for (int mode = 1; mode <= 2; mode++) {
+        long total = 0;
+        make_set(dir, OLD_N, 0, 1);
+        traced_repack(dir, mode == 1 ? 0 : 3, 0, &total);
+        int olds = 0, news = 0;
+        for (long k = 1; k <= total; k++) {
+            make_set(dir, OLD_N, 0, 1);
+            if (sweep_beside(parent, "set") < 0)
+                return 1;
+            rc = traced_repack(dir, mode, k, NULL);
+            int w = which_set(dir);
+            int beside = sweep_beside(parent, "set");
+            const char *what = mode == 1 ? "SIGKILL at" : "ENOSPC from";
+            if (w == 0 || beside < 0) {
+                fprintf(stderr, "%s file-system call %ld of %ld: the folder holds no whole set\n",
+                        what, k, total);
+                return 1;
+            }
+            if (mode == 1 && rc != 128 + SIGKILL) {
+                fprintf(stderr, "%s call %ld: child exit %d, not killed\n", what, k, rc);
+                return 1;
+            }
+            /* A failed pack that says so leaves the old set, and cleans up
+             * after itself (unless the failure came once the new set was in). */
+            if (mode == 2 && rc != 0 && w == 1 && beside != 0) {
+                fprintf(stderr, "%s call %ld: %d staging folders left\n", what, k, beside);
+                return 1;
+            }
+            if (mode == 2 && rc == 0 && w != 2) {
+                fprintf(stderr, "%s call %ld: pack said done, the folder holds the old set\n", what, k);
+                return 1;
+            }
+            olds += w == 1;
+            news += w == 2;
+        }
+        printf("%s at each of %ld file-system calls: old set %d times, new set %d times\n",
+               mode == 1 ? "SIGKILL" : "ENOSPC", total, olds, news);
+        if (!olds || !news) {
+            fprintf(stderr, "the calls did not reach both sides of the switch\n");
+            return 1;
+        }
+    }
+    return 0;
+#endif
+}
+
 int main(int argc, char **argv)
 {
     const char *root = getenv("STK_BUILD_ROOT");
@@ -459,6 +859,8 @@ int main(int argc, char **argv)
     int rc;
     if (argc > 1 && strcmp(argv[1], "fmnist") == 0) {
         rc = test_fmnist();
+    } else if (argc > 1 && strcmp(argv[1], "crash") == 0) {
+        rc = test_crash();
     } else {
         test_idx();
         test_cifar();

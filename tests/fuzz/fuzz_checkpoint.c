@@ -17,7 +17,7 @@
 
 #include "replay.h"
 #include "stoker/checkpoint.h"
-#include "stoker/train.h"
+#include "train/train_internal.h"
 
 static int memfd = -1;
 
@@ -39,10 +39,10 @@ static void open_all(void)
         }
     }
     (void)sum;
-    stk_ckpt_close(&ck);
     stk_train_state_t st;
-    if (stk_train_checkpoint_load(path, NULL, &st) == 0)
+    if (stk__train_state_read(ck, &st) == 0)
         stk_train_state_clear(&st);
+    stk_ckpt_close(&ck);
 }
 
 static void load(const uint8_t *data, size_t size)

@@ -24,7 +24,8 @@ static void run_state(const uint8_t *data, size_t size)
             stk_model_builder_parse(b, "input shape=1,4,4\nconv2d name=c out=2 kernel=3\nbatchnorm2d name=bn\n"
                                        "flatten\nlinear name=fc out=2\ncross_entropy", "fixed") != 0)
             abort();
-        stk_model_config_t cfg = stk_model_config_default();
+        stk_model_config_t cfg;
+        stk_model_config_default(&cfg);
         cfg.batch_size = 1;
         if (stk_model_create(&fixed, b, &cfg) != 0)
             abort();
@@ -43,7 +44,8 @@ static void run_text(const uint8_t *data, size_t size)
     stk_model_builder_t *b = NULL;
     if (stk_model_builder_create(&b) == 0 && stk_model_builder_parse(b, text, "fuzz") == 0) {
         /* Building allocates activations: only for small graphs. */
-        stk_model_config_t cfg = stk_model_config_default();
+        stk_model_config_t cfg;
+        stk_model_config_default(&cfg);
         cfg.batch_size = 1;
         stk_model_t *m = NULL;
         if (size < 512 && stk_model_create(&m, b, &cfg) == 0) {

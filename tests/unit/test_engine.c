@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "engine/model.h"
+#include "engine/layer.h"
 #include "stoker/engine.h"
 
 /* ------------------------------------------------------------- helpers */
@@ -53,7 +53,8 @@ static stk_model_t *model_from_text(const char *text, int64_t batch, uint64_t se
     int rc = stk_model_builder_parse(b, text, "test");
     if (rc < 0)
         fail_msg("parse: %s", stk_error_message());
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.seed = seed;
     cfg.init_params = init;
@@ -243,9 +244,12 @@ static void test_fixture_network(void **state)
 
 /* ---------------------------------------------------- finite differences */
 
+/* Every evaluation replays step 3, so dropout keeps one mask (a training
+ * forward advances the model's step). */
 static double loss_at(stk_model_t *m, const float *x, int64_t n, const int64_t *labels)
 {
     float loss;
+    stk_model_set_step(m, 3);
     if (stk_model_forward(m, x, n, labels, NULL, &loss) < 0)
         fail_msg("forward: %s", stk_error_message());
     return loss;
@@ -267,7 +271,6 @@ static void fd_check(const char *text, int64_t n, int64_t classes)
         x[i] = 2.0f * stk_rng_uniform(&r) - 1.0f;
     for (int64_t i = 0; i < n; i++)
         labels[i] = (int64_t)stk_rng_below(&r, (uint64_t)classes);
-    stk_model_set_step(m, 3);
     stk_model_zero_grad(m);
     loss_at(m, x, n, labels);
     if (stk__model_backward_input(m, NULL, dx) < 0)
@@ -372,7 +375,8 @@ static void expect_parse_error(const char *text, int code, const char *needle1, 
     int rc = stk_model_builder_parse(b, text, "bad.model");
     stk_model_t *m = NULL;
     if (rc == 0) {
-        stk_model_config_t cfg = stk_model_config_default();
+        stk_model_config_t cfg;
+        stk_model_config_default(&cfg);
         cfg.batch_size = 2;
         rc = stk_model_create(&m, b, &cfg);
     }
@@ -424,7 +428,8 @@ static void test_reference_model(void **state)
     char path[512];
     const char *src = getenv("STK_SOURCE_ROOT");
     snprintf(path, sizeof(path), "%s/models/fmnist-cnn.model", src ? src : ".");
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = 4;
     stk_model_t *m = NULL;
     if (stk_model_create_from_file(&m, path, &cfg) < 0)
@@ -548,37 +553,39 @@ static stk_model_t *residual_model(int64_t batch)
 {
     stk_model_builder_t *b = NULL;
     assert_int_equal(stk_model_builder_create(&b), 0);
-    stk_layer_desc_t d = stk_layer_desc_default(STK_LAYER_INPUT);
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_INPUT);
     d.name = "data";
     d.in_c = 2, d.in_h = 6, d.in_w = 6;
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_CONV2D);
+    stk_layer_desc_default(&d, STK_LAYER_CONV2D);
     d.name = "c1", d.out = 2, d.pad_h = d.pad_w = 1;
     assert_int_equal(stk_model_builder_add(b, &d), 0);
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* duplicate name */
-    d = stk_layer_desc_default(STK_LAYER_ADD);
+    stk_layer_desc_default(&d, STK_LAYER_ADD);
     d.name = "res";
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* one input */
     d.inputs[0] = "c1", d.inputs[1] = "data";
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_GLOBAL_AVGPOOL);
+    stk_layer_desc_default(&d, STK_LAYER_GLOBAL_AVGPOOL);
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_FLATTEN);
+    stk_layer_desc_default(&d, STK_LAYER_FLATTEN);
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_LINEAR);
+    stk_layer_desc_default(&d, STK_LAYER_LINEAR);
     d.out = 3;
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_DROPOUT);
+    stk_layer_desc_default(&d, STK_LAYER_DROPOUT);
     d.name = "drop";
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_CROSS_ENTROPY);
+    stk_layer_desc_default(&d, STK_LAYER_CROSS_ENTROPY);
     assert_int_equal(stk_model_builder_add(b, &d), 0);
-    d = stk_layer_desc_default(STK_LAYER_INPUT);
+    stk_layer_desc_default(&d, STK_LAYER_INPUT);
     d.in_c = d.in_h = d.in_w = 1;
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG); /* second input */
     d.kind = (stk_layer_kind_t)99;
     assert_int_equal(stk_model_builder_add(b, &d), STK_ECONFIG);
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.batch_size = batch;
     cfg.seed = 9;
     stk_model_t *m = NULL;
@@ -599,28 +606,34 @@ static void test_training_mechanics(void **state)
     size_t np;
     float l1, l2;
     assert_int_equal(stk_model_backward(m), STK_ESTATE);
-    /* Same step, same dropout mask; another step, another loss. */
+    /* The model advances its step: the next forward draws another mask;
+     * set_step replays one. */
     stk_model_set_step(m, 1);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
-    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
-    assert_true(l1 == l2);
-    stk_model_set_step(m, 2);
+    assert_int_equal(stk_model_step(m), 2);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
     assert_true(l1 != l2);
-    /* Accumulation: two backwards add; loss scale scales. */
+    stk_model_set_step(m, 1);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
+    assert_true(l1 == l2);
+    /* Accumulation: two backwards add; loss scale scales (same step, so
+     * the same mask, each time). */
     stk_model_zero_grad(m);
+    stk_model_set_step(m, 1);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
     assert_int_equal(stk_model_backward(m), 0);
     assert_int_equal(stk_model_backward(m), STK_ESTATE);
     float *g = stk_model_grads(m, &np);
     float *g1 = malloc(np * sizeof(float));
     memcpy(g1, g, np * sizeof(float));
+    stk_model_set_step(m, 1);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
     assert_int_equal(stk_model_backward(m), 0);
     for (size_t i = 0; i < np; i++)
         assert_true(fabsf(g[i] - 2.0f * g1[i]) <= 1e-6f + 1e-5f * fabsf(g1[i]));
     stk_model_zero_grad(m);
     stk_model_set_loss_scale(m, 0.5f);
+    stk_model_set_step(m, 1);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
     assert_int_equal(stk_model_backward(m), 0);
     for (size_t i = 0; i < np; i++)
@@ -636,7 +649,9 @@ static void test_training_mechanics(void **state)
     float soft[4 * 3] = {0};
     for (int i = 0; i < 4; i++)
         soft[i * 3 + y[i]] = 1.0f;
+    stk_model_set_step(m, 5);
     assert_int_equal(stk_model_forward(m, x, 4, NULL, soft, &l2), 0);
+    stk_model_set_step(m, 5);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
     assert_true(fabsf(l1 - l2) < 1e-6f);
     /* Errors. */
@@ -678,15 +693,22 @@ static void test_training_mechanics(void **state)
     assert_string_equal(st.name, "c1");
     assert_int_equal(st.forward_calls, 1);
     assert_int_equal(st.backward_calls, 1);
-    assert_int_equal(stk_model_layer_stats(m, 100, &st), -EINVAL);
+    assert_int_equal(stk_model_layer_stats(m, 100, &st), -ERANGE);
+    assert_int_equal(stk_model_layer_stats(m, 1, NULL), -EINVAL);
+    stk_param_info_t pi;
+    assert_int_equal(stk_model_param_info(m, stk_model_num_params(m), &pi), -ERANGE);
+    assert_int_equal(stk_model_buffer_info(m, stk_model_num_buffers(m), &pi), -ERANGE);
+    assert_int_equal(stk_model_param_info(m, 0, NULL), -EINVAL);
     char buf[4096];
     assert_true(stk_model_stats_format(m, buf, sizeof(buf)) < sizeof(buf));
     assert_non_null(strstr(buf, "c1 (conv2d)"));
     /* Threads: the loss does not depend on the count beyond reassociation. */
     assert_int_equal(stk_model_set_threads(m, -1), -EINVAL);
     assert_int_equal(stk_model_set_threads(m, 1), 0);
+    stk_model_set_step(m, 5);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
     assert_int_equal(stk_model_set_threads(m, 2), 0);
+    stk_model_set_step(m, 5);
     assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l2), 0);
     assert_true(fabsf(l1 - l2) <= 1e-5f * fabsf(l1));
     free(g1);
@@ -770,17 +792,257 @@ static void test_backend_errors(void **state)
     stk__backend_close(&be);
     assert_int_equal(stk__backend_open(&be, STK_DEVICE_CUDA), STK_EDEVICE);
     assert_int_equal(stk__backend_open(&be, (stk_device_t)7), STK_EDEVICE);
-    stk_model_config_t cfg = stk_model_config_default();
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
     cfg.device = STK_DEVICE_CUDA;
     stk_model_builder_t *b = NULL;
     assert_int_equal(stk_model_builder_create(&b), 0);
     assert_int_equal(stk_model_builder_parse(b, "input shape=3\nlinear out=2", NULL), 0);
     stk_model_t *m = NULL;
     assert_int_equal(stk_model_create(&m, b, &cfg), STK_EDEVICE);
-    cfg = stk_model_config_default();
+    stk_model_config_default(&cfg);
     cfg.batch_size = 0;
     assert_int_equal(stk_model_create(&m, b, &cfg), -EINVAL);
     stk_model_builder_destroy(&b);
+}
+
+/* A training forward advances the model's step: two in a row draw
+ * different dropout masks with no set_step from the caller; set_step
+ * replays one; evaluation forwards neither drop nor advance the step. */
+static void test_dropout_steps(void **state)
+{
+    (void)state;
+    stk_model_t *m = model_from_text("input name=data shape=64,1,1\ndropout name=drop p=0.5\n", 4, 3, 1);
+    float x[256], y[3][256];
+    for (int i = 0; i < 256; i++)
+        x[i] = 1.0f;
+    stk_tensor_t out;
+    assert_int_equal(stk_model_step(m), 0);
+    for (int k = 0; k < 3; k++) {
+        if (k == 2)
+            stk_model_set_step(m, 0);
+        assert_int_equal(stk_model_forward(m, x, 4, NULL, NULL, NULL), 0);
+        assert_int_equal(stk_model_output(m, "drop", &out), 0);
+        memcpy(y[k], out.data, sizeof(y[k]));
+    }
+    assert_int_equal(stk_model_step(m), 1);
+    int zeros = 0;
+    for (int i = 0; i < 256; i++) {
+        assert_true(y[0][i] == 0.0f || y[0][i] == 2.0f);
+        zeros += y[0][i] == 0.0f;
+    }
+    assert_true(zeros > 64 && zeros < 192);
+    assert_true(memcmp(y[0], y[1], sizeof(y[0])) != 0);
+    assert_memory_equal(y[0], y[2], sizeof(y[0]));
+    stk_model_set_train(m, 0);
+    assert_int_equal(stk_model_forward(m, x, 4, NULL, NULL, NULL), 0);
+    assert_int_equal(stk_model_output(m, "drop", &out), 0);
+    assert_memory_equal(out.data, x, sizeof(x));
+    assert_int_equal(stk_model_step(m), 1);
+    stk_model_destroy(&m);
+}
+
+/* Top-k counts against a count on the host from the logits, through the
+ * forward's own labels (counted during the forward) and other labels. */
+static void test_count_topk(void **state)
+{
+    (void)state;
+    const int64_t n = 16, k = 5;
+    stk_model_t *m = model_from_text("input name=data shape=5,1,1\nlinear name=fc out=5\ncross_entropy\n", n, 4, 1);
+    int64_t correct = -1;
+    int64_t y[16], y2[16];
+    float none[1];
+    assert_int_equal(stk_model_count_correct(m, y, &correct), STK_ESTATE);
+    assert_int_equal(stk_model_read_logits(m, none, 1), STK_ESTATE);
+    float x[16 * 5];
+    stk_rng_t r;
+    stk_rng_init(&r, 11, 0);
+    for (int i = 0; i < n * k; i++)
+        x[i] = 4.0f * stk_rng_uniform(&r) - 2.0f;
+    for (int i = 0; i < n; i++) {
+        y[i] = (int64_t)stk_rng_below(&r, (uint64_t)k);
+        y2[i] = (i * 3) % k;
+    }
+    float loss;
+    assert_int_equal(stk_model_forward(m, x, n, y, NULL, &loss), 0);
+    const float *z;
+    int64_t nb, nk;
+    assert_int_equal(stk_model_logits(m, &z, &nb, &nk), 0);
+    /* The host copy of the logits, from any device. */
+    float host[16 * 5 + 1];
+    assert_int_equal(stk_model_read_logits(m, host, 16 * 5 - 1), -ENOSPC);
+    assert_int_equal(stk_model_read_logits(m, NULL, 16 * 5), -EINVAL);
+    assert_int_equal(stk_model_read_logits(m, host, 16 * 5 + 1), 0);
+    assert_memory_equal(host, z, sizeof(float) * 16 * 5);
+    for (int pass = 0; pass < 2; pass++) {
+        const int64_t *lab = pass ? y2 : y;
+        for (int t = 1; t <= 6; t++) {
+            int64_t want = 0;
+            for (int64_t i = 0; i < n; i++) {
+                int64_t above = 0;
+                for (int64_t j = 0; j < k; j++)
+                    above += z[i * k + j] > z[i * k + lab[i]];
+                want += above < t;
+            }
+            assert_int_equal(stk_model_count_topk(m, lab, t, &correct), 0);
+            assert_int_equal(correct, want);
+        }
+        assert_int_equal(stk_model_count_correct(m, lab, &correct), 0);
+        assert_int_equal(stk_model_count_topk(m, lab, (int)k, &nb), 0);
+        assert_int_equal(nb, n);
+    }
+    assert_int_equal(stk_model_count_topk(m, y, 0, &correct), -EINVAL);
+    assert_int_equal(stk_model_count_topk(m, NULL, 1, &correct), -EINVAL);
+    y2[3] = 5;
+    assert_int_equal(stk_model_count_correct(m, y2, &correct), -EINVAL);
+    assert_non_null(strstr(stk_error_message(), "sample 3"));
+    stk_model_destroy(&m);
+    /* No loss layer: no classes to count. */
+    m = model_from_text("input name=data shape=5,1,1\nlinear name=fc out=5\n", 2, 4, 1);
+    assert_int_equal(stk_model_forward(m, x, 2, NULL, NULL, NULL), 0);
+    assert_int_equal(stk_model_count_correct(m, y, &correct), STK_ESTATE);
+    stk_model_destroy(&m);
+}
+
+/* Every kind has one entry in the layer table, named as the model files
+ * and stk_layer_kind_name name it, with the slots every kind needs. */
+static void test_layer_table(void **state)
+{
+    (void)state;
+    for (int k = 1; k < STK_LAYER_KIND_COUNT; k++) {
+        const stk__layer_class_t *c = stk__layer_class((stk_layer_kind_t)k);
+        assert_non_null(c);
+        assert_int_equal(c->kind, k);
+        assert_string_equal(stk_layer_kind_name((stk_layer_kind_t)k), c->name);
+        assert_int_equal(stk_layer_kind_from_name(c->name), k);
+        assert_non_null(c->forward);
+        assert_true(c->n_inputs >= 0 && c->n_inputs <= 2);
+        assert_true((c->n_inputs == 0) == (k == STK_LAYER_INPUT));
+        assert_true(!c->plan || c->n_inputs > 0);
+        for (const stk__layer_key_t *key = c->keys; key && key->key; key++)
+            assert_true(key->off < sizeof(stk_layer_desc_t) && key->off2 < sizeof(stk_layer_desc_t));
+    }
+    assert_null(stk__layer_class(STK_LAYER_INVALID));
+    assert_null(stk__layer_class(STK_LAYER_KIND_COUNT));
+    assert_string_equal(stk_layer_kind_name(STK_LAYER_KIND_COUNT), "invalid");
+}
+
+/* A model plans each batch size once: alternating sizes (a short last
+ * batch) reuse their plans; past STK_MODEL_PLANS sizes the least recently
+ * used plan goes. Results do not depend on which plans were made before. */
+static void test_plan_cache(void **state)
+{
+    (void)state;
+    stk_model_t *m = residual_model(4);
+    assert_int_equal(m->plans_made, 1);
+    float x[6 * 72];
+    for (size_t i = 0; i < 6 * 72; i++)
+        x[i] = (float)((i * 7) % 19) / 19.0f - 0.5f;
+    int64_t y[6] = {0, 1, 2, 1, 0, 2};
+    float l4 = 0, l3 = 0, l;
+    for (int round = 0; round < 5; round++) {
+        stk_model_set_step(m, 9);
+        assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l), 0);
+        assert_int_equal(stk_model_backward(m), 0);
+        if (round == 0)
+            l4 = l;
+        assert_true(l == l4);
+        stk_model_set_step(m, 9);
+        assert_int_equal(stk_model_forward(m, x, 3, y, NULL, &l), 0);
+        if (round == 0)
+            l3 = l;
+        assert_true(l == l3);
+    }
+    assert_int_equal(m->plans_made, 2);
+    /* A larger batch grows the shared activations; the old plans stay. */
+    assert_int_equal(stk_model_forward(m, x, 6, y, NULL, &l), 0);
+    assert_int_equal(m->plans_made, 3);
+    stk_model_set_step(m, 9);
+    assert_int_equal(stk_model_forward(m, x, 3, y, NULL, &l), 0);
+    assert_true(l == l3);
+    assert_int_equal(m->plans_made, 3);
+    /* Sizes 4, 6, 3 are cached (3 most recent); 5 fills the last slot,
+     * then 2 evicts the least recently used (4), which plans again. */
+    assert_int_equal(stk_model_set_batch_size(m, 5), 0);
+    assert_int_equal(stk_model_set_batch_size(m, 2), 0);
+    assert_int_equal(m->plans_made, 5);
+    assert_int_equal(stk_model_set_batch_size(m, 6), 0);
+    assert_int_equal(stk_model_set_batch_size(m, 3), 0);
+    assert_int_equal(m->plans_made, 5);
+    stk_model_set_step(m, 9);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l), 0);
+    assert_int_equal(m->plans_made, 6);
+    assert_true(l == l4);
+    assert_int_equal(stk_model_set_batch_size(m, 0), -EINVAL);
+    assert_int_equal(stk_model_batch_size(m), 4);
+    stk_model_destroy(&m);
+}
+
+/* The constructors build what the model file says, default for default:
+ * the same parameters (same seed) and the same summary. */
+static void test_constructors(void **state)
+{
+    (void)state;
+    const char *text = "input name=data shape=2,12,12\n"
+                       "conv2d name=c1 out=8 kernel=3 pad=1\n"
+                       "batchnorm2d name=bn1\n"
+                       "relu name=r1\n"
+                       "maxpool2d name=p1 kernel=2\n"
+                       "conv2d name=c2 out=8 kernel=3 stride=2 pad=1 dilation=2\n"
+                       "leaky_relu name=l1 slope=0.2\n"
+                       "add name=res inputs=c2,l1\n"
+                       "concat name=cat inputs=res,c2\n"
+                       "avgpool2d name=p2 kernel=3 stride=1 pad=1\n"
+                       "gelu name=g\nsigmoid name=s\ntanh name=t\n"
+                       "global_avgpool name=gap\nflatten name=f\n"
+                       "linear name=fc out=5 bias=0\n"
+                       "dropout name=d p=0.25\n"
+                       "cross_entropy name=loss smoothing=0.1\n";
+    stk_layer_desc_t c2 = stk_layer_conv2d("c2", 8, 3, 2, 1), fc = stk_layer_linear("fc", 5);
+    c2.dilation_h = c2.dilation_w = 2;
+    fc.bias = 0;
+    const stk_layer_desc_t layers[] = {
+        stk_layer_input("data", 2, 12, 12), stk_layer_conv2d("c1", 8, 3, 1, 1), stk_layer_batchnorm2d("bn1"),
+        stk_layer_relu("r1"), stk_layer_maxpool2d("p1", 2, 0, 0), c2, stk_layer_leaky_relu("l1", 0.2f),
+        stk_layer_add("res", "c2", "l1"), stk_layer_concat("cat", "res", "c2"), stk_layer_avgpool2d("p2", 3, 1, 1),
+        stk_layer_gelu("g"), stk_layer_sigmoid("s"), stk_layer_tanh("t"), stk_layer_global_avgpool("gap"),
+        stk_layer_flatten("f"), fc, stk_layer_dropout("d", 0.25f), stk_layer_cross_entropy("loss", 0.1f),
+    };
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    for (size_t i = 0; i < sizeof(layers) / sizeof(layers[0]); i++)
+        if (stk_model_builder_add(b, &layers[i]) != 0)
+            fail_msg("layer %zu: %s", i, stk_error_message());
+    stk_model_config_t cfg;
+    stk_model_config_default(&cfg);
+    cfg.batch_size = 2;
+    cfg.seed = 5;
+    stk_model_t *a = NULL, *m = model_from_text(text, 2, 5, 1);
+    assert_int_equal(stk_model_create(&a, b, &cfg), 0);
+    stk_model_builder_destroy(&b);
+    size_t na = stk_model_state_size(a), nm = stk_model_state_size(m), wa, wm;
+    assert_int_equal(na, nm);
+    char *sa = malloc(na), *sm = malloc(nm);
+    assert_int_equal(stk_model_state_save_mem(a, sa, na, &wa), 0);
+    assert_int_equal(stk_model_state_save_mem(m, sm, nm, &wm), 0);
+    assert_memory_equal(sa, sm, na);
+    char ta[8192], tm[8192];
+    assert_true(stk_model_summary(a, ta, sizeof(ta)) < sizeof(ta));
+    assert_true(stk_model_summary(m, tm, sizeof(tm)) < sizeof(tm));
+    assert_string_equal(ta, tm);
+    free(sa);
+    free(sm);
+    stk_model_destroy(&a);
+    stk_model_destroy(&m);
+    /* Defaults by pointer, NULL-safe. */
+    stk_layer_desc_default(NULL, STK_LAYER_CONV2D);
+    stk_model_config_default(NULL);
+    stk_layer_desc_t d;
+    stk_layer_desc_default(&d, STK_LAYER_CONV2D);
+    assert_int_equal(d.kernel_h, 3);
+    assert_int_equal(d.stride_w, 1);
+    assert_int_equal(d.groups, 1);
+    assert_int_equal(d.bias, 1);
 }
 
 int main(void)
@@ -796,6 +1058,11 @@ int main(void)
         cmocka_unit_test(test_training_mechanics),
         cmocka_unit_test(test_grad_hook),
         cmocka_unit_test(test_backend_errors),
+        cmocka_unit_test(test_dropout_steps),
+        cmocka_unit_test(test_count_topk),
+        cmocka_unit_test(test_layer_table),
+        cmocka_unit_test(test_plan_cache),
+        cmocka_unit_test(test_constructors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,6 +16,8 @@
 #include "stoker/optim.h"
 #include "optim_fixture.h"
 
+#include <stdlib.h>
+
 #define N 12
 #define STEPS 20
 /* PyTorch's CPU kernels fuse some multiply-adds (FMA) where we round
@@ -55,10 +57,11 @@ static void load_case(ocase_t *c, const char *name)
     assert_int_equal(fx_load(&c->fx, name), 0);
     char text[256];
     snprintf(text, sizeof(text), "%s", fx_get(&c->fx, "optim"));
-    stk_optim_config_t tmp = stk_optim_config_default(STK_OPTIM_SGD, N);
+    stk_optim_config_t tmp;
+    stk_optim_config_default(&tmp, STK_OPTIM_SGD, N);
     assert_int_equal(stk_optim_config_parse(text, &tmp), 0);
     c->kind = tmp.kind;
-    c->cfg = stk_optim_config_default(c->kind, N);
+    stk_optim_config_default(&c->cfg, c->kind, N);
     c->ra[0] = (stk_optim_range_t){0, 3};
     c->ra[1] = (stk_optim_range_t){7, 3};
     c->rb[0] = (stk_optim_range_t){3, 4};
@@ -70,8 +73,10 @@ static void load_case(ocase_t *c, const char *name)
         if (!strcmp(c->fx.lines[i].tag, "group") && !strncmp(c->fx.lines[i].rest, "B ", 2))
             gb = c->fx.lines[i].rest;
     assert_non_null(gb);
-    c->groups[0] = (stk_optim_group_t){c->ra, 2, stk_optim_hparams_default(c->kind)};
-    c->groups[1] = (stk_optim_group_t){c->rb, 1, stk_optim_hparams_default(c->kind)};
+    c->groups[0] = (stk_optim_group_t){c->ra, 2, {0}};
+    c->groups[1] = (stk_optim_group_t){c->rb, 1, {0}};
+    stk_optim_hparams_default(&c->groups[0].h, c->kind);
+    stk_optim_hparams_default(&c->groups[1].h, c->kind);
     int rc = stk_optim_hparams_parse(ga + 2, c->kind, &c->groups[0].h);
     if (rc)
         fail_msg("%s: group A: %s", name, stk_error_message());
@@ -258,7 +263,8 @@ static void test_bad_blobs(void **state)
 static void test_parse(void **state)
 {
     (void)state;
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_ADAM, 5);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_ADAM, 5);
     assert_int_equal(stk_optim_config_parse("sgd:lr=0.1,momentum=0.9,nesterov=1,weight_decay=5e-4", &cfg), 0);
     assert_int_equal(cfg.kind, STK_OPTIM_SGD);
     assert_true(cfg.defaults.lr == 0.1 && cfg.defaults.momentum == 0.9 && cfg.defaults.nesterov == 1);
@@ -288,7 +294,8 @@ static void test_parse(void **state)
     expect_err(stk_optim_config_parse(NULL, &cfg), -EINVAL, NULL);
     assert_memory_equal(&keep, &cfg, sizeof(cfg));
 
-    stk_optim_hparams_t h = stk_optim_hparams_default(STK_OPTIM_SGD);
+    stk_optim_hparams_t h;
+    stk_optim_hparams_default(&h, STK_OPTIM_SGD);
     assert_int_equal(stk_optim_hparams_parse("weight_decay=0,lr=0.5", STK_OPTIM_SGD, &h), 0);
     assert_true(h.lr == 0.5);
     expect_err(stk_optim_hparams_parse("alpha=0.5", STK_OPTIM_SGD, &h), STK_ECONFIG, "'alpha'");
@@ -301,15 +308,16 @@ static void test_create_errors(void **state)
 {
     (void)state;
     stk_optim_t *o = NULL;
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_SGD, 10);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_SGD, 10);
     expect_err(stk_optim_create(NULL, &cfg), -EINVAL, NULL);
     expect_err(stk_optim_create(&o, NULL), -EINVAL, NULL);
     cfg.kind = (stk_optim_kind_t)7;
     expect_err(stk_optim_create(&o, &cfg), STK_ECONFIG, "kind");
-    cfg = stk_optim_config_default(STK_OPTIM_ADAM, 10);
+    stk_optim_config_default(&cfg, STK_OPTIM_ADAM, 10);
     cfg.defaults.beta2 = 1.5;
     expect_err(stk_optim_create(&o, &cfg), STK_ECONFIG, "group 0: adam: invalid beta2");
-    cfg = stk_optim_config_default(STK_OPTIM_SGD, 10);
+    stk_optim_config_default(&cfg, STK_OPTIM_SGD, 10);
     stk_optim_range_t r1[1] = {{0, 6}}, r2[1] = {{5, 5}}, r3[1] = {{8, 3}};
     stk_optim_group_t gs[2] = {{r1, 1, cfg.defaults}, {r2, 1, cfg.defaults}};
     cfg.groups = gs;
@@ -330,7 +338,8 @@ static void test_accessors(void **state)
 {
     (void)state;
     stk_optim_t *o = NULL;
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_ADAM, 4);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_ADAM, 4);
     assert_int_equal(stk_optim_create(&o, &cfg), 0);
     assert_int_equal(stk_optim_num_groups(o), 1);
     assert_int_equal(stk_optim_kind(o), STK_OPTIM_ADAM);
@@ -363,7 +372,8 @@ static void test_sgd_momentum_restart(void **state)
 {
     (void)state;
     stk_optim_t *o = NULL;
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_SGD, 1);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_SGD, 1);
     cfg.defaults.lr = 1;
     cfg.defaults.momentum = 0.5;
     assert_int_equal(stk_optim_create(&o, &cfg), 0);
@@ -398,12 +408,14 @@ static void test_garbage(void **state)
         unsigned n = 1 + (unsigned)stk_rng_below(&rng, 12);
         for (unsigned j = 0; j < n; j++)
             strcat(text, atoms[stk_rng_below(&rng, sizeof(atoms) / sizeof(atoms[0]))]);
-        stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_SGD, 4);
+        stk_optim_config_t cfg;
+        stk_optim_config_default(&cfg, STK_OPTIM_SGD, 4);
         int rc = stk_optim_config_parse(text, &cfg);
         if (rc != 0 && rc != STK_ECONFIG)
             fail_msg("parse '%s' returned %d", text, rc);
     }
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_RMSPROP, 8);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_RMSPROP, 8);
     cfg.defaults.momentum = 0.5;
     cfg.defaults.centered = 1;
     stk_optim_t *a = NULL, *b = NULL;
@@ -488,7 +500,8 @@ static void test_step_slices(void **state)
         fx_free(&c.fx);
     }
 
-    stk_optim_config_t cfg = stk_optim_config_default(STK_OPTIM_ADAM, 4);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_ADAM, 4);
     stk_optim_t *o = NULL;
     assert_int_equal(stk_optim_create(&o, &cfg), 0);
     float p[4] = {0}, g[4] = {1, 1, 1, 1};
@@ -524,7 +537,8 @@ static void test_large_step(void **state)
     assert_non_null(g);
     const stk_optim_kind_t kinds[] = {STK_OPTIM_SGD, STK_OPTIM_ADAMW, STK_OPTIM_RMSPROP};
     for (size_t k = 0; k < 3; k++) {
-        stk_optim_config_t cfg = stk_optim_config_default(kinds[k], n);
+        stk_optim_config_t cfg;
+        stk_optim_config_default(&cfg, kinds[k], n);
         cfg.defaults.momentum = 0.9;
         stk_optim_range_t ra[2] = {{0, 100000}, {250000, 50007}}, rb[1] = {{100000, 150000}};
         stk_optim_group_t gs[2] = {{ra, 2, cfg.defaults}, {rb, 1, cfg.defaults}};
@@ -555,6 +569,217 @@ static void test_large_step(void **state)
     free(g);
 }
 
+/* ------------------------------------------------ optimizers for a model */
+
+static const char *const small_model =
+    "input name=data shape=2,6,6\n"
+    "conv2d name=conv1 out=8 kernel=3 pad=1\n"
+    "batchnorm2d name=bn1\n"
+    "relu name=relu1\n"
+    "flatten name=flat\n"
+    "linear name=fc out=3\n"
+    "cross_entropy name=loss\n";
+
+static stk_model_t *make_model(void)
+{
+    stk_model_builder_t *b = NULL;
+    assert_int_equal(stk_model_builder_create(&b), 0);
+    assert_int_equal(stk_model_builder_parse(b, small_model, "small"), 0);
+    stk_model_config_t mc;
+    stk_model_config_default(&mc);
+    mc.batch_size = 2;
+    stk_model_t *m = NULL;
+    assert_int_equal(stk_model_create(&m, b, &mc), 0);
+    stk_model_builder_destroy(&b);
+    /* conv1.weight, conv1.bias, bn1.weight, bn1.bias, fc.weight, fc.bias */
+    assert_int_equal(stk_model_num_params(m), 6);
+    return m;
+}
+
+/* A spec, and the same optimizer written out by hand: the defaults' text,
+ * each parameter's group (in stk_model_param_info order) and each group's
+ * overrides of the defaults. */
+typedef struct model_case {
+    const char *spec, *defaults;
+    size_t ng;
+    int gid[6];
+    const char *over[3];
+} model_case_t;
+
+static const model_case_t model_cases[] = {
+    {"adamw:lr=1e-2,weight_decay=0.05,amsgrad=1,no_decay=bias_norm", "adamw:lr=1e-2,weight_decay=0.05,amsgrad=1",
+     2, {0, 1, 1, 1, 0, 1}, {"", "weight_decay=0"}},
+    {"sgd:lr=0.1,momentum=0.9,nesterov=1,weight_decay=1e-3|fc.*:lr=0.01|bn*:weight_decay=0",
+     "sgd:lr=0.1,momentum=0.9,nesterov=1,weight_decay=1e-3", 3, {0, 0, 2, 2, 1, 1},
+     {"", "lr=0.01", "weight_decay=0"}},
+    /* bn1.bias is a norm parameter, not a bias: no_decay=bias leaves it. */
+    {"rmsprop:lr=1e-3,momentum=0.9,centered=1,weight_decay=1e-2,no_decay=bias|*.weight:lr=2e-3",
+     "rmsprop:lr=1e-3,momentum=0.9,centered=1,weight_decay=1e-2", 3, {1, 2, 1, 0, 1, 2},
+     {"", "lr=2e-3", "weight_decay=0"}},
+    {"adam:lr=1e-3,weight_decay=1e-4,no_decay=norm", "adam:lr=1e-3,weight_decay=1e-4", 2, {0, 0, 1, 1, 0, 0},
+     {"", "weight_decay=0"}},
+};
+
+static void fill_grads(stk_model_t *m, stk_rng_t *rng)
+{
+    size_t n;
+    float *g = stk_model_grads(m, &n);
+    for (size_t i = 0; i < n; i++)
+        g[i] = stk_rng_uniform(rng) - 0.5f;
+}
+
+/* An optimizer made for a model from text steps the model's arenas through
+ * the backend exactly (bit for bit) as the hand-made one over arrays, so
+ * the groups, the no_decay option and the fused update slot are right. */
+static void test_model_groups(void **state)
+{
+    (void)state;
+    for (size_t c = 0; c < sizeof(model_cases) / sizeof(model_cases[0]); c++) {
+        const model_case_t *mc = &model_cases[c];
+        stk_model_t *m = make_model();
+        stk_optim_t *opt = NULL;
+        if (stk_optim_create_for_model(&opt, m, mc->spec) != 0)
+            fail_msg("%s: %s", mc->spec, stk_error_message());
+        assert_int_equal(stk_optim_num_groups(opt), mc->ng);
+        /* The same by hand: one range per tensor. */
+        stk_optim_config_t cfg;
+        memset(&cfg, 0, sizeof(cfg));
+        assert_int_equal(stk_optim_config_parse(mc->defaults, &cfg), 0);
+        size_t np;
+        float *params = stk_model_params(m, &np);
+        cfg.n_params = np;
+        stk_optim_range_t ranges[6];
+        stk_optim_group_t groups[3];
+        size_t nr = 0;
+        for (size_t g = 0; g < mc->ng; g++) {
+            groups[g].ranges = ranges + nr;
+            groups[g].n_ranges = 0;
+            groups[g].h = cfg.defaults;
+            assert_int_equal(stk_optim_hparams_parse(mc->over[g], cfg.kind, &groups[g].h), 0);
+            for (size_t i = 0; i < 6; i++) {
+                if (mc->gid[i] != (int)g)
+                    continue;
+                stk_param_info_t info;
+                assert_int_equal(stk_model_param_info(m, i, &info), 0);
+                ranges[nr++] = (stk_optim_range_t){info.offset, info.count};
+                groups[g].n_ranges++;
+            }
+            double lr;
+            assert_int_equal(stk_optim_get_base_lr(opt, g, &lr), 0);
+            assert_true(lr == groups[g].h.lr);
+        }
+        cfg.groups = groups;
+        cfg.n_groups = mc->ng;
+        stk_optim_t *ref = NULL;
+        assert_int_equal(stk_optim_create(&ref, &cfg), 0);
+        float *p = malloc(np * sizeof(float)), *keep = malloc(np * sizeof(float));
+        memcpy(p, params, np * sizeof(float));
+        stk_rng_t rng;
+        stk_rng_init(&rng, 7, c);
+        for (int s = 0; s < 4; s++) {
+            fill_grads(m, &rng);
+            if (s == 3) {
+                /* Save, step, then rewind and step a fresh optimizer that
+                 * loaded the saved state: the state moves through the
+                 * backend both ways. */
+                size_t len = stk_optim_state_size(opt), w = 0;
+                void *blob = malloc(len);
+                assert_int_equal(stk_optim_state_save(opt, blob, len, &w), 0);
+                memcpy(keep, params, np * sizeof(float));
+                assert_int_equal(stk_optim_step_model(opt, m), 0);
+                float *after = malloc(np * sizeof(float));
+                memcpy(after, params, np * sizeof(float));
+                memcpy(params, keep, np * sizeof(float));
+                stk_optim_t *again = NULL;
+                assert_int_equal(stk_optim_create_for_model(&again, m, mc->spec), 0);
+                assert_int_equal(stk_optim_state_load(again, blob, w), 0);
+                assert_int_equal(stk_optim_step_model(again, m), 0);
+                assert_memory_equal(after, params, np * sizeof(float));
+                stk_optim_destroy(&again);
+                free(after);
+                free(blob);
+            } else {
+                assert_int_equal(stk_optim_step_model(opt, m), 0);
+            }
+            assert_int_equal(stk_optim_step(ref, p, stk_model_grads(m, NULL)), 0);
+            if (memcmp(p, params, np * sizeof(float)) != 0)
+                fail_msg("%s: step %d differs from the optimizer over arrays", mc->spec, s);
+        }
+        free(p);
+        free(keep);
+        stk_optim_destroy(&ref);
+        stk_optim_destroy(&opt);
+        stk_model_destroy(&m);
+    }
+}
+
+static void expect_model_err(stk_model_t *m, const char *spec, int code, const char *needle)
+{
+    stk_optim_t *o = NULL;
+    int rc = stk_optim_create_for_model(&o, m, spec);
+    if (rc != code)
+        fail_msg("'%s': got %d (%s), expected %d", spec, rc, stk_error_message(), code);
+    assert_null(o);
+    if (needle && !strstr(stk_error_message(), needle))
+        fail_msg("'%s': message '%s' lacks '%s'", spec, stk_error_message(), needle);
+}
+
+static void test_model_errors(void **state)
+{
+    (void)state;
+    stk_model_t *m = make_model(), *other = make_model();
+    expect_model_err(m, "sgd|nomatch*:lr=1", STK_ECONFIG, "pattern 'nomatch*' matches no parameter");
+    expect_model_err(m, "sgd:no_decay=maybe", STK_ECONFIG, "key 'no_decay'");
+    expect_model_err(m, "sgd||", STK_ECONFIG, "empty group");
+    expect_model_err(m, "sgd|*.bias:lr=1|", STK_ECONFIG, "empty group");
+    expect_model_err(m, "sgd|*.bias", STK_ECONFIG, "expected 'pattern");
+    expect_model_err(m, "sgd|*.bias:nesterov=1", STK_ECONFIG, "group 1 ('*.bias')");
+    expect_model_err(m, "sgd|*.bias:bogus=1", STK_ECONFIG, "unknown key 'bogus'");
+    expect_model_err(m, "sgd|*.bias:no_decay=bias", STK_ECONFIG, "'no_decay' goes with the defaults");
+    expect_model_err(m, "sgdx:lr=1", STK_ECONFIG, "unknown kind 'sgdx'");
+    expect_model_err(m, "", STK_ECONFIG, "empty spec");
+    expect_model_err(m, "adam:lr=-1", STK_ECONFIG, "lr");
+    stk_optim_t *o = NULL;
+    assert_int_equal(stk_optim_create_for_model(NULL, m, "sgd"), -EINVAL);
+    assert_int_equal(stk_optim_create_for_model(&o, NULL, "sgd"), -EINVAL);
+    assert_int_equal(stk_optim_create_for_model(&o, m, NULL), -EINVAL);
+    /* The model-only keys are refused where there is no model. */
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, STK_OPTIM_SGD, 4);
+    assert_int_equal(stk_optim_config_parse("sgd:no_decay=bias_norm", &cfg), STK_ECONFIG);
+    assert_non_null(strstr(stk_error_message(), "stk_optim_create_for_model"));
+    assert_int_equal(stk_optim_config_parse("sgd|*.bias:lr=1", &cfg), STK_ECONFIG);
+    assert_non_null(strstr(stk_error_message(), "stk_optim_create_for_model"));
+    /* A pattern group takes its parameters before no_decay does. */
+    assert_int_equal(stk_optim_create_for_model(&o, m, "sgd:lr=0.5,no_decay=bias_norm|*:lr=0.25"), 0);
+    assert_int_equal(stk_optim_num_groups(o), 3);
+    double lr;
+    assert_int_equal(stk_optim_get_base_lr(o, 1, &lr), 0);
+    assert_true(lr == 0.25);
+    /* Stepping: only its own model; an optimizer over arrays refuses. */
+    assert_int_equal(stk_optim_step_model(o, other), -EINVAL);
+    assert_int_equal(stk_optim_step_model(o, NULL), -EINVAL);
+    assert_int_equal(stk_optim_step_model(NULL, m), -EINVAL);
+    assert_int_equal(stk_optim_step_model(o, m), 0);
+    assert_int_equal(stk_optim_group_steps(o, 0), 1);
+    stk_optim_t *arr = NULL;
+    stk_optim_config_default(&cfg, STK_OPTIM_SGD, 4);
+    assert_int_equal(stk_optim_create(&arr, &cfg), 0);
+    assert_int_equal(stk_optim_step_model(arr, m), STK_ESTATE);
+    /* A blob of the array optimizer does not load into the model's. */
+    float p[4] = {0}, g[4] = {1, 1, 1, 1};
+    assert_int_equal(stk_optim_step(arr, p, g), 0);
+    size_t len = stk_optim_state_size(arr), w;
+    void *blob = malloc(len);
+    assert_int_equal(stk_optim_state_save(arr, blob, len, &w), 0);
+    assert_int_equal(stk_optim_state_load(o, blob, w), STK_ESHAPE);
+    free(blob);
+    stk_optim_destroy(&arr);
+    stk_optim_destroy(&o);
+    stk_model_destroy(&other);
+    stk_model_destroy(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -563,6 +788,7 @@ int main(void)
         cmocka_unit_test(test_create_errors),  cmocka_unit_test(test_accessors),
         cmocka_unit_test(test_sgd_momentum_restart), cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_step_slices),          cmocka_unit_test(test_large_step),
+        cmocka_unit_test(test_model_groups),         cmocka_unit_test(test_model_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

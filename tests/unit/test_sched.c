@@ -44,7 +44,7 @@ static void load_case(scase_t *c, const char *name)
     assert_int_equal(fx_load(&c->fx, name), 0);
     double v[5] = {0, 0, 0, 0, 0};
     assert_int_equal(fx_doubles(fx_get(&c->fx, "total_steps"), v, 1), 1);
-    c->cfg = stk_sched_config_default();
+    stk_sched_config_default(&c->cfg);
     c->cfg.total_steps = (int64_t)v[0];
     assert_int_equal(fx_doubles(fx_get(&c->fx, "steps_per_epoch"), v, 1), 1);
     if (stk_sched_parse(fx_get(&c->fx, "sched"), (int64_t)v[0], &c->cfg))
@@ -65,7 +65,8 @@ static void load_case(scase_t *c, const char *name)
 static stk_optim_t *make_opt(stk_optim_kind_t kind)
 {
     static stk_optim_range_t ra[1] = {{0, 2}}, rb[1] = {{2, 3}};
-    stk_optim_config_t cfg = stk_optim_config_default(kind, 5);
+    stk_optim_config_t cfg;
+    stk_optim_config_default(&cfg, kind, 5);
     stk_optim_group_t gs[2] = {{ra, 1, cfg.defaults}, {rb, 1, cfg.defaults}};
     gs[0].h.lr = 0.1;
     gs[1].h.lr = 0.01;
@@ -183,7 +184,8 @@ static void expect_err(int rc, int code, const char *needle)
 
 static stk_sched_t *make_sched(const char *text, int64_t spe, int64_t total, stk_optim_t *o)
 {
-    stk_sched_config_t cfg = stk_sched_config_default();
+    stk_sched_config_t cfg;
+    stk_sched_config_default(&cfg);
     cfg.total_steps = total;
     if (stk_sched_parse(text, spe, &cfg))
         fail_msg("parse '%s': %s", text, stk_error_message());
@@ -247,7 +249,8 @@ static void test_cooldown_after_cosine(void **state)
 static void test_parse_errors(void **state)
 {
     (void)state;
-    stk_sched_config_t cfg = stk_sched_config_default();
+    stk_sched_config_t cfg;
+    stk_sched_config_default(&cfg);
     assert_int_equal(stk_sched_parse("warmup:1ep,start=0.1|cosine:eta_min=0", 50, &cfg), 0);
     assert_int_equal(cfg.n_phases, 2);
     assert_int_equal(cfg.phases[0].kind, STK_SCHED_LINEAR);
@@ -285,7 +288,8 @@ static void test_parse_errors(void **state)
 static void expect_create_err(const char *text, int64_t total, const char *needle)
 {
     stk_optim_t *o = make_opt(STK_OPTIM_SGD);
-    stk_sched_config_t cfg = stk_sched_config_default();
+    stk_sched_config_t cfg;
+    stk_sched_config_default(&cfg);
     cfg.total_steps = total;
     assert_int_equal(stk_sched_parse(text, 0, &cfg), 0);
     stk_sched_t *s = NULL;
@@ -298,24 +302,25 @@ static void test_create_errors(void **state)
 {
     (void)state;
     expect_create_err("step:gamma=0.5", 0, "invalid step_size");
-    expect_create_err("cosine", 0, "invalid T_max");
-    expect_create_err("cosine|exp", 0, "open-ended in the middle needs total_steps");
-    expect_create_err("cosine|exp:10", 5, "needs total_steps > 10");
+    expect_create_err("cosine", 0, "key 'T_max': needs the run's length");
+    expect_create_err("cosine|exp", 0, "open-ended in the middle needs the run's length: total_steps");
+    expect_create_err("cosine|exp:10", 5, "total_steps > 10");
     expect_create_err("cosine|exp|step:step_size=3", 100, "only one middle phase may be open-ended");
     expect_create_err("warmup:5|plateau", 0, "plateau cannot be chained");
-    expect_create_err("onecycle", 0, "invalid total_steps");
+    expect_create_err("onecycle", 0, "key 'total_steps': needs the run's length");
     expect_create_err("onecycle:total_steps=10,pct_start=1.5", 0, "invalid pct_start");
     expect_create_err("linear:start=2", 0, "invalid start_factor");
-    expect_create_err("cooldown", 0, "invalid total_iters");
+    expect_create_err("cooldown", 0, "key 'total_iters': needs the run's length");
     expect_create_err("plateau:factor=1", 0, "invalid factor");
     expect_create_err("multistep:milestones=5;3", 0, "ascending");
     stk_optim_t *o = make_opt(STK_OPTIM_SGD);
-    stk_sched_config_t cfg = stk_sched_config_default();
+    stk_sched_config_t cfg;
+    stk_sched_config_default(&cfg);
     stk_sched_t *s = NULL;
     expect_err(stk_sched_create(&s, &cfg, o), STK_ECONFIG, "0 phases");
     expect_err(stk_sched_create(&s, NULL, o), -EINVAL, NULL);
     cfg.n_phases = 1;
-    cfg.phases[0] = stk_sched_phase_default((stk_sched_kind_t)42);
+    stk_sched_phase_default(&cfg.phases[0], (stk_sched_kind_t)42);
     expect_err(stk_sched_create(&s, &cfg, o), STK_ECONFIG, "invalid kind");
     stk_optim_destroy(&o);
     stk_sched_destroy(NULL);
@@ -382,7 +387,8 @@ static void test_bad_blobs(void **state)
     assert_int_equal(stk_sched_steps(same), 7);
 
     /* Same schedule over a different number of groups. */
-    stk_optim_config_t oc = stk_optim_config_default(STK_OPTIM_SGD, 5);
+    stk_optim_config_t oc;
+    stk_optim_config_default(&oc, STK_OPTIM_SGD, 5);
     stk_optim_t *o1 = NULL;
     assert_int_equal(stk_optim_create(&o1, &oc), 0);
     stk_sched_t *one = make_sched("warmup:5|cosine", 0, 50, o1);
@@ -404,7 +410,8 @@ static void test_drives_optimizer(void **state)
 {
     (void)state;
     stk_optim_range_t ra[1] = {{0, 1}}, rb[1] = {{1, 1}};
-    stk_optim_config_t oc = stk_optim_config_default(STK_OPTIM_SGD, 2);
+    stk_optim_config_t oc;
+    stk_optim_config_default(&oc, STK_OPTIM_SGD, 2);
     stk_optim_group_t gs[2] = {{ra, 1, oc.defaults}, {rb, 1, oc.defaults}};
     gs[0].h.lr = 1.0;
     gs[1].h.lr = 0.5;
@@ -446,7 +453,8 @@ static void test_parse_garbage(void **state)
         unsigned n = 1 + (unsigned)stk_rng_below(&rng, 14);
         for (unsigned j = 0; j < n; j++)
             strcat(text, atoms[stk_rng_below(&rng, sizeof(atoms) / sizeof(atoms[0]))]);
-        stk_sched_config_t cfg = stk_sched_config_default();
+        stk_sched_config_t cfg;
+        stk_sched_config_default(&cfg);
         cfg.total_steps = (int64_t)stk_rng_below(&rng, 3) * 50;
         int rc = stk_sched_parse(text, (int64_t)stk_rng_below(&rng, 3), &cfg);
         if (rc != 0 && rc != STK_ECONFIG)
@@ -466,6 +474,37 @@ static void test_parse_garbage(void **state)
     stk_optim_destroy(&o);
 }
 
+/* One call with the run's length gives what parse + create give; without
+ * the length, a phase that needs it names the key to give. */
+static void test_create_from_text(void **state)
+{
+    (void)state;
+    stk_optim_t *oa = make_opt(STK_OPTIM_SGD), *ob = make_opt(STK_OPTIM_SGD);
+    const char *text = "warmup:1ep,start=0.1|cosine:eta_min=0";
+    stk_sched_t *a = NULL, *b = make_sched(text, 10, 100, ob);
+    assert_int_equal(stk_sched_create_from_text(&a, oa, text, 10, 100), 0);
+    for (int64_t t = 0; t < 120; t++) {
+        double la, lb;
+        assert_int_equal(stk_optim_get_lr(oa, 0, &la), 0);
+        assert_int_equal(stk_optim_get_lr(ob, 0, &lb), 0);
+        assert_true(la == lb);
+        assert_int_equal(stk_sched_step(a), 0);
+        assert_int_equal(stk_sched_step(b), 0);
+    }
+    stk_sched_destroy(&a);
+    stk_sched_destroy(&b);
+    expect_err(stk_sched_create_from_text(&a, oa, "warmup:1ep|cosine", 10, 0), STK_ECONFIG,
+               "phase 1 (cosine): key 'T_max': needs the run's length");
+    assert_null(a);
+    expect_err(stk_sched_create_from_text(&a, oa, "onecycle", 0, 0), STK_ECONFIG, "key 'total_steps'");
+    expect_err(stk_sched_create_from_text(&a, oa, "cosine:1ep", 0, 100), STK_ECONFIG, "steps_per_epoch");
+    expect_err(stk_sched_create_from_text(&a, oa, "cosine", 10, -1), -EINVAL, "negative");
+    expect_err(stk_sched_create_from_text(&a, NULL, "cosine", 10, 5), -EINVAL, "NULL");
+    expect_err(stk_sched_create_from_text(&a, oa, "cosinus", 10, 5), STK_ECONFIG, "unknown kind");
+    stk_optim_destroy(&oa);
+    stk_optim_destroy(&ob);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -474,6 +513,7 @@ int main(void)
         cmocka_unit_test(test_parse_errors),       cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_plateau_needs_metric), cmocka_unit_test(test_bad_blobs),
         cmocka_unit_test(test_drives_optimizer),   cmocka_unit_test(test_parse_garbage),
+        cmocka_unit_test(test_create_from_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

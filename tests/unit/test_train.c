@@ -119,7 +119,8 @@ static stk_model_t *make_model(const char *text, int64_t batch)
     stk_model_builder_t *b = NULL;
     assert_int_equal(stk_model_builder_create(&b), 0);
     assert_int_equal(stk_model_builder_parse(b, text, "test.model"), 0);
-    stk_model_config_t mc = stk_model_config_default();
+    stk_model_config_t mc;
+    stk_model_config_default(&mc);
     mc.batch_size = batch;
     mc.seed = 5;
     mc.threads = 1;
@@ -133,16 +134,10 @@ static stk_model_t *make_model(const char *text, int64_t batch)
 
 static void make_opt(stk_model_t *m, int64_t total_steps, stk_optim_t **opt, stk_sched_t **sched)
 {
-    size_t n;
-    stk_model_params(m, &n);
-    stk_optim_config_t oc = stk_optim_config_default(STK_OPTIM_SGD, n);
-    assert_int_equal(stk_optim_config_parse("sgd:lr=0.05,momentum=0.9,nesterov=1,weight_decay=5e-4", &oc), 0);
-    oc.n_params = n;
-    assert_int_equal(stk_optim_create(opt, &oc), 0);
-    stk_sched_config_t sc = stk_sched_config_default();
-    sc.total_steps = total_steps;
-    assert_int_equal(stk_sched_parse("warmup:3,start=0.1|cosine:eta_min=0", 0, &sc), 0);
-    assert_int_equal(stk_sched_create(sched, &sc, *opt), 0);
+    assert_int_equal(stk_optim_create_for_model(opt, m, "sgd:lr=0.05,momentum=0.9,nesterov=1,weight_decay=5e-4,"
+                                                        "no_decay=bias_norm"), 0);
+    assert_int_equal(stk_sched_create_from_text(sched, *opt, "warmup:3,start=0.1|cosine:eta_min=0", 0, total_steps),
+                     0);
 }
 
 static stk_train_inputs_t *make_inputs(const char *normalize)
@@ -309,7 +304,7 @@ static void test_inputs_match_workers(void **state)
 static void hand_loop(stk_model_t *m, stk_optim_t *opt, stk_sched_t *sched, stk_loader_t *l, stk_train_inputs_t *in,
                       int epochs)
 {
-    uint64_t nb = stk_loader_len(l), micro = 0;
+    uint64_t nb = stk_loader_len(l);
     stk_model_set_train(m, 1);
     for (int e = 0; e < epochs; e++) {
         assert_int_equal(stk_loader_set_epoch(l, (uint64_t)e), 0);
@@ -319,12 +314,11 @@ static void hand_loop(stk_model_t *m, stk_optim_t *opt, stk_sched_t *sched, stk_
             assert_int_equal(stk_train_inputs_get(in, &b, &x, &y), 0);
             uint64_t k = b.number, start = k / ACCUM * ACCUM, size = nb - start < ACCUM ? nb - start : ACCUM;
             stk_model_set_loss_scale(m, 1.0f / (float)size);
-            stk_model_set_step(m, micro++);
             float loss;
             assert_int_equal(stk_model_forward(m, x.data, x.shape[0], y.data, NULL, &loss), 0);
             assert_int_equal(stk_model_backward(m), 0);
             if (k + 1 == start + size) {
-                assert_int_equal(stk_optim_step(opt, stk_model_params(m, NULL), stk_model_grads(m, NULL)), 0);
+                assert_int_equal(stk_optim_step_model(opt, m), 0);
                 assert_int_equal(stk_sched_step(sched), 0);
                 stk_model_zero_grad(m);
             }
@@ -353,7 +347,6 @@ static void test_stepper_matches_hand_loop(void **state)
     stk_train_stepper_t *s = NULL;
     assert_int_equal(stk_train_stepper_create(&s, mb, ob, sb, &c), 0);
     stk_model_set_train(mb, 1);
-    uint64_t micro = 0;
     for (int e = 0; e < 2; e++) {
         assert_int_equal(stk_loader_set_epoch(lb, (uint64_t)e), 0);
         stk_batch_t b;
@@ -361,7 +354,6 @@ static void test_stepper_matches_hand_loop(void **state)
             stk_tensor_t x, y;
             stk_train_step_metrics_t m;
             assert_int_equal(stk_train_inputs_get(in, &b, &x, &y), 0);
-            stk_model_set_step(mb, micro++);
             assert_int_equal(stk_train_stepper_step(s, &x, &y, b.number, &m), 0);
             /* Groups close after batches 2, 5 and 7 (the short one). */
             assert_int_equal(m.stepped, b.number == 2 || b.number == 5 || b.number == 7);
@@ -373,6 +365,10 @@ static void test_stepper_matches_hand_loop(void **state)
         }
     }
     assert_int_equal(stk_train_stepper_steps(s), 6);
+    /* Both models counted their training forwards: dropout drew the same
+     * masks. */
+    assert_int_equal(stk_model_step(ma), 16);
+    assert_int_equal(stk_model_step(mb), 16);
     size_t n;
     const float *pa = stk_model_params(ma, &n), *pb = stk_model_params(mb, NULL);
     expect_same_floats(pa, pb, n, "hand-loop and stepper parameters");
@@ -501,7 +497,8 @@ static void test_evaluate(void **state)
     assert_int_equal(stk_train_evaluate(m, l, in, 2, NULL, &ev), 0);
     assert_int_equal(ev.samples, 21);
     assert_int_equal(stk_model_is_train(m), 1);
-    assert_int_equal(stk_model_batch_size(m), 8);
+    /* Evaluation forwards do not move the dropout step. */
+    assert_int_equal(stk_model_step(m), 0);
 
     /* By hand: every sample alone, scored from its logits. */
     stk_loader_t *one = make_loader(ds, 1, 0, 0, "normalize:mean=0.3,std=0.3");
