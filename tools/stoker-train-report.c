@@ -45,7 +45,8 @@ void train_summary_print(FILE *f, const stk_train_epoch_t *hist, size_t n)
             "test_loss", "test_acc", "lr", "images/s", "wait", "time_s");
     for (size_t i = 0; i < n; i++) {
         const stk_train_epoch_t *s = &hist[i];
-        fprintf(f, "%5llu %8llu %10.4f %8.2f%% %10.4f %8.2f%% %10.3g %9.0f %7.2f%% %7.1f\n", (unsigned long long)s->epoch,
+        fprintf(f, "%5llu %8llu %10.4f %8.2f%% %10.4f %8.2f%% %10.3g %9.0f %7.2f%% %7.1f\n",
+                (unsigned long long)s->epoch,
                 (unsigned long long)s->step, s->train_loss, 100 * s->train_acc, s->test_loss, 100 * s->test_acc,
                 s->lr, s->images_per_s, 100 * s->data_wait, s->epoch_s);
     }

@@ -83,6 +83,58 @@ void train_config_eval_augment(const train_config_t *cfg, char *buf, size_t cap)
  * among those listed in keys ("a,b,c"); "" when none. */
 void train_config_diff(const train_config_t *a, const train_config_t *b, const char *keys, char *buf, size_t cap);
 
+/* ---- The run (stoker-train-setup.c) ---------------------------------- */
+
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE 2
+#define EXIT_STOPPED 130
+
+/* One run of the tool: its config, the pieces, the state, the outputs. */
+typedef struct run {
+    train_config_t cfg;
+    const char *config_path;
+    char eval_augment[TRAIN_SPEC_MAX];
+    char plot_path[TRAIN_PATH_MAX + 8];
+    int json, force, tty, quiet;
+
+    stk_dataset_t *train_ds, *test_ds;
+    stk_sampler_t *train_sampler, *test_sampler;
+    stk_loader_t *train_loader, *test_loader;
+    stk_train_inputs_t *train_in, *test_in;
+    stk_model_t *model;
+    stk_optim_t *opt;
+    stk_sched_t *sched;
+    uint64_t batches_per_epoch, steps_per_epoch;
+
+    stk_train_state_t st;
+    char identity[256]; /* the "run" section: model and data fingerprints */
+    char resumed_from[TRAIN_PATH_MAX + 64];
+    char last_ckpt[4096];
+    FILE *metrics;
+    double t_print, compute_s, optim_s;
+    /* STK_TRAIN_TEST_PAUSE=EPOCH:BATCH: the run stops itself (SIGSTOP)
+     * after that micro-batch, once, so that a test can deliver a signal
+     * at an exact point. */
+    uint64_t pause_epoch, pause_batch;
+} run_t;
+
+/* "stoker-train: error: ..." on stderr; returns code. */
+int train_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* An error about a key's value: "file:line: key 'k': what: message (CODE)". */
+int train_fail_key(const run_t *r, int code, const char *key, int rc, const char *what);
+/* A library error: "what: message: text (CODE)", exit status 1. */
+int train_fail_stk(int rc, const char *what);
+/* Opens the data, builds the model, loaders, optimizer and scheduler, and
+ * settles the run's identity (new, or the one resume names). Writes
+ * nothing. Returns 0 or an exit status, after its message. */
+int train_setup(run_t *r, const char *resume);
+/* Creates the checkpoint folder, the metrics file (appended to) and the
+ * plot's folder. Returns 0 or an exit status. */
+int train_open_outputs(run_t *r);
+void train_teardown(run_t *r);
+
+/* ---- Reports (stoker-train-report.c) ---------------------------------- */
+
 /* Appends one JSON line with the epoch's metrics and the run id. */
 int train_metrics_write(FILE *f, const char *run_id, const stk_train_epoch_t *s);
 /* The run id of the first line of a metrics file ("" when it has none);

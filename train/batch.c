@@ -359,3 +359,65 @@ int stk_train_inputs_get(stk_train_inputs_t *x, const stk_batch_t *b, stk_tensor
     int64_t lshape[1] = {(int64_t)n};
     return stk_tensor_init(target, (void *)labels, STK_DTYPE_I64, 1, lshape);
 }
+
+/* ---- Checking data against a model -------------------------------------- */
+
+int stk_train_check_data(const stk_dataset_t *ds, const stk_train_inputs_config_t *cfg, const char *augment,
+                         const stk_model_t *model)
+{
+    if (!ds || !cfg || !cfg->image_field || !model)
+        return stk__error(-EINVAL, "stk_train_check_data: NULL argument");
+    const stk_schema_t *schema = stk_dataset_schema(ds);
+    char desc[512];
+    stk_schema_format(schema, desc, sizeof desc);
+    const char *names[2] = {cfg->image_field, cfg->label_field};
+    int idx[2] = {-1, -1};
+    for (int k = 0; k < 2; k++)
+        if (names[k] && (idx[k] = stk_schema_find(schema, names[k])) < 0)
+            return stk__error(STK_ENOTFOUND, "the data has no field '%s' (it has %s)", names[k], desc);
+    if (idx[1] >= 0) {
+        const stk_field_t *lab = &schema->fields[idx[1]];
+        if (lab->ndim != 0 || (lab->dtype != STK_DTYPE_U8 && lab->dtype != STK_DTYPE_I8 &&
+                               lab->dtype != STK_DTYPE_I32 && lab->dtype != STK_DTYPE_I64))
+            return stk__error(STK_ESHAPE, "label field '%s' is not an integer scalar (the data has %s)", lab->name,
+                              desc);
+    }
+    const stk_field_t *img = &schema->fields[idx[0]];
+    for (uint32_t i = 0; i < img->ndim; i++)
+        if (img->shape[i] <= 0)
+            return stk__error(STK_ESHAPE, "field '%s' has a variable shape (%s)", img->name, desc);
+    stk_image_desc_t in = {.c = 1, .h = 1, .w = 1, .dtype = img->dtype, .layout = STK_LAYOUT_CHW}, out;
+    if (img->ndim == 1) {
+        in.c = (uint32_t)img->shape[0];
+    } else if (img->ndim == 2) {
+        in.h = (uint32_t)img->shape[0];
+        in.w = (uint32_t)img->shape[1];
+    } else if (img->ndim == 3) {
+        in.c = (uint32_t)img->shape[0];
+        in.h = (uint32_t)img->shape[1];
+        in.w = (uint32_t)img->shape[2];
+    } else {
+        return stk__error(STK_ESHAPE, "field '%s' is neither features nor an image (%s)", img->name, desc);
+    }
+    out = in;
+    if (augment && augment[0]) {
+        stk_augment_t *aug = NULL;
+        int rc = stk_augment_create(&aug, augment, &in);
+        if (rc)
+            return rc;
+        stk_augment_output(aug, &out);
+        stk_augment_destroy(&aug);
+    }
+    int64_t shape[4];
+    stk_model_input_shape(model, shape);
+    if ((int64_t)out.c * out.h * out.w != shape[1] * shape[2] * shape[3] ||
+        (img->ndim > 1 && ((int64_t)out.c != shape[1] || (int64_t)out.h != shape[2] || (int64_t)out.w != shape[3])))
+        return stk__error(STK_ESHAPE, "samples are %ux%ux%u after '%s', the model takes %lldx%lldx%lld", out.c,
+                          out.h, out.w, augment ? augment : "", (long long)shape[1], (long long)shape[2],
+                          (long long)shape[3]);
+    if (out.dtype != STK_DTYPE_F32 && out.dtype != STK_DTYPE_U8 && out.dtype != STK_DTYPE_F16 &&
+        out.dtype != STK_DTYPE_BF16)
+        return stk__error(STK_ECONFIG, "samples are %s after '%s'; inputs are converted from u8, f16, bf16 or f32",
+                          stk_dtype_name(out.dtype), augment ? augment : "");
+    return 0;
+}

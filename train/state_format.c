@@ -210,7 +210,8 @@ static int load_meta(const stk_ckpt_t *ck, stk_train_state_t *st, size_t *hist_f
         if (meta_f64(meta, f[i].key, f[i].dst) != 0)
             return stk__error(STK_EDATA, "%s: 'meta' lacks a valid '%s'", path, f[i].key);
     if (hf < STK__TRAIN_HIST_FIELDS || hf > 4096)
-        return stk__error(STK_EDATA, "%s: history_fields %" PRIu64 " (this build needs %d)", path, hf, STK__TRAIN_HIST_FIELDS);
+        return stk__error(STK_EDATA, "%s: history_fields %" PRIu64 " (this build needs %d)", path, hf,
+                          STK__TRAIN_HIST_FIELDS);
     if (st->loader.epoch != st->epoch && !(st->loader.epoch == st->epoch + 1 && st->loader.batch == 0))
         return stk__error(STK_EDATA, "%s: loader position (epoch %" PRIu64 ", batch %" PRIu64
                           ") does not belong to epoch %" PRIu64, path, st->loader.epoch, st->loader.batch, st->epoch);
