@@ -70,8 +70,9 @@ int train_metrics_run(const char *path, char *run_id, size_t cap, size_t *lines)
                     memcpy(run_id, p, (size_t)(q - p));
                     run_id[q - p] = '\0';
                 }
-            } else {
-                snprintf(run_id, cap, "?");
+            } else if (cap > 1) {
+                run_id[0] = '?'; /* a line without a run: an older stoker-train's */
+                run_id[1] = '\0';
             }
         }
         (*lines)++;

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -21,53 +22,73 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "stoker/stoker.h"
 
 /* ---- signals ----------------------------------------------------------- */
 
+/* SIGINT and SIGTERM are blocked in every thread and taken by one thread
+ * of their own (sigwait), never by a handler: a handler runs on whichever
+ * thread the signal interrupts, and oneDNN's JIT kernels run with the stack
+ * pointer moved into heap memory, so the kernel's signal frame (several KB
+ * with the AVX-512 state) overwrote malloc's chunk headers there, and the
+ * run died of "corrupted size vs. prev_size" at its next free (1 SIGTERM
+ * in 16; docs/custom-loop.md, "Signals"). The thread asks the loop to stop
+ * at its next optimizer step, ends the loaders' waits (a stopped worker
+ * cannot hold the stop), and exits at once on a second signal or when the
+ * stop takes longer than stop_grace. */
+
 static volatile sig_atomic_t stop_requested;
-static char grace_msg[160];
+static sigset_t stop_signals;
 static unsigned stop_grace_s = 30;
+static pthread_mutex_t loaders_lock = PTHREAD_MUTEX_INITIALIZER;
+static stk_loader_t *loaders[2]; /* to interrupt; set while they exist */
 
-static void say(const char *msg)
+static void *signal_thread(void *arg)
 {
-    ssize_t k = write(STDERR_FILENO, msg, strlen(msg));
-    (void)k;
-}
-
-/* Signal context: only a flag, alarm() and, when the run does not stop
- * in time or a second signal comes, write() and _exit(). */
-static void on_signal(int sig)
-{
-    if (sig == SIGALRM) {
-        say(grace_msg);
-        _exit(EXIT_STOPPED);
-    }
-    if (stop_requested) {
-        say("\nstoker-train: second signal: exiting without a new checkpoint\n");
-        _exit(EXIT_STOPPED);
-    }
+    (void)arg;
+    int sig = 0;
+    if (sigwait(&stop_signals, &sig) != 0)
+        return NULL;
     stop_requested = 1;
-    alarm(stop_grace_s);
+    pthread_mutex_lock(&loaders_lock);
+    for (int i = 0; i < 2; i++)
+        if (loaders[i])
+            stk_loader_interrupt(loaders[i]);
+    pthread_mutex_unlock(&loaders_lock);
+    struct timespec grace = {(time_t)stop_grace_s, 0};
+    siginfo_t si;
+    if (sigtimedwait(&stop_signals, &si, &grace) > 0)
+        fprintf(stderr, "\nstoker-train: second signal (SIG%s): exiting at once, without a new checkpoint\n",
+                sigabbrev_np(si.si_signo) ? sigabbrev_np(si.si_signo) : "?");
+    else
+        fprintf(stderr, "\nstoker-train: the run did not stop within %u s of SIG%s: exiting without a new "
+                "checkpoint\n", stop_grace_s, sigabbrev_np(sig) ? sigabbrev_np(sig) : "?");
+    _exit(EXIT_STOPPED);
 }
 
-static void install_signals(void)
+/* Before any other thread exists (the engine's come later and inherit the
+ * mask). Returns 0 or an exit status. */
+static int take_signals(void)
 {
-    snprintf(grace_msg, sizeof grace_msg, "\nstoker-train: the run did not stop within %u s of the signal (a stopped "
-             "worker?): exiting without a new checkpoint\n", stop_grace_s);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaddset(&sa.sa_mask, SIGINT);
-    sigaddset(&sa.sa_mask, SIGTERM);
-    sigaddset(&sa.sa_mask, SIGALRM);
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGALRM, &sa, NULL);
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_t t;
+    if (pthread_sigmask(SIG_BLOCK, &stop_signals, NULL) != 0 || pthread_create(&t, NULL, signal_thread, NULL) != 0)
+        return train_fail(EXIT_RUNTIME, "cannot start the signal thread");
+    pthread_detach(t);
+    return 0;
+}
+
+static void publish_loaders(stk_loader_t *a, stk_loader_t *b)
+{
+    pthread_mutex_lock(&loaders_lock);
+    loaders[0] = a;
+    loaders[1] = b;
+    pthread_mutex_unlock(&loaders_lock);
 }
 
 /* ---- messages ---------------------------------------------------------- */
@@ -284,13 +305,10 @@ int main(int argc, char **argv)
     const char *resume = NULL;
     int print_config = 0;
     double t_begin = tool_now_s();
-    /* From the start: a signal during setup ends it before any output. */
-    install_signals();
     int rc = parse_args(r, argc, argv, &resume, &print_config);
     if (rc)
         return rc;
     stop_grace_s = (unsigned)r->cfg.stop_grace;
-    install_signals();
     const char *pause = getenv("STK_TRAIN_TEST_PAUSE");
     if (pause && sscanf(pause, "%" SCNu64 ":%" SCNu64, &r->pause_epoch, &r->pause_batch) != 2)
         return train_fail(EXIT_USAGE, "STK_TRAIN_TEST_PAUSE=%s: expected EPOCH:BATCH", pause);
@@ -309,11 +327,15 @@ int main(int argc, char **argv)
     if (r->cfg.progress == 1)
         r->tty = 1;
     stk_log_set_callback(stk_log_stderr, NULL, STK_LOG_WARN);
-    /* Workers fork from a clean process made before the model exists. */
+    /* Workers fork from a clean process made before the model exists (and
+     * before the signals are blocked: workers keep the default ones). */
     if (r->cfg.workers > 0 && stk_loader_forkserver_start() != 0)
         return train_fail_stk(-EAGAIN, "fork server");
+    if ((rc = take_signals()) != 0)
+        return rc;
 
     rc = train_setup(r, resume);
+    publish_loaders(r->train_loader, r->test_loader);
     if (rc == 0 && stop_requested)
         rc = train_fail(EXIT_STOPPED, "interrupted during setup (nothing written)");
     if (rc == 0 && r->st.epoch >= (uint64_t)r->cfg.epochs) {
@@ -366,6 +388,7 @@ int main(int argc, char **argv)
             rc = train_fail_stk(lrc, "training");
         }
     }
+    publish_loaders(NULL, NULL);
     train_teardown(r);
     stk_loader_forkserver_stop();
     return rc;

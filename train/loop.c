@@ -59,6 +59,16 @@ static int save(const stk_train_loop_config_t *cfg, const stk_train_state_t *st)
     return rc;
 }
 
+/* A stop at an optimizer-step boundary: the checkpoint of where st stands. */
+static int stop_here(const stk_train_loop_config_t *cfg, stk_train_state_t *st, uint64_t nb)
+{
+    int rc = save(cfg, st);
+    if (rc)
+        return rc;
+    return stk__error(-EINTR, "stopped at epoch %" PRIu64 ", batch %" PRIu64 " of %" PRIu64 ", step %" PRIu64,
+                      st->epoch + 1, st->loader.batch, nb, st->step);
+}
+
 static void reset_epoch_sums(stk_train_state_t *st)
 {
     st->ep_loss_sum = 0;
@@ -80,6 +90,8 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
         reset_epoch_sums(st);
         rc = stk_loader_set_epoch(cfg->train_loader, st->epoch);
     }
+    if (rc == -EINTR)
+        return stop_here(cfg, st, nb);
     if (rc)
         return rc;
     stk_model_set_train(cfg->model, 1);
@@ -94,10 +106,7 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
     for (;;) {
         if (open == 0 && stopping(cfg)) {
             st->ep_train_s = now_s() - t_start;
-            if ((rc = save(cfg, st)) != 0)
-                return rc;
-            return stk__error(-EINTR, "stopped at epoch %" PRIu64 ", batch %" PRIu64 " of %" PRIu64 ", step %" PRIu64,
-                              st->epoch + 1, st->loader.batch, nb, st->step);
+            return stop_here(cfg, st, nb);
         }
         stk_batch_t b;
         double t0 = now_s();
@@ -105,6 +114,15 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
         st->ep_wait_s += now_s() - t0;
         if (rc == STK_DONE)
             break;
+        /* stk_loader_interrupt (a signal's way to end a wait on a stopped
+         * worker) stops the run; inside a group, only the wait was cut:
+         * the group is finished first. */
+        if (rc == -EINTR && open > 0)
+            continue;
+        if (rc == -EINTR) {
+            st->ep_train_s = now_s() - t_start;
+            return stop_here(cfg, st, nb);
+        }
         if (rc)
             return rc;
         stk_tensor_t input, target;

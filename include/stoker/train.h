@@ -325,10 +325,14 @@ typedef struct stk_train_loop_config {
     /* The run. */
     uint64_t epochs;                    /* its length */
     uint64_t stop_after;                /* return after this many epochs done (0: epochs) */
-    stk_train_stepper_config_t stepper; /* batches_per_epoch is filled in */
+    stk_train_stepper_config_t stepper; /* batches_per_epoch is filled in;
+                                         * reduce is where a communicator
+                                         * sums gradients across ranks */
     int topk;                           /* evaluation's k (default 5) */
     /* Checkpoints: after every epoch, every checkpoint_steps optimizer
-     * steps (0: none within an epoch), and when stopped. NULL dir: none. */
+     * steps (0: none within an epoch), and when stopped. NULL dir: none
+     * (what the ranks other than 0 of a data-parallel run pass: every rank
+     * holds the same state, one writes it). */
     const char *checkpoint_dir;
     unsigned keep_last;                 /* default 3; 0 keeps all */
     uint64_t checkpoint_steps;
@@ -337,7 +341,11 @@ typedef struct stk_train_loop_config {
     /* Polled after every micro-batch and between evaluation batches; when
      * non-zero the run stops at the next optimizer step (or at once in
      * evaluation), saves a checkpoint of where it is and returns -EINTR.
-     * A signal handler sets it. NULL: never. */
+     * A loader call that returns -EINTR (stk_loader_interrupt: how a stop
+     * ends a wait on a stopped worker) stops it the same way. Set it from
+     * a thread that waits for the signals (sigwait), not from a handler
+     * that may run on a thread executing the engine: see
+     * docs/custom-loop.md, "Signals". NULL: never. */
     const volatile sig_atomic_t *stop;
     /* Callbacks (each may be NULL; user is passed back). on_step: after
      * every micro-batch. on_epoch: after an epoch's evaluation, with its
