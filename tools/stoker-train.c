@@ -114,6 +114,11 @@ static void on_step(const stk_train_progress_t *p, void *user)
     if (p->epoch + 1 == r->pause_epoch && p->batch == r->pause_batch) {
         r->pause_epoch = 0;
         raise(SIGSTOP);
+        /* A test's signal goes to the signal thread, which runs when it
+         * runs: wait for it (up to 1 s) so that the stop lands at this
+         * step and not one or two later. */
+        for (int i = 0; i < 1000 && !stop_requested; i++)
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
     }
     r->compute_s += p->last->compute_s;
     r->optim_s += p->last->optim_s;

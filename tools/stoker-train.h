@@ -114,7 +114,7 @@ typedef struct run {
     double t_print, compute_s, optim_s;
     /* STK_TRAIN_TEST_PAUSE=EPOCH:BATCH: the run stops itself (SIGSTOP)
      * after that micro-batch, once, so that a test can deliver a signal
-     * at an exact point. */
+     * at an exact point; continued, it waits up to 1 s for the stop. */
     uint64_t pause_epoch, pause_batch;
 } run_t;
 

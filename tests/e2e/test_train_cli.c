@@ -38,8 +38,8 @@ static int have_tool;
 
 static void expect_has(const char *text, const char *needle)
 {
-    if (!strstr(text, needle))
-        fail_msg("'%s' lacks '%s'", text, needle);
+    if (!text || !strstr(text, needle))
+        fail_msg("'%s' lacks '%s'", text ? text : "(null)", needle);
 }
 
 static double now_s(void)
@@ -97,11 +97,13 @@ static char *read_text(const char *path)
         return strdup("");
     size_t cap = 4096, n = 0, k;
     char *s = malloc(cap);
-    while ((k = fread(s + n, 1, cap - n - 1, f)) > 0) {
+    while (s && (k = fread(s + n, 1, cap - n - 1, f)) > 0) {
         n += k;
         if (cap - n - 1 == 0)
             s = realloc(s, cap *= 2);
     }
+    if (!s)
+        abort();
     s[n] = '\0';
     fclose(f);
     return s;
