@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 BUILD=${STK_BUILD:-build}
 PACKAGES=(build-essential pkg-config meson ninja-build liburing-dev libzstd-dev
           libcmocka-dev libdnnl-dev libopenmpi-dev openmpi-bin zlib1g-dev
-          dataset-fashion-mnist python3 python3-dev python3-numpy python3-pytest)
+          dataset-fashion-mnist wamerican python3 python3-dev python3-numpy python3-pytest)
 
 install_packages() {
     [ "${STK_NO_INSTALL:-0}" = 1 ] && return 0

@@ -10,7 +10,7 @@ int stk__backend_open(stk__backend_t *b, stk_device_t device)
         return stk__cpu_backend_open(b);
     case STK_DEVICE_CUDA:
 #if STK_HAVE_CUDA
-        return stk__error(STK_EDEVICE, "engine: the CUDA backend is not written yet");
+        return stk__cuda_backend_open(b, -1);
 #else
         return stk__error(STK_EDEVICE, "engine: built without CUDA");
 #endif

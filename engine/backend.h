@@ -26,6 +26,7 @@
 #ifndef STOKER_ENGINE_BACKEND_H
 #define STOKER_ENGINE_BACKEND_H
 
+#include "backend_rnn.h"
 #include "internal.h"
 #include "optim_kernels.h"
 #include "stoker/engine.h"
@@ -80,6 +81,9 @@ typedef struct stk__backend_iface {
     const char *name;
     /* 1: device memory is host memory (see the top of this file). */
     int host_memory;
+    /* 1 when the backend's convolution, batch-norm and pooling ops take
+     * STK__LAYOUT_BLOCKED8 activations; 0: the model keeps them plain. */
+    int blocked_layouts;
     /* Frees the context and everything it holds. */
     void (*destroy)(void *ctx);
 
@@ -212,6 +216,43 @@ typedef struct stk__backend_iface {
      * stk__optim_kernel's within float rounding (bit-equal on the CPU). */
     int (*optim_update)(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params, const float *grads,
                         float *s0, float *s1, float *s2);
+
+    /* Recurrent stacks (backend_rnn.h: shapes, layouts, the parameter
+     * block and packed-sequence semantics). rnn_create plans for at most
+     * d->batch sequences of d->steps; the op owns its workspaces and what a
+     * training forward saves for backward (each layer's input and output,
+     * the states at every length boundary, the primitives' workspaces), so
+     * one op serves one forward/backward pair at a time. */
+    int (*rnn_create)(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **op);
+    /* NULL is a no-op. */
+    void (*rnn_destroy)(void *ctx, stk__rnn_op_t *op);
+    /* y, hn, cn from x, h0, c0, w, and saves for backward; train: dropout
+     * between layers. -EINVAL names a length outside [0, t] or a call
+     * larger than the plan. */
+    int (*rnn_forward)(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a);
+    /* dx, dh0, dc0, dw (overwritten) from dy, dhn, dcn, w for the op's last
+     * forward, which must have been of the same n, t (-EINVAL otherwise;
+     * STK_ESTATE when there was none or it failed). */
+    int (*rnn_backward)(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a);
+
+    /* Sequence helpers (embedding, heads, a loss over some steps). Rows
+     * are f floats. dst[i] = src[idx[i]] for i < n (idx i64); -EINVAL
+     * naming i when idx[i] is outside [0, rows). */
+    int (*gather_rows)(void *ctx, int64_t n, int64_t f, int64_t rows, const int64_t *idx, const float *src,
+                       float *dst);
+    /* dst[idx[i]] += src[i] for i < n, skipping idx[i] == skip (idx in
+     * range; repeated indices add up). */
+    void (*scatter_add_rows)(void *ctx, int64_t n, int64_t f, const int64_t *idx, int64_t skip, const float *src,
+                             float *dst);
+    /* Over the valid steps of x [n, t, f] (lengths i64 [n], each in
+     * [0, t]): mean = 0: y[i] = x[i, lengths[i] - 1]; 1: the mean of
+     * x[i, 0 .. lengths[i]); zeros for a length of 0. y is [n, f]. */
+    void (*seq_pool_forward)(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                             const float *x, float *y);
+    /* dx [n, t, f] (overwritten) from dy [n, f]: the gradient of the steps
+     * forward read, zero elsewhere. */
+    void (*seq_pool_backward)(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                              const float *dy, float *dx);
 } stk__backend_iface_t;
 
 typedef struct stk__backend {
@@ -226,5 +267,17 @@ void stk__backend_close(stk__backend_t *b);
 
 /* The CPU backend (engine/cpu/). */
 int stk__cpu_backend_open(stk__backend_t *b);
+/* The CUDA backend (engine/cuda/, built when STK_HAVE_CUDA): device
+ * `device`, or the calling thread's current one when negative.
+ * STK_EDEVICE without a usable GPU. */
+int stk__cuda_backend_open(stk__backend_t *b, int device);
+/* engine/cpu/cpu_threads.c: CPUs allowed by the cgroup CPU quotas (v2 and
+ * v1) of the process described by a mountinfo and a cgroup file, mount
+ * points read under prefix (tests point all three at fake trees); 0 when
+ * unlimited. */
+long stk__cgroup_cpu_limit(const char *mountinfo, const char *cgroup_file, const char *prefix);
+/* A model's thread count when its config says 0: stk_engine_cpu_count(),
+ * or 0 (leave OpenMP's) when the user set OMP_NUM_THREADS. */
+int stk__default_threads(void);
 
 #endif

@@ -99,6 +99,7 @@ static int infer_shapes(stk_model_t *m)
             l->rf = a->rf;
             l->jump = a->jump;
             l->flat = a->flat;
+            l->seq = a->seq;
             l->dtype = a->dtype;
         }
         if (cls->is_loss && i != m->nl - 1)
@@ -116,12 +117,13 @@ static int infer_shapes(stk_model_t *m)
  * multiple of 8 output channels) writes the blocked layout oneDNN's vector
  * kernels want; most layers keep their input's layout; some are plain
  * (flatten converts). When a two-input layer would mix layouts, or a layer
- * needs the whole graph plain (concat), every layer is plain. Then each
+ * needs the whole graph plain (concat), or the backend has no blocked
+ * ops (CUDA), every layer is plain. Then each
  * kind adjusts to the layouts (fusions, conversions), and aliases find the
  * layer whose buffers they share. */
 static void assign_layouts(stk_model_t *m)
 {
-    int uniform_plain = 0;
+    int uniform_plain = !m->be.iface->blocked_layouts;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < m->nl; i++) {
             stk__layer_t *l = &m->layers[i];
@@ -296,6 +298,13 @@ static void free_activations(stk_model_t *m)
     be->free(m->be.ctx, m->view_buf);
     be->free(m->be.ctx, m->labels_stage);
     be->free(m->be.ctx, m->soft_stage);
+    be->free(m->be.ctx, m->lengths_stage);
+    be->free(m->be.ctx, m->input_pad);
+    free(m->lengths_buf);
+    m->lengths_stage = NULL;
+    m->input_pad = NULL;
+    m->lengths_buf = NULL;
+    m->lengths = m->lengths_dev = NULL;
     m->act_scratch = m->view_buf = NULL;
     m->labels_stage = NULL;
     m->soft_stage = NULL;
@@ -344,6 +353,17 @@ static int alloc_activations(stk_model_t *m, int64_t n)
         m->labels_stage = be->alloc(ctx, 2 * (size_t)n * sizeof(int64_t));
         m->soft_stage = be->alloc(ctx, (size_t)(n * m->layers[m->logits_layer].c) * sizeof(float));
         if (!m->labels_stage || !m->soft_stage)
+            return -ENOMEM;
+    }
+    /* Sequence inputs: their lengths (staged on a device) and room to pad
+     * a batch shorter than T. */
+    const stk__layer_t *in = &m->layers[0];
+    if (in->seq) {
+        if (!(m->lengths_buf = malloc((size_t)n * sizeof(int64_t))))
+            return -ENOMEM;
+        if (!be->host_memory && !(m->lengths_stage = be->alloc(ctx, (size_t)n * sizeof(int64_t))))
+            return -ENOMEM;
+        if (!(m->input_pad = be->alloc(ctx, (size_t)(n * in->c * in->h * in->w) * stk_dtype_size(in->dtype))))
             return -ENOMEM;
     }
     m->act_batch = n;
@@ -501,7 +521,7 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->train = 1;
     m->loss_scale = 1.0f;
     m->seed = cfg->seed;
-    m->threads = cfg->threads;
+    m->threads = cfg->threads ? cfg->threads : stk__default_threads();
     int rc = 0;
     m->layers = calloc((size_t)b->n, sizeof(*m->layers));
     m->written = calloc((size_t)b->n, sizeof(int));
@@ -530,10 +550,10 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->logits_layer = m->nl - 1;
     if ((rc = infer_shapes(m)) < 0)
         goto fail;
-    assign_layouts(m);
     if ((rc = stk__backend_open(&m->be, cfg->device)) < 0)
         goto fail;
     m->device = cfg->device;
+    assign_layouts(m);
     if (m->threads > 0 && (rc = m->be.iface->set_threads(m->be.ctx, m->threads)) < 0)
         goto fail;
     if ((rc = layout_arenas(m)) < 0)
@@ -600,8 +620,52 @@ static int stage_targets(stk_model_t *m, const int64_t *labels, const float *sof
     return rc;
 }
 
-int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const int64_t *labels,
-                      const float *soft_targets, float *loss)
+/* A sequence input's lengths (host, and on the device) and its batch,
+ * padded to the input's T when the caller's t is shorter. */
+static int bind_sequence(stk_model_t *m, const void *input, int64_t steps, const int64_t *lengths,
+                         const void **bound)
+{
+    const stk__backend_iface_t *be = m->be.iface;
+    const stk__layer_t *in = &m->layers[0];
+    int64_t n = m->batch, T = in->c;
+    if (steps < 1 || steps > T)
+        return stk__error(-EINVAL, "model forward: %lld steps, the input takes 1 to %lld", (long long)steps,
+                          (long long)T);
+    if (lengths) {
+        for (int64_t i = 0; i < n; i++)
+            if (lengths[i] < 0 || lengths[i] > steps)
+                return stk__error(-EINVAL, "model forward: length %lld of sample %lld is outside [0, %lld]",
+                                  (long long)lengths[i], (long long)i, (long long)steps);
+        m->lengths = lengths;
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            m->lengths_buf[i] = steps;
+        m->lengths = m->lengths_buf;
+    }
+    m->lengths_dev = m->lengths;
+    int rc = 0;
+    if (!be->host_memory) {
+        rc = be->upload(m->be.ctx, m->lengths_stage, m->lengths, (size_t)n * sizeof(int64_t));
+        m->lengths_dev = m->lengths_stage;
+    }
+    m->steps = steps;
+    *bound = input;
+    if (rc < 0 || steps == T)
+        return rc;
+    /* rows of t steps into rows of T, the rest zero (token id 0) */
+    size_t es = stk_dtype_size(in->dtype), row = (size_t)(in->h * in->w) * es;
+    be->zero(m->be.ctx, m->input_pad, (size_t)(n * T) * row / sizeof(float));
+    for (int64_t i = 0; i < n && rc == 0; i++)
+        rc = be->copy(m->be.ctx, (char *)m->input_pad + (size_t)(i * T) * row, (const char *)input + (size_t)(i * steps) * row,
+                      (size_t)steps * row);
+    *bound = m->input_pad;
+    return rc;
+}
+
+/* The forward of stk_model_forward and stk_model_forward_tensor; steps
+ * and lengths for a sequence input (steps 0: T). */
+static int model_forward(stk_model_t *m, const void *input, int64_t batch, int64_t steps, const int64_t *lengths,
+                         const int64_t *labels, const float *soft_targets, float *loss)
 {
     if (!m || !input || batch < 1)
         return stk__error(-EINVAL, "model forward: NULL input or batch %lld", (long long)batch);
@@ -609,7 +673,10 @@ int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const i
         return stk__error(-EINVAL, "model forward: give labels or soft targets, not both");
     if ((labels || soft_targets) && (m->loss_layer < 0 || !loss))
         return stk__error(-EINVAL, "model forward: targets need a loss layer and a loss pointer");
-    int rc = labels ? stk__check_labels(m, labels, batch, "model forward") : 0;
+    if (soft_targets && m->loss_per_step)
+        return stk__error(-EINVAL, "model forward: a loss over a sequence takes labels, not soft targets");
+    /* a loss over a sequence checks its own (per-step) labels */
+    int rc = labels && !m->loss_per_step ? stk__check_labels(m, labels, batch, "model forward") : 0;
     if (rc < 0)
         return rc;
     if (batch > STK__MAX_DIM)
@@ -624,10 +691,13 @@ int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const i
         m->be.iface->set_threads(m->be.ctx, m->threads);
     m->fwd_state = 0;
     m->correct_valid = 0;
+    m->loss_count = 0;
+    if (m->layers[0].seq && (rc = bind_sequence(m, input, steps ? steps : m->layers[0].c, lengths, &input)) < 0)
+        return rc;
     m->input = input;
     m->labels = labels;
     m->soft = soft_targets;
-    if ((rc = stage_targets(m, labels, soft_targets)) < 0)
+    if ((rc = stage_targets(m, m->loss_per_step ? NULL : labels, soft_targets)) < 0)
         return stk__error_prefix(rc, "model forward: staging the targets");
     m->fwd_step = m->step;
     m->layers[0].y = (float *)input;
@@ -652,9 +722,12 @@ int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const i
     if (labels || soft_targets) {
         /* Loss and top-1 count come back in one read per step. */
         const stk__layer_t *lg = &m->layers[m->logits_layer];
-        if (labels && (rc = m->be.iface->count_correct(m->be.ctx, m->batch, lg->c, 1, lg->y, m->labels_dev,
-                                                        (int64_t *)(m->stats + 8))) < 0)
+        if (labels && !m->loss_per_step &&
+            (rc = m->be.iface->count_correct(m->be.ctx, m->batch, lg->c, 1, lg->y, m->labels_dev,
+                                             (int64_t *)(m->stats + 8))) < 0)
             return stk__error_prefix(rc, "forward: counting the correct samples");
+        if (!m->loss_per_step)
+            m->loss_count = m->batch;
         unsigned char st[16];
         if ((rc = m->be.iface->download(m->be.ctx, st, m->stats, labels ? 16 : 4)) < 0)
             return stk__error_prefix(rc, "forward: reading the loss back");
@@ -668,25 +741,72 @@ int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const i
     return 0;
 }
 
+int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const int64_t *labels,
+                      const float *soft_targets, float *loss)
+{
+    return model_forward(m, input, batch, 0, NULL, labels, soft_targets, loss);
+}
+
+/* A sequence input as a tensor: features f32 [N, t, F] (or N x T x F
+ * elements in any shape), token ids i64 [N, t]. */
+static int sequence_tensor(const stk_model_t *m, const stk_tensor_t *input, int64_t *steps)
+{
+    const stk__layer_t *in = &m->layers[0];
+    int64_t n = input->shape[0], f = in->w, T = in->c;
+    if (in->dtype == STK_DTYPE_I64) {
+        if (input->dtype != STK_DTYPE_I64 || input->ndim != 2 || input->shape[1] < 1 || input->shape[1] > T)
+            return stk__error(STK_ESHAPE, "model forward: the input takes token ids i64 [N, t] with t <= %lld",
+                              (long long)T);
+        *steps = input->shape[1];
+        return 0;
+    }
+    if (input->dtype != STK_DTYPE_F32)
+        return stk__error(-EINVAL, "model forward: the input must be f32");
+    if (input->ndim == 3 && input->shape[2] == f && input->shape[1] >= 1 && input->shape[1] <= T) {
+        *steps = input->shape[1];
+        return 0;
+    }
+    if (n > 0 && stk_tensor_numel(input) == n * T * f) {
+        *steps = T;
+        return 0;
+    }
+    return stk__error(STK_ESHAPE, "model forward: the input takes sequences f32 [N, t, %lld] with t <= %lld",
+                      (long long)f, (long long)T);
+}
+
 int stk_model_forward_tensor(stk_model_t *m, const stk_tensor_t *input, const stk_tensor_t *target, float *loss)
 {
     if (!m || !input)
         return stk__error(-EINVAL, "model forward: NULL argument");
     const stk__layer_t *in = &m->layers[0];
-    if (input->dtype != STK_DTYPE_F32 || input->device != m->device || !stk_tensor_is_contiguous(input))
-        return stk__error(-EINVAL, "model forward: the input must be contiguous f32 on the model's device");
-    int64_t feat = input->ndim == 4 ? input->shape[1] * input->shape[2] * input->shape[3]
-                                    : (input->ndim == 2 ? input->shape[1] : -1);
-    if ((input->ndim == 4 && (input->shape[1] != in->c || input->shape[2] != in->h || input->shape[3] != in->w)) ||
-        feat != in->c * in->h * in->w)
-        return stk__error(STK_ESHAPE, "model forward: the input is not N x %lld x %lld x %lld", (long long)in->c,
-                          (long long)in->h, (long long)in->w);
-    int64_t n = input->shape[0];
+    if (input->device != m->device || !stk_tensor_is_contiguous(input) || input->ndim < 1)
+        return stk__error(-EINVAL, "model forward: the input must be contiguous on the model's device");
+    int64_t n = input->shape[0], steps = 0;
+    int rc;
+    if (in->seq) {
+        if ((rc = sequence_tensor(m, input, &steps)) < 0)
+            return rc;
+    } else {
+        if (input->dtype != STK_DTYPE_F32)
+            return stk__error(-EINVAL, "model forward: the input must be contiguous f32 on the model's device");
+        int64_t feat = input->ndim == 4 ? input->shape[1] * input->shape[2] * input->shape[3]
+                                        : (input->ndim == 2 ? input->shape[1] : -1);
+        if ((input->ndim == 4 && (input->shape[1] != in->c || input->shape[2] != in->h || input->shape[3] != in->w)) ||
+            feat != in->c * in->h * in->w)
+            return stk__error(STK_ESHAPE, "model forward: the input is not N x %lld x %lld x %lld", (long long)in->c,
+                              (long long)in->h, (long long)in->w);
+    }
     const int64_t *labels = NULL;
     const float *soft = NULL;
     if (target) {
         int64_t k = stk_model_num_classes(m);
-        if (target->dtype == STK_DTYPE_I64 && target->ndim == 1 && target->shape[0] == n)
+        if (m->loss_per_step) {
+            if (target->dtype != STK_DTYPE_I64 || target->ndim != 2 || target->shape[0] != n ||
+                target->shape[1] != steps || !stk_tensor_is_contiguous(target))
+                return stk__error(STK_ESHAPE, "model forward: the target must be per-step i64 [%lld, %lld]",
+                                  (long long)n, (long long)steps);
+            labels = target->data;
+        } else if (target->dtype == STK_DTYPE_I64 && target->ndim == 1 && target->shape[0] == n)
             labels = target->data;
         else if (target->dtype == STK_DTYPE_F32 && target->ndim == 2 && target->shape[0] == n &&
                  target->shape[1] == k && stk_tensor_is_contiguous(target))
@@ -695,7 +815,7 @@ int stk_model_forward_tensor(stk_model_t *m, const stk_tensor_t *input, const st
             return stk__error(STK_ESHAPE, "model forward: the target must be i64 [%lld] or f32 [%lld, %lld]",
                               (long long)n, (long long)n, (long long)k);
     }
-    return stk_model_forward(m, input->data, n, labels, soft, loss);
+    return model_forward(m, input->data, n, steps, in->seq ? input->lengths : NULL, labels, soft, loss);
 }
 
 /* ---------------------------------------------------------------- backward */

@@ -21,6 +21,7 @@ typedef struct stk__layer {
     int alias;              /* y and dy are the input's (flatten, fused relu) */
     int fmt;                /* stk__layout_t of y and dy */
     int flat;               /* features, not an image: printed as [N, C] */
+    int seq;                /* a sequence: N x T x F, T = c, F = w, h = 1 */
     int fused;              /* batchnorm: applies the next relu; relu: done by the batchnorm */
     int root;               /* the layer whose buffers y/dy really are */
     float *y, *dy;          /* [batch, c, h, w], sized for the largest batch planned */
@@ -95,6 +96,15 @@ struct stk_model {
     uint64_t fwd_step;      /* what the last forward used (backward's dropout) */
     stk_grad_ready_fn hook;
     void *hook_user;
+    /* Sequences: the last forward's padded length (the caller's, <= the
+     * input's T) and each sample's valid steps (host, and device memory). */
+    int64_t steps;
+    const int64_t *lengths, *lengths_dev;
+    int64_t *lengths_buf;  /* host, act_batch: the lengths when the caller gave none */
+    int64_t *lengths_stage; /* device, act_batch (not with host_memory) */
+    void *input_pad;       /* device, act_batch: a sequence input of t < T steps, padded to T */
+    int loss_per_step;     /* the loss is over a sequence: it checks, stages and counts its targets */
+    int64_t loss_count;    /* targets the last forward's loss averaged over */
     int loss_layer;        /* -1 when none */
     int logits_layer;      /* the layer feeding the loss, or the last */
 };

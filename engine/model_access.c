@@ -17,7 +17,15 @@ void stk_model_input_shape(const stk_model_t *m, int64_t shape[4])
 
 int64_t stk_model_num_classes(const stk_model_t *m)
 {
-    return m->loss_layer >= 0 ? m->layers[m->logits_layer].c : 0;
+    if (m->loss_layer < 0)
+        return 0;
+    const stk__layer_t *lg = &m->layers[m->logits_layer];
+    return lg->seq ? lg->w : lg->c;
+}
+
+int64_t stk_model_loss_count(const stk_model_t *m)
+{
+    return m && m->fwd_state >= 2 ? m->loss_count : 0;
 }
 
 int64_t stk_model_batch_size(const stk_model_t *m)
@@ -151,6 +159,9 @@ int stk_model_count_topk(stk_model_t *m, const int64_t *labels, int topk, int64_
         *correct = m->correct;
         return 0;
     }
+    if (m->loss_per_step)
+        return stk__error(-EINVAL, "count_correct: a loss over a sequence counts only its forward's own labels "
+                                   "(top-1)");
     int rc = stk__check_labels(m, labels, m->batch, "count_correct");
     if (rc < 0)
         return rc;

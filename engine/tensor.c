@@ -63,6 +63,8 @@ int stk_tensor_narrow(stk_tensor_t *out, const stk_tensor_t *t, int dim, int64_t
     stk_tensor_t v = *t;
     v.data = (char *)t->data + (size_t)(start * t->stride[dim]) * stk_dtype_size(t->dtype);
     v.shape[dim] = len;
+    if (dim == 0 && v.lengths)
+        v.lengths += start; /* the lengths of the samples kept */
     *out = v;
     return 0;
 }

@@ -68,12 +68,15 @@ struct stk_loader {
     uint32_t *slot_of;           /* batch % nslots -> slot */
     stk__filler_t *inline_fill;
     int attached;                /* ds->inst uses the arena's dataset area */
+    int inline_now;              /* main fills what it delivers (no new tasks) */
+    int auto_workers;            /* num_workers AUTO: its trial runs or has run */
+    stk__trial_t trial;
 
     _Atomic int interrupted;     /* stk_loader_interrupt asked, not yet answered */
     int was_interrupted;         /* a call answered -EINTR */
     int failed;
     char failmsg[1024];
-    uint64_t created_ns, wait_ns, wait_bytes, first_batch_ns, respawns;
+    uint64_t created_ns, wait_ns, wait_bytes, first_batch_ns, respawns, main_sleeps;
 };
 
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "stk_loader_interrupt needs a lock-free int");
@@ -102,7 +105,6 @@ void stk_loader_config_default(stk_loader_config_t *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->batch_size = 1;
-    cfg->prefetch = 2;
     cfg->max_respawns = 8;
     cfg->stall_warn_ms = 10000;
     cfg->augment_layout = STK_LAYOUT_CHW;
@@ -157,7 +159,7 @@ static int issue_one(stk_loader_t *l, uint32_t s, uint64_t k)
     l->slots[s].worker = 0;
     l->slots[s].status = 0;
     l->slot_of[k % L->nslots] = s;
-    return l->nworkers ? push_task(l, s) : 0;
+    return l->nworkers && !l->inline_now ? push_task(l, s) : 0;
 }
 
 /* Fills free slots with the next batches, as far as slots allow. */
@@ -165,6 +167,8 @@ static int issue(stk_loader_t *l)
 {
     const stk__layout_t *L = LY(l);
     uint32_t s = 0;
+    if (l->inline_now)
+        return 0; /* batches are filled here, when asked for */
     while (l->next_issue < l->nbatches) {
         while (s < L->nslots && l->slots[s].state != SLOT_FREE)
             s++;
@@ -300,6 +304,7 @@ static int worker_lost(stk_loader_t *l, uint32_t i, const char *why, const char 
  * the loader's failure. */
 static int pump(stk_loader_t *l, int timeout_ms)
 {
+    l->main_sleeps += timeout_ms != 0;
     int rc = stk__pool_pump(&l->pool, timeout_ms);
     if (rc)
         return fail_here(l, rc);
@@ -418,6 +423,61 @@ static int interrupted(stk_loader_t *l)
     return stk__error(-EINTR, "loader: interrupted (stk_loader_interrupt)");
 }
 
+/* Main can fill batches itself: worker_init as a worker 0 would run it,
+ * its own filler, and the dataset's shared area. */
+static int inline_setup(stk_loader_t *l)
+{
+    if (l->inline_fill)
+        return 0;
+    l->spec.worker = 0;
+    l->spec.seed = stk__pool_worker_seed(l->cfg.seed, 0);
+    int rc = 0;
+    if (l->cfg.worker_init)
+        rc = l->cfg.worker_init(0, l->spec.seed, l->spec.init_arg, l->spec.init_arg_len);
+    if (rc == 0)
+        rc = stk__filler_create(&l->inline_fill, &l->spec, l->ds->inst, wstats(l, 0));
+    if (rc == 0 && l->spec.dshared_bytes) {
+        l->ds->ops->attach_shared(l->ds->inst, l->arena + l->spec.dshared_off,
+                                  l->spec.dshared_bytes);
+        l->attached = 1;
+    }
+    return rc;
+}
+
+/* After a batch delivered with workers (from_workers) or in process: the
+ * AUTO trial's clock, and its turns (on to measuring in process; then
+ * the choice, which stops the workers or goes back to them). */
+static int trial_step(stk_loader_t *l, int from_workers)
+{
+    stk__trial_t *t = &l->trial;
+    if (!l->auto_workers || t->phase == STK__TRIAL_DONE)
+        return 0;
+    if (from_workers != (t->phase == STK__TRIAL_WORKERS)) {
+        stk__trial_break(t); /* a batch left in flight from the other phase */
+        return 0;
+    }
+    int ev = stk__trial_note(t, stk__now_ns());
+    if (ev == STK__TRIAL_GO_INLINE) {
+        int rc = inline_setup(l);
+        if (rc)
+            return fail_here(l, rc);
+        l->inline_now = 1;
+    } else if (ev == STK__TRIAL_DECIDED) {
+        double bs = (double)LY(l)->batch_size;
+        stk__log(STK_LOG_INFO, "loader: num_workers auto: %u (in process %.0f samples/s, with %u "
+                 "workers %.0f samples/s, timed over the first batches)",
+                 t->inline_wins ? 0 : l->nworkers, bs * 1e9 / t->ns_per_batch[1], l->nworkers,
+                 bs * 1e9 / t->ns_per_batch[0]);
+        if (t->inline_wins) {
+            stop_workers(l, 0);
+        } else {
+            l->inline_now = 0;
+            return issue(l);
+        }
+    }
+    return 0;
+}
+
 /* ---- Public API -------------------------------------------------- */
 
 int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_config_t *cfg)
@@ -433,7 +493,7 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     }
     if (!cfg->batch_sampler && cfg->batch_size == 0)
         return stk__error(STK_ECONFIG, "batch_size must be at least 1");
-    if (cfg->num_workers > 1024)
+    if (cfg->num_workers > 1024 && cfg->num_workers != STK_LOADER_WORKERS_AUTO)
         return stk__error(STK_ECONFIG, "num_workers %u is over 1024", cfg->num_workers);
     if (cfg->prefetch > 64)
         return stk__error(STK_ECONFIG, "prefetch %u is over 64", cfg->prefetch);
@@ -452,9 +512,13 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     l->cfg = *cfg;
     l->arena_fd = -1;
     l->wake_fd = -1;
-    l->nworkers = cfg->num_workers;
+    l->auto_workers = cfg->num_workers == STK_LOADER_WORKERS_AUTO;
+    l->nworkers = l->auto_workers ? stk__usable_cpus() : cfg->num_workers;
+    l->inline_now = l->nworkers == 0;
+    if (l->auto_workers)
+        stk__trial_start(&l->trial);
     if (l->cfg.prefetch == 0)
-        l->cfg.prefetch = 2;
+        l->cfg.prefetch = l->nworkers == 1 ? 4 : 2;
     l->augment = strdup(cfg->augment ? cfg->augment : "");
     l->augment_field = cfg->augment_field ? strdup(cfg->augment_field) : NULL;
     if (!l->augment || (cfg->augment_field && !l->augment_field)) {
@@ -536,22 +600,8 @@ int stk_loader_create(stk_loader_t **out, stk_dataset_t *ds, const stk_loader_co
     if (rc)
         goto fail;
     l->pool_ok = 1;
-    if (l->nworkers == 0) {
-        l->spec.worker = 0;
-        l->spec.seed = stk__pool_worker_seed(cfg->seed, 0);
-        if (cfg->worker_init) {
-            rc = cfg->worker_init(0, l->spec.seed, l->spec.init_arg, l->spec.init_arg_len);
-            if (rc)
-                goto fail;
-        }
-        rc = stk__filler_create(&l->inline_fill, &l->spec, ds->inst, wstats(l, 0));
-        if (rc)
-            goto fail;
-        if (l->spec.dshared_bytes) {
-            ds->ops->attach_shared(ds->inst, l->arena + l->spec.dshared_off, l->spec.dshared_bytes);
-            l->attached = 1;
-        }
-    }
+    if (l->nworkers == 0 && (rc = inline_setup(l)) != 0)
+        goto fail;
     /* Workers start now, before the sampler draws the epoch's order, so
      * that the server's forks and their start (opening the dataset) overlap
      * it; a worker that cannot start is reported by the first next. */
@@ -687,7 +737,7 @@ static int deliver(stk_loader_t *l, uint32_t s, uint64_t k, stk_batch_t *b)
     if (si->status) {
         int code = si->status;
         si->state = SLOT_FREE;
-        if (l->nworkers)
+        if (si->worker != UINT32_MAX)
             return fail(l, code, "worker %u (pid %d): %s", si->worker,
                         (int)l->pool.pid[si->worker], si->msg ? si->msg : stk_strerror(code));
         return fail(l, code, "%s", si->msg ? si->msg : stk_strerror(code));
@@ -738,6 +788,7 @@ static int next_inline(stk_loader_t *l, uint64_t k, uint64_t t0, stk_batch_t *b)
     if (rc)
         return rc;
     l->next_issue = k + 1;
+    l->slots[s].worker = UINT32_MAX; /* filled here: no worker to name */
     rc = stk__filler_run(l->inline_fill, slot_mem(l, s), l->epoch);
     l->slots[s].state = SLOT_DONE;
     l->slots[s].status = rc;
@@ -790,8 +841,10 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
     const stk__layout_t *L = LY(l);
     uint64_t k = l->next_deliver;
     uint64_t t0 = stk__now_ns();
-    if (l->nworkers == 0)
-        return next_inline(l, k, t0, b);
+    if (l->inline_now && k >= l->next_issue) {
+        rc = next_inline(l, k, t0, b);
+        return rc ? rc : trial_step(l, 0);
+    }
     rc = start_workers(l, 1, 0);
     if (rc == 0)
         rc = issue(l);
@@ -858,7 +911,7 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
     rc = deliver(l, s, k, b);
     if (rc == 0)
         issue(l);
-    return rc;
+    return rc ? rc : trial_step(l, 1);
 }
 
 void stk_loader_release(stk_loader_t *l, stk_batch_t *b)
@@ -925,6 +978,7 @@ int stk_loader_set_state(stk_loader_t *l, const stk_loader_state_t *st)
         return rc;
     l->epoch = st->epoch;
     l->nbatches = stk_batch_sampler_len(l->bs);
+    stk__trial_break(&l->trial);
     if (st->batch > l->nbatches)
         return stk__error(-ERANGE, "loader state: batch %" PRIu64 " past the epoch's %" PRIu64,
                           st->batch, l->nbatches);
@@ -975,8 +1029,15 @@ void stk_loader_get_stats(const stk_loader_t *l, stk_loader_stats_t *o)
             o->worker_max_rss_kb = LD(max_rss_kb);
         if (LD(max_private_kb) > o->worker_max_private_kb)
             o->worker_max_private_kb = LD(max_private_kb);
+        o->worker_cpu_ns += LD(cpu_ns);
+        o->worker_cpu_batches += LD(cpu_batches);
 #undef LD
+        if (i < l->nworkers)
+            o->worker_sleeps += stk__ring_sleeps(&l->ring, i);
     }
+    o->main_sleeps = l->main_sleeps;
+    o->auto_decided = l->auto_workers && l->trial.phase == STK__TRIAL_DONE;
+    o->num_workers = l->inline_now && (!l->auto_workers || o->auto_decided) ? 0 : l->nworkers;
     o->wait.ns = l->wait_ns;
     o->wait.bytes = l->wait_bytes;
     o->respawns = l->respawns;

@@ -93,7 +93,8 @@ typedef struct stk__wstats {
     _Atomic uint64_t read_ns, read_bytes, decode_ns, decode_bytes;
     _Atomic uint64_t augment_ns, augment_bytes, collate_ns, collate_bytes;
     _Atomic uint64_t batches, samples, skipped, max_rss_kb, max_private_kb, checked;
-    char pad[48];
+    _Atomic uint64_t cpu_ns, cpu_batches; /* CPU time used, as of having filled cpu_batches */
+    char pad[32];
 } stk__wstats_t;
 
 /* What a worker needs to start, pointer-free except for functions and the
@@ -142,6 +143,45 @@ int stk__layout_make(stk__worker_spec_t *spec, const stk_dataset_t *ds, const ch
  * STK_ELIMIT naming the limit, its value and the need. */
 int stk__loader_check_limits(const stk_dataset_t *ds, uint32_t nworkers, size_t arena_bytes,
                              int pin_memlock);
+
+/* ---- num_workers auto (autotune.c) --------------------------------- */
+
+/* CPUs this process may use: its affinity mask, lowered by a cgroup v2
+ * cpu.max quota (rounded up); 64 at most. */
+uint32_t stk__usable_cpus(void);
+/* Test hooks: the cgroup file read for the quota; a CPU count to use
+ * instead of the machine's (0: the machine's). */
+extern const char *stk__cgroup_cpu_max_path;
+extern uint32_t stk__test_cpus;
+
+/* The trial: the time from one delivered batch to the next (the caller's
+ * own work included), measured with the workers, then in process, after
+ * a few batches of warm-up each; the faster one stays. */
+enum { STK__TRIAL_WORKERS = 1, STK__TRIAL_INLINE, STK__TRIAL_DONE };
+enum { STK__TRIAL_GO_INLINE = 1, STK__TRIAL_DECIDED = 2 };
+#define STK__TRIAL_WARM_WORKERS 4
+#define STK__TRIAL_WARM_INLINE 2
+#define STK__TRIAL_MIN_BATCHES 16
+#define STK__TRIAL_MAX_BATCHES 128
+#define STK__TRIAL_MIN_NS 20000000ull
+
+typedef struct stk__trial {
+    int phase;
+    uint32_t skip;            /* deliveries of warm-up still to skip */
+    uint64_t last_ns;         /* the last delivery (0: none to count from) */
+    uint64_t sum_ns, n;       /* this phase's intervals */
+    double ns_per_batch[2];   /* measured: [0] with workers, [1] in process */
+    int inline_wins;          /* once DONE */
+} stk__trial_t;
+
+void stk__trial_start(stk__trial_t *t);
+/* Notes a batch delivered at now: 0, STK__TRIAL_GO_INLINE (the workers'
+ * phase is measured: deliver in process from here on), or
+ * STK__TRIAL_DECIDED (see inline_wins). */
+int stk__trial_note(stk__trial_t *t, uint64_t now);
+/* The interval under way is not the loop's (an epoch change, with what
+ * the caller does between epochs): it is not counted. */
+void stk__trial_break(stk__trial_t *t);
 
 /* ---- Batch filling (worker.c), used by workers and by inline mode --- */
 

@@ -120,6 +120,7 @@ void stk__ring_reset_consumer(stk__ring_t *r, uint32_t i)
     atomic_store(&c->progress, 0);
     atomic_store(&c->sleeping, 0);
     atomic_store(&c->stop, 0);
+    atomic_store(&c->sleeps, 0);
 }
 
 void stk__ring_stop(stk__ring_t *r, uint32_t i)
@@ -130,6 +131,11 @@ void stk__ring_stop(stk__ring_t *r, uint32_t i)
 uint64_t stk__ring_progress(const stk__ring_t *r, uint32_t i)
 {
     return atomic_load_explicit(&r->ctl[i].progress, memory_order_relaxed);
+}
+
+uint64_t stk__ring_sleeps(const stk__ring_t *r, uint32_t i)
+{
+    return atomic_load_explicit(&r->ctl[i].sleeps, memory_order_relaxed);
 }
 
 uint64_t stk__ring_busy(const stk__ring_t *r, uint32_t i)
@@ -197,6 +203,7 @@ int stk__ring_take(stk__ring_t *r, uint32_t i, int fd, stk__ring_task_t *t)
         atomic_thread_fence(memory_order_seq_cst);
         if (atomic_load_explicit(&h->tail, memory_order_acquire) == head) {
             char wake[16];
+            atomic_fetch_add_explicit(&c->sleeps, 1, memory_order_relaxed);
             ssize_t k = read(fd, wake, sizeof wake);
             if (k == 0 || (k < 0 && errno != EINTR)) {
                 atomic_store_explicit(&c->sleeping, 0, memory_order_relaxed);

@@ -45,7 +45,8 @@ struct stk__ring_ctl {
     _Atomic uint64_t progress;   /* tasks claimed and finished, a count */
     _Atomic uint32_t sleeping;   /* asleep in a read of its socket */
     _Atomic uint32_t stop;       /* main asks it to exit */
-    char pad[40];
+    _Atomic uint64_t sleeps;     /* times it went to sleep, a count */
+    char pad[32];
 };
 
 /* A line each: consumers finishing neighbouring slots do not share one. */
@@ -119,6 +120,8 @@ void stk__ring_reset_consumer(stk__ring_t *r, uint32_t i);
 void stk__ring_stop(stk__ring_t *r, uint32_t i);
 /* Tasks consumer i has claimed and finished, a count that moves. */
 uint64_t stk__ring_progress(const stk__ring_t *r, uint32_t i);
+/* Times consumer i went to sleep for want of a task. */
+uint64_t stk__ring_sleeps(const stk__ring_t *r, uint32_t i);
 /* The task consumer i marked as its own (claimed or about to be); 0 for
  * none. Stable once consumer i is dead. */
 uint64_t stk__ring_busy(const stk__ring_t *r, uint32_t i);

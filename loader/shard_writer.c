@@ -259,7 +259,8 @@ static int ends_with(const char *s, const char *suffix)
 static int is_set_file(const char *name)
 {
     return ends_with(name, ".stk") || ends_with(name, ".manifest") ||
-           strcmp(name, "classes.txt") == 0 || strstr(name, ".tmp-") != NULL;
+           strcmp(name, "classes.txt") == 0 || strcmp(name, "vocab.txt") == 0 || strcmp(name, "text.json") == 0 ||
+           strstr(name, ".tmp-") != NULL;
 }
 
 /* Checks that an existing destination may be replaced: empty, or (with

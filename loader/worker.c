@@ -295,7 +295,8 @@ static void send_done(int sock, uint32_t slot, int status, uint64_t epoch, uint6
     } while (k < 0 && errno == EINTR);
 }
 
-/* Peak RSS, and peak private memory: RSS counts every page-cache page of
+/* CPU time (what a batch costs a worker, whatever else the machine runs),
+ * peak RSS, and peak private memory: RSS counts every page-cache page of
  * a mapped shard the worker has touched, which over epochs grows toward
  * the data set's size without costing anything; resident minus shared
  * pages is what the worker itself holds. Every 16th batch (and the first):
@@ -307,8 +308,13 @@ static void note_rss(stk__wstats_t *w, uint64_t nth)
     if (nth % 16)
         return;
     struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) == 0)
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
         atomic_store_explicit(&w->max_rss_kb, (uint64_t)ru.ru_maxrss, memory_order_relaxed);
+        uint64_t cpu = (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull +
+                       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull;
+        atomic_store_explicit(&w->cpu_ns, cpu, memory_order_relaxed);
+        atomic_store_explicit(&w->cpu_batches, nth, memory_order_relaxed);
+    }
     if (statm < 0)
         statm = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
     char buf[128];

@@ -43,6 +43,7 @@ extern const stk__pack_fmt_t stk__pack_cifar10;
 extern const stk__pack_fmt_t stk__pack_cifar100;
 extern const stk__pack_fmt_t stk__pack_npy;
 extern const stk__pack_fmt_t stk__pack_folder;
+extern const stk__pack_fmt_t stk__pack_text;
 extern const stk__pack_fmt_t stk__pack_arrays;
 
 /* gzread reads plain files too, so every stream input goes through these.

@@ -22,6 +22,7 @@ static const struct {
     {"cifar100", STK_PACK_CIFAR100, &stk__pack_cifar100},
     {"npy", STK_PACK_NPY, &stk__pack_npy},
     {"folder", STK_PACK_FOLDER, &stk__pack_folder},
+    {"text", STK_PACK_TEXT, &stk__pack_text},
 };
 
 stk_pack_format_t stk_pack_format_from_name(const char *name)

@@ -12,6 +12,8 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -368,6 +370,60 @@ static int check_open(LoaderObject *L)
 
 static PyTypeObject BatchType;
 
+/* Ctrl-C while the main thread waits in the loader (a worker stopped or
+ * hung, no timeout): Python's own SIGINT handler only sets a flag, which
+ * nobody looks at while the wait goes on. For the length of the wait, a
+ * handler of ours interrupts the loader (stk_loader_interrupt is
+ * async-signal-safe) and then runs Python's, so that the KeyboardInterrupt
+ * is raised when the call returns -EINTR. */
+static _Atomic(stk_loader_t *) waiting_loader;
+static struct sigaction py_sigint, py_sigterm;
+
+static void on_signal_waiting(int sig, siginfo_t *si, void *uc)
+{
+    stk_loader_t *l = atomic_load(&waiting_loader);
+    if (l)
+        stk_loader_interrupt(l);
+    const struct sigaction *old = sig == SIGINT ? &py_sigint : &py_sigterm;
+    if (old->sa_flags & SA_SIGINFO)
+        old->sa_sigaction(sig, si, uc);
+    else if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN)
+        old->sa_handler(sig);
+}
+
+static unsigned long main_thread_ident;
+
+/* Installs the handler for the length of a wait, when called on the main
+ * thread (where Python runs its handlers). Returns 1 when installed.
+ * Holds the GIL. */
+static int wait_begin(stk_loader_t *l)
+{
+    if (PyThread_get_thread_ident() != main_thread_ident)
+        return 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_signal_waiting;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    atomic_store(&waiting_loader, l);
+    if (sigaction(SIGINT, &sa, &py_sigint) < 0)
+        return 0;
+    if (sigaction(SIGTERM, &sa, &py_sigterm) < 0) {
+        sigaction(SIGINT, &py_sigint, NULL);
+        return 0;
+    }
+    return 1;
+}
+
+static void wait_end(int installed)
+{
+    if (!installed)
+        return;
+    sigaction(SIGINT, &py_sigint, NULL);
+    sigaction(SIGTERM, &py_sigterm, NULL);
+    atomic_store(&waiting_loader, NULL);
+}
+
 /* Next batch, or None at the end of the epoch. */
 static PyObject *Loader_next(LoaderObject *self, PyObject *unused)
 {
@@ -377,12 +433,22 @@ static PyObject *Loader_next(LoaderObject *self, PyObject *unused)
     stk_batch_t b;
     int rc;
     for (int attempt = 0;; attempt++) {
+        int hooked = wait_begin(self->l);
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&self->mu);
         drain_pending(self);
         rc = stk_loader_next(self->l, &b);
         pthread_mutex_unlock(&self->mu);
         Py_END_ALLOW_THREADS
+        wait_end(hooked);
+        if (rc == -EINTR) {
+            /* Ctrl-C: Python raises KeyboardInterrupt (or what its handler
+             * says); a signal whose handler does not raise waits again. */
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            attempt = -1;
+            continue;
+        }
         /* A slot given back meanwhile by another thread: once more. */
         if (rc != STK_ESTATE || attempt > 0 || !self->npending)
             break;
@@ -431,14 +497,22 @@ static PyObject *Loader_set_epoch(LoaderObject *self, PyObject *arg)
     if (PyErr_Occurred() || check_open(self))
         return NULL;
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&self->mu);
-    drain_pending(self);
-    rc = stk_loader_set_epoch(self->l, e);
-    if (!rc && self->sampler)
-        rc = stk_sampler_set_epoch(self->sampler, e);
-    pthread_mutex_unlock(&self->mu);
-    Py_END_ALLOW_THREADS
+    for (;;) {
+        int hooked = wait_begin(self->l);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->mu);
+        drain_pending(self);
+        rc = stk_loader_set_epoch(self->l, e);
+        if (!rc && self->sampler)
+            rc = stk_sampler_set_epoch(self->sampler, e);
+        pthread_mutex_unlock(&self->mu);
+        Py_END_ALLOW_THREADS
+        wait_end(hooked);
+        if (rc != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
     if (rc)
         return raise_stk(rc);
     Py_RETURN_NONE;
@@ -463,12 +537,20 @@ static PyObject *Loader_set_state(LoaderObject *self, PyObject *args)
         return NULL;
     stk_loader_state_t st = {e, k};
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&self->mu);
-    drain_pending(self);
-    rc = stk_loader_set_state(self->l, &st);
-    pthread_mutex_unlock(&self->mu);
-    Py_END_ALLOW_THREADS
+    for (;;) {
+        int hooked = wait_begin(self->l);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->mu);
+        drain_pending(self);
+        rc = stk_loader_set_state(self->l, &st);
+        pthread_mutex_unlock(&self->mu);
+        Py_END_ALLOW_THREADS
+        wait_end(hooked);
+        if (rc != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
     if (rc)
         return raise_stk(rc);
     Py_RETURN_NONE;
@@ -1179,6 +1261,15 @@ PyMODINIT_FUNC PyInit__stoker(void)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
+        return NULL;
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *mt = threading ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
+    PyObject *ident = mt ? PyObject_GetAttrString(mt, "ident") : NULL;
+    main_thread_ident = ident ? PyLong_AsUnsignedLong(ident) : 0;
+    Py_XDECREF(ident);
+    Py_XDECREF(mt);
+    Py_XDECREF(threading);
+    if (PyErr_Occurred())
         return NULL;
     Error = PyErr_NewExceptionWithDoc("stoker.Error",
                                       "An error from the Stoker library: .code (negative status), "

@@ -10,14 +10,6 @@
 
 typedef unsigned long long ull;
 
-struct stk_batch_sampler {
-    stk_sampler_t *sampler; /* not owned */
-    uint64_t batch_size;
-    int drop_last;
-    uint64_t len;    /* batches per epoch */
-    uint64_t cursor; /* next batch handed out by next() */
-};
-
 int stk_batch_sampler_create(stk_batch_sampler_t **out, stk_sampler_t *sampler, uint64_t batch_size,
                              int drop_last)
 {
@@ -54,6 +46,7 @@ void stk_batch_sampler_destroy(stk_batch_sampler_t **b)
 {
     if (!b || !*b)
         return;
+    stk__bucket_free((*b)->bucket);
     free(*b);
     *b = NULL;
 }
@@ -63,6 +56,8 @@ int stk_batch_sampler_set_epoch(stk_batch_sampler_t *b, uint64_t epoch)
     if (!b)
         return stk__error(-EINVAL, "batch sampler: NULL batch sampler");
     int rc = stk_sampler_set_epoch(b->sampler, epoch);
+    if (rc == 0 && b->bucket)
+        rc = stk__bucket_build(b, epoch);
     if (rc < 0)
         return rc;
     b->cursor = 0;
@@ -87,6 +82,8 @@ int stk_batch_sampler_get(const stk_batch_sampler_t *b, uint64_t k, uint64_t *ou
     if (k >= b->len)
         return stk__error(-EINVAL, "batch sampler: batch %llu is past the epoch's %llu batches", (ull)k,
                           (ull)b->len);
+    if (b->bucket)
+        return stk__bucket_get(b, k, out, n);
     uint64_t first = k * b->batch_size;
     uint64_t total = stk_sampler_len(b->sampler);
     uint64_t count = total - first < b->batch_size ? total - first : b->batch_size;

@@ -61,4 +61,23 @@ int stk__sampler_tree_alloc(stk_sampler_t *s, const double *w);
 void stk__sampler_tree_draw(stk_sampler_t *s);
 void stk__sampler_weighted_free(stk_sampler_t *s);
 
+/* Batches over a sampler (batch.c), bucketed by length when bucket is set
+ * (bucket.c). */
+typedef struct stk__bucket stk__bucket_t;
+struct stk_batch_sampler {
+    stk_sampler_t *sampler; /* not owned */
+    uint64_t batch_size;
+    int drop_last;
+    uint64_t len;    /* batches per epoch */
+    uint64_t cursor; /* next batch handed out by next() */
+    stk__bucket_t *bucket; /* NULL: plain consecutive batches */
+};
+
+/* Draws the bucketed batches of the sampler's current epoch (already
+ * selected); 0, STK_ECONFIG for an index without a length. */
+int stk__bucket_build(stk_batch_sampler_t *b, uint64_t epoch);
+/* Batch k (< b->len) of the epoch into out; *n its size. */
+int stk__bucket_get(const stk_batch_sampler_t *b, uint64_t k, uint64_t *out, size_t *n);
+void stk__bucket_free(stk__bucket_t *k);
+
 #endif

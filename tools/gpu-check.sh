@@ -108,4 +108,30 @@ for w in sorted({k[2] for k in rows}):
 print("raw best: stoker %.0f (w=%d) / torch %.0f (w=%d) = %.2fx (the loader issue's target: 5x)"
       % (s, sw, t, tw, s / t))
 PY
+# ---- dist (owned by the dist helper): NCCL -------------------------------
+# The dist checks over NCCL (collectives, DDP against one process, buckets
+# and overlap) with one rank on the GPU; the multi-GPU variants ran (or
+# skipped, saying why) in the suite above. Then two ranks on the one GPU:
+# NCCL refuses that ("Duplicate GPU detected") unless each rank claims
+# another host (NCCL_HOSTID) and they talk over sockets: whatever happens
+# is recorded. Then NCCL's all-reduce bandwidth on device buffers.
+{
+    for mode in collectives ddp order; do
+        echo "--- 1 rank over NCCL: $mode"
+        STK_COMM_BACKEND=nccl timeout 300 build-gpu/tools/stoker-launch --nproc-per-node 1 --master-port 0 \
+            build-gpu/tests/dist/dist_check $mode || rc=1
+    done
+    for mode in collectives ddp; do
+        echo "--- 2 ranks on one GPU, NCCL_HOSTID per rank: $mode"
+        STK_COMM_BACKEND=nccl STK_DIST_TIMEOUT=60 NCCL_SOCKET_IFNAME=lo NCCL_DEBUG=WARN timeout 300 \
+            build-gpu/tools/stoker-launch --nproc-per-node 2 --master-port 0 -- sh -c \
+            'STK_CUDA_DEVICE=0 NCCL_HOSTID=stoker-host-$RANK exec build-gpu/tests/dist/dist_check '$mode
+        echo "exit status $? (not counted as a failure: an experiment)"
+    done
+    echo "--- NCCL all-reduce, 1 rank, device buffers"
+    timeout 300 build-gpu/tools/stoker-launch --nproc-per-node 1 --master-port 0 \
+        build-gpu/tests/dist/dist_bench_cuda || rc=1
+} > "$OUT/dist_nccl.txt" 2>&1
+cat "$OUT/dist_nccl.txt"
+
 exit $rc

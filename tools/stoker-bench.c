@@ -23,14 +23,28 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: stoker-bench DIR [--batch N] [--workers N] [--prefetch N] [--io uring|pread|mmap]\n"
+    fprintf(f, "usage: stoker-bench DIR [--batch N] [--workers N|auto] [--prefetch N] [--io uring|pread|mmap]\n"
                "                   [--augment SPEC] [--field NAME] [--epochs N] [--timeout SECONDS]\n"
                "                   [--sampler random|sequential] [--seed N] [--no-checksum]\n"
-               "                   [--no-memcpy] [--json]\n"
+               "                   [--work-us N] [--no-memcpy] [--json]\n"
                "  --timeout S  fail when a batch is not ready after S seconds (default 0: no\n"
                "               limit; a worker that stops moving is reported every so often)\n"
                "  --field NAME the field --augment takes (default: \"image\", or the only\n"
-               "               image-like field)\n");
+               "               image-like field)\n"
+               "  --workers auto  as many workers as CPUs, or none, whichever the first\n"
+               "               batches show faster (the choice is printed)\n"
+               "  --prefetch N batches in flight per worker (default 0: the loader's choice)\n"
+               "  --work-us N  main's own work per batch, N us of CPU (a training step's\n"
+               "               stand-in): what workers can overlap and loading in process cannot\n");
+}
+
+/* CPU work for us microseconds, as a training step would do between
+ * batches (a sleep would leave the CPU to the workers). */
+static void busy_us(int64_t us)
+{
+    double end = tool_now_s() + (double)us * 1e-6;
+    while (tool_now_s() < end) {
+    }
 }
 
 static stk_loader_t *volatile running_loader;
@@ -93,7 +107,7 @@ int main(int argc, char **argv)
 {
     const char *dir = NULL, *augment = NULL, *field = NULL, *sampler = "random", *io = NULL;
     const char *me = "stoker-bench";
-    int64_t batch = 256, workers = 2, prefetch = 2, epochs = 1, seed = 0;
+    int64_t batch = 256, workers = 2, prefetch = 0, epochs = 1, seed = 0, work_us = 0;
     double timeout_s = 0;
     /* The checksum is on by default, so that two runs can be compared
      * for content; it re-reads every batch on the main thread (36% of a
@@ -127,10 +141,16 @@ int main(int argc, char **argv)
         continue;                                                        \
     }
         NUM("--batch", batch, 1, 1 << 24)
+        if (!strcmp(a, "--workers") && v && !strcmp(v, "auto")) {
+            workers = -1;
+            i++;
+            continue;
+        }
         NUM("--workers", workers, 0, 1024)
-        NUM("--prefetch", prefetch, 1, 64)
+        NUM("--prefetch", prefetch, 0, 64)
         NUM("--epochs", epochs, 1, 1000000000)
         NUM("--seed", seed, 0, INT64_MAX)
+        NUM("--work-us", work_us, 0, 10000000)
         if (!strcmp(a, "--timeout")) {
             if (!v) {
                 usage(stderr);
@@ -181,7 +201,8 @@ int main(int argc, char **argv)
     sa.sa_flags = SA_RESETHAND; /* no SA_RESTART: a wait returns at once */
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    stk_log_set_callback(stk_log_stderr, NULL, STK_LOG_WARN);
+    /* INFO: what --workers auto chose and why. */
+    stk_log_set_callback(stk_log_stderr, NULL, STK_LOG_INFO);
 
     stk_shard_dataset_config_t dc;
     stk_shard_dataset_config_default(&dc);
@@ -209,7 +230,7 @@ int main(int argc, char **argv)
     stk_loader_config_default(&lc);
     lc.batch_size = (uint64_t)batch;
     lc.timeout_ms = (uint32_t)ceil(timeout_s * 1000);
-    lc.num_workers = (uint32_t)workers;
+    lc.num_workers = workers < 0 ? STK_LOADER_WORKERS_AUTO : (uint32_t)workers;
     lc.prefetch = (uint32_t)prefetch;
     lc.persistent_workers = 1;
     lc.seed = (uint64_t)seed;
@@ -228,6 +249,8 @@ int main(int argc, char **argv)
     if (stop_signal) /* came before there was a loader to interrupt */
         stk_loader_interrupt(l);
     int tty = isatty(2) && !json;
+    struct rusage ru0;
+    getrusage(RUSAGE_SELF, &ru0);
     uint64_t sum = 0x5354424e43480000ull, samples = 0, bytes = 0, nb = 0;
     double first = -1, last_print = t0;
     uint64_t rss_epoch1 = 0, private_epoch1 = 0;
@@ -247,6 +270,8 @@ int main(int argc, char **argv)
             samples += b.size;
             nb++;
             stk_loader_release(l, &b);
+            if (work_us)
+                busy_us(work_us);
             if (tty && (nb & 15) == 0) {
                 double t = tool_now_s();
                 if (t - last_print > 0.25) {
@@ -285,6 +310,18 @@ int main(int argc, char **argv)
     stk_loader_get_stats(l, &st);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    /* Where a batch's time goes, in CPU time (what a busy machine does
+     * not inflate): main's own, a worker's, and how often each slept. */
+    double main_cpu = (double)(ru.ru_utime.tv_sec - ru0.ru_utime.tv_sec + ru.ru_stime.tv_sec -
+                               ru0.ru_stime.tv_sec) * 1e6 +
+                      (double)(ru.ru_utime.tv_usec - ru0.ru_utime.tv_usec + ru.ru_stime.tv_usec -
+                               ru0.ru_stime.tv_usec);
+    double per = nb ? 1.0 / (double)nb : 0;
+    double main_us = main_cpu * per;
+    double worker_us = st.worker_cpu_batches ? st.worker_cpu_ns / 1e3 / st.worker_cpu_batches : 0;
+    char wtxt[32];
+    snprintf(wtxt, sizeof wtxt, "%u%s", st.num_workers,
+             workers < 0 ? (st.auto_decided ? " (auto)" : " (auto, undecided)") : "");
     /* After the RSS reading: its buffers are not the loader's. */
     double mcpy = memcpy_too ? memcpy_mbs() : 0;
     static const char *const ionames[] = {"auto", "uring", "pread", "mmap"};
@@ -294,8 +331,10 @@ int main(int argc, char **argv)
     if (checksum)
         snprintf(cks, sizeof cks, "\"%016llx\"", (unsigned long long)sum);
     if (json) {
-        printf("{\"dir\":\"%s\",\"batch\":%llu,\"workers\":%llu,\"prefetch\":%llu,\"io\":\"%s\","
-               "\"augment\":\"%s\",\"epochs\":%llu,\"seed\":%llu,\"samples\":%llu,\"batches\":%llu,"
+        printf("{\"dir\":\"%s\",\"batch\":%llu,\"workers\":%u,\"workers_auto\":%s,"
+               "\"prefetch\":%llu,\"io\":\"%s\","
+               "\"augment\":\"%s\",\"epochs\":%llu,\"seed\":%llu,\"work_us\":%lld,"
+               "\"samples\":%llu,\"batches\":%llu,"
                "\"seconds\":%.6f,\"samples_per_s\":%.1f,\"mb_per_s\":%.1f,\"memcpy_mb_per_s\":%.1f,"
                "\"first_batch_ms\":%.3f,\"open_ms\":%.3f,"
                "\"read_ms\":%.3f,\"read_mb\":%.3f,\"decode_ms\":%.3f,\"decode_mb\":%.3f,"
@@ -303,10 +342,12 @@ int main(int argc, char **argv)
                "\"wait_ms\":%.3f,\"skipped\":%llu,\"checked\":%llu,\"main_max_rss_kb\":%ld,"
                "\"worker_max_rss_kb\":%llu,"
                "\"worker_rss_after_epoch1_kb\":%llu,\"worker_max_private_kb\":%llu,"
-               "\"worker_private_after_epoch1_kb\":%llu,\"checksum\":%s}\n",
-               dir, (unsigned long long)batch, (unsigned long long)workers,
+               "\"worker_private_after_epoch1_kb\":%llu,\"main_cpu_us_per_batch\":%.2f,"
+               "\"worker_cpu_us_per_batch\":%.2f,\"main_sleeps_per_batch\":%.3f,"
+               "\"worker_sleeps_per_batch\":%.3f,\"checksum\":%s}\n",
+               dir, (unsigned long long)batch, st.num_workers, workers < 0 ? "true" : "false",
                (unsigned long long)prefetch, iomode, augment ? augment : "",
-               (unsigned long long)epochs, (unsigned long long)seed,
+               (unsigned long long)epochs, (unsigned long long)seed, (long long)work_us,
                (unsigned long long)samples, (unsigned long long)nb, dt, sps, mbs, mcpy, first * 1e3,
                (t0 - t_open) * 1e3, st.read.ns / 1e6, st.read.bytes / 1e6, st.decode.ns / 1e6,
                st.decode.bytes / 1e6, st.augment.ns / 1e6, st.augment.bytes / 1e6,
@@ -314,11 +355,12 @@ int main(int argc, char **argv)
                (unsigned long long)st.skipped, (unsigned long long)st.checked, ru.ru_maxrss,
                (unsigned long long)st.worker_max_rss_kb,
                (unsigned long long)rss_epoch1, (unsigned long long)st.worker_max_private_kb,
-               (unsigned long long)private_epoch1, cks);
+               (unsigned long long)private_epoch1, main_us, worker_us,
+               (double)st.main_sleeps * per, (double)st.worker_sleeps * per, cks);
     } else {
-        printf("stoker-bench %s: batch %llu, workers %llu, prefetch %llu, io %s, augment \"%s\"\n",
-               dir, (unsigned long long)batch, (unsigned long long)workers,
-               (unsigned long long)prefetch, iomode, augment ? augment : "");
+        printf("stoker-bench %s: batch %llu, workers %s, prefetch %llu, io %s, augment \"%s\"\n",
+               dir, (unsigned long long)batch, wtxt, (unsigned long long)prefetch, iomode,
+               augment ? augment : "");
         printf("  %llu samples in %llu batches, %llu epoch(s), %.3f s\n",
                (unsigned long long)samples, (unsigned long long)nb, (unsigned long long)epochs, dt);
         printf("  %.0f samples/s, %.1f MB/s (memcpy %.0f MB/s in this run)\n", sps, mbs, mcpy);
@@ -330,6 +372,9 @@ int main(int argc, char **argv)
         printf("  augment   %10.1f  %10.1f\n", st.augment.ns / 1e6, st.augment.bytes / 1e6);
         printf("  collate   %10.1f  %10.1f\n", st.collate.ns / 1e6, st.collate.bytes / 1e6);
         printf("  wait(main)%10.1f\n", st.wait.ns / 1e6);
+        printf("  per batch: main CPU %.1f us, worker CPU %.1f us; main slept %.2f times, "
+               "workers %.2f times\n", main_us, worker_us, (double)st.main_sleeps * per,
+               (double)st.worker_sleeps * per);
         printf("  records checksummed: %llu (once per loader)\n", (unsigned long long)st.checked);
         printf("  peak RSS: main %ld kB, worker %llu kB (after epoch 1: %llu kB)\n", ru.ru_maxrss,
                (unsigned long long)st.worker_max_rss_kb, (unsigned long long)rss_epoch1);

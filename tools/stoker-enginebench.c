@@ -33,6 +33,10 @@ int main(int argc, char **argv)
 {
     const char *model = "models/fmnist-cnn.model", *export = NULL;
     int batch = 128, threads = 2, iters = 20, warmup = 3, profile = 0, summary = 0;
+    /* OpenMP threads that wait passively unless OMP_WAIT_POLICY says
+     * otherwise (it executes us again once). */
+    if (stk_engine_passive_wait(argv) < 0)
+        fprintf(stderr, "stoker-enginebench: %s\n", stk_error_message());
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"batch", required_argument, 0, 'b'},
         {"threads", required_argument, 0, 't'}, {"iters", required_argument, 0, 'i'},
@@ -103,8 +107,10 @@ int main(int argc, char **argv)
         return 1;
     }
     double dt = tool_now_s() - t0;
-    printf("stoker: %s batch %d threads %d (backend max %d): %.1f images/s (%.2f ms/iter, loss %.4f)\n", model,
-           batch, threads, stk_model_threads(m), (double)iters * batch / dt, 1e3 * dt / iters, (double)loss);
+    static const char *const waits[] = {"spin", "passive", "active"};
+    printf("stoker: %s batch %d threads %d (backend max %d, wait %s): %.1f images/s (%.2f ms/iter, loss %.4f)\n",
+           model, batch, threads, stk_model_threads(m), waits[stk_engine_wait_policy()], (double)iters * batch / dt,
+           1e3 * dt / iters, (double)loss);
     if (profile) {
         size_t n = stk_model_stats_format(m, NULL, 0);
         char *buf = malloc(n + 1);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* stoker-pack: converts IDX, CIFAR binary, .npy and image folders into .stk
+/* stoker-pack: converts IDX, CIFAR binary, .npy, image folders and text into .stk
  * shard sets, and checks (verify) or describes (info) a packed set. A thin
  * CLI: the importers are the library's (include/stoker/pack.h). */
 #define _GNU_SOURCE
@@ -81,6 +81,15 @@ static void usage_pack(FILE *f, const char *cmd)
                    "  ROOT/<class>/.../<file>, as torchvision ImageFolder: classes are the\n"
                    "  subfolders in sorted order. Each file is stored as bytes.\n"
                    "  Schema: data:u8[-1] label:i64[]; writes DIR/classes.txt.\n");
+    else if (!strcmp(cmd, "text"))
+        fprintf(f, "usage: stoker-pack text FILE -o DIR [--vocab FILE [--chars] [--unk-id N]] [options]\n"
+                   "  One record per line of FILE (gzip or plain; the newline and a '\\r'\n"
+                   "  before it dropped) as token ids. Without --vocab each byte is a token:\n"
+                   "  schema tokens:u8[-1]. With --vocab (one token per line, line k = id k)\n"
+                   "  a line splits into whitespace-separated words, or into UTF-8\n"
+                   "  characters with --chars; a token not in the vocabulary becomes\n"
+                   "  --unk-id (default 0; -1: an error). Schema tokens:i32[-1]. Writes\n"
+                   "  DIR/text.json (and DIR/vocab.txt). --field names the field.\n");
     fprintf(f, "options:\n"
                "  -o, --output DIR          output directory (created if needed)\n"
                "  -n, --records-per-shard N records per shard file (default 10000; 0 = one)\n"
@@ -104,6 +113,7 @@ static void usage(FILE *f)
                "  cifar FILE... -o DIR       pack CIFAR-10/100 binary batches\n"
                "  npy DATA LABELS -o DIR     pack a .npy data array and its labels\n"
                "  folder ROOT -o DIR         pack a folder with one subfolder per class\n"
+               "  text FILE -o DIR           pack a text file, one record of token ids per line\n"
                "  verify DIR                 check every record's checksum\n"
                "  info DIR                   print the schema and shard list\n"
                "Run 'stoker-pack COMMAND --help' for options.\n");
@@ -112,6 +122,9 @@ static void usage(FILE *f)
 typedef struct opts {
     const char *out;
     const char *field;
+    const char *vocab;
+    int chars;
+    int64_t unk_id;
     int quiet;
     int cifar100;
     stk_pack_config_t pack;
@@ -160,7 +173,7 @@ static int run_pack(stk_pack_source_t *src, const opts_t *o)
 
 static int cmd_pack(const char *cmd, int argc, char **argv)
 {
-    opts_t o = {.field = "data"};
+    opts_t o = {.field = NULL};
     stk_pack_config_default(&o.pack);
     static const struct option lo[] = {
         {"output", required_argument, 0, 'o'}, {"records-per-shard", required_argument, 0, 'n'},
@@ -169,6 +182,8 @@ static int cmd_pack(const char *cmd, int argc, char **argv)
         {"limit", required_argument, 0, 'L'},  {"prefix", required_argument, 0, 'P'},
         {"field", required_argument, 0, 'F'},  {"cifar100", no_argument, 0, 'C'},
         {"force", no_argument, 0, 'f'},        {"quiet", no_argument, 0, 'q'},
+        {"vocab", required_argument, 0, 'V'},  {"chars", no_argument, 0, 'c'},
+        {"unk-id", required_argument, 0, 'U'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     int c;
     int64_t v;
@@ -202,6 +217,12 @@ static int cmd_pack(const char *cmd, int argc, char **argv)
         case 'P': o.pack.prefix = optarg; break;
         case 'F': o.field = optarg; break;
         case 'C': o.cifar100 = 1; break;
+        case 'V': o.vocab = optarg; break;
+        case 'c': o.chars = 1; break;
+        case 'U':
+            if (tool_parse_i64("stoker-pack", "--unk-id", optarg, -1, INT32_MAX, &o.unk_id))
+                return 2;
+            break;
         case 'f': o.pack.overwrite = 1; break;
         case 'q': o.quiet = 1; break;
         case 'h': usage_pack(stdout, cmd); return 0;
@@ -209,7 +230,11 @@ static int cmd_pack(const char *cmd, int argc, char **argv)
         }
     }
     int npos = argc - optind;
-    int want = !strcmp(cmd, "idx") || !strcmp(cmd, "npy") ? 2 : !strcmp(cmd, "folder") ? 1 : -1;
+    int want = !strcmp(cmd, "idx") || !strcmp(cmd, "npy") ? 2 : !strcmp(cmd, "folder") || !strcmp(cmd, "text") ? 1 : -1;
+    if ((o.vocab || o.chars || o.unk_id) && strcmp(cmd, "text")) {
+        fprintf(stderr, "stoker-pack %s: --vocab, --chars and --unk-id are text's\n", cmd);
+        return 2;
+    }
     if ((want > 0 && npos != want) || (want < 0 && npos < 1) || !o.out) {
         fprintf(stderr, "stoker-pack %s: %s\n", cmd,
                 !o.out ? "missing -o DIR" : "wrong number of input files");
@@ -223,6 +248,9 @@ static int cmd_pack(const char *cmd, int argc, char **argv)
     sc.ninputs = (size_t)npos;
     sc.field = o.field;
     sc.limit = o.limit;
+    sc.vocab = o.vocab;
+    sc.vocab_chars = o.chars;
+    sc.unk_id = o.unk_id;
     stk_pack_source_t *src = NULL;
     if (stk_pack_source_create(&src, &sc)) {
         fprintf(stderr, "stoker-pack: %s\n", stk_error_message());
@@ -376,7 +404,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "idx") || !strcmp(cmd, "cifar") || !strcmp(cmd, "npy") ||
-        !strcmp(cmd, "folder"))
+        !strcmp(cmd, "folder") || !strcmp(cmd, "text"))
         return cmd_pack(cmd, argc - 1, argv + 1);
     if (!strcmp(cmd, "verify"))
         return cmd_verify(argc - 1, argv + 1);

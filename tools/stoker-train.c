@@ -309,6 +309,8 @@ int main(int argc, char **argv)
     run_t *r = &run;
     const char *resume = NULL;
     int print_config = 0;
+    /* OpenMP threads that wait passively (it executes us again once). */
+    stk_engine_passive_wait(argv);
     double t_begin = tool_now_s();
     int rc = parse_args(r, argc, argv, &resume, &print_config);
     if (rc)

@@ -86,5 +86,19 @@ void stk__cpu_staged_untrack(cpu_ctx_t *c, void *p);
 int stk__cpu_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);
 int stk__cpu_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
                           const float *grads, float *s0, float *s1, float *s2);
+/* cpu_rnn.c */
+int stk__cpu_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **op);
+void stk__cpu_rnn_destroy(void *ctx, stk__rnn_op_t *op);
+int stk__cpu_rnn_forward(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a);
+int stk__cpu_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a);
+/* cpu_seq.c */
+int stk__cpu_gather_rows(void *ctx, int64_t n, int64_t f, int64_t rows, const int64_t *idx, const float *src,
+                         float *dst);
+void stk__cpu_scatter_add_rows(void *ctx, int64_t n, int64_t f, const int64_t *idx, int64_t skip, const float *src,
+                               float *dst);
+void stk__cpu_seq_pool_forward(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                               const float *x, float *y);
+void stk__cpu_seq_pool_backward(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                const float *dy, float *dx);
 
 #endif

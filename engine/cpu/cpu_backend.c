@@ -3,6 +3,7 @@
  * so threads are OpenMP's), the element-wise kernels written here, and the
  * interface table that puts them next to the oneDNN ops of cpu_dnnl.c. */
 #include "cpu.h"
+#include "philox.h"
 
 #include <errno.h>
 #include <math.h>
@@ -221,7 +222,7 @@ static void dropout_block(uint64_t key, uint64_t step, uint64_t blk, float p, fl
     uint32_t r[4];
     stk_philox4x32(key, step, blk, r);
     for (int j = 0; j < 4; j++)
-        keep[j] = (float)(r[j] >> 8) * (1.0f / 16777216.0f) >= p ? scale : 0.0f;
+        keep[j] = stk__dropout_keep(r[j], p) ? scale : 0.0f;
 }
 
 static void dropout_apply(size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y)
@@ -331,6 +332,7 @@ static int cpu_count_correct(void *ctx, int64_t n, int64_t k, int topk, const fl
 static const stk__backend_iface_t cpu_iface = {
     .name = "cpu",
     .host_memory = 1,
+    .blocked_layouts = 1,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
     .free = cpu_free,
@@ -371,6 +373,14 @@ static const stk__backend_iface_t cpu_iface = {
     .count_correct = cpu_count_correct,
     .optim_create = stk__cpu_optim_create,
     .optim_update = stk__cpu_optim_update,
+    .rnn_create = stk__cpu_rnn_create,
+    .rnn_destroy = stk__cpu_rnn_destroy,
+    .rnn_forward = stk__cpu_rnn_forward,
+    .rnn_backward = stk__cpu_rnn_backward,
+    .gather_rows = stk__cpu_gather_rows,
+    .scatter_add_rows = stk__cpu_scatter_add_rows,
+    .seq_pool_forward = stk__cpu_seq_pool_forward,
+    .seq_pool_backward = stk__cpu_seq_pool_backward,
 };
 
 int stk__cpu_backend_open(stk__backend_t *b)

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* linear: PyTorch's Linear over flat features, y = x W^T + b, W [out, in]
- * in the parameter arena. */
+ * in the parameter arena; over a sequence (N x T x F) it applies to each
+ * step's features, as torch's Linear on the last dimension. */
 #include "../layer.h"
 
 #include <stddef.h>
@@ -30,6 +31,15 @@ static int linear_infer(stk_model_t *m, int i, const char *where)
 {
     stk__layer_t *l = &m->layers[i];
     const stk__layer_t *a = stk__input(m, i, 0);
+    if (a->seq) {
+        if (l->d.in_c > 0 && l->d.in_c != a->w)
+            return stk__error(STK_ESHAPE, "%s: key 'in': declared %lld input features, the input has %lld per step",
+                              where, (long long)l->d.in_c, (long long)a->w);
+        l->w = l->d.out;
+        if (a->w > STK__MAX_SAMPLE_ELEMS / l->w || a->c > STK__MAX_SAMPLE_ELEMS / l->w)
+            return stk__error(STK_ESHAPE, "%s: output or weights over 2^31 elements per sample", where);
+        return 0;
+    }
     if (a->h != 1 || a->w != 1)
         return stk__error(STK_ESHAPE, "%s: key 'input': linear needs flat features, the input is %lldx%lldx%lld "
                           "(add a flatten layer)", where, (long long)a->c, (long long)a->h, (long long)a->w);
@@ -46,7 +56,7 @@ static int linear_infer(stk_model_t *m, int i, const char *where)
 static int linear_params(stk_model_t *m, int i)
 {
     const stk__layer_t *l = &m->layers[i];
-    int64_t ws[2] = {l->d.out, l->in_c};
+    int64_t ws[2] = {l->d.out, l->seq ? l->in_w : l->in_c};
     int rc = stk__declare_param(m, i, "weight", STK_PARAM_WEIGHT, 2, ws);
     if (rc >= 0 && l->d.bias)
         rc = stk__declare_param(m, i, "bias", STK_PARAM_BIAS, 1, &l->d.out);
@@ -63,7 +73,9 @@ static void linear_init(stk_model_t *m, int i, float *params, float *buffers, in
 static int linear_plan(stk_model_t *m, int i, int64_t n, void **plan)
 {
     const stk__layer_t *l = &m->layers[i];
-    stk__linear_desc_t ld = {.n = n, .in = l->in_c, .out = l->c, .bias = l->d.bias};
+    /* a sequence's steps are rows too */
+    stk__linear_desc_t ld = {.n = l->seq ? n * l->c : n, .in = l->seq ? l->in_w : l->in_c, .out = l->seq ? l->w : l->c,
+                             .bias = l->d.bias};
     return m->be.iface->linear_create(m->be.ctx, &ld, (stk__op_t **)plan);
 }
 

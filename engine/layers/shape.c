@@ -9,11 +9,34 @@
 
 static const stk__layer_key_t input_keys[] = {
     {"shape", STK__KEY_SHAPE, offsetof(stk_layer_desc_t, in_c), 0},
+    /* a sequence: steps=T and features=F (f32), or tokens=1 (i64 ids) */
+    {"steps", STK__KEY_POS_INT, offsetof(stk_layer_desc_t, steps), 0},
+    {"features", STK__KEY_POS_INT, offsetof(stk_layer_desc_t, in_c), 0},
+    {"tokens", STK__KEY_BOOL, offsetof(stk_layer_desc_t, tokens), 0},
     {NULL, 0, 0, 0},
 };
 
 static int input_check(const stk_layer_desc_t *d, const char *where)
 {
+    if (d->steps > 0) {
+        if (d->steps > STK__MAX_DIM)
+            return STK__BAD_KEY(where, "steps", "must be at most 2^20");
+        if (d->in_h != 1 || d->in_w != 1)
+            return STK__BAD_KEY(where, "shape", "a sequence input takes features=F (or tokens=1), not C,H,W");
+        if (d->tokens && d->in_c > 1)
+            return STK__BAD_KEY(where, "features", "token ids have no features");
+        if (!d->tokens && (d->in_c < 1 || d->in_c > STK__MAX_DIM || d->in_c * d->steps > STK__MAX_SAMPLE_ELEMS))
+            return STK__BAD_KEY(where, "features", "missing or too large (a sequence of f32 features needs it; "
+                                                   "token ids need tokens=1)");
+        return 0;
+    }
+    if (d->steps < 0)
+        return STK__BAD_KEY(where, "steps", "must be positive");
+    if (d->tokens)
+        return STK__BAD_KEY(where, "tokens", "token ids are a sequence: give steps=T");
+    if (d->in_c == 0)
+        return stk__error(STK_ECONFIG, "%s: key 'shape': missing (input needs shape=C,H,W, or steps=T for a "
+                                       "sequence)", where);
     if (d->in_c < 1 || d->in_h < 1 || d->in_w < 1 || d->in_c > STK__MAX_DIM || d->in_h > STK__MAX_DIM ||
         d->in_w > STK__MAX_DIM || d->in_c * d->in_h * d->in_w > STK__MAX_SAMPLE_ELEMS)
         return STK__BAD_KEY(where, "shape", "must be positive C,H,W of at most 2^31 elements");
@@ -24,6 +47,16 @@ static int input_infer(stk_model_t *m, int i, const char *where)
 {
     (void)where;
     stk__layer_t *l = &m->layers[i];
+    if (l->d.steps > 0) {
+        l->seq = 1;
+        l->flat = 0;
+        l->c = l->d.steps;
+        l->h = 1;
+        l->w = l->d.tokens ? 1 : l->d.in_c;
+        l->dtype = l->d.tokens ? STK_DTYPE_I64 : STK_DTYPE_F32;
+        l->rf = l->jump = 1;
+        return 0;
+    }
     l->flat = l->d.in_h == 1 && l->d.in_w == 1;
     l->c = l->d.in_c;
     l->h = l->d.in_h;
@@ -47,7 +80,6 @@ const stk__layer_class_t stk__layer_input = {
     .n_inputs = 0,
     .fmt = STK__FMT_PLAIN,
     .keys = input_keys,
-    .required = "shape",
     .check = input_check,
     .infer = input_infer,
     .forward = input_forward,
@@ -230,6 +262,21 @@ stk_layer_desc_t stk_layer_input(const char *name, int64_t c, int64_t h, int64_t
     d.in_c = c;
     d.in_h = h;
     d.in_w = w;
+    return d;
+}
+
+stk_layer_desc_t stk_layer_input_sequence(const char *name, int64_t steps, int64_t features)
+{
+    stk_layer_desc_t d = stk_layer_input(name, features, 1, 1);
+    d.steps = steps;
+    return d;
+}
+
+stk_layer_desc_t stk_layer_input_tokens(const char *name, int64_t steps)
+{
+    stk_layer_desc_t d = stk_layer_input(name, 0, 1, 1);
+    d.steps = steps;
+    d.tokens = 1;
     return d;
 }
 

@@ -33,6 +33,12 @@ typedef struct stk_tensor {
     int ndim;
     int64_t shape[STK_TENSOR_MAX_DIMS];
     int64_t stride[STK_TENSOR_MAX_DIMS];
+    /* A batch of padded sequences (dim 0 the batch, dim 1 the steps):
+     * lengths[i] is sample i's valid steps, the rest is padding (host
+     * memory, shape[0] entries, not owned). NULL: every step is valid.
+     * stk_tensor_init sets NULL; reshape keeps it, narrow along dim 0 keeps
+     * the narrowed samples' lengths. */
+    const int64_t *lengths;
 } stk_tensor_t;
 
 /* Describes contiguous (row-major) memory at data. Returns 0, or -EINVAL
@@ -71,6 +77,11 @@ typedef enum stk_layer_kind {
     STK_LAYER_ADD,         /* two inputs of the same shape */
     STK_LAYER_CONCAT,      /* two inputs, along channels */
     STK_LAYER_CROSS_ENTROPY, /* softmax + cross-entropy, mean over the batch */
+    STK_LAYER_EMBEDDING,   /* token ids -> vectors, as torch.nn.Embedding */
+    STK_LAYER_LSTM,        /* torch.nn.LSTM(batch_first=True) over a sequence */
+    STK_LAYER_GRU,         /* torch.nn.GRU(batch_first=True) */
+    STK_LAYER_SEQ_LAST,    /* N x T x F -> N x F: each sequence's last valid step */
+    STK_LAYER_SEQ_MEAN,    /* N x T x F -> N x F: mean over each sequence's valid steps */
     STK_LAYER_KIND_COUNT
 } stk_layer_kind_t;
 
@@ -112,6 +123,19 @@ typedef struct stk_layer_desc {
     float negative_slope;   /* leaky_relu: 0.01 */
     float p;                /* dropout: drop probability, 0.5 */
     float label_smoothing;  /* cross_entropy: 0 */
+    /* Sequences (engine/MODEL_FORMAT.md). A sequence is N x T x F (T
+     * steps of F features; in the C, H, W of a layer: T, 1, F), padded,
+     * with the valid steps of each sample given by the forward's lengths.
+     * input: steps = T makes the input a sequence: of in_c features per
+     * step (f32), or with tokens = 1 of token ids (i64 N x T). 0: not a
+     * sequence. */
+    int64_t steps;
+    int tokens;
+    int64_t vocab;          /* embedding: rows of the table (num_embeddings); out = dim */
+    int64_t padding_idx;    /* embedding: a row kept at zero that gets no gradient; -1 (default): none */
+    int64_t num_layers;     /* lstm, gru: 1; out = hidden size; p = dropout between layers (0) */
+    int bidirectional;      /* lstm, gru: 0 */
+    int64_t ignore_index;   /* cross_entropy over a sequence: targets equal to it are skipped (-100) */
 } stk_layer_desc_t;
 
 /* Fills *d with the defaults of kind, as documented on each field, kind
@@ -144,6 +168,17 @@ STK_API stk_layer_desc_t stk_layer_flatten(const char *name);
 STK_API stk_layer_desc_t stk_layer_add(const char *name, const char *a, const char *b);
 STK_API stk_layer_desc_t stk_layer_concat(const char *name, const char *a, const char *b);
 STK_API stk_layer_desc_t stk_layer_cross_entropy(const char *name, float label_smoothing);
+/* Sequences: an input of steps x features f32, or of steps token ids. */
+STK_API stk_layer_desc_t stk_layer_input_sequence(const char *name, int64_t steps, int64_t features);
+STK_API stk_layer_desc_t stk_layer_input_tokens(const char *name, int64_t steps);
+/* padding_idx -1: none. */
+STK_API stk_layer_desc_t stk_layer_embedding(const char *name, int64_t vocab, int64_t dim, int64_t padding_idx);
+STK_API stk_layer_desc_t stk_layer_lstm(const char *name, int64_t hidden, int64_t layers, int bidirectional,
+                                        float dropout);
+STK_API stk_layer_desc_t stk_layer_gru(const char *name, int64_t hidden, int64_t layers, int bidirectional,
+                                       float dropout);
+STK_API stk_layer_desc_t stk_layer_seq_last(const char *name);
+STK_API stk_layer_desc_t stk_layer_seq_mean(const char *name);
 
 /* ---------------------------------------------------------------- builder */
 
@@ -172,7 +207,9 @@ typedef struct stk_model_config {
                            * another size plans it once (see
                            * stk_model_set_batch_size). Default 32 */
     uint64_t seed;        /* parameter init and dropout masks. Default 0 */
-    int threads;          /* backend threads; 0: leave as is. Default 0 */
+    int threads;          /* backend threads; 0 (default): the CPUs this
+                           * process may use (stk_engine_cpu_count), or
+                           * OpenMP's own count when OMP_NUM_THREADS is set */
     stk_device_t device;  /* STK_DEVICE_CPU (default) */
     int init_params;      /* 1 (default): PyTorch default init from seed;
                            * 0: parameters start at zero */
@@ -202,7 +239,8 @@ STK_API void stk_model_destroy(stk_model_t **m);
 
 /* Shape of the input batch: shape[0] = planned batch, then C, H, W. */
 STK_API void stk_model_input_shape(const stk_model_t *m, int64_t shape[4]);
-/* Classes (logits per sample) of the loss layer; 0 when there is none. */
+/* Classes (logits per sample, or per step of a sequence) of the loss
+ * layer; 0 when there is none. */
 STK_API int64_t stk_model_num_classes(const stk_model_t *m);
 /* Makes batch the current size. A model plans each batch size once (the
  * backend's primitives: about 100 ms with oneDNN) and keeps the plans of
@@ -264,7 +302,15 @@ STK_API void stk_model_set_loss_scale(stk_model_t *m, float scale);
 STK_API int stk_model_forward(stk_model_t *m, const float *input, int64_t batch, const int64_t *labels,
                               const float *soft_targets, float *loss);
 /* The same with tensors: input f32 N x C x H x W, target i64 [N] or f32
- * [N, classes] or NULL. STK_ESHAPE / -EINVAL on mismatch. */
+ * [N, classes] or NULL. STK_ESHAPE / -EINVAL on mismatch.
+ *
+ * A sequence input (an input layer with steps = T) takes a batch of
+ * padded sequences: features f32 [N, t, F] (or any shape of N x T x F
+ * elements, then t = T) or token ids i64 [N, t], with t <= T and
+ * input->lengths (each in [0, t]; NULL: all t). A loss over a sequence
+ * takes per-step targets i64 [N, t] (host memory): steps past a sample's
+ * length, and targets equal to the loss's ignore_index, are skipped, and
+ * the loss is the mean over the others (stk_model_loss_count). */
 STK_API int stk_model_forward_tensor(stk_model_t *m, const stk_tensor_t *input, const stk_tensor_t *target,
                                      float *loss);
 
@@ -307,6 +353,11 @@ STK_API int stk_model_count_correct(stk_model_t *m, const int64_t *labels, int64
  * (-EINVAL otherwise); topk >= classes counts every sample. Same codes as
  * stk_model_count_correct. */
 STK_API int stk_model_count_topk(stk_model_t *m, const int64_t *labels, int topk, int64_t *correct);
+/* How many targets the loss of the last forward averaged over: the batch,
+ * or for a loss over a sequence the steps it did not skip (weigh a mean
+ * over batches by it: bits per character). 0 before a forward with
+ * targets. */
+STK_API int64_t stk_model_loss_count(const stk_model_t *m);
 /* A view of a layer's output of the last forward (by layer name), NCHW,
  * in the model's device memory (out->device says which). Where the backend
  * keeps that output in a blocked layout, the view is of a plain copy this
@@ -390,6 +441,39 @@ STK_API int stk_model_state_save(const stk_model_t *m, const char *path);
 STK_API int stk_model_state_load(stk_model_t *m, const char *path);
 /* The same file as stk_model_state_save: safetensors is the state format. */
 STK_API int stk_model_export_safetensors(const stk_model_t *m, const char *path);
+
+/* ------------------------------------------------------------ CPU threads */
+
+/* CPUs this process may use: its affinity mask (sched_getaffinity), capped
+ * by the cgroup CPU quota of its cgroup and every parent (cgroup v2
+ * cpu.max, or v1 cpu.cfs_quota_us / cpu.cfs_period_us), rounded up; at
+ * least 1. A container limited to 1.5 CPUs on a 64-core host gets 2, where
+ * OpenMP would start 64 threads. Thread-safe. */
+STK_API int stk_engine_cpu_count(void);
+
+/* How the OpenMP threads of the CPU backend (oneDNN, on Debian libgomp)
+ * wait for work, as libgomp read it when the program started. */
+typedef enum stk_wait_policy {
+    STK_WAIT_SPIN = 0,    /* libgomp's default: spin ~3 ms, then sleep */
+    STK_WAIT_PASSIVE = 1, /* sleep at once (OMP_WAIT_POLICY=passive) */
+    STK_WAIT_ACTIVE = 2   /* spin (OMP_WAIT_POLICY=active) */
+} stk_wait_policy_t;
+STK_API stk_wait_policy_t stk_engine_wait_policy(void);
+
+/* Makes this program's OpenMP threads wait passively, as they should on a
+ * machine shared with other work: a spinning thread burns the CPU time
+ * the thread it waits for needs (measured: stoker-enginebench beside two
+ * busy processes, see engine/README.md). libgomp reads its wait policy
+ * once, before main, and has no call to change it, so when neither
+ * OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set this sets
+ * OMP_WAIT_POLICY=passive and executes the program again (/proc/self/exe,
+ * same argv, same pid): call it first thing in main, before threads, open
+ * files or output you care about. Returns 0 when there is nothing to do
+ * (the user chose a policy, or the second time), or on failure a negative
+ * errno (the program runs on with spinning threads; children still get
+ * the variable). argv must be main's (NULL-terminated). The Stoker tools
+ * call it. */
+STK_API int stk_engine_passive_wait(char **argv);
 
 /* ---------------------------------------------------- summary and timing */
 

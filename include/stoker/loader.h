@@ -152,6 +152,8 @@ typedef int (*stk_worker_init_fn)(uint32_t worker, uint64_t seed, const void *ar
 typedef int (*stk_pin_fn)(void *addr, size_t bytes, void *user);
 typedef void (*stk_unpin_fn)(void *addr, size_t bytes, void *user);
 
+#define STK_LOADER_WORKERS_AUTO UINT32_MAX
+
 typedef struct stk_loader_config {
     uint64_t batch_size;                 /* default 1 */
     int drop_last;
@@ -159,8 +161,20 @@ typedef struct stk_loader_config {
     uint64_t seed;                       /* sampler, augmentation and worker seeds */
     stk_sampler_t *sampler;              /* optional, not owned */
     stk_batch_sampler_t *batch_sampler;  /* optional, not owned; wins over the above */
-    uint32_t num_workers;                /* 0 = load in the calling process */
-    uint32_t prefetch;                   /* batches in flight per worker (default 2) */
+    /* 0 = load in the calling process; STK_LOADER_WORKERS_AUTO: as many
+     * workers as CPUs this process may use (affinity, cgroup quota), or
+     * none, whichever the run's first batches show to be faster (the
+     * time from one batch to the next, the caller's own work included:
+     * on 2 CPUs, raw Fashion-MNIST batches come faster in process and
+     * augmented ones with workers). stk_loader_get_stats says which. */
+    uint32_t num_workers;
+    /* Batches in flight per worker. 0 (the default): 2, and 4 for a
+     * single worker (4 slots in all), so that one worker finds
+     * its next batch queued while main takes the last, and main, waiting
+     * for two batches at once, sleeps once per two (1 worker, raw
+     * Fashion-MNIST: half the wake-ups of main, half the times it
+     * preempted the worker). */
+    uint32_t prefetch;
     int persistent_workers;              /* keep workers across epochs */
     /* How long stk_loader_next may wait for one batch before it blames a
      * worker: the one filling that batch, or, while the batch still waits
@@ -289,6 +303,16 @@ typedef struct stk_loader_stats {
                                           * less shared pages: its own cost, where RSS
                                           * also counts the mapped shards' cached pages */
     uint64_t checked;                    /* records checksummed (stk_dataset_stats_t) */
+    /* Where a batch's time goes besides the stages (see stoker-bench):
+     * times main slept waiting for a batch, times a worker slept for want
+     * of a task, and the workers' CPU time as of having filled
+     * worker_cpu_batches batches (sampled every 16th batch). */
+    uint64_t main_sleeps, worker_sleeps;
+    uint64_t worker_cpu_ns, worker_cpu_batches;
+    /* Workers delivering batches now: num_workers, or what
+     * STK_LOADER_WORKERS_AUTO chose (until it has: the workers there are). */
+    uint32_t num_workers;
+    int auto_decided;                    /* AUTO's trial is over */
 } stk_loader_stats_t;
 /* Sums over workers (their counters live in shared memory, so this is
  * cheap and current) and main; since create. Times of workers add up

@@ -26,12 +26,16 @@ typedef enum stk_pack_format {
                             * image:u8[3,32,32] coarse_label:i64[] label:i64[] */
     STK_PACK_NPY = 4,      /* inputs: DATA LABELS (.npy, C order, little-endian; gzip or
                             * plain). Schema <field>:<dtype>[...] label:i64[] */
-    STK_PACK_FOLDER = 5    /* inputs: ROOT with one subfolder per class (sorted, as
+    STK_PACK_FOLDER = 5,   /* inputs: ROOT with one subfolder per class (sorted, as
                             * torchvision's ImageFolder); each file stored as bytes.
                             * Schema data:u8[-1] label:i64[]; classes.txt beside */
+    STK_PACK_TEXT = 6      /* inputs: FILE, one record per line (gzip or plain), as
+                            * token ids: bytes (schema tokens:u8[-1]) or, with a
+                            * vocabulary, tokens:i32[-1]; text.json (and vocab.txt)
+                            * beside */
 } stk_pack_format_t;
 
-/* "idx", "cifar10", "cifar100", "npy", "folder" (and "cifar" for
+/* "idx", "cifar10", "cifar100", "npy", "folder", "text" (and "cifar" for
  * cifar10); 0 when unknown. Thread-safe. */
 STK_API stk_pack_format_t stk_pack_format_from_name(const char *name);
 /* The name of a format ("idx", ...), or "invalid". Thread-safe. */
@@ -42,7 +46,16 @@ typedef struct stk_pack_source_config {
     const char *const *inputs; /* paths, as the format above lists them; not copied:
                                 * they must outlive the source */
     size_t ninputs;
-    const char *field;         /* NPY: name of the data field (default "data") */
+    const char *field;         /* NPY: name of the data field (default "data");
+                                * TEXT: of the tokens (default "tokens") */
+    /* TEXT: a vocabulary file, one token per line, line k = id k (not
+     * copied); NULL: each byte is a token. With one, a line splits into
+     * whitespace-separated words, or into UTF-8 characters with
+     * vocab_chars, and a token not in it becomes unk_id (-1: an error
+     * naming the line). The newline and a '\r' before it are dropped. */
+    const char *vocab;
+    int vocab_chars;
+    int64_t unk_id;
     uint64_t limit;            /* read only the first `limit` records; 0 = all */
 } stk_pack_source_config_t;
 

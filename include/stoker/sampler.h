@@ -123,6 +123,55 @@ STK_API int stk_batch_sampler_next(stk_batch_sampler_t *b, uint64_t *out, size_t
 STK_API uint64_t stk_batch_sampler_tell(const stk_batch_sampler_t *b);
 STK_API int stk_batch_sampler_seek(stk_batch_sampler_t *b, uint64_t batch);
 
+/* Bucketing by length: a batch sampler whose batches hold samples of
+ * similar length, so that padding a batch to its longest sample wastes
+ * little (sequences). The epoch's order of `sampler` (any kind, including
+ * DISTRIBUTED: each rank buckets its own share, and every rank gets the
+ * same number of batches) is cut into pools of pool_batches * batch_size
+ * positions; each pool is sorted by (length, index) and cut into batches;
+ * the full batches of the epoch are then shuffled, the partial one (if
+ * any, and without drop_last) last. Each index the sampler yields is in
+ * exactly one batch (drop_last leaves out the sampler's last
+ * len % batch_size positions). Batches are a pure function of (seed,
+ * epoch) and the sampler's order: deterministic, and resumable with seek
+ * as the plain batch sampler. Made with the call below, it is used and
+ * freed as any stk_batch_sampler_t (the loader takes it as is). */
+typedef struct stk_bucket_config {
+    const uint32_t *lengths; /* length of every data set index (copied) */
+    uint64_t num_lengths;    /* entries in lengths; the sampler's indices must be below it */
+    uint64_t batch_size;     /* default 1 */
+    int drop_last;
+    uint64_t pool_batches;   /* batches per sorted pool (default 100); 0: the whole epoch */
+    int shuffle;             /* shuffle the batches' order (default 1) */
+    uint64_t seed;           /* of the batch shuffle */
+} stk_bucket_config_t;
+
+/* Defaults: batch_size 1, pool_batches 100, shuffle 1, the rest 0/NULL.
+ * NULL is ignored. */
+STK_API void stk_bucket_config_default(stk_bucket_config_t *cfg);
+/* Makes the bucketing batch sampler, its batches drawn for the sampler's
+ * current epoch (stk_batch_sampler_set_epoch draws another). Memory: 20
+ * bytes per index of the epoch plus 4 per length. Returns 0 and *out;
+ * STK_ECONFIG for no lengths, an index the sampler yields without a
+ * length (named), or what stk_batch_sampler_create refuses; -EINVAL for
+ * NULL out, sampler or cfg; -ENOMEM. *out is NULL on failure. */
+STK_API int stk_batch_sampler_create_bucketed(stk_batch_sampler_t **out, stk_sampler_t *sampler,
+                                              const stk_bucket_config_t *cfg);
+
+/* What bucketing saves in the current epoch: with each batch padded to its
+ * longest sample, padded is the slots (batch size x longest) summed over
+ * the bucketed batches, padded_plain the same for consecutive batches of
+ * the sampler's order, tokens the lengths summed. The padding fraction is
+ * 1 - tokens / padded. */
+typedef struct stk_bucket_stats {
+    uint64_t tokens;
+    uint64_t padded;
+    uint64_t padded_plain;
+} stk_bucket_stats_t;
+/* 0, or -EINVAL for NULL arguments or a batch sampler made without
+ * bucketing. */
+STK_API int stk_batch_sampler_bucket_stats(const stk_batch_sampler_t *b, stk_bucket_stats_t *st);
+
 #ifdef __cplusplus
 }
 #endif

@@ -87,7 +87,8 @@ STK_API void stk_writer_config_default(stk_writer_config_t *cfg);
  * switched into place at once, atomically replacing the set there (a
  * killed process leaves DIR as it was, plus a .tmp- folder). DIR must not
  * exist, be empty, or, with cfg->overwrite, hold nothing but a shard
- * set's files (*.stk, *.manifest, classes.txt, .tmp- leftovers).
+ * set's files (*.stk, *.manifest, classes.txt, vocab.txt, text.json,
+ * .tmp- leftovers).
  * Returns 0, -EEXIST (DIR not empty, or holding other files: named),
  * -ENOTDIR, STK_ECONFIG (bad level, dictionary size, prefix or schema),
  * -errno from making the staging folder, -ENOMEM. */

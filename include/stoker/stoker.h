@@ -13,5 +13,6 @@
 #include "stoker/optim.h"
 #include "stoker/checkpoint.h"
 #include "stoker/train.h"
+#include "stoker/dist.h"
 
 #endif

@@ -276,6 +276,33 @@ def test_keyboard_interrupt_leaves_nothing(fm):
     assert out.rstrip().endswith('MAPS []'), out
 
 
+def test_ctrl_c_while_a_worker_is_stopped(fm):
+    """No timeout, the worker stopped: Ctrl-C still ends the wait at once."""
+    d, _, _ = fm
+    r = run_child(f'''
+        import os, signal, threading, time, stoker
+        loader = stoker.Loader({str(d)!r}, batch_size=10, num_workers=1)
+        it = iter(loader)
+        next(it)
+        pid = loader.worker_pids()[0]
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t0 = time.monotonic()
+        try:
+            for b in it:
+                pass
+            print('NOT INTERRUPTED')
+        except KeyboardInterrupt:
+            print('INTERRUPTED', time.monotonic() - t0)
+        os.kill(pid, signal.SIGCONT)
+        loader.close()
+    ''', timeout=60)
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    assert words[0] == 'INTERRUPTED', r.stdout
+    assert float(words[1]) < 10.0
+
+
 def test_gil_released_while_waiting(fm):
     d, _, _ = fm
     loader = stoker.Loader(d, batch_size=10, num_workers=1, timeout=1.5)
@@ -438,8 +465,8 @@ def test_example_trains(tmp_path):
         pytest.skip(f'no Fashion-MNIST in {idx} (apt install dataset-fashion-mnist)')
     env = dict(os.environ, LD_LIBRARY_PATH='/usr/lib/x86_64-linux-gnu/openblas-pthread')
     r = subprocess.run([sys.executable, os.path.join(src, 'examples', 'train_torch_stoker.py'),
-                        os.path.join(src, 'configs', 'fmnist-cnn.conf'), '--set', 'train_limit=512',
-                        '--set', 'test_limit=256', '--set', 'epochs=1', '--set', 'batch_size=64',
+                        os.path.join(src, 'configs', 'fmnist-cnn.conf'), '--set', 'train_limit=256', '--set', 'threads=1',
+                        '--set', 'test_limit=128', '--set', 'epochs=1', '--set', 'batch_size=64',
                         '--data', str(tmp_path), '--json'],
                        capture_output=True, text=True, timeout=300, cwd=src, env=env)
     assert r.returncode == 0, r.stderr

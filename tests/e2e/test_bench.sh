@@ -27,7 +27,7 @@ aug='crop:28,pad=2|hflip|normalize:mean=0.2860,std=0.3530'
 ref=
 for args in "--workers 0" "--workers 2 --prefetch 3" "--workers 2 --io pread" \
             "--workers 1 --io mmap" "--workers 0 --io pread" "z --workers 0" \
-            "z --workers 2" "z --workers 1 --io pread"; do
+            "z --workers 2" "z --workers 1 --io pread" "--workers auto" "--workers 1 --work-us 20"; do
     set -- $args
     set_dir=$dir/fm
     if [ "$1" = z ]; then set_dir=$dir/fmz; shift; args="$*"; fi
@@ -58,12 +58,13 @@ bad() { # expected message, then the command
     [ "$rc" -eq 2 ] || { echo "FAIL: $* exited $rc, want 2: $err" >&2; exit 1; }
     case "$err" in *"$want"*) ;; *) echo "FAIL: $*: '$err' lacks '$want'" >&2; exit 1 ;; esac
 }
-for opt in --workers --batch --prefetch --epochs --seed; do
+for opt in --workers --batch --prefetch --epochs --seed --work-us; do
     bad "$opt: 'abc' is not a whole number" "$tools/stoker-bench" "$dir/fm" "$opt" abc
     bad "$opt: '2x' is not a whole number" "$tools/stoker-bench" "$dir/fm" "$opt" 2x
     bad "$opt: -1 is outside" "$tools/stoker-bench" "$dir/fm" "$opt" -1
 done
 bad "--workers: 1025 is outside [0, 1024]" "$tools/stoker-bench" "$dir/fm" --workers 1025
+bad "--workers: 'automatic' is not a whole number" "$tools/stoker-bench" "$dir/fm" --workers automatic
 bad "--timeout: 'soon' is not a finite number" "$tools/stoker-bench" "$dir/fm" --timeout soon
 bad "--timeout: -2 is outside" "$tools/stoker-bench" "$dir/fm" --timeout -2
 for opt in --epochs --batch --processes; do
@@ -118,7 +119,8 @@ case "$err" in *'no field "image" in the dataset (its fields: data u8[12,12], la
 # ends it at once (130); with --timeout 1, it fails naming a stopped
 # worker. The workers are the fork server's children, the server the
 # tool's only child.
-children() { awk -v p="$1" '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null; }
+# (cat, not awk on the files: a process may end between the glob and the read)
+children() { cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$1" '$4 == p { print $1 }'; }
 stop_workers() { # tool pid: waits for its workers, stops them
     # Generous: worker start-up under a loaded machine can take seconds.
     for _ in $(seq 600); do

@@ -1045,8 +1045,143 @@ static void test_constructors(void **state)
     assert_int_equal(d.bias, 1);
 }
 
-int main(void)
+/* ------------------------------------------------------------ CPU threads */
+
+static void write_file(const char *path, const char *text)
 {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A fake /proc and /sys under dir: mountinfo lines, /proc/self/cgroup and
+ * quota files; the limit is the smallest quota from the process's cgroup
+ * up, rounded up, for v2 and v1 alike. */
+static void test_cgroup_quota(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/stk-cgroup-XXXXXX", p[512], mi[512], cg[512];
+    assert_non_null(mkdtemp(dir));
+    snprintf(mi, sizeof(mi), "%s/mountinfo", dir);
+    snprintf(cg, sizeof(cg), "%s/cgroup", dir);
+    /* v2: job (1.5 CPUs) inside user (3 CPUs): 2. */
+    snprintf(p, sizeof(p), "mkdir -p %s/sys/fs/cgroup/user/job %s/sys/fs/cgroup/cpu/a", dir, dir);
+    assert_int_equal(system(p), 0);
+    write_file(mi, "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n");
+    write_file(cg, "0::/user/job\n");
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/user/job/cpu.max", dir);
+    write_file(p, "150000 100000\n");
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/user/cpu.max", dir);
+    write_file(p, "300000 100000\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 2);
+    /* The parent's limit is lower: it wins. */
+    write_file(p, "50000 100000\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 1);
+    /* No limit anywhere, or a malformed file: 0. */
+    write_file(p, "max 100000\n");
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/user/job/cpu.max", dir);
+    write_file(p, "max 100000\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 0);
+    write_file(p, "garbage\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 0);
+    /* Inside a cgroup namespace the mount's root prefixes the path. */
+    write_file(p, "250000 100000\n");
+    write_file(mi, "30 1 0:26 /user /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+    snprintf(p, sizeof(p), "mkdir -p %s/sys/fs/cgroup/job", dir);
+    assert_int_equal(system(p), 0);
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/job/cpu.max", dir);
+    write_file(p, "250000 100000\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 3);
+    /* v1: the hierarchy with the cpu controller; -1 is no quota. */
+    write_file(mi, "25 1 0:22 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+                   "26 1 0:23 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n");
+    write_file(cg, "4:memory:/x\n3:cpu,cpuacct:/a\n0::/\n");
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/cpu/a/cpu.cfs_quota_us", dir);
+    write_file(p, "200000\n");
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/cpu/a/cpu.cfs_period_us", dir);
+    write_file(p, "100000\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 2);
+    snprintf(p, sizeof(p), "%s/sys/fs/cgroup/cpu/a/cpu.cfs_quota_us", dir);
+    write_file(p, "-1\n");
+    assert_int_equal(stk__cgroup_cpu_limit(mi, cg, dir), 0);
+    /* Missing files: no limit, no error. */
+    assert_int_equal(stk__cgroup_cpu_limit("/nonexistent/mountinfo", cg, dir), 0);
+    snprintf(p, sizeof(p), "rm -rf %s", dir);
+    assert_int_equal(system(p), 0);
+    /* This machine: at least 1, at most the affinity mask. */
+    int n = stk_engine_cpu_count();
+    assert_true(n >= 1 && n <= sysconf(_SC_NPROCESSORS_ONLN));
+}
+
+/* The child side of test_passive_wait: asks for passive waiting (executes
+ * itself again when nothing was chosen) and says what libgomp read. */
+static int policy_probe(char **argv)
+{
+    int rc = stk_engine_passive_wait(argv);
+    printf("policy %d rc %d\n", (int)stk_engine_wait_policy(), rc);
+    return rc == 0 ? 0 : 1;
+}
+
+/* Runs this test program as a policy probe with the given wait-policy
+ * variable (NULL: none) and OMP_DISPLAY_ENV=verbose, so that libgomp
+ * prints what it parsed at each start; returns the output. */
+static char *run_probe(const char *policy)
+{
+    char cmd[4096], self[2048];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    assert_true(n > 0);
+    self[n] = '\0';
+    snprintf(cmd, sizeof(cmd), "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT %s%s OMP_DISPLAY_ENV=verbose '%s' --policy-probe 2>&1",
+             policy ? "OMP_WAIT_POLICY=" : "", policy ? policy : "", self);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    char *out = calloc(1, 65536);
+    size_t len = fread(out, 1, 65535, f);
+    out[len] = '\0';
+    assert_int_equal(pclose(f), 0);
+    return out;
+}
+
+static int count_of(const char *s, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(s, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+/* libgomp reads its wait policy once, before main; stk_engine_passive_wait
+ * executes the program again with OMP_WAIT_POLICY=passive, and libgomp's
+ * own report (OMP_DISPLAY_ENV) shows the spin count went from its default
+ * to 0. A policy the user set is left alone (one start). */
+static void test_passive_wait(void **state)
+{
+    (void)state;
+#ifdef _OPENMP
+    char *out = run_probe(NULL);
+    if (count_of(out, "GOMP_SPINCOUNT") != 2 || !strstr(out, "GOMP_SPINCOUNT = '300000'") ||
+        !strstr(strstr(out, "GOMP_SPINCOUNT = '300000'") + 1, "GOMP_SPINCOUNT = '0'") ||
+        !strstr(out, "policy 1 rc 0"))
+        fail_msg("passive wait did not take effect:\n%s", out);
+    free(out);
+    out = run_probe("active");
+    if (count_of(out, "GOMP_SPINCOUNT") != 1 || !strstr(out, "policy 2 rc 0"))
+        fail_msg("a user's policy was not left alone:\n%s", out);
+    free(out);
+    out = run_probe("passive");
+    if (count_of(out, "GOMP_SPINCOUNT = '0'") != 1 || !strstr(out, "policy 1 rc 0"))
+        fail_msg("passive from the start:\n%s", out);
+    free(out);
+#else
+    skip();
+#endif
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--policy-probe"))
+        return policy_probe(argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tensor),
         cmocka_unit_test(test_fixtures_layers),
@@ -1063,6 +1198,8 @@ int main(void)
         cmocka_unit_test(test_layer_table),
         cmocka_unit_test(test_plan_cache),
         cmocka_unit_test(test_constructors),
+        cmocka_unit_test(test_cgroup_quota),
+        cmocka_unit_test(test_passive_wait),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,178 @@
+/* SPDX-License-Identifier: MIT */
+/* The CUDA backend's private declarations: its context (one device, one
+ * stream, a cuDNN and a cuBLASLt handle), its planned ops, and the status
+ * mapping shared by its files. Everything a backend slot enqueues goes on
+ * the context's stream, in order; only the calls that hand a value to the
+ * host (download, the loss) wait for it, and they wait for that stream,
+ * never for the whole device. */
+#ifndef STOKER_ENGINE_CUDA_H
+#define STOKER_ENGINE_CUDA_H
+
+/* meson.build defines it for this folder: a deprecated cuDNN call (the
+ * legacy convolution, pooling, activation and batch-norm API) is then a
+ * warning, and with -Dwerror=true an error. */
+#ifndef CUDNN_WARN_DEPRECATED
+#error "engine/cuda must be compiled with -DCUDNN_WARN_DEPRECATED"
+#endif
+
+#include "../backend.h"
+#include "kernels.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <cudnn_graph.h>
+
+#if CUDNN_VERSION < 90800
+#error "the CUDA backend needs cuDNN 9.8 or newer (device-property descriptors)"
+#endif
+
+typedef struct cuda_ctx {
+    int device;
+    cudaStream_t stream;
+    cudnnHandle_t dnn;
+    cudnnBackendDescriptor_t devprop; /* this device, for cuDNN's heuristics */
+    cublasLtHandle_t lt;
+    /* The slots that return void (copies, add, concat, dropout) cannot
+     * report a failure: the first one is kept here and returned by the
+     * next slot that returns a status. */
+    int sticky;
+    char sticky_msg[512];
+    /* Small device scratch for values read back (loss, bad label) and the
+     * pinned host buffer they land in. */
+    void *dev_scratch;
+    void *host_scratch;
+    double *rows; /* cross-entropy: per-row losses */
+    size_t rows_cap;
+    /* FP32 means FP32: cuDNN engines that run FP32 convolutions on tensor
+     * cores (TF32) or convert inputs down are skipped. Issue 12's
+     * algorithm policy may open this up. */
+    int allow_tf32;
+} cuda_ctx_t;
+
+/* A cuDNN execution plan with what executing it needs. The descriptors
+ * it was made from (tensors, operation, graph, engine configuration) are
+ * kept alive with it: the plan refers to them. */
+#define DNN_KEEP_MAX 8
+typedef struct dnn_plan {
+    cudnnBackendDescriptor_t plan; /* NULL: not built */
+    int64_t workspace;             /* bytes */
+    int n;                         /* tensors in the variant pack */
+    int64_t uid[4];
+    cudnnBackendDescriptor_t keep[DNN_KEEP_MAX];
+    int nkeep;
+} dnn_plan_t;
+
+/* One cuBLASLt matrix multiply, planned: descriptors and the algorithm
+ * chosen for them, [0] for 16-byte aligned activations, [1] for any. */
+typedef struct lt_gemm {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, d;
+    cublasLtMatmulAlgo_t algo[2];
+    size_t workspace[2];
+} lt_gemm_t;
+
+enum { CU_OP_CONV = 1, CU_OP_BN, CU_OP_POOL, CU_OP_LINEAR, CU_OP_REORDER, CU_OP_OPTIM };
+enum { CU_FWD = 0, CU_BWD_DATA = 1, CU_BWD_FILTER = 2 };
+
+/* The CUDA backend's planned op (the CPU backend has its own). */
+struct stk__op {
+    int kind;
+    stk__conv_desc_t conv;
+    stk__bn_desc_t bn;
+    stk__pool_desc_t pool;
+    stk__linear_desc_t lin;
+    int64_t rn, rc, rh, rw; /* reorder shape */
+    int rfrom, rto;
+    /* Convolution: one plan per direction, for two alignments: [.][0]
+     * assumes 16-byte aligned activations (what alloc returns), [.][1]
+     * only 4 bytes, built the first time a misaligned pointer comes. */
+    dnn_plan_t plans[3][2];
+    lt_gemm_t gemm[3];
+    void *workspace; /* owned by the op, sized for its plans */
+    size_t ws_bytes;
+    void *aux;       /* batch norm: ReLU mask; max pooling: argmax;
+                      * optimizer: its chunks (stk_optim_range_t) */
+    size_t nchunks;  /* optimizer */
+};
+
+/* Status mapping. Each returns 0 for success, else records "what: the
+ * vendor's name and message" and returns -ENOMEM for an allocation
+ * failure, STK_EBACKEND otherwise. */
+int stk__cu_status(cudaError_t e, const char *what);
+int stk__dnn_status(cudnnStatus_t s, const char *what);
+int stk__lt_status(cublasStatus_t s, const char *what);
+/* The status of a kernel launch (cudaGetLastError). */
+int stk__cu_launched(const char *what);
+
+/* Keeps the first failure of a void slot; returns rc. */
+int stk__cu_stick(cuda_ctx_t *c, int rc);
+/* 0, or the kept failure (message restored), which is then cleared. */
+int stk__cu_unstick(cuda_ctx_t *c);
+
+/* cuDNN graph helpers (cudnn_graph.c). */
+int stk__dnn_devprop_create(cuda_ctx_t *c);
+/* Plans convolution direction `dir` (CU_FWD...) of d, with activations
+ * (x, y, dx, dy) aligned to act_align bytes and weights to 4. */
+int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_t act_align, dnn_plan_t *out);
+/* Runs a plan on the context's stream: ptrs in the order of p->uid. */
+int stk__dnn_execute(cuda_ctx_t *c, const dnn_plan_t *p, void *const *ptrs, void *workspace);
+void stk__dnn_plan_free(dnn_plan_t *p);
+
+/* Ops (cuda_conv.c, cuda_linear.c, cuda_ops.c). */
+void stk__cuda_op_destroy(void *ctx, stk__op_t *op);
+int stk__cuda_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out);
+int stk__cuda_conv_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b, float *y);
+int stk__cuda_conv_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx);
+int stk__cuda_conv_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw,
+                                    float *db);
+int stk__cuda_linear_create(void *ctx, const stk__linear_desc_t *d, stk__op_t **out);
+int stk__cuda_linear_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b, float *y);
+int stk__cuda_linear_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx);
+int stk__cuda_linear_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw,
+                                      float *db);
+void stk__cuda_linear_free(stk__op_t *op);
+int stk__cuda_bn_create(void *ctx, const stk__bn_desc_t *d, stk__op_t **out);
+int stk__cuda_bn_forward(void *ctx, stk__op_t *op, int train, const float *x, const float *gamma,
+                         const float *beta, float *mean, float *var, float *y);
+int stk__cuda_bn_backward(void *ctx, stk__op_t *op, const float *x, const float *dy, const float *gamma,
+                          const float *mean, const float *var, float *dx, float *dgamma, float *dbeta);
+int stk__cuda_pool_create(void *ctx, const stk__pool_desc_t *d, stk__op_t **out);
+int stk__cuda_pool_forward(void *ctx, stk__op_t *op, int train, const float *x, float *y);
+int stk__cuda_pool_backward(void *ctx, stk__op_t *op, const float *dy, float *dx);
+int stk__cuda_reorder_create(void *ctx, int64_t n, int64_t c, int64_t h, int64_t w, int from, int to,
+                             stk__op_t **out);
+int stk__cuda_reorder_run(void *ctx, stk__op_t *op, int reverse, const float *src, float *dst);
+
+/* Element-wise slots, the loss and accuracy (cuda_ops.c). */
+int stk__cuda_eltwise_forward(void *ctx, stk__eltwise_t alg, float alpha, size_t n, const float *x, float *y);
+int stk__cuda_eltwise_backward(void *ctx, stk__eltwise_t alg, float alpha, size_t n, const float *x,
+                               const float *y, const float *dy, float *dx);
+void stk__cuda_add(void *ctx, size_t n, const float *a, const float *b, float *y);
+void stk__cuda_accumulate(void *ctx, size_t n, const float *x, float *y);
+void stk__cuda_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
+                              const float *b, float *y);
+void stk__cuda_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *dy,
+                               float *da, float *db, int acc_a, int acc_b);
+void stk__cuda_dropout_forward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x,
+                               float *y);
+void stk__cuda_dropout_backward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *dy,
+                                float *dx);
+void stk__cuda_bn_update_running(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
+                                 const float *var, float *running_mean, float *running_var);
+int stk__cuda_xent_forward(void *ctx, int64_t n, int64_t k, const float *logits, const int64_t *labels,
+                           const float *soft, float smoothing, float *prob, float *loss);
+void stk__cuda_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob, const int64_t *labels,
+                             const float *soft, float smoothing, float scale, float *dlogits);
+int stk__cuda_count_correct(void *ctx, int64_t n, int64_t k, int topk, const float *logits, const int64_t *labels,
+                            int64_t *correct);
+
+/* The fused optimizer update (cuda_optim.c). */
+int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);
+int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
+                           const float *grads, float *s0, float *s1, float *s2);
+
+/* Device memory of the op's own (workspaces, masks): zeroed; -ENOMEM
+ * names what it was for. */
+int stk__cuda_op_alloc(cuda_ctx_t *c, void **p, size_t bytes, const char *what);
+
+#endif

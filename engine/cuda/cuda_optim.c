@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: MIT */
+/* The CUDA backend's optimizer slots: a parameter group's plan is its
+ * ranges cut into chunks of at most STK__K_OPTIM_CHUNK elements, kept on
+ * the device; an update is one launch over all of them (optim.cu) with the
+ * step's scalars passed by value, so the learning rate can change every
+ * step without touching the plan. */
+#include "cuda.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out)
+{
+    cuda_ctx_t *c = ctx;
+    *out = NULL;
+    size_t n = 0;
+    for (size_t r = 0; r < n_ranges; r++)
+        n += (ranges[r].count + STK__K_OPTIM_CHUNK - 1) / STK__K_OPTIM_CHUNK;
+    stk_optim_range_t *chunks = calloc(n ? n : 1, sizeof(*chunks));
+    stk__op_t *op = calloc(1, sizeof(*op));
+    if (!chunks || !op) {
+        free(chunks);
+        free(op);
+        return stk__error(-ENOMEM, "cuda optimizer plan: out of memory");
+    }
+    op->kind = CU_OP_OPTIM;
+    for (size_t r = 0; r < n_ranges; r++)
+        for (size_t at = 0; at < ranges[r].count; at += STK__K_OPTIM_CHUNK) {
+            size_t left = ranges[r].count - at;
+            chunks[op->nchunks++] =
+                (stk_optim_range_t){ranges[r].offset + at, left < STK__K_OPTIM_CHUNK ? left : STK__K_OPTIM_CHUNK};
+        }
+    int rc = stk__cuda_op_alloc(c, &op->aux, op->nchunks * sizeof(*chunks), "optimizer chunks");
+    if (rc == 0 && op->nchunks)
+        rc = stk__cu_status(cudaMemcpyAsync(op->aux, chunks, op->nchunks * sizeof(*chunks), cudaMemcpyHostToDevice,
+                                            c->stream),
+                            "optimizer chunks");
+    /* The host table is freed below: the copy must have read it. */
+    if (rc == 0)
+        rc = stk__cu_status(cudaStreamSynchronize(c->stream), "optimizer chunks");
+    free(chunks);
+    if (rc < 0) {
+        stk__cuda_op_destroy(ctx, op);
+        return rc;
+    }
+    *out = op;
+    return 0;
+}
+
+int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
+                           const float *grads, float *s0, float *s1, float *s2)
+{
+    cuda_ctx_t *c = ctx;
+    int rc = stk__cu_unstick(c);
+    if (rc)
+        return rc;
+    if (!op || op->kind != CU_OP_OPTIM)
+        return stk__error(-EINVAL, "cuda optimizer update: not an optimizer plan");
+    return stk__cu_status(stk__k_optim(c->stream, k, op->aux, op->nchunks, params, grads, s0, s1, s2),
+                          "optimizer update");
+}

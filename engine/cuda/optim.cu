@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: MIT */
+/* The fused optimizer update of the CUDA backend: one launch per
+ * parameter group, one block per chunk of the group's ranges, each thread
+ * one element through kb_optim_at (kernel_bodies.h), which the host test
+ * checks bit for bit against the CPU's kernels. */
+#include "kernel_bodies.h"
+#include "launch.cuh"
+
+static __global__ void k_optim(stk__optim_scalars_t k, const stk_optim_range_t *chunks, size_t nchunks, float *p,
+                               const float *g, float *s0, float *s1, float *s2)
+{
+    for (size_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const size_t off = chunks[c].offset, cnt = chunks[c].count;
+        for (size_t j = threadIdx.x; j < cnt; j += blockDim.x)
+            kb_optim_at(&k, off + j, p, g, s0, s1, s2);
+    }
+}
+
+extern "C" cudaError_t stk__k_optim(cudaStream_t s, const struct stk__optim_scalars *k, const void *chunks,
+                                    size_t nchunks, float *p, const float *g, float *s0, float *s1, float *s2)
+{
+    if (nchunks)
+        k_optim<<<(unsigned)(nchunks < GRID_MAX ? nchunks : GRID_MAX), THREADS, 0, s>>>(
+            *k, (const stk_optim_range_t *)chunks, nchunks, p, g, s0, s1, s2);
+    return launched();
+}

@@ -1,0 +1,345 @@
+/* SPDX-License-Identifier: MIT */
+/* The CUDA kernels' thread bodies (engine/cuda/kernel_bodies.h), run on
+ * the host over every index and compared with the CPU backend on the same
+ * inputs: activations, concat, dropout (bit for bit: the same Philox
+ * code), reorder, batch-norm normalize and input gradient, pooling forward
+ * and backward (argmax and gather), the cross-entropy gradient, the
+ * accuracy count, and the optimizer updates (bit for bit). What runs
+ * on a GPU is these functions inside grid-stride loops, so their index
+ * arithmetic and formulas are checked here on a machine without one; the
+ * parallel reductions and the launches are left to the GPU tests.
+ * Built whenever the CUDA toolkit is found; needs no device. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "engine/backend.h"
+#include "engine/optim_kernels.h"
+}
+#include "engine/cuda/kernel_bodies.h"
+
+static int failures;
+
+#define EXPECT(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            failures++;                                                                            \
+        }                                                                                          \
+    } while (0)
+#define OK(call) EXPECT((call) == 0, "%s: %s", #call, stk_error_message())
+
+static float *fbuf(size_t n)
+{
+    float *p = (float *)calloc(n ? n : 1, sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+static void fill(float *x, size_t n, uint64_t seed, float scale)
+{
+    stk_rng_t r;
+    stk_rng_init(&r, seed, 0);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (stk_rng_uniform(&r) * 2.0f - 1.0f) * scale;
+}
+
+/* Largest |a - b| - (atol + rtol |b|) over n; reports the worst element. */
+static void close_enough(const char *what, const float *a, const float *b, size_t n, double rtol, double atol)
+{
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= atol + rtol * fabs((double)b[i]))) {
+            EXPECT(0, "%s: element %zu: %.9g vs CPU %.9g", what, i, (double)a[i], (double)b[i]);
+            return;
+        }
+    }
+    printf("  %-24s %zu elements match the CPU backend\n", what, n);
+}
+
+static void test_eltwise(const stk__backend_t *cpu)
+{
+    const size_t n = 4099;
+    float *x = fbuf(n), *dy = fbuf(n), *y = fbuf(n), *dx = fbuf(n), *ky = fbuf(n), *kdx = fbuf(n);
+    fill(x, n, 1, 4.0f);
+    fill(dy, n, 2, 1.0f);
+    const char *names[] = {"relu", "leaky_relu", "gelu", "sigmoid", "tanh"};
+    for (int alg = STK__K_RELU; alg <= STK__K_TANH; alg++) {
+        OK(cpu->iface->eltwise_forward(cpu->ctx, (stk__eltwise_t)alg, 0.1f, n, x, y));
+        OK(cpu->iface->eltwise_backward(cpu->ctx, (stk__eltwise_t)alg, 0.1f, n, x, y, dy, dx));
+        for (size_t i = 0; i < n; i++) {
+            ky[i] = kb_elt_fwd(alg, 0.1f, x[i]);
+            kdx[i] = kb_elt_bwd(alg, 0.1f, x[i], ky[i], dy[i]);
+        }
+        char what[64];
+        snprintf(what, sizeof(what), "%s forward", names[alg]);
+        close_enough(what, ky, y, n, 1e-6, 1e-7);
+        snprintf(what, sizeof(what), "%s backward", names[alg]);
+        close_enough(what, kdx, dx, n, 1e-5, 1e-7);
+    }
+    free(x), free(dy), free(y), free(dx), free(ky), free(kdx);
+}
+
+static void test_concat_dropout(const stk__backend_t *cpu)
+{
+    const int64_t n = 3, ca = 5, cb = 2, hw = 7;
+    const size_t na = n * ca * hw, nb = n * cb * hw, ny = na + nb;
+    float *a = fbuf(na), *b = fbuf(nb), *y = fbuf(ny), *ky = fbuf(ny), *da = fbuf(na), *kda = fbuf(na);
+    float *db = fbuf(nb), *kdb = fbuf(nb);
+    fill(a, na, 3, 1.0f);
+    fill(b, nb, 4, 1.0f);
+    cpu->iface->concat_forward(cpu->ctx, n, ca, cb, hw, a, b, y);
+    for (size_t i = 0; i < ny; i++)
+        ky[i] = kb_concat_fwd_at((int64_t)i, ca, cb, hw, a, b);
+    close_enough("concat forward", ky, y, ny, 0, 0);
+    cpu->iface->concat_backward(cpu->ctx, n, ca, cb, hw, y, da, db, 0, 0);
+    for (size_t i = 0; i < na; i++)
+        kda[i] = y[kb_concat_src((int64_t)i, ca + cb, 0, ca, hw)];
+    for (size_t i = 0; i < nb; i++)
+        kdb[i] = y[kb_concat_src((int64_t)i, ca + cb, ca, cb, hw)];
+    close_enough("concat backward (a)", kda, da, na, 0, 0);
+    close_enough("concat backward (b)", kdb, db, nb, 0, 0);
+
+    const size_t nd = 1023; /* not a multiple of 4 */
+    float *x = fbuf(nd), *dr = fbuf(nd), *kd = fbuf(nd);
+    fill(x, nd, 5, 1.0f);
+    const float ps[] = {0.0f, 0.25f, 0.5f, 0.9f};
+    for (size_t t = 0; t < 4; t++) {
+        float p = ps[t], scale = 1.0f / (1.0f - p);
+        uint64_t key = 0x9E3779B97F4A7C15ull + t, step = 1000003ull * t;
+        cpu->iface->dropout_forward(cpu->ctx, nd, p, key, step, x, dr);
+        for (uint64_t blk = 0; blk < (nd + 3) / 4; blk++)
+            kb_dropout_block(blk, nd, p, scale, key, step, x, kd);
+        EXPECT(memcmp(kd, dr, nd * sizeof(float)) == 0, "dropout p=%g: the mask differs from the CPU's", (double)p);
+    }
+    printf("  %-24s same bits as the CPU backend for 4 rates\n", "dropout");
+    free(a), free(b), free(y), free(ky), free(da), free(kda), free(db), free(kdb), free(x), free(dr), free(kd);
+}
+
+static void test_reorder(const stk__backend_t *cpu)
+{
+    const int64_t n = 2, c = 16, h = 3, w = 5;
+    const size_t total = n * c * h * w;
+    float *x = fbuf(total), *bl = fbuf(total), *kbl = fbuf(total);
+    fill(x, total, 6, 1.0f);
+    stk__op_t *op = NULL;
+    OK(cpu->iface->reorder_create(cpu->ctx, n, c, h, w, STK__LAYOUT_PLAIN, STK__LAYOUT_BLOCKED8, &op));
+    OK(cpu->iface->reorder_run(cpu->ctx, op, 0, x, bl));
+    cpu->iface->op_destroy(cpu->ctx, op);
+    for (size_t e = 0; e < total; e++) {
+        int64_t ww = e % w, hh = (e / w) % h, ch = (e / (w * h)) % c, s = e / (w * h * c);
+        kbl[kb_blocked8(s, ch, hh, ww, c, h, w)] = x[e];
+    }
+    close_enough("reorder to nChw8c", kbl, bl, total, 0, 0);
+    free(x), free(bl), free(kbl);
+}
+
+static void test_batchnorm(const stk__backend_t *cpu, int relu)
+{
+    stk__bn_desc_t d;
+    memset(&d, 0, sizeof(d));
+    d.n = 4, d.c = 3, d.h = 5, d.w = 6, d.eps = 1e-5f, d.relu = relu, d.fmt = STK__LAYOUT_PLAIN;
+    const int64_t hw = d.h * d.w, m = d.n * hw;
+    const size_t total = (size_t)(d.n * d.c * hw);
+    float *x = fbuf(total), *dy = fbuf(total), *y = fbuf(total), *dx = fbuf(total), *ky = fbuf(total);
+    float *kdx = fbuf(total), g[3] = {0.7f, 1.3f, -0.4f}, b[3] = {0.1f, -0.5f, 0.3f};
+    float mean[3], var[3], dg[3], db[3];
+    uint8_t *mask = (uint8_t *)calloc(total, 1);
+    fill(x, total, 7, 2.0f);
+    fill(dy, total, 8, 1.0f);
+    stk__op_t *op = NULL;
+    OK(cpu->iface->bn_create(cpu->ctx, &d, &op));
+    OK(cpu->iface->bn_forward(cpu->ctx, op, 1, x, g, b, mean, var, y));
+    OK(cpu->iface->bn_backward(cpu->ctx, op, x, dy, g, mean, var, dx, dg, db));
+    cpu->iface->op_destroy(cpu->ctx, op);
+    for (size_t i = 0; i < total; i++) {
+        int keep;
+        ky[i] = kb_bn_apply_at((int64_t)i, d.c, hw, d.eps, relu, x, g, b, mean, var, &keep);
+        mask[i] = (uint8_t)keep;
+    }
+    close_enough(relu ? "batch norm + relu apply" : "batch norm apply", ky, y, total, 1e-5, 1e-6);
+    /* The channel sums the reduction kernel makes, from the same data. */
+    float sg[3] = {0}, sb[3] = {0};
+    for (int64_t ch = 0; ch < d.c; ch++) {
+        double a = 0, q = 0;
+        float rstd = 1.0f / sqrtf(var[ch] + d.eps);
+        for (int64_t e = 0; e < m; e++) {
+            int64_t s = e / hw, i = (s * d.c + ch) * hw + e % hw;
+            float gi = relu && !mask[i] ? 0.0f : dy[i];
+            a += gi;
+            q += (double)gi * (double)((x[i] - mean[ch]) * rstd);
+        }
+        sb[ch] = (float)a, sg[ch] = (float)q;
+    }
+    close_enough("batch norm dgamma", sg, dg, 3, 1e-5, 1e-5);
+    close_enough("batch norm dbeta", sb, db, 3, 1e-5, 1e-5);
+    for (size_t i = 0; i < total; i++)
+        kdx[i] = kb_bn_dx_at((int64_t)i, d.c, hw, m, d.eps, x, dy, g, mean, var, relu ? mask : NULL, sg, sb);
+    close_enough(relu ? "batch norm + relu dx" : "batch norm dx", kdx, dx, total, 1e-4, 1e-5);
+    free(x), free(dy), free(y), free(dx), free(ky), free(kdx), free(mask);
+}
+
+static void test_pool(const stk__backend_t *cpu, int max, int64_t k, int64_t s, int64_t p)
+{
+    stk__pool_desc_t d;
+    memset(&d, 0, sizeof(d));
+    d.n = 2, d.c = 3, d.ih = 9, d.iw = 8, d.kh = k, d.kw = k, d.sh = s, d.sw = s, d.ph = p, d.pw = p, d.max = max;
+    d.oh = (d.ih + 2 * p - k) / s + 1, d.ow = (d.iw + 2 * p - k) / s + 1, d.fmt = STK__LAYOUT_PLAIN;
+    stk__k_pool_t kp = {d.n, d.c, d.ih, d.iw, d.oh, d.ow, d.kh, d.kw, d.sh, d.sw, d.ph, d.pw, d.max};
+    const size_t nx = (size_t)(d.n * d.c * d.ih * d.iw), ny = (size_t)(d.n * d.c * d.oh * d.ow);
+    float *x = fbuf(nx), *dy = fbuf(ny), *y = fbuf(ny), *dx = fbuf(nx), *ky = fbuf(ny), *kdx = fbuf(nx);
+    int32_t *arg = (int32_t *)calloc(ny, sizeof(int32_t));
+    fill(x, nx, 9, 1.0f);
+    fill(dy, ny, 10, 1.0f);
+    stk__op_t *op = NULL;
+    OK(cpu->iface->pool_create(cpu->ctx, &d, &op));
+    OK(cpu->iface->pool_forward(cpu->ctx, op, 1, x, y));
+    OK(cpu->iface->pool_backward(cpu->ctx, op, dy, dx));
+    cpu->iface->op_destroy(cpu->ctx, op);
+    for (size_t o = 0; o < ny; o++)
+        ky[o] = kb_pool_fwd_at(&kp, (int64_t)o, x, &arg[o]);
+    for (size_t e = 0; e < nx; e++)
+        kdx[e] = kb_pool_bwd_at(&kp, (int64_t)e, dy, max ? arg : NULL);
+    char what[64];
+    snprintf(what, sizeof(what), "%s pool k%lld s%lld p%lld", max ? "max" : "avg", (long long)k, (long long)s,
+             (long long)p);
+    close_enough(what, ky, y, ny, 1e-6, 1e-7);
+    snprintf(what, sizeof(what), "%s pool backward k%lld s%lld p%lld", max ? "max" : "avg", (long long)k,
+             (long long)s, (long long)p);
+    close_enough(what, kdx, dx, nx, 1e-5, 1e-6);
+    free(x), free(dy), free(y), free(dx), free(ky), free(kdx), free(arg);
+}
+
+static void test_xent(const stk__backend_t *cpu, int soft, float smoothing)
+{
+    const int64_t n = 5, k = 11;
+    const size_t total = (size_t)(n * k);
+    float *z = fbuf(total), *prob = fbuf(total), *dz = fbuf(total), *kdz = fbuf(total), *t = fbuf(total);
+    int64_t labels[5] = {0, 10, 3, 3, 7};
+    fill(z, total, 11, 3.0f);
+    for (int64_t i = 0; i < n; i++) {
+        float sum = 0;
+        for (int64_t j = 0; j < k; j++)
+            sum += t[i * k + j] = (float)((i + 2 * j) % 5) + 0.5f;
+        for (int64_t j = 0; j < k; j++)
+            t[i * k + j] /= sum;
+    }
+    float loss;
+    const int64_t *lab = soft ? NULL : labels;
+    const float *st = soft ? t : NULL;
+    OK(cpu->iface->xent_forward(cpu->ctx, n, k, z, lab, st, smoothing, prob, &loss));
+    cpu->iface->xent_backward(cpu->ctx, n, k, prob, lab, st, smoothing, 0.75f, dz);
+    for (size_t e = 0; e < total; e++)
+        kdz[e] = kb_xent_bwd_at((int64_t)e, n, k, prob, lab, st, smoothing, 0.75f);
+    close_enough(soft ? "cross-entropy soft dz" : "cross-entropy dz", kdz, dz, total, 0, 0);
+    free(z), free(prob), free(dz), free(kdz), free(t);
+}
+
+static void test_correct(const stk__backend_t *cpu)
+{
+    const int64_t n = 40, k = 7;
+    float *z = fbuf((size_t)(n * k));
+    int64_t labels[40], want = 0;
+    fill(z, (size_t)(n * k), 12, 1.0f);
+    for (int64_t i = 0; i < n; i++) {
+        labels[i] = (i * 5) % k;
+        if (i % 4 == 0) /* ties, which go to the lower index */
+            z[i * k + labels[i]] = z[i * k + (labels[i] + 3) % k];
+    }
+    for (int topk = 1; topk <= 3; topk++) {
+        int64_t c = -1, got = 0;
+        OK(cpu->iface->count_correct(cpu->ctx, n, k, topk, z, labels, &c));
+        for (int64_t i = 0; i < n; i++)
+            got += kb_correct_at(i, k, topk, z, labels);
+        EXPECT(got == c, "top-%d correct: %lld, the CPU counts %lld", topk, (long long)got, (long long)c);
+        want += c;
+    }
+    printf("  %-24s top-1..3 counts match the CPU backend (%lld in all)\n", "accuracy", (long long)want);
+    free(z);
+}
+
+/* Every kind and flag combination, 5 steps, against the CPU's kernels:
+ * the same bits, parameters and state. */
+static void test_optim(void)
+{
+    const size_t n = 777;
+    struct {
+        stk_optim_kind_t kind;
+        double lr, wd, mom, damp;
+        int nesterov, ams, centered, maximize;
+    } cases[] = {
+        {STK_OPTIM_SGD, 0.1, 0, 0, 0, 0, 0, 0, 0},       {STK_OPTIM_SGD, 0.1, 5e-4, 0.9, 0, 1, 0, 0, 0},
+        {STK_OPTIM_SGD, 0.05, 1e-3, 0.8, 0.3, 0, 0, 0, 1}, {STK_OPTIM_ADAM, 1e-3, 0, 0, 0, 0, 0, 0, 0},
+        {STK_OPTIM_ADAM, 2e-3, 1e-2, 0, 0, 0, 1, 0, 1},  {STK_OPTIM_ADAMW, 1e-3, 0.05, 0, 0, 0, 0, 0, 0},
+        {STK_OPTIM_ADAMW, 1e-3, 0.05, 0, 0, 0, 1, 0, 0}, {STK_OPTIM_RMSPROP, 1e-2, 0, 0, 0, 0, 0, 0, 0},
+        {STK_OPTIM_RMSPROP, 1e-2, 1e-3, 0.9, 0, 0, 0, 1, 0},
+    };
+    float *buf[2][5];
+    for (int s = 0; s < 2; s++)
+        for (int a = 0; a < 5; a++)
+            buf[s][a] = fbuf(n);
+    float *g = fbuf(n);
+    for (size_t c = 0; c < STK__ARRAY_LEN(cases); c++) {
+        stk_optim_hparams_t h;
+        stk_optim_hparams_default(&h, cases[c].kind);
+        h.lr = cases[c].lr, h.weight_decay = cases[c].wd, h.momentum = cases[c].mom, h.dampening = cases[c].damp;
+        h.nesterov = cases[c].nesterov, h.amsgrad = cases[c].ams, h.centered = cases[c].centered;
+        h.maximize = cases[c].maximize;
+        for (int s = 0; s < 2; s++) {
+            fill(buf[s][0], n, 20 + c, 1.0f);
+            for (int a = 1; a < 4; a++)
+                memset(buf[s][a], 0, n * sizeof(float));
+        }
+        for (int t = 1; t <= 5; t++) {
+            fill(g, n, 100 * c + t, 1.0f);
+            stk__optim_scalars_t k;
+            stk__optim_scalars(cases[c].kind, &h, t, t == 1, &k);
+            stk__optim_kernel(&k, buf[0][0], g, buf[0][1], buf[0][2], buf[0][3], n);
+            for (size_t i = 0; i < n; i++)
+                kb_optim_at(&k, i, buf[1][0], g, buf[1][1], buf[1][2], buf[1][3]);
+        }
+        for (int a = 0; a < 4; a++)
+            EXPECT(memcmp(buf[0][a], buf[1][a], n * sizeof(float)) == 0,
+                   "optimizer case %zu (kind %d): array %d differs from the CPU's kernel", c, (int)cases[c].kind, a);
+    }
+    printf("  %-24s %zu cases x 5 steps: the same bits as the CPU kernels\n", "optimizer", STK__ARRAY_LEN(cases));
+    for (int s = 0; s < 2; s++)
+        for (int a = 0; a < 5; a++)
+            free(buf[s][a]);
+    free(g);
+}
+
+int main(void)
+{
+    stk__backend_t cpu;
+    memset(&cpu, 0, sizeof(cpu));
+    if (stk__backend_open(&cpu, STK_DEVICE_CPU) < 0) {
+        fprintf(stderr, "FAIL cpu backend: %s\n", stk_error_message());
+        return 1;
+    }
+    test_eltwise(&cpu);
+    test_concat_dropout(&cpu);
+    test_reorder(&cpu);
+    test_batchnorm(&cpu, 0);
+    test_batchnorm(&cpu, 1);
+    test_pool(&cpu, 1, 2, 2, 0);
+    test_pool(&cpu, 1, 3, 2, 1);
+    test_pool(&cpu, 1, 3, 1, 1);
+    test_pool(&cpu, 0, 3, 2, 1);
+    test_pool(&cpu, 0, 2, 2, 0);
+    test_xent(&cpu, 0, 0.0f);
+    test_xent(&cpu, 0, 0.1f);
+    test_xent(&cpu, 1, 0.2f);
+    test_correct(&cpu);
+    test_optim();
+    stk__backend_close(&cpu);
+    printf("%d failure(s)\n", failures);
+    return failures ? 1 : 0;
+}
