@@ -367,9 +367,11 @@ STK_API void stk_train_loop_config_default(stk_train_loop_config_t *cfg);
  * the history and checkpoints. The model's step is set from st->micro
  * before the first batch. st is updated as the run goes and is what a
  * checkpoint holds. Returns 0 (done), -EINTR (stopped: a checkpoint of
- * where it stopped was saved when checkpoint_dir is set), an on_epoch
+ * where it stopped was saved when checkpoint_dir is set), -EDOM (a
+ * non-finite training or evaluation loss: training diverged), an on_epoch
  * code, or the first error of a piece (st then stands at the last
- * completed optimizer step). Not thread-safe on the same parts. */
+ * completed optimizer step, so that saving it still resumes exactly).
+ * Not thread-safe on the same parts. */
 STK_API int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st);
 
 #ifdef __cplusplus
