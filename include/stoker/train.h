@@ -193,8 +193,10 @@ typedef struct stk_train_eval {
     uint64_t samples;
 } stk_train_eval_t;
 
-/* One pass over the loader's current epoch from its first batch, in
- * evaluation mode (the model's mode is restored afterwards), with the
+/* One pass, from its first batch, over the epoch the loader stands at
+ * (a loader that finished an epoch stands at the next one: call
+ * stk_loader_set_epoch first to choose; with a sequential sampler and no
+ * random augmentation every epoch is the same), in evaluation mode (the model's mode is restored afterwards), with the
  * model's loss and the engine's top-1 and top-k counts (nothing is read
  * from the model's memory here, so it works on any device). topk >= 1.
  * stop (may be NULL) is polled between batches: when it reads non-zero
