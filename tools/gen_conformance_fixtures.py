@@ -179,6 +179,44 @@ def xent(name, n, k, smoothing, soft, scale=1.0):
     return name, "xent", dict(n=n, k=k, smoothing=smoothing, soft=int(soft), scale=scale), t
 
 
+def rows(name, n, f, nrows):
+    """gather_rows (an embedding lookup, repeated indices) and
+    scatter_add_rows (its gradient), with and without a skipped index."""
+    g = gen(name)
+    src = torch.randn(nrows, f, generator=g)
+    idx = torch.randint(0, nrows, (n,), generator=g)
+    idx[3] = idx[0]  # a repeat
+    grad = torch.randn(n, f, generator=g)
+    dst0 = torch.randn(nrows, f, generator=g)
+    skip = int(idx[1])
+    keep = idx != skip
+    t = {"src": src, "idx": idx, "grad": grad, "dst0": dst0, "dst": src[idx],
+         "scatter": dst0.index_add(0, idx, grad), "scatter_skip": dst0.index_add(0, idx[keep], grad[keep])}
+    return name, "rows", dict(n=n, f=f, rows=nrows, skip=skip), t
+
+
+def seq_pool(name, lengths, t, f):
+    g = gen(name)
+    n = len(lengths)
+    x = torch.randn(n, t, f, generator=g).requires_grad_(True)
+    lens = torch.tensor(lengths, dtype=torch.int64)
+    dy = torch.randn(n, f, generator=g)
+    out = {"x": x, "lengths": lens, "dy": dy}
+    for mean, tag in ((0, "last"), (1, "mean")):
+        ys = []
+        for i, ln in enumerate(lengths):
+            if ln == 0:
+                ys.append(x[i, 0] * 0)
+            elif mean:
+                ys.append(x[i, :ln].sum(0) * (1.0 / ln))
+            else:
+                ys.append(x[i, ln - 1])
+        y = torch.stack(ys)
+        (dx,) = grads(y, [x], dy)
+        out["y_" + tag], out["dx_" + tag] = y, dx
+    return name, "seq_pool", dict(n=n, t=t, f=f), out
+
+
 OPTIM_KIND = {"sgd": 1, "adam": 2, "adamw": 3, "rmsprop": 4}
 
 
@@ -257,6 +295,8 @@ def cases():
         xent("xent_soft_smooth", 3, 6, 0.2, True, scale=2.0),
         xent("xent_wide", 3, 1500, 0.05, False),
         reorder("reorder_c16", 2, 16, 3, 5),
+        rows("rows_embedding", 37, 12, 20),
+        seq_pool("seq_pool", [6, 1, 0, 3, 5], 6, 7),
         optim("optim_sgd_nesterov", "sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
         optim("optim_sgd_plain", "sgd", lr=0.05),
         optim("optim_sgd_dampening", "sgd", lr=0.05, momentum=0.8, dampening=0.3, maximize=True),

@@ -37,8 +37,8 @@ typedef struct cuda_ctx {
      * next slot that returns a status. */
     int sticky;
     char sticky_msg[512];
-    /* Small device scratch for values read back (loss, bad label) and the
-     * pinned host buffer they land in. */
+    /* Device scratch: the fault word kernels leave (stk__k_fault_t), and
+     * the pinned host buffer it is read into. */
     void *dev_scratch;
     void *host_scratch;
     double *rows; /* cross-entropy: per-row losses */
@@ -166,10 +166,29 @@ void stk__cuda_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob,
 int stk__cuda_count_correct(void *ctx, int64_t n, int64_t k, int topk, const float *logits, const int64_t *labels,
                             int64_t *correct);
 
+/* Sequence helpers (cuda_seq.c). */
+int stk__cuda_gather_rows(void *ctx, int64_t n, int64_t f, int64_t rows, const int64_t *idx, const float *src,
+                          float *dst);
+void stk__cuda_scatter_add_rows(void *ctx, int64_t n, int64_t f, const int64_t *idx, int64_t skip, const float *src,
+                                float *dst);
+void stk__cuda_seq_pool_forward(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                const float *x, float *y);
+void stk__cuda_seq_pool_backward(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                 const float *dy, float *dx);
+/* Waits for the stream and reports what a kernel left in the fault word
+ * (-EINVAL naming it), clearing it. */
+int stk__cuda_fault_read(cuda_ctx_t *c);
+
 /* The fused optimizer update (cuda_optim.c). */
 int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);
 int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
                            const float *grads, float *s0, float *s1, float *s2);
+
+/* Recurrent stacks (cuDNN's v8 RNN API: cuda_rnn.c). */
+int stk__cuda_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **out);
+void stk__cuda_rnn_destroy(void *ctx, stk__rnn_op_t *op);
+int stk__cuda_rnn_forward(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a);
+int stk__cuda_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a);
 
 /* Device memory of the op's own (workspaces, masks): zeroed; -ENOMEM
  * names what it was for. */

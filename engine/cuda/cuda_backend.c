@@ -147,9 +147,8 @@ static int cu_download(void *ctx, void *dst, const void *src, size_t bytes)
     if (rc || bytes == 0)
         return rc;
     rc = stk__cu_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
-    if (rc == 0)
-        rc = stk__cu_status(cudaStreamSynchronize(c->stream), "download");
-    return rc;
+    /* Waits for the copy and reports a fault the queued kernels left. */
+    return rc ? rc : stk__cuda_fault_read(c);
 }
 
 static int cu_copy(void *ctx, void *dst, const void *src, size_t bytes)
@@ -174,7 +173,7 @@ static int cu_synchronize(void *ctx)
 {
     cuda_ctx_t *c = ctx;
     int rc = stk__cu_unstick(c);
-    return rc ? rc : stk__cu_status(cudaStreamSynchronize(c->stream), "synchronize");
+    return rc ? rc : stk__cuda_fault_read(c);
 }
 
 static int cu_set_threads(void *ctx, int n)
@@ -234,6 +233,14 @@ static const stk__backend_iface_t cuda_iface = {
     .xent_forward = stk__cuda_xent_forward,
     .xent_backward = stk__cuda_xent_backward,
     .count_correct = stk__cuda_count_correct,
+    .rnn_create = stk__cuda_rnn_create,
+    .rnn_destroy = stk__cuda_rnn_destroy,
+    .rnn_forward = stk__cuda_rnn_forward,
+    .rnn_backward = stk__cuda_rnn_backward,
+    .gather_rows = stk__cuda_gather_rows,
+    .scatter_add_rows = stk__cuda_scatter_add_rows,
+    .seq_pool_forward = stk__cuda_seq_pool_forward,
+    .seq_pool_backward = stk__cuda_seq_pool_backward,
     .optim_create = stk__cuda_optim_create,
     .optim_update = stk__cuda_optim_update,
 };
@@ -282,8 +289,8 @@ int stk__cuda_backend_open(stk__backend_t *b, int device)
         goto fail;
     if ((rc = stk__lt_status(cublasLtCreate(&c->lt), "cublasLtCreate")))
         goto fail;
-    if ((rc = stk__cu_status(cudaMalloc(&c->dev_scratch, 256), "cudaMalloc (scratch)")) ||
-        (rc = stk__cu_status(cudaMallocHost(&c->host_scratch, 256), "cudaMallocHost (scratch)")))
+    if ((rc = stk__cuda_op_alloc(c, &c->dev_scratch, sizeof(stk__k_fault_t), "the fault word")) ||
+        (rc = stk__cu_status(cudaMallocHost(&c->host_scratch, sizeof(stk__k_fault_t)), "cudaMallocHost (scratch)")))
         goto fail;
     b->iface = &cuda_iface;
     b->ctx = c;
