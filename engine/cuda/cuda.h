@@ -41,6 +41,12 @@ typedef struct cuda_ctx {
      * the pinned host buffer it is read into. */
     void *dev_scratch;
     void *host_scratch;
+    /* The feed's copy queue (cuda_device.c). */
+    cudaStream_t copy_stream;
+    cudaEvent_t copied[STK__FEED_SLOTS], released[STK__FEED_SLOTS];
+    int copied_set[STK__FEED_SLOTS], released_set[STK__FEED_SLOTS];
+    void *stage; /* upload: pageable copies of pinned sources */
+    size_t stage_cap;
     double *rows; /* cross-entropy: per-row losses */
     size_t rows_cap;
     /* FP32 means FP32: cuDNN engines that run FP32 convolutions on tensor
@@ -69,6 +75,7 @@ typedef struct lt_gemm {
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo[2];
     size_t workspace[2];
+    int have[2];
 } lt_gemm_t;
 
 enum { CU_OP_CONV = 1, CU_OP_BN, CU_OP_POOL, CU_OP_LINEAR, CU_OP_REORDER, CU_OP_OPTIM };
@@ -178,6 +185,15 @@ void stk__cuda_seq_pool_backward(void *ctx, int mean, int64_t n, int64_t t, int6
 /* Waits for the stream and reports what a kernel left in the fault word
  * (-EINVAL naming it), clearing it. */
 int stk__cuda_fault_read(cuda_ctx_t *c);
+
+/* Feeding and devices (cuda_device.c). */
+int stk__cuda_feed_init(cuda_ctx_t *c);
+void stk__cuda_feed_fini(cuda_ctx_t *c);
+int stk__cuda_feed_copy(void *ctx, int slot, void *dst, const void *src, size_t bytes);
+int stk__cuda_feed_use(void *ctx, int slot);
+int stk__cuda_feed_release(void *ctx, int slot);
+int stk__cuda_pin_host(void *ctx, void *addr, size_t bytes);
+void stk__cuda_unpin_host(void *ctx, void *addr);
 
 /* The fused optimizer update (cuda_optim.c). */
 int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);
