@@ -353,6 +353,87 @@ static int op_seq_pool(run_t *r, const fixture_t *fx, int layout)
     return 0;
 }
 
+/* An LSTM / GRU stack, forward and backward, with PyTorch's parameters
+ * placed in the backend's parameter block (backend_rnn.h). A backend
+ * without recurrent slots is skipped (reported). */
+static int op_rnn(run_t *r, const fixture_t *fx, int layout)
+{
+    (void)layout;
+    const stk__backend_iface_t *be = r->be->iface;
+    void *ctx = r->be->ctx;
+    if (!be->rnn_create) {
+        printf("  %-28s rnn        no recurrent slots: not run\n", r->be_name);
+        r->failed = 1;
+        return 0;
+    }
+    stk__rnn_desc_t d = {.cell = fx_int(fx, "lstm") ? STK__RNN_LSTM : STK__RNN_GRU,
+                         .batch = fx_int(fx, "n"),
+                         .steps = fx_int(fx, "t"),
+                         .input = fx_int(fx, "input"),
+                         .hidden = fx_int(fx, "hidden"),
+                         .layers = (int)fx_int(fx, "layers"),
+                         .bidirectional = (int)fx_int(fx, "bidirectional")};
+    const int lstm = d.cell == STK__RNN_LSTM, nd = d.bidirectional ? 2 : 1;
+    const size_t np = stk__rnn_param_count(&d), ns = (size_t)(d.layers * nd * d.batch * d.hidden);
+    const size_t ny = (size_t)(d.batch * d.steps * nd * d.hidden), nx = (size_t)(d.batch * d.steps * d.input);
+    float *w = calloc(np, sizeof(float));
+    static const char *const names[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+    for (int l = 0; l < d.layers; l++)
+        for (int di = 0; di < nd; di++)
+            for (int k = 0; k < 4; k++) {
+                char pn[96];
+                size_t cnt = 0, got = 0, off = stk__rnn_param_offset(&d, l, di, k, &cnt);
+                snprintf(pn, sizeof(pn), "param.%s_l%d%s", names[k], l, di ? "_reverse" : "");
+                float *t = fx_tensor(fx, pn, &got);
+                if (!t || got != cnt)
+                    fail("%s: %s missing or %zu values, not %zu", fx->name, pn, got, cnt);
+                else
+                    memcpy(w + off, t, cnt * sizeof(float));
+                free(t);
+            }
+    size_t nl;
+    int64_t *lengths = fx_tensor(fx, "lengths", &nl); /* host memory */
+    stk__rnn_args_t a = {
+        .n = d.batch, .t = d.steps, .lengths = lengths, .w = run_upload(r, w, np * sizeof(float)),
+        .x = run_input(r, fx, "x", NULL), .h0 = run_input(r, fx, "h0", NULL),
+        .c0 = lstm ? run_input(r, fx, "c0", NULL) : NULL, .y = run_alloc(r, F32(ny)), .hn = run_alloc(r, F32(ns)),
+        .cn = lstm ? run_alloc(r, F32(ns)) : NULL, .dy = run_input(r, fx, "dy", NULL),
+        .dhn = run_input(r, fx, "dhn", NULL), .dcn = lstm ? run_input(r, fx, "dcn", NULL) : NULL,
+        .dx = run_alloc(r, F32(nx)), .dh0 = run_alloc(r, F32(ns)), .dc0 = lstm ? run_alloc(r, F32(ns)) : NULL,
+        .dw = run_alloc(r, F32(np)),
+    };
+    free(w);
+    stk__rnn_op_t *op = NULL;
+    if (!r->failed && !run_check(r, be->rnn_create(ctx, &d, &op), "rnn_create")) {
+        run_check(r, be->rnn_forward(ctx, op, 1, &a), "rnn_forward");
+        run_check(r, be->rnn_backward(ctx, op, &a), "rnn_backward");
+        run_output(r, "y", a.y, ny);
+        run_output(r, "hn", a.hn, ns);
+        run_output(r, "dx", a.dx, nx);
+        run_output(r, "dh0", a.dh0, ns);
+        if (lstm) {
+            run_output(r, "cn", a.cn, ns);
+            run_output(r, "dc0", a.dc0, ns);
+        }
+        /* The parameter gradients, by PyTorch name. */
+        float *dw = malloc(np * sizeof(float));
+        if (dw && !run_check(r, be->download(ctx, dw, a.dw, np * sizeof(float)), "download"))
+            for (int l = 0; l < d.layers; l++)
+                for (int di = 0; di < nd; di++)
+                    for (int k = 0; k < 4; k++) {
+                        char gn[96];
+                        size_t cnt = 0, off = stk__rnn_param_offset(&d, l, di, k, &cnt);
+                        snprintf(gn, sizeof(gn), "grad.%s_l%d%s", names[k], l, di ? "_reverse" : "");
+                        run_output_host(r, gn, dw + off, cnt);
+                    }
+        free(dw);
+    }
+    if (op)
+        be->rnn_destroy(ctx, op);
+    free(lengths);
+    return 0;
+}
+
 /* Three steps of a fused update over two ranges of a 1000-float arena,
  * with the scalars the engine computes (stk__optim_scalars). */
 static int op_optim(run_t *r, const fixture_t *fx, int layout)
@@ -468,6 +549,7 @@ static op_entry_t ops[] = {
     {"optim", op_optim, 0, {1e-6, 1e-7}, {0, 0}, 0},
     {"rows", op_rows, 0, {1e-6, 1e-6}, {1e-6, 1e-6}, 0},
     {"seq_pool", op_seq_pool, 0, {1e-6, 1e-7}, {0, 0}, 0},
+    {"rnn", op_rnn, 0, {1e-4, 1e-5}, {1e-4, 1e-5}, 0},
 };
 
 /* --------------------------------------------------- memory, threads */
