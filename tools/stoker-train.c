@@ -325,8 +325,20 @@ int main(int argc, char **argv)
         return rc;
     stop_grace_s = (unsigned)r->cfg.stop_grace;
     const char *pause = getenv("STK_TRAIN_TEST_PAUSE");
-    if (pause && sscanf(pause, "%" SCNu64 ":%" SCNu64, &r->pause_epoch, &r->pause_batch) != 2)
-        return train_fail(EXIT_USAGE, "STK_TRAIN_TEST_PAUSE=%s: expected EPOCH:BATCH", pause);
+    if (pause) {
+        char ep[32];
+        const char *colon = strchr(pause, ':');
+        int64_t e, b;
+        if (!colon || (size_t)(colon - pause) >= sizeof ep)
+            return train_fail(EXIT_USAGE, "STK_TRAIN_TEST_PAUSE=%s: expected EPOCH:BATCH", pause);
+        memcpy(ep, pause, (size_t)(colon - pause));
+        ep[colon - pause] = '\0';
+        if (tool_parse_i64("stoker-train", "STK_TRAIN_TEST_PAUSE epoch", ep, 1, INT64_MAX, &e) ||
+            tool_parse_i64("stoker-train", "STK_TRAIN_TEST_PAUSE batch", colon + 1, 1, INT64_MAX, &b))
+            return EXIT_USAGE;
+        r->pause_epoch = (uint64_t)e;
+        r->pause_batch = (uint64_t)b;
+    }
     if (print_config) {
         char *buf = malloc(65536);
         if (!buf || train_config_format(&r->cfg, buf, 65536)) {
