@@ -56,6 +56,7 @@ static const key_def_t keys[] = {
     {"prefetch", K_INT, OFF(prefetch), 0, 1, 64, NULL},
     {"seed", K_U64, OFF(seed), 0, 0, 1.9e19, NULL},
     {"threads", K_INT, OFF(threads), 0, 0, 1024, NULL},
+    {"device", K_STR, STR(device), 0, 0, NULL},
     {"timeout", K_INT, OFF(timeout), 0, 0, 86400, NULL},
     {"stop_grace", K_INT, OFF(stop_grace), 0, 1, 86400, NULL},
     {"checkpoint_dir", K_PATH, STR(checkpoint_dir), 0, 0, NULL},
@@ -84,6 +85,7 @@ void train_config_default(train_config_t *cfg)
     cfg->workers = 2;
     cfg->prefetch = 2;
     cfg->threads = 0;
+    strcpy(cfg->device, "auto");
     cfg->keep_last = 3;
     cfg->progress = -1;
     cfg->progress_every = 30;
@@ -396,6 +398,31 @@ int train_config_check(train_config_t *cfg, const char *path, char *err, size_t 
     if (cfg->checkpoint_steps && !cfg->checkpoint_dir[0])
         return errf(err, errcap, "%s: needs checkpoint_dir",
                     train_config_where(cfg, "checkpoint_steps", where, sizeof where));
+    stk_device_t kind;
+    int index;
+    if (train_device_parse(cfg->device, &kind, &index))
+        return errf(err, errcap, "%s: '%s' is not auto, cpu, cuda or cuda:N",
+                    train_config_where(cfg, "device", where, sizeof where), cfg->device);
+    return 0;
+}
+
+int train_device_parse(const char *text, stk_device_t *kind, int *index)
+{
+    *kind = STK_DEVICE_CPU;
+    *index = -1;
+    if (!strcmp(text, "auto") || !strcmp(text, "cpu"))
+        return 0;
+    if (strncmp(text, "cuda", 4))
+        return -1;
+    *kind = STK_DEVICE_CUDA;
+    if (!text[4])
+        return 0;
+    char *end;
+    errno = 0;
+    long n = text[4] == ':' && isdigit((unsigned char)text[5]) ? strtol(text + 5, &end, 10) : -1;
+    if (n < 0 || n > 1024 || errno || *end)
+        return -1;
+    *index = (int)n;
     return 0;
 }
 

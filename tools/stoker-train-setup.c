@@ -168,6 +168,13 @@ static int make_loader(run_t *r, int train)
     lcfg.timeout_ms = (uint32_t)r->cfg.timeout * 1000u;
     lcfg.augment = train ? r->cfg.augment : r->eval_augment;
     lcfg.augment_field = r->cfg.image_field;
+    if (r->on_device) {
+        /* The arena page-locked once for the GPU: batches go to it by DMA. */
+        lcfg.pin = stk_model_pin_host;
+        lcfg.unpin = stk_model_unpin_host;
+        lcfg.pin_user = r->model;
+        lcfg.pin_no_memlock = 1;
+    }
     stk_loader_t **l = train ? &r->train_loader : &r->test_loader;
     rc = stk_loader_create(l, ds, &lcfg);
     if (rc)
@@ -188,9 +195,17 @@ static int make_model(run_t *r)
     mcfg.batch_size = 1;
     mcfg.seed = r->cfg.seed;
     mcfg.threads = r->cfg.threads;
-    int rc = stk_model_create_from_file(&r->model, r->cfg.model, &mcfg);
+    /* device = auto takes a GPU when the build and the machine have one. */
+    if (train_device_parse(r->cfg.device, &mcfg.device, &mcfg.device_index))
+        return train_fail_key(r, EXIT_USAGE, "device", -EINVAL, NULL);
+    if (!strcmp(r->cfg.device, "auto") && stk_device_count(STK_DEVICE_CUDA) > 0)
+        mcfg.device = STK_DEVICE_CUDA;
+    int rc = stk_device_describe(mcfg.device, mcfg.device_index, r->device, sizeof r->device);
+    if (rc == 0)
+        rc = stk_model_create_from_file(&r->model, r->cfg.model, &mcfg);
     if (rc)
-        return train_fail_key(r, EXIT_USAGE, "model", rc, NULL);
+        return train_fail_key(r, EXIT_USAGE, rc == STK_EDEVICE ? "device" : "model", rc, NULL);
+    r->on_device = mcfg.device != STK_DEVICE_CPU;
     if (stk_model_num_classes(r->model) <= 0) {
         char where[TRAIN_PATH_MAX + 64];
         return train_fail(EXIT_USAGE, "%s: %s has no cross_entropy loss layer",

@@ -227,12 +227,20 @@ static void print_results(const run_t *r, double wall_s)
     }
     printf("run %s: final test accuracy %.2f%%, best %.2f%% (epoch %" PRIu64 "), %.0f images/s, data wait %.2f%%, "
            "%.1f s\n", st->run_id, 100 * final, 100 * best, best_epoch, ips, 100 * wait, wall_s);
-    if (r->json)
+    printf("device: %s\n", r->device);
+    if (r->json) {
+        /* The device line is the engine's (a GPU's name): keep it a string. */
+        char dev[sizeof r->device];
+        size_t k = 0;
+        for (const char *p = r->device; *p && k + 1 < sizeof dev; p++)
+            dev[k++] = *p == '"' || *p == '\\' || (unsigned char)*p < 0x20 ? ' ' : *p;
+        dev[k] = '\0';
         printf("{\"run\":\"%s\",\"final_test_acc\":%.6f,\"best_test_acc\":%.6f,\"best_epoch\":%" PRIu64
                ",\"epochs\":%" PRIu64 ",\"steps\":%" PRIu64 ",\"images_per_s\":%.1f,\"data_wait\":%.6f,"
-               "\"wall_s\":%.3f,\"train_s\":%.3f}\n",
+               "\"wall_s\":%.3f,\"train_s\":%.3f,\"device\":\"%s\"}\n",
                st->run_id, isfinite(final) ? final : 0, isfinite(best) ? best : 0, best_epoch, st->epoch, st->step,
-               ips, wait, wall_s, st->total_train_s);
+               ips, wait, wall_s, st->total_train_s, dev);
+    }
     fflush(stdout);
 }
 

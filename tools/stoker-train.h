@@ -50,6 +50,7 @@ typedef struct train_config {
     int workers, prefetch;
     uint64_t seed;
     int threads;
+    char device[TRAIN_NAME_MAX]; /* auto | cpu | cuda | cuda:N */
     /* output */
     char checkpoint_dir[TRAIN_PATH_MAX];
     int keep_last;
@@ -85,6 +86,10 @@ int train_config_format(const train_config_t *cfg, char *buf, size_t cap);
 /* The test-time augment spec: test_augment, or else the normalize steps
  * of augment. */
 void train_config_eval_augment(const train_config_t *cfg, char *buf, size_t cap);
+/* The device a "device" value names: auto (a GPU when there is one),
+ * cpu, cuda (the first GPU) or cuda:N. 0, or -1 for any other text. */
+int train_device_parse(const char *text, stk_device_t *kind, int *index);
+
 /* Names of the keys whose values differ between a and b, comma-separated,
  * among those listed in keys ("a,b,c"); "" when none. */
 void train_config_diff(const train_config_t *a, const train_config_t *b, const char *keys, char *buf, size_t cap);
@@ -110,6 +115,8 @@ typedef struct run {
     stk_loader_t *train_loader, *test_loader;
     stk_train_inputs_t *train_in, *test_in;
     stk_model_t *model;
+    char device[256]; /* the device the model runs on, for the summary */
+    int on_device;    /* 1: not host memory (batches go by the feed) */
     stk_optim_t *opt;
     stk_sched_t *sched;
     uint64_t batches_per_epoch, steps_per_epoch;

@@ -6,6 +6,7 @@
  * plans of the sizes it has seen. */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "train_internal.h"
 #include "stoker/train.h"
 
 #include <errno.h>
@@ -28,6 +29,7 @@ int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_input
     int was_train = stk_model_is_train(model);
     stk_model_set_train(model, 0);
     int64_t classes = stk_model_num_classes(model);
+    stk_train_feeder_t feeder = {0};
     double loss_sum = 0;
     uint64_t top1 = 0, topk_hits = 0, seen = 0;
     for (;;) {
@@ -59,8 +61,12 @@ int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_input
                                 (unsigned long long)b.indices[i], (long long)labels[i], (long long)classes);
         float loss = NAN;
         int64_t c1 = 0, ck = 0;
+        const void *dev = NULL;
+        if (rc == 0)
+            rc = stk__train_feed(&feeder, model, &input, &dev);
         if (rc == 0)
             rc = stk_model_forward_tensor(model, &input, &target, &loss);
+        rc = stk__train_fed(&feeder, dev, rc);
         if (rc == 0)
             rc = stk_model_count_correct(model, labels, &c1);
         if (rc == 0)
@@ -76,6 +82,7 @@ int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_input
         topk_hits += (uint64_t)ck;
         seen += counted;
     }
+    stk__train_feeder_clear(&feeder);
     stk_model_set_train(model, was_train);
     if (rc)
         return rc;

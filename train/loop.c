@@ -10,6 +10,7 @@
  * scheduler states. */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "train_internal.h"
 #include "stoker/train.h"
 
 #include <errno.h>
@@ -80,7 +81,7 @@ static void reset_epoch_sums(stk_train_state_t *st)
  * the epoch's batches are done (st->loader = (epoch, nb)), -EINTR after
  * saving where it stopped, or an error. */
 static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *stepper, uint64_t nb,
-                       stk_train_state_t *st)
+                       stk_train_state_t *st, stk_train_feeder_t *feeder)
 {
     int rc;
     if (st->loader.epoch == st->epoch && st->loader.batch > 0) {
@@ -127,9 +128,15 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
             return rc;
         stk_tensor_t input, target;
         stk_train_step_metrics_t m;
+        const void *dev = NULL;
         rc = stk_train_inputs_get(cfg->train_inputs, &b, &input, &target);
+        /* On a device the batch goes in by the feed: its copy overlaps
+         * what the GPU still does of the step before. */
+        if (rc == 0)
+            rc = stk__train_feed(feeder, cfg->model, &input, &dev);
         if (rc == 0)
             rc = stk_train_stepper_step(stepper, &input, &target, b.number, &m);
+        rc = stk__train_fed(feeder, dev, rc);
         uint64_t number = b.number;
         stk_loader_release(cfg->train_loader, &b);
         if (rc)
@@ -257,13 +264,15 @@ int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
      * forward: a resumed run starts it where the state stands. */
     stk_model_set_step(cfg->model, st->micro);
     uint64_t last = cfg->stop_after ? cfg->stop_after : cfg->epochs;
+    stk_train_feeder_t feeder = {0};
     while (rc == 0 && st->epoch < last) {
-        rc = train_epoch(cfg, stepper, nb, st);
+        rc = train_epoch(cfg, stepper, nb, st, &feeder);
         if (rc == 0)
             rc = end_epoch(cfg, st);
         if (rc == 0 && stopping(cfg) && st->epoch < last)
             rc = stk__error(-EINTR, "stopped after epoch %" PRIu64 ", step %" PRIu64, st->epoch, st->step);
     }
+    stk__train_feeder_clear(&feeder);
     stk_train_stepper_destroy(&stepper);
     return rc;
 }

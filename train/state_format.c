@@ -182,7 +182,9 @@ static int load_meta(const stk_ckpt_t *ck, stk_train_state_t *st, size_t *hist_f
     uint64_t hf;
     if (meta_get(meta, "run_id", id, sizeof id) != 0 || !stk__train_valid_run_id(id))
         return stk__error(STK_EDATA, "%s: 'meta' has no valid run_id", path);
-    snprintf(st->run_id, sizeof st->run_id, "%s", id);
+    /* id is valid, so no longer than a run id: the precision says so to the
+     * compiler (-Wformat-truncation at -O2). */
+    snprintf(st->run_id, sizeof st->run_id, "%.*s", (int)sizeof st->run_id - 1, id);
     struct {
         const char *key;
         uint64_t *dst;
