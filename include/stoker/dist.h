@@ -199,6 +199,10 @@ typedef struct stk_ddp_config {
      * parameter tensors in reverse layer order; a tensor larger than the
      * capacity gets a bucket of its own. Default 25 MiB. */
     size_t bucket_bytes;
+    /* Capacity of bucket 0 (the last layers), smaller so that the first
+     * reduction starts early in backward (PyTorch's first_bucket_bytes).
+     * Default 1 MiB; 0: bucket_bytes. */
+    size_t first_bucket_bytes;
     /* 1 (default): gradients averaged over ranks, so that a step equals one
      * process taking the global batch; 0: summed. */
     int average;
