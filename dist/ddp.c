@@ -452,6 +452,13 @@ int stk_ddp_finish(stk_ddp_t *d)
     return 0;
 }
 
+int stk_ddp_sync_grads(stk_ddp_t *d)
+{
+    int rc = stk_ddp_prepare(d, 1);
+    /* No backward: finish starts every bucket, in order, and waits. */
+    return rc < 0 ? rc : stk_ddp_finish(d);
+}
+
 int stk_ddp_backward(stk_ddp_t *d, int sync)
 {
     int rc = stk_ddp_prepare(d, sync);

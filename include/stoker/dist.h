@@ -250,6 +250,12 @@ STK_API int stk_ddp_backward(stk_ddp_t *d, int sync);
 STK_API int stk_ddp_prepare(stk_ddp_t *d, int sync);
 STK_API int stk_ddp_finish(stk_ddp_t *d);
 
+/* All-reduces (averages) every bucket now, after backward passes run with
+ * sync = 0: for a group that ends before its planned last micro-step (a
+ * short last group of an epoch, a flush). Counts as a sync step. Returns
+ * 0 or a collective's error. */
+STK_API int stk_ddp_sync_grads(stk_ddp_t *d);
+
 /* Buffers (batchnorm running statistics) from rank 0 to every rank. By
  * default each rank keeps its own; call this before evaluating or saving
  * for PyTorch's broadcast_buffers behaviour. A collective. */

@@ -726,6 +726,14 @@ static void test_ddp_single(void **state)
     assert_int_equal(ready, 3);
     assert_int_equal(begins, nb);
 
+    /* A group closed early: its local gradients reduced at once. */
+    forward(m);
+    assert_int_equal(stk_ddp_backward(d, 0), 0);
+    assert_int_equal(stk_ddp_sync_grads(d), 0);
+    stk_ddp_stats(d, &st);
+    assert_int_equal(st.reductions, 2 * nb);
+    assert_int_equal(stk_ddp_sync_grads(NULL), -EINVAL);
+
     /* The two-halves form, and its misuse. */
     assert_int_equal(stk_ddp_finish(d), STK_ESTATE);
     assert_int_equal(stk_ddp_prepare(d, 1), 0);
