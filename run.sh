@@ -49,8 +49,9 @@ main_job() {
     fi
     "$BUILD/tools/stoker-pack" verify "$data/fmnist-train"
     "$BUILD/tools/stoker-pack" verify "$data/fmnist-test"
-    # The reference recipe: fmnist-cnn on the CPU (there is no CUDA engine
-    # backend yet). Extra arguments go to stoker-train, e.g. --set epochs=2.
+    # The reference recipe: fmnist-cnn on a GPU when the build and the
+    # machine have one (device = auto), else on the CPU. Extra arguments go
+    # to stoker-train, e.g. --set epochs=2 or --set device=cpu.
     "$BUILD/tools/stoker-train" configs/fmnist-cnn.conf \
         --set train_data="$data/fmnist-train" --set test_data="$data/fmnist-test" "$@"
 }

@@ -253,7 +253,26 @@ typedef struct stk__backend_iface {
      * forward read, zero elsewhere. */
     void (*seq_pool_backward)(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
                               const float *dy, float *dx);
+
+    /* Feeding inputs (optional: NULL on a backend whose memory is the
+     * host's; the engine then copies with upload). slot < STK__FEED_SLOTS.
+     * feed_copy: dst (device) <- src (host, pinned or not) on a copy queue
+     * of the backend's own, once the work that feed_release last marked
+     * for slot is done; src is read until feed_release(slot) returns.
+     * feed_use: the backend's work queued from now on waits for slot's
+     * copy. feed_release: the work queued so far is the last to read
+     * slot's data; returns once slot's copy is done (the host may reuse
+     * its src). */
+    int (*feed_copy)(void *ctx, int slot, void *dst, const void *src, size_t bytes);
+    int (*feed_use)(void *ctx, int slot);
+    int (*feed_release)(void *ctx, int slot);
+    /* Page-locks host memory for asynchronous copies / undoes it
+     * (optional). */
+    int (*pin_host)(void *ctx, void *addr, size_t bytes);
+    void (*unpin_host)(void *ctx, void *addr);
 } stk__backend_iface_t;
+
+#define STK__FEED_SLOTS 2
 
 typedef struct stk__backend {
     const stk__backend_iface_t *iface;
@@ -261,8 +280,11 @@ typedef struct stk__backend {
 } stk__backend_t;
 
 /* The registration point: the only place that knows which backends exist.
- * STK_EDEVICE when the device is not built in or not available. */
+ * STK_EDEVICE when the device is not built in or not available. _index
+ * picks one of several devices of the kind (cuda:N); -1, and the plain
+ * form, the calling thread's current one. */
 int stk__backend_open(stk__backend_t *b, stk_device_t device);
+int stk__backend_open_index(stk__backend_t *b, stk_device_t device, int index);
 void stk__backend_close(stk__backend_t *b);
 
 /* The CPU backend (engine/cpu/). */
@@ -271,6 +293,9 @@ int stk__cpu_backend_open(stk__backend_t *b);
  * `device`, or the calling thread's current one when negative.
  * STK_EDEVICE without a usable GPU. */
 int stk__cuda_backend_open(stk__backend_t *b, int device);
+/* GPUs visible (0 and a message when none), and one line on GPU index. */
+int stk__cuda_device_count(void);
+int stk__cuda_describe(int index, char *buf, size_t cap);
 /* engine/cpu/cpu_threads.c: CPUs allowed by the cgroup CPU quotas (v2 and
  * v1) of the process described by a mountinfo and a cgroup file, mount
  * points read under prefix (tests point all three at fake trees); 0 when

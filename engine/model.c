@@ -468,6 +468,7 @@ void stk_model_config_default(stk_model_config_t *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->batch_size = 32;
     cfg->device = STK_DEVICE_CPU;
+    cfg->device_index = -1;
     cfg->init_params = 1;
 }
 
@@ -550,7 +551,7 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->logits_layer = m->nl - 1;
     if ((rc = infer_shapes(m)) < 0)
         goto fail;
-    if ((rc = stk__backend_open(&m->be, cfg->device)) < 0)
+    if ((rc = stk__backend_open_index(&m->be, cfg->device, cfg->device_index)) < 0)
         goto fail;
     m->device = cfg->device;
     assign_layouts(m);

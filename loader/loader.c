@@ -77,6 +77,7 @@ struct stk_loader {
     int failed;
     char failmsg[1024];
     uint64_t created_ns, wait_ns, wait_bytes, first_batch_ns, respawns, main_sleeps;
+    uint64_t health_ns;          /* when next last looked at the workers without waiting */
 };
 
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "stk_loader_interrupt needs a lock-free int");
@@ -852,6 +853,15 @@ int stk_loader_next(stk_loader_t *l, stk_batch_t *b)
         return rc;
     if (l->next_issue <= k)
         return stk__error(STK_ESTATE, "every slot (%u) is held: release a batch first", L->nslots);
+    /* Main learns of a death when it waits; a worker that dies while the
+     * others keep every slot filled ahead of a slow consumer would go
+     * unseen (PyTorch's DataLoader raises at once). So look at the
+     * workers' sockets without sleeping, at most every 50 ms. */
+    if (t0 - l->health_ns >= 50000000ull) {
+        l->health_ns = t0;
+        if ((rc = pump(l, 0)) != 0)
+            return rc;
+    }
     uint32_t s = l->slot_of[k % L->nslots];
     uint64_t start = t0, lost_check = t0;
     stall_clock_t stall;

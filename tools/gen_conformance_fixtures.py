@@ -179,6 +179,85 @@ def xent(name, n, k, smoothing, soft, scale=1.0):
     return name, "xent", dict(n=n, k=k, smoothing=smoothing, soft=int(soft), scale=scale), t
 
 
+def rows(name, n, f, nrows):
+    """gather_rows (an embedding lookup, repeated indices) and
+    scatter_add_rows (its gradient), with and without a skipped index."""
+    g = gen(name)
+    src = torch.randn(nrows, f, generator=g)
+    idx = torch.randint(0, nrows, (n,), generator=g)
+    idx[3] = idx[0]  # a repeat
+    grad = torch.randn(n, f, generator=g)
+    dst0 = torch.randn(nrows, f, generator=g)
+    skip = int(idx[1])
+    keep = idx != skip
+    t = {"src": src, "idx": idx, "grad": grad, "dst0": dst0, "dst": src[idx],
+         "scatter": dst0.index_add(0, idx, grad), "scatter_skip": dst0.index_add(0, idx[keep], grad[keep])}
+    return name, "rows", dict(n=n, f=f, rows=nrows, skip=skip), t
+
+
+def seq_pool(name, lengths, t, f):
+    g = gen(name)
+    n = len(lengths)
+    x = torch.randn(n, t, f, generator=g).requires_grad_(True)
+    lens = torch.tensor(lengths, dtype=torch.int64)
+    dy = torch.randn(n, f, generator=g)
+    out = {"x": x, "lengths": lens, "dy": dy}
+    for mean, tag in ((0, "last"), (1, "mean")):
+        ys = []
+        for i, ln in enumerate(lengths):
+            if ln == 0:
+                ys.append(x[i, 0] * 0)
+            elif mean:
+                ys.append(x[i, :ln].sum(0) * (1.0 / ln))
+            else:
+                ys.append(x[i, ln - 1])
+        y = torch.stack(ys)
+        (dx,) = grads(y, [x], dy)
+        out["y_" + tag], out["dx_" + tag] = y, dx
+    return name, "seq_pool", dict(n=n, t=t, f=f), out
+
+
+def rnn(name, cell, n, t, inp, hidden, layers, bidir, lengths):
+    """An LSTM / GRU stack over padded sequences (PyTorch's packed-sequence
+    semantics), as tools/gen_rnn_fixtures.py makes them: float64 math on
+    inputs rounded to float32. Parameters under their PyTorch names."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    g = gen(name)
+    f32 = lambda a: a.float().double()
+    dirs = 2 if bidir else 1
+    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(inp, hidden, num_layers=layers,
+                                                              bidirectional=bidir, batch_first=True).double()
+    with torch.no_grad():
+        for prm in mod.parameters():
+            prm.copy_(f32((torch.rand(prm.shape, generator=g, dtype=torch.float64) * 2 - 1) * 0.5))
+    lens = torch.tensor(lengths, dtype=torch.int64)
+    mask = (torch.arange(t)[None, :] < lens[:, None]).double()
+    x = (f32(torch.randn(n, t, inp, generator=g, dtype=torch.float64)) * mask[:, :, None]).requires_grad_(True)
+    sh = (layers * dirs, n, hidden)
+    h0 = f32(torch.randn(*sh, generator=g, dtype=torch.float64) * 0.5).requires_grad_(True)
+    c0 = f32(torch.randn(*sh, generator=g, dtype=torch.float64) * 0.5).requires_grad_(True)
+    dy = f32(torch.randn(n, t, dirs * hidden, generator=g, dtype=torch.float64)) * mask[:, :, None]
+    dhn, dcn = f32(torch.randn(*sh, generator=g, dtype=torch.float64)), f32(torch.randn(*sh, generator=g,
+                                                                                          dtype=torch.float64))
+    packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+    if cell == "lstm":
+        out, (hn, cn) = mod(packed, (h0, c0))
+    else:
+        out, hn = mod(packed, h0)
+        cn = None
+    y, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
+    loss = (y * dy).sum() + (hn * dhn).sum() + ((cn * dcn).sum() if cn is not None else 0)
+    loss.backward()
+    ts = {"x": x, "lengths": lens, "h0": h0, "dy": dy, "dhn": dhn, "y": y, "hn": hn, "dx": x.grad, "dh0": h0.grad}
+    if cell == "lstm":
+        ts.update({"c0": c0, "dcn": dcn, "cn": cn, "dc0": c0.grad})
+    for pname, prm in mod.named_parameters():
+        ts["param." + pname] = prm
+        ts["grad." + pname] = prm.grad
+    prm = dict(lstm=int(cell == "lstm"), n=n, t=t, input=inp, hidden=hidden, layers=layers, bidirectional=int(bidir))
+    return name, "rnn", prm, ts
+
+
 OPTIM_KIND = {"sgd": 1, "adam": 2, "adamw": 3, "rmsprop": 4}
 
 
@@ -257,6 +336,10 @@ def cases():
         xent("xent_soft_smooth", 3, 6, 0.2, True, scale=2.0),
         xent("xent_wide", 3, 1500, 0.05, False),
         reorder("reorder_c16", 2, 16, 3, 5),
+        rows("rows_embedding", 37, 12, 20),
+        rnn("rnn_lstm_2l_bi_ragged", "lstm", 4, 6, 5, 7, 2, True, [6, 3, 1, 2]),
+        rnn("rnn_gru_1l_full", "gru", 3, 5, 4, 6, 1, False, [5, 5, 5]),
+        seq_pool("seq_pool", [6, 1, 0, 3, 5], 6, 7),
         optim("optim_sgd_nesterov", "sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
         optim("optim_sgd_plain", "sgd", lr=0.05),
         optim("optim_sgd_dampening", "sgd", lr=0.05, momentum=0.8, dampening=0.3, maximize=True),

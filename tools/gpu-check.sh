@@ -1,112 +1,172 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# One-call check for a lent GPU machine: finds or unpacks the build
-# dependencies, builds with CUDA required, runs the whole suite with
-# STK_REQUIRE_GPU=1 (so GPU tests fail instead of skipping), then the
-# benchmarks that have a PyTorch counterpart. Results land in $OUT (or
-# ./gpu-check-out). The device machine reaches no package registry: fetch
-# the .debs here first with `tools/gpu-check.sh --download` and carry
-# .debs/ (see README, "GPU check").
+# One-call check for a lent GPU machine (issue 11), in under 6 minutes:
+#   1. the GPU, driver and toolkit (nvidia-smi, nvcc);
+#   2. build with -Dcuda=enabled and warnings as errors;
+#   3. the whole suite with STK_REQUIRE_GPU=1 (GPU tests fail, not skip);
+#   4. compute-sanitizer memcheck over the GPU conformance test;
+#   5. one epoch of fmnist-cnn on the GPU (stoker-train, device = cuda),
+#      beside PyTorch's same recipe on the same GPU (tools/train_torch.py);
+# every result into $OUT/gpu-check.json (OUT defaults to gpu-check-out) and
+# a short table at the end. Each step runs under its own time limit, so a
+# hang costs that step, not the run. --cpu-benches adds the loader and
+# engine CPU benchmarks of the earlier issues (minutes more).
+#
+# The device machine reaches no package registry: fetch the .debs here
+# first with `tools/gpu-check.sh --download` and carry .debs/ (the dev
+# packages it may lack, Meson and Ninja, and Fashion-MNIST).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check-out}
 mkdir -p "$OUT"
-DEBS=(liburing-dev liburing2 libzstd-dev libcmocka-dev libcmocka0 libdnnl-dev libdnnl2 zlib1g-dev)
+DEBS=(liburing-dev liburing2 libzstd-dev libcmocka-dev libcmocka0 libdnnl-dev libdnnl2 zlib1g-dev
+      meson ninja-build dataset-fashion-mnist)
 
 if [ "${1:-}" = --download ]; then
     mkdir -p .debs && (cd .debs && apt-get download "${DEBS[@]}")
     exit $?
 fi
+CPU_BENCHES=0
+[ "${1:-}" = --cpu-benches ] && CPU_BENCHES=1
 
 exec > >(tee "$OUT/gpu-check.log") 2>&1
-nvidia-smi || echo "gpu-check: nvidia-smi not found"
+T0=$(date +%s)
+export PATH=/usr/local/cuda/bin:$PATH
+JOBS=$(nproc)
+RESULTS=$OUT/steps.tsv
+: > "$RESULTS"
 
-# Unpack carried .debs into a private prefix when the system lacks a header.
+# step NAME LIMIT_S CMD...: runs CMD with its output in $OUT/NAME.txt,
+# records name, exit status and seconds (124: over its limit).
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local t0 rc ms
+    t0=$(date +%s%N)
+    echo "== $name (limit ${limit}s): $*"
+    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    rc=$?
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    printf '%s\t%d\t%d.%03d\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) >> "$RESULTS"
+    tail -n 15 "$OUT/$name.txt"
+    echo "== $name: exit $rc, $((ms / 1000)) s"
+    return $rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1 ||
+    echo "nvidia-smi failed" >> "$OUT/gpu.txt"
+nvcc --version | tail -n 2 > "$OUT/nvcc.txt" 2>&1 || echo "nvcc not found" > "$OUT/nvcc.txt"
+cat "$OUT/gpu.txt" "$OUT/nvcc.txt"
+
+# Unpack carried .debs into a private prefix for what the system lacks.
+PREFIX=$PWD/.deps
 need_prefix=0
 for h in liburing.h zstd.h cmocka.h oneapi/dnnl/dnnl.h zlib.h; do
     [ -f "/usr/include/$h" ] || need_prefix=1
 done
+command -v meson > /dev/null && command -v ninja > /dev/null || need_prefix=1
+FMNIST=/usr/share/datasets/fashion-mnist
+[ -f "$FMNIST/train-images-idx3-ubyte.gz" ] || need_prefix=1
 if [ $need_prefix = 1 ]; then
-    [ -d .debs ] || { echo "gpu-check: missing headers and no .debs/ carried"; exit 1; }
-    PREFIX=$PWD/.deps
+    [ -d .debs ] || { echo "gpu-check: missing packages and no .debs/ carried"; exit 1; }
     for d in .debs/*.deb; do dpkg -x "$d" "$PREFIX"; done
     export PKG_CONFIG_PATH=$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig:${PKG_CONFIG_PATH:-}
     export CPATH=$PREFIX/usr/include:${CPATH:-}
     export LIBRARY_PATH=$PREFIX/usr/lib/x86_64-linux-gnu:${LIBRARY_PATH:-}
     export LD_LIBRARY_PATH=$PREFIX/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+    export PATH=$PATH:$PREFIX/usr/bin
+    export PYTHONPATH=${PYTHONPATH:-}:$PREFIX/usr/lib/python3/dist-packages
     # pkg-config files carry prefix=/usr: point them at the unpacked tree.
     sed -i "s|^prefix=/usr|prefix=$PREFIX/usr|" "$PREFIX"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc 2>/dev/null
+    [ -f "$FMNIST/train-images-idx3-ubyte.gz" ] || FMNIST=$PREFIX/usr/share/datasets/fashion-mnist
 fi
 
+# Time limits: 120 + 90 + 45 + 20 + 45 + 40 s, six minutes at worst.
 rc=0
-meson setup build-gpu -Dwerror=true -Dcuda=enabled --buildtype=release || exit 1
-ninja -C build-gpu || exit 1
-STK_REQUIRE_GPU=1 meson test -C build-gpu --print-errorlogs --num-processes 8 || rc=1
-cp build-gpu/meson-logs/testlog.txt "$OUT/" 2>/dev/null
-# The loader's pinned arena on the device: H2D bandwidth from the slots.
-build-gpu/tests/unit/test_loader_cuda 2>&1 | tee "$OUT/loader_cuda.txt" || rc=1
+B=build-gpu
+[ -f $B/build.ninja ] || SETUP="meson setup $B -Dwerror=true -Dcuda=enabled --buildtype=release &&"
+step build 120 sh -c "${SETUP:-} ninja -C $B" || rc=1
+if [ -x $B/tools/stoker-train ]; then
+    step suite 90 env STK_REQUIRE_GPU=1 meson test -C $B --print-errorlogs --num-processes "$JOBS" || rc=1
+    cp $B/meson-logs/testlog.json "$OUT/testlog.json" 2>/dev/null
+    # Invalid accesses only: cuDNN keeps some allocations until exit.
+    CS=$(command -v compute-sanitizer || ls /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null)
+    step memcheck 45 env STK_TEST_DATA="$PWD/tests/data" "${CS:-compute-sanitizer}" --tool memcheck \
+        --error-exitcode 9 --leak-check none $B/tests/conformance/test_backend_ops --gpu || rc=1
 
-# Benchmarks, each beside its PyTorch reference in the same run. There is
-# no CUDA engine backend yet, so these are the CPU numbers of the device
-# machine (16 cores): threads 16 on both sides.
-TORCH_LD="/usr/lib/x86_64-linux-gnu/openblas-pthread:${LD_LIBRARY_PATH:-}"
-for t in 1 16; do
-    build-gpu/tools/stoker-enginebench --threads $t --iters 20 >> "$OUT/enginebench.txt" 2>&1 || rc=1
-    LD_LIBRARY_PATH=$TORCH_LD python3 tools/bench_engine_torch.py --threads $t --iters 20 \
-        >> "$OUT/enginebench.txt" 2>&1 || rc=1
-done
-cat "$OUT/enginebench.txt"
+    # One epoch of the reference recipe on the GPU, then PyTorch's.
+    DATA=$B/fmnist
+    mkdir -p $DATA
+    step pack 20 sh -c "$B/tools/stoker-pack idx $FMNIST/train-images-idx3-ubyte.gz \
+        $FMNIST/train-labels-idx1-ubyte.gz -o $DATA/train -q &&
+        $B/tools/stoker-pack idx $FMNIST/t10k-images-idx3-ubyte.gz $FMNIST/t10k-labels-idx1-ubyte.gz -o $DATA/test -q" ||
+        rc=1
+    step train_gpu 45 $B/tools/stoker-train configs/fmnist-cnn.conf --set device=cuda --set epochs=1 \
+        --set workers=4 --set threads=4 --set train_data=$DATA/train --set test_data=$DATA/test \
+        --set checkpoint_dir=$B/gpu-check-ckpt --set metrics=$B/gpu-check-metrics.jsonl --json || rc=1
+    # The Python that has torch (Debian's python3-torch is /usr/bin's).
+    PY=$(for p in /usr/bin/python3 python3; do "$p" -c 'import torch' 2>/dev/null && echo "$p" && break; done)
+    step torch_gpu 40 "${PY:-python3}" tools/train_torch.py configs/fmnist-cnn.conf --set epochs=1 --set workers=4 \
+        --set threads=4 --idx "$FMNIST" --device cuda --json || rc=1
+fi
 
-# The loader on this machine's cores, beside PyTorch's DataLoader (tuned:
-# whole-batch gathers) at the same worker counts: raw 28x28 u8 records,
-# batch 256, 10 epochs, with and without crop+flip+normalize. The device
-# has no Fashion-MNIST, so a synthetic set of its shape stands in.
-FM=build-gpu/fm
-mkdir -p "$FM"
-python3 - "$FM" <<'PY' || rc=1
-import sys, numpy as np
-r = np.random.default_rng(0)
-np.save(sys.argv[1] + "/data.npy", r.integers(0, 256, (60000, 1, 28, 28), dtype=np.uint8))
-np.save(sys.argv[1] + "/labels.npy", r.integers(0, 10, 60000).astype(np.int64))
-PY
-rm -rf "$FM/stk"
-build-gpu/tools/stoker-pack npy "$FM/data.npy" "$FM/labels.npy" -o "$FM/stk" --field image -l 0 || rc=1
-AUG='crop:28,pad=2|hflip|normalize:mean=0.2860,std=0.3530'
-for w in 0 2 4 8 15; do
-    for rep in 1 2; do
-        echo "raw stoker $w $(build-gpu/tools/stoker-bench "$FM/stk" --workers $w --epochs 10 \
-            --no-checksum --no-memcpy --json)"
-        echo "raw torch $w $(LD_LIBRARY_PATH=$TORCH_LD python3 tools/bench_loader_torch.py npy \
-            --data "$FM/data.npy" --labels "$FM/labels.npy" --batch 256 --workers $w --epochs 10 2>/dev/null)"
-        echo "aug stoker $w $(build-gpu/tools/stoker-bench "$FM/stk" --workers $w --epochs 10 \
-            --augment "$AUG" --no-checksum --no-memcpy --json)"
-    done
-done > "$OUT/loaderbench.txt" 2>&1 || rc=1
-python3 - "$OUT/loaderbench.txt" <<'PY' || rc=1
-import json, statistics as S, sys
-rows = {}
-for line in open(sys.argv[1]):
+if [ $CPU_BENCHES = 1 ] && [ -x $B/tools/stoker-enginebench ]; then
+    TORCH_LD="/usr/lib/x86_64-linux-gnu/openblas-pthread:${LD_LIBRARY_PATH:-}"
+    step enginebench 300 sh -c "for t in 1 $JOBS; do $B/tools/stoker-enginebench --threads \$t --iters 20;
+        LD_LIBRARY_PATH=$TORCH_LD ${PY:-python3} tools/bench_engine_torch.py --threads \$t --iters 20; done"
+fi
+
+# The results as one JSON file, and a table.
+python3 - "$OUT" "$(( $(date +%s) - T0 ))" <<'PY'
+import json, os, sys
+out, wall = sys.argv[1], int(sys.argv[2])
+def text(name):
     try:
-        wl, who, w, js = line.split(" ", 3)
-        rows.setdefault((wl, who, int(w)), []).append(json.loads(js))
-    except ValueError:
-        print("failed run:", line.strip())
-for k in sorted(rows):
-    v = rows[k]
-    print("%-4s %-7s w=%-2d samples/s %10.0f  first batch %.2f ms" % (k[0], k[1], k[2],
-          S.median(r["samples_per_s"] for r in v), S.median(r["first_batch_ms"] for r in v)))
-def best(who):
-    v = [(S.median(r["samples_per_s"] for r in rows[k]), k[2]) for k in rows
-         if k[0] == "raw" and k[1] == who]
-    return max(v) if v else (float("nan"), -1)
-for w in sorted({k[2] for k in rows}):
-    a, b = rows.get(("raw", "stoker", w)), rows.get(("raw", "torch", w))
-    if a and b:
-        print("raw w=%d stoker/torch %.2fx" % (w, S.median(r["samples_per_s"] for r in a) /
-                                              S.median(r["samples_per_s"] for r in b)))
-(s, sw), (t, tw) = best("stoker"), best("torch")
-print("raw best: stoker %.0f (w=%d) / torch %.0f (w=%d) = %.2fx (the loader issue's target: 5x)"
-      % (s, sw, t, tw, s / t))
+        return open(os.path.join(out, name)).read()
+    except OSError:
+        return ""
+def last_json(name):
+    for line in reversed(text(name + ".txt").splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                pass
+    return None
+steps = {}
+for line in text("steps.tsv").splitlines():
+    name, rc, sec = line.split("\t")
+    steps[name] = {"exit": int(rc), "seconds": float(sec), "timed_out": rc in ("124", "137")}
+res = {"gpu": text("gpu.txt").strip(), "nvcc": text("nvcc.txt").strip(), "wall_s": wall, "steps": steps}
+try:
+    log = [json.loads(l) for l in open(os.path.join(out, "testlog.json"))]
+    res["tests"] = {t["name"]: t["result"] for t in log}
+except (OSError, ValueError):
+    res["tests"] = {}
+res["memcheck_errors"] = next((l for l in text("memcheck.txt").splitlines() if "ERROR SUMMARY" in l), None)
+res["train_gpu"] = last_json("train_gpu")
+res["torch_gpu"] = last_json("torch_gpu")
+json.dump(res, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
+
+print("\n%-14s %6s %8s" % ("step", "exit", "seconds"))
+for name, s in steps.items():
+    print("%-14s %6d %8.1f%s" % (name, s["exit"], s["seconds"], "  (time limit)" if s["timed_out"] else ""))
+bad = [n for n, r in res["tests"].items() if r not in ("OK", "EXPECTEDFAIL")]
+print("tests: %d, not OK: %s" % (len(res["tests"]), ", ".join(bad) or "none"))
+print("memcheck:", res["memcheck_errors"])
+def row(who, r):
+    if not r:
+        print("%-10s no result" % who)
+        return None
+    ips = r.get("images_per_s")
+    acc = r.get("test_acc", r.get("final_test_acc"))
+    print("%-10s %10s img/s  test acc %s" % (who, "%.0f" % ips if ips else "?", "%.4f" % acc if acc else "?"))
+    return ips
+a, b = row("stoker gpu", res["train_gpu"]), row("torch gpu", res["torch_gpu"])
+if a and b:
+    print("stoker/torch images/s: %.2fx" % (a / b))
+print("wall: %d s; results in %s" % (wall, os.path.join(out, "gpu-check.json")))
 PY
 # ---- dist (owned by the dist helper): NCCL -------------------------------
 # The dist checks over NCCL (collectives, DDP against one process, buckets

@@ -103,8 +103,10 @@ class SeqModel(nn.Module):
                 x = mod(x)
             elif kind in ("lstm", "gru"):
                 t = x.shape[1]
-                if bool((lengths == t).all()):
-                    x, _ = mod(x)  # fixed length: the plain (faster) path torch users take
+                if not self.tokens and bool((lengths == t).all()):
+                    # fixed-length features (row-sequential images): the plain
+                    # path torch users take; variable-length text is packed
+                    x, _ = mod(x)
                 else:
                     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
                     out, _ = mod(packed)
@@ -131,6 +133,19 @@ def make_optimizer(spec, params):
         return cls(params, lr=lr, betas=(float(kw.get("beta1", 0.9)), float(kw.get("beta2", 0.999))),
                    eps=float(kw.get("eps", 1e-8)), weight_decay=wd)
     sys.exit(f"optimizer '{spec}': train_seq_torch.py knows sgd, adam and adamw")
+
+
+def make_schedule(spec, base_lr, total_steps):
+    """lr of optimizer step k: 'constant', or 'cosine[:eta_min=x]' over the
+    whole run (Stoker's cosine phase: eta_min + (lr - eta_min)(1 + cos(pi k/T))/2)."""
+    name, _, args = spec.partition(":")
+    kw = dict(a.split("=", 1) for a in args.split(",")) if args else {}
+    if name == "constant":
+        return lambda k: base_lr
+    if name == "cosine":
+        eta = float(kw.get("eta_min", 0))
+        return lambda k: eta + (base_lr - eta) * (1 + math.cos(math.pi * k / total_steps)) / 2
+    sys.exit(f"scheduler '{spec}': train_seq_torch.py knows constant and cosine")
 
 
 # ------------------------------------------------------------------ data
@@ -234,6 +249,13 @@ def main():
         (xtr, ytr), (xte, yte) = fmnist(cfg)
         if limit:
             xtr, ytr = xtr[:limit], ytr[:limit]
+    if lm:
+        per_epoch = len(train) // bs if drop_last else (len(train) + bs - 1) // bs
+    else:
+        per_epoch = len(xtr) // bs if drop_last else (len(xtr) + bs - 1) // bs
+    base_lr = opt.param_groups[0]["lr"]
+    lr_at = make_schedule(cfg.get("scheduler", "constant"), base_lr, epochs * per_epoch)
+    step = 0
     for epoch in range(1, epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -261,7 +283,10 @@ def main():
             loss.backward()
             if clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
             opt.step()
+            step += 1
             loss_sum += float(loss) * n_count
             counted += n_count
             seen += len(b)

@@ -232,7 +232,13 @@ def main():
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--idx", default=IDX, help="folder with the Fashion-MNIST .gz IDX files")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N] (PyTorch's defaults: TF32 convolutions)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print(f"train_torch: --device {a.device}: this torch ({torch.__version__}) has no usable CUDA",
+              file=sys.stderr)
+        return 2
     cfg = parse_conf(a.config, a.set)
     threads = int(cfg.get("threads", 0)) or os.cpu_count()
     torch.set_num_threads(threads)
@@ -256,19 +262,20 @@ def main():
     drop_last = cfg.get("drop_last", "true") in ("1", "true", "yes", "on")
     train_dl = torch.utils.data.DataLoader(Images(xtr, ytr, make_transforms(spec, True)), batch_size=batch,
                                            shuffle=True, drop_last=drop_last, num_workers=workers,
-                                           persistent_workers=workers > 0)
+                                           persistent_workers=workers > 0, pin_memory=dev.type == "cuda")
     test_dl = torch.utils.data.DataLoader(Images(xte, yte, make_transforms(eval_spec, False)),
                                           batch_size=int(cfg.get("eval_batch_size", 0)) or batch,
                                           num_workers=workers, persistent_workers=workers > 0)
 
     model, loss_kw = build_model(cfg["model"])
+    model.to(dev)
     opt = make_optimizer(cfg.get("optimizer", "sgd:lr=0.1"), model.parameters())
     steps_per_epoch = math.ceil(len(train_dl) / accum)
     factor = lr_schedule(cfg.get("scheduler", "constant"), steps_per_epoch, steps_per_epoch * total_epochs)
     base = opt.param_groups[0]["lr"]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: factor(t, base))
 
-    print(f"# torch {torch.__version__}, threads {threads}, workers {workers}, batch {batch}x{accum}, "
+    print(f"# torch {torch.__version__} on {a.device}, threads {threads}, workers {workers}, batch {batch}x{accum}, "
           f"{len(xtr)} train / {len(xte)} test", file=sys.stderr)
     hist, t_all = [], time.perf_counter()
     tot_img = tot_train = tot_wait = 0.0
@@ -282,6 +289,7 @@ def main():
         for k in range(nb):
             tw = time.perf_counter()
             x, y = next(it)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             wait += time.perf_counter() - tw
             g0 = k // accum * accum
             group = min(accum, nb - g0)
@@ -301,6 +309,7 @@ def main():
         tloss = 0.0
         with torch.no_grad():
             for x, y in test_dl:
+                x, y = x.to(dev), y.to(dev)
                 out = model(x)
                 tloss += F.cross_entropy(out, y, **loss_kw).item() * len(y)
                 tcorrect += (out.argmax(1) == y).sum().item()
@@ -319,8 +328,10 @@ def main():
     if a.json:
         print(json.dumps({"final_test_acc": hist[-1]["test_acc"], "best_test_acc": max(h["test_acc"] for h in hist),
                           "epochs": len(hist), "images_per_s": tot_img / tot_train,
-                          "data_wait": tot_wait / tot_train, "wall_s": time.perf_counter() - t_all}))
+                          "data_wait": tot_wait / tot_train, "wall_s": time.perf_counter() - t_all,
+                          "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                          "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if dev.type == "cuda" else None}))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

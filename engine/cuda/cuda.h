@@ -37,10 +37,16 @@ typedef struct cuda_ctx {
      * next slot that returns a status. */
     int sticky;
     char sticky_msg[512];
-    /* Small device scratch for values read back (loss, bad label) and the
-     * pinned host buffer they land in. */
+    /* Device scratch: the fault word kernels leave (stk__k_fault_t), and
+     * the pinned host buffer it is read into. */
     void *dev_scratch;
     void *host_scratch;
+    /* The feed's copy queue (cuda_device.c). */
+    cudaStream_t copy_stream;
+    cudaEvent_t copied[STK__FEED_SLOTS], released[STK__FEED_SLOTS];
+    int copied_set[STK__FEED_SLOTS], released_set[STK__FEED_SLOTS];
+    void *stage; /* upload: pageable copies of pinned sources */
+    size_t stage_cap;
     double *rows; /* cross-entropy: per-row losses */
     size_t rows_cap;
     /* FP32 means FP32: cuDNN engines that run FP32 convolutions on tensor
@@ -69,6 +75,7 @@ typedef struct lt_gemm {
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo[2];
     size_t workspace[2];
+    int have[2];
 } lt_gemm_t;
 
 enum { CU_OP_CONV = 1, CU_OP_BN, CU_OP_POOL, CU_OP_LINEAR, CU_OP_REORDER, CU_OP_OPTIM };
@@ -166,10 +173,38 @@ void stk__cuda_xent_backward(void *ctx, int64_t n, int64_t k, const float *prob,
 int stk__cuda_count_correct(void *ctx, int64_t n, int64_t k, int topk, const float *logits, const int64_t *labels,
                             int64_t *correct);
 
+/* Sequence helpers (cuda_seq.c). */
+int stk__cuda_gather_rows(void *ctx, int64_t n, int64_t f, int64_t rows, const int64_t *idx, const float *src,
+                          float *dst);
+void stk__cuda_scatter_add_rows(void *ctx, int64_t n, int64_t f, const int64_t *idx, int64_t skip, const float *src,
+                                float *dst);
+void stk__cuda_seq_pool_forward(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                const float *x, float *y);
+void stk__cuda_seq_pool_backward(void *ctx, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                 const float *dy, float *dx);
+/* Waits for the stream and reports what a kernel left in the fault word
+ * (-EINVAL naming it), clearing it. */
+int stk__cuda_fault_read(cuda_ctx_t *c);
+
+/* Feeding and devices (cuda_device.c). */
+int stk__cuda_feed_init(cuda_ctx_t *c);
+void stk__cuda_feed_fini(cuda_ctx_t *c);
+int stk__cuda_feed_copy(void *ctx, int slot, void *dst, const void *src, size_t bytes);
+int stk__cuda_feed_use(void *ctx, int slot);
+int stk__cuda_feed_release(void *ctx, int slot);
+int stk__cuda_pin_host(void *ctx, void *addr, size_t bytes);
+void stk__cuda_unpin_host(void *ctx, void *addr);
+
 /* The fused optimizer update (cuda_optim.c). */
 int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);
 int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
                            const float *grads, float *s0, float *s1, float *s2);
+
+/* Recurrent stacks (cuDNN's v8 RNN API: cuda_rnn.c). */
+int stk__cuda_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **out);
+void stk__cuda_rnn_destroy(void *ctx, stk__rnn_op_t *op);
+int stk__cuda_rnn_forward(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a);
+int stk__cuda_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a);
 
 /* Device memory of the op's own (workspaces, masks): zeroed; -ENOMEM
  * names what it was for. */

@@ -93,12 +93,14 @@ static void cu_destroy(void *ctx)
     /* Work still queued may use what is freed below. */
     if (c->stream)
         cudaStreamSynchronize(c->stream);
+    stk__cuda_feed_fini(c);
     if (c->lt)
         cublasLtDestroy(c->lt);
     if (c->devprop)
         cudnnBackendDestroyDescriptor(c->devprop);
     if (c->dnn)
         cudnnDestroy(c->dnn);
+    free(c->stage);
     cudaFree(c->dev_scratch);
     cudaFree(c->rows);
     cudaFreeHost(c->host_scratch);
@@ -131,13 +133,28 @@ static int cu_upload(void *ctx, void *dst, const void *src, size_t bytes)
     int rc = stk__cu_unstick(c);
     if (rc || bytes == 0)
         return rc;
-    /* Waits: the caller may free or reuse src as soon as this returns,
-     * and a pinned src would still be read by the copy engine. The
-     * loader's batches take their own asynchronous path (train/). */
-    rc = stk__cu_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
-    if (rc == 0)
-        rc = stk__cu_status(cudaStreamSynchronize(c->stream), "upload");
-    return rc;
+    /* The caller may reuse src once this returns, without a wait for the
+     * stream: from pageable memory cudaMemcpyAsync stages the bytes before
+     * it returns; pinned memory (a loader's registered arena) it would
+     * read later, so such a src is first copied to pageable memory of the
+     * context's (small: labels, targets, the odd parameter load). */
+    const void *from = src;
+    struct cudaPointerAttributes at;
+    cudaError_t q = cudaPointerGetAttributes(&at, src);
+    if (q != cudaSuccess)
+        (void)cudaGetLastError(); /* the query's own error, not the stream's */
+    else if (at.type == cudaMemoryTypeHost) {
+        if (bytes > c->stage_cap) {
+            void *p = realloc(c->stage, bytes);
+            if (!p)
+                return stk__error(-ENOMEM, "upload: out of memory for %zu staged bytes", bytes);
+            c->stage = p;
+            c->stage_cap = bytes;
+        }
+        memcpy(c->stage, src, bytes);
+        from = c->stage;
+    }
+    return stk__cu_status(cudaMemcpyAsync(dst, from, bytes, cudaMemcpyDefault, c->stream), "upload");
 }
 
 static int cu_download(void *ctx, void *dst, const void *src, size_t bytes)
@@ -147,9 +164,8 @@ static int cu_download(void *ctx, void *dst, const void *src, size_t bytes)
     if (rc || bytes == 0)
         return rc;
     rc = stk__cu_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
-    if (rc == 0)
-        rc = stk__cu_status(cudaStreamSynchronize(c->stream), "download");
-    return rc;
+    /* Waits for the copy and reports a fault the queued kernels left. */
+    return rc ? rc : stk__cuda_fault_read(c);
 }
 
 static int cu_copy(void *ctx, void *dst, const void *src, size_t bytes)
@@ -174,7 +190,7 @@ static int cu_synchronize(void *ctx)
 {
     cuda_ctx_t *c = ctx;
     int rc = stk__cu_unstick(c);
-    return rc ? rc : stk__cu_status(cudaStreamSynchronize(c->stream), "synchronize");
+    return rc ? rc : stk__cuda_fault_read(c);
 }
 
 static int cu_set_threads(void *ctx, int n)
@@ -234,6 +250,19 @@ static const stk__backend_iface_t cuda_iface = {
     .xent_forward = stk__cuda_xent_forward,
     .xent_backward = stk__cuda_xent_backward,
     .count_correct = stk__cuda_count_correct,
+    .rnn_create = stk__cuda_rnn_create,
+    .rnn_destroy = stk__cuda_rnn_destroy,
+    .rnn_forward = stk__cuda_rnn_forward,
+    .rnn_backward = stk__cuda_rnn_backward,
+    .gather_rows = stk__cuda_gather_rows,
+    .scatter_add_rows = stk__cuda_scatter_add_rows,
+    .seq_pool_forward = stk__cuda_seq_pool_forward,
+    .seq_pool_backward = stk__cuda_seq_pool_backward,
+    .feed_copy = stk__cuda_feed_copy,
+    .feed_use = stk__cuda_feed_use,
+    .feed_release = stk__cuda_feed_release,
+    .pin_host = stk__cuda_pin_host,
+    .unpin_host = stk__cuda_unpin_host,
     .optim_create = stk__cuda_optim_create,
     .optim_update = stk__cuda_optim_update,
 };
@@ -278,12 +307,12 @@ int stk__cuda_backend_open(stk__backend_t *b, int device)
     if ((rc = stk__dnn_status(cudnnCreate(&c->dnn), "cudnnCreate")) ||
         (rc = stk__dnn_status(cudnnSetStream(c->dnn, c->stream), "cudnnSetStream")))
         goto fail;
-    if ((rc = stk__dnn_devprop_create(c)) < 0)
+    if ((rc = stk__dnn_devprop_create(c)) < 0 || (rc = stk__cuda_feed_init(c)) < 0)
         goto fail;
     if ((rc = stk__lt_status(cublasLtCreate(&c->lt), "cublasLtCreate")))
         goto fail;
-    if ((rc = stk__cu_status(cudaMalloc(&c->dev_scratch, 256), "cudaMalloc (scratch)")) ||
-        (rc = stk__cu_status(cudaMallocHost(&c->host_scratch, 256), "cudaMallocHost (scratch)")))
+    if ((rc = stk__cuda_op_alloc(c, &c->dev_scratch, sizeof(stk__k_fault_t), "the fault word")) ||
+        (rc = stk__cu_status(cudaMallocHost(&c->host_scratch, sizeof(stk__k_fault_t)), "cudaMallocHost (scratch)")))
         goto fail;
     b->iface = &cuda_iface;
     b->ctx = c;

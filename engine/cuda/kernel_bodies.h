@@ -210,6 +210,42 @@ KB float kb_xent_bwd_at(int64_t e, int64_t n, int64_t k, const float *prob, cons
     return s * (prob[e] - kb_xent_target(i, j, k, labels, soft, smoothing));
 }
 
+/* ---------------------------------------------------------- sequences */
+
+/* Element e of dst [n, f] = src[idx[e / f]] row; *bad when that index is
+ * outside [0, rows) (the element is then 0). */
+KB float kb_gather_at(int64_t e, int64_t f, int64_t rows, const int64_t *idx, const float *src, int *bad)
+{
+    int64_t i = e / f, r = idx[i];
+    *bad = r < 0 || r >= rows;
+    return *bad ? 0.0f : src[r * f + (e - i * f)];
+}
+
+/* Element e = i f + j of y [n, f]: the last valid step of sequence i, or
+ * the mean of its valid steps (summed in step order, as the CPU). */
+KB float kb_seq_pool_fwd_at(int64_t e, int mean, int64_t t, int64_t f, const int64_t *lengths, const float *x)
+{
+    int64_t i = e / f, j = e - i * f, len = lengths[i];
+    const float *xi = x + i * t * f;
+    if (len <= 0)
+        return 0.0f;
+    if (!mean)
+        return xi[(len - 1) * f + j];
+    float sum = 0.0f;
+    for (int64_t s = 0; s < len; s++)
+        sum += xi[s * f + j];
+    return sum * (1.0f / (float)len);
+}
+
+/* Element e = (i t + s) f + j of dx [n, t, f]. */
+KB float kb_seq_pool_bwd_at(int64_t e, int mean, int64_t t, int64_t f, const int64_t *lengths, const float *dy)
+{
+    int64_t j = e % f, s = (e / f) % t, i = e / (f * t), len = lengths[i];
+    if (len <= 0 || s >= len || (!mean && s != len - 1))
+        return 0.0f;
+    return mean ? dy[i * f + j] * (1.0f / (float)len) : dy[i * f + j];
+}
+
 /* ---------------------------------------------------------- optimizer */
 
 /* Element i of one step, in optim_kernels.c's order of float operations

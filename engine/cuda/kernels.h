@@ -85,6 +85,31 @@ cudaError_t stk__k_xent_bwd(cudaStream_t s, int64_t n, int64_t k, const float *p
 cudaError_t stk__k_count_correct(cudaStream_t s, int64_t n, int64_t k, int topk, const float *logits,
                                  const int64_t *labels, int64_t *correct);
 
+/* What a kernel found wrong in its input, for the host to report at the
+ * next synchronous slot (a kernel cannot return an error). The first
+ * fault is kept (code 0: none). */
+typedef struct stk__k_fault {
+    int32_t code; /* STK__K_FAULT_* */
+    int32_t pad;
+    int64_t row, index, rows;
+} stk__k_fault_t;
+enum { STK__K_FAULT_NONE = 0, STK__K_FAULT_GATHER_INDEX = 1 };
+
+/* dst [n, f] = rows idx[i] of src [rows, f]; an index outside [0, rows)
+ * gives a zero row and a fault. */
+cudaError_t stk__k_gather_rows(cudaStream_t s, int64_t n, int64_t f, int64_t rows, const int64_t *idx,
+                               const float *src, float *dst, stk__k_fault_t *fault);
+/* dst[idx[i]] += src[i] rows, idx[i] == skip skipped: each thread one
+ * column, the rows in order, so a repeated index adds up as on the CPU
+ * (no float atomics: the same bits every run). */
+cudaError_t stk__k_scatter_add_rows(cudaStream_t s, int64_t n, int64_t f, const int64_t *idx, int64_t skip,
+                                    const float *src, float *dst);
+/* The sequence heads: see seq_pool_forward/backward in backend.h. */
+cudaError_t stk__k_seq_pool_fwd(cudaStream_t s, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                const float *x, float *y);
+cudaError_t stk__k_seq_pool_bwd(cudaStream_t s, int mean, int64_t n, int64_t t, int64_t f, const int64_t *lengths,
+                                const float *dy, float *dx);
+
 /* One optimizer step over the chunks (device array of nchunks offset and
  * count pairs, none longer than STK__K_OPTIM_CHUNK) of the flat arenas.
  * k: the step's scalars (engine/optim_kernels.h), passed by value. */

@@ -79,6 +79,18 @@ static void embedding_init(stk_model_t *m, int i, float *params, float *buffers,
             w[l->d.padding_idx * l->d.out + j] = 0.0f;
 }
 
+/* Nothing to plan; a backend without row gathers (the CUDA backend,
+ * for now) is refused here, when the model is made. */
+static int embedding_plan(stk_model_t *m, int i, int64_t n, void **plan)
+{
+    (void)i;
+    (void)n;
+    *plan = NULL;
+    if (!m->be.iface->gather_rows || !m->be.iface->scatter_add_rows)
+        return stk__error(STK_EDEVICE, "the %s backend has no embedding lookups", m->be.iface->name);
+    return 0;
+}
+
 static int embedding_forward(stk_model_t *m, int i)
 {
     const stk__layer_t *l = &m->layers[i];
@@ -114,6 +126,7 @@ const stk__layer_class_t stk__layer_embedding = {
     .infer = embedding_infer,
     .params = embedding_params,
     .init = embedding_init,
+    .plan = embedding_plan,
     .forward = embedding_forward,
     .backward = embedding_backward,
 };

@@ -27,6 +27,17 @@ static int is_mean(const stk__layer_t *l)
     return l->d.kind == STK_LAYER_SEQ_MEAN;
 }
 
+/* Nothing to plan; a backend without the pooling slots is refused. */
+static int head_plan(stk_model_t *m, int i, int64_t n, void **plan)
+{
+    (void)i;
+    (void)n;
+    *plan = NULL;
+    if (!m->be.iface->seq_pool_forward || !m->be.iface->seq_pool_backward)
+        return stk__error(STK_EDEVICE, "the %s backend has no sequence heads", m->be.iface->name);
+    return 0;
+}
+
 static int head_forward(stk_model_t *m, int i)
 {
     const stk__layer_t *l = &m->layers[i];
@@ -54,6 +65,7 @@ const stk__layer_class_t stk__layer_seq_last = {
     .n_inputs = 1,
     .fmt = STK__FMT_PLAIN,
     .infer = head_infer,
+    .plan = head_plan,
     .forward = head_forward,
     .backward = head_backward,
 };
@@ -64,6 +76,7 @@ const stk__layer_class_t stk__layer_seq_mean = {
     .n_inputs = 1,
     .fmt = STK__FMT_PLAIN,
     .infer = head_infer,
+    .plan = head_plan,
     .forward = head_forward,
     .backward = head_backward,
 };

@@ -73,6 +73,8 @@ void stk__seq_xent_unplan(stk_model_t *m, int i, void *plan)
 
 int stk__seq_xent_plan(stk_model_t *m, int i, int64_t n, void **plan)
 {
+    if (!m->be.iface->gather_rows || !m->be.iface->scatter_add_rows)
+        return stk__error(STK_EDEVICE, "the %s backend cannot gather a sequence's counted steps", m->be.iface->name);
     size_t rows = (size_t)(n * stk__input(m, i, 0)->c);
     seq_xent_plan_t *p = calloc(1, sizeof(*p));
     if (p) {

@@ -211,6 +211,10 @@ typedef struct stk_model_config {
                            * process may use (stk_engine_cpu_count), or
                            * OpenMP's own count when OMP_NUM_THREADS is set */
     stk_device_t device;  /* STK_DEVICE_CPU (default) */
+    int device_index;     /* STK_DEVICE_CUDA: which of the visible GPUs
+                           * (cuda:N); -1 (default): the calling thread's
+                           * current one (cudaSetDevice's, so a
+                           * communicator's choice; else GPU 0) */
     int init_params;      /* 1 (default): PyTorch default init from seed;
                            * 0: parameters start at zero */
 } stk_model_config_t;
@@ -441,6 +445,71 @@ STK_API int stk_model_state_save(const stk_model_t *m, const char *path);
 STK_API int stk_model_state_load(stk_model_t *m, const char *path);
 /* The same file as stk_model_state_save: safetensors is the state format. */
 STK_API int stk_model_export_safetensors(const stk_model_t *m, const char *path);
+
+/* ---------------------------------------------------------------- devices */
+
+/* Devices of a kind this build can use now: 1 for STK_DEVICE_CPU; for
+ * STK_DEVICE_CUDA the GPUs visible to the process (0 without a GPU, a
+ * driver, or CUDA in the build: the message says which). Thread-safe. */
+STK_API int stk_device_count(stk_device_t kind);
+/* One line on device index of kind, e.g. "NVIDIA H200, driver 570.86,
+ * CUDA 13.0, cuDNN 9.19.0" or "CPU, 16 threads (oneDNN 2.7)", NUL-
+ * terminated in buf (cap bytes, truncated to fit). Returns 0 or
+ * STK_EDEVICE (no such device, the message says why), -EINVAL. */
+STK_API int stk_device_describe(stk_device_t kind, int index, char *buf, size_t cap);
+
+/* --------------------------------------------------- feeding a device
+ *
+ * A model on a GPU computes on device memory; its batches come from host
+ * memory the loader fills. Two pieces make that cheap:
+ *
+ * - stk_model_pin_host / stk_model_unpin_host page-lock host memory for
+ *   the model's device, once, so that copies from it are asynchronous
+ *   DMA. They have the loader's pin hook signatures: set a loader's
+ *   config.pin / config.unpin to them and config.pin_user to the model
+ *   (and pin_no_memlock = 1), and its arena is pinned for its life. On a
+ *   model whose device memory is the host's (CPU) they do nothing.
+ * - a feed (stk_feed_t) copies input batches into two device buffers in
+ *   turn, on a copy queue of its own, so that batch k + 1 travels while
+ *   step k computes, with no wait for the whole device:
+ *
+ *       stk_feed_put(f, batch0, bytes, &d0);
+ *       for each next batch b1:
+ *           stk_feed_put(f, b1, bytes, &d1);   // copy starts now
+ *           stk_feed_use(f, d0);               // the model's work waits
+ *           ... forward / backward / optimizer step on d0 ...
+ *           stk_feed_done(f, d0);              // d0 may be refilled; its
+ *           release batch0;                    //   source may be reused
+ *           d0 = d1, batch0 = b1;
+ *
+ *   On a CPU model a feed copies nothing: put returns the source itself.
+ * ---------------------------------------------------------------------- */
+
+/* Page-locks [addr, addr + bytes) for the device of model (a
+ * stk_model_t *). 0, or the device's error (the message says why). */
+STK_API int stk_model_pin_host(void *addr, size_t bytes, void *model);
+/* Undoes stk_model_pin_host. */
+STK_API void stk_model_unpin_host(void *addr, size_t bytes, void *model);
+
+typedef struct stk_feed stk_feed_t;
+/* A feed for batches of at most max_bytes into model (borrowed: it must
+ * outlive the feed). 0, -EINVAL, -ENOMEM (device memory), or a backend
+ * error. */
+STK_API int stk_feed_create(stk_feed_t **out, stk_model_t *model, size_t max_bytes);
+/* Starts copying bytes of src (host memory, pinned or not) into the next
+ * of the two device buffers, once the work that last read that buffer is
+ * done (stk_feed_done); *dev: the buffer (src itself on a CPU model). src
+ * must stay unchanged until stk_feed_done(dev). 0, -ERANGE (bytes over
+ * max_bytes), -EINVAL, or a backend error. */
+STK_API int stk_feed_put(stk_feed_t *f, const void *src, size_t bytes, const void **dev);
+/* The model's work from now on waits (on the device) for dev's copy. */
+STK_API int stk_feed_use(stk_feed_t *f, const void *dev);
+/* The model's work so far is the last to read dev: its buffer may be
+ * refilled. Returns once dev's copy is done, so that its source may be
+ * reused (a loader batch released). */
+STK_API int stk_feed_done(stk_feed_t *f, const void *dev);
+/* Waits for the feed's copies and frees its buffers; NULL-safe. */
+STK_API void stk_feed_destroy(stk_feed_t **f);
 
 /* ------------------------------------------------------------ CPU threads */
 

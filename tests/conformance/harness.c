@@ -265,7 +265,7 @@ static int compare(const char *label, const char *name, const float *a, const fl
         }
     }
     int bad = n && worst > 0.0;
-    printf("  %-28s %-10s n=%-6zu max|diff| %.3g%s\n", label, name, n, maxabs, bad ? "  <-- out of tolerance" : "");
+    printf("  %-24s %-26s n=%-6zu max|diff| %.3g%s\n", label, name, n, maxabs, bad ? "  <-- out of tolerance" : "");
     if (bad)
         fail("%s: %s: element %zu: %.9g vs %.9g (rtol %g, atol %g)", label, name, at, (double)a[at], (double)b[at],
              tol.rtol, tol.atol);

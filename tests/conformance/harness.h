@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define RUN_MAX_OUT 16
+#define RUN_MAX_OUT 32
 #define RUN_MAX_ALLOC 64
 
 typedef struct fixture {

@@ -292,6 +292,148 @@ static int op_xent(run_t *r, const fixture_t *fx, int layout)
     return 0;
 }
 
+/* Embedding lookups and their gradient. A bad index is -EINVAL naming it,
+ * from the slot or (a device) from the next synchronous slot. */
+static int op_rows(run_t *r, const fixture_t *fx, int layout)
+{
+    (void)layout;
+    const stk__backend_iface_t *be = r->be->iface;
+    void *ctx = r->be->ctx;
+    int64_t n = fx_int(fx, "n"), f = fx_int(fx, "f"), rows = fx_int(fx, "rows"), skip = fx_int(fx, "skip");
+    size_t nsrc, nidx;
+    float *src = run_input(r, fx, "src", &nsrc), *grad = run_input(r, fx, "grad", NULL);
+    int64_t *idx = run_input(r, fx, "idx", &nidx);
+    float *a = run_input(r, fx, "dst0", NULL), *b = run_input(r, fx, "dst0", NULL);
+    float *dst = run_alloc(r, F32(n * f));
+    if (r->failed)
+        return 0;
+    run_check(r, be->gather_rows(ctx, n, f, rows, idx, src, dst), "gather_rows");
+    be->scatter_add_rows(ctx, n, f, idx, -1, grad, a);
+    be->scatter_add_rows(ctx, n, f, idx, skip, grad, b);
+    run_output(r, "dst", dst, (size_t)(n * f));
+    run_output(r, "scatter", a, nsrc);
+    run_output(r, "scatter_skip", b, nsrc);
+    int64_t *bad = fx_tensor(fx, "idx", &nidx);
+    int64_t at = n / 2;
+    bad[at] = rows + 3;
+    int64_t *dbad = run_upload(r, bad, nidx * sizeof(int64_t));
+    free(bad);
+    if (!dbad)
+        return 0;
+    int rc = be->gather_rows(ctx, n, f, rows, dbad, src, dst);
+    if (rc == 0 && be->synchronize)
+        rc = be->synchronize(ctx);
+    char want[64];
+    snprintf(want, sizeof(want), "index %lld", (long long)(rows + 3));
+    if (rc != -EINVAL || !strstr(stk_error_message(), want))
+        fail("%s: %s: a bad index gave %d '%s', expected -EINVAL naming '%s'", r->be_name, fx->name, rc,
+             stk_error_message(), want);
+    return 0;
+}
+
+static int op_seq_pool(run_t *r, const fixture_t *fx, int layout)
+{
+    (void)layout;
+    const stk__backend_iface_t *be = r->be->iface;
+    int64_t n = fx_int(fx, "n"), t = fx_int(fx, "t"), f = fx_int(fx, "f");
+    size_t nx;
+    float *x = run_input(r, fx, "x", &nx), *dy = run_input(r, fx, "dy", NULL);
+    int64_t *lengths = run_input(r, fx, "lengths", NULL);
+    float *y[2] = {run_alloc(r, F32(n * f)), run_alloc(r, F32(n * f))};
+    float *dx[2] = {run_alloc(r, F32(nx)), run_alloc(r, F32(nx))};
+    if (r->failed)
+        return 0;
+    static const char *const yn[2] = {"y_last", "y_mean"}, *const dn[2] = {"dx_last", "dx_mean"};
+    for (int mean = 0; mean < 2; mean++) {
+        be->seq_pool_forward(r->be->ctx, mean, n, t, f, lengths, x, y[mean]);
+        be->seq_pool_backward(r->be->ctx, mean, n, t, f, lengths, dy, dx[mean]);
+        run_output(r, yn[mean], y[mean], (size_t)(n * f));
+        run_output(r, dn[mean], dx[mean], nx);
+    }
+    return 0;
+}
+
+/* An LSTM / GRU stack, forward and backward, with PyTorch's parameters
+ * placed in the backend's parameter block (backend_rnn.h). A backend
+ * without recurrent slots is skipped (reported). */
+static int op_rnn(run_t *r, const fixture_t *fx, int layout)
+{
+    (void)layout;
+    const stk__backend_iface_t *be = r->be->iface;
+    void *ctx = r->be->ctx;
+    if (!be->rnn_create) {
+        printf("  %-28s rnn        no recurrent slots: not run\n", r->be_name);
+        r->failed = 1;
+        return 0;
+    }
+    stk__rnn_desc_t d = {.cell = fx_int(fx, "lstm") ? STK__RNN_LSTM : STK__RNN_GRU,
+                         .batch = fx_int(fx, "n"),
+                         .steps = fx_int(fx, "t"),
+                         .input = fx_int(fx, "input"),
+                         .hidden = fx_int(fx, "hidden"),
+                         .layers = (int)fx_int(fx, "layers"),
+                         .bidirectional = (int)fx_int(fx, "bidirectional")};
+    const int lstm = d.cell == STK__RNN_LSTM, nd = d.bidirectional ? 2 : 1;
+    const size_t np = stk__rnn_param_count(&d), ns = (size_t)(d.layers * nd * d.batch * d.hidden);
+    const size_t ny = (size_t)(d.batch * d.steps * nd * d.hidden), nx = (size_t)(d.batch * d.steps * d.input);
+    float *w = calloc(np, sizeof(float));
+    static const char *const names[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+    for (int l = 0; l < d.layers; l++)
+        for (int di = 0; di < nd; di++)
+            for (int k = 0; k < 4; k++) {
+                char pn[96];
+                size_t cnt = 0, got = 0, off = stk__rnn_param_offset(&d, l, di, k, &cnt);
+                snprintf(pn, sizeof(pn), "param.%s_l%d%s", names[k], l, di ? "_reverse" : "");
+                float *t = fx_tensor(fx, pn, &got);
+                if (!t || got != cnt)
+                    fail("%s: %s missing or %zu values, not %zu", fx->name, pn, got, cnt);
+                else
+                    memcpy(w + off, t, cnt * sizeof(float));
+                free(t);
+            }
+    size_t nl;
+    int64_t *lengths = fx_tensor(fx, "lengths", &nl); /* host memory */
+    stk__rnn_args_t a = {
+        .n = d.batch, .t = d.steps, .lengths = lengths, .w = run_upload(r, w, np * sizeof(float)),
+        .x = run_input(r, fx, "x", NULL), .h0 = run_input(r, fx, "h0", NULL),
+        .c0 = lstm ? run_input(r, fx, "c0", NULL) : NULL, .y = run_alloc(r, F32(ny)), .hn = run_alloc(r, F32(ns)),
+        .cn = lstm ? run_alloc(r, F32(ns)) : NULL, .dy = run_input(r, fx, "dy", NULL),
+        .dhn = run_input(r, fx, "dhn", NULL), .dcn = lstm ? run_input(r, fx, "dcn", NULL) : NULL,
+        .dx = run_alloc(r, F32(nx)), .dh0 = run_alloc(r, F32(ns)), .dc0 = lstm ? run_alloc(r, F32(ns)) : NULL,
+        .dw = run_alloc(r, F32(np)),
+    };
+    free(w);
+    stk__rnn_op_t *op = NULL;
+    if (!r->failed && !run_check(r, be->rnn_create(ctx, &d, &op), "rnn_create")) {
+        run_check(r, be->rnn_forward(ctx, op, 1, &a), "rnn_forward");
+        run_check(r, be->rnn_backward(ctx, op, &a), "rnn_backward");
+        run_output(r, "y", a.y, ny);
+        run_output(r, "hn", a.hn, ns);
+        run_output(r, "dx", a.dx, nx);
+        run_output(r, "dh0", a.dh0, ns);
+        if (lstm) {
+            run_output(r, "cn", a.cn, ns);
+            run_output(r, "dc0", a.dc0, ns);
+        }
+        /* The parameter gradients, by PyTorch name. */
+        float *dw = malloc(np * sizeof(float));
+        if (dw && !run_check(r, be->download(ctx, dw, a.dw, np * sizeof(float)), "download"))
+            for (int l = 0; l < d.layers; l++)
+                for (int di = 0; di < nd; di++)
+                    for (int k = 0; k < 4; k++) {
+                        char gn[96];
+                        size_t cnt = 0, off = stk__rnn_param_offset(&d, l, di, k, &cnt);
+                        snprintf(gn, sizeof(gn), "grad.%s_l%d%s", names[k], l, di ? "_reverse" : "");
+                        run_output_host(r, gn, dw + off, cnt);
+                    }
+        free(dw);
+    }
+    if (op)
+        be->rnn_destroy(ctx, op);
+    free(lengths);
+    return 0;
+}
+
 /* Three steps of a fused update over two ranges of a 1000-float arena,
  * with the scalars the engine computes (stk__optim_scalars). */
 static int op_optim(run_t *r, const fixture_t *fx, int layout)
@@ -389,7 +531,8 @@ typedef struct op_entry {
  * matrix products sum up to a few hundred products in another order than
  * PyTorch; batch norm divides by a standard deviation; pooling, concat,
  * add and reorder move or add values once; dropout multiplies by the same
- * scale (rounded once more in numpy); the optimizer kernels repeat the
+ * scale (rounded once more in numpy); a scatter-add on a device adds a
+ * repeated row in any order; the optimizer kernels repeat the
  * CPU's float operations one for one (bit-equal) and PyTorch's within a
  * rounding or two. */
 static op_entry_t ops[] = {
@@ -404,6 +547,9 @@ static op_entry_t ops[] = {
     {"xent", op_xent, 0, {1e-5, 1e-6}, {1e-5, 1e-6}, 0},
     {"reorder", op_reorder, 0, {0, 0}, {0, 0}, 0},
     {"optim", op_optim, 0, {1e-6, 1e-7}, {0, 0}, 0},
+    {"rows", op_rows, 0, {1e-6, 1e-6}, {1e-6, 1e-6}, 0},
+    {"seq_pool", op_seq_pool, 0, {1e-6, 1e-7}, {0, 0}, 0},
+    {"rnn", op_rnn, 0, {1e-4, 1e-5}, {1e-4, 1e-5}, 0},
 };
 
 /* --------------------------------------------------- memory, threads */

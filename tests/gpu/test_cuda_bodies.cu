@@ -265,6 +265,40 @@ static void test_correct(const stk__backend_t *cpu)
     free(z);
 }
 
+static void test_seq(const stk__backend_t *cpu)
+{
+    const int64_t n = 5, t = 6, f = 7, rows = 9, lengths[5] = {6, 1, 0, 3, 5};
+    int64_t idx[5] = {3, 8, 0, 3, 5};
+    float *src = fbuf(rows * f), *g = fbuf(n * f), *kg = fbuf(n * f);
+    float *x = fbuf(n * t * f), *dy = fbuf(n * f), *y = fbuf(n * f), *ky = fbuf(n * f);
+    float *dx = fbuf(n * t * f), *kdx = fbuf(n * t * f);
+    fill(src, rows * f, 30, 1.0f);
+    fill(x, n * t * f, 31, 1.0f);
+    fill(dy, n * f, 32, 1.0f);
+    OK(cpu->iface->gather_rows(cpu->ctx, n, f, rows, idx, src, g));
+    int bad = 0, any = 0;
+    for (int64_t e = 0; e < n * f; e++) {
+        kg[e] = kb_gather_at(e, f, rows, idx, src, &bad);
+        any |= bad;
+    }
+    EXPECT(!any, "gather: an index in range was taken for a bad one");
+    close_enough("gather rows", kg, g, (size_t)(n * f), 0, 0);
+    idx[2] = rows;
+    kb_gather_at(2 * f, f, rows, idx, src, &bad);
+    EXPECT(bad, "gather: index %lld of %lld rows not flagged", (long long)rows, (long long)rows);
+    for (int mean = 0; mean < 2; mean++) {
+        cpu->iface->seq_pool_forward(cpu->ctx, mean, n, t, f, lengths, x, y);
+        cpu->iface->seq_pool_backward(cpu->ctx, mean, n, t, f, lengths, dy, dx);
+        for (int64_t e = 0; e < n * f; e++)
+            ky[e] = kb_seq_pool_fwd_at(e, mean, t, f, lengths, x);
+        for (int64_t e = 0; e < n * t * f; e++)
+            kdx[e] = kb_seq_pool_bwd_at(e, mean, t, f, lengths, dy);
+        close_enough(mean ? "sequence mean" : "sequence last step", ky, y, (size_t)(n * f), 0, 0);
+        close_enough(mean ? "sequence mean backward" : "sequence last backward", kdx, dx, (size_t)(n * t * f), 0, 0);
+    }
+    free(src), free(g), free(kg), free(x), free(dy), free(y), free(ky), free(dx), free(kdx);
+}
+
 /* Every kind and flag combination, 5 steps, against the CPU's kernels:
  * the same bits, parameters and state. */
 static void test_optim(void)
@@ -338,6 +372,7 @@ int main(void)
     test_xent(&cpu, 0, 0.1f);
     test_xent(&cpu, 1, 0.2f);
     test_correct(&cpu);
+    test_seq(&cpu);
     test_optim();
     stk__backend_close(&cpu);
     printf("%d failure(s)\n", failures);

@@ -790,11 +790,14 @@ static void test_backend_errors(void **state)
     assert_int_equal(be.iface->set_threads(be.ctx, 0), -EINVAL);
     assert_true(be.iface->max_threads(be.ctx) >= 1);
     stk__backend_close(&be);
-    assert_int_equal(stk__backend_open(&be, STK_DEVICE_CUDA), STK_EDEVICE);
+    /* No machine has GPU number 4096 (with a GPU, cuda:0 would open). */
+    assert_int_equal(stk__backend_open_index(&be, STK_DEVICE_CUDA, 4096), STK_EDEVICE);
     assert_int_equal(stk__backend_open(&be, (stk_device_t)7), STK_EDEVICE);
+    assert_int_equal(stk__backend_open_index(&be, STK_DEVICE_CPU, 1), STK_EDEVICE);
     stk_model_config_t cfg;
     stk_model_config_default(&cfg);
     cfg.device = STK_DEVICE_CUDA;
+    cfg.device_index = 4096;
     stk_model_builder_t *b = NULL;
     assert_int_equal(stk_model_builder_create(&b), 0);
     assert_int_equal(stk_model_builder_parse(b, "input shape=3\nlinear out=2", NULL), 0);

@@ -737,6 +737,44 @@ static void test_worker_killed(void **state)
     stk_dataset_destroy(&ds);
 }
 
+/* A worker killed while the other keeps every slot filled ahead of a
+ * slow consumer (main never has to wait), and with workers that are not
+ * persistent (the next epoch would start new ones): still an error
+ * naming pid and signal within the epoch, not a silently lost worker.
+ * 100 batches at 2 ms each is far over the 50 ms the loader needs. */
+static void test_worker_killed_slow_main(void **state)
+{
+    (void)state;
+    stk_dataset_t *ds = make_var_ds(400, -1, 0);
+    stk_loader_config_t c = base_cfg(2, 2);
+    c.batch_size = 4;
+    c.persistent_workers = 0;
+    stk_loader_t *l = NULL;
+    assert_int_equal(stk_loader_create(&l, ds, &c), 0);
+    stk_batch_t b;
+    assert_int_equal(stk_loader_next(l, &b), 0);
+    stk_loader_release(l, &b);
+    /* Every slot filled: the worker killed holds no batch. */
+    struct timespec settle = {0, 300000000};
+    nanosleep(&settle, NULL);
+    int pids[2];
+    assert_int_equal(stk_loader_worker_pids(l, pids, 2), 2);
+    assert_int_equal(kill(pids[1], SIGKILL), 0);
+    int rc;
+    while ((rc = stk_loader_next(l, &b)) == 0) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+        stk_loader_release(l, &b);
+    }
+    assert_int_equal(rc, STK_EWORKER);
+    char want[64];
+    snprintf(want, sizeof want, "pid %d", pids[1]);
+    assert_non_null(strstr(stk_error_message(), want));
+    assert_non_null(strstr(stk_error_message(), "SIGKILL"));
+    stk_loader_destroy(&l);
+    stk_dataset_destroy(&ds);
+}
+
 /* Checks that got is the stream ref was (every sample once, same bytes);
  * returns how many workers l respawned on the way. */
 static uint64_t same_stream(const stk_loader_t *l, const run_t *got, const run_t *ref, uint64_t n)
@@ -1262,10 +1300,14 @@ static void test_auto_workers(void **state)
     stk__test_cpus = 2;
     for (int workers_win = 0; workers_win < 2; workers_win++) {
         var_args_t a = {.n = 600, .bad = -1, .hang = -1};
+        /* Sleeps, not work, decide each case, so that a loaded machine
+         * cannot flip it: 2 workers sleeping 4 ms a record halve the
+         * time of main sleeping it; workers that sleep 8 ms a record
+         * lose to main, which does not. */
         if (workers_win)
-            a.sleep_ms = 1;
+            a.sleep_ms = 4;
         else
-            a.worker_sleep_ms = 2;
+            a.worker_sleep_ms = 8;
         stk_dataset_t *ds = NULL;
         assert_int_equal(stk_dataset_create(&ds, &var_ops, &a, sizeof a), 0);
         stk_loader_config_t c = base_cfg(workers_win ? 3 : 0, 0); /* whichever is quick */
@@ -2239,6 +2281,7 @@ int main(void)
         cmocka_unit_test(test_var_fields_and_corrupt),
         cmocka_unit_test(test_resume),
         cmocka_unit_test(test_worker_killed),
+        cmocka_unit_test(test_worker_killed_slow_main),
         cmocka_unit_test(test_worker_hung),
         cmocka_unit_test(test_worker_init),
         cmocka_unit_test(test_limits_and_config),

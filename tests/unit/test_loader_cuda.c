@@ -4,10 +4,11 @@
  * straight from their slots, and workers that hold no CUDA state.
  *
  *   clean: stk_loader_forkserver_start() before CUDA, as stoker-train
- *          does; then CUDA, then the loader. Workers must map nothing of
- *          the driver (/dev/nvidia*) while the main process does.
- *   late:  CUDA first and no early server: the loader still works (the
- *          library warns), which is what the loader issue asks for.
+ *          does; then the engine on the GPU (a model planned, one step),
+ *          then the loader. Workers must map nothing of the driver
+ *          (/dev/nvidia*) while the main process does.
+ *   late:  the engine on the GPU first and no early server: the loader
+ *          still works (the library warns).
  *
  * Each batch is checked three ways: against a loader without workers and
  * without pinning, byte for byte; as registered host memory
@@ -227,6 +228,37 @@ static int run(const char *what, int clean)
     return 0;
 }
 
+/* The engine touches CUDA the way a training program does: a model on
+ * the GPU, planned, with one forward and backward on device memory. The
+ * loader created after it must still start clean workers. */
+static stk_model_t *engine_on_gpu(void)
+{
+    static const char *const text = "input name=x shape=3,64,64\n"
+                                    "conv2d name=c out=8 kernel=3 stride=2 pad=1\n"
+                                    "batchnorm2d name=bn\nrelu name=r\nglobal_avgpool name=g\nflatten name=f\n"
+                                    "linear name=fc out=10\ncross_entropy name=loss\n";
+    stk_model_builder_t *b = NULL;
+    STK(stk_model_builder_create(&b));
+    STK(stk_model_builder_parse(b, text, "engine_on_gpu"));
+    stk_model_config_t mc;
+    stk_model_config_default(&mc);
+    mc.batch_size = 4;
+    mc.device = STK_DEVICE_CUDA;
+    stk_model_t *m = NULL;
+    STK(stk_model_create(&m, b, &mc));
+    stk_model_builder_destroy(&b);
+    float *x = NULL;
+    CU(cudaMalloc((void **)&x, 4 * IMG * sizeof(float)));
+    CU(cudaMemset(x, 0, 4 * IMG * sizeof(float)));
+    int64_t labels[4] = {1, 2, 3, 4};
+    float loss = 0;
+    STK(stk_model_forward(m, x, 4, labels, NULL, &loss));
+    STK(stk_model_backward(m));
+    CU(cudaFree(x));
+    printf("engine: a model on the GPU, loss %.4f before the loader\n", (double)loss);
+    return m;
+}
+
 /* Exit 77 (skip) without a usable GPU, unless STK_REQUIRE_GPU=1. */
 static void need_gpu(void)
 {
@@ -253,8 +285,10 @@ int main(void)
     if (pid == 0) {
         STK(stk_loader_forkserver_start());
         need_gpu();
-        CU(cudaFree(0));
-        _exit(run("clean", 1));
+        stk_model_t *m = engine_on_gpu();
+        int rc = run("clean", 1);
+        stk_model_destroy(&m);
+        _exit(rc);
     }
     int ws = 0;
     CHECK(waitpid(pid, &ws, 0) == pid, "waitpid");
@@ -264,9 +298,10 @@ int main(void)
     CHECK(WEXITSTATUS(ws) == 0, "clean case failed (exit %d)", WEXITSTATUS(ws));
 
     need_gpu();
-    CU(cudaFree(0));
+    stk_model_t *m = engine_on_gpu();
     pin_calls = unpin_calls = 0;
     run("late", 0);
+    stk_model_destroy(&m);
     CHECK(warned_cuda, "late: no warning that the fork server started after CUDA");
     stk_loader_forkserver_stop();
     printf("ok\n");

@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: MIT */
+/* Feeding a model on a device: page-locking the loader's arena for it
+ * (the loader's pin hooks) and a double-buffered feed that copies batch
+ * k + 1 on the backend's copy queue while step k computes (engine.h,
+ * "feeding a device"). A backend without the feed slots but with device
+ * memory of its own copies with upload; a host-memory backend (CPU) needs
+ * no copy at all. */
+#include "model.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+int stk_model_pin_host(void *addr, size_t bytes, void *model)
+{
+    stk_model_t *m = model;
+    if (!m || (!addr && bytes))
+        return stk__error(-EINVAL, "stk_model_pin_host: NULL argument");
+    const stk__backend_iface_t *be = m->be.iface;
+    return be->pin_host && bytes ? be->pin_host(m->be.ctx, addr, bytes) : 0;
+}
+
+void stk_model_unpin_host(void *addr, size_t bytes, void *model)
+{
+    stk_model_t *m = model;
+    (void)bytes;
+    if (m && addr && m->be.iface->unpin_host)
+        m->be.iface->unpin_host(m->be.ctx, addr);
+}
+
+struct stk_feed {
+    stk_model_t *m;
+    size_t cap;
+    int direct; /* device memory is host memory: nothing to copy */
+    int next;
+    void *buf[STK__FEED_SLOTS];
+};
+
+int stk_feed_create(stk_feed_t **out, stk_model_t *m, size_t max_bytes)
+{
+    if (!out || !m)
+        return stk__error(-EINVAL, "stk_feed_create: NULL argument");
+    *out = NULL;
+    stk_feed_t *f = calloc(1, sizeof(*f));
+    if (!f)
+        return stk__error(-ENOMEM, "feed: out of memory");
+    f->m = m;
+    f->cap = max_bytes;
+    f->direct = m->be.iface->host_memory;
+    for (int i = 0; i < STK__FEED_SLOTS && !f->direct; i++)
+        if (!(f->buf[i] = m->be.iface->alloc(m->be.ctx, max_bytes ? max_bytes : 1))) {
+            stk_feed_destroy(&f);
+            return stk__error_prefix(-ENOMEM, "feed: %zu bytes of device memory", max_bytes);
+        }
+    *out = f;
+    return 0;
+}
+
+/* The slot whose buffer dev is; -1 when none. */
+static int slot_of(const stk_feed_t *f, const void *dev)
+{
+    for (int i = 0; i < STK__FEED_SLOTS; i++)
+        if (f->buf[i] == dev)
+            return i;
+    return -1;
+}
+
+int stk_feed_put(stk_feed_t *f, const void *src, size_t bytes, const void **dev)
+{
+    if (!f || !dev || (!src && bytes))
+        return stk__error(-EINVAL, "stk_feed_put: NULL argument");
+    if (bytes > f->cap)
+        return stk__error(-ERANGE, "feed: a batch of %zu bytes, the feed was made for %zu", bytes, f->cap);
+    if (f->direct) {
+        *dev = src;
+        return 0;
+    }
+    const stk__backend_iface_t *be = f->m->be.iface;
+    int s = f->next;
+    int rc = be->feed_copy ? be->feed_copy(f->m->be.ctx, s, f->buf[s], src, bytes)
+                           : be->upload(f->m->be.ctx, f->buf[s], src, bytes);
+    if (rc < 0)
+        return rc;
+    f->next = (s + 1) % STK__FEED_SLOTS;
+    *dev = f->buf[s];
+    return 0;
+}
+
+int stk_feed_use(stk_feed_t *f, const void *dev)
+{
+    if (!f)
+        return stk__error(-EINVAL, "stk_feed_use: NULL argument");
+    if (f->direct)
+        return 0;
+    int s = slot_of(f, dev);
+    if (s < 0)
+        return stk__error(-EINVAL, "stk_feed_use: %p is not one of this feed's buffers", dev);
+    const stk__backend_iface_t *be = f->m->be.iface;
+    return be->feed_use ? be->feed_use(f->m->be.ctx, s) : 0;
+}
+
+int stk_feed_done(stk_feed_t *f, const void *dev)
+{
+    if (!f)
+        return stk__error(-EINVAL, "stk_feed_done: NULL argument");
+    if (f->direct)
+        return 0;
+    int s = slot_of(f, dev);
+    if (s < 0)
+        return stk__error(-EINVAL, "stk_feed_done: %p is not one of this feed's buffers", dev);
+    const stk__backend_iface_t *be = f->m->be.iface;
+    return be->feed_release ? be->feed_release(f->m->be.ctx, s) : 0;
+}
+
+void stk_feed_destroy(stk_feed_t **pf)
+{
+    if (!pf || !*pf)
+        return;
+    stk_feed_t *f = *pf;
+    const stk__backend_iface_t *be = f->m->be.iface;
+    /* Copies in flight still write the buffers: let them land. */
+    if (!f->direct && be->synchronize)
+        be->synchronize(f->m->be.ctx);
+    for (int i = 0; i < STK__FEED_SLOTS; i++)
+        be->free(f->m->be.ctx, f->buf[i]);
+    free(f);
+    *pf = NULL;
+}
