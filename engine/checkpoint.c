@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include "internal.h"
 #include "stoker/checkpoint.h"
+#include "checkpoint_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -34,6 +35,14 @@
 #define CK_NAME 48
 #define CK_ALIGN 64
 #define CK_MAX_SECTIONS 4096
+
+void (*stk__ckpt_test_hook)(int phase, const char *path);
+
+static void hook(int phase, const char *path)
+{
+    if (stk__ckpt_test_hook)
+        stk__ckpt_test_hook(phase, path);
+}
 
 /* Sections are checked with the same XXH64 (seed 0) as shard records. */
 uint64_t stk_ckpt_checksum(const void *data, size_t len)
@@ -176,16 +185,21 @@ int stk_ckpt_save(const char *path, const stk_ckpt_section_t *sections, size_t n
     /* The padding after the last section is part of file_size. */
     if (rc == 0 && ftruncate(fd, (off_t)file_size) != 0)
         rc = stk__error(-errno, "truncate %s: %s", tmp, strerror(errno));
+    if (rc == 0)
+        hook(STK__CKPT_WRITTEN, path);
     if (rc == 0 && fsync(fd) != 0)
         rc = stk__error(-errno, "fsync %s: %s", tmp, strerror(errno));
     if (close(fd) != 0 && rc == 0)
         rc = stk__error(-errno, "close %s: %s", tmp, strerror(errno));
+    if (rc == 0)
+        hook(STK__CKPT_SYNCED, path);
     if (rc == 0 && rename(tmp, path) != 0)
         rc = stk__error(-errno, "rename %s to %s: %s", tmp, path, strerror(errno));
     if (rc) {
         unlink(tmp);
         return rc;
     }
+    hook(STK__CKPT_RENAMED, path);
     return fsync_parent(path);
 }
 
@@ -397,8 +411,28 @@ const char *stk_ckpt_path(const stk_ckpt_t *ck)
 
 /* ---- Directories -------------------------------------------------------- */
 
-/* Parses "ckpt-<12 digits>.stkc"; returns 1 and the step when name is one. */
-static int parse_ckpt_name(const char *name, uint64_t *step, const char **rest)
+static int valid_run(const char *run)
+{
+    size_t n = strlen(run);
+    if (n == 0 || n > STK_CKPT_RUN_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = run[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+/* One checkpoint file name taken apart: "ckpt-<12 digits>[-<run>].stkc"
+ * followed by rest ("" for a checkpoint, ".tmp-<pid>" for a temporary). */
+typedef struct ck_name {
+    uint64_t step;
+    char run[STK_CKPT_RUN_MAX + 1];
+    const char *rest;
+} ck_name_t;
+
+static int parse_ckpt_name(const char *name, ck_name_t *out)
 {
     if (strncmp(name, "ckpt-", 5) != 0)
         return 0;
@@ -408,41 +442,62 @@ static int parse_ckpt_name(const char *name, uint64_t *step, const char **rest)
             return 0;
         s = s * 10 + (uint64_t)(name[i] - '0');
     }
-    if (strncmp(name + 17, ".stkc", 5) != 0)
+    const char *p = name + 17;
+    out->run[0] = '\0';
+    if (*p == '-') {
+        const char *dot = strchr(p + 1, '.');
+        size_t n = dot ? (size_t)(dot - p - 1) : 0;
+        if (n == 0 || n > STK_CKPT_RUN_MAX)
+            return 0;
+        memcpy(out->run, p + 1, n);
+        out->run[n] = '\0';
+        if (!valid_run(out->run))
+            return 0;
+        p = dot;
+    }
+    if (strncmp(p, ".stkc", 5) != 0)
         return 0;
-    *step = s;
-    *rest = name + 22;
+    out->step = s;
+    out->rest = p + 5;
     return 1;
 }
 
-static int cmp_u64(const void *a, const void *b)
+static int cmp_entry(const void *a, const void *b)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+    const ck_name_t *x = a, *y = b;
+    int c = strcmp(x->run, y->run);
+    if (c)
+        return c;
+    return x->step < y->step ? -1 : x->step > y->step;
 }
 
-/* Collects the steps of complete checkpoints in dir (sorted ascending) and
- * removes temporary files whose writer is gone when clean is set. */
-static int scan_dir(const char *dir, uint64_t **steps, size_t *count, int clean)
+/* Collects the complete checkpoints in dir, sorted by run tag then step
+ * ascending, and removes temporary files whose writer is gone when clean
+ * is set. A missing dir holds none when missing_ok. */
+static int scan_dir(const char *dir, ck_name_t **entries, size_t *count, int clean, int missing_ok)
 {
+    *entries = NULL;
+    *count = 0;
     DIR *d = opendir(dir);
-    if (!d)
+    if (!d) {
+        if (missing_ok && errno == ENOENT)
+            return 0;
         return stk__error(-errno, "open checkpoint directory %s: %s", dir, strerror(errno));
+    }
     size_t n = 0, cap = 16;
-    uint64_t *v = malloc(cap * sizeof *v);
+    ck_name_t *v = malloc(cap * sizeof *v);
     if (!v) {
         closedir(d);
         return stk__error(-ENOMEM, "out of memory");
     }
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        uint64_t step;
-        const char *rest;
-        if (!parse_ckpt_name(de->d_name, &step, &rest))
+        ck_name_t e;
+        if (!parse_ckpt_name(de->d_name, &e))
             continue;
-        if (rest[0] == '\0') {
+        if (e.rest[0] == '\0') {
             if (n == cap) {
-                uint64_t *nv = realloc(v, 2 * cap * sizeof *v);
+                ck_name_t *nv = realloc(v, 2 * cap * sizeof *v);
                 if (!nv) {
                     free(v);
                     closedir(d);
@@ -451,40 +506,44 @@ static int scan_dir(const char *dir, uint64_t **steps, size_t *count, int clean)
                 v = nv;
                 cap *= 2;
             }
-            v[n++] = step;
-        } else if (clean && strncmp(rest, ".tmp-", 5) == 0) {
+            v[n++] = e;
+        } else if (clean && strncmp(e.rest, ".tmp-", 5) == 0) {
             char *endp;
-            long pid = strtol(rest + 5, &endp, 10);
+            long pid = strtol(e.rest + 5, &endp, 10);
             if (*endp == '\0' && pid > 0 && pid != (long)getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH)
                 unlinkat(dirfd(d), de->d_name, 0);
         }
     }
     closedir(d);
-    qsort(v, n, sizeof *v, cmp_u64);
-    *steps = v;
+    qsort(v, n, sizeof *v, cmp_entry);
+    *entries = v;
     *count = n;
     return 0;
 }
 
-static int ckpt_name(char *buf, size_t cap, const char *dir, uint64_t step)
+static int ckpt_name(char *buf, size_t cap, const char *dir, const char *run, uint64_t step)
 {
-    int w = snprintf(buf, cap, "%s/ckpt-%012llu.stkc", dir, (unsigned long long)step);
+    int w = run && run[0] ? snprintf(buf, cap, "%s/ckpt-%012llu-%s.stkc", dir, (unsigned long long)step, run)
+                          : snprintf(buf, cap, "%s/ckpt-%012llu.stkc", dir, (unsigned long long)step);
     if (w < 0 || (size_t)w >= cap)
         return stk__error(-ENAMETOOLONG, "checkpoint path too long in %s", dir);
     return 0;
 }
 
-int stk_ckpt_dir_save(const char *dir, uint64_t step, const stk_ckpt_section_t *sections, size_t n,
+int stk_ckpt_dir_save(const char *dir, const char *run, uint64_t step, const stk_ckpt_section_t *sections, size_t n,
                       unsigned keep_last, char *path_out, size_t cap)
 {
     if (!dir)
         return stk__error(-EINVAL, "stk_ckpt_dir_save: NULL dir");
+    if (run && !valid_run(run))
+        return stk__error(STK_ECONFIG, "checkpoint run tag '%.40s' is not 1..%d characters of [0-9A-Za-z_]", run,
+                          STK_CKPT_RUN_MAX);
     if (step > 999999999999ull)
         return stk__error(STK_ECONFIG, "checkpoint step %llu has more than 12 digits", (unsigned long long)step);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return stk__error(-errno, "create checkpoint directory %s: %s", dir, strerror(errno));
     char path[4096];
-    int rc = ckpt_name(path, sizeof path, dir, step);
+    int rc = ckpt_name(path, sizeof path, dir, run, step);
     if (rc)
         return rc;
     rc = stk_ckpt_save(path, sections, n);
@@ -492,38 +551,91 @@ int stk_ckpt_dir_save(const char *dir, uint64_t step, const stk_ckpt_section_t *
         return rc;
     if (path_out && cap > strlen(path))
         strcpy(path_out, path);
-    uint64_t *steps;
+    hook(STK__CKPT_PRUNE, path);
+    ck_name_t *v;
     size_t count;
-    rc = scan_dir(dir, &steps, &count, 1);
+    rc = scan_dir(dir, &v, &count, 1, 0);
     if (rc)
         return rc;
-    if (keep_last > 0 && count > keep_last) {
-        for (size_t i = 0; i + keep_last < count; i++) {
-            char old[4096];
-            if (ckpt_name(old, sizeof old, dir, steps[i]) == 0 && unlink(old) != 0 && errno != ENOENT) {
-                rc = stk__error(-errno, "remove old checkpoint %s: %s", old, strerror(errno));
-                break;
-            }
+    /* This run's entries are one sorted stretch of v. */
+    const char *tag = run ? run : "";
+    size_t first = 0, mine = 0;
+    while (first < count && strcmp(v[first].run, tag) != 0)
+        first++;
+    while (first + mine < count && strcmp(v[first + mine].run, tag) == 0)
+        mine++;
+    for (size_t i = 0; keep_last > 0 && i + keep_last < mine; i++) {
+        char old[4096];
+        if (ckpt_name(old, sizeof old, dir, tag, v[first + i].step) == 0 && unlink(old) != 0 && errno != ENOENT) {
+            rc = stk__error(-errno, "remove old checkpoint %s: %s", old, strerror(errno));
+            break;
         }
     }
-    free(steps);
+    free(v);
     return rc;
 }
 
-int stk_ckpt_dir_latest(const char *dir, char *path, size_t cap)
+int stk_ckpt_dir_latest(const char *dir, const char *run, char *path, size_t cap)
 {
     if (!dir || !path)
         return stk__error(-EINVAL, "stk_ckpt_dir_latest: NULL argument");
-    uint64_t *steps;
+    ck_name_t *v;
     size_t count;
-    int rc = scan_dir(dir, &steps, &count, 0);
+    int rc = scan_dir(dir, &v, &count, 0, 0);
     if (rc)
         return rc;
-    if (count == 0) {
-        free(steps);
+    const ck_name_t *best = NULL;
+    for (size_t i = 0; i < count; i++) {
+        if (run && strcmp(v[i].run, run) != 0)
+            continue;
+        if (!run && best && strcmp(best->run, v[i].run) != 0) {
+            char names[256];
+            size_t used = 0;
+            names[0] = '\0';
+            for (size_t j = 0; j < count; j++)
+                if (j == 0 || strcmp(v[j].run, v[j - 1].run) != 0) {
+                    int w = snprintf(names + used, sizeof names - used, "%s'%s'", used ? ", " : "",
+                                     v[j].run[0] ? v[j].run : "(untagged)");
+                    if (w < 0 || (size_t)w >= sizeof names - used)
+                        break;
+                    used += (size_t)w;
+                }
+            free(v);
+            return stk__error(STK_ESTATE, "%s holds checkpoints of more than one run (%s): name the run or a file",
+                              dir, names);
+        }
+        best = &v[i]; /* ascending steps within a run */
+    }
+    if (!best) {
+        free(v);
+        if (run)
+            return stk__error(STK_ENOTFOUND, "no checkpoint of run '%s' (ckpt-*-%s.stkc) in %s", run, run, dir);
         return stk__error(STK_ENOTFOUND, "no checkpoint (ckpt-*.stkc) in %s", dir);
     }
-    rc = ckpt_name(path, cap, dir, steps[count - 1]);
-    free(steps);
+    rc = ckpt_name(path, cap, dir, best->run, best->step);
+    free(v);
     return rc;
+}
+
+int stk_ckpt_dir_runs(const char *dir, char (*runs)[STK_CKPT_RUN_MAX + 1], size_t n, size_t *count)
+{
+    if (!dir || (!runs && n))
+        return stk__error(-EINVAL, "stk_ckpt_dir_runs: NULL argument");
+    ck_name_t *v;
+    size_t total;
+    int rc = scan_dir(dir, &v, &total, 0, 1);
+    if (rc)
+        return rc;
+    size_t k = 0;
+    for (size_t i = 0; i < total; i++) {
+        if (i > 0 && strcmp(v[i].run, v[i - 1].run) == 0)
+            continue;
+        if (k < n)
+            strcpy(runs[k], v[i].run);
+        k++;
+    }
+    free(v);
+    if (count)
+        *count = k;
+    return 0;
 }

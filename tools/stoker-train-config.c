@@ -30,6 +30,7 @@ typedef struct key_def {
 #define STR(f) OFF(f), sizeof(((train_config_t *)0)->f)
 
 static const key_def_t keys[] = {
+    {"run_dir", K_PATH, STR(run_dir), 0, 0, NULL},
     {"train_data", K_PATH, STR(train_data), 0, 0, NULL},
     {"test_data", K_PATH, STR(test_data), 0, 0, NULL},
     {"model", K_PATH, STR(model), 0, 0, NULL},
@@ -42,6 +43,7 @@ static const key_def_t keys[] = {
     {"optimizer", K_STR, STR(optimizer), 0, 0, NULL},
     {"scheduler", K_STR, STR(scheduler), 0, 0, NULL},
     {"epochs", K_INT, OFF(epochs), 0, 1, 1e6, NULL},
+    {"clip_norm", K_F64, OFF(clip_norm), 0, 0, 1e12, NULL},
     {"stop_after_epochs", K_INT, OFF(stop_after_epochs), 0, 0, 1e6, NULL},
     {"batch_size", K_INT, OFF(batch_size), 0, 1, 1 << 20, NULL},
     {"eval_batch_size", K_INT, OFF(eval_batch_size), 0, 0, 1 << 20, NULL},
@@ -51,12 +53,15 @@ static const key_def_t keys[] = {
     {"prefetch", K_INT, OFF(prefetch), 0, 1, 64, NULL},
     {"seed", K_U64, OFF(seed), 0, 0, 1.9e19, NULL},
     {"threads", K_INT, OFF(threads), 0, 0, 1024, NULL},
+    {"timeout", K_INT, OFF(timeout), 0, 0, 86400, NULL},
+    {"stop_grace", K_INT, OFF(stop_grace), 0, 1, 86400, NULL},
     {"checkpoint_dir", K_PATH, STR(checkpoint_dir), 0, 0, NULL},
     {"keep_last", K_INT, OFF(keep_last), 0, 0, 1 << 20, NULL},
     {"checkpoint_steps", K_INT, OFF(checkpoint_steps), 0, 0, 1 << 30, NULL},
     {"metrics", K_PATH, STR(metrics), 0, 0, NULL},
     {"plot", K_PATH, STR(plot), 0, 0, NULL},
     {"progress", K_ENUM, 0, 0, 0, 0, "auto|on|off"},
+    {"progress_every", K_INT, OFF(progress_every), 0, 1, 86400, NULL},
     {"profile", K_BOOL, OFF(profile), 0, 0, 1, NULL},
 };
 
@@ -76,7 +81,13 @@ void train_config_default(train_config_t *cfg)
     cfg->threads = 0;
     cfg->keep_last = 3;
     cfg->progress = -1;
+    cfg->progress_every = 30;
+    cfg->stop_grace = 30;
 }
+
+_Static_assert(sizeof keys / sizeof keys[0] <= sizeof((train_config_t *)0)->origin /
+                                                 sizeof((train_config_t *)0)->origin[0],
+               "train_config_t.origin has a slot per key");
 
 static int errf(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int errf(char *err, size_t cap, const char *fmt, ...)
@@ -227,7 +238,7 @@ static void strip_comment(char *s)
         }
 }
 
-static int apply_kv(train_config_t *cfg, char *line, const char *where, char *err, size_t cap)
+static int apply_kv(train_config_t *cfg, char *line, const char *where, const char *origin, char *err, size_t cap)
 {
     char *eq = strchr(line, '=');
     if (!eq)
@@ -243,7 +254,10 @@ static int apply_kv(train_config_t *cfg, char *line, const char *where, char *er
             return errf(err, cap, "%sunknown key '%s' (did you mean '%s'?)", where, key, s);
         return errf(err, cap, "%sunknown key '%s'", where, key);
     }
-    return set_value(cfg, k, val, where, err, cap);
+    int rc = set_value(cfg, k, val, where, err, cap);
+    if (rc == 0)
+        snprintf(cfg->origin[k - keys], sizeof cfg->origin[0], "%s", origin);
+    return rc;
 }
 
 int train_config_parse(train_config_t *cfg, const char *text, const char *origin, char *err, size_t errcap)
@@ -263,7 +277,9 @@ int train_config_parse(train_config_t *cfg, const char *text, const char *origin
         if (t[0]) {
             char where[TRAIN_PATH_MAX + 32];
             snprintf(where, sizeof where, "%s:%d: ", origin, lineno);
-            rc = apply_kv(cfg, t, where, err, errcap);
+            char at[TRAIN_PATH_MAX + 16];
+            snprintf(at, sizeof at, "%s:%d", origin, lineno);
+            rc = apply_kv(cfg, t, where, at, err, errcap);
         }
         free(line);
         if (rc)
@@ -319,23 +335,62 @@ int train_config_set(train_config_t *cfg, const char *assignment, char *err, siz
         return errf(err, errcap, "out of memory");
     char where[TRAIN_SPEC_MAX + 32];
     snprintf(where, sizeof where, "--set %.*s: ", TRAIN_SPEC_MAX, assignment);
-    int rc = apply_kv(cfg, copy, where, err, errcap);
+    int rc = apply_kv(cfg, copy, where, "--set", err, errcap);
     free(copy);
     return rc;
 }
 
-int train_config_check(const train_config_t *cfg, char *err, size_t errcap)
+/* key's slot in origin[] */
+static size_t key_index(const char *name)
 {
+    const key_def_t *k = find_key(name);
+    return k ? (size_t)(k - keys) : 0;
+}
+
+const char *train_config_where(const train_config_t *cfg, const char *key, char *buf, size_t cap)
+{
+    const key_def_t *k = find_key(key);
+    const char *o = k ? cfg->origin[k - keys] : "";
+    snprintf(buf, cap, "%s%skey '%s'", o, o[0] ? ": " : "", key);
+    return buf;
+}
+
+/* A path under run_dir for an output key left empty. */
+static int run_default(train_config_t *cfg, char *dst, size_t cap, const char *key, const char *name, char *err,
+                       size_t errcap)
+{
+    if (dst[0] || !cfg->run_dir[0])
+        return 0;
+    int w = snprintf(dst, cap, "%s/%s", cfg->run_dir, name);
+    if (w < 0 || (size_t)w >= cap)
+        return errf(err, errcap, "key 'run_dir': %s/%s is longer than %zu characters", cfg->run_dir, name, cap - 1);
+    snprintf(cfg->origin[key_index(key)], sizeof cfg->origin[0], "%s", cfg->origin[key_index("run_dir")]);
+    return 0;
+}
+
+int train_config_check(train_config_t *cfg, const char *path, char *err, size_t errcap)
+{
+    if (run_default(cfg, cfg->checkpoint_dir, sizeof cfg->checkpoint_dir, "checkpoint_dir", "checkpoints", err,
+                    errcap) ||
+        run_default(cfg, cfg->metrics, sizeof cfg->metrics, "metrics", "metrics.jsonl", err, errcap))
+        return -1;
     static const char *required[] = {"train_data", "test_data", "model"};
     const char *vals[] = {cfg->train_data, cfg->test_data, cfg->model};
-    for (int i = 0; i < 3; i++)
-        if (!vals[i][0])
-            return errf(err, errcap, "key '%s' is required", required[i]);
+    char where[TRAIN_PATH_MAX + 64];
+    for (int i = 0; i < 3; i++) {
+        if (vals[i][0])
+            continue;
+        if (cfg->origin[key_index(required[i])][0])
+            return errf(err, errcap, "%s is empty", train_config_where(cfg, required[i], where, sizeof where));
+        return errf(err, errcap, "%s: key '%s' is required", path, required[i]);
+    }
     if (cfg->stop_after_epochs > cfg->epochs)
-        return errf(err, errcap, "key 'stop_after_epochs': %d is more than epochs (%d)", cfg->stop_after_epochs,
+        return errf(err, errcap, "%s: %d is more than epochs (%d)",
+                    train_config_where(cfg, "stop_after_epochs", where, sizeof where), cfg->stop_after_epochs,
                     cfg->epochs);
     if (cfg->checkpoint_steps && !cfg->checkpoint_dir[0])
-        return errf(err, errcap, "key 'checkpoint_steps': needs checkpoint_dir");
+        return errf(err, errcap, "%s: needs checkpoint_dir",
+                    train_config_where(cfg, "checkpoint_steps", where, sizeof where));
     return 0;
 }
 
@@ -382,25 +437,46 @@ void train_config_eval_augment(const train_config_t *cfg, char *buf, size_t cap)
         snprintf(buf, cap, "%s", cfg->test_augment);
         return;
     }
-    /* Keep only the normalize steps: evaluation sees the data as the model
-     * does after augmentation, without the random parts. */
-    buf[0] = '\0';
+    /* Evaluation sees the data as the model does after augmentation,
+     * without the random parts. */
+    if (stk_train_normalize_spec(cfg->augment, buf, cap) != 0)
+        buf[0] = '\0';
+}
+
+void train_config_diff(const train_config_t *a, const train_config_t *b, const char *list, char *buf, size_t cap)
+{
     size_t used = 0;
-    const char *p = cfg->augment;
-    while (*p) {
-        const char *bar = strchr(p, '|');
-        size_t len = bar ? (size_t)(bar - p) : strlen(p);
-        while (len && isspace((unsigned char)*p)) {
-            p++;
-            len--;
+    buf[0] = '\0';
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s", list);
+    for (char *save = NULL, *name = strtok_r(tmp, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+        const key_def_t *k = find_key(name);
+        if (!k)
+            continue;
+        const char *pa = (const char *)a + k->off, *pb = (const char *)b + k->off;
+        int same;
+        switch (k->type) {
+        case K_STR:
+        case K_PATH:
+            same = strcmp(pa, pb) == 0;
+            break;
+        case K_U64:
+            same = *(const uint64_t *)pa == *(const uint64_t *)pb;
+            break;
+        case K_F64:
+            same = *(const double *)pa == *(const double *)pb;
+            break;
+        case K_ENUM:
+            same = 1;
+            break;
+        default:
+            same = *(const int *)pa == *(const int *)pb;
+            break;
         }
-        if (len >= 9 && !strncmp(p, "normalize", 9) && (len == 9 || p[9] == ':' || isspace((unsigned char)p[9]))) {
-            int w = snprintf(buf + used, cap - used, "%s%.*s", used ? "|" : "", (int)len, p);
+        if (!same) {
+            int w = snprintf(buf + used, cap - used, "%s%s", used ? ", " : "", name);
             if (w > 0 && (size_t)w < cap - used)
                 used += (size_t)w;
         }
-        p += len + (bar ? 1 : 0);
-        if (!bar)
-            break;
     }
 }

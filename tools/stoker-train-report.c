@@ -20,13 +20,15 @@ static void json_num(FILE *f, const char *key, double v, int last)
         fprintf(f, "\"%s\":null%s", key, last ? "" : ",");
 }
 
-int train_metrics_write(FILE *f, const train_epoch_stats_t *s)
+int train_metrics_write(FILE *f, const char *run_id, const stk_train_epoch_t *s)
 {
-    fprintf(f, "{\"epoch\":%d,\"step\":%llu,", s->epoch, (unsigned long long)s->step);
+    fprintf(f, "{\"run\":\"%s\",\"epoch\":%llu,\"step\":%llu,", run_id, (unsigned long long)s->epoch,
+            (unsigned long long)s->step);
     json_num(f, "train_loss", s->train_loss, 0);
     json_num(f, "train_acc", s->train_acc, 0);
     json_num(f, "test_loss", s->test_loss, 0);
     json_num(f, "test_acc", s->test_acc, 0);
+    json_num(f, "test_top5", s->test_topk, 0);
     json_num(f, "lr", s->lr, 0);
     json_num(f, "images_per_s", s->images_per_s, 0);
     json_num(f, "data_wait", s->data_wait, 0);
@@ -37,16 +39,47 @@ int train_metrics_write(FILE *f, const train_epoch_stats_t *s)
     return 0;
 }
 
-void train_summary_print(FILE *f, const train_epoch_stats_t *hist, size_t n)
+void train_summary_print(FILE *f, const stk_train_epoch_t *hist, size_t n)
 {
     fprintf(f, "%5s %8s %10s %9s %10s %9s %10s %9s %8s %7s\n", "epoch", "step", "train_loss", "train_acc",
             "test_loss", "test_acc", "lr", "images/s", "wait", "time_s");
     for (size_t i = 0; i < n; i++) {
-        const train_epoch_stats_t *s = &hist[i];
-        fprintf(f, "%5d %8llu %10.4f %8.2f%% %10.4f %8.2f%% %10.3g %9.0f %7.2f%% %7.1f\n", s->epoch,
+        const stk_train_epoch_t *s = &hist[i];
+        fprintf(f, "%5llu %8llu %10.4f %8.2f%% %10.4f %8.2f%% %10.3g %9.0f %7.2f%% %7.1f\n",
+                (unsigned long long)s->epoch,
                 (unsigned long long)s->step, s->train_loss, 100 * s->train_acc, s->test_loss, 100 * s->test_acc,
                 s->lr, s->images_per_s, 100 * s->data_wait, s->epoch_s);
     }
+}
+
+int train_metrics_run(const char *path, char *run_id, size_t cap, size_t *lines)
+{
+    run_id[0] = '\0';
+    *lines = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return errno == ENOENT ? 0 : -errno;
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        if (*lines == 0) {
+            const char *p = strstr(line, "\"run\":\"");
+            if (p) {
+                p += 7;
+                const char *q = strchr(p, '"');
+                if (q && (size_t)(q - p) < cap) {
+                    memcpy(run_id, p, (size_t)(q - p));
+                    run_id[q - p] = '\0';
+                }
+            } else if (cap > 1) {
+                run_id[0] = '?'; /* a line without a run: an older stoker-train's */
+                run_id[1] = '\0';
+            }
+        }
+        (*lines)++;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    return bad ? -EIO : 0;
 }
 
 /* ---- SVG ---------------------------------------------------------------- */
@@ -96,7 +129,7 @@ static void axes(FILE *f, const panel_t *p, double max_epoch, int percent)
             p->y + p->h + 28);
 }
 
-static void series(FILE *f, const panel_t *p, const train_epoch_stats_t *hist, size_t n, size_t field_off,
+static void series(FILE *f, const panel_t *p, const stk_train_epoch_t *hist, size_t n, size_t field_off,
                    const char *color, const char *label, int slot)
 {
     double max_epoch = n ? hist[n - 1].epoch : 1;
@@ -119,7 +152,7 @@ static void series(FILE *f, const panel_t *p, const train_epoch_stats_t *hist, s
     fprintf(f, "<text x='%.1f' y='%.1f' font-size='10'>%s</text>\n", p->x + p->w - 68, ly + 3, label);
 }
 
-static void range_of(const train_epoch_stats_t *hist, size_t n, const size_t *offs, size_t noffs, double *lo,
+static void range_of(const stk_train_epoch_t *hist, size_t n, const size_t *offs, size_t noffs, double *lo,
                      double *hi, int zero_floor)
 {
     *lo = INFINITY;
@@ -148,7 +181,7 @@ static void range_of(const train_epoch_stats_t *hist, size_t n, const size_t *of
     *hi += pad;
 }
 
-int train_plot_svg(const char *path, const train_epoch_stats_t *hist, size_t n)
+int train_plot_svg(const char *path, const stk_train_epoch_t *hist, size_t n)
 {
     char tmp[TRAIN_PATH_MAX + 32];
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
@@ -163,9 +196,9 @@ int train_plot_svg(const char *path, const train_epoch_stats_t *hist, size_t n)
     panel_t loss = {"loss", 60, 40, 280, 240, 0, 1};
     panel_t acc = {"accuracy", 420, 40, 280, 240, 0, 1};
     panel_t lr = {"learning rate", 780, 40, 280, 240, 0, 1};
-    size_t loss_offs[] = {offsetof(train_epoch_stats_t, train_loss), offsetof(train_epoch_stats_t, test_loss)};
-    size_t acc_offs[] = {offsetof(train_epoch_stats_t, train_acc), offsetof(train_epoch_stats_t, test_acc)};
-    size_t lr_offs[] = {offsetof(train_epoch_stats_t, lr)};
+    size_t loss_offs[] = {offsetof(stk_train_epoch_t, train_loss), offsetof(stk_train_epoch_t, test_loss)};
+    size_t acc_offs[] = {offsetof(stk_train_epoch_t, train_acc), offsetof(stk_train_epoch_t, test_acc)};
+    size_t lr_offs[] = {offsetof(stk_train_epoch_t, lr)};
     range_of(hist, n, loss_offs, 2, &loss.lo, &loss.hi, 1);
     range_of(hist, n, acc_offs, 2, &acc.lo, &acc.hi, 0);
     if (acc.hi > 1)

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Internals of stoker-train shared by its source files: the run
- * configuration (parsed from a key = value file plus --set overrides), the
- * per-epoch metrics record, and the report writers (JSON lines, SVG plot,
- * summary table). Not a library API: only the tool and its tests use it. */
+ * configuration (parsed from a key = value file plus --set overrides, each
+ * value remembering the file and line it came from) and the report writers
+ * (JSON lines, SVG plot, summary table). Not a library API: only the tool
+ * uses it; tests run the tool. */
 #ifndef STOKER_TRAIN_TOOL_H
 #define STOKER_TRAIN_TOOL_H
 
@@ -10,11 +11,16 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "stoker/train.h"
+
 #define TRAIN_PATH_MAX 1024
 #define TRAIN_SPEC_MAX 512
 #define TRAIN_NAME_MAX 32
 
 typedef struct train_config {
+    /* where a run's outputs go by default: <run_dir>/checkpoints,
+     * <run_dir>/metrics.jsonl (and .svg) */
+    char run_dir[TRAIN_PATH_MAX];
     /* data and model */
     char train_data[TRAIN_PATH_MAX];
     char test_data[TRAIN_PATH_MAX];
@@ -29,6 +35,9 @@ typedef struct train_config {
     char scheduler[TRAIN_SPEC_MAX]; /* "warmup:1ep,start=0.1|cosine" */
     /* loop */
     int epochs;
+    double clip_norm;          /* 0 = off */
+    int timeout;               /* seconds a batch may take (workers); 0 = wait forever */
+    int stop_grace;            /* seconds a stop may take before the run exits at once */
     int stop_after_epochs; /* 0 = run to `epochs`; else stop (and checkpoint) early */
     int batch_size, eval_batch_size, accum_steps;
     int drop_last;
@@ -42,7 +51,11 @@ typedef struct train_config {
     char metrics[TRAIN_PATH_MAX];
     char plot[TRAIN_PATH_MAX]; /* "" = metrics path with .svg */
     int progress;              /* -1 auto (terminal), 0 off, 1 on */
+    int progress_every;        /* seconds between progress lines in a log */
     int profile;               /* per-layer and per-phase timing at the end */
+    /* Where each key's value came from ("file:line", "--set"), by key
+     * index; "" for a default. */
+    char origin[40][TRAIN_PATH_MAX + 16];
 } train_config_t;
 
 void train_config_default(train_config_t *cfg);
@@ -54,33 +67,83 @@ int train_config_load(train_config_t *cfg, const char *path, char *err, size_t e
 /* Applies one "key=value" (from --set). */
 int train_config_set(train_config_t *cfg, const char *assignment, char *err, size_t errcap);
 /* Cross-field checks after parsing (required keys present, stop before
- * the end). The optimizer and scheduler texts are checked by optim.h's
- * parsers when the run is set up. */
-int train_config_check(const train_config_t *cfg, char *err, size_t errcap);
+ * the end; errors cite the value's file:line, or path), and the defaults
+ * run_dir gives. The optimizer and scheduler
+ * texts are checked by optim.h's parsers when the run is set up. */
+int train_config_check(train_config_t *cfg, const char *path, char *err, size_t errcap);
+/* "file:line: key 'k'" (or "--set: key 'k'", or "key 'k'" for a default)
+ * into buf: how an error about a key's value starts. */
+const char *train_config_where(const train_config_t *cfg, const char *key, char *buf, size_t cap);
 /* Writes every key as "key = value" lines (the effective config). */
 int train_config_format(const train_config_t *cfg, char *buf, size_t cap);
 /* The test-time augment spec: test_augment, or else the normalize steps
  * of augment. */
 void train_config_eval_augment(const train_config_t *cfg, char *buf, size_t cap);
+/* Names of the keys whose values differ between a and b, comma-separated,
+ * among those listed in keys ("a,b,c"); "" when none. */
+void train_config_diff(const train_config_t *a, const train_config_t *b, const char *keys, char *buf, size_t cap);
 
-/* One row of the per-epoch history (also kept in checkpoints). */
-typedef struct train_epoch_stats {
-    int epoch;          /* 1-based */
-    uint64_t step;      /* optimizer steps so far */
-    double train_loss, train_acc;
-    double test_loss, test_acc;
-    double lr;          /* at the end of the epoch */
-    double images_per_s;
-    double data_wait;   /* share of training time spent waiting for data */
-    double epoch_s;
-} train_epoch_stats_t;
+/* ---- The run (stoker-train-setup.c) ---------------------------------- */
 
-/* Appends one JSON line with the epoch's metrics. */
-int train_metrics_write(FILE *f, const train_epoch_stats_t *s);
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE 2
+#define EXIT_STOPPED 130
+
+/* One run of the tool: its config, the pieces, the state, the outputs. */
+typedef struct run {
+    train_config_t cfg;
+    const char *config_path;
+    char eval_augment[TRAIN_SPEC_MAX];
+    char plot_path[TRAIN_PATH_MAX + 8];
+    int json, force, tty, quiet;
+
+    stk_dataset_t *train_ds, *test_ds;
+    stk_sampler_t *train_sampler, *test_sampler;
+    stk_loader_t *train_loader, *test_loader;
+    stk_train_inputs_t *train_in, *test_in;
+    stk_model_t *model;
+    stk_optim_t *opt;
+    stk_sched_t *sched;
+    uint64_t batches_per_epoch, steps_per_epoch;
+
+    stk_train_state_t st;
+    char identity[256]; /* the "run" section: model and data fingerprints */
+    char resumed_from[TRAIN_PATH_MAX + 64];
+    char last_ckpt[4096];
+    FILE *metrics;
+    double t_print, compute_s, optim_s;
+    /* STK_TRAIN_TEST_PAUSE=EPOCH:BATCH: the run stops itself (SIGSTOP)
+     * after that micro-batch, once, so that a test can deliver a signal
+     * at an exact point; continued, it waits up to 1 s for the stop. */
+    uint64_t pause_epoch, pause_batch;
+} run_t;
+
+/* "stoker-train: error: ..." on stderr; returns code. */
+int train_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* An error about a key's value: "file:line: key 'k': what: message (CODE)". */
+int train_fail_key(const run_t *r, int code, const char *key, int rc, const char *what);
+/* A library error: "what: message: text (CODE)", exit status 1. */
+int train_fail_stk(int rc, const char *what);
+/* Opens the data, builds the model, loaders, optimizer and scheduler, and
+ * settles the run's identity (new, or the one resume names). Writes
+ * nothing. Returns 0 or an exit status, after its message. */
+int train_setup(run_t *r, const char *resume);
+/* Creates the checkpoint folder, the metrics file (appended to) and the
+ * plot's folder. Returns 0 or an exit status. */
+int train_open_outputs(run_t *r);
+void train_teardown(run_t *r);
+
+/* ---- Reports (stoker-train-report.c) ---------------------------------- */
+
+/* Appends one JSON line with the epoch's metrics and the run id. */
+int train_metrics_write(FILE *f, const char *run_id, const stk_train_epoch_t *s);
+/* The run id of the first line of a metrics file ("" when it has none);
+ * 0, or -errno (a missing file is 0 and ""). *lines gets the line count. */
+int train_metrics_run(const char *path, char *run_id, size_t cap, size_t *lines);
 /* Writes an SVG with three panels (loss, accuracy, lr per epoch) to path,
  * via a temporary file renamed into place. Returns 0 or -errno. */
-int train_plot_svg(const char *path, const train_epoch_stats_t *hist, size_t n);
+int train_plot_svg(const char *path, const stk_train_epoch_t *hist, size_t n);
 /* Prints the final summary table. */
-void train_summary_print(FILE *f, const train_epoch_stats_t *hist, size_t n);
+void train_summary_print(FILE *f, const stk_train_epoch_t *hist, size_t n);
 
 #endif

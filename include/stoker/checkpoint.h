@@ -66,17 +66,35 @@ STK_API const char *stk_ckpt_path(const stk_ckpt_t *ck);
 
 /* ---- Checkpoint directories ------------------------------------------ */
 
-/* Saves to "<dir>/ckpt-<step, 12 digits>.stkc" with stk_ckpt_save (dir is
- * created if missing), then deletes all but the newest keep_last checkpoints
- * (keep_last 0 keeps all) and stale temporary files of dead writers. The
- * path written goes to path_out (may be NULL) if it fits in cap.
- * Returns 0 or as stk_ckpt_save. Not safe against two writers on one dir. */
-STK_API int stk_ckpt_dir_save(const char *dir, uint64_t step, const stk_ckpt_section_t *sections,
+/* A directory may hold the checkpoints of several runs side by side: each
+ * file carries its run's tag in its name, "ckpt-<step, 12 digits>-<run>.stkc"
+ * ("ckpt-<step>.stkc" for untagged checkpoints, run NULL), so that pruning,
+ * finding the newest and listing never open a file and never touch
+ * another run's checkpoints. A run tag is 1..STK_CKPT_RUN_MAX characters
+ * from [0-9A-Za-z_]. */
+#define STK_CKPT_RUN_MAX 32
+
+/* Saves to "<dir>/ckpt-<step>[-<run>].stkc" with stk_ckpt_save (dir is
+ * created if missing), then deletes all but the newest keep_last
+ * checkpoints of the same run (untagged ones when run is NULL; keep_last 0
+ * keeps all) and stale temporary files of dead writers. Other runs' files
+ * are never touched. The path written goes to path_out (may be NULL) if it
+ * fits in cap. Returns 0, STK_ECONFIG (bad run tag, step over 12 digits),
+ * or as stk_ckpt_save. Not safe against two writers of one run on one dir. */
+STK_API int stk_ckpt_dir_save(const char *dir, const char *run, uint64_t step, const stk_ckpt_section_t *sections,
                               size_t n, unsigned keep_last, char *path_out, size_t cap);
-/* Path of the newest checkpoint (highest step) in dir. Returns 0;
- * STK_ENOTFOUND when dir holds none; -errno when dir cannot be read;
- * -ENAMETOOLONG when cap is too small. Does not validate the file. */
-STK_API int stk_ckpt_dir_latest(const char *dir, char *path, size_t cap);
+/* Path of the newest checkpoint (highest step) of run in dir. run NULL:
+ * of whichever run the directory holds; when it holds checkpoints of more
+ * than one run (the untagged ones count as one), STK_ESTATE with the runs
+ * named in the message, since "the newest" would mix runs. Returns 0;
+ * STK_ENOTFOUND when dir holds none (of that run); -errno when dir cannot
+ * be read; -ENAMETOOLONG when cap is too small. Does not validate the file. */
+STK_API int stk_ckpt_dir_latest(const char *dir, const char *run, char *path, size_t cap);
+/* The distinct run tags of the checkpoints in dir, in ascending order:
+ * the first min(n, count) go to runs[i] (each STK_CKPT_RUN_MAX + 1 bytes;
+ * "" for untagged checkpoints), the count to *count (may be NULL). A
+ * missing dir holds none. Returns 0 or -errno. */
+STK_API int stk_ckpt_dir_runs(const char *dir, char (*runs)[STK_CKPT_RUN_MAX + 1], size_t n, size_t *count);
 
 /* Checksum used for sections and the table: XXH64 (seed 0) of len bytes.
  * Exposed so that tools and tests can check a section by hand. */

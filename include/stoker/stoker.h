@@ -12,6 +12,7 @@
 #include "stoker/engine.h"
 #include "stoker/optim.h"
 #include "stoker/checkpoint.h"
+#include "stoker/train.h"
 #include "stoker/dist.h"
 
 #endif

@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* Fuzz target for the checkpoint reader and the stoker-train config parser.
- * The input is opened as a checkpoint file and every section is read; a
- * second pass rewrites the header, table and section checksums first so
- * that mutations reach the table checks behind them. The same bytes are
- * also parsed as a config text. Built with libFuzzer under -Dfuzz=true;
- * otherwise a plain main replays files and directories given on the
- * command line (CI runs the corpus). */
+/* Fuzz target for the checkpoint reader and the train-state reader behind
+ * it (meta text, history rows). The input is opened as a checkpoint file,
+ * every section is read and it is read as a train state; a second pass
+ * rewrites the header, table and section checksums first so that
+ * mutations reach the table checks and the train-state parser behind
+ * them. Built with libFuzzer under -Dfuzz=true; otherwise a plain main
+ * replays files and directories given on the command line (CI runs the
+ * corpus). */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
@@ -16,7 +17,7 @@
 
 #include "replay.h"
 #include "stoker/checkpoint.h"
-#include "../../tools/stoker-train.h"
+#include "train/train_internal.h"
 
 static int memfd = -1;
 
@@ -38,6 +39,9 @@ static void open_all(void)
         }
     }
     (void)sum;
+    stk_train_state_t st;
+    if (stk__train_state_read(ck, &st) == 0)
+        stk_train_state_clear(&st);
     stk_ckpt_close(&ck);
 }
 
@@ -88,23 +92,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     load(copy, size);
     open_all();
 
-    /* The same bytes as a config file. */
-    char *text = malloc(size + 1);
-    if (text) {
-        memcpy(text, data, size);
-        text[size] = '\0';
-        train_config_t cfg;
-        char err[512];
-        train_config_default(&cfg);
-        if (train_config_parse(&cfg, text, "fuzz", err, sizeof err) == 0) {
-            train_config_check(&cfg, err, sizeof err);
-            char buf[16384];
-            train_config_format(&cfg, buf, sizeof buf);
-            char aug[TRAIN_SPEC_MAX];
-            train_config_eval_augment(&cfg, aug, sizeof aug);
-        }
-        free(text);
-    }
     free(copy);
     return 0;
 }

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* Checkpoint files: round trip, every validation error (bad magic, other
  * version, truncation, corrupt header/table/section, wrong size), keep-last-N
- * directories, and a writer killed with SIGKILL in the middle of a save
- * leaving the previous checkpoint loadable. */
+ * directories, runs side by side in one directory (each prunes and finds
+ * only its own), and a writer killed with SIGKILL at each step of a save
+ * (stopped there by the writer's test hook) leaving the previous checkpoint
+ * loadable. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -22,6 +24,7 @@
 
 #include "internal.h"
 #include "stoker/checkpoint.h"
+#include "engine/checkpoint_internal.h"
 
 static char tmpdir[64];
 
@@ -240,9 +243,9 @@ static void test_dir_keep_last(void **state)
     (void)state;
     char dir[256], path[512], latest[512];
     path_in(dir, sizeof dir, "ckdir");
-    assert_int_equal(stk_ckpt_dir_latest(dir, latest, sizeof latest), -ENOENT);
+    assert_int_equal(stk_ckpt_dir_latest(dir, NULL, latest, sizeof latest), -ENOENT);
     assert_int_equal(mkdir(dir, 0755), 0);
-    assert_int_equal(stk_ckpt_dir_latest(dir, latest, sizeof latest), STK_ENOTFOUND);
+    assert_int_equal(stk_ckpt_dir_latest(dir, NULL, latest, sizeof latest), STK_ENOTFOUND);
 
     /* A stale temporary file from a writer that is gone (pid 0x7ffffffe
      * does not exist) is cleaned up; unrelated files are left alone. */
@@ -256,15 +259,15 @@ static void test_dir_keep_last(void **state)
     for (uint64_t step = 1; step <= 5; step++) {
         uint64_t v = step * 100;
         stk_ckpt_section_t s = {"v", &v, sizeof v};
-        assert_int_equal(stk_ckpt_dir_save(dir, step * 10, &s, 1, 3, path, sizeof path), 0);
+        assert_int_equal(stk_ckpt_dir_save(dir, NULL, step * 10, &s, 1, 3, path, sizeof path), 0);
     }
     assert_non_null(strstr(path, "ckpt-000000000050.stkc"));
     assert_int_equal(count_files(dir, ".stkc"), 3);
     assert_int_equal(count_files(dir, ".tmp-"), 0);
     assert_int_equal(count_files(dir, "notes.txt"), 1);
-    assert_int_equal(stk_ckpt_dir_latest(dir, latest, sizeof latest), 0);
+    assert_int_equal(stk_ckpt_dir_latest(dir, NULL, latest, sizeof latest), 0);
     assert_string_equal(latest, path);
-    assert_int_equal(stk_ckpt_dir_latest(dir, latest, 8), -ENAMETOOLONG);
+    assert_int_equal(stk_ckpt_dir_latest(dir, NULL, latest, 8), -ENAMETOOLONG);
     stk_ckpt_t *ck = NULL;
     assert_int_equal(stk_ckpt_open(&ck, path), 0);
     uint64_t v = 0;
@@ -273,24 +276,93 @@ static void test_dir_keep_last(void **state)
     stk_ckpt_close(&ck);
     /* keep_last 0 keeps everything. */
     stk_ckpt_section_t s = {"v", &v, sizeof v};
-    assert_int_equal(stk_ckpt_dir_save(dir, 60, &s, 1, 0, NULL, 0), 0);
+    assert_int_equal(stk_ckpt_dir_save(dir, NULL, 60, &s, 1, 0, NULL, 0), 0);
     assert_int_equal(count_files(dir, ".stkc"), 4);
-    assert_int_equal(stk_ckpt_dir_save(dir, 1000000000000ull, &s, 1, 0, NULL, 0), STK_ECONFIG);
+    assert_int_equal(stk_ckpt_dir_save(dir, NULL, 1000000000000ull, &s, 1, 0, NULL, 0), STK_ECONFIG);
 }
 
-/* Child: saves ever newer 24 MiB checkpoints whose bytes are a function of
- * the step, forever, until killed. */
+/* Two runs alternating in one directory, as two training runs pointed at
+ * the same checkpoint folder would: each keeps its own newest keep_last,
+ * finds its own newest, and never prunes the other's files. */
+static void test_dir_two_runs(void **state)
+{
+    (void)state;
+    char dir[256], path[512], latest[512];
+    path_in(dir, sizeof dir, "tworuns");
+    size_t count = 99;
+    char runs[4][STK_CKPT_RUN_MAX + 1];
+    assert_int_equal(stk_ckpt_dir_runs(dir, runs, 4, &count), 0); /* missing: none */
+    assert_int_equal(count, 0);
+    for (uint64_t i = 1; i <= 4; i++) {
+        /* Run "a" is ahead: its steps are larger than b's. */
+        uint64_t va = 1000 + i, vb = 2000 + i;
+        stk_ckpt_section_t sa = {"v", &va, sizeof va}, sb = {"v", &vb, sizeof vb};
+        assert_int_equal(stk_ckpt_dir_save(dir, "a1b2", 100 * i, &sa, 1, 2, path, sizeof path), 0);
+        assert_non_null(strstr(path, "-a1b2.stkc"));
+        assert_int_equal(stk_ckpt_dir_save(dir, "Run_B", 10 * i, &sb, 1, 2, NULL, 0), 0);
+    }
+    assert_int_equal(count_files(dir, "-a1b2.stkc"), 2);
+    assert_int_equal(count_files(dir, "-Run_B.stkc"), 2);
+    assert_int_equal(stk_ckpt_dir_latest(dir, "Run_B", latest, sizeof latest), 0);
+    assert_non_null(strstr(latest, "ckpt-000000000040-Run_B.stkc"));
+    stk_ckpt_t *ck = NULL;
+    assert_int_equal(stk_ckpt_open(&ck, latest), 0);
+    uint64_t v = 0;
+    assert_int_equal(stk_ckpt_read(ck, "v", &v, sizeof v), 0);
+    assert_int_equal(v, 2004);
+    stk_ckpt_close(&ck);
+    assert_int_equal(stk_ckpt_dir_latest(dir, "a1b2", latest, sizeof latest), 0);
+    assert_non_null(strstr(latest, "ckpt-000000000400-a1b2.stkc"));
+    /* "The newest" of a mixed folder is refused, naming both runs. */
+    assert_int_equal(stk_ckpt_dir_latest(dir, NULL, latest, sizeof latest), STK_ESTATE);
+    assert_non_null(strstr(stk_error_message(), "'Run_B', 'a1b2'"));
+    assert_int_equal(stk_ckpt_dir_latest(dir, "zz", latest, sizeof latest), STK_ENOTFOUND);
+    assert_non_null(strstr(stk_error_message(), "run 'zz'"));
+    assert_int_equal(stk_ckpt_dir_runs(dir, runs, 4, &count), 0);
+    assert_int_equal(count, 2);
+    assert_string_equal(runs[0], "Run_B");
+    assert_string_equal(runs[1], "a1b2");
+    /* Untagged saves are a third "run" and prune only untagged files. */
+    stk_ckpt_section_t s = {"v", &v, sizeof v};
+    for (uint64_t i = 1; i <= 3; i++)
+        assert_int_equal(stk_ckpt_dir_save(dir, NULL, 5000 + i, &s, 1, 1, NULL, 0), 0);
+    assert_int_equal(count_files(dir, ".stkc"), 5);
+    assert_int_equal(stk_ckpt_dir_runs(dir, runs, 1, &count), 0);
+    assert_int_equal(count, 3);
+    assert_string_equal(runs[0], "");
+    /* Bad tags are refused before anything is written. */
+    assert_int_equal(stk_ckpt_dir_save(dir, "a-b", 1, &s, 1, 0, NULL, 0), STK_ECONFIG);
+    assert_int_equal(stk_ckpt_dir_save(dir, "", 1, &s, 1, 0, NULL, 0), STK_ECONFIG);
+    assert_int_equal(stk_ckpt_dir_save(dir, "0123456789abcdef0123456789abcdef0", 1, &s, 1, 0, NULL, 0), STK_ECONFIG);
+    assert_int_equal(count_files(dir, ".stkc"), 5);
+}
+
+/* Child: saves ever newer 4 MiB checkpoints whose bytes are a function of
+ * the step; at save number stop_at it stops itself (SIGSTOP) at phase
+ * stop_phase of the save, where the parent kills it. */
+static int stop_phase;
+static uint64_t save_no, stop_at;
+
+static void stop_hook(int phase, const char *path)
+{
+    (void)path;
+    if (phase == stop_phase && save_no == stop_at)
+        raise(SIGSTOP);
+}
+
 static void saver_loop(const char *dir)
 {
-    size_t n = (24u << 20) / sizeof(uint32_t);
+    size_t n = (4u << 20) / sizeof(uint32_t);
     uint32_t *big = malloc(n * sizeof *big);
     if (!big)
         _exit(3);
+    stk__ckpt_test_hook = stop_hook;
     for (uint64_t step = 1;; step++) {
+        save_no = step;
         for (size_t i = 0; i < n; i++)
             big[i] = (uint32_t)(step * 2654435761u + i);
         stk_ckpt_section_t s[] = {{"step", &step, sizeof step}, {"big", big, n * sizeof *big}};
-        if (stk_ckpt_dir_save(dir, step, s, 2, 2, NULL, 0) != 0)
+        if (stk_ckpt_dir_save(dir, "run1", step, s, 2, 2, NULL, 0) != 0)
             _exit(2);
     }
 }
@@ -309,64 +381,59 @@ static int has_tmp(const char *dir)
     return found;
 }
 
+/* The writer is killed at each step of a save: after the write, after the
+ * fsync, after the rename, and before pruning. Each time the newest
+ * complete checkpoint loads, and is the one being written once the rename
+ * happened, the one before it otherwise. */
 static void test_kill_during_save(void **state)
 {
     (void)state;
     char dir[512];
     path_in(dir, sizeof dir, "killdir");
     assert_int_equal(mkdir(dir, 0755), 0);
-    int killed_mid_save = 0;
+    const int phases[] = {STK__CKPT_WRITTEN, STK__CKPT_SYNCED, STK__CKPT_RENAMED, STK__CKPT_PRUNE};
     for (int round = 0; round < 4; round++) {
+        stop_phase = phases[round];
+        stop_at = 3;
+        char sub[600];
+        snprintf(sub, sizeof sub, "%s/%d", dir, round);
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0)
-            saver_loop(dir);
-        /* Wait until a save of a step after the first is in progress (a
-         * temporary file exists while a complete checkpoint is there too),
-         * then kill with a small varying delay so that the kill lands in
-         * the write, the fsync or the rename. */
-        char latest[512];
-        struct timespec t0, now;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        for (;;) {
-            if (stk_ckpt_dir_latest(dir, latest, sizeof latest) == 0 && has_tmp(dir))
-                break;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if (now.tv_sec - t0.tv_sec > 30) {
-                kill(pid, SIGKILL);
-                fail_msg("saver made no progress");
-            }
-            usleep(200);
-        }
-        usleep((useconds_t)(round * 3000));
-        int tmp_at_kill = has_tmp(dir);
-        assert_int_equal(kill(pid, SIGKILL), 0);
+            saver_loop(sub);
+        /* Event-driven: the child is stopped exactly at the phase. */
         int status;
+        assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);
+        if (!WIFSTOPPED(status))
+            fail_msg("saver ended (status 0x%x) instead of stopping at phase %d", status, stop_phase);
+        int tmp_at_kill = has_tmp(sub);
+        assert_int_equal(tmp_at_kill, stop_phase <= STK__CKPT_SYNCED);
+        assert_int_equal(kill(pid, SIGKILL), 0);
         assert_int_equal(waitpid(pid, &status, 0), pid);
         assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-        killed_mid_save += tmp_at_kill;
 
-        assert_int_equal(stk_ckpt_dir_latest(dir, latest, sizeof latest), 0);
+        char latest[700];
+        assert_int_equal(stk_ckpt_dir_latest(sub, "run1", latest, sizeof latest), 0);
         stk_ckpt_t *ck = NULL;
         int rc = stk_ckpt_open(&ck, latest);
         if (rc)
             fail_msg("latest checkpoint %s does not load: %s", latest, stk_error_message());
         uint64_t step;
         assert_int_equal(stk_ckpt_read(ck, "step", &step, sizeof step), 0);
+        assert_int_equal(step, stop_phase >= STK__CKPT_RENAMED ? 3 : 2);
         const uint32_t *big;
         size_t len;
         assert_int_equal(stk_ckpt_find(ck, "big", (const void **)&big, &len), 0);
-        assert_int_equal(len, 24u << 20);
+        assert_int_equal(len, 4u << 20);
         for (size_t i = 0; i < len / 4; i += 4099)
             assert_int_equal(big[i], (uint32_t)(step * 2654435761u + i));
         stk_ckpt_close(&ck);
+        /* The next save cleans the dead writer's temporary file. */
+        uint64_t v = 1;
+        stk_ckpt_section_t s = {"step", &v, sizeof v};
+        assert_int_equal(stk_ckpt_dir_save(sub, "run1", 999999, &s, 1, 2, NULL, 0), 0);
+        assert_int_equal(has_tmp(sub), 0);
     }
-    assert_true(killed_mid_save > 0);
-    /* The next save cleans the dead writers' temporary files. */
-    uint64_t v = 1;
-    stk_ckpt_section_t s = {"step", &v, sizeof v};
-    assert_int_equal(stk_ckpt_dir_save(dir, 999999, &s, 1, 2, NULL, 0), 0);
-    assert_int_equal(has_tmp(dir), 0);
 }
 
 int main(void)
@@ -377,6 +444,7 @@ int main(void)
         cmocka_unit_test(test_save_errors),
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_dir_keep_last),
+        cmocka_unit_test(test_dir_two_runs),
         cmocka_unit_test(test_kill_during_save),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,0 +1,269 @@
+/* SPDX-License-Identifier: MIT */
+/* The training loop, top to bottom: for each epoch, position the loader
+ * (a resumed run continues at its batch), feed every batch through the
+ * stepper, checkpoint every N steps, stop at an optimizer step when asked;
+ * then evaluate, append the epoch to the history, tell the caller, and
+ * checkpoint. Everything the loop knows lives in the stk_train_state_t it
+ * is given, so a checkpoint of that state resumes it exactly: the data
+ * order and augmentation are functions of (seed, epoch, sample), dropout
+ * of (seed, micro-batch), and the rest is in the model, optimizer and
+ * scheduler states. */
+#define _GNU_SOURCE
+#include "internal.h"
+#include "stoker/train.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void stk_train_loop_config_default(stk_train_loop_config_t *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    stk_train_stepper_config_default(&cfg->stepper);
+    cfg->epochs = 1;
+    cfg->topk = 5;
+    cfg->keep_last = 3;
+}
+
+static int stopping(const stk_train_loop_config_t *cfg)
+{
+    return cfg->stop && *cfg->stop;
+}
+
+static double lr0(const stk_optim_t *opt)
+{
+    double lr = NAN;
+    stk_optim_get_lr(opt, 0, &lr);
+    return lr;
+}
+
+static int save(const stk_train_loop_config_t *cfg, const stk_train_state_t *st)
+{
+    if (!cfg->checkpoint_dir)
+        return 0;
+    stk_train_parts_t parts = {cfg->model, cfg->optim, cfg->sched};
+    char path[4096];
+    int rc = stk_train_checkpoint_save(cfg->checkpoint_dir, &parts, st, cfg->extra, cfg->n_extra, cfg->keep_last,
+                                       path, sizeof path);
+    if (rc == 0 && cfg->on_checkpoint)
+        cfg->on_checkpoint(path, st, cfg->user);
+    return rc;
+}
+
+/* A stop at an optimizer-step boundary: the checkpoint of where st stands. */
+static int stop_here(const stk_train_loop_config_t *cfg, stk_train_state_t *st, uint64_t nb)
+{
+    int rc = save(cfg, st);
+    if (rc)
+        return rc;
+    return stk__error(-EINTR, "stopped at epoch %" PRIu64 ", batch %" PRIu64 " of %" PRIu64 ", step %" PRIu64,
+                      st->epoch + 1, st->loader.batch, nb, st->step);
+}
+
+static void reset_epoch_sums(stk_train_state_t *st)
+{
+    st->ep_loss_sum = 0;
+    st->ep_correct = st->ep_seen = 0;
+    st->ep_train_s = st->ep_wait_s = 0;
+}
+
+/* Trains the batches of epoch st->epoch from st->loader on. Returns 0 when
+ * the epoch's batches are done (st->loader = (epoch, nb)), -EINTR after
+ * saving where it stopped, or an error. */
+static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *stepper, uint64_t nb,
+                       stk_train_state_t *st)
+{
+    int rc;
+    if (st->loader.epoch == st->epoch && st->loader.batch > 0) {
+        rc = stk_loader_set_state(cfg->train_loader, &st->loader);
+    } else {
+        st->loader = (stk_loader_state_t){st->epoch, 0};
+        reset_epoch_sums(st);
+        rc = stk_loader_set_epoch(cfg->train_loader, st->epoch);
+    }
+    if (rc == -EINTR)
+        return stop_here(cfg, st, nb);
+    if (rc)
+        return rc;
+    stk_model_set_train(cfg->model, 1);
+    double t_start = now_s() - st->ep_train_s;
+    /* Micro-batches of an open group count in st only once the group's
+     * optimizer step is taken: st always describes an optimizer-step
+     * boundary, so that whatever ends the loop leaves it consistent with
+     * the model, optimizer and loader position (a checkpoint of it, even
+     * after an error, resumes exactly). */
+    uint64_t micro = st->micro, open = 0, seen = 0, correct = 0;
+    double loss_sum = 0;
+    for (;;) {
+        if (open == 0 && stopping(cfg)) {
+            st->ep_train_s = now_s() - t_start;
+            return stop_here(cfg, st, nb);
+        }
+        stk_batch_t b;
+        double t0 = now_s();
+        rc = stk_loader_next(cfg->train_loader, &b);
+        st->ep_wait_s += now_s() - t0;
+        if (rc == STK_DONE)
+            break;
+        /* stk_loader_interrupt (a signal's way to end a wait on a stopped
+         * worker) stops the run; inside a group, only the wait was cut:
+         * the group is finished first. */
+        if (rc == -EINTR && open > 0)
+            continue;
+        if (rc == -EINTR) {
+            st->ep_train_s = now_s() - t_start;
+            return stop_here(cfg, st, nb);
+        }
+        if (rc)
+            return rc;
+        stk_tensor_t input, target;
+        stk_train_step_metrics_t m;
+        rc = stk_train_inputs_get(cfg->train_inputs, &b, &input, &target);
+        if (rc == 0)
+            rc = stk_train_stepper_step(stepper, &input, &target, b.number, &m);
+        uint64_t number = b.number;
+        stk_loader_release(cfg->train_loader, &b);
+        if (rc)
+            return rc;
+        micro++;
+        open++;
+        loss_sum += (double)m.loss * (double)m.samples;
+        correct += (uint64_t)m.correct;
+        seen += (uint64_t)m.samples;
+        if (m.stepped) {
+            st->micro = micro;
+            st->ep_loss_sum += loss_sum;
+            st->ep_correct += correct;
+            st->ep_seen += seen;
+            open = seen = correct = 0;
+            loss_sum = 0;
+            st->step = m.step;
+            st->loader = (stk_loader_state_t){st->epoch, number + 1};
+            st->ep_train_s = now_s() - t_start;
+            /* The end of the epoch saves anyway. */
+            if (cfg->checkpoint_steps && st->step % cfg->checkpoint_steps == 0 && number + 1 < nb &&
+                (rc = save(cfg, st)) != 0)
+                return rc;
+        }
+        if (cfg->on_step) {
+            double t = now_s() - t_start, n = (double)(st->ep_seen + seen);
+            stk_train_progress_t p = {
+                .epoch = st->epoch,
+                .batch = number + 1,
+                .batches = nb,
+                .step = st->step,
+                .loss = n > 0 ? (st->ep_loss_sum + loss_sum) / n : NAN,
+                .acc = n > 0 ? (double)(st->ep_correct + correct) / n : NAN,
+                .lr = lr0(cfg->optim),
+                .images_per_s = t > 0 ? n / t : 0,
+                .data_wait = t > 0 ? st->ep_wait_s / t : 0,
+                .last = &m,
+            };
+            cfg->on_step(&p, cfg->user);
+        }
+    }
+    if (open)
+        return stk__error(STK_ESTATE, "epoch %" PRIu64 " ended inside an accumulation group", st->epoch + 1);
+    st->ep_train_s = now_s() - t_start;
+    st->loader = (stk_loader_state_t){st->epoch, nb};
+    return 0;
+}
+
+/* Evaluation, the history row, the caller's callback and the checkpoint
+ * of a trained epoch. */
+static int end_epoch(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
+{
+    stk_train_epoch_t row = {
+        .epoch = st->epoch + 1,
+        .step = st->step,
+        .train_loss = st->ep_seen ? st->ep_loss_sum / (double)st->ep_seen : NAN,
+        .train_acc = st->ep_seen ? (double)st->ep_correct / (double)st->ep_seen : NAN,
+        .test_loss = NAN,
+        .test_acc = NAN,
+        .test_topk = NAN,
+        .lr = lr0(cfg->optim),
+        .images_per_s = st->ep_train_s > 0 ? (double)st->ep_seen / st->ep_train_s : 0,
+        .data_wait = st->ep_train_s > 0 ? st->ep_wait_s / st->ep_train_s : 0,
+    };
+    double t0 = now_s();
+    int rc;
+    if (cfg->eval_loader) {
+        stk_train_eval_t ev;
+        rc = stk_train_evaluate(cfg->model, cfg->eval_loader, cfg->eval_inputs, cfg->topk, cfg->stop, &ev);
+        if (rc == -EINTR) {
+            /* Trained, not evaluated: the checkpoint says (epoch, nb), and
+             * a resumed run evaluates first. */
+            if ((rc = save(cfg, st)) != 0)
+                return rc;
+            return stk__error(-EINTR, "stopped in the evaluation after epoch %" PRIu64 ", step %" PRIu64,
+                              st->epoch + 1, st->step);
+        }
+        if (rc)
+            return rc;
+        if (!isfinite(ev.loss))
+            return stk__error(-EDOM, "evaluation loss is %s after epoch %" PRIu64 ": training diverged (lower the "
+                              "lr?)", isnan(ev.loss) ? "NaN" : "infinite", st->epoch + 1);
+        row.test_loss = ev.loss;
+        row.test_acc = ev.top1;
+        row.test_topk = ev.topk;
+    }
+    row.epoch_s = st->ep_train_s + (now_s() - t0);
+    if ((rc = stk_train_state_push_epoch(st, &row)) != 0)
+        return rc;
+    st->total_train_s += st->ep_train_s;
+    st->total_wait_s += st->ep_wait_s;
+    st->total_images += st->ep_seen;
+    st->epoch++;
+    st->loader = (stk_loader_state_t){st->epoch, 0};
+    reset_epoch_sums(st);
+    if (cfg->on_epoch && (rc = cfg->on_epoch(&row, st, cfg->user)) != 0)
+        return rc;
+    return save(cfg, st);
+}
+
+int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
+{
+    if (!cfg || !st || !cfg->model || !cfg->optim || !cfg->train_loader || !cfg->train_inputs)
+        return stk__error(-EINVAL, "stk_train_run: NULL argument (model, optimizer, train loader and inputs are "
+                          "required)");
+    if (cfg->eval_loader && !cfg->eval_inputs)
+        return stk__error(-EINVAL, "stk_train_run: an eval loader needs eval inputs");
+    if (cfg->epochs == 0 || cfg->stop_after > cfg->epochs)
+        return stk__error(STK_ECONFIG, "train loop: %" PRIu64 " epochs, stop after %" PRIu64, cfg->epochs,
+                          cfg->stop_after);
+    uint64_t nb = stk_loader_len(cfg->train_loader);
+    if (nb == 0)
+        return stk__error(STK_EEMPTY, "train loop: the train loader has no batch in an epoch");
+    if (st->loader.epoch == st->epoch && st->loader.batch > nb)
+        return stk__error(-ERANGE, "train loop: the state is at batch %" PRIu64 " of an epoch of %" PRIu64,
+                          st->loader.batch, nb);
+    stk_train_stepper_config_t scfg = cfg->stepper;
+    scfg.batches_per_epoch = nb;
+    stk_train_stepper_t *stepper = NULL;
+    int rc = stk_train_stepper_create(&stepper, cfg->model, cfg->optim, cfg->sched, &scfg);
+    if (rc)
+        return rc;
+    stk_train_stepper_set_steps(stepper, st->step);
+    /* The model advances its step (dropout's key) on each training
+     * forward: a resumed run starts it where the state stands. */
+    stk_model_set_step(cfg->model, st->micro);
+    uint64_t last = cfg->stop_after ? cfg->stop_after : cfg->epochs;
+    while (rc == 0 && st->epoch < last) {
+        rc = train_epoch(cfg, stepper, nb, st);
+        if (rc == 0)
+            rc = end_epoch(cfg, st);
+        if (rc == 0 && stopping(cfg) && st->epoch < last)
+            rc = stk__error(-EINTR, "stopped after epoch %" PRIu64 ", step %" PRIu64, st->epoch, st->step);
+    }
+    stk_train_stepper_destroy(&stepper);
+    return rc;
+}
