@@ -30,7 +30,7 @@ fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
     --limit 8192 -q || exit 1
 "$tools/stoker-pack" idx "$src/t10k-images-idx3-ubyte.gz" "$src/t10k-labels-idx1-ubyte.gz" -o "$tmp/test" \
     --limit 2000 -q || exit 1
-common=(--set train_data="$tmp/train" --set test_data="$tmp/test" --set epochs=2 --set threads=1 --set workers=1
+common=(--set train_data="$tmp/train" --set test_data="$tmp/test" --set model="$root/models/fmnist-cnn.model" --set epochs=2 --set threads=1 --set workers=1
         --set progress=off)
 train() { "$tools/stoker-train" "$root/configs/fmnist-cnn.conf" "${common[@]}" "$@"; }
 launch2() { "$tools/stoker-launch" --nproc-per-node 2 --master-port 0 --grace 5 -- \
