@@ -184,6 +184,13 @@ static int make_model(run_t *r)
         return train_fail_key(r, EXIT_USAGE, "device", -EINVAL, NULL);
     if (!strcmp(r->cfg.device, "auto") && stk_device_count(STK_DEVICE_CUDA) > 0)
         mcfg.device = STK_DEVICE_CUDA;
+    /* Data-parallel on GPUs: each rank its own (stoker-launch's
+     * STK_CUDA_DEVICE, else the local rank) unless the config names one. */
+    if (mcfg.device == STK_DEVICE_CUDA && r->env.world_size > 1 && !strchr(r->cfg.device, ':')) {
+        const char *d = getenv("STK_CUDA_DEVICE");
+        mcfg.device_index = d && *d ? atoi(d) : r->env.local_rank;
+    }
+    r->cuda_index = mcfg.device_index;
     int rc = stk_device_describe(mcfg.device, mcfg.device_index, r->device, sizeof r->device);
     if (rc == 0)
         rc = stk_model_create_from_file(&r->model, r->cfg.model, &mcfg);

@@ -323,6 +323,9 @@ static int join_job(run_t *r)
     stk_comm_config_t cc;
     stk_comm_config_default(&cc);
     cc.env = &r->env;
+    /* Gradients where the model keeps them: NCCL for a GPU's. */
+    cc.device = r->on_device ? STK_DEVICE_CUDA : STK_DEVICE_CPU;
+    cc.cuda_device = r->cuda_index;
     int rc = stk_comm_create(&r->comm, &cc);
     if (rc)
         return train_fail_stk(rc, "joining the job");

@@ -129,6 +129,7 @@ typedef struct run {
     stk_dist_env_t env;
     stk_comm_t *comm;
     stk_ddp_t *ddp;
+    int cuda_index;   /* the model's GPU, for the communicator */
 } run_t;
 
 /* "stoker-train: error: ..." on stderr; returns code. */

@@ -127,8 +127,10 @@ STK_API int stk_comm_backend_from_name(const char *name);
 STK_API int stk_comm_set_timeout(stk_comm_t *c, double seconds);
 /* NCCL: the CUDA stream (cudaStream_t as void *) whose earlier work a
  * collective waits for and that waits for the collective's end (the
- * engine's compute stream). NULL: the legacy default stream. Other
- * backends: ignored. 0 or -EINVAL. */
+ * engine's compute stream). NULL (default): each collective first waits
+ * for the whole device (correct with any producer, no overlap with it),
+ * and stk_comm_wait is what orders later work. Other backends: ignored.
+ * 0 or -EINVAL. */
 STK_API int stk_comm_set_stream(stk_comm_t *c, void *stream);
 
 /* Collectives. Every rank must issue the same collectives in the same
