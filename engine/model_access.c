@@ -15,6 +15,16 @@ void stk_model_input_shape(const stk_model_t *m, int64_t shape[4])
     shape[3] = m->layers[0].w;
 }
 
+int64_t stk_model_input_steps(const stk_model_t *m)
+{
+    return m->layers[0].seq ? m->layers[0].c : 0;
+}
+
+stk_dtype_t stk_model_input_dtype(const stk_model_t *m)
+{
+    return m->layers[0].dtype;
+}
+
 int64_t stk_model_num_classes(const stk_model_t *m)
 {
     if (m->loss_layer < 0)

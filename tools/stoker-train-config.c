@@ -38,6 +38,9 @@ static const key_def_t keys[] = {
     {"test_augment", K_STR, STR(test_augment), 0, 0, NULL},
     {"image_field", K_STR, STR(image_field), 0, 0, NULL},
     {"label_field", K_STR, STR(label_field), 0, 0, NULL},
+    {"target", K_ENUM, STR(target), 0, 0, "label|next_token"},
+    {"boundary_token", K_INT, OFF(boundary_token), 0, 0, 2147483647.0, NULL},
+    {"bucket_pool", K_INT, OFF(bucket_pool), 0, 0, 1 << 20, NULL},
     {"train_limit", K_U64, OFF(train_limit), 0, 0, 1e15, NULL},
     {"test_limit", K_U64, OFF(test_limit), 0, 0, 1e15, NULL},
     {"optimizer", K_STR, STR(optimizer), 0, 0, NULL},
@@ -72,6 +75,8 @@ void train_config_default(train_config_t *cfg)
     memset(cfg, 0, sizeof *cfg);
     strcpy(cfg->image_field, "image");
     strcpy(cfg->label_field, "label");
+    strcpy(cfg->target, "label");
+    cfg->boundary_token = 10; /* '\n': words and lines of text end there */
     strcpy(cfg->optimizer, "sgd:lr=0.1");
     strcpy(cfg->scheduler, "constant");
     cfg->epochs = 1;

@@ -23,7 +23,7 @@
  * them (unless --force). */
 #define FIXED_KEYS                                                                                                    \
     "model,train_data,train_limit,image_field,label_field,augment,optimizer,scheduler,epochs,batch_size,"            \
-    "accum_steps,drop_last,seed,clip_norm"
+    "accum_steps,drop_last,seed,clip_norm,target,boundary_token,bucket_pool"
 
 /* ---- messages ---------------------------------------------------------- */
 
@@ -57,6 +57,20 @@ int train_fail_stk(int rc, const char *what)
 
 /* ---- setup ------------------------------------------------------------- */
 
+/* The inputs converter's settings: images and labels, or a language
+ * model's next-token targets over the image field's token ids. */
+static void train_inputs_config(const run_t *r, stk_train_inputs_config_t *icfg)
+{
+    stk_train_inputs_config_default(icfg);
+    icfg->image_field = r->cfg.image_field;
+    icfg->label_field = r->cfg.label_field;
+    if (!strcmp(r->cfg.target, "next_token")) {
+        icfg->label_field = NULL;
+        icfg->next_token = 1;
+        icfg->boundary_token = r->cfg.boundary_token;
+    }
+}
+
 /* Opens a data set and checks it against the model and the augment spec
  * (parsed here too, so that a bad spec fails before any output). */
 static int open_data(run_t *r, const char *key, const char *spec, const char *spec_key, stk_dataset_t **ds)
@@ -77,14 +91,42 @@ static int open_data(run_t *r, const char *key, const char *spec, const char *sp
     if (rc)
         return train_fail_key(r, EXIT_USAGE, key, rc, NULL);
     stk_train_inputs_config_t icfg;
-    stk_train_inputs_config_default(&icfg);
-    icfg.image_field = r->cfg.image_field;
-    icfg.label_field = r->cfg.label_field;
+    train_inputs_config(r, &icfg);
     if ((rc = stk_train_check_data(*ds, &icfg, spec, r->model)) != 0) {
         /* A bad spec is the spec's key; anything else the data's. */
         int spec_err = rc == STK_ECONFIG && strstr(stk_error_message(), "samples are") == NULL;
         return train_fail_key(r, EXIT_USAGE, spec_err ? spec_key : key, rc, spec_err ? NULL : path);
     }
+    return 0;
+}
+
+/* Training batches of similar lengths: the random sampler's epochs cut
+ * into pools of bucket_pool batches sorted by the input field's length
+ * (sampler/bucket.c); says what padding that saves. */
+static int make_buckets(run_t *r, uint64_t n, uint64_t batch, stk_loader_config_t *lcfg)
+{
+    if (!(r->train_lengths = malloc((size_t)n * sizeof(uint32_t))))
+        return train_fail(EXIT_RUNTIME, "out of memory for %" PRIu64 " sequence lengths", n);
+    int rc = stk_train_sequence_lengths(r->train_ds, r->cfg.image_field, n, r->train_lengths);
+    if (rc)
+        return train_fail_key(r, EXIT_USAGE, "bucket_pool", rc, NULL);
+    stk_bucket_config_t bc;
+    stk_bucket_config_default(&bc);
+    bc.lengths = r->train_lengths;
+    bc.num_lengths = n;
+    bc.batch_size = batch;
+    bc.drop_last = r->cfg.drop_last;
+    bc.pool_batches = (uint64_t)r->cfg.bucket_pool;
+    bc.seed = r->cfg.seed;
+    if ((rc = stk_batch_sampler_create_bucketed(&r->train_buckets, r->train_sampler, &bc)) != 0)
+        return train_fail_key(r, EXIT_USAGE, "bucket_pool", rc, NULL);
+    stk_bucket_stats_t bs;
+    stk_batch_sampler_bucket_stats(r->train_buckets, &bs);
+    if (!r->quiet && bs.padded && bs.padded_plain)
+        fprintf(stderr, "stoker-train: bucketing by length: padding %.1f%% of the padded steps (%.1f%% without)\n",
+                100.0 * (double)(bs.padded - bs.tokens) / (double)bs.padded,
+                100.0 * (double)(bs.padded_plain - bs.tokens) / (double)bs.padded_plain);
+    lcfg->batch_sampler = r->train_buckets;
     return 0;
 }
 
@@ -139,6 +181,8 @@ static int make_loader(run_t *r, int train)
         return train_fail_key(r, EXIT_USAGE, key, rc, "sampler");
     stk_loader_config_t lcfg;
     stk_loader_config_default(&lcfg);
+    if (train && r->cfg.bucket_pool > 0 && (rc = make_buckets(r, n, batch, &lcfg)) != 0)
+        return rc;
     lcfg.batch_size = batch;
     lcfg.drop_last = train ? r->cfg.drop_last : 0;
     lcfg.shuffle = train;
@@ -162,9 +206,7 @@ static int make_loader(run_t *r, int train)
     if (rc)
         return train_fail_key(r, EXIT_USAGE, key, rc, NULL);
     stk_train_inputs_config_t icfg;
-    stk_train_inputs_config_default(&icfg);
-    icfg.image_field = r->cfg.image_field;
-    icfg.label_field = r->cfg.label_field;
+    train_inputs_config(r, &icfg);
     icfg.normalize = r->eval_augment;
     rc = stk_train_inputs_create(train ? &r->train_in : &r->test_in, &icfg);
     return rc ? train_fail_key(r, EXIT_USAGE, "augment", rc, NULL) : 0;
@@ -500,6 +542,9 @@ void train_teardown(run_t *r)
 {
     stk_loader_destroy(&r->train_loader);
     stk_loader_destroy(&r->test_loader);
+    stk_batch_sampler_destroy(&r->train_buckets);
+    free(r->train_lengths);
+    r->train_lengths = NULL;
     stk_sampler_destroy(&r->train_sampler);
     stk_sampler_destroy(&r->test_sampler);
     stk_dataset_destroy(&r->train_ds);

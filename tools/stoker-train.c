@@ -207,6 +207,27 @@ static void print_results(const run_t *r, double wall_s)
     }
     double ips = st->total_train_s > 0 ? (double)st->total_images / st->total_train_s : 0;
     double wait = st->total_train_s > 0 ? st->total_wait_s / st->total_train_s : 0;
+    if (!strcmp(r->cfg.target, "next_token")) {
+        /* a language model: the loss is per character (counted step), and
+         * "images" are the characters trained on */
+        double bpc = NAN, best_bpc = NAN;
+        for (size_t i = 0; i < st->n_history; i++) {
+            double b = st->history[i].test_loss / log(2.0);
+            if (!(b >= best_bpc))
+                best_bpc = b;
+            bpc = b;
+        }
+        printf("run %s: final test %.4f bits per character, best %.4f, %.0f characters/s, data wait %.2f%%, %.1f s\n",
+               st->run_id, bpc, best_bpc, ips, 100 * wait, wall_s);
+        if (r->json)
+            printf("{\"run\":\"%s\",\"final_test_bpc\":%.6f,\"best_test_bpc\":%.6f,\"final_test_acc\":%.6f,"
+                   "\"epochs\":%" PRIu64 ",\"steps\":%" PRIu64 ",\"chars_per_s\":%.1f,\"data_wait\":%.6f,"
+                   "\"wall_s\":%.3f,\"train_s\":%.3f}\n",
+                   st->run_id, isfinite(bpc) ? bpc : 0, isfinite(best_bpc) ? best_bpc : 0, isfinite(final) ? final : 0,
+                   st->epoch, st->step, ips, wait, wall_s, st->total_train_s);
+        fflush(stdout);
+        return;
+    }
     printf("run %s: final test accuracy %.2f%%, best %.2f%% (epoch %" PRIu64 "), %.0f images/s, data wait %.2f%%, "
            "%.1f s\n", st->run_id, 100 * final, 100 * best, best_epoch, ips, 100 * wait, wall_s);
     printf("device: %s\n", r->device);

@@ -29,6 +29,12 @@ typedef struct train_config {
     char test_augment[TRAIN_SPEC_MAX]; /* "" = the normalize steps of augment */
     char image_field[TRAIN_NAME_MAX];
     char label_field[TRAIN_NAME_MAX];
+    /* sequences: "label" or "next_token" (a language model over the
+     * image field's token ids), its boundary token, and bucketing of the
+     * training batches by length (batches per sorted pool; 0 = off) */
+    char target[16];
+    int boundary_token;
+    int bucket_pool;
     uint64_t train_limit, test_limit; /* 0 = every sample */
     /* optimizer and scheduler, in optim.h's text forms */
     char optimizer[TRAIN_SPEC_MAX]; /* "sgd:lr=0.1,momentum=0.9,..." */
@@ -57,7 +63,7 @@ typedef struct train_config {
     double bucket_mb;          /* data-parallel: gradient bucket capacity, MiB */
     /* Where each key's value came from ("file:line", "--set"), by key
      * index; "" for a default. */
-    char origin[40][TRAIN_PATH_MAX + 16];
+    char origin[48][TRAIN_PATH_MAX + 16];
 } train_config_t;
 
 void train_config_default(train_config_t *cfg);
@@ -105,6 +111,8 @@ typedef struct run {
 
     stk_dataset_t *train_ds, *test_ds;
     stk_sampler_t *train_sampler, *test_sampler;
+    stk_batch_sampler_t *train_buckets; /* bucket_pool > 0 */
+    uint32_t *train_lengths;
     stk_loader_t *train_loader, *test_loader;
     stk_train_inputs_t *train_in, *test_in;
     stk_model_t *model;

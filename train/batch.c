@@ -8,6 +8,7 @@
 #include "internal.h"
 #include "stoker/augment.h"
 #include "stoker/train.h"
+#include "train_seq.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -135,6 +136,9 @@ struct stk_train_inputs {
     size_t img_cap; /* bytes */
     int64_t *lab;
     size_t lab_cap; /* bytes */
+    int next_token;  /* a language model's batches (train/seq.c) */
+    int64_t boundary;
+    stk__train_seq_t seq;
 };
 
 void stk_train_inputs_config_default(stk_train_inputs_config_t *cfg)
@@ -156,6 +160,7 @@ void stk_train_inputs_destroy(stk_train_inputs_t **in)
     free(x->normalize);
     free(x->img);
     free(x->lab);
+    stk__train_seq_free(&x->seq);
     free(x);
     *in = NULL;
 }
@@ -174,6 +179,12 @@ int stk_train_inputs_create(stk_train_inputs_t **out, const stk_train_inputs_con
     if (!x)
         return stk__error(-ENOMEM, "train inputs: out of memory");
     x->dtype = cfg->dtype;
+    x->next_token = cfg->next_token != 0;
+    x->boundary = cfg->boundary_token;
+    if (x->next_token && cfg->label_field) {
+        free(x);
+        return stk__error(STK_ECONFIG, "train inputs: next_token makes its own targets: no label field");
+    }
     const char *spec = cfg->normalize ? cfg->normalize : "";
     size_t cap = strlen(spec) + 1;
     x->image_field = strdup(cfg->image_field);
@@ -295,6 +306,8 @@ int stk_train_inputs_get(stk_train_inputs_t *x, const stk_batch_t *b, stk_tensor
     int rc = stk_train_batch_field(b, x->image_field, &img);
     if (rc)
         return rc;
+    if (x->next_token)
+        return stk__train_next_token(&x->seq, img, x->boundary, input, target);
     if (img->var_dim >= 0 || img->lengths)
         return stk__error(STK_ESHAPE, "image field '%s' has a variable shape", img->name);
     uint32_t c, h, w;
@@ -383,6 +396,14 @@ int stk_train_check_data(const stk_dataset_t *ds, const stk_train_inputs_config_
                               desc);
     }
     const stk_field_t *img = &schema->fields[idx[0]];
+    int seq = stk_model_input_steps(model) > 0;
+    if (seq) {
+        int rc = stk__train_check_sequence(schema, idx[0], cfg, desc, model);
+        if (rc <= 0)
+            return rc;
+    } else if (cfg->next_token) {
+        return stk__error(STK_ECONFIG, "next_token needs a model whose input is token ids (steps=T tokens=1)");
+    }
     for (uint32_t i = 0; i < img->ndim; i++)
         if (img->shape[i] <= 0)
             return stk__error(STK_ESHAPE, "field '%s' has a variable shape (%s)", img->name, desc);
@@ -410,8 +431,11 @@ int stk_train_check_data(const stk_dataset_t *ds, const stk_train_inputs_config_
     }
     int64_t shape[4];
     stk_model_input_shape(model, shape);
+    /* a sequence of features takes any sample of its T x F elements (the
+     * rows of an image as steps) */
     if ((int64_t)out.c * out.h * out.w != shape[1] * shape[2] * shape[3] ||
-        (img->ndim > 1 && ((int64_t)out.c != shape[1] || (int64_t)out.h != shape[2] || (int64_t)out.w != shape[3])))
+        (!seq && img->ndim > 1 &&
+         ((int64_t)out.c != shape[1] || (int64_t)out.h != shape[2] || (int64_t)out.w != shape[3])))
         return stk__error(STK_ESHAPE, "samples are %ux%ux%u after '%s', the model takes %lldx%lldx%lld", out.c,
                           out.h, out.w, augment ? augment : "", (long long)shape[1], (long long)shape[2],
                           (long long)shape[3]);

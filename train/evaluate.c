@@ -51,8 +51,11 @@ int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_input
             rc = stk__error(STK_ECONFIG, "evaluation needs integer labels");
         size_t n = b.size;
         const int64_t *labels = rc == 0 ? target.data : NULL;
+        /* per-step targets (a language model) are checked by the loss, by
+         * sample and step */
+        int per_step = rc == 0 && target.ndim == 2;
         /* Checked here to name the sample by its index in the data set. */
-        for (size_t i = 0; rc == 0 && i < n; i++)
+        for (size_t i = 0; rc == 0 && !per_step && i < n; i++)
             if (labels[i] < 0 || labels[i] >= classes)
                 rc = stk__error(-EINVAL, "evaluation: sample %llu has label %lld, the model has %lld classes",
                                 (unsigned long long)b.indices[i], (long long)labels[i], (long long)classes);
@@ -67,14 +70,17 @@ int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_input
         if (rc == 0)
             rc = stk_model_count_correct(model, labels, &c1);
         if (rc == 0)
-            rc = topk == 1 ? (ck = c1, 0) : stk_model_count_topk(model, labels, topk, &ck);
+            rc = topk == 1 || per_step ? (ck = c1, 0) : stk_model_count_topk(model, labels, topk, &ck);
         stk_loader_release(loader, &b);
         if (rc)
             break;
-        loss_sum += (double)loss * (double)n;
+        /* the loss is a mean over what it counted: samples, or the steps
+         * of a per-step loss (characters) */
+        uint64_t counted = (uint64_t)stk_model_loss_count(model);
+        loss_sum += (double)loss * (double)counted;
         top1 += (uint64_t)c1;
         topk_hits += (uint64_t)ck;
-        seen += n;
+        seen += counted;
     }
     stk__train_feeder_clear(&feeder);
     stk_model_set_train(model, was_train);

@@ -29,7 +29,8 @@ int stk_train_memory_estimate(stk_model_t *model, int64_t batch, uint64_t *bytes
     int64_t shape[4];
     stk_model_input_shape(model, shape);
     int64_t planned = shape[0], per_in = shape[1] * shape[2] * shape[3];
-    float *zeros = calloc((size_t)(planned * per_in), sizeof *zeros);
+    /* zeros of the input's type (token ids are i64: id 0) */
+    void *zeros = calloc((size_t)(planned * per_in), stk_dtype_size(stk_model_input_dtype(model)));
     if (!zeros)
         return stk__error(-ENOMEM, "memory estimate: out of memory");
     int was_train = stk_model_is_train(model);

@@ -166,7 +166,8 @@ int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, co
     if (rc)
         return rc;
     m.loss = loss;
-    m.samples = input->shape[0];
+    /* what the loss averaged: the batch, or a per-step loss's counted steps */
+    m.samples = stk_model_loss_count(s->model);
     if (!isfinite(loss) && !s->cfg.allow_nonfinite)
         return stk__error(-EDOM, "loss is %s at batch %llu (step %llu): training diverged (lower the lr?)",
                           isnan(loss) ? "NaN" : loss > 0 ? "+inf" : "-inf", (unsigned long long)batch,

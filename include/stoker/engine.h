@@ -243,6 +243,10 @@ STK_API void stk_model_destroy(stk_model_t **m);
 
 /* Shape of the input batch: shape[0] = planned batch, then C, H, W. */
 STK_API void stk_model_input_shape(const stk_model_t *m, int64_t shape[4]);
+/* A sequence input's steps T (the input layer's steps=T), 0 for an input
+ * that is not a sequence; its element type: f32, or i64 for token ids. */
+STK_API int64_t stk_model_input_steps(const stk_model_t *m);
+STK_API stk_dtype_t stk_model_input_dtype(const stk_model_t *m);
 /* Classes (logits per sample, or per step of a sequence) of the loss
  * layer; 0 when there is none. */
 STK_API int64_t stk_model_num_classes(const stk_model_t *m);

@@ -53,6 +53,14 @@ typedef struct stk_train_inputs_config {
      * torchvision's ToTensor does. Float images pass as they are. */
     const char *normalize;
     stk_dtype_t dtype;       /* of the input tensor: F32 (default), F16, BF16 */
+    /* A language model: the image field is a variable-length sequence of
+     * token ids per sample, and the input is boundary_token followed by
+     * the tokens, the per-step target the tokens followed by
+     * boundary_token (the next token of every step), each sample's length
+     * one more than its record's; i64 [N, t + 1] both, the input tensor
+     * carrying the lengths. label_field must be NULL. Default 0. */
+    int next_token;
+    int64_t boundary_token;
 } stk_train_inputs_config_t;
 
 STK_API void stk_train_inputs_config_default(stk_train_inputs_config_t *cfg);
@@ -75,6 +83,13 @@ STK_API void stk_train_inputs_destroy(stk_train_inputs_t **in);
  * -ENOMEM. Not thread-safe on one object. */
 STK_API int stk_train_inputs_get(stk_train_inputs_t *in, const stk_batch_t *b, stk_tensor_t *input,
                                  stk_tensor_t *target);
+
+/* The length of the variable-length field `field` of each of the first n
+ * samples of ds (one record read each: a pass over the data's index and
+ * records), for stk_batch_sampler_create_bucketed. Returns 0,
+ * STK_ENOTFOUND, STK_ESHAPE (a fixed-shape field), STK_EDATA, -EINVAL, or
+ * the dataset's error. Not thread-safe with other calls on ds. */
+STK_API int stk_train_sequence_lengths(stk_dataset_t *ds, const char *field, uint64_t n, uint32_t *out);
 
 /* Checks, before any batch is loaded, that ds can feed model through the
  * augment spec (NULL or "": none): the fields cfg names exist, the label
@@ -125,7 +140,8 @@ STK_API void stk_train_stepper_config_default(stk_train_stepper_config_t *cfg);
 /* What one micro-batch did. */
 typedef struct stk_train_step_metrics {
     float loss;         /* mean over this micro-batch, not scaled */
-    int64_t samples;    /* in this micro-batch */
+    int64_t samples;    /* in this micro-batch (what its loss averaged: for a
+                         * per-step loss, the steps it counted) */
     int64_t correct;    /* top-1 hits in this micro-batch */
     int stepped;        /* 1: it closed a group; optimizer and scheduler stepped */
     double lr;          /* group 0's lr of that step (or of the next, when not stepped) */
@@ -197,7 +213,8 @@ typedef struct stk_train_eval {
     double loss;      /* mean of the model's loss (its cross_entropy) */
     double top1;      /* share of samples whose largest logit is the label */
     double topk;      /* share whose label is among the k largest */
-    uint64_t samples;
+    uint64_t samples;  /* for a per-step loss (a language model): the steps
+                        * counted, and loss, top1 are per step */
 } stk_train_eval_t;
 
 /* One pass, from its first batch, over the epoch the loader stands at

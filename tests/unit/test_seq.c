@@ -296,6 +296,8 @@ static void test_torch_names(void **state)
     stk_model_input_shape(m, shape);
     assert_int_equal(shape[1], 4);
     assert_int_equal(shape[3], 3);
+    assert_int_equal(stk_model_input_steps(m), 4);
+    assert_int_equal(stk_model_input_dtype(m), STK_DTYPE_F32);
     stk_model_destroy(&m);
 }
 
@@ -327,6 +329,8 @@ static void test_constructors(void **state)
     assert_int_equal(nm, nf);
     assert_int_equal(stk_model_num_params(m), stk_model_num_params(f));
     assert_int_equal(stk_model_num_classes(m), 3);
+    assert_int_equal(stk_model_input_steps(m), 7);
+    assert_int_equal(stk_model_input_dtype(m), STK_DTYPE_I64);
     stk_layer_desc_t s = stk_layer_input_sequence("x", 28, 28);
     assert_int_equal(s.steps, 28);
     assert_int_equal(s.in_c, 28);
