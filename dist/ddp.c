@@ -52,6 +52,7 @@ void stk_ddp_config_default(stk_ddp_config_t *cfg)
         return;
     memset(cfg, 0, sizeof(*cfg));
     cfg->bucket_bytes = (size_t)25 << 20;
+    cfg->first_bucket_bytes = (size_t)1 << 20;
     cfg->average = 1;
     cfg->overlap = 1;
     cfg->broadcast_params = 1;
@@ -89,11 +90,14 @@ static int build_buckets(stk_ddp_t *d)
     qsort(d->p, n, sizeof(*d->p), cmp_param);
     /* From the last tensor back: backward produces them in that order. */
     size_t cap = d->cfg.bucket_bytes / sizeof(float);
+    size_t cap0 = d->cfg.first_bucket_bytes ? d->cfg.first_bucket_bytes / sizeof(float) : cap;
+    if (cap0 > cap)
+        cap0 = cap;
     size_t nb = 0;
     for (size_t k = n; k-- > 0;) {
         ddp_param_t *q = &d->p[k];
         ddp_bucket_t *cur = nb ? &d->b[nb - 1] : NULL;
-        if (!cur || (cur->hi - q->off > cap && cur->nparams > 0)) {
+        if (!cur || (cur->hi - q->off > (nb == 1 ? cap0 : cap) && cur->nparams > 0)) {
             cur = &d->b[nb++];
             cur->hi = q->off + q->cnt;
         }
@@ -446,6 +450,13 @@ int stk_ddp_finish(stk_ddp_t *d)
     if (rc < 0)
         return stk__error(rc, "%s", d->errmsg);
     return 0;
+}
+
+int stk_ddp_sync_grads(stk_ddp_t *d)
+{
+    int rc = stk_ddp_prepare(d, 1);
+    /* No backward: finish starts every bucket, in order, and waits. */
+    return rc < 0 ? rc : stk_ddp_finish(d);
 }
 
 int stk_ddp_backward(stk_ddp_t *d, int sync)

@@ -221,13 +221,23 @@ static int nccl_launch(stk_comm_t *c, void *ctx, stk_comm_work_t *w)
     if (ce != cudaSuccess)
         return cuda_fail(ce, "cudaEventCreate", c);
     cudaStream_t user = (cudaStream_t)c->stream;
-    /* Wait for the work that produced the buffer (the caller's stream). */
-    cudaEvent_t ready;
-    if ((ce = cudaEventCreateWithFlags(&ready, cudaEventDisableTiming)) != cudaSuccess)
-        return cuda_fail(ce, "cudaEventCreate", c);
-    cudaEventRecord(ready, user);
-    cudaStreamWaitEvent(n->stream, ready, 0);
-    cudaEventDestroy(ready);
+    if (!user) {
+        /* No stream given: the buffer's producer may be any stream, a
+         * non-blocking one included, which the legacy stream does not
+         * wait for. Correct, though it gives up overlap: wait for the
+         * device. (DDP over a CUDA model wants stk_comm_set_stream with
+         * the engine's stream.) */
+        if ((ce = cudaDeviceSynchronize()) != cudaSuccess)
+            return cuda_fail(ce, "cudaDeviceSynchronize", c);
+    } else {
+        /* Wait for the work that produced the buffer (the caller's stream). */
+        cudaEvent_t ready;
+        if ((ce = cudaEventCreateWithFlags(&ready, cudaEventDisableTiming)) != cudaSuccess)
+            return cuda_fail(ce, "cudaEventCreate", c);
+        cudaEventRecord(ready, user);
+        cudaStreamWaitEvent(n->stream, ready, 0);
+        cudaEventDestroy(ready);
+    }
 
     size_t bytes = stk__work_bytes(w);
     size_t in_bytes = bytes, out_bytes = w->kind == STK__COLL_ALLGATHER ? bytes * (size_t)c->size : bytes;
@@ -281,7 +291,8 @@ static int nccl_launch(stk_comm_t *c, void *ctx, stk_comm_work_t *w)
     if ((ce = cudaEventRecord(nw->done, n->stream)) != cudaSuccess)
         return cuda_fail(ce, "cudaEventRecord", c);
     /* What the caller queues next runs after the collective. */
-    cudaStreamWaitEvent(user, nw->done, 0);
+    if (user)
+        cudaStreamWaitEvent(user, nw->done, 0);
     return 0;
 }
 

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,7 +88,8 @@ static void usage(FILE *f)
             "  --grace S               seconds from SIGTERM to SIGKILL when stopping ranks (default 10)\n"
             "  --tail N                lines of a failed rank's output to repeat (default 20)\n"
             "Each rank gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR,\n"
-            "MASTER_PORT and STK_CUDA_DEVICE (its GPU: the local rank). Exit status: 0 when every rank\n"
+            "MASTER_PORT, STK_CUDA_DEVICE (its GPU: the local rank) and, unless set, OMP_NUM_THREADS\n"
+            "(this node's CPUs / N). Exit status: 0 when every rank\n"
             "exits 0; else the first failed rank's status, or 128 + the signal that killed it.\n");
 }
 
@@ -369,6 +371,14 @@ static int start_rank(const opts_t *o, rank_t *r, int world)
         snprintf(v, sizeof(v), "%d", o->node_rank);
         setenv("GROUP_RANK", v, 1);
         setenv("MASTER_ADDR", o->addr, 1);
+        /* Ranks share the node's CPUs: each gets its part for its threads
+         * (OpenMP, oneDNN) unless told otherwise, as torchrun does. */
+        if (!getenv("OMP_NUM_THREADS")) {
+            cpu_set_t cs;
+            int ncpu = sched_getaffinity(0, sizeof cs, &cs) == 0 ? CPU_COUNT(&cs) : 1;
+            snprintf(v, sizeof(v), "%d", ncpu / o->nproc > 0 ? ncpu / o->nproc : 1);
+            setenv("OMP_NUM_THREADS", v, 1);
+        }
         snprintf(v, sizeof(v), "%d", o->port);
         setenv("MASTER_PORT", v, 1);
         execvp(o->argv[0], o->argv);

@@ -67,6 +67,7 @@ static const key_def_t keys[] = {
     {"progress", K_ENUM, 0, 0, 0, 0, "auto|on|off"},
     {"progress_every", K_INT, OFF(progress_every), 0, 1, 86400, NULL},
     {"profile", K_BOOL, OFF(profile), 0, 0, 1, NULL},
+    {"bucket_mb", K_F64, OFF(bucket_mb), 0, 0.0001, 1e6, NULL},
 };
 
 void train_config_default(train_config_t *cfg)
@@ -90,6 +91,7 @@ void train_config_default(train_config_t *cfg)
     cfg->progress = -1;
     cfg->progress_every = 30;
     cfg->stop_grace = 30;
+    cfg->bucket_mb = 25;
 }
 
 _Static_assert(sizeof keys / sizeof keys[0] <= sizeof((train_config_t *)0)->origin /

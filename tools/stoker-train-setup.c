@@ -149,8 +149,34 @@ static int make_loader(run_t *r, int train)
     scfg.kind = train ? STK_SAMPLER_RANDOM : STK_SAMPLER_SEQUENTIAL;
     scfg.dataset_len = n;
     scfg.seed = r->cfg.seed;
+    uint64_t *part = NULL;
+    uint32_t world = (uint32_t)r->env.world_size, rank = (uint32_t)r->env.rank;
+    if (world > 1 && train) {
+        /* Each rank its shard of every epoch's order (PyTorch's
+         * DistributedSampler): batch_size is per rank. */
+        scfg.kind = STK_SAMPLER_DISTRIBUTED;
+        scfg.rank = rank;
+        scfg.world_size = world;
+        scfg.shuffle = 1;
+        scfg.drop_last = r->cfg.drop_last;
+    } else if (world > 1) {
+        /* Each rank evaluates its own contiguous part, exactly once; the
+         * loop sums the results. */
+        uint64_t lo = n * rank / world, hi = n * (rank + 1) / world;
+        if (hi == lo)
+            return train_fail(EXIT_USAGE, "test_data: %" PRIu64 " samples leave rank %u of %u none to evaluate", n,
+                              rank, world);
+        if (!(part = malloc((hi - lo) * sizeof *part)))
+            return train_fail(EXIT_RUNTIME, "out of memory");
+        for (uint64_t i = lo; i < hi; i++)
+            part[i - lo] = i;
+        scfg.kind = STK_SAMPLER_SUBSET_RANDOM;
+        scfg.indices = part;
+        scfg.num_indices = hi - lo;
+    }
     stk_sampler_t **sampler = train ? &r->train_sampler : &r->test_sampler;
     int rc = stk_sampler_create(sampler, &scfg);
+    free(part);
     if (rc)
         return train_fail_key(r, EXIT_USAGE, key, rc, "sampler");
     stk_loader_config_t lcfg;
@@ -200,6 +226,13 @@ static int make_model(run_t *r)
         return train_fail_key(r, EXIT_USAGE, "device", -EINVAL, NULL);
     if (!strcmp(r->cfg.device, "auto") && stk_device_count(STK_DEVICE_CUDA) > 0)
         mcfg.device = STK_DEVICE_CUDA;
+    /* Data-parallel on GPUs: each rank its own (stoker-launch's
+     * STK_CUDA_DEVICE, else the local rank) unless the config names one. */
+    if (mcfg.device == STK_DEVICE_CUDA && r->env.world_size > 1 && !strchr(r->cfg.device, ':')) {
+        const char *d = getenv("STK_CUDA_DEVICE");
+        mcfg.device_index = d && *d ? atoi(d) : r->env.local_rank;
+    }
+    r->cuda_index = mcfg.device_index;
     int rc = stk_device_describe(mcfg.device, mcfg.device_index, r->device, sizeof r->device);
     if (rc == 0)
         rc = stk_model_create_from_file(&r->model, r->cfg.model, &mcfg);
@@ -371,6 +404,13 @@ static int identity(run_t *r, const char *resume)
             return rc;
         if ((rc = stk_train_checkpoint_load(r->resumed_from, NULL, &r->st)) != 0)
             return train_fail(EXIT_USAGE, "--resume %s: %s (%s)", resume, stk_error_message(), stk_err_name(rc));
+        /* Each rank's data (and the schedule's length) depends on the
+         * world size: said before anything else about the checkpoint. */
+        uint32_t was = r->st.world_size ? r->st.world_size : 1;
+        if (was != (uint32_t)r->env.world_size)
+            return train_fail(EXIT_USAGE, "--resume %s: run %s was trained by %u rank%s, this is %d: resume it with %u "
+                              "(stoker-launch --nproc-per-node %u, or mpirun -np %u)", r->resumed_from, r->st.run_id,
+                              was, was == 1 ? "" : "s", r->env.world_size, was, was, was);
         if ((rc = check_resume(r, r->resumed_from)) != 0)
             return rc;
         stk_train_parts_t parts = {r->model, r->opt, r->sched};
@@ -474,6 +514,12 @@ static int mkdir_p(const char *path, int parent_only)
 int train_open_outputs(run_t *r)
 {
     int rc;
+    /* Data-parallel: rank 0 alone writes metrics and plot (the loop gives
+     * it global figures); checkpoints are the loop's, rank 0's too. */
+    if (r->env.rank != 0) {
+        r->plot_path[0] = '\0';
+        return 0;
+    }
     if (r->cfg.checkpoint_dir[0] && (rc = mkdir_p(r->cfg.checkpoint_dir, 0)) != 0)
         return train_fail(EXIT_RUNTIME, "key 'checkpoint_dir': create %s: %s", r->cfg.checkpoint_dir, strerror(-rc));
     if (r->cfg.metrics[0] && (rc = mkdir_p(r->cfg.metrics, 1)) != 0)

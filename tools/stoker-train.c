@@ -176,6 +176,9 @@ static int stopped_by_failure(run_t *r, int lrc, const stk_train_loop_config_t *
     snprintf(why, sizeof why, "%s (%s)", stk_error_message(), stk_err_name(lrc));
     if (!lc->checkpoint_dir)
         return train_fail(EXIT_STOPPED, "interrupted; then %s; no checkpoint_dir: nothing saved", why);
+    /* Data-parallel: rank 0's state is the run's; the others write nothing. */
+    if (r->env.rank != 0)
+        return train_fail(EXIT_STOPPED, "interrupted; then %s; rank 0 saves the checkpoint", why);
     stk_train_parts_t parts = {r->model, r->opt, r->sched};
     char path[4096];
     int rc = stk_train_checkpoint_save(lc->checkpoint_dir, &parts, &r->st, lc->extra, lc->n_extra, lc->keep_last,
@@ -332,6 +335,37 @@ static int parse_args(run_t *r, int argc, char **argv, const char **resume, int 
     return 0;
 }
 
+/* Joins the job the launcher started (after the loaders' fork server, so
+ * that workers never inherit the communicator) and wraps the model for
+ * data-parallel training: rank 0's parameters everywhere, gradients
+ * all-reduced in buckets of bucket_mb during backward. */
+static int join_job(run_t *r)
+{
+    stk_comm_config_t cc;
+    stk_comm_config_default(&cc);
+    cc.env = &r->env;
+    /* Gradients where the model keeps them: NCCL for a GPU's. */
+    cc.device = r->on_device ? STK_DEVICE_CUDA : STK_DEVICE_CPU;
+    cc.cuda_device = r->cuda_index;
+    int rc = stk_comm_create(&r->comm, &cc);
+    if (rc)
+        return train_fail_stk(rc, "joining the job");
+    stk_ddp_config_t dc;
+    stk_ddp_config_default(&dc);
+    dc.bucket_bytes = (size_t)(r->cfg.bucket_mb * 1048576.0);
+    if (dc.bucket_bytes < sizeof(float))
+        dc.bucket_bytes = sizeof(float);
+    if (dc.first_bucket_bytes > dc.bucket_bytes)
+        dc.first_bucket_bytes = dc.bucket_bytes;
+    if ((rc = stk_ddp_create(&r->ddp, r->comm, r->model, &dc)) != 0)
+        return train_fail_stk(rc, "data-parallel setup");
+    if (r->env.rank == 0)
+        fprintf(stderr, "stoker-train: %d ranks (%s, launched by %s), %zu gradient bucket%s\n", r->env.world_size,
+                stk_comm_backend_name(stk_comm_backend(r->comm)), stk_dist_launcher_name(r->env.launcher),
+                stk_ddp_num_buckets(r->ddp), stk_ddp_num_buckets(r->ddp) == 1 ? "" : "s");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static run_t run;
@@ -374,6 +408,12 @@ int main(int argc, char **argv)
     r->quiet = r->cfg.progress == 0;
     if (r->cfg.progress == 1)
         r->tty = 1;
+    /* Data-parallel when a launcher started several ranks: rank 0 reports
+     * (global figures) and writes; the others train quietly. */
+    if ((rc = stk_dist_env_detect(&r->env)) != 0)
+        return train_fail(EXIT_USAGE, "%s", stk_error_message());
+    if (r->env.rank != 0)
+        r->quiet = 1;
     stk_log_set_callback(stk_log_stderr, NULL, STK_LOG_WARN);
     /* Workers fork from a clean process made before the model exists (and
      * before the signals are blocked: workers keep the default ones). */
@@ -386,10 +426,13 @@ int main(int argc, char **argv)
     publish_loaders(r->train_loader, r->test_loader);
     if (rc == 0 && stop_requested)
         rc = train_fail(EXIT_STOPPED, "interrupted during setup (nothing written)");
+    if (rc == 0 && r->env.world_size > 1 && r->st.epoch < (uint64_t)r->cfg.epochs)
+        rc = join_job(r);
     if (rc == 0 && r->st.epoch >= (uint64_t)r->cfg.epochs) {
         fprintf(stderr, "stoker-train: run %s is complete (%" PRIu64 " of %d epochs): nothing to do\n", r->st.run_id,
                 r->st.epoch, r->cfg.epochs);
-        print_results(r, tool_now_s() - t_begin);
+        if (r->env.rank == 0)
+            print_results(r, tool_now_s() - t_begin);
     } else if (rc == 0 && (rc = train_open_outputs(r)) == 0) {
         if (r->cfg.profile)
             stk_model_set_profiling(r->model, 1);
@@ -417,11 +460,14 @@ int main(int argc, char **argv)
         lc.on_epoch = on_epoch;
         lc.on_checkpoint = on_checkpoint;
         lc.user = r;
+        lc.comm = r->comm;
+        lc.stepper.ddp = r->ddp;
         int lrc = stk_train_run(&lc, &r->st);
         if (!r->quiet && r->tty)
             fputs("\r\033[K", stderr);
         if (lrc == 0) {
-            print_results(r, tool_now_s() - t_begin);
+            if (r->env.rank == 0)
+                print_results(r, tool_now_s() - t_begin);
             if (r->cfg.profile)
                 print_profile(r);
         } else if (lrc == -EINTR) {
@@ -437,6 +483,8 @@ int main(int argc, char **argv)
         }
     }
     publish_loaders(NULL, NULL);
+    stk_ddp_destroy(&r->ddp);
+    stk_comm_destroy(&r->comm);
     train_teardown(r);
     stk_loader_forkserver_stop();
     return rc;

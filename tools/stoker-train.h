@@ -60,6 +60,7 @@ typedef struct train_config {
     int progress;              /* -1 auto (terminal), 0 off, 1 on */
     int progress_every;        /* seconds between progress lines in a log */
     int profile;               /* per-layer and per-phase timing at the end */
+    double bucket_mb;          /* data-parallel: gradient bucket capacity, MiB */
     /* Where each key's value came from ("file:line", "--set"), by key
      * index; "" for a default. */
     char origin[48][TRAIN_PATH_MAX + 16];
@@ -131,6 +132,12 @@ typedef struct run {
      * after that micro-batch, once, so that a test can deliver a signal
      * at an exact point; continued, it waits up to 1 s for the stop. */
     uint64_t pause_epoch, pause_batch;
+    /* Data-parallel (dist.h): this rank in the job its launcher started
+     * (stoker-launch, mpirun, srun); a world of one has no communicator. */
+    stk_dist_env_t env;
+    stk_comm_t *comm;
+    stk_ddp_t *ddp;
+    int cuda_index;   /* the model's GPU, for the communicator */
 } run_t;
 
 /* "stoker-train: error: ..." on stderr; returns code. */

@@ -40,6 +40,25 @@ static int stopping(const stk_train_loop_config_t *cfg)
     return cfg->stop && *cfg->stop;
 }
 
+static int rank0(const stk_train_loop_config_t *cfg)
+{
+    return !cfg->comm || stk_comm_rank(cfg->comm) == 0;
+}
+
+/* Data-parallel: whether any rank wants to stop. Every rank must stop at
+ * the same optimizer step, or the others would wait for it in the next
+ * collective. One process: its own flag. */
+static int agree_stop(const stk_train_loop_config_t *cfg, int local, int *stop)
+{
+    *stop = local;
+    if (!cfg->comm)
+        return 0;
+    int32_t v = local;
+    int rc = stk_comm_allreduce(cfg->comm, &v, 1, STK_DTYPE_I32, STK_REDUCE_MAX);
+    *stop = v != 0;
+    return rc;
+}
+
 static double lr0(const stk_optim_t *opt)
 {
     double lr = NAN;
@@ -53,10 +72,24 @@ static int save(const stk_train_loop_config_t *cfg, const stk_train_state_t *st)
         return 0;
     stk_train_parts_t parts = {cfg->model, cfg->optim, cfg->sched};
     char path[4096];
-    int rc = stk_train_checkpoint_save(cfg->checkpoint_dir, &parts, st, cfg->extra, cfg->n_extra, cfg->keep_last,
+    int rc = 0;
+    /* Data-parallel: rank 0 alone writes (every rank holds the same
+     * parameters and state); its outcome reaches every rank, so that none
+     * trains on after a failed save. */
+    if (rank0(cfg)) {
+        rc = stk_train_checkpoint_save(cfg->checkpoint_dir, &parts, st, cfg->extra, cfg->n_extra, cfg->keep_last,
                                        path, sizeof path);
-    if (rc == 0 && cfg->on_checkpoint)
-        cfg->on_checkpoint(path, st, cfg->user);
+        if (rc == 0 && cfg->on_checkpoint)
+            cfg->on_checkpoint(path, st, cfg->user);
+    }
+    if (cfg->comm) {
+        int32_t r0 = rc;
+        int crc = stk_comm_broadcast(cfg->comm, &r0, 1, STK_DTYPE_I32, 0);
+        if (crc)
+            return crc;
+        if (r0 && !rc)
+            return stk__error(STK_ERANK, "rank 0 could not save the checkpoint (%s)", stk_err_name(r0));
+    }
     return rc;
 }
 
@@ -104,8 +137,10 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
      * after an error, resumes exactly). */
     uint64_t micro = st->micro, open = 0, seen = 0, correct = 0;
     double loss_sum = 0;
+    /* Data-parallel: a stop takes effect at the step all ranks agreed on. */
+    int interrupted = 0, agreed = 0;
     for (;;) {
-        if (open == 0 && stopping(cfg)) {
+        if (open == 0 && (cfg->comm ? agreed : stopping(cfg))) {
             st->ep_train_s = now_s() - t_start;
             return stop_here(cfg, st, nb);
         }
@@ -118,8 +153,10 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
         /* stk_loader_interrupt (a signal's way to end a wait on a stopped
          * worker) stops the run; inside a group, only the wait was cut:
          * the group is finished first. */
-        if (rc == -EINTR && open > 0)
+        if (rc == -EINTR && (open > 0 || cfg->comm)) {
+            interrupted = 1;
             continue;
+        }
         if (rc == -EINTR) {
             st->ep_train_s = now_s() - t_start;
             return stop_here(cfg, st, nb);
@@ -147,15 +184,29 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
         correct += (uint64_t)m.correct;
         seen += (uint64_t)m.samples;
         if (m.stepped) {
+            /* The model and optimizer took step m.step: st says so before
+             * anything else can fail. */
             st->micro = micro;
+            st->step = m.step;
+            st->loader = (stk_loader_state_t){st->epoch, number + 1};
+            st->ep_train_s = now_s() - t_start;
+            /* Data-parallel: one small all-reduce per step, the stop vote
+             * and the step's figures summed over ranks (counts of one
+             * step are exact in f32). */
+            if (cfg->comm) {
+                float v[4] = {(float)(interrupted || stopping(cfg)), (float)loss_sum, (float)correct, (float)seen};
+                if ((rc = stk_comm_allreduce(cfg->comm, v, 4, STK_DTYPE_F32, STK_REDUCE_SUM)) != 0)
+                    return rc;
+                agreed = v[0] > 0;
+                loss_sum = v[1];
+                correct = (uint64_t)v[2];
+                seen = (uint64_t)v[3];
+            }
             st->ep_loss_sum += loss_sum;
             st->ep_correct += correct;
             st->ep_seen += seen;
             open = seen = correct = 0;
             loss_sum = 0;
-            st->step = m.step;
-            st->loader = (stk_loader_state_t){st->epoch, number + 1};
-            st->ep_train_s = now_s() - t_start;
             /* The end of the epoch saves anyway. */
             if (cfg->checkpoint_steps && st->step % cfg->checkpoint_steps == 0 && number + 1 < nb &&
                 (rc = save(cfg, st)) != 0)
@@ -205,7 +256,23 @@ static int end_epoch(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
     int rc;
     if (cfg->eval_loader) {
         stk_train_eval_t ev;
-        rc = stk_train_evaluate(cfg->model, cfg->eval_loader, cfg->eval_inputs, cfg->topk, cfg->stop, &ev);
+        /* Data-parallel: every rank evaluates its part with rank 0's
+         * batchnorm statistics (those a checkpoint holds), to the end (a
+         * stop is agreed after it), and the sums are global. */
+        if (cfg->comm && cfg->stepper.ddp && (rc = stk_ddp_broadcast_buffers(cfg->stepper.ddp)) != 0)
+            return rc;
+        rc = stk_train_evaluate(cfg->model, cfg->eval_loader, cfg->eval_inputs, cfg->topk,
+                                cfg->comm ? NULL : cfg->stop, &ev);
+        if (rc == 0 && cfg->comm) {
+            double n = (double)ev.samples;
+            float v[4] = {ev.samples ? (float)(ev.loss * n) : 0.f, (float)(ev.top1 * n), (float)(ev.topk * n), (float)n};
+            if ((rc = stk_comm_allreduce(cfg->comm, v, 4, STK_DTYPE_F32, STK_REDUCE_SUM)) != 0)
+                return rc;
+            ev.samples = (uint64_t)v[3];
+            ev.loss = v[3] > 0 ? v[0] / v[3] : NAN;
+            ev.top1 = v[3] > 0 ? v[1] / v[3] : NAN;
+            ev.topk = v[3] > 0 ? v[2] / v[3] : NAN;
+        }
         if (rc == -EINTR) {
             /* Trained, not evaluated: the checkpoint says (epoch, nb), and
              * a resumed run evaluates first. */
@@ -253,6 +320,30 @@ int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
     if (st->loader.epoch == st->epoch && st->loader.batch > nb)
         return stk__error(-ERANGE, "train loop: the state is at batch %" PRIu64 " of an epoch of %" PRIu64,
                           st->loader.batch, nb);
+    if (cfg->comm) {
+        /* Each rank's shard and order depend on the world size: a resume
+         * keeps it, and every rank must resume from the same step. */
+        int world = stk_comm_size(cfg->comm);
+        uint32_t was = st->world_size ? st->world_size : 1;
+        int resumed = st->step > 0 || st->epoch > 0 || st->micro > 0;
+        if (resumed && was != (uint32_t)world)
+            return stk__error(STK_ECONFIG, "train loop: the state comes from a run of %u rank%s, this run has %d: "
+                              "resume with %u (each rank's data depends on the world size)", was, was == 1 ? "" : "s",
+                              world, was);
+        int64_t lo = (int64_t)st->step, hi = (int64_t)st->step;
+        int rc = stk_comm_allreduce(cfg->comm, &lo, 1, STK_DTYPE_I64, STK_REDUCE_MIN);
+        if (rc == 0)
+            rc = stk_comm_allreduce(cfg->comm, &hi, 1, STK_DTYPE_I64, STK_REDUCE_MAX);
+        if (rc)
+            return rc;
+        if (lo != hi)
+            return stk__error(STK_ECONFIG, "train loop: ranks start at different steps (%" PRId64 " to %" PRId64
+                              "): every rank must resume from the same checkpoint", lo, hi);
+        st->world_size = (uint32_t)world;
+    } else if (st->world_size > 1 && (st->step > 0 || st->epoch > 0 || st->micro > 0)) {
+        return stk__error(STK_ECONFIG, "train loop: the state comes from a run of %u ranks, this is one process: "
+                          "resume with %u ranks", st->world_size, st->world_size);
+    }
     stk_train_stepper_config_t scfg = cfg->stepper;
     scfg.batches_per_epoch = nb;
     stk_train_stepper_t *stepper = NULL;
@@ -269,7 +360,10 @@ int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
         rc = train_epoch(cfg, stepper, nb, st, &feeder);
         if (rc == 0)
             rc = end_epoch(cfg, st);
-        if (rc == 0 && stopping(cfg) && st->epoch < last)
+        int stop = 0;
+        if (rc == 0 && st->epoch < last)
+            rc = agree_stop(cfg, stopping(cfg), &stop);
+        if (rc == 0 && stop)
             rc = stk__error(-EINTR, "stopped after epoch %" PRIu64 ", step %" PRIu64, st->epoch, st->step);
     }
     stk__train_feeder_clear(&feeder);

@@ -107,10 +107,11 @@ int stk__train_meta_format(const stk_train_state_t *st, char *meta, size_t cap)
              "\nepoch = %" PRIu64 "\nstep = %" PRIu64 "\nmicro = %" PRIu64 "\nloader_epoch = %" PRIu64
              "\nloader_batch = %" PRIu64 "\nep_loss_sum = %a\nep_correct = %" PRIu64 "\nep_seen = %" PRIu64
              "\nep_train_s = %a\nep_wait_s = %a\ntotal_train_s = %a\ntotal_wait_s = %a\ntotal_images = %" PRIu64
-             "\nhistory_fields = %d\n",
+             "\nhistory_fields = %d\nworld_size = %u\n",
              STK_TRAIN_STATE_VERSION, st->run_id, st->config_hash, st->seed, st->epoch, st->step, st->micro,
              st->loader.epoch, st->loader.batch, st->ep_loss_sum, st->ep_correct, st->ep_seen, st->ep_train_s,
-             st->ep_wait_s, st->total_train_s, st->total_wait_s, st->total_images, STK__TRAIN_HIST_FIELDS);
+             st->ep_wait_s, st->total_train_s, st->total_wait_s, st->total_images, STK__TRAIN_HIST_FIELDS,
+             st->world_size > 1 ? st->world_size : 1u);
     if (w < 0 || (size_t)w >= cap)
         return stk__error(-ENOSPC, "train checkpoint: meta text over %zu bytes", cap);
     return 0;
@@ -211,6 +212,13 @@ static int load_meta(const stk_ckpt_t *ck, stk_train_state_t *st, size_t *hist_f
     for (size_t i = 0; i < STK__ARRAY_LEN(f); i++)
         if (meta_f64(meta, f[i].key, f[i].dst) != 0)
             return stk__error(STK_EDATA, "%s: 'meta' lacks a valid '%s'", path, f[i].key);
+    /* Optional: a checkpoint of one process may predate the key. */
+    uint64_t world = 1;
+    char wbuf[32];
+    if (meta_get(meta, "world_size", wbuf, sizeof wbuf) == 0 &&
+        (meta_u64(meta, "world_size", 10, &world) != 0 || world < 1 || world > UINT32_MAX))
+        return stk__error(STK_EDATA, "%s: 'meta' has a bad world_size", path);
+    st->world_size = (uint32_t)world;
     if (hf < STK__TRAIN_HIST_FIELDS || hf > 4096)
         return stk__error(STK_EDATA, "%s: history_fields %" PRIu64 " (this build needs %d)", path, hf,
                           STK__TRAIN_HIST_FIELDS);

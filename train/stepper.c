@@ -29,6 +29,7 @@ struct stk_train_stepper {
     stk_train_stepper_config_t cfg;
     uint64_t steps;
     uint32_t open; /* micro-batches in the group not yet stepped */
+    int synced;    /* DDP: the group's gradients are reduced already */
 };
 
 void stk_train_stepper_config_default(stk_train_stepper_config_t *cfg)
@@ -113,6 +114,11 @@ static int close_group(stk_train_stepper_t *s, stk_train_step_metrics_t *m)
 {
     double t0 = now_s();
     int rc;
+    /* A group closed before its planned last micro-batch was not reduced
+     * by that backward: all of it now. */
+    if (s->cfg.ddp && !s->synced && (rc = stk_ddp_sync_grads(s->cfg.ddp)) != 0)
+        return rc;
+    s->synced = 0;
     if (s->cfg.reduce && (rc = s->cfg.reduce(s->model, s->cfg.reduce_user)) != 0)
         return rc;
     m->grad_norm = NAN;
@@ -166,7 +172,14 @@ int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, co
         return stk__error(-EDOM, "loss is %s at batch %llu (step %llu): training diverged (lower the lr?)",
                           isnan(loss) ? "NaN" : loss > 0 ? "+inf" : "-inf", (unsigned long long)batch,
                           (unsigned long long)s->steps);
-    if ((rc = stk_model_backward(s->model)) != 0)
+    int last = batch + 1 == start + size;
+    if (s->cfg.ddp) {
+        rc = stk_ddp_backward(s->cfg.ddp, last);
+        s->synced = last;
+    } else {
+        rc = stk_model_backward(s->model);
+    }
+    if (rc != 0)
         return rc;
     m.compute_s = now_s() - t0;
     int64_t correct = 0;
@@ -174,7 +187,7 @@ int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, co
         return rc;
     m.correct = correct;
     s->open++;
-    if (batch + 1 == start + size) {
+    if (last) {
         if ((rc = close_group(s, &m)) != 0)
             return rc;
     } else {

@@ -127,8 +127,10 @@ STK_API int stk_comm_backend_from_name(const char *name);
 STK_API int stk_comm_set_timeout(stk_comm_t *c, double seconds);
 /* NCCL: the CUDA stream (cudaStream_t as void *) whose earlier work a
  * collective waits for and that waits for the collective's end (the
- * engine's compute stream). NULL: the legacy default stream. Other
- * backends: ignored. 0 or -EINVAL. */
+ * engine's compute stream). NULL (default): each collective first waits
+ * for the whole device (correct with any producer, no overlap with it),
+ * and stk_comm_wait is what orders later work. Other backends: ignored.
+ * 0 or -EINVAL. */
 STK_API int stk_comm_set_stream(stk_comm_t *c, void *stream);
 
 /* Collectives. Every rank must issue the same collectives in the same
@@ -199,6 +201,10 @@ typedef struct stk_ddp_config {
      * parameter tensors in reverse layer order; a tensor larger than the
      * capacity gets a bucket of its own. Default 25 MiB. */
     size_t bucket_bytes;
+    /* Capacity of bucket 0 (the last layers), smaller so that the first
+     * reduction starts early in backward (PyTorch's first_bucket_bytes).
+     * Default 1 MiB; 0: bucket_bytes. */
+    size_t first_bucket_bytes;
     /* 1 (default): gradients averaged over ranks, so that a step equals one
      * process taking the global batch; 0: summed. */
     int average;
@@ -245,6 +251,12 @@ STK_API int stk_ddp_backward(stk_ddp_t *d, int sync);
  * reached no loss, and waits for all of them). */
 STK_API int stk_ddp_prepare(stk_ddp_t *d, int sync);
 STK_API int stk_ddp_finish(stk_ddp_t *d);
+
+/* All-reduces (averages) every bucket now, after backward passes run with
+ * sync = 0: for a group that ends before its planned last micro-step (a
+ * short last group of an epoch, a flush). Counts as a sync step. Returns
+ * 0 or a collective's error. */
+STK_API int stk_ddp_sync_grads(stk_ddp_t *d);
 
 /* Buffers (batchnorm running statistics) from rank 0 to every rank. By
  * default each rank keeps its own; call this before evaluating or saving

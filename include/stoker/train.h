@@ -13,6 +13,7 @@
 
 #include "stoker/common.h"
 #include "stoker/checkpoint.h"
+#include "stoker/dist.h"
 #include "stoker/engine.h"
 #include "stoker/loader.h"
 #include "stoker/optim.h"
@@ -126,6 +127,12 @@ typedef struct stk_train_stepper_config {
                                  * the step with -EDOM before backward */
     stk_train_reduce_fn reduce; /* NULL: single process */
     void *reduce_user;
+    /* Data-parallel (dist.h): each backward goes through stk_ddp_backward,
+     * whose group's last one all-reduces the gradients while backward
+     * still runs (no communication on the other micro-batches); a group
+     * closed early (stk_train_stepper_flush) is reduced then with
+     * stk_ddp_sync_grads. NULL (default): one process. */
+    stk_ddp_t *ddp;
 } stk_train_stepper_config_t;
 
 STK_API void stk_train_stepper_config_default(stk_train_stepper_config_t *cfg);
@@ -256,6 +263,9 @@ typedef struct stk_train_state {
     uint64_t step;          /* optimizer steps taken */
     uint64_t micro;         /* training micro-batches taken: the model's step
                              * (stk_model_step), set back on resume */
+    uint32_t world_size;    /* ranks of the run (0 or 1: one process); the
+                             * data order depends on it, so a resume must
+                             * keep it (stk_train_run checks) */
     /* The next training batch. (e, nb) with nb the epoch's batch count:
      * epoch e was trained but its end (evaluation, history) is to come;
      * after it the position reads (e + 1, 0). */
@@ -375,6 +385,16 @@ typedef struct stk_train_loop_config {
     int (*on_epoch)(const stk_train_epoch_t *e, const stk_train_state_t *st, void *user);
     void (*on_checkpoint)(const char *path, const stk_train_state_t *st, void *user);
     void *user;
+    /* Data-parallel (dist.h); NULL (default): one process. Every rank runs
+     * the loop over its own shard (the caller gives train_loader a
+     * distributed sampler with this communicator's rank and world, and
+     * eval_loader this rank's part of the test set) with stepper.ddp set.
+     * At each optimizer step the ranks agree on whether to stop and sum
+     * the step's loss, hits and samples, so st (and every rank's report)
+     * holds global figures; evaluation runs on rank 0's batchnorm buffers
+     * and sums over ranks; only rank 0 saves checkpoints (and calls
+     * on_checkpoint). A resume needs the world size of the checkpoint. */
+    stk_comm_t *comm;
 } stk_train_loop_config_t;
 
 STK_API void stk_train_loop_config_default(stk_train_loop_config_t *cfg);

@@ -503,7 +503,8 @@ static int mode_stop(stk_comm_t *c, const char *how)
 
 /* Steady training steps for the benchmark: per-rank batch, the step time,
  * and the share of the reductions hidden under backward. */
-static int mode_bench(stk_comm_t *c, const char *model_path, int64_t batch, int steps, int overlap, int use_ddp)
+static int mode_bench(stk_comm_t *c, const char *model_path, int64_t batch, int steps, int overlap, int use_ddp,
+                      size_t bucket_bytes)
 {
     stk_model_config_t cfg;
     stk_model_config_default(&cfg);
@@ -516,6 +517,8 @@ static int mode_bench(stk_comm_t *c, const char *model_path, int64_t batch, int 
     stk_ddp_config_t dc;
     stk_ddp_config_default(&dc);
     dc.overlap = overlap;
+    if (bucket_bytes)
+        dc.bucket_bytes = dc.first_bucket_bytes = bucket_bytes;
     if (use_ddp)
         CHECK(stk_ddp_create(&d, c, m, &dc), "ddp create");
     float *x = malloc((size_t)batch * 784 * sizeof(float));
@@ -543,10 +546,11 @@ static int mode_bench(stk_comm_t *c, const char *model_path, int64_t batch, int 
     stk_ddp_stats_t st;
     stk_ddp_stats(d, &st);
     double hidden = st.reduce_s > 0 ? 1.0 - st.exposed_s / st.reduce_s : 0;
-    printf("bench: rank %d of %d backend %s overlap %d batch %lld: %.2f ms/step; reduce %.2f ms/step, exposed %.2f "
-           "ms/step, hidden %.1f%%, buckets %zu\n", g_rank, g_world, use_ddp ? stk_comm_backend_name(stk_comm_backend(c))
-           : "none", overlap, (long long)batch, dt * 1e3, st.reduce_s / steps * 1e3, st.exposed_s / steps * 1e3,
-           hidden * 100, stk_ddp_num_buckets(d));
+    printf("bench: rank %d of %d backend %s overlap %d batch %lld buckets %zu: %.2f ms/step, backward %.2f; reduce "
+           "%.2f ms/step, exposed %.2f ms/step, hidden %.1f%%\n", g_rank, g_world,
+           use_ddp ? stk_comm_backend_name(stk_comm_backend(c)) : "none", overlap, (long long)batch,
+           stk_ddp_num_buckets(d), dt * 1e3, st.backward_s / steps * 1e3, st.reduce_s / steps * 1e3,
+           st.exposed_s / steps * 1e3, hidden * 100);
     stk_ddp_destroy(&d);
     stk_model_destroy(&m);
     free(x);
@@ -557,7 +561,8 @@ static int mode_bench(stk_comm_t *c, const char *model_path, int64_t batch, int 
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: dist_check collectives|ddp|accum|order|stop|kill|bench [args]\n");
+        fprintf(stderr, "usage: dist_check collectives|ddp|accum|order|stop|kill\n"
+                        "       dist_check bench MODEL BATCH STEPS OVERLAP [BUCKET_BYTES (0: default) | none]\n");
         return 1;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -587,7 +592,8 @@ int main(int argc, char **argv)
     else if (strcmp(mode, "stop") == 0 || strcmp(mode, "kill") == 0)
         rc = mode_stop(c, mode);
     else if (strcmp(mode, "bench") == 0 && argc >= 6)
-        rc = mode_bench(c, argv[2], atoll(argv[3]), atoi(argv[4]), atoi(argv[5]), !no_comm);
+        rc = mode_bench(c, argv[2], atoll(argv[3]), atoi(argv[4]), atoi(argv[5]), !no_comm,
+                        argc > 6 && !no_comm ? (size_t)atoll(argv[6]) : 0);
     else
         fail("unknown mode '%s'", mode);
     stk_comm_destroy(&c);

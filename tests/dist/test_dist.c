@@ -665,6 +665,7 @@ static void test_ddp_single(void **state)
     stk_ddp_config_t dc;
     stk_ddp_config_default(&dc);
     assert_int_equal(dc.bucket_bytes, 25u << 20);
+    assert_int_equal(dc.first_bucket_bytes, 1u << 20);
     assert_int_equal(dc.average, 1);
     dc.bucket_bytes = 600 * sizeof(float);
     dc.trace_events = 256;
@@ -725,6 +726,14 @@ static void test_ddp_single(void **state)
     assert_int_equal(ready, 3);
     assert_int_equal(begins, nb);
 
+    /* A group closed early: its local gradients reduced at once. */
+    forward(m);
+    assert_int_equal(stk_ddp_backward(d, 0), 0);
+    assert_int_equal(stk_ddp_sync_grads(d), 0);
+    stk_ddp_stats(d, &st);
+    assert_int_equal(st.reductions, 2 * nb);
+    assert_int_equal(stk_ddp_sync_grads(NULL), -EINVAL);
+
     /* The two-halves form, and its misuse. */
     assert_int_equal(stk_ddp_finish(d), STK_ESTATE);
     assert_int_equal(stk_ddp_prepare(d, 1), 0);
@@ -738,6 +747,17 @@ static void test_ddp_single(void **state)
     assert_int_equal(stk_ddp_check_params(d), 0);
     stk_ddp_destroy(&d);
     assert_null(d);
+    stk_ddp_destroy(&d);
+    /* A small first bucket (PyTorch's first_bucket_bytes): fc2 alone (85
+     * floats), then all the rest in one. */
+    dc.bucket_bytes = (size_t)25 << 20;
+    dc.first_bucket_bytes = 100 * sizeof(float);
+    assert_int_equal(stk_ddp_create(&d, c, m, &dc), 0);
+    assert_int_equal(stk_ddp_num_buckets(d), 2);
+    size_t off0, cnt0;
+    assert_int_equal(stk_ddp_bucket(d, 0, &off0, &cnt0), 0);
+    assert_int_equal(cnt0, 85);
+    assert_int_equal(off0 + cnt0, total);
     stk_ddp_destroy(&d);
     dc.bucket_bytes = 2;
     expect_msg(stk_ddp_create(&d, c, m, &dc), STK_ECONFIG, "bucket_bytes");
