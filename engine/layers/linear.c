@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* linear: PyTorch's Linear over flat features, y = x W^T + b, W [out, in]
  * in the parameter arena; over a sequence (N x T x F) it applies to each
- * step's features, as torch's Linear on the last dimension. */
-#include "../layer.h"
+ * step's features, as torch's Linear on the last dimension (seq_linear.c). */
+#include "seq_linear.h"
 
 #include <stddef.h>
 
@@ -73,15 +73,25 @@ static void linear_init(stk_model_t *m, int i, float *params, float *buffers, in
 static int linear_plan(stk_model_t *m, int i, int64_t n, void **plan)
 {
     const stk__layer_t *l = &m->layers[i];
-    /* a sequence's steps are rows too */
-    stk__linear_desc_t ld = {.n = l->seq ? n * l->c : n, .in = l->seq ? l->in_w : l->in_c, .out = l->seq ? l->w : l->c,
-                             .bias = l->d.bias};
+    if (l->seq)
+        return stk__seq_linear_plan(m, i, n, plan);
+    stk__linear_desc_t ld = {.n = n, .in = l->in_c, .out = l->c, .bias = l->d.bias};
     return m->be.iface->linear_create(m->be.ctx, &ld, (stk__op_t **)plan);
+}
+
+static void linear_unplan(stk_model_t *m, int i, void *plan)
+{
+    if (m->layers[i].seq)
+        stk__seq_linear_unplan(m, i, plan);
+    else
+        m->be.iface->op_destroy(m->be.ctx, plan);
 }
 
 static int linear_forward(stk_model_t *m, int i)
 {
     const stk__layer_t *l = &m->layers[i];
+    if (l->seq)
+        return stk__seq_linear_forward(m, i);
     return m->be.iface->linear_forward(m->be.ctx, stk__plan(m, i), stk__input(m, i, 0)->y, stk__param(m, l, 0),
                                        stk__param(m, l, 1), l->y);
 }
@@ -90,6 +100,8 @@ static int linear_backward(stk_model_t *m, int i)
 {
     const stk__backend_iface_t *be = m->be.iface;
     const stk__layer_t *l = &m->layers[i];
+    if (l->seq)
+        return stk__seq_linear_backward(m, i);
     float *gw = stk__grad_target(m, l, 0);
     /* As conv2d: the bias gradient bypasses the one-tensor scratch. */
     float *gb = NULL, *bscr = NULL;
@@ -121,6 +133,7 @@ const stk__layer_class_t stk__layer_linear = {
     .params = linear_params,
     .init = linear_init,
     .plan = linear_plan,
+    .unplan = linear_unplan,
     .forward = linear_forward,
     .backward = linear_backward,
 };
