@@ -61,6 +61,7 @@ typedef struct train_config {
     int progress_every;        /* seconds between progress lines in a log */
     int profile;               /* per-layer and per-phase timing at the end */
     double bucket_mb;          /* data-parallel: gradient bucket capacity, MiB */
+    int sync_bn;               /* data-parallel: batchnorm over the global batch */
     /* Where each key's value came from ("file:line", "--set"), by key
      * index; "" for a default. */
     char origin[48][TRAIN_PATH_MAX + 16];
