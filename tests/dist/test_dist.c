@@ -646,10 +646,12 @@ static stk_model_t *make_model(const char *text, uint64_t seed)
     return m;
 }
 
+/* The model keeps the input by pointer until backward (conv1's weight
+ * gradient reads it): static, not on this function's stack. */
 static void forward(stk_model_t *m)
 {
-    float x[4 * 64];
-    int64_t y[4] = {0, 1, 2, 3};
+    static float x[4 * 64];
+    static int64_t y[4] = {0, 1, 2, 3};
     for (int i = 0; i < 4 * 64; i++)
         x[i] = (float)((i * 37) % 17) / 17.0f - 0.5f;
     float loss;
