@@ -83,7 +83,8 @@ STK_API void stk_log_stderr(stk_log_level_t level, const char *msg, void *user);
 STK_API void stk_philox4x32(uint64_t key, uint64_t ctr_hi, uint64_t ctr_lo, uint32_t out[4]);
 
 /* Mixes values into a 64-bit key (splitmix64 finalizer over a running hash):
- * stk_rng_key(seed, epoch, index, ...) style derivations. */
+ * chained as stk_rng_mix(stk_rng_mix(seed, epoch), index) to key a draw
+ * by several values. */
 STK_API uint64_t stk_rng_mix(uint64_t a, uint64_t b);
 
 /* A stream of draws from one Philox key. Plain struct, cheap to copy; two

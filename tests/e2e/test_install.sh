@@ -34,7 +34,7 @@ tail -1 "$tmp/out1"
 tail -1 "$tmp/out2"
 # The binaries ran on the installed library, not the build tree's.
 ldd "$tmp/model_in_c" | grep -q "$tmp/root" || { echo "model_in_c did not use the installed library" >&2; exit 1; }
-for d in custom-loop.md train-state-format.md shard-format.md model-format.md train-config.md; do
+for d in design.md custom-loop.md distributed.md train-state-format.md shard-format.md model-format.md train-config.md; do
     [ -n "$(find "$tmp/root" -path "*/doc/stoker/$d")" ] || { echo "doc $d not installed" >&2; exit 1; }
 done
 echo "installed, built against pkg-config stoker, ran"
