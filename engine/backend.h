@@ -280,6 +280,14 @@ typedef struct stk__backend_iface {
      * *nonfinite (host) = 1 when any element was NaN or infinite before,
      * else 0. Synchronous: the flag is read back before it returns. */
     int (*unscale_grads)(void *ctx, size_t n, float *g, float inv_scale, int *nonfinite);
+    /* The model's config (engine.h), given once after open and before any
+     * op is planned, for what the backend tunes by it (CUDA: the cuDNN
+     * policy, workspace limit and cache file). Optional: NULL where the
+     * config holds nothing for the backend. STK_ECONFIG names a bad
+     * field. algo_stats: the engine-choice counters (optional: NULL, all
+     * zero). */
+    int (*configure)(void *ctx, const stk_model_config_t *cfg);
+    void (*algo_stats)(void *ctx, stk_algo_stats_t *out);
 } stk__backend_iface_t;
 
 #define STK__FEED_SLOTS 2

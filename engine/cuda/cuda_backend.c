@@ -101,6 +101,7 @@ static void cu_destroy(void *ctx)
     if (c->dnn)
         cudnnDestroy(c->dnn);
     free(c->stage);
+    free(c->cache_path);
     cudaFree(c->dev_scratch);
     cudaFree(c->rows);
     cudaFree(c->flag_dev);
@@ -269,6 +270,8 @@ static const stk__backend_iface_t cuda_iface = {
     .optim_update = stk__cuda_optim_update,
     .set_precision = stk__cuda_set_precision,
     .unscale_grads = stk__cuda_unscale_grads,
+    .configure = stk__dnn_configure,
+    .algo_stats = stk__dnn_algo_stats,
 };
 
 /* ------------------------------------------------------------------ open */
