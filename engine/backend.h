@@ -270,6 +270,15 @@ typedef struct stk__backend_iface {
      * (optional). */
     int (*pin_host)(void *ctx, void *addr, size_t bytes);
     void (*unpin_host)(void *ctx, void *addr);
+
+    /* The model's config (engine.h), given once after open and before any
+     * op is planned, for what the backend tunes by it (CUDA: the cuDNN
+     * policy, workspace limit and cache file). Optional: NULL where the
+     * config holds nothing for the backend. STK_ECONFIG names a bad
+     * field. algo_stats: the engine-choice counters (optional: NULL, all
+     * zero). */
+    int (*configure)(void *ctx, const stk_model_config_t *cfg);
+    void (*algo_stats)(void *ctx, stk_algo_stats_t *out);
 } stk__backend_iface_t;
 
 #define STK__FEED_SLOTS 2

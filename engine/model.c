@@ -512,6 +512,9 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
         cfg = &dc;
     if (cfg->batch_size < 1 || cfg->batch_size > STK__MAX_DIM || cfg->threads < 0)
         return stk__error(-EINVAL, "model: batch_size %lld / threads %d", (long long)cfg->batch_size, cfg->threads);
+    if ((unsigned)cfg->cudnn_policy > STK_CUDNN_DETERMINISTIC)
+        return stk__error(STK_ECONFIG, "model: cudnn_policy %d is none of heuristic, benchmark, deterministic",
+                          (int)cfg->cudnn_policy);
     if (b->n < 2)
         return stk__error(STK_ECONFIG, "model: needs an input layer and at least one more");
     stk_model_t *m = calloc(1, sizeof(*m));
@@ -554,6 +557,8 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     if ((rc = stk__backend_open_index(&m->be, cfg->device, cfg->device_index)) < 0)
         goto fail;
     m->device = cfg->device;
+    if (m->be.iface->configure && (rc = m->be.iface->configure(m->be.ctx, cfg)) < 0)
+        goto fail;
     assign_layouts(m);
     if (m->threads > 0 && (rc = m->be.iface->set_threads(m->be.ctx, m->threads)) < 0)
         goto fail;

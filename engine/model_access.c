@@ -81,6 +81,34 @@ int stk_model_threads(const stk_model_t *m)
     return m->be.iface->max_threads(m->be.ctx);
 }
 
+static const char *const cudnn_policy_names[] = {"heuristic", "benchmark", "deterministic"};
+
+const char *stk_cudnn_policy_name(stk_cudnn_policy_t p)
+{
+    return (unsigned)p < STK__ARRAY_LEN(cudnn_policy_names) ? cudnn_policy_names[p] : "?";
+}
+
+int stk_cudnn_policy_parse(const char *s, stk_cudnn_policy_t *out)
+{
+    for (unsigned i = 0; s && i < STK__ARRAY_LEN(cudnn_policy_names); i++)
+        if (!strcmp(s, cudnn_policy_names[i])) {
+            if (out)
+                *out = (stk_cudnn_policy_t)i;
+            return 0;
+        }
+    return stk__error(STK_ECONFIG, "cudnn policy '%s': want heuristic, benchmark or deterministic", s ? s : "(null)");
+}
+
+int stk_model_algo_stats(const stk_model_t *m, stk_algo_stats_t *out)
+{
+    if (!m || !out)
+        return stk__error(-EINVAL, "stk_model_algo_stats: NULL argument");
+    memset(out, 0, sizeof(*out));
+    if (m->be.iface->algo_stats)
+        m->be.iface->algo_stats(m->be.ctx, out);
+    return 0;
+}
+
 void stk_model_set_loss_scale(stk_model_t *m, float scale)
 {
     m->loss_scale = scale;

@@ -53,12 +53,22 @@ typedef struct cuda_ctx {
      * cores (TF32) or convert inputs down are skipped. Issue 12's
      * algorithm policy may open this up. */
     int allow_tf32;
+    /* How convolutions pick their engine (the model config's cudnn_*
+     * fields; cudnn_graph.c): the policy, the workspace limit (bytes, 0
+     * none), the benchmark cache file (owned; NULL none), this GPU's name
+     * in cache keys, and the counters stk_model_algo_stats reads. */
+    stk_cudnn_policy_t policy;
+    uint64_t ws_limit;
+    char *cache_path;
+    char device_tag[64];
+    stk_algo_stats_t algo;
 } cuda_ctx_t;
 
 /* A cuDNN execution plan with what executing it needs. The descriptors
  * it was made from (tensors, operation, graph, engine configuration) are
  * kept alive with it: the plan refers to them. */
-#define DNN_KEEP_MAX 8
+/* graph, op, convolution, 3 tensors, configuration, engine, its knobs */
+#define DNN_KEEP_MAX 40
 typedef struct dnn_plan {
     cudnnBackendDescriptor_t plan; /* NULL: not built */
     int64_t workspace;             /* bytes */
@@ -118,6 +128,10 @@ int stk__cu_unstick(cuda_ctx_t *c);
 
 /* cuDNN graph helpers (cudnn_graph.c). */
 int stk__dnn_devprop_create(cuda_ctx_t *c);
+/* The configure and algo_stats slots: the model config's cudnn_* fields
+ * (the cache file read here), and the counters. */
+int stk__dnn_configure(void *ctx, const stk_model_config_t *cfg);
+void stk__dnn_algo_stats(void *ctx, stk_algo_stats_t *out);
 /* Plans convolution direction `dir` (CU_FWD...) of d, with activations
  * (x, y, dx, dy) aligned to act_align bytes and weights to 4. */
 int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_t act_align, dnn_plan_t *out);

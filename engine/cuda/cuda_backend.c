@@ -101,6 +101,7 @@ static void cu_destroy(void *ctx)
     if (c->dnn)
         cudnnDestroy(c->dnn);
     free(c->stage);
+    free(c->cache_path);
     cudaFree(c->dev_scratch);
     cudaFree(c->rows);
     cudaFreeHost(c->host_scratch);
@@ -265,6 +266,8 @@ static const stk__backend_iface_t cuda_iface = {
     .unpin_host = stk__cuda_unpin_host,
     .optim_create = stk__cuda_optim_create,
     .optim_update = stk__cuda_optim_update,
+    .configure = stk__dnn_configure,
+    .algo_stats = stk__dnn_algo_stats,
 };
 
 /* ------------------------------------------------------------------ open */

@@ -7,10 +7,13 @@
  * and enqueues the plan on the context's stream. The handle attributes
  * of graphs and plans are deprecated in cuDNN 9: the heuristics get a
  * device-property descriptor instead, and the handle goes to execute. */
+#include "algo_cache.h"
 #include "cuda.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define DNN(call, what)                                                                             \
@@ -123,15 +126,89 @@ fail:
     return rc;
 }
 
-/* Whether an engine configuration computes as FP32 promises: no TF32
- * tensor cores (unless allowed), no inputs converted down. A failed query
- * says nothing against it. */
-static int cfg_wanted(const cuda_ctx_t *c, cudnnBackendDescriptor_t cfg)
+/* ------------------------------------------------------------ policy */
+
+/* The process-wide benchmark cache (PyTorch keeps one per process too):
+ * a second model with the same problems, or a batch size planned again,
+ * times nothing. The logged sets remember which choice was last logged
+ * per problem and policy, so each convolution's engine is logged once. */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static stk__algo_cache_t *g_cache;
+static stk__algo_cache_t *g_logged[3];
+
+/* Called with g_lock held. */
+static int caches_ready(void)
+{
+    char ver[64];
+    snprintf(ver, sizeof(ver), "cudnn-%zu", cudnnGetVersion());
+    int rc = 0;
+    if (!g_cache && (rc = stk__algo_cache_create(&g_cache, ver)) < 0)
+        return rc;
+    for (int i = 0; i < 3 && rc == 0; i++)
+        if (!g_logged[i])
+            rc = stk__algo_cache_create(&g_logged[i], ver);
+    return rc;
+}
+
+int stk__dnn_configure(void *ctx, const stk_model_config_t *cfg)
+{
+    cuda_ctx_t *c = ctx;
+    if ((unsigned)cfg->cudnn_policy > STK_CUDNN_DETERMINISTIC)
+        return stk__error(STK_ECONFIG, "cuda: cudnn_policy %d is none of heuristic, benchmark, deterministic",
+                          (int)cfg->cudnn_policy);
+    c->policy = cfg->cudnn_policy;
+    c->ws_limit = cfg->cudnn_workspace_limit;
+    free(c->cache_path);
+    c->cache_path = NULL;
+    if (cfg->cudnn_cache_path && *cfg->cudnn_cache_path && !(c->cache_path = strdup(cfg->cudnn_cache_path)))
+        return stk__error(-ENOMEM, "cuda: out of memory");
+    /* The key's GPU: model, SM count and compute capability, one word. */
+    struct cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, c->device) == cudaSuccess) {
+        char name[40];
+        size_t len = strnlen(prop.name, sizeof(prop.name));
+        if (len >= sizeof(name))
+            len = sizeof(name) - 1;
+        memcpy(name, prop.name, len);
+        name[len] = '\0';
+        for (char *q = name; *q; q++)
+            if (*q <= ' ' || *q == ':' || *q == '#' || *q == 0x7f)
+                *q = '_';
+        snprintf(c->device_tag, sizeof(c->device_tag), "%s-sm%d%d-%d", name[0] ? name : "gpu", prop.major,
+                 prop.minor, prop.multiProcessorCount);
+    } else {
+        (void)cudaGetLastError();
+        snprintf(c->device_tag, sizeof(c->device_tag), "gpu%d", c->device);
+    }
+    pthread_mutex_lock(&g_lock);
+    int rc = caches_ready();
+    if (rc == 0 && c->policy == STK_CUDNN_BENCHMARK && c->cache_path) {
+        /* A cache is an optimization: a file that cannot serve is
+         * reported and then rewritten, the run goes on. */
+        int got = stk__algo_cache_load(g_cache, c->cache_path);
+        if (got >= 0)
+            stk__log(STK_LOG_INFO, "cuDNN benchmark cache %s: %d entries read", c->cache_path, got);
+        else if (got != -ENOENT)
+            stk__log(STK_LOG_WARN, "%s; ignored (it is rewritten when a convolution is timed)", stk_error_message());
+    }
+    pthread_mutex_unlock(&g_lock);
+    return rc;
+}
+
+void stk__dnn_algo_stats(void *ctx, stk_algo_stats_t *out)
+{
+    const cuda_ctx_t *c = ctx;
+    *out = c->algo;
+}
+
+/* The notes of an engine configuration as STK__NOTE_ bits. A failed
+ * query says nothing against it. */
+static unsigned cfg_notes(cudnnBackendDescriptor_t cfg)
 {
     cudnnBackendDescriptor_t eng = NULL;
     if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng) != CUDNN_STATUS_SUCCESS)
-        return 1;
-    int ok = 1;
+        return 0;
+    unsigned bits = 0;
     int64_t got = 0;
     if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &got, &eng) ==
         CUDNN_STATUS_SUCCESS) {
@@ -141,22 +218,135 @@ static int cfg_wanted(const cuda_ctx_t *c, cudnnBackendDescriptor_t cfg)
                                      CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &nn, notes) == CUDNN_STATUS_SUCCESS) {
             for (int64_t i = 0; i < nn && i < CUDNN_NUMERICAL_NOTE_TYPE_COUNT; i++) {
                 if (notes[i] == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS)
-                    ok = 0;
-                if (notes[i] == CUDNN_NUMERICAL_NOTE_TENSOR_CORE && !c->allow_tf32)
-                    ok = 0;
+                    bits |= STK__NOTE_DOWN_CONVERT;
+                if (notes[i] == CUDNN_NUMERICAL_NOTE_TENSOR_CORE)
+                    bits |= STK__NOTE_TENSOR_CORE;
+                if (notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC)
+                    bits |= STK__NOTE_NONDETERMINISTIC;
             }
+        }
+        cudnnBackendBehaviorNote_t beh[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
+        int64_t nb = 0;
+        if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
+                                     CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &nb, beh) == CUDNN_STATUS_SUCCESS) {
+            for (int64_t i = 0; i < nb && i < CUDNN_BEHAVIOR_NOTE_TYPE_COUNT; i++)
+                if (beh[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION)
+                    bits |= STK__NOTE_RUNTIME_COMPILATION;
         }
     }
     cudnnBackendDestroyDescriptor(eng);
-    return ok;
+    return bits;
 }
 
-/* Tries the configurations that heuristic `mode` ranks for graph, best
- * first; the first that finalizes becomes p->plan, its configuration kept
- * in p. Returns 0 (p->plan may still be NULL: none fit) or a failure of
- * the heuristics themselves. *last: the status of the last refusal. */
-static int plan_from_heuristics(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, cudnnBackendHeurMode_t mode,
-                                dnn_plan_t *p, cudnnStatus_t *last)
+/* What rebuilds cfg in another process: its engine's global index and
+ * its knob choices. Returns 0, or a failed query's status. */
+static int cfg_describe(cudnnBackendDescriptor_t cfg, stk__algo_choice_t *ch)
+{
+    int rc = 0;
+    cudnnBackendDescriptor_t eng = NULL, knobs[STK__ALGO_MAX_KNOBS] = {NULL};
+    int64_t got = 0;
+    memset(ch, 0, sizeof(*ch));
+    DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng), "engine");
+    DNN(cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &got, &eng),
+        "engine of a configuration");
+    DNN(cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &got, &ch->engine),
+        "engine index");
+    for (int i = 0; i < STK__ALGO_MAX_KNOBS; i++)
+        DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, &knobs[i]), "knob choice");
+    got = 0;
+    DNN(cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                 STK__ALGO_MAX_KNOBS, &got, knobs),
+        "knob choices");
+    for (int64_t i = 0; i < got && i < STK__ALGO_MAX_KNOBS; i++) {
+        cudnnBackendKnobType_t type;
+        int64_t n = 0, value = 0;
+        DNN(cudnnBackendGetAttribute(knobs[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &type),
+            "knob type");
+        DNN(cudnnBackendGetAttribute(knobs[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n, &value),
+            "knob value");
+        ch->knob_type[ch->nknobs] = (int64_t)type;
+        ch->knob_value[ch->nknobs] = value;
+        ch->nknobs++;
+    }
+fail:
+    for (int i = 0; i < STK__ALGO_MAX_KNOBS; i++)
+        destroy(&knobs[i]);
+    destroy(&eng);
+    return rc;
+}
+
+/* The configuration ch describes, for graph. The engine and knob
+ * descriptors go to keep[] after *nkeep (the plan refers to them). */
+static int cfg_rebuild(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk__algo_choice_t *ch,
+                       cudnnBackendDescriptor_t *out, cudnnBackendDescriptor_t *keep, int *nkeep, int room)
+{
+    int rc = 0;
+    cudnnBackendDescriptor_t eng = NULL, cfg = NULL, knobs[STK__ALGO_MAX_KNOBS] = {NULL};
+    if (ch->nknobs + 1 > room)
+        return stk__error(STK_EBACKEND, "cuDNN: a cached engine with %d knobs", ch->nknobs);
+    DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng), "engine");
+    SET(eng, CUDNN_ATTR_ENGINE_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
+    SET(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &ch->engine);
+    SET(eng, CUDNN_ATTR_ENGINE_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c->devprop);
+    DNN(cudnnBackendFinalize(eng), "engine");
+    for (int i = 0; i < ch->nknobs; i++) {
+        cudnnBackendKnobType_t type = (cudnnBackendKnobType_t)ch->knob_type[i];
+        DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, &knobs[i]), "knob choice");
+        SET(knobs[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &type);
+        SET(knobs[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &ch->knob_value[i]);
+        DNN(cudnnBackendFinalize(knobs[i]), "knob choice");
+    }
+    DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfg), "engine configuration");
+    SET(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &eng);
+    if (ch->nknobs > 0)
+        SET(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR, ch->nknobs, knobs);
+    DNN(cudnnBackendFinalize(cfg), "engine configuration");
+    *out = cfg;
+    keep[(*nkeep)++] = eng;
+    for (int i = 0; i < ch->nknobs; i++)
+        keep[(*nkeep)++] = knobs[i];
+    return 0;
+fail:
+    destroy(&cfg);
+    destroy(&eng);
+    for (int i = 0; i < STK__ALGO_MAX_KNOBS; i++)
+        destroy(&knobs[i]);
+    return rc;
+}
+
+/* An execution plan of cfg and its workspace; a cuDNN status when the
+ * engine does not take the problem (no message raised). */
+static cudnnStatus_t plan_of(cudnnBackendDescriptor_t cfg, cudnnBackendDescriptor_t *plan, int64_t *ws)
+{
+    int64_t n = 0;
+    cudnnStatus_t st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, plan);
+    if (st != CUDNN_STATUS_SUCCESS)
+        return st;
+    st = cudnnBackendSetAttribute(*plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                  &cfg);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnBackendFinalize(*plan);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnBackendGetAttribute(*plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, ws);
+    if (st != CUDNN_STATUS_SUCCESS)
+        destroy(plan);
+    return st;
+}
+
+/* A planned candidate: the plan and the configuration it was made of. */
+#define MAX_TIMED 8
+typedef struct cand {
+    cudnnBackendDescriptor_t plan, cfg;
+    int64_t ws;
+    double ms;
+} cand_t;
+
+/* Appends to cand[*n] (up to max) the configurations that heuristic
+ * `mode` ranks for graph, best first, that the policy accepts and that
+ * plan. Returns 0 or a failure of the heuristics themselves. *last: the
+ * status of the last refusal (for the message when none plans). */
+static int candidates(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, cudnnBackendHeurMode_t mode, cand_t *cand,
+                      int *n, int max, cudnnStatus_t *last)
 {
     int rc = 0;
     cudnnBackendDescriptor_t heur = NULL, cfgs[64] = {NULL};
@@ -176,34 +366,234 @@ static int plan_from_heuristics(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, c
         DNN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got,
                                      cfgs),
             "heuristics: results");
-    for (int64_t i = 0; i < got && i < count && !p->plan; i++) {
-        if (!cfg_wanted(c, cfgs[i]))
+    for (int64_t i = 0; i < got && i < count && *n < max; i++) {
+        unsigned notes = cfg_notes(cfgs[i]);
+        if (stk__algo_reject(c->policy, c->allow_tf32, notes, -1, c->ws_limit)) {
+            c->algo.skipped++;
             continue;
+        }
         cudnnBackendDescriptor_t plan = NULL;
-        DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan), "execution plan");
-        cudnnStatus_t st = cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-                                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
-        if (st == CUDNN_STATUS_SUCCESS)
-            st = cudnnBackendFinalize(plan);
-        int64_t ws = 0, n = 0;
-        if (st == CUDNN_STATUS_SUCCESS)
-            st = cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
-                                          &ws);
+        int64_t ws = 0;
+        cudnnStatus_t st = plan_of(cfgs[i], &plan, &ws);
         if (st != CUDNN_STATUS_SUCCESS) {
             /* This engine does not take the problem; the next may. */
             *last = st;
-            cudnnBackendDestroyDescriptor(plan);
             continue;
         }
-        p->plan = plan;
-        p->workspace = ws;
-        p->keep[p->nkeep++] = cfgs[i];
+        if (stk__algo_reject(c->policy, c->allow_tf32, notes, ws, c->ws_limit)) {
+            c->algo.skipped++;
+            destroy(&plan);
+            continue;
+        }
+        cand[*n].plan = plan;
+        cand[*n].cfg = cfgs[i];
+        cand[*n].ws = ws;
+        cand[*n].ms = 0;
+        (*n)++;
         cfgs[i] = NULL;
     }
 fail:
     for (int64_t i = 0; i < (int64_t)STK__ARRAY_LEN(cfgs); i++)
         destroy(&cfgs[i]);
     destroy(&heur);
+    return rc;
+}
+
+/* Times each candidate on scratch tensors of the problem's sizes (their
+ * values do not change which kernel runs): one run to warm up, then the
+ * mean of three between events. A candidate that fails to run is left
+ * out (ms < 0). Returns 0 or a failure to get memory or events. */
+static int time_candidates(cuda_ctx_t *c, const int64_t bytes[3], cand_t *cand, int n)
+{
+    int rc = 0;
+    void *buf[3] = {NULL}, *ws = NULL;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    int64_t wsmax = 0;
+    for (int i = 0; i < n; i++)
+        if (cand[i].ws > wsmax)
+            wsmax = cand[i].ws;
+    for (int i = 0; i < 3 && rc == 0; i++)
+        rc = stk__cuda_op_alloc(c, &buf[i], (size_t)bytes[i], "timing convolution engines");
+    if (rc == 0)
+        rc = stk__cuda_op_alloc(c, &ws, (size_t)wsmax, "timing convolution engines (workspace)");
+    if (rc == 0 && ((rc = stk__cu_status(cudaEventCreate(&ev[0]), "cudaEventCreate")) < 0 ||
+                    (rc = stk__cu_status(cudaEventCreate(&ev[1]), "cudaEventCreate")) < 0))
+        goto out;
+    if (rc < 0)
+        goto out;
+    dnn_plan_t p = {.n = 3, .uid = {1, 2, 3}};
+    for (int i = 0; i < n; i++) {
+        p.plan = cand[i].plan;
+        cand[i].ms = -1;
+        if (stk__dnn_execute(c, &p, buf, ws) < 0)
+            continue;
+        if ((rc = stk__cu_status(cudaEventRecord(ev[0], c->stream), "cudaEventRecord")) < 0)
+            goto out;
+        int ok = 1;
+        for (int r = 0; r < 3 && ok; r++)
+            ok = stk__dnn_execute(c, &p, buf, ws) == 0;
+        if ((rc = stk__cu_status(cudaEventRecord(ev[1], c->stream), "cudaEventRecord")) < 0 ||
+            (rc = stk__cu_status(cudaEventSynchronize(ev[1]), "timing convolution engines")) < 0)
+            goto out;
+        float ms = 0;
+        if (ok && cudaEventElapsedTime(&ms, ev[0], ev[1]) == cudaSuccess)
+            cand[i].ms = ms / 3.0;
+        c->algo.timed++;
+    }
+out:
+    for (int i = 0; i < 2; i++)
+        if (ev[i])
+            cudaEventDestroy(ev[i]);
+    /* cudaFree waits for the device: plan time. */
+    for (int i = 0; i < 3; i++)
+        cudaFree(buf[i]);
+    cudaFree(ws);
+    return rc;
+}
+
+static void log_choice(const cuda_ctx_t *c, const stk__algo_key_t *key, const stk__algo_choice_t *ch,
+                       const char *how)
+{
+    static const char *const dir_name[3] = {"forward", "backward data", "backward weights"};
+    char knobs[STK__ALGO_MAX_KNOBS * 24 + 1] = "";
+    size_t at = 0;
+    for (int i = 0; i < ch->nknobs && at < sizeof(knobs); i++)
+        at += (size_t)snprintf(knobs + at, sizeof(knobs) - at, " %lld=%lld", (long long)ch->knob_type[i],
+                               (long long)ch->knob_value[i]);
+    pthread_mutex_lock(&g_lock);
+    stk__algo_choice_t was;
+    int seen = stk__algo_cache_lookup(g_logged[c->policy], key, &was) && was.engine == ch->engine &&
+               was.nknobs == ch->nknobs;
+    if (!seen)
+        stk__algo_cache_insert(g_logged[c->policy], key, ch);
+    pthread_mutex_unlock(&g_lock);
+    if (seen)
+        return;
+    stk__log(STK_LOG_INFO,
+             "cuDNN %s: convolution %s (n %lld, %lld->%lld channels, %lldx%lld input, kernel %lldx%lld, stride "
+             "%lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld, %lld-byte aligned): engine %lld, "
+             "knobs%s, workspace %lld bytes, %s",
+             stk_cudnn_policy_name(c->policy), dir_name[key->op], (long long)key->n, (long long)key->c,
+             (long long)key->k, (long long)key->h, (long long)key->w, (long long)key->r, (long long)key->s,
+             (long long)key->sh, (long long)key->sw, (long long)key->ph, (long long)key->pw, (long long)key->dh,
+             (long long)key->dw, (long long)key->groups, (long long)key->align, (long long)ch->engine,
+             ch->nknobs ? knobs : " none", (long long)ch->workspace, how);
+}
+
+/* Benchmark policy, cache hit: the plan of the cached choice. 0 with
+ * p->plan NULL when it no longer plans (then the problem is timed). */
+static int plan_cached(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk__algo_choice_t *ch, dnn_plan_t *p)
+{
+    cudnnBackendDescriptor_t cfg = NULL, plan = NULL;
+    int nkeep = p->nkeep;
+    /* Room for the engine and knobs: the configuration and the six
+     * descriptors stk__dnn_conv_plan adds stay free. */
+    int rc = cfg_rebuild(c, graph, ch, &cfg, p->keep, &nkeep, DNN_KEEP_MAX - 6 - 1 - p->nkeep);
+    int64_t ws = 0;
+    if (rc == 0 && plan_of(cfg, &plan, &ws) == CUDNN_STATUS_SUCCESS &&
+        !stk__algo_reject(c->policy, c->allow_tf32, 0, ws, c->ws_limit)) {
+        p->plan = plan;
+        p->workspace = ws;
+        p->keep[nkeep++] = cfg;
+        p->nkeep = nkeep;
+        return 0;
+    }
+    destroy(&plan);
+    destroy(&cfg);
+    for (int i = p->nkeep; i < nkeep; i++)
+        destroy(&p->keep[i]);
+    stk__log(STK_LOG_WARN, "cuDNN benchmark cache: engine %lld no longer plans its problem; timing it again",
+             (long long)ch->engine);
+    stk_error_clear();
+    return 0;
+}
+
+/* Picks p's plan for graph by the context's policy. */
+static int choose(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk__algo_key_t *key, const int64_t bytes[3],
+                  dnn_plan_t *p, cudnnStatus_t *last)
+{
+    int rc = 0;
+    int bench = c->policy == STK_CUDNN_BENCHMARK;
+    stk__algo_choice_t ch;
+    char how[128];
+    c->algo.plans++;
+    if (bench) {
+        pthread_mutex_lock(&g_lock);
+        int hit = stk__algo_cache_lookup(g_cache, key, &ch);
+        pthread_mutex_unlock(&g_lock);
+        if (hit && (rc = plan_cached(c, graph, &ch, p)) < 0)
+            return rc;
+        if (p->plan) {
+            c->algo.hits++;
+            snprintf(how, sizeof(how), "from the benchmark cache (%.4g ms when timed)", ch.time_ms);
+            log_choice(c, key, &ch, how);
+            return 0;
+        }
+        c->algo.misses++;
+    }
+    cand_t cand[MAX_TIMED];
+    int n = 0, max = bench ? MAX_TIMED : 1;
+    memset(cand, 0, sizeof(cand));
+    /* Mode A ranks the fast engines; the fallback list holds the ones
+     * that take any problem. */
+    if ((rc = candidates(c, graph, CUDNN_HEUR_MODE_A, cand, &n, max, last)) < 0)
+        goto out;
+    if (n == 0 && (rc = candidates(c, graph, CUDNN_HEUR_MODE_FALLBACK, cand, &n, max, last)) < 0)
+        goto out;
+    if (n == 0)
+        goto out;
+    int best = 0;
+    if (bench && n > 1) {
+        if ((rc = time_candidates(c, bytes, cand, n)) < 0)
+            goto out;
+        best = -1;
+        for (int i = 0; i < n; i++)
+            if (cand[i].ms >= 0 && (best < 0 || cand[i].ms < cand[best].ms))
+                best = i;
+        if (best < 0) {
+            rc = stk__error(STK_EBACKEND, "cuDNN: none of %d convolution engines ran when timed", n);
+            goto out;
+        }
+    }
+    /* The description is for the cache and the log; the plan does not
+     * need it. */
+    int described = cfg_describe(cand[best].cfg, &ch) == 0;
+    if (!described) {
+        stk__log(STK_LOG_WARN, "cuDNN: %s; the engine chosen is not cached", stk_error_message());
+        memset(&ch, 0, sizeof(ch));
+        ch.engine = -1;
+    }
+    ch.workspace = cand[best].ws;
+    ch.time_ms = cand[best].ms > 0 ? cand[best].ms : 0;
+    p->plan = cand[best].plan;
+    p->workspace = cand[best].ws;
+    p->keep[p->nkeep++] = cand[best].cfg;
+    cand[best].plan = cand[best].cfg = NULL;
+    if (bench && described) {
+        if (n > 1)
+            snprintf(how, sizeof(how), "%.4g ms, the fastest of %d timed", ch.time_ms, n);
+        else
+            snprintf(how, sizeof(how), "the only candidate");
+        pthread_mutex_lock(&g_lock);
+        int ins = stk__algo_cache_insert(g_cache, key, &ch);
+        int saved = ins == 0 && c->cache_path ? stk__algo_cache_save(g_cache, c->cache_path) : 0;
+        pthread_mutex_unlock(&g_lock);
+        /* The plan stands; a cache that cannot grow or be written costs
+         * time on a later run, not this one's result. */
+        if (ins < 0 || saved < 0)
+            stk__log(STK_LOG_WARN, "cuDNN benchmark cache: %s", stk_error_message());
+    } else if (bench) {
+        snprintf(how, sizeof(how), "%.4g ms, the fastest of %d timed (not cached)", ch.time_ms, n);
+    } else {
+        snprintf(how, sizeof(how), "the heuristics' first that %s",
+                 c->policy == STK_CUDNN_DETERMINISTIC ? "is deterministic and plans" : "plans");
+    }
+    log_choice(c, key, &ch, how);
+out:
+    for (int i = 0; i < n; i++) {
+        destroy(&cand[i].plan);
+        destroy(&cand[i].cfg);
+    }
     return rc;
 }
 
@@ -224,21 +614,27 @@ int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_
     SET(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op);
     DNN(cudnnBackendFinalize(graph), "operation graph");
 
+    stk__algo_key_t key = {.op = dir, .dtype = "f32", .layout = "nchw", .align = act_align,
+                           .tf32 = c->allow_tf32, .n = d->n, .c = d->ic, .h = d->ih, .w = d->iw, .k = d->oc,
+                           .r = d->kh, .s = d->kw, .sh = d->sh, .sw = d->sw, .ph = d->ph, .pw = d->pw,
+                           .dh = d->dh, .dw = d->dw, .groups = d->groups};
+    snprintf(key.device, sizeof(key.device), "%s", c->device_tag[0] ? c->device_tag : "gpu");
+    const int64_t bytes[3] = {xd[0] * xd[1] * xd[2] * xd[3] * 4, wd[0] * wd[1] * wd[2] * wd[3] * 4,
+                              yd[0] * yd[1] * yd[2] * yd[3] * 4};
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
-    if ((rc = plan_from_heuristics(c, graph, CUDNN_HEUR_MODE_A, p, &last)) < 0)
-        goto fail;
-    /* Mode A ranks the fast engines; the fallback list holds the ones
-     * that take any problem. */
-    if (!p->plan && (rc = plan_from_heuristics(c, graph, CUDNN_HEUR_MODE_FALLBACK, p, &last)) < 0)
+    if ((rc = choose(c, graph, &key, bytes, p, &last)) < 0)
         goto fail;
     if (!p->plan) {
-        char what[256];
+        char what[320], limit[64] = "";
+        if (c->ws_limit)
+            snprintf(limit, sizeof(limit), ", workspace limit %llu bytes", (unsigned long long)c->ws_limit);
         snprintf(what, sizeof(what),
                  "no engine plans convolution %s (n %lld, %lld->%lld channels, %lldx%lld input, kernel %lldx%lld, "
-                 "stride %lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld)",
+                 "stride %lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld; policy %s%s)",
                  dir_name[dir], (long long)d->n, (long long)d->ic, (long long)d->oc, (long long)d->ih,
                  (long long)d->iw, (long long)d->kh, (long long)d->kw, (long long)d->sh, (long long)d->sw,
-                 (long long)d->ph, (long long)d->pw, (long long)d->dh, (long long)d->dw, (long long)d->groups);
+                 (long long)d->ph, (long long)d->pw, (long long)d->dh, (long long)d->dw, (long long)d->groups,
+                 stk_cudnn_policy_name(c->policy), limit);
         rc = stk__dnn_status(last, what);
         goto fail;
     }

@@ -202,6 +202,26 @@ STK_API int stk_model_builder_parse(stk_model_builder_t *b, const char *text, co
 
 typedef struct stk_model stk_model_t;
 
+/* How the CUDA backend picks a cuDNN engine for each convolution
+ * direction (PyTorch's cudnn.benchmark / cudnn.deterministic). The CPU
+ * backend ignores it. */
+typedef enum stk_cudnn_policy {
+    STK_CUDNN_HEURISTIC = 0,    /* cuDNN's heuristics (mode A, then the
+                                 * fallback list): the first that plans */
+    STK_CUDNN_BENCHMARK = 1,    /* time the candidates once per problem
+                                 * (shape, strides, padding, dilation,
+                                 * groups, dtype, layout, GPU), keep the
+                                 * fastest in a process-wide cache */
+    STK_CUDNN_DETERMINISTIC = 2 /* heuristics order, engines with cuDNN's
+                                 * non-deterministic note skipped: a run
+                                 * repeats bit for bit */
+} stk_cudnn_policy_t;
+
+/* "heuristic", "benchmark", "deterministic" ("?" for another value). */
+STK_API const char *stk_cudnn_policy_name(stk_cudnn_policy_t p);
+/* Parses one of those names into *out: 0, or STK_ECONFIG naming s. */
+STK_API int stk_cudnn_policy_parse(const char *s, stk_cudnn_policy_t *out);
+
 typedef struct stk_model_config {
     int64_t batch_size;   /* the batch planned at create; a forward with
                            * another size plans it once (see
@@ -217,6 +237,19 @@ typedef struct stk_model_config {
                            * communicator's choice; else GPU 0) */
     int init_params;      /* 1 (default): PyTorch default init from seed;
                            * 0: parameters start at zero */
+    /* CUDA only (the CPU backend ignores these three). */
+    stk_cudnn_policy_t cudnn_policy;  /* default STK_CUDNN_HEURISTIC */
+    uint64_t cudnn_workspace_limit;   /* bytes one convolution direction may
+                                       * use; engines needing more are
+                                       * skipped. 0 (default): no limit */
+    const char *cudnn_cache_path;     /* benchmark policy: a file the cache
+                                       * is read from at create (missing:
+                                       * fine; unreadable, corrupt or for
+                                       * another cuDNN: a warning through the
+                                       * logger, and it is rewritten) and
+                                       * saved to, atomically, whenever a
+                                       * problem was timed. NULL (default):
+                                       * none. Copied by stk_model_create */
 } stk_model_config_t;
 
 /* Fills *cfg with the defaults documented on each field. NULL-safe. Like
@@ -240,6 +273,23 @@ STK_API void stk_model_destroy(stk_model_t **m);
 
 /* A model is not thread-safe: one thread at a time may call any function
  * taking it. Different models may be used from different threads. */
+
+/* The engine-choice counters of a model's convolution plans (CUDA; all
+ * zero on the CPU). A lookup is one plan made under the benchmark policy:
+ * a hit found its problem in the process-wide cache (timed earlier, by
+ * any model of the process, or read from the cache file); a miss timed
+ * the candidates. Plans are made when a batch size is planned (and once
+ * for misaligned activations), so a step that plans nothing counts
+ * nothing. */
+typedef struct stk_algo_stats {
+    uint64_t plans;     /* convolution plans made, any policy */
+    uint64_t hits;      /* benchmark: found in the cache */
+    uint64_t misses;    /* benchmark: timed */
+    uint64_t timed;     /* benchmark: candidate engines timed */
+    uint64_t skipped;   /* candidates the policy or workspace limit refused */
+} stk_algo_stats_t;
+/* Fills *out for m. 0, or -EINVAL for NULL. */
+STK_API int stk_model_algo_stats(const stk_model_t *m, stk_algo_stats_t *out);
 
 /* Shape of the input batch: shape[0] = planned batch, then C, H, W. */
 STK_API void stk_model_input_shape(const stk_model_t *m, int64_t shape[4]);
