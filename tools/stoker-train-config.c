@@ -68,6 +68,9 @@ static const key_def_t keys[] = {
     {"progress_every", K_INT, OFF(progress_every), 0, 1, 86400, NULL},
     {"profile", K_BOOL, OFF(profile), 0, 0, 1, NULL},
     {"bucket_mb", K_F64, OFF(bucket_mb), 0, 0.0001, 1e6, NULL},
+    {"cudnn", K_ENUM, STR(cudnn), 0, 0, "heuristic|benchmark|deterministic"},
+    {"cudnn_cache", K_PATH, STR(cudnn_cache), 0, 0, NULL},
+    {"cudnn_workspace_mb", K_F64, OFF(cudnn_workspace_mb), 0, 0, 1e7, NULL},
 };
 
 void train_config_default(train_config_t *cfg)
@@ -92,6 +95,7 @@ void train_config_default(train_config_t *cfg)
     cfg->progress_every = 30;
     cfg->stop_grace = 30;
     cfg->bucket_mb = 25;
+    strcpy(cfg->cudnn, "heuristic");
 }
 
 _Static_assert(sizeof keys / sizeof keys[0] <= sizeof((train_config_t *)0)->origin /
@@ -405,6 +409,9 @@ int train_config_check(train_config_t *cfg, const char *path, char *err, size_t 
     if (train_device_parse(cfg->device, &kind, &index))
         return errf(err, errcap, "%s: '%s' is not auto, cpu, cuda or cuda:N",
                     train_config_where(cfg, "device", where, sizeof where), cfg->device);
+    if (cfg->cudnn_cache[0] && strcmp(cfg->cudnn, "benchmark") != 0)
+        return errf(err, errcap, "%s: a cache holds what the benchmark policy timed; set cudnn = benchmark",
+                    train_config_where(cfg, "cudnn_cache", where, sizeof where));
     return 0;
 }
 

@@ -221,6 +221,10 @@ static int make_model(run_t *r)
     mcfg.batch_size = 1;
     mcfg.seed = r->cfg.seed;
     mcfg.threads = r->cfg.threads;
+    if (stk_cudnn_policy_parse(r->cfg.cudnn, &mcfg.cudnn_policy))
+        return train_fail_key(r, EXIT_USAGE, "cudnn", STK_ECONFIG, NULL);
+    mcfg.cudnn_workspace_limit = (uint64_t)(r->cfg.cudnn_workspace_mb * 1048576.0);
+    mcfg.cudnn_cache_path = r->cfg.cudnn_cache[0] ? r->cfg.cudnn_cache : NULL;
     /* device = auto takes a GPU when the build and the machine have one. */
     if (train_device_parse(r->cfg.device, &mcfg.device, &mcfg.device_index))
         return train_fail_key(r, EXIT_USAGE, "device", -EINVAL, NULL);

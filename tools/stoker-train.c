@@ -231,6 +231,17 @@ static void print_results(const run_t *r, double wall_s)
     printf("run %s: final test accuracy %.2f%%, best %.2f%% (epoch %" PRIu64 "), %.0f images/s, data wait %.2f%%, "
            "%.1f s\n", st->run_id, 100 * final, 100 * best, best_epoch, ips, 100 * wait, wall_s);
     printf("device: %s\n", r->device);
+    if (r->on_device) {
+        stk_algo_stats_t as;
+        stk_model_algo_stats(r->model, &as);
+        printf("cudnn: %s", r->cfg.cudnn);
+        if (!strcmp(r->cfg.cudnn, "benchmark"))
+            printf(" (%" PRIu64 " convolution plans: %" PRIu64 " from the cache, %" PRIu64 " timed%s%s)", as.plans,
+                   as.hits, as.misses, r->cfg.cudnn_cache[0] ? "; cache " : "", r->cfg.cudnn_cache);
+        if (r->cfg.cudnn_workspace_mb > 0)
+            printf(", workspace limit %g MiB", r->cfg.cudnn_workspace_mb);
+        printf("\n");
+    }
     if (r->json) {
         /* The device line is the engine's (a GPU's name): keep it a string. */
         char dev[sizeof r->device];
@@ -414,7 +425,9 @@ int main(int argc, char **argv)
         return train_fail(EXIT_USAGE, "%s", stk_error_message());
     if (r->env.rank != 0)
         r->quiet = 1;
-    stk_log_set_callback(stk_log_stderr, NULL, STK_LOG_WARN);
+    /* profile = true also shows what the library reports as it plans
+     * (the cuDNN engine chosen for each convolution, once). */
+    stk_log_set_callback(stk_log_stderr, NULL, r->cfg.profile ? STK_LOG_INFO : STK_LOG_WARN);
     /* Workers fork from a clean process made before the model exists (and
      * before the signals are blocked: workers keep the default ones). */
     if (r->cfg.workers > 0 && stk_loader_forkserver_start() != 0)

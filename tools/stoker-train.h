@@ -61,6 +61,10 @@ typedef struct train_config {
     int progress_every;        /* seconds between progress lines in a log */
     int profile;               /* per-layer and per-phase timing at the end */
     double bucket_mb;          /* data-parallel: gradient bucket capacity, MiB */
+    /* CUDA: how convolutions pick cuDNN engines (engine.h's cudnn_*) */
+    char cudnn[16];                   /* heuristic | benchmark | deterministic */
+    char cudnn_cache[TRAIN_PATH_MAX]; /* benchmark: the cache file; "" none */
+    double cudnn_workspace_mb;        /* per convolution direction; 0 = no limit */
     /* Where each key's value came from ("file:line", "--set"), by key
      * index; "" for a default. */
     char origin[48][TRAIN_PATH_MAX + 16];

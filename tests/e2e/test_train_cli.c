@@ -324,9 +324,15 @@ static void test_print_config(void **state)
                      "seed = 18446744073709551615\n"
                      "clip_norm = 2.5\n"
                      "run_dir = runs/x\n"
-                     "progress = off\n");
+                     "progress = off\n"
+                     "cudnn = benchmark\n"
+                     "cudnn_cache = runs/algo.cache\n"
+                     "cudnn_workspace_mb = 64\n");
     assert_int_equal(run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", "epochs=3", "--print-config", NULL),
                      0);
+    expect_has(out, "cudnn = benchmark\n");
+    expect_has(out, "cudnn_cache = runs/algo.cache\n");
+    expect_has(out, "cudnn_workspace_mb = 64\n");
     expect_has(out, "train_data = data/a\n");
     expect_has(out, "test_data = data/b\n");
     expect_has(out, "augment = crop:28,pad=2|hflip|normalize:mean=0.2860,std=0.3530\n");
@@ -374,6 +380,10 @@ static void test_config_errors(void **state)
     expect_file_error("clip_norm = -1\n", "key 'clip_norm': -1 is out of range");
     expect_file_error("drop_last = maybe\n", "key 'drop_last': 'maybe' is not a boolean");
     expect_file_error("progress = sometimes\n", "key 'progress': 'sometimes' is not one of auto|on|off");
+    expect_file_error("cudnn = fastest\n", "t.conf:1: key 'cudnn': 'fastest' is not one of heuristic|benchmark|deterministic");
+    expect_file_error("cudnn_workspace_mb = -1\n", "key 'cudnn_workspace_mb': -1 is out of range");
+    expect_file_error("train_data = a\ntest_data = b\nmodel = m\ncudnn_cache = c.cache\n",
+                      "t.conf:4: key 'cudnn_cache': a cache holds what the benchmark policy timed; set cudnn = benchmark");
     expect_file_error("just words\n", "t.conf:1: expected 'key = value', got 'just words'");
     expect_file_error(" = 4\n", "missing key");
     char longline[2100];
