@@ -243,7 +243,10 @@ static unsigned cfg_notes(cudnnBackendDescriptor_t cfg)
 static int cfg_describe(cudnnBackendDescriptor_t cfg, stk__algo_choice_t *ch)
 {
     int rc = 0;
-    cudnnBackendDescriptor_t eng = NULL, knobs[STK__ALGO_MAX_KNOBS] = {NULL};
+    /* A configuration has at most one choice per knob type: room for
+     * all, so that none goes unseen (a partial set would rebuild another
+     * configuration). */
+    cudnnBackendDescriptor_t eng = NULL, knobs[CUDNN_KNOB_TYPE_COUNTS] = {NULL};
     int64_t got = 0;
     memset(ch, 0, sizeof(*ch));
     DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng), "engine");
@@ -251,13 +254,18 @@ static int cfg_describe(cudnnBackendDescriptor_t cfg, stk__algo_choice_t *ch)
         "engine of a configuration");
     DNN(cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &got, &ch->engine),
         "engine index");
-    for (int i = 0; i < STK__ALGO_MAX_KNOBS; i++)
+    for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; i++)
         DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, &knobs[i]), "knob choice");
     got = 0;
     DNN(cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                                 STK__ALGO_MAX_KNOBS, &got, knobs),
+                                 CUDNN_KNOB_TYPE_COUNTS, &got, knobs),
         "knob choices");
-    for (int64_t i = 0; i < got && i < STK__ALGO_MAX_KNOBS; i++) {
+    if (got > STK__ALGO_MAX_KNOBS) {
+        rc = stk__error(STK_EBACKEND, "cuDNN: engine %lld has %lld knob choices, more than a cache entry holds (%d)",
+                        (long long)ch->engine, (long long)got, STK__ALGO_MAX_KNOBS);
+        goto fail;
+    }
+    for (int64_t i = 0; i < got; i++) {
         cudnnBackendKnobType_t type;
         int64_t n = 0, value = 0;
         DNN(cudnnBackendGetAttribute(knobs[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &type),
@@ -269,7 +277,7 @@ static int cfg_describe(cudnnBackendDescriptor_t cfg, stk__algo_choice_t *ch)
         ch->nknobs++;
     }
 fail:
-    for (int i = 0; i < STK__ALGO_MAX_KNOBS; i++)
+    for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; i++)
         destroy(&knobs[i]);
     destroy(&eng);
     return rc;
