@@ -271,6 +271,15 @@ typedef struct stk__backend_iface {
     int (*pin_host)(void *ctx, void *addr, size_t bytes);
     void (*unpin_host)(void *ctx, void *addr);
 
+    /* The arithmetic of the convolution and matrix-multiply ops planned
+     * from now on (called once, before the first plan): 0 with *used set
+     * to what the backend computes for want, or STK_ECONFIG saying what
+     * it does not implement. */
+    int (*set_precision)(void *ctx, stk_precision_t want, stk_precision_t *used);
+    /* Dynamic loss scaling: g[0..n) *= inv_scale (device memory), and
+     * *nonfinite (host) = 1 when any element was NaN or infinite before,
+     * else 0. Synchronous: the flag is read back before it returns. */
+    int (*unscale_grads)(void *ctx, size_t n, float *g, float inv_scale, int *nonfinite);
     /* The model's config (engine.h), given once after open and before any
      * op is planned, for what the backend tunes by it (CUDA: the cuDNN
      * policy, workspace limit and cache file). Optional: NULL where the

@@ -91,6 +91,7 @@ struct stk_model {
     int64_t correct;        /* top-1 count of the last forward with labels */
     int correct_valid;
     float loss_scale;
+    stk_precision_t precision; /* what the backend computes (set_precision) */
     uint64_t seed;
     uint64_t step;          /* what the next training forward uses */
     uint64_t fwd_step;      /* what the last forward used (backward's dropout) */

@@ -237,12 +237,27 @@ static int make_model(run_t *r)
         mcfg.device_index = d && *d ? atoi(d) : r->env.local_rank;
     }
     r->cuda_index = mcfg.device_index;
+    if (train_precision_parse(r->cfg.precision, &mcfg.precision))
+        return train_fail_key(r, EXIT_USAGE, "precision", -EINVAL, NULL);
     int rc = stk_device_describe(mcfg.device, mcfg.device_index, r->device, sizeof r->device);
     if (rc == 0)
         rc = stk_model_create_from_file(&r->model, r->cfg.model, &mcfg);
+    /* The engine's refusal of a precision starts "model: precision". */
+    if (rc == STK_ECONFIG && mcfg.precision != STK_PRECISION_FP32 && strstr(stk_error_message(), "model: precision "))
+        return train_fail_key(r, EXIT_USAGE, "precision", rc, NULL);
     if (rc)
         return train_fail_key(r, EXIT_USAGE, rc == STK_EDEVICE ? "device" : "model", rc, NULL);
+    r->precision = stk_model_precision(r->model);
     r->on_device = mcfg.device != STK_DEVICE_CPU;
+    if (r->on_device && !strcmp(r->cfg.cuda_graph, "on")) {
+        char where[TRAIN_PATH_MAX + 64];
+        return train_fail(EXIT_USAGE, "%s: capturing the training step as a CUDA graph is not implemented yet",
+                          train_config_where(&r->cfg, "cuda_graph", where, sizeof where));
+    }
+    /* Loss scaling: what fp16 needs; anyone may ask for it. */
+    r->loss_scaling = !strcmp(r->cfg.loss_scale, "dynamic") ||
+                      (!strcmp(r->cfg.loss_scale, "auto") && mcfg.precision == STK_PRECISION_FP16);
+    r->loss_scale = r->loss_scaling ? (float)r->cfg.loss_scale_init : 1.0f;
     if (stk_model_num_classes(r->model) <= 0) {
         char where[TRAIN_PATH_MAX + 64];
         return train_fail(EXIT_USAGE, "%s: %s has no cross_entropy loss layer",

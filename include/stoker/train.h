@@ -102,6 +102,38 @@ STK_API int stk_train_sequence_lengths(stk_dataset_t *ds, const char *field, uin
 STK_API int stk_train_check_data(const stk_dataset_t *ds, const stk_train_inputs_config_t *cfg, const char *augment,
                                  const stk_model_t *model);
 
+/* ---- Dynamic loss scaling ---------------------------------------------- */
+
+/* PyTorch's GradScaler as a state machine: the loss gradient is multiplied
+ * by the scale; a step whose gradients hold a NaN or infinity (an
+ * overflow) is skipped and the scale multiplied by backoff_factor; after
+ * growth_interval clean steps in a row it is multiplied by growth_factor
+ * (when the result is finite). The scale is a float, updated in float
+ * arithmetic as PyTorch's. */
+typedef struct stk_loss_scaler_config {
+    double init_scale;        /* default 65536 (2^16); in (0, FLT_MAX] */
+    double growth_factor;     /* default 2; > 1 */
+    double backoff_factor;    /* default 0.5; in (0, 1) */
+    uint32_t growth_interval; /* clean steps before growth; default 2000; >= 1 */
+} stk_loss_scaler_config_t;
+
+STK_API void stk_loss_scaler_config_default(stk_loss_scaler_config_t *cfg);
+
+typedef struct stk_loss_scaler stk_loss_scaler_t;
+
+/* Returns 0, -EINVAL, -ENOMEM, or STK_ECONFIG naming the bad field. */
+STK_API int stk_loss_scaler_create(stk_loss_scaler_t **out, const stk_loss_scaler_config_t *cfg);
+STK_API void stk_loss_scaler_destroy(stk_loss_scaler_t **s);
+/* The factor this step's loss gradient is to be multiplied by. */
+STK_API float stk_loss_scaler_scale(const stk_loss_scaler_t *s);
+/* After a step's gradients were checked (stk_model_unscale_grads):
+ * nonfinite 1 lowers the scale and returns 1 (skip the optimizer step);
+ * 0 counts a clean step, grows the scale after growth_interval of them,
+ * and returns 0 (step). */
+STK_API int stk_loss_scaler_update(stk_loss_scaler_t *s, int nonfinite);
+/* Steps skipped so far. */
+STK_API uint64_t stk_loss_scaler_skipped(const stk_loss_scaler_t *s);
+
 /* ---- The stepper: one micro-batch at a time ----------------------------- */
 
 /* Called at each accumulation boundary, after the group's backward passes
@@ -133,6 +165,13 @@ typedef struct stk_train_stepper_config {
      * closed early (stk_train_stepper_flush) is reduced then with
      * stk_ddp_sync_grads. NULL (default): one process. */
     stk_ddp_t *ddp;
+    /* Dynamic loss scaling (what FP16 compute needs) when init_scale > 0:
+     * each loss gradient is multiplied by the scale, and at a group's
+     * boundary (after reduce, before clipping) the gradients are unscaled
+     * and checked; a non-finite one skips the optimizer update (the
+     * scheduler still steps, as it does in PyTorch). Zeroed (default):
+     * off. stk_loss_scaler_config_default fills the usual values. */
+    stk_loss_scaler_config_t loss_scaling;
 } stk_train_stepper_config_t;
 
 STK_API void stk_train_stepper_config_default(stk_train_stepper_config_t *cfg);
@@ -150,6 +189,10 @@ typedef struct stk_train_step_metrics {
     uint64_t step;      /* optimizer steps taken, this one included */
     double compute_s;   /* seconds in forward and backward */
     double optim_s;     /* seconds in reduce, clip, optimizer and scheduler */
+    int skipped;        /* 1: it closed a group whose gradients were not
+                         * finite; loss scaling skipped the optimizer update */
+    float loss_scale;   /* the loss scale this micro-batch used (1 without
+                         * loss scaling; the group's size not counted) */
 } stk_train_step_metrics_t;
 
 typedef struct stk_train_stepper stk_train_stepper_t;
@@ -179,7 +222,8 @@ STK_API int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *i
  * 0); does nothing when none is open. *stepped (may be NULL) says which.
  * Returns 0 or as stk_train_stepper_step. */
 STK_API int stk_train_stepper_flush(stk_train_stepper_t *s, int *stepped);
-/* Optimizer steps taken; set it when resuming. */
+/* Optimizer steps taken (loss scaling's skipped ones included); set it
+ * when resuming. */
 STK_API uint64_t stk_train_stepper_steps(const stk_train_stepper_t *s);
 STK_API void stk_train_stepper_set_steps(stk_train_stepper_t *s, uint64_t steps);
 
