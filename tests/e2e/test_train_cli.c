@@ -931,8 +931,8 @@ static void test_precision(void **state)
     const float *p1 = load_params(dir, &n1, &c1);
     assert_int_equal(n0, n1);
     assert_memory_equal(p0, p1, n0 * sizeof *p0);
-    stk_ckpt_close(&c0);
-    stk_ckpt_close(&c1);
+    stk_ckpt_destroy(&c0);
+    stk_ckpt_destroy(&c1);
 }
 
 /* Pids of the processes whose parent is ppid. */
