@@ -7,6 +7,7 @@
  * sent on gradient-accumulation micro-steps. */
 #define _GNU_SOURCE
 #include "comm_impl.h"
+#include "engine/bn_sync.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -157,6 +158,24 @@ static void on_grad_ready(size_t offset, size_t count, void *user)
     }
     if (d->cfg.overlap)
         launch_ready(d);
+}
+
+/* ------------------------------------------------- synchronized batchnorm */
+
+/* The engine's batchnorm layers exchange their figures through the same
+ * communicator as the buckets: its operations run in the order they were
+ * started, so a layer's collective queues behind the buckets that backward
+ * has started before it, identically on every rank. */
+static int bn_allgather(void *user, const void *send, void *recv, size_t bytes)
+{
+    stk_ddp_t *d = user;
+    return stk_comm_allgather(d->comm, send, recv, bytes, STK_DTYPE_U8);
+}
+
+static int bn_allreduce(void *user, float *buf, size_t count)
+{
+    stk_ddp_t *d = user;
+    return stk_comm_allreduce(d->comm, buf, count, STK_DTYPE_F32, STK_REDUCE_SUM);
 }
 
 /* ------------------------------------------------------------- life cycle */
@@ -353,6 +372,13 @@ int stk_ddp_create(stk_ddp_t **out, stk_comm_t *comm, stk_model_t *model, const 
     }
     if (rc == 0)
         rc = build_buckets(d);
+    if (rc == 0 && cfg->sync_bn) {
+        stk__bn_sync_t s = {.allgather = bn_allgather, .allreduce_sum = bn_allreduce, .user = d,
+                            .size = stk_comm_size(comm)};
+        rc = stk__model_set_bn_sync(model, &s);
+        if (rc < 0)
+            stk__error_prefix(rc, "ddp");
+    }
     if (rc < 0) {
         ddp_free(d);
         return rc;
@@ -398,6 +424,8 @@ void stk_ddp_destroy(stk_ddp_t **pd)
     *pd = NULL;
     drain(d);
     stk_model_set_grad_hook(d->model, NULL, NULL);
+    if (d->cfg.sync_bn)
+        stk__model_set_bn_sync(d->model, NULL);
     ddp_free(d);
 }
 

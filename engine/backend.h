@@ -138,6 +138,29 @@ typedef struct stk__backend_iface {
      * made unbiased (times count / (count - 1)) first, as PyTorch. */
     void (*bn_update_running)(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
                               const float *var, float *running_mean, float *running_var);
+    /* Synchronized batch normalization (PyTorch's SyncBatchNorm): the
+     * statistics of the global batch, whose parts sit on other ranks. The
+     * engine combines the ranks' figures on the host, so these slots exist
+     * only on host-memory backends; NULL where the backend has none (the
+     * engine then refuses sync BN, naming the backend). Training forward
+     * is bn_stats, the ranks' figures combined, then bn_forward in eval
+     * mode with the global mean/var; training backward is below.
+     *
+     * stats[0..c) = this batch's mean and stats[c..2c) its biased variance
+     * per channel, accumulated in double. */
+    int (*bn_stats)(void *ctx, stk__op_t *op, const float *x, double *stats);
+    /* The local sums of a backward with the statistics held constant:
+     * sum_dy = sum of dy', sum_dyxhat = sum of dy' (x - mean) / sqrt(var +
+     * eps), where dy' is dy, or with the fused ReLU dy where y > 0 (y: the
+     * forward's output). They are also the local dbeta and dgamma. */
+    int (*bn_backward_sums)(void *ctx, stk__op_t *op, const float *x, const float *y, const float *dy,
+                            const float *mean, const float *var, float *sum_dy, float *sum_dyxhat);
+    /* dx from the sums over the global batch of count elements per channel:
+     * dx = gamma / sqrt(var + eps) (dy' - (sum_dy + xhat sum_dyxhat) /
+     * count); overwrites dx, which may be dy. */
+    int (*bn_backward_apply)(void *ctx, stk__op_t *op, const float *x, const float *y, const float *dy,
+                             const float *gamma, const float *mean, const float *var, const float *sum_dy,
+                             const float *sum_dyxhat, int64_t count, float *dx);
 
     /* Pooling plan; a max-pooling op keeps its workspace (argmax). */
     int (*pool_create)(void *ctx, const stk__pool_desc_t *d, stk__op_t **op);

@@ -499,6 +499,7 @@ void stk_model_destroy(stk_model_t **pm)
     free(m->pinfo);
     free(m->binfo);
     free(m->written);
+    free(m->bn_sync_buf);
     stk__backend_close(&m->be);
     free(m);
     *pm = NULL;

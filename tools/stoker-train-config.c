@@ -73,6 +73,7 @@ static const key_def_t keys[] = {
     {"progress_every", K_INT, OFF(progress_every), 0, 1, 86400, NULL},
     {"profile", K_BOOL, OFF(profile), 0, 0, 1, NULL},
     {"bucket_mb", K_F64, OFF(bucket_mb), 0, 0.0001, 1e6, NULL},
+    {"sync_bn", K_BOOL, OFF(sync_bn), 0, 0, 1, NULL},
     {"cudnn", K_ENUM, STR(cudnn), 0, 0, "heuristic|benchmark|deterministic"},
     {"cudnn_cache", K_PATH, STR(cudnn_cache), 0, 0, NULL},
     {"cudnn_workspace_mb", K_F64, OFF(cudnn_workspace_mb), 0, 0, 1e7, NULL},

@@ -388,12 +388,14 @@ static int join_job(run_t *r)
         dc.bucket_bytes = sizeof(float);
     if (dc.first_bucket_bytes > dc.bucket_bytes)
         dc.first_bucket_bytes = dc.bucket_bytes;
+    dc.sync_bn = r->cfg.sync_bn;
     if ((rc = stk_ddp_create(&r->ddp, r->comm, r->model, &dc)) != 0)
         return train_fail_stk(rc, "data-parallel setup");
     if (r->env.rank == 0)
-        fprintf(stderr, "stoker-train: %d ranks (%s, launched by %s), %zu gradient bucket%s\n", r->env.world_size,
+        fprintf(stderr, "stoker-train: %d ranks (%s, launched by %s), %zu gradient bucket%s%s\n", r->env.world_size,
                 stk_comm_backend_name(stk_comm_backend(r->comm)), stk_dist_launcher_name(r->env.launcher),
-                stk_ddp_num_buckets(r->ddp), stk_ddp_num_buckets(r->ddp) == 1 ? "" : "s");
+                stk_ddp_num_buckets(r->ddp), stk_ddp_num_buckets(r->ddp) == 1 ? "" : "s",
+                r->cfg.sync_bn ? ", synchronized batchnorm" : "");
     return 0;
 }
 

@@ -66,6 +66,7 @@ typedef struct train_config {
     int progress_every;        /* seconds between progress lines in a log */
     int profile;               /* per-layer and per-phase timing at the end */
     double bucket_mb;          /* data-parallel: gradient bucket capacity, MiB */
+    int sync_bn;               /* data-parallel: batchnorm over the global batch */
     /* CUDA: how convolutions pick cuDNN engines (engine.h's cudnn_*) */
     char cudnn[16];                   /* heuristic | benchmark | deterministic */
     char cudnn_cache[TRAIN_PATH_MAX]; /* benchmark: the cache file; "" none */

@@ -216,6 +216,19 @@ typedef struct stk_ddp_config {
     int broadcast_params;
     /* Events kept for stk_ddp_events (0, default: none kept). */
     size_t trace_events;
+    /* 1: synchronized batch normalization (PyTorch's SyncBatchNorm): in
+     * training, each batchnorm layer normalizes with the mean and variance
+     * of the global batch (every rank's samples), and its backward sums
+     * its dx terms over the ranks, so that a step equals one process over
+     * the global batch, batchnorm included, and the running statistics
+     * stay equal on every rank. Costs one all-gather per batchnorm layer
+     * in each training forward and one all-reduce in each backward,
+     * gradient-accumulation micro-steps included, on this communicator
+     * (every rank must run the same training forwards and backwards).
+     * 0 (default): each rank normalizes with its own batch's statistics.
+     * The CPU backend has it; create fails with STK_ECONFIG on a backend
+     * that has not (CUDA), naming it. */
+    int sync_bn;
 } stk_ddp_config_t;
 
 /* Fills cfg with the defaults above; NULL is ignored. */
