@@ -314,7 +314,9 @@ typedef struct stk__backend_iface {
      * keeps: a captured dropout reads the step given by graph_note_step,
      * a captured optimizer update the scalars given by graph_note_optim,
      * called (instead of dropout_* / optim_update) while the engine
-     * prepares a replay. */
+     * prepares a replay. A new slot that enqueues device work during a
+     * training step needs its do-nothing twin in engine/graph.c's
+     * prep_iface, or a replay would run it outside the graph too. */
     int (*graph_begin)(void *ctx);
     int (*graph_end)(void *ctx, void **graph);
     int (*graph_launch)(void *ctx, void *graph);
