@@ -39,6 +39,7 @@ struct stk_ddp {
     size_t nb;
     size_t next;         /* buckets start strictly in order */
     int active, sync;
+    int set_stream;      /* create gave the communicator the model's stream */
     int err;
     char errmsg[STK__COMM_MSG_MAX];
     double t_begin, t_end;
@@ -383,6 +384,14 @@ int stk_ddp_create(stk_ddp_t **out, stk_comm_t *comm, stk_model_t *model, const 
         ddp_free(d);
         return rc;
     }
+    /* A bucket's reduction waits for the backward work queued before its
+     * hook on the model's stream (an event), not for the whole device,
+     * and backward goes on queueing while it runs. */
+    void *stream = stk_comm_backend(comm) == STK_COMM_NCCL ? stk__model_stream(model) : NULL;
+    if (stream) {
+        stk_comm_set_stream(comm, stream);
+        d->set_stream = 1;
+    }
     stk_model_set_grad_hook(model, on_grad_ready, d);
     *out = d;
     return 0;
@@ -424,6 +433,8 @@ void stk_ddp_destroy(stk_ddp_t **pd)
     *pd = NULL;
     drain(d);
     stk_model_set_grad_hook(d->model, NULL, NULL);
+    if (d->set_stream)
+        stk_comm_set_stream(d->comm, NULL);
     if (d->cfg.sync_bn)
         stk__model_set_bn_sync(d->model, NULL);
     ddp_free(d);

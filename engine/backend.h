@@ -106,6 +106,11 @@ typedef struct stk__backend_iface {
     /* Waits for all queued work and returns the first error it raised (0
      * when none). Optional: NULL when every slot is synchronous. */
     int (*synchronize)(void *ctx);
+    /* The stream the slots queue their work on (cudaStream_t as void *),
+     * for a communicator to order collectives on gradients after it with
+     * events. Optional: NULL (or returning NULL) on a backend without
+     * streams. */
+    void *(*stream)(void *ctx);
 
     /* Worker threads for the calling thread's subsequent work; 0 or -EINVAL. */
     int (*set_threads)(void *ctx, int n);

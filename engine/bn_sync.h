@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* Synchronized batch normalization's link between the engine and a
- * communicator (dist/ddp.c installs it), kept out of the public headers so
- * that the engine does not depend on dist/: the batchnorm layers of a
- * model with a sync set exchange their per-channel figures through these
- * two collectives on every training forward and backward. */
+/* What dist/ddp.c needs of the engine beyond the public API, kept out of
+ * the public headers so that the engine does not depend on dist/:
+ * synchronized batch normalization's link to a communicator (the
+ * batchnorm layers of a model with a sync set exchange their per-channel
+ * figures through these two collectives on every training forward and
+ * backward), and the stream a device backend computes on. */
 #ifndef STOKER_ENGINE_BN_SYNC_H
 #define STOKER_ENGINE_BN_SYNC_H
 
@@ -27,5 +28,9 @@ typedef struct stk__bn_sync {
  * names the backend and the first such layer). A model without batchnorm
  * accepts it and never calls it. */
 int stk__model_set_bn_sync(stk_model_t *m, const stk__bn_sync_t *s);
+
+/* The stream the model's backend queues its work on (cudaStream_t as
+ * void *), or NULL (the CPU: every slot has finished when it returns). */
+void *stk__model_stream(const stk_model_t *m);
 
 #endif

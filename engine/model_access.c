@@ -357,3 +357,8 @@ int stk_model_find(const stk_model_t *m, const char *name, stk_param_info_t *inf
         }
     return stk__error(STK_ENOTFOUND, "model: no parameter or buffer named '%s'", name);
 }
+
+void *stk__model_stream(const stk_model_t *m)
+{
+    return m && m->be.iface && m->be.iface->stream ? m->be.iface->stream(m->be.ctx) : NULL;
+}

@@ -82,8 +82,8 @@ static int open_data(run_t *r, const char *key, const char *spec, const char *sp
         return train_fail(EXIT_USAGE, "%s: data path %s: %s", train_config_where(&r->cfg, key, where, sizeof where),
                           path, strerror(errno));
     }
-    stk_shard_dataset_config_t dcfg;
-    stk_shard_dataset_config_default(&dcfg);
+    stk_dataset_shard_config_t dcfg;
+    stk_dataset_shard_config_default(&dcfg);
     int most = r->cfg.batch_size > r->cfg.eval_batch_size ? r->cfg.batch_size : r->cfg.eval_batch_size;
     if ((uint32_t)most > dcfg.max_batch)
         dcfg.max_batch = (uint32_t)most;
@@ -364,7 +364,7 @@ static int resolve_resume(const char *where, char *path, size_t cap)
     char sub[TRAIN_PATH_MAX + 16];
     snprintf(sub, sizeof sub, "%s/checkpoints", where);
     const char *dir = stat(sub, &st) == 0 && S_ISDIR(st.st_mode) ? sub : where;
-    int rc = stk_train_checkpoint_latest(dir, NULL, path, cap);
+    int rc = stk_ckpt_dir_latest(dir, NULL, path, cap);
     if (rc) {
         const char *msg = stk_error_message();
         return train_fail(EXIT_USAGE, "--resume %s: %s (%s)", where, msg, stk_err_name(rc));
@@ -387,11 +387,11 @@ static int check_resume(run_t *r, const char *path)
     const void *data;
     size_t len;
     char ident[256] = "";
-    if (stk_ckpt_open(&ck, path) == 0 && stk_ckpt_find(ck, "run", &data, &len) == 0 && len < sizeof ident) {
+    if (stk_ckpt_create(&ck, path) == 0 && stk_ckpt_find(ck, "run", &data, &len) == 0 && len < sizeof ident) {
         memcpy(ident, data, len);
         ident[len] = '\0';
     }
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
     if (strcmp(ident, r->identity) != 0) {
         size_t used = strlen(diff);
         snprintf(diff + used, sizeof diff - used, "%s%s", used ? ", " : "",

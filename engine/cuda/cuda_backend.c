@@ -197,6 +197,11 @@ static int cu_synchronize(void *ctx)
     return rc ? rc : stk__cuda_fault_read(c);
 }
 
+static void *cu_stream(void *ctx)
+{
+    return ((cuda_ctx_t *)ctx)->stream;
+}
+
 static int cu_set_threads(void *ctx, int n)
 {
     (void)ctx;
@@ -223,6 +228,7 @@ static const stk__backend_iface_t cuda_iface = {
     .copy = cu_copy,
     .zero = cu_zero,
     .synchronize = cu_synchronize,
+    .stream = cu_stream,
     .set_threads = cu_set_threads,
     .max_threads = cu_max_threads,
     .op_destroy = stk__cuda_op_destroy,

@@ -126,11 +126,12 @@ STK_API int stk_comm_backend_from_name(const char *name);
 /* Changes the collective timeout (seconds, > 0). 0 or -EINVAL. */
 STK_API int stk_comm_set_timeout(stk_comm_t *c, double seconds);
 /* NCCL: the CUDA stream (cudaStream_t as void *) whose earlier work a
- * collective waits for and that waits for the collective's end (the
- * engine's compute stream). NULL (default): each collective first waits
- * for the whole device (correct with any producer, no overlap with it),
- * and stk_comm_wait is what orders later work. Other backends: ignored.
- * 0 or -EINVAL. */
+ * collective waits for, through an event on the device, without a host
+ * wait (the engine's compute stream; stk_ddp_create sets it for a CUDA
+ * model). Work queued on it afterwards overlaps the collective; what
+ * needs the result waits for it with stk_comm_wait. NULL (default): each
+ * collective first waits for the whole device (correct with any producer,
+ * no overlap with it). Other backends: ignored. 0 or -EINVAL. */
 STK_API int stk_comm_set_stream(stk_comm_t *c, void *stream);
 
 /* Collectives. Every rank must issue the same collectives in the same
@@ -240,7 +241,9 @@ STK_API void stk_ddp_config_default(stk_ddp_config_t *cfg);
  * offsets (STK_ECONFIG naming the first rank and tensor that differ),
  * broadcasts parameters and buffers from rank 0 when asked, then checks
  * that parameters are bit-equal everywhere (STK_ERANK naming the rank
- * otherwise), and installs the model's gradient hook (the model's previous
+ * otherwise), gives an NCCL communicator the model's compute stream
+ * (stk_comm_set_stream; destroy clears it), and installs the model's
+ * gradient hook (the model's previous
  * hook is replaced; destroy clears it). Returns 0 and *out, -EINVAL,
  * -ENOMEM, STK_ECONFIG, STK_ERANK, or a collective's error. */
 STK_API int stk_ddp_create(stk_ddp_t **out, stk_comm_t *comm, stk_model_t *model, const stk_ddp_config_t *cfg);

@@ -528,11 +528,10 @@ STK_API int stk_model_state_save_mem(const stk_model_t *m, void *buf, size_t cap
  * shapes in the message). On error the model is unchanged. */
 STK_API int stk_model_state_load_mem(stk_model_t *m, const void *buf, size_t len);
 /* File forms: written to a temporary name and renamed. The codes of the
- * memory forms, plus -errno on I/O (the message names the path). */
+ * memory forms, plus -errno on I/O (the message names the path). The file
+ * is safetensors: what PyTorch's safetensors.torch.load_file reads. */
 STK_API int stk_model_state_save(const stk_model_t *m, const char *path);
 STK_API int stk_model_state_load(stk_model_t *m, const char *path);
-/* The same file as stk_model_state_save: safetensors is the state format. */
-STK_API int stk_model_export_safetensors(const stk_model_t *m, const char *path);
 
 /* ---------------------------------------------------------------- devices */
 
@@ -587,7 +586,7 @@ STK_API int stk_feed_create(stk_feed_t **out, stk_model_t *model, size_t max_byt
 /* Starts copying bytes of src (host memory, pinned or not) into the next
  * of the two device buffers, once the work that last read that buffer is
  * done (stk_feed_done); *dev: the buffer (src itself on a CPU model). src
- * must stay unchanged until stk_feed_done(dev). 0, -ERANGE (bytes over
+ * must stay unchanged until stk_feed_done(dev). 0, -ENOSPC (bytes over
  * max_bytes), -EINVAL, or a backend error. */
 STK_API int stk_feed_put(stk_feed_t *f, const void *src, size_t bytes, const void **dev);
 /* The model's work from now on waits (on the device) for dev's copy. */

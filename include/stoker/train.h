@@ -212,9 +212,10 @@ STK_API void stk_train_stepper_destroy(stk_train_stepper_t **s);
  * epoch (stk_batch_t.number), which places it in its group. The model
  * must be in training mode; the stepper does not change the mode. On an
  * error the gradients of the open group are left as they are. Returns 0,
- * -EDOM (non-finite loss: the message gives it and the batch), or the
- * error of the engine, optimizer, scheduler or reduce call. Not
- * thread-safe on one stepper. */
+ * -EDOM (non-finite loss: the message gives it and the batch), -ERANGE
+ * (batch >= batches_per_epoch), -EINVAL (NULL), or the error of the
+ * engine, optimizer, scheduler or reduce call. Not thread-safe on one
+ * stepper. */
 STK_API int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, const stk_tensor_t *target,
                                    uint64_t batch, stk_train_step_metrics_t *out);
 /* Steps the optimizer on an open group now (short, with batches_per_epoch
@@ -363,9 +364,9 @@ STK_API int stk_train_checkpoint_save(const char *dir, const stk_train_parts_t *
  * STK_EDATA (a bad section), STK_ESHAPE (a part does not fit, e.g.
  * another model), or the file's error. */
 STK_API int stk_train_checkpoint_load(const char *path, const stk_train_parts_t *parts, stk_train_state_t *st);
-/* The newest checkpoint of run_id in dir (run_id NULL: of the only run
- * dir holds). As stk_ckpt_dir_latest. */
-STK_API int stk_train_checkpoint_latest(const char *dir, const char *run_id, char *path, size_t cap);
+/* The newest checkpoint of a run in dir (of the only run dir holds, when
+ * no run is named) is stk_ckpt_dir_latest(dir, run_id, path, cap): the
+ * checkpoints are named by step and run id. */
 /* 0 when dir is missing, empty of checkpoints, or holds only run_id's;
  * STK_ESTATE otherwise, the message naming the other run and its newest
  * checkpoint (what a new run must not mix with). -errno when dir cannot be
@@ -451,8 +452,9 @@ STK_API void stk_train_loop_config_default(stk_train_loop_config_t *cfg);
  * before the first batch. st is updated as the run goes and is what a
  * checkpoint holds. Returns 0 (done), -EINTR (stopped: a checkpoint of
  * where it stopped was saved when checkpoint_dir is set), -EDOM (a
- * non-finite training or evaluation loss: training diverged), an on_epoch
- * code, or the first error of a piece (st then stands at the last
+ * non-finite training or evaluation loss: training diverged), -ERANGE
+ * (st's loader position past the epoch's batches), STK_ECONFIG (a bad
+ * config, named), an on_epoch code, or the first error of a piece (st then stands at the last
  * completed optimizer step, so that saving it still resumes exactly).
  * Not thread-safe on the same parts. */
 STK_API int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st);

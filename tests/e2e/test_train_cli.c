@@ -547,7 +547,7 @@ static float *load_params(const char *dir, size_t *n, stk_ckpt_t **keep)
 {
     char path[512];
     assert_int_equal(stk_ckpt_dir_latest(dir, NULL, path, sizeof path), 0);
-    assert_int_equal(stk_ckpt_open(keep, path), 0);
+    assert_int_equal(stk_ckpt_create(keep, path), 0);
     const void *data;
     size_t len;
     assert_int_equal(stk_ckpt_find(*keep, "model", &data, &len), 0);
@@ -596,8 +596,8 @@ static void test_accumulation(void **state)
     char path[512];
     assert_int_equal(stk_ckpt_dir_latest(ck_a + 15, NULL, path, sizeof path), 0);
     expect_has(path, "ckpt-000000000002-");
-    stk_ckpt_close(&a);
-    stk_ckpt_close(&b);
+    stk_ckpt_destroy(&a);
+    stk_ckpt_destroy(&b);
 }
 
 static void expect_same_section(stk_ckpt_t *a, stk_ckpt_t *b, const char *name)
@@ -697,13 +697,13 @@ static void resume_case(const char *workers)
         expect_has(pa, "ckpt-000000000016-");
         expect_has(pb, "ckpt-000000000016-");
         stk_ckpt_t *a = NULL, *b = NULL;
-        assert_int_equal(stk_ckpt_open(&a, pa), 0);
-        assert_int_equal(stk_ckpt_open(&b, pb), 0);
+        assert_int_equal(stk_ckpt_create(&a, pa), 0);
+        assert_int_equal(stk_ckpt_create(&b, pb), 0);
         expect_same_section(a, b, "model");
         expect_same_section(a, b, "optimizer");
         expect_same_section(a, b, "scheduler");
-        stk_ckpt_close(&a);
-        stk_ckpt_close(&b);
+        stk_ckpt_destroy(&a);
+        stk_ckpt_destroy(&b);
     }
 }
 
@@ -931,8 +931,8 @@ static void test_precision(void **state)
     const float *p1 = load_params(dir, &n1, &c1);
     assert_int_equal(n0, n1);
     assert_memory_equal(p0, p1, n0 * sizeof *p0);
-    stk_ckpt_close(&c0);
-    stk_ckpt_close(&c1);
+    stk_ckpt_destroy(&c0);
+    stk_ckpt_destroy(&c1);
 }
 
 /* Pids of the processes whose parent is ppid. */

@@ -496,7 +496,6 @@ static void test_state_roundtrip(void **state)
     assert_true(fd >= 0);
     close(fd);
     assert_int_equal(stk_model_state_save(a, path), 0);
-    assert_int_equal(stk_model_export_safetensors(a, path), 0);
     assert_int_equal(stk_model_state_load(b, path), 0);
     size_t flen;
     char *file = read_file(path, &flen);

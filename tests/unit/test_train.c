@@ -886,11 +886,11 @@ static void test_state_checkpoint(void **state)
     expect_same_floats(p1, stk_model_params(m2, NULL), n, "loaded parameters");
     stk_train_state_clear(&back);
     stk_ckpt_t *ck = NULL;
-    assert_int_equal(stk_ckpt_open(&ck, path), 0);
+    assert_int_equal(stk_ckpt_create(&ck, path), 0);
     char got[8];
     assert_int_equal(stk_ckpt_read(ck, "note", got, sizeof note), 0);
     assert_string_equal(got, "mine");
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
 
     /* Another model does not fit: the message names the file and section. */
     stk_model_t *m3 = make_model("input shape=1,12,12\nflatten\nlinear out=3\ncross_entropy\n", 4);
@@ -933,18 +933,18 @@ static void test_state_checkpoint(void **state)
         assert_int_equal(stk_train_checkpoint_save(shared, &parts, &other, NULL, 0, 2, NULL, 0), 0);
     }
     char latest[512];
-    assert_int_equal(stk_train_checkpoint_latest(shared, other.run_id, latest, sizeof latest), 0);
+    assert_int_equal(stk_ckpt_dir_latest(shared, other.run_id, latest, sizeof latest), 0);
     assert_int_equal(stk_train_checkpoint_load(latest, NULL, &back), 0);
     assert_string_equal(back.run_id, other.run_id);
     assert_int_equal(back.step, 14);
     stk_train_state_clear(&back);
-    assert_int_equal(stk_train_checkpoint_latest(shared, st.run_id, latest, sizeof latest), 0);
+    assert_int_equal(stk_ckpt_dir_latest(shared, st.run_id, latest, sizeof latest), 0);
     assert_non_null(strstr(latest, "ckpt-000000000104-"));
     size_t nruns = 0;
     char runs[4][STK_CKPT_RUN_MAX + 1];
     assert_int_equal(stk_ckpt_dir_runs(shared, runs, 4, &nruns), 0);
     assert_int_equal(nruns, 2);
-    assert_int_equal(stk_train_checkpoint_latest(shared, NULL, latest, sizeof latest), STK_ESTATE);
+    assert_int_equal(stk_ckpt_dir_latest(shared, NULL, latest, sizeof latest), STK_ESTATE);
     assert_int_equal(stk_train_checkpoint_dir_check(shared, st.run_id), STK_ESTATE);
     expect_msg(other.run_id);
     expect_msg("step 14");
@@ -1053,7 +1053,7 @@ static void resume_to_end(run_objs_t *r, const char *dir, stk_train_state_t *st)
 {
     char path[512];
     run_open(r, dir, UINT64_MAX);
-    assert_int_equal(stk_train_checkpoint_latest(dir, NULL, path, sizeof path), 0);
+    assert_int_equal(stk_ckpt_dir_latest(dir, NULL, path, sizeof path), 0);
     stk_train_parts_t parts = {r->m, r->o, r->s};
     assert_int_equal(stk_train_checkpoint_load(path, &parts, st), 0);
     int rc = stk_train_run(&r->lc, st);
