@@ -11,10 +11,11 @@
 
 #define MIX_STREAM 0x6d6978u /* "mix" */
 
-stk_mix_config_t stk_mix_config_default(void)
+void stk_augment_mix_config_default(stk_augment_mix_config_t *cfg)
 {
-    return (stk_mix_config_t){.mixup_alpha = 0.2f, .cutmix_alpha = 0.0f, .prob = 1.0f,
-                              .switch_prob = 0.5f, .label_smoothing = 0.0f};
+    if (cfg)
+        *cfg = (stk_augment_mix_config_t){.mixup_alpha = 0.2f, .cutmix_alpha = 0.0f, .prob = 1.0f,
+                                          .switch_prob = 0.5f, .label_smoothing = 0.0f};
 }
 
 /* (0, 1]: safe under log and as a divisor. */
@@ -65,7 +66,7 @@ static void blend(float *restrict out, const float *restrict a, const float *res
         out[i] = a[i] * la + b[i] * lb;
 }
 
-int stk_augment_mix_batch(const stk_mix_config_t *cfg, const float *in, float *out, size_t n,
+int stk_augment_mix_batch(const stk_augment_mix_config_t *cfg, const float *in, float *out, size_t n,
                           uint32_t c, uint32_t h, uint32_t w, const int64_t *labels,
                           uint32_t num_classes, float *soft_labels, uint64_t seed, uint64_t epoch,
                           uint64_t batch_index, float *lambda_out)

@@ -261,8 +261,7 @@ static void size_scratch(stk_augment_t *aug)
     }
 }
 
-int stk_augment_create_ex(stk_augment_t **out, const char *spec, const stk_image_desc_t *in,
-                          unsigned flags)
+int stk_augment_create(stk_augment_t **out, const char *spec, const stk_image_desc_t *in, unsigned flags)
 {
     if (!out || !spec || !in)
         return stk__error(-EINVAL, "augment: NULL argument to stk_augment_create");
@@ -293,11 +292,6 @@ int stk_augment_create_ex(stk_augment_t **out, const char *spec, const stk_image
     size_scratch(aug);
     *out = aug;
     return 0;
-}
-
-int stk_augment_create(stk_augment_t **out, const char *spec, const stk_image_desc_t *in)
-{
-    return stk_augment_create_ex(out, spec, in, 0);
 }
 
 void stk_augment_destroy(stk_augment_t **aug)

@@ -7,6 +7,7 @@
  * sent on gradient-accumulation micro-steps. */
 #define _GNU_SOURCE
 #include "comm_impl.h"
+#include "engine/bn_sync.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -38,6 +39,7 @@ struct stk_ddp {
     size_t nb;
     size_t next;         /* buckets start strictly in order */
     int active, sync;
+    int set_stream;      /* create gave the communicator the model's stream */
     int err;
     char errmsg[STK__COMM_MSG_MAX];
     double t_begin, t_end;
@@ -157,6 +159,24 @@ static void on_grad_ready(size_t offset, size_t count, void *user)
     }
     if (d->cfg.overlap)
         launch_ready(d);
+}
+
+/* ------------------------------------------------- synchronized batchnorm */
+
+/* The engine's batchnorm layers exchange their figures through the same
+ * communicator as the buckets: its operations run in the order they were
+ * started, so a layer's collective queues behind the buckets that backward
+ * has started before it, identically on every rank. */
+static int bn_allgather(void *user, const void *send, void *recv, size_t bytes)
+{
+    stk_ddp_t *d = user;
+    return stk_comm_allgather(d->comm, send, recv, bytes, STK_DTYPE_U8);
+}
+
+static int bn_allreduce(void *user, float *buf, size_t count)
+{
+    stk_ddp_t *d = user;
+    return stk_comm_allreduce(d->comm, buf, count, STK_DTYPE_F32, STK_REDUCE_SUM);
 }
 
 /* ------------------------------------------------------------- life cycle */
@@ -353,9 +373,24 @@ int stk_ddp_create(stk_ddp_t **out, stk_comm_t *comm, stk_model_t *model, const 
     }
     if (rc == 0)
         rc = build_buckets(d);
+    if (rc == 0 && cfg->sync_bn) {
+        stk__bn_sync_t s = {.allgather = bn_allgather, .allreduce_sum = bn_allreduce, .user = d,
+                            .size = stk_comm_size(comm)};
+        rc = stk__model_set_bn_sync(model, &s);
+        if (rc < 0)
+            stk__error_prefix(rc, "ddp");
+    }
     if (rc < 0) {
         ddp_free(d);
         return rc;
+    }
+    /* A bucket's reduction waits for the backward work queued before its
+     * hook on the model's stream (an event), not for the whole device,
+     * and backward goes on queueing while it runs. */
+    void *stream = stk_comm_backend(comm) == STK_COMM_NCCL ? stk__model_stream(model) : NULL;
+    if (stream) {
+        stk_comm_set_stream(comm, stream);
+        d->set_stream = 1;
     }
     stk_model_set_grad_hook(model, on_grad_ready, d);
     *out = d;
@@ -398,6 +433,10 @@ void stk_ddp_destroy(stk_ddp_t **pd)
     *pd = NULL;
     drain(d);
     stk_model_set_grad_hook(d->model, NULL, NULL);
+    if (d->set_stream)
+        stk_comm_set_stream(d->comm, NULL);
+    if (d->cfg.sync_bn)
+        stk__model_set_bn_sync(d->model, NULL);
     ddp_free(d);
 }
 

@@ -2,7 +2,8 @@
 /* Device collectives over NCCL: a non-blocking communicator
  * (ncclCommInitRankConfig with blocking = 0), every operation on the
  * communicator's own stream, ordered after the caller's stream by an event
- * and followed by one the caller's stream waits on; completion and
+ * (so it overlaps what the caller queues next) and followed by one that
+ * stk_comm_wait waits for; completion and
  * asynchronous errors polled (the front times the wait out, then
  * ncclCommAbort). Host buffers are staged through the device, for a few
  * metrics. Built only with -Dnccl; registered by backends.c. */
@@ -288,11 +289,11 @@ static int nccl_launch(stk_comm_t *c, void *ctx, stk_comm_work_t *w)
         if (ce != cudaSuccess)
             return cuda_fail(ce, "cudaMemcpyAsync (staging out)", c);
     }
+    /* The caller's stream does not wait for the collective here: that
+     * would hold the rest of backward behind each bucket. stk_comm_wait
+     * (which waits for done) orders what needs the result. */
     if ((ce = cudaEventRecord(nw->done, n->stream)) != cudaSuccess)
         return cuda_fail(ce, "cudaEventRecord", c);
-    /* What the caller queues next runs after the collective. */
-    if (user)
-        cudaStreamWaitEvent(user, nw->done, 0);
     return 0;
 }
 

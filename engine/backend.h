@@ -106,6 +106,11 @@ typedef struct stk__backend_iface {
     /* Waits for all queued work and returns the first error it raised (0
      * when none). Optional: NULL when every slot is synchronous. */
     int (*synchronize)(void *ctx);
+    /* The stream the slots queue their work on (cudaStream_t as void *),
+     * for a communicator to order collectives on gradients after it with
+     * events. Optional: NULL (or returning NULL) on a backend without
+     * streams. */
+    void *(*stream)(void *ctx);
 
     /* Worker threads for the calling thread's subsequent work; 0 or -EINVAL. */
     int (*set_threads)(void *ctx, int n);
@@ -138,6 +143,29 @@ typedef struct stk__backend_iface {
      * made unbiased (times count / (count - 1)) first, as PyTorch. */
     void (*bn_update_running)(void *ctx, int64_t c, int64_t count, float momentum, const float *mean,
                               const float *var, float *running_mean, float *running_var);
+    /* Synchronized batch normalization (PyTorch's SyncBatchNorm): the
+     * statistics of the global batch, whose parts sit on other ranks. The
+     * engine combines the ranks' figures on the host, so these slots exist
+     * only on host-memory backends; NULL where the backend has none (the
+     * engine then refuses sync BN, naming the backend). Training forward
+     * is bn_stats, the ranks' figures combined, then bn_forward in eval
+     * mode with the global mean/var; training backward is below.
+     *
+     * stats[0..c) = this batch's mean and stats[c..2c) its biased variance
+     * per channel, accumulated in double. */
+    int (*bn_stats)(void *ctx, stk__op_t *op, const float *x, double *stats);
+    /* The local sums of a backward with the statistics held constant:
+     * sum_dy = sum of dy', sum_dyxhat = sum of dy' (x - mean) / sqrt(var +
+     * eps), where dy' is dy, or with the fused ReLU dy where y > 0 (y: the
+     * forward's output). They are also the local dbeta and dgamma. */
+    int (*bn_backward_sums)(void *ctx, stk__op_t *op, const float *x, const float *y, const float *dy,
+                            const float *mean, const float *var, float *sum_dy, float *sum_dyxhat);
+    /* dx from the sums over the global batch of count elements per channel:
+     * dx = gamma / sqrt(var + eps) (dy' - (sum_dy + xhat sum_dyxhat) /
+     * count); overwrites dx, which may be dy. */
+    int (*bn_backward_apply)(void *ctx, stk__op_t *op, const float *x, const float *y, const float *dy,
+                             const float *gamma, const float *mean, const float *var, const float *sum_dy,
+                             const float *sum_dyxhat, int64_t count, float *dx);
 
     /* Pooling plan; a max-pooling op keeps its workspace (argmax). */
     int (*pool_create)(void *ctx, const stk__pool_desc_t *d, stk__op_t **op);
@@ -271,6 +299,15 @@ typedef struct stk__backend_iface {
     int (*pin_host)(void *ctx, void *addr, size_t bytes);
     void (*unpin_host)(void *ctx, void *addr);
 
+    /* The arithmetic of the convolution and matrix-multiply ops planned
+     * from now on (called once, before the first plan): 0 with *used set
+     * to what the backend computes for want, or STK_ECONFIG saying what
+     * it does not implement. */
+    int (*set_precision)(void *ctx, stk_precision_t want, stk_precision_t *used);
+    /* Dynamic loss scaling: g[0..n) *= inv_scale (device memory), and
+     * *nonfinite (host) = 1 when any element was NaN or infinite before,
+     * else 0. Synchronous: the flag is read back before it returns. */
+    int (*unscale_grads)(void *ctx, size_t n, float *g, float inv_scale, int *nonfinite);
     /* The model's config (engine.h), given once after open and before any
      * op is planned, for what the backend tunes by it (CUDA: the cuDNN
      * policy, workspace limit and cache file). Optional: NULL where the

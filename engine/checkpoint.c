@@ -214,7 +214,7 @@ struct stk_ckpt {
     uint64_t *offs, *lens;
 };
 
-void stk_ckpt_close(stk_ckpt_t **ck)
+void stk_ckpt_destroy(stk_ckpt_t **ck)
 {
     if (!ck || !*ck)
         return;
@@ -269,10 +269,10 @@ static int read_file(const char *path, unsigned char **out, size_t *size)
     return 0;
 }
 
-int stk_ckpt_open(stk_ckpt_t **out, const char *path)
+int stk_ckpt_create(stk_ckpt_t **out, const char *path)
 {
     if (!out || !path)
-        return stk__error(-EINVAL, "stk_ckpt_open: NULL argument");
+        return stk__error(-EINVAL, "stk_ckpt_create: NULL argument");
     *out = NULL;
     stk_ckpt_t *ck = calloc(1, sizeof *ck);
     if (!ck || !(ck->path = strdup(path))) {
@@ -357,7 +357,7 @@ int stk_ckpt_open(stk_ckpt_t **out, const char *path)
     *out = ck;
     return 0;
 fail:
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
     return rc;
 }
 
@@ -368,8 +368,10 @@ size_t stk_ckpt_num_sections(const stk_ckpt_t *ck)
 
 int stk_ckpt_section_at(const stk_ckpt_t *ck, size_t i, const char **name, const void **data, size_t *len)
 {
-    if (!ck || i >= ck->n)
-        return stk__error(-EINVAL, "checkpoint section index %zu out of range", i);
+    if (!ck)
+        return stk__error(-EINVAL, "stk_ckpt_section_at: NULL checkpoint");
+    if (i >= ck->n)
+        return stk__error(-ERANGE, "checkpoint section %zu of %zu", i, ck->n);
     if (name)
         *name = ck->names[i];
     if (data)
@@ -614,7 +616,10 @@ int stk_ckpt_dir_latest(const char *dir, const char *run, char *path, size_t cap
     }
     rc = ckpt_name(path, cap, dir, best->run, best->step);
     free(v);
-    return rc;
+    /* The name fits in no buffer of the caller's size: say so as every
+     * call with a caller's buffer does. */
+    return rc == -ENAMETOOLONG ? stk__error(-ENOSPC, "%s: the newest checkpoint's path needs more than %zu bytes", dir, cap)
+                               : rc;
 }
 
 int stk_ckpt_dir_runs(const char *dir, char (*runs)[STK_CKPT_RUN_MAX + 1], size_t n, size_t *count)

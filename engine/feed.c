@@ -69,7 +69,7 @@ int stk_feed_put(stk_feed_t *f, const void *src, size_t bytes, const void **dev)
     if (!f || !dev || (!src && bytes))
         return stk__error(-EINVAL, "stk_feed_put: NULL argument");
     if (bytes > f->cap)
-        return stk__error(-ERANGE, "feed: a batch of %zu bytes, the feed was made for %zu", bytes, f->cap);
+        return stk__error(-ENOSPC, "feed: a batch of %zu bytes, the feed was made for %zu", bytes, f->cap);
     if (f->direct) {
         *dev = src;
         return 0;

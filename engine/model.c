@@ -496,6 +496,7 @@ void stk_model_destroy(stk_model_t **pm)
     free(m->pinfo);
     free(m->binfo);
     free(m->written);
+    free(m->bn_sync_buf);
     stk__backend_close(&m->be);
     free(m);
     *pm = NULL;
@@ -559,6 +560,10 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->device = cfg->device;
     if (m->be.iface->configure && (rc = m->be.iface->configure(m->be.ctx, cfg)) < 0)
         goto fail;
+    if ((rc = m->be.iface->set_precision(m->be.ctx, cfg->precision, &m->precision)) < 0) {
+        stk__error_prefix(rc, "model: precision %s", stk_precision_name(cfg->precision));
+        goto fail;
+    }
     assign_layouts(m);
     if (m->threads > 0 && (rc = m->be.iface->set_threads(m->be.ctx, m->threads)) < 0)
         goto fail;

@@ -5,6 +5,7 @@
 #define STOKER_ENGINE_MODEL_H
 
 #include "backend.h"
+#include "bn_sync.h"
 
 typedef struct stk__layer_class stk__layer_class_t; /* layer.h */
 
@@ -91,11 +92,17 @@ struct stk_model {
     int64_t correct;        /* top-1 count of the last forward with labels */
     int correct_valid;
     float loss_scale;
+    stk_precision_t precision; /* what the backend computes (set_precision) */
     uint64_t seed;
     uint64_t step;          /* what the next training forward uses */
     uint64_t fwd_step;      /* what the last forward used (backward's dropout) */
     stk_grad_ready_fn hook;
     void *hook_user;
+    /* Synchronized batch normalization (bn_sync.h): on when bn_sync.size
+     * > 0; bn_sync_buf (host) holds one layer's exchange, the gathered
+     * figures of every rank and this rank's. */
+    stk__bn_sync_t bn_sync;
+    double *bn_sync_buf;
     /* Sequences: the last forward's padded length (the caller's, <= the
      * input's T) and each sample's valid steps (host, and device memory). */
     int64_t steps;

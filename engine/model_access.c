@@ -114,6 +114,37 @@ void stk_model_set_loss_scale(stk_model_t *m, float scale)
     m->loss_scale = scale;
 }
 
+int stk_model_unscale_grads(stk_model_t *m, float inv_scale, int *nonfinite)
+{
+    if (!m || !nonfinite)
+        return stk__error(-EINVAL, "stk_model_unscale_grads: NULL argument");
+    *nonfinite = 0;
+    if (!m->np)
+        return 0;
+    int rc = m->be.iface->unscale_grads(m->be.ctx, m->np, m->grads, inv_scale, nonfinite);
+    return rc < 0 ? stk__error_prefix(rc, "unscaling the gradients") : 0;
+}
+
+stk_precision_t stk_model_precision(const stk_model_t *m)
+{
+    return m ? m->precision : STK_PRECISION_FP32;
+}
+
+const char *stk_precision_name(stk_precision_t p)
+{
+    switch (p) {
+    case STK_PRECISION_FP32:
+        return "fp32";
+    case STK_PRECISION_TF32:
+        return "tf32";
+    case STK_PRECISION_BF16:
+        return "bf16";
+    case STK_PRECISION_FP16:
+        return "fp16";
+    }
+    return "?";
+}
+
 void stk_model_set_grad_hook(stk_model_t *m, stk_grad_ready_fn fn, void *user)
 {
     m->hook = fn;
@@ -325,4 +356,9 @@ int stk_model_find(const stk_model_t *m, const char *name, stk_param_info_t *inf
             return 0;
         }
     return stk__error(STK_ENOTFOUND, "model: no parameter or buffer named '%s'", name);
+}
+
+void *stk__model_stream(const stk_model_t *m)
+{
+    return m && m->be.iface && m->be.iface->stream ? m->be.iface->stream(m->be.ctx) : NULL;
 }

@@ -470,11 +470,6 @@ int stk_model_state_save(const stk_model_t *m, const char *path)
     return rc;
 }
 
-int stk_model_export_safetensors(const stk_model_t *m, const char *path)
-{
-    return stk_model_state_save(m, path);
-}
-
 int stk_model_state_load(stk_model_t *m, const char *path)
 {
     if (!m || !path)

@@ -86,7 +86,7 @@ int main(int argc, char **argv)
     stk_train_parts_t parts = {model, opt, sched};
     stk_train_state_t st;
     char path[4096];
-    if (stk_train_checkpoint_latest(argv[3], NULL, path, sizeof path) == 0) {
+    if (stk_ckpt_dir_latest(argv[3], NULL, path, sizeof path) == 0) {
         CHECK(stk_train_checkpoint_load(path, &parts, &st));
         stk_model_set_step(model, st.micro); /* dropout goes on where it stopped */
         printf("resumed run %s at epoch %llu from %s\n", st.run_id, (unsigned long long)st.epoch, path);

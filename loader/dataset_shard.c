@@ -71,7 +71,7 @@ static void shard_close(void *p)
         free(s->map_len);
     }
     stk_decoder_destroy(&s->dec);
-    stk_shardset_close(&s->set);
+    stk_shardset_destroy(&s->set);
     free(s->dense_at);
     free(s->dense_first);
     free(s->stored);
@@ -677,7 +677,7 @@ static const stk_dataset_ops_t shard_ops = {
     .attach_shared = shard_attach_shared,
 };
 
-void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg)
+void stk_dataset_shard_config_default(stk_dataset_shard_config_t *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->io = STK_IO_AUTO;
@@ -686,14 +686,14 @@ void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg)
 }
 
 int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
-                             const stk_shard_dataset_config_t *cfg)
+                             const stk_dataset_shard_config_t *cfg)
 {
-    stk_shard_dataset_config_t def;
+    stk_dataset_shard_config_t def;
     if (!out || !path)
         return stk__error(-EINVAL, "stk_dataset_shard_create: NULL argument");
     *out = NULL;
     if (!cfg) {
-        stk_shard_dataset_config_default(&def);
+        stk_dataset_shard_config_default(&def);
         cfg = &def;
     }
     if (cfg->io != STK_IO_AUTO && cfg->io != STK_IO_URING && cfg->io != STK_IO_PREAD &&
@@ -706,7 +706,7 @@ int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
     if (rc)
         return rc;
     stk_shardset_t *set = NULL;
-    rc = stk_shardset_open(&set, path);
+    rc = stk_shardset_create(&set, path);
     if (rc)
         return rc;
     size_t plen = strlen(path);
@@ -715,7 +715,7 @@ int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
     size_t len = set_off + set_len;
     shard_args_t *a = calloc(1, len);
     if (!a) {
-        stk_shardset_close(&set);
+        stk_shardset_destroy(&set);
         return stk__error(-ENOMEM, "shard dataset: out of memory");
     }
     a->cold_io = (int32_t)io; /* URING or PREAD as probed, before the mapping rules */
@@ -729,7 +729,7 @@ int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
     a->set_len = set_len;
     memcpy(a->path, path, plen + 1);
     stk__shardset_export(set, (unsigned char *)a + set_off);
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
     rc = stk_dataset_create(out, &shard_ops, a, len);
     free(a);
     if (rc == 0)

@@ -136,7 +136,7 @@ int stk__layout_make(stk__worker_spec_t *spec, const stk_dataset_t *ds, const ch
         o->var_dim = -1;
         if ((int)k == L->aug_field) {
             stk_augment_t *aug = NULL;
-            rc = stk_augment_create(&aug, augment, &spec->aug_in);
+            rc = stk_augment_create(&aug, augment, &spec->aug_in, 0);
             if (rc)
                 return stk__error_prefix(rc, "augment");
             stk_image_desc_t od;

@@ -148,14 +148,14 @@ int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const vo
                        void *out, size_t cap, stk_record_t *rec)
 {
     if (!dec || !loc || !stored || !out)
-        return stk__error(STK_ECONFIG, "stk_decoder_decode: NULL argument");
+        return stk__error(-EINVAL, "stk_decoder_decode: NULL argument");
     const stk_shardset_t *set = dec->set;
     if (loc->shard >= set->n)
-        return stk__error(STK_ECONFIG, "no shard %u", loc->shard);
+        return stk__error(-ERANGE, "no shard %u (the set has %u)", loc->shard, set->n);
     const shard_t *s = &set->shards[loc->shard];
     uint64_t gi = s->first + loc->local_index;
     if (cap < loc->raw_len)
-        return stk__error(STK_ESHAPE, "%s: record %" PRIu64 " (global %" PRIu64 "): needs %" PRIu64
+        return stk__error(-ENOSPC, "%s: record %" PRIu64 " (global %" PRIu64 "): needs %" PRIu64
                           " bytes, buffer has %zu", s->path, loc->local_index, gi, loc->raw_len,
                           cap);
     if (loc->stored_len == loc->raw_len) {
@@ -207,7 +207,7 @@ int stk_shardset_get(const stk_shardset_t *set, stk_decoder_t *dec, uint64_t ind
                      size_t cap, stk_record_t *rec)
 {
     if (!set || !dec || !out)
-        return stk__error(STK_ECONFIG, "stk_shardset_get: NULL argument");
+        return stk__error(-EINVAL, "stk_shardset_get: NULL argument");
     if (dec->set != set)
         return stk__error(STK_ECONFIG, "decoder belongs to another shard set");
     stk_record_loc_t loc;
@@ -216,7 +216,7 @@ int stk_shardset_get(const stk_shardset_t *set, stk_decoder_t *dec, uint64_t ind
         return rc;
     const stk_shardset_t *s = set;
     if (cap < loc.raw_len)
-        return stk__error(STK_ESHAPE, "%s: record %" PRIu64 ": needs %" PRIu64
+        return stk__error(-ENOSPC, "%s: record %" PRIu64 ": needs %" PRIu64
                           " bytes, buffer has %zu", s->shards[loc.shard].path, loc.local_index,
                           loc.raw_len, cap);
     /* Raw records are read straight into the caller's buffer. */

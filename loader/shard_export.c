@@ -200,6 +200,6 @@ int stk__shardset_import(stk_shardset_t **out, const void *blob, size_t len)
     *out = set;
     return 0;
 fail:
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
     return rc;
 }

@@ -130,7 +130,7 @@ static int field_is_var(const stk_field_t *f)
 int stk_schema_format(const stk_schema_t *schema, char *buf, size_t cap)
 {
     if (!schema || !buf || cap == 0)
-        return stk__error(STK_ECONFIG, "stk_schema_format: bad argument");
+        return stk__error(-EINVAL, "stk_schema_format: NULL argument or no room");
     size_t pos = 0;
     buf[0] = '\0';
     for (uint32_t i = 0; i < schema->nfields && i < STK_MAX_FIELDS; i++) {
@@ -143,7 +143,7 @@ int stk_schema_format(const stk_schema_t *schema, char *buf, size_t cap)
                           f->shape[d]);
         n += snprintf(one + n, sizeof one - (size_t)n, "]");
         if (pos + (size_t)n >= cap)
-            return stk__error(STK_ESHAPE, "schema text needs more than %zu bytes", cap);
+            return stk__error(-ENOSPC, "schema text needs more than %zu bytes", cap);
         memcpy(buf + pos, one, (size_t)n + 1);
         pos += (size_t)n;
     }
@@ -265,7 +265,7 @@ int stk_record_build(const stk_schema_t *schema, const void *const *data,
     if (rc)
         return rc;
     if (need > cap)
-        return stk__error(STK_ESHAPE, "record needs %zu bytes, buffer has %zu", need, cap);
+        return stk__error(-ENOSPC, "record needs %zu bytes, buffer has %zu", need, cap);
     unsigned char *p = out;
     for (uint32_t i = 0; i < schema->nfields; i++)
         if (field_is_var(&schema->fields[i])) {

@@ -505,10 +505,10 @@ static int open_dir(stk_shardset_t *set, const char *dir)
     return rc;
 }
 
-int stk_shardset_open(stk_shardset_t **out, const char *path)
+int stk_shardset_create(stk_shardset_t **out, const char *path)
 {
     if (!out || !path)
-        return stk__error(STK_ECONFIG, "stk_shardset_open: NULL argument");
+        return stk__error(STK_ECONFIG, "stk_shardset_create: NULL argument");
     *out = NULL;
     stk_shardset_t *set = calloc(1, sizeof *set);
     if (!set)
@@ -545,14 +545,14 @@ int stk_shardset_open(stk_shardset_t **out, const char *path)
     if (!rc)
         stk__shardset_set_stride(set);
     if (rc) {
-        stk_shardset_close(&set);
+        stk_shardset_destroy(&set);
         return rc;
     }
     *out = set;
     return 0;
 }
 
-void stk_shardset_close(stk_shardset_t **setp)
+void stk_shardset_destroy(stk_shardset_t **setp)
 {
     if (!setp || !*setp)
         return;
@@ -597,8 +597,10 @@ uint64_t stk_shardset_max_stored(const stk_shardset_t *set)
 
 int stk_shardset_shard_info(const stk_shardset_t *set, uint32_t shard, stk_shard_info_t *out)
 {
-    if (!set || !out || shard >= set->n)
-        return stk__error(STK_ECONFIG, "no shard %u", shard);
+    if (!set || !out)
+        return stk__error(-EINVAL, "stk_shardset_shard_info: NULL argument");
+    if (shard >= set->n)
+        return stk__error(-ERANGE, "no shard %u (the set has %u)", shard, set->n);
     const shard_t *s = &set->shards[shard];
     out->records = s->nrec;
     out->first_index = s->first;
@@ -613,7 +615,7 @@ int stk_shardset_shard_info(const stk_shardset_t *set, uint32_t shard, stk_shard
 int stk_shardset_locate(const stk_shardset_t *set, uint64_t index, stk_record_loc_t *loc)
 {
     if (!set || !loc)
-        return stk__error(STK_ECONFIG, "stk_shardset_locate: NULL argument");
+        return stk__error(-EINVAL, "stk_shardset_locate: NULL argument");
     if (index >= set->total)
         return stk__error(-ERANGE, "record %" PRIu64 " out of range (%" PRIu64 " records)", index,
                           set->total);
@@ -667,8 +669,10 @@ int stk_shardset_read_raw(const stk_shardset_t *set, uint64_t index, void *buf, 
         return rc;
     if (loc)
         *loc = l;
-    if (!buf || cap < l.stored_len)
-        return stk__error(STK_ESHAPE, "%s: record %" PRIu64 ": needs %" PRIu64
+    if (!buf)
+        return stk__error(-EINVAL, "stk_shardset_read_raw: NULL buffer");
+    if (cap < l.stored_len)
+        return stk__error(-ENOSPC, "%s: record %" PRIu64 ": needs %" PRIu64
                           " bytes, buffer has %zu", set->shards[l.shard].path, l.local_index,
                           l.stored_len, cap);
     rc = stk__pread_all(l.fd, buf, l.stored_len, l.offset, set->shards[l.shard].path);

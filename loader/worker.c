@@ -58,7 +58,7 @@ int stk__filler_create(stk__filler_t **out, const stk__worker_spec_t *spec, void
         if (f->L->var_dim[k] >= 0 && f->L->field_stride[k] > maxvar)
             maxvar = f->L->field_stride[k];
     if (f->L->aug_field >= 0) {
-        rc = stk_augment_create(&f->aug, spec->augment, &spec->aug_in);
+        rc = stk_augment_create(&f->aug, spec->augment, &spec->aug_in, 0);
         if (rc)
             goto fail;
         size_t sb = stk_augment_scratch_bytes(f->aug);

@@ -17,7 +17,7 @@ typedef struct arrays_priv {
 static int arrays_open(stk_pack_source_t *src, const stk_pack_source_config_t *cfg)
 {
     (void)cfg;
-    const stk__pack_arrays_arg_t *a = src->priv; /* stk_pack_source_arrays passes its arguments here */
+    const stk__pack_arrays_arg_t *a = src->priv; /* stk_pack_source_create_arrays passes its arguments here */
     src->priv = NULL;
     const stk_schema_t *s = a->schema;
     if (s->nfields == 0 || s->nfields > STK_MAX_FIELDS)

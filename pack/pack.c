@@ -153,7 +153,7 @@ int stk_pack_verify(const char *path, stk_pack_verify_result_t *out, stk_pack_pr
         return stk__error(STK_ECONFIG, "stk_pack_verify: NULL path");
     stk_shardset_t *set = NULL;
     stk_decoder_t *dec = NULL;
-    int rc = stk_shardset_open(&set, path);
+    int rc = stk_shardset_create(&set, path);
     if (rc)
         return rc;
     uint64_t cap = stk_shardset_max_raw(set);
@@ -182,7 +182,7 @@ int stk_pack_verify(const char *path, stk_pack_verify_result_t *out, stk_pack_pr
     }
     free(buf);
     stk_decoder_destroy(&dec);
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
     if (out)
         *out = res;
     if (!rc && res.bad)

@@ -31,7 +31,7 @@ struct stk_pack_source {
     void *priv;
 };
 
-/* What stk_pack_source_arrays hands the arrays format's open, in priv. */
+/* What stk_pack_source_create_arrays hands the arrays format's open, in priv. */
 typedef struct stk__pack_arrays_arg {
     const stk_schema_t *schema;
     const void *const *fields;

@@ -82,11 +82,11 @@ int stk_pack_source_create(stk_pack_source_t **out, const stk_pack_source_config
     return source_open(out, fmt, cfg, NULL);
 }
 
-int stk_pack_source_arrays(stk_pack_source_t **out, const stk_schema_t *schema,
+int stk_pack_source_create_arrays(stk_pack_source_t **out, const stk_schema_t *schema,
                            const void *const *fields, uint64_t n)
 {
     if (!out || !schema || !fields)
-        return stk__error(STK_ECONFIG, "stk_pack_source_arrays: NULL argument");
+        return stk__error(STK_ECONFIG, "stk_pack_source_create_arrays: NULL argument");
     *out = NULL;
     stk__pack_arrays_arg_t arg = {schema, fields, n};
     stk_pack_source_config_t cfg;

@@ -265,8 +265,8 @@ static int Loader_init(LoaderObject *self, PyObject *args, PyObject *kw)
         self->pin = pin;
         self->unpin = unpin;
     }
-    stk_shard_dataset_config_t dc;
-    stk_shard_dataset_config_default(&dc);
+    stk_dataset_shard_config_t dc;
+    stk_dataset_shard_config_default(&dc);
     if (!strcmp(io, "auto"))
         dc.io = STK_IO_AUTO;
     else if (!strcmp(io, "uring"))
@@ -1162,7 +1162,7 @@ static PyObject *mod_pack_arrays(PyObject *mod, PyObject *args, PyObject *kw)
         data[f] = v->buf;
     }
     stk_pack_source_t *src = NULL;
-    int rc = stk_pack_source_arrays(&src, &schema, data, n);
+    int rc = stk_pack_source_create_arrays(&src, &schema, data, n);
     if (rc) {
         raise_stk(rc);
         goto done;

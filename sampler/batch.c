@@ -80,7 +80,7 @@ int stk_batch_sampler_get(const stk_batch_sampler_t *b, uint64_t k, uint64_t *ou
         return stk__error(-EINVAL, "batch sampler: get with a NULL %s",
                           !b ? "batch sampler" : !out ? "out" : "n");
     if (k >= b->len)
-        return stk__error(-EINVAL, "batch sampler: batch %llu is past the epoch's %llu batches", (ull)k,
+        return stk__error(-ERANGE, "batch sampler: batch %llu is past the epoch's %llu batches", (ull)k,
                           (ull)b->len);
     if (b->bucket)
         return stk__bucket_get(b, k, out, n);
@@ -122,7 +122,7 @@ int stk_batch_sampler_seek(stk_batch_sampler_t *b, uint64_t batch)
     if (!b)
         return stk__error(-EINVAL, "batch sampler: NULL batch sampler");
     if (batch > b->len)
-        return stk__error(-EINVAL, "batch sampler: seek to %llu past the epoch's %llu batches",
+        return stk__error(-ERANGE, "batch sampler: seek to %llu past the epoch's %llu batches",
                           (ull)batch, (ull)b->len);
     b->cursor = batch;
     return 0;

@@ -362,7 +362,7 @@ int stk_sampler_get(const stk_sampler_t *s, uint64_t pos, uint64_t *index)
     if (!s || !index)
         return stk__error(-EINVAL, "sampler: get with a NULL %s", s ? "index" : "sampler");
     if (pos >= s->len)
-        return stk__error(-EINVAL, "sampler: position %llu is past the epoch's %llu indices", (ull)pos,
+        return stk__error(-ERANGE, "sampler: position %llu is past the epoch's %llu indices", (ull)pos,
                           (ull)s->len);
     *index = index_at(s, pos);
     return 0;
@@ -388,7 +388,7 @@ int stk_sampler_seek(stk_sampler_t *s, uint64_t pos)
     if (!s)
         return stk__error(-EINVAL, "sampler: NULL sampler");
     if (pos > s->len)
-        return stk__error(-EINVAL, "sampler: seek to %llu past the epoch's %llu indices", (ull)pos,
+        return stk__error(-ERANGE, "sampler: seek to %llu past the epoch's %llu indices", (ull)pos,
                           (ull)s->len);
     s->cursor = pos;
     return 0;

@@ -9,6 +9,11 @@
 #      beside PyTorch's same recipe on the same GPU (tools/train_torch.py);
 #   6. the dist helper's NCCL checks (one rank; two ranks on one GPU, an
 #      experiment; all-reduce bandwidth);
+#   7. training-step benchmarks with the batch on the GPU (issue 12):
+#      fmnist-cnn at batch 256 and ResNet-18 (models/resnet18.model) at
+#      batch 256, stoker-enginebench --train against PyTorch eager
+#      (cudnn.benchmark) and torch.compile(mode="reduce-overhead")
+#      (tools/bench_train_torch.py), in the time the run has left;
 # every result into $OUT/gpu-check.json (OUT defaults to gpu-check-out) and
 # a short table at the end. Each step runs under its own time limit, so a
 # hang costs that step, not the run. --cpu-benches adds the loader and
@@ -84,7 +89,8 @@ if [ $need_prefix = 1 ]; then
 fi
 
 # Time limits: 90 + 45 + 60 + 35 + 10 + 60 + 30 + 40 (NCCL) s, about six
-# minutes at worst; far less when nothing hangs.
+# minutes at worst; far less when nothing hangs. The benchmarks at the end
+# take only what is left of 350 s.
 # The GPU tests run first, on their own: a slow rest of the suite cannot
 # cost their results.
 rc=0
@@ -147,6 +153,44 @@ if [ $CPU_BENCHES = 1 ] && [ -x $B/tools/stoker-enginebench ]; then
         LD_LIBRARY_PATH=$TORCH_LD ${PY:-python3} tools/bench_engine_torch.py --threads \$t --iters 20; done"
 fi
 
+# ---- training-step benchmarks (issue 12) ----------------------------------
+# Whatever time is left of the six minutes: each bench step gets at most
+# its own limit and never more than what remains before DEADLINE (a step
+# with under 15 s left is not started: recorded as skipped, exit 125).
+DEADLINE=$((T0 + 350))
+bench() {
+    local name=$1 want=$2 left
+    shift 2
+    left=$((DEADLINE - $(date +%s)))
+    [ $left -lt $want ] && want=$left
+    if [ $want -lt 15 ]; then
+        printf '%s\t125\t0.000\n' "$name" >> "$RESULTS"
+        echo "== $name: skipped, ${left}s left of the run's time"
+        return 0
+    fi
+    step "$name" "$want" "$@"
+}
+if [ -x $B/tools/stoker-enginebench ]; then
+    EB="$B/tools/stoker-enginebench --train --device cuda --json"
+    TB="${PY:-python3} tools/bench_train_torch.py --device cuda --json"
+    # fmnist-cnn at batch 256: same precision on both sides (fp32 with TF32
+    # off, then TF32), PyTorch eager and compiled.
+    bench bench_stoker_fmnist 30 sh -c "for p in fp32 tf32; do $EB --model models/fmnist-cnn.model --batch 256 \
+        --iters 100 --warmup 10 --precision \$p || exit 1; done"
+    bench bench_torch_fmnist 40 sh -c "for p in fp32 tf32; do $TB --model fmnist-cnn --batch 256 --iters 100 \
+        --warmup 10 --precision \$p || exit 1; done"
+    bench bench_torch_fmnist_compile 70 $TB --model fmnist-cnn --batch 256 --iters 100 --warmup 10 --mode compile
+    # ResNet-18 at batch 256: Stoker in fp32 and TF32 (BF16 is not
+    # implemented), PyTorch eager AMP BF16 channels-last (the issue's
+    # reference), eager TF32 (Stoker's precision), and compiled BF16.
+    bench bench_stoker_resnet18 50 sh -c "for p in tf32 fp32; do $EB --model models/resnet18.model --batch 256 \
+        --iters 10 --warmup 2 --precision \$p || exit 1; done"
+    bench bench_torch_resnet18 40 sh -c "$TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision bf16 \
+        --channels-last && $TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision tf32"
+    bench bench_torch_resnet18_compile 90 $TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision bf16 \
+        --channels-last --mode compile
+fi
+
 # The results as one JSON file, and a table.
 python3 - "$OUT" "$(( $(date +%s) - T0 ))" <<'PY'
 import json, os, sys
@@ -179,6 +223,41 @@ for name in ("testlog-gpu.json", "testlog.json"):
 res["memcheck_errors"] = next((l for l in text("memcheck.txt").splitlines() if "ERROR SUMMARY" in l), None)
 res["train_gpu"] = last_json("train_gpu")
 res["torch_gpu"] = last_json("torch_gpu")
+def all_json(name):
+    rows = []
+    for line in text(name + ".txt").splitlines():
+        if line.strip().startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+    return rows
+bench = []
+for name in ("bench_stoker_fmnist", "bench_torch_fmnist", "bench_torch_fmnist_compile", "bench_stoker_resnet18",
+             "bench_torch_resnet18", "bench_torch_resnet18_compile"):
+    bench += all_json(name)
+res["bench"] = bench
+def find(tool, model, precision, mode=None, channels_last=None):
+    for r in bench:
+        if (r.get("tool") == tool and model in r.get("model", "") and r.get("precision") == precision and
+                (mode is None or r.get("mode") == mode) and
+                (channels_last is None or r.get("channels_last") == channels_last)):
+            return r.get("images_per_s")
+    return None
+ratios = {}
+for key, a, b in (
+        ("fmnist_fp32_vs_torch_eager", find("stoker", "fmnist-cnn", "fp32"),
+         find("torch", "fmnist-cnn", "fp32", "eager")),
+        ("fmnist_fp32_vs_torch_compile", find("stoker", "fmnist-cnn", "fp32"),
+         find("torch", "fmnist-cnn", "fp32", "compile")),
+        ("fmnist_tf32_vs_torch_eager", find("stoker", "fmnist-cnn", "tf32"),
+         find("torch", "fmnist-cnn", "tf32", "eager")),
+        ("resnet18_tf32_vs_torch_eager_tf32", find("stoker", "resnet18", "tf32"),
+         find("torch", "resnet18", "tf32", "eager")),
+        ("resnet18_tf32_vs_torch_eager_bf16_cl", find("stoker", "resnet18", "tf32"),
+         find("torch", "resnet18", "bf16", "eager", True))):
+    ratios[key] = round(a / b, 3) if a and b else None
+res["bench_ratios"] = ratios
 json.dump(res, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
 
 print("\n%-14s %6s %8s" % ("step", "exit", "seconds"))
@@ -198,6 +277,12 @@ def row(who, r):
 a, b = row("stoker gpu", res["train_gpu"]), row("torch gpu", res["torch_gpu"])
 if a and b:
     print("stoker/torch images/s: %.2fx" % (a / b))
+for r in bench:
+    print("bench %-7s %-8s %-10s %-5s %s%10.0f img/s" % (r.get("tool"), r.get("mode", ""), os.path.basename(
+        r.get("model", "")).replace(".model", ""), r.get("precision"), "cl " if r.get("channels_last") else "   ",
+        r.get("images_per_s", 0)))
+for k, v in ratios.items():
+    print("ratio %-40s %s" % (k, "%.2fx" % v if v else "n/a"))
 print("wall: %d s; results in %s" % (wall, os.path.join(out, "gpu-check.json")))
 PY
 exit $rc

@@ -118,7 +118,7 @@ static void bench_shape(uint32_t c, uint32_t side, double secs)
     for (size_t k = 0; specs[k]; k++) {
         for (unsigned flags = 0; flags <= STK_AUGMENT_NO_FUSE; flags++) {
             stk_augment_t *aug;
-            if (stk_augment_create_ex(&aug, specs[k], &d, flags)) {
+            if (stk_augment_create(&aug, specs[k], &d, flags)) {
                 fprintf(stderr, "stoker-augbench: %s: %s\n", specs[k], stk_error_message());
                 exit(1);
             }

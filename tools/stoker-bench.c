@@ -204,8 +204,8 @@ int main(int argc, char **argv)
     /* INFO: what --workers auto chose and why. */
     stk_log_set_callback(stk_log_stderr, NULL, STK_LOG_INFO);
 
-    stk_shard_dataset_config_t dc;
-    stk_shard_dataset_config_default(&dc);
+    stk_dataset_shard_config_t dc;
+    stk_dataset_shard_config_default(&dc);
     if (io && !strcmp(io, "uring"))
         dc.io = STK_IO_URING;
     else if (io && !strcmp(io, "pread"))

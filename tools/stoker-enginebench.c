@@ -1,9 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /* Engine benchmark: forward + backward images/s of a model file on random
  * data (no optimizer step, as tools/bench_engine_torch.py), with per-layer
- * timing. --export also writes the state, an input batch and its eval-mode
- * logits, for tools/load_safetensors.py. */
+ * timing; --train adds the optimizer step (the stepper, as stoker-train
+ * steps), --device cuda runs on a GPU with the batch already there (what
+ * tools/bench_train_torch.py measures for PyTorch), --json ends with one
+ * JSON line. --export also writes the state, an input batch and its
+ * eval-mode logits, for tools/load_safetensors.py. */
 #include <stoker/engine.h>
+#include <stoker/optim.h>
+#include <stoker/train.h>
 #include "tool_clock.h"
 
 #include <getopt.h>
@@ -26,13 +31,23 @@ static int write_raw(const char *path, const void *p, size_t bytes)
 static void usage(void)
 {
     fprintf(stderr, "usage: stoker-enginebench [--model FILE] [--batch N] [--threads N] [--iters N] "
-                    "[--warmup N] [--profile] [--summary] [--export PREFIX]\n");
+                    "[--warmup N] [--profile] [--summary] [--export PREFIX] [--train] [--optimizer SPEC] "
+                    "[--device cpu|cuda|cuda:N] [--precision fp32|tf32|bf16|fp16] [--json]\n");
+}
+
+/* A whole decimal in [lo, hi], or -1. */
+static long whole(const char *s, long lo, long hi)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    return *s && !*end && v >= lo && v <= hi ? v : -1;
 }
 
 int main(int argc, char **argv)
 {
-    const char *model = "models/fmnist-cnn.model", *export = NULL;
-    int batch = 128, threads = 2, iters = 20, warmup = 3, profile = 0, summary = 0;
+    const char *model = "models/fmnist-cnn.model", *export = NULL, *device = "cpu", *precision = "fp32";
+    const char *optimizer = "sgd:lr=0.01,momentum=0.9";
+    int batch = 128, threads = 2, iters = 20, warmup = 3, profile = 0, summary = 0, train = 0, json = 0;
     /* OpenMP threads that wait passively unless OMP_WAIT_POLICY says
      * otherwise (it executes us again once). */
     if (stk_engine_passive_wait(argv) < 0)
@@ -42,23 +57,30 @@ int main(int argc, char **argv)
         {"threads", required_argument, 0, 't'}, {"iters", required_argument, 0, 'i'},
         {"warmup", required_argument, 0, 'w'}, {"profile", no_argument, 0, 'p'},
         {"summary", no_argument, 0, 's'}, {"export", required_argument, 0, 'e'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"train", no_argument, 0, 'T'}, {"optimizer", required_argument, 0, 'o'},
+        {"device", required_argument, 0, 'd'}, {"precision", required_argument, 0, 'P'},
+        {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "m:b:t:i:w:pse:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
-        case 'b': batch = atoi(optarg); break;
-        case 't': threads = atoi(optarg); break;
-        case 'i': iters = atoi(optarg); break;
-        case 'w': warmup = atoi(optarg); break;
+        case 'b': batch = (int)whole(optarg, 1, 1 << 20); break;
+        case 't': threads = (int)whole(optarg, 1, 1024); break;
+        case 'i': iters = (int)whole(optarg, 1, 1 << 30); break;
+        case 'w': warmup = (int)whole(optarg, 0, 1 << 30); break;
         case 'p': profile = 1; break;
         case 's': summary = 1; break;
         case 'e': export = optarg; break;
+        case 'T': train = 1; break;
+        case 'o': optimizer = optarg; break;
+        case 'd': device = optarg; break;
+        case 'P': precision = optarg; break;
+        case 'j': json = 1; break;
         default: usage(); return c == 'h' ? 0 : 2;
         }
     }
-    if (batch < 1 || threads < 1 || iters < 1 || warmup < 0) {
+    if (optind < argc || batch < 1 || threads < 1 || iters < 1 || warmup < 0) {
         usage();
         return 2;
     }
@@ -67,6 +89,31 @@ int main(int argc, char **argv)
     cfg.batch_size = batch;
     cfg.threads = threads;
     cfg.seed = 1;
+    if (!strcmp(device, "cuda") || !strncmp(device, "cuda:", 5)) {
+        cfg.device = STK_DEVICE_CUDA;
+        cfg.device_index = device[4] ? (int)whole(device + 5, 0, 1024) : -1;
+        if (device[4] && cfg.device_index < 0) {
+            fprintf(stderr, "stoker-enginebench: --device %s: not cpu, cuda or cuda:N\n", device);
+            return 2;
+        }
+    } else if (strcmp(device, "cpu")) {
+        fprintf(stderr, "stoker-enginebench: --device %s: not cpu, cuda or cuda:N\n", device);
+        return 2;
+    }
+    int known = 0;
+    for (int p = STK_PRECISION_FP32; p <= STK_PRECISION_FP16; p++)
+        if (!strcmp(precision, stk_precision_name((stk_precision_t)p))) {
+            cfg.precision = (stk_precision_t)p;
+            known = 1;
+        }
+    if (!known) {
+        fprintf(stderr, "stoker-enginebench: --precision %s: not fp32, tf32, bf16 or fp16\n", precision);
+        return 2;
+    }
+    if (export && cfg.device != STK_DEVICE_CPU) {
+        fprintf(stderr, "stoker-enginebench: --export reads the model back on the host: CPU only\n");
+        return 2;
+    }
     stk_model_t *m = NULL;
     if (stk_model_create_from_file(&m, model, &cfg) < 0) {
         fprintf(stderr, "stoker-enginebench: %s\n", stk_error_message());
@@ -89,28 +136,69 @@ int main(int argc, char **argv)
     float loss = 0.0f;
     double t0 = 0.0;
     int rc = 0;
+    /* The batch on the model's device once, as data already there. */
+    stk_feed_t *feed = NULL;
+    const void *xin = x;
+    if (!x || !y)
+        rc = -1;
+    if (rc == 0 && cfg.device != STK_DEVICE_CPU) {
+        rc = stk_feed_create(&feed, m, nx * sizeof(float));
+        if (rc == 0)
+            rc = stk_feed_put(feed, x, nx * sizeof(float), &xin);
+        if (rc == 0)
+            rc = stk_feed_use(feed, xin);
+    }
+    stk_optim_t *opt = NULL;
+    stk_train_stepper_t *stepper = NULL;
+    if (rc == 0 && train) {
+        stk_train_stepper_config_t scfg;
+        stk_train_stepper_config_default(&scfg);
+        rc = stk_optim_create_for_model(&opt, m, optimizer);
+        if (rc == 0)
+            rc = stk_train_stepper_create(&stepper, m, opt, NULL, &scfg);
+    }
+    stk_tensor_t xt, yt;
+    int64_t yshape[1] = {batch};
+    if (rc == 0 && (rc = stk_tensor_init(&xt, (void *)xin, STK_DTYPE_F32, 4, shape)) == 0)
+        rc = stk_tensor_init(&yt, y, STK_DTYPE_I64, 1, yshape);
+    xt.device = cfg.device;
     for (int it = 0; it < warmup + iters && rc == 0; it++) {
         if (it == warmup) {
             stk_model_set_profiling(m, profile);
             stk_model_reset_stats(m);
             t0 = tool_now_s();
         }
+        if (stepper) {
+            stk_train_step_metrics_t sm;
+            rc = stk_train_stepper_step(stepper, &xt, &yt, (uint64_t)it, &sm);
+            loss = sm.loss;
+            continue;
+        }
         stk_model_set_step(m, (uint64_t)it);
         stk_model_zero_grad(m);
-        rc = stk_model_forward(m, x, batch, y, NULL, &loss);
+        rc = stk_model_forward_tensor(m, &xt, &yt, &loss);
         if (rc == 0)
             rc = stk_model_backward(m);
     }
+    /* Each step read its loss back; the last update is waited for here. */
+    if (rc == 0 && feed)
+        rc = stk_feed_done(feed, xin);
+    double dt = tool_now_s() - t0;
+    stk_train_stepper_destroy(&stepper);
+    stk_optim_destroy(&opt);
+    stk_feed_destroy(&feed);
     if (rc < 0) {
-        fprintf(stderr, "stoker-enginebench: %s\n", stk_error_message());
+        fprintf(stderr, "stoker-enginebench: %s\n", rc == -1 ? "out of memory" : stk_error_message());
         stk_model_destroy(&m);
+        free(x);
+        free(y);
         return 1;
     }
-    double dt = tool_now_s() - t0;
     static const char *const waits[] = {"spin", "passive", "active"};
-    printf("stoker: %s batch %d threads %d (backend max %d, wait %s): %.1f images/s (%.2f ms/iter, loss %.4f)\n",
-           model, batch, threads, stk_model_threads(m), waits[stk_engine_wait_policy()], (double)iters * batch / dt,
-           1e3 * dt / iters, (double)loss);
+    printf("stoker: %s batch %d, %s on %s, threads %d (backend max %d, wait %s): %.1f images/s (%.2f ms/iter, "
+           "loss %.4f)\n",
+           model, batch, train ? "training step" : "forward+backward", device, threads, stk_model_threads(m),
+           waits[stk_engine_wait_policy()], (double)iters * batch / dt, 1e3 * dt / iters, (double)loss);
     if (profile) {
         size_t n = stk_model_stats_format(m, NULL, 0);
         char *buf = malloc(n + 1);
@@ -137,6 +225,11 @@ int main(int argc, char **argv)
         }
         free(z);
     }
+    if (json)
+        printf("{\"tool\":\"stoker\",\"model\":\"%s\",\"batch\":%d,\"device\":\"%s\",\"precision\":\"%s\","
+               "\"train\":%s,\"iters\":%d,\"images_per_s\":%.1f,\"ms_per_iter\":%.3f,\"loss\":%.6f}\n",
+               model, batch, device, stk_precision_name(stk_model_precision(m)), train ? "true" : "false", iters,
+               (double)iters * batch / dt, 1e3 * dt / iters, (double)loss);
     free(x);
     free(y);
     stk_model_destroy(&m);

@@ -139,7 +139,7 @@ int main(int argc, char **argv)
         return 2;
     }
     stk_shardset_t *set = NULL;
-    if (stk_shardset_open(&set, path) != 0) {
+    if (stk_shardset_create(&set, path) != 0) {
         fprintf(stderr, "stoker-gatherbench: %s\n", stk_error_message());
         return 1;
     }
@@ -158,6 +158,6 @@ int main(int argc, char **argv)
     int st;
     while (wait(&st) > 0)
         rc |= !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
     return rc;
 }

@@ -288,7 +288,7 @@ static int open_set(const char *cmd, int argc, char **argv, stk_shardset_t **set
         fprintf(stderr, "usage: stoker-pack %s PATH\n", cmd);
         return 2;
     }
-    if (stk_shardset_open(set, dir)) {
+    if (stk_shardset_create(set, dir)) {
         fprintf(stderr, "stoker-pack: %s\n", stk_error_message());
         return 1;
     }
@@ -332,7 +332,7 @@ static int cmd_info(int argc, char **argv)
                stk_shardset_shard_path(set, i), si.records, si.first_index, si.file_bytes,
                si.zstd_level, si.dict_bytes);
     }
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
     return 0;
 }
 
@@ -377,18 +377,18 @@ static int cmd_verify(int argc, char **argv)
     double dt = tool_now_s() - t0;
     if (rc == -ECANCELED) {
         fprintf(stderr, "\nstoker-pack: interrupted\n");
-        stk_shardset_close(&set);
+        stk_shardset_destroy(&set);
         return 130;
     }
     if (rc && rc != STK_EDATA) {
         fprintf(stderr, "stoker-pack: %s\n", stk_error_message());
-        stk_shardset_close(&set);
+        stk_shardset_destroy(&set);
         return 1;
     }
     print_summary(set);
     printf("verify:  %" PRIu64 " records checked in %.2f s, %" PRIu64 " bad: %s\n", res.records, dt,
            res.bad, res.bad ? "FAILED" : "OK");
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
     return res.bad ? 1 : 0;
 }
 

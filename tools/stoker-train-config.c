@@ -57,6 +57,11 @@ static const key_def_t keys[] = {
     {"seed", K_U64, OFF(seed), 0, 0, 1.9e19, NULL},
     {"threads", K_INT, OFF(threads), 0, 0, 1024, NULL},
     {"device", K_STR, STR(device), 0, 0, NULL},
+    {"precision", K_ENUM, STR(precision), 0, 0, "fp32|tf32|bf16|fp16"},
+    {"cuda_graph", K_ENUM, STR(cuda_graph), 0, 0, "on|off"},
+    {"loss_scale", K_ENUM, STR(loss_scale), 0, 0, "auto|dynamic|off"},
+    {"loss_scale_init", K_F64, OFF(loss_scale_init), 0, 1, 3.4028234663852886e38, NULL},
+    {"loss_scale_growth_interval", K_INT, OFF(loss_scale_growth_interval), 0, 1, 1e9, NULL},
     {"timeout", K_INT, OFF(timeout), 0, 0, 86400, NULL},
     {"stop_grace", K_INT, OFF(stop_grace), 0, 1, 86400, NULL},
     {"checkpoint_dir", K_PATH, STR(checkpoint_dir), 0, 0, NULL},
@@ -68,6 +73,7 @@ static const key_def_t keys[] = {
     {"progress_every", K_INT, OFF(progress_every), 0, 1, 86400, NULL},
     {"profile", K_BOOL, OFF(profile), 0, 0, 1, NULL},
     {"bucket_mb", K_F64, OFF(bucket_mb), 0, 0.0001, 1e6, NULL},
+    {"sync_bn", K_BOOL, OFF(sync_bn), 0, 0, 1, NULL},
     {"cudnn", K_ENUM, STR(cudnn), 0, 0, "heuristic|benchmark|deterministic"},
     {"cudnn_cache", K_PATH, STR(cudnn_cache), 0, 0, NULL},
     {"cudnn_workspace_mb", K_F64, OFF(cudnn_workspace_mb), 0, 0, 1e7, NULL},
@@ -90,6 +96,11 @@ void train_config_default(train_config_t *cfg)
     cfg->prefetch = 2;
     cfg->threads = 0;
     strcpy(cfg->device, "auto");
+    strcpy(cfg->precision, "fp32");
+    strcpy(cfg->cuda_graph, "off");
+    strcpy(cfg->loss_scale, "auto");
+    cfg->loss_scale_init = 65536;
+    cfg->loss_scale_growth_interval = 2000;
     cfg->keep_last = 3;
     cfg->progress = -1;
     cfg->progress_every = 30;
@@ -433,6 +444,18 @@ int train_device_parse(const char *text, stk_device_t *kind, int *index)
         return -1;
     *index = (int)n;
     return 0;
+}
+
+int train_precision_parse(const char *text, stk_precision_t *p)
+{
+    static const stk_precision_t all[] = {STK_PRECISION_FP32, STK_PRECISION_TF32, STK_PRECISION_BF16,
+                                          STK_PRECISION_FP16};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (!strcmp(text, stk_precision_name(all[i]))) {
+            *p = all[i];
+            return 0;
+        }
+    return -1;
 }
 
 int train_config_format(const train_config_t *cfg, char *buf, size_t cap)

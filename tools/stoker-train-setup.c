@@ -82,8 +82,8 @@ static int open_data(run_t *r, const char *key, const char *spec, const char *sp
         return train_fail(EXIT_USAGE, "%s: data path %s: %s", train_config_where(&r->cfg, key, where, sizeof where),
                           path, strerror(errno));
     }
-    stk_shard_dataset_config_t dcfg;
-    stk_shard_dataset_config_default(&dcfg);
+    stk_dataset_shard_config_t dcfg;
+    stk_dataset_shard_config_default(&dcfg);
     int most = r->cfg.batch_size > r->cfg.eval_batch_size ? r->cfg.batch_size : r->cfg.eval_batch_size;
     if ((uint32_t)most > dcfg.max_batch)
         dcfg.max_batch = (uint32_t)most;
@@ -237,12 +237,27 @@ static int make_model(run_t *r)
         mcfg.device_index = d && *d ? atoi(d) : r->env.local_rank;
     }
     r->cuda_index = mcfg.device_index;
+    if (train_precision_parse(r->cfg.precision, &mcfg.precision))
+        return train_fail_key(r, EXIT_USAGE, "precision", -EINVAL, NULL);
     int rc = stk_device_describe(mcfg.device, mcfg.device_index, r->device, sizeof r->device);
     if (rc == 0)
         rc = stk_model_create_from_file(&r->model, r->cfg.model, &mcfg);
+    /* The engine's refusal of a precision starts "model: precision". */
+    if (rc == STK_ECONFIG && mcfg.precision != STK_PRECISION_FP32 && strstr(stk_error_message(), "model: precision "))
+        return train_fail_key(r, EXIT_USAGE, "precision", rc, NULL);
     if (rc)
         return train_fail_key(r, EXIT_USAGE, rc == STK_EDEVICE ? "device" : "model", rc, NULL);
+    r->precision = stk_model_precision(r->model);
     r->on_device = mcfg.device != STK_DEVICE_CPU;
+    if (r->on_device && !strcmp(r->cfg.cuda_graph, "on")) {
+        char where[TRAIN_PATH_MAX + 64];
+        return train_fail(EXIT_USAGE, "%s: capturing the training step as a CUDA graph is not implemented yet",
+                          train_config_where(&r->cfg, "cuda_graph", where, sizeof where));
+    }
+    /* Loss scaling: what fp16 needs; anyone may ask for it. */
+    r->loss_scaling = !strcmp(r->cfg.loss_scale, "dynamic") ||
+                      (!strcmp(r->cfg.loss_scale, "auto") && mcfg.precision == STK_PRECISION_FP16);
+    r->loss_scale = r->loss_scaling ? (float)r->cfg.loss_scale_init : 1.0f;
     if (stk_model_num_classes(r->model) <= 0) {
         char where[TRAIN_PATH_MAX + 64];
         return train_fail(EXIT_USAGE, "%s: %s has no cross_entropy loss layer",
@@ -351,7 +366,7 @@ static int resolve_resume(const char *where, char *path, size_t cap)
     char sub[TRAIN_PATH_MAX + 16];
     snprintf(sub, sizeof sub, "%s/checkpoints", where);
     const char *dir = stat(sub, &st) == 0 && S_ISDIR(st.st_mode) ? sub : where;
-    int rc = stk_train_checkpoint_latest(dir, NULL, path, cap);
+    int rc = stk_ckpt_dir_latest(dir, NULL, path, cap);
     if (rc) {
         const char *msg = stk_error_message();
         return train_fail(EXIT_USAGE, "--resume %s: %s (%s)", where, msg, stk_err_name(rc));
@@ -374,11 +389,11 @@ static int check_resume(run_t *r, const char *path)
     const void *data;
     size_t len;
     char ident[256] = "";
-    if (stk_ckpt_open(&ck, path) == 0 && stk_ckpt_find(ck, "run", &data, &len) == 0 && len < sizeof ident) {
+    if (stk_ckpt_create(&ck, path) == 0 && stk_ckpt_find(ck, "run", &data, &len) == 0 && len < sizeof ident) {
         memcpy(ident, data, len);
         ident[len] = '\0';
     }
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
     if (strcmp(ident, r->identity) != 0) {
         size_t used = strlen(diff);
         snprintf(diff + used, sizeof diff - used, "%s%s", used ? ", " : "",

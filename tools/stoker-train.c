@@ -122,6 +122,8 @@ static void on_step(const stk_train_progress_t *p, void *user)
     }
     r->compute_s += p->last->compute_s;
     r->optim_s += p->last->optim_s;
+    r->skipped += (uint64_t)p->last->skipped;
+    r->loss_scale = p->last->loss_scale;
     if (r->quiet)
         return;
     double t = tool_now_s();
@@ -242,6 +244,15 @@ static void print_results(const run_t *r, double wall_s)
             printf(", workspace limit %g MiB", r->cfg.cudnn_workspace_mb);
         printf("\n");
     }
+    char scaling[96] = "off";
+    if (r->loss_scaling)
+        snprintf(scaling, sizeof scaling, "dynamic, last scale %g, %" PRIu64 " steps skipped", (double)r->loss_scale,
+                 r->skipped);
+    printf("precision: %s%s%s%s; cuda graph: %s; loss scaling: %s\n", stk_precision_name(r->precision),
+           strcmp(r->cfg.precision, stk_precision_name(r->precision)) ? " (" : "",
+           strcmp(r->cfg.precision, stk_precision_name(r->precision)) ? r->cfg.precision : "",
+           strcmp(r->cfg.precision, stk_precision_name(r->precision)) ? " asked; this device computes it as fp32)" : "",
+           r->on_device ? r->cfg.cuda_graph : "off (not a GPU)", scaling);
     if (r->json) {
         /* The device line is the engine's (a GPU's name): keep it a string. */
         char dev[sizeof r->device];
@@ -251,9 +262,12 @@ static void print_results(const run_t *r, double wall_s)
         dev[k] = '\0';
         printf("{\"run\":\"%s\",\"final_test_acc\":%.6f,\"best_test_acc\":%.6f,\"best_epoch\":%" PRIu64
                ",\"epochs\":%" PRIu64 ",\"steps\":%" PRIu64 ",\"images_per_s\":%.1f,\"data_wait\":%.6f,"
-               "\"wall_s\":%.3f,\"train_s\":%.3f,\"device\":\"%s\"}\n",
+               "\"wall_s\":%.3f,\"train_s\":%.3f,\"device\":\"%s\",\"precision\":\"%s\",\"cuda_graph\":%s,"
+               "\"loss_scaling\":%s,\"skipped_steps\":%" PRIu64 "}\n",
                st->run_id, isfinite(final) ? final : 0, isfinite(best) ? best : 0, best_epoch, st->epoch, st->step,
-               ips, wait, wall_s, st->total_train_s, dev);
+               ips, wait, wall_s, st->total_train_s, dev, stk_precision_name(r->precision),
+               r->on_device && !strcmp(r->cfg.cuda_graph, "on") ? "true" : "false",
+               r->loss_scaling ? "true" : "false", r->skipped);
     }
     fflush(stdout);
 }
@@ -368,12 +382,14 @@ static int join_job(run_t *r)
         dc.bucket_bytes = sizeof(float);
     if (dc.first_bucket_bytes > dc.bucket_bytes)
         dc.first_bucket_bytes = dc.bucket_bytes;
+    dc.sync_bn = r->cfg.sync_bn;
     if ((rc = stk_ddp_create(&r->ddp, r->comm, r->model, &dc)) != 0)
         return train_fail_stk(rc, "data-parallel setup");
     if (r->env.rank == 0)
-        fprintf(stderr, "stoker-train: %d ranks (%s, launched by %s), %zu gradient bucket%s\n", r->env.world_size,
+        fprintf(stderr, "stoker-train: %d ranks (%s, launched by %s), %zu gradient bucket%s%s\n", r->env.world_size,
                 stk_comm_backend_name(stk_comm_backend(r->comm)), stk_dist_launcher_name(r->env.launcher),
-                stk_ddp_num_buckets(r->ddp), stk_ddp_num_buckets(r->ddp) == 1 ? "" : "s");
+                stk_ddp_num_buckets(r->ddp), stk_ddp_num_buckets(r->ddp) == 1 ? "" : "s",
+                r->cfg.sync_bn ? ", synchronized batchnorm" : "");
     return 0;
 }
 
@@ -462,6 +478,11 @@ int main(int argc, char **argv)
         lc.stop_after = (uint64_t)r->cfg.stop_after_epochs;
         lc.stepper.accum_steps = (uint32_t)r->cfg.accum_steps;
         lc.stepper.clip_norm = r->cfg.clip_norm;
+        if (r->loss_scaling) {
+            stk_loss_scaler_config_default(&lc.stepper.loss_scaling);
+            lc.stepper.loss_scaling.init_scale = r->cfg.loss_scale_init;
+            lc.stepper.loss_scaling.growth_interval = (uint32_t)r->cfg.loss_scale_growth_interval;
+        }
         lc.checkpoint_dir = r->cfg.checkpoint_dir[0] ? r->cfg.checkpoint_dir : NULL;
         lc.keep_last = (unsigned)r->cfg.keep_last;
         lc.checkpoint_steps = (uint64_t)r->cfg.checkpoint_steps;

@@ -51,6 +51,11 @@ typedef struct train_config {
     uint64_t seed;
     int threads;
     char device[TRAIN_NAME_MAX]; /* auto | cpu | cuda | cuda:N */
+    char precision[8];           /* fp32 | tf32 | bf16 | fp16 */
+    char cuda_graph[8];          /* on | off */
+    char loss_scale[8];          /* auto (dynamic with fp16) | dynamic | off */
+    double loss_scale_init;
+    int loss_scale_growth_interval;
     /* output */
     char checkpoint_dir[TRAIN_PATH_MAX];
     int keep_last;
@@ -61,13 +66,14 @@ typedef struct train_config {
     int progress_every;        /* seconds between progress lines in a log */
     int profile;               /* per-layer and per-phase timing at the end */
     double bucket_mb;          /* data-parallel: gradient bucket capacity, MiB */
+    int sync_bn;               /* data-parallel: batchnorm over the global batch */
     /* CUDA: how convolutions pick cuDNN engines (engine.h's cudnn_*) */
     char cudnn[16];                   /* heuristic | benchmark | deterministic */
     char cudnn_cache[TRAIN_PATH_MAX]; /* benchmark: the cache file; "" none */
     double cudnn_workspace_mb;        /* per convolution direction; 0 = no limit */
     /* Where each key's value came from ("file:line", "--set"), by key
      * index; "" for a default. */
-    char origin[48][TRAIN_PATH_MAX + 16];
+    char origin[64][TRAIN_PATH_MAX + 16];
 } train_config_t;
 
 void train_config_default(train_config_t *cfg);
@@ -94,6 +100,9 @@ void train_config_eval_augment(const train_config_t *cfg, char *buf, size_t cap)
 /* The device a "device" value names: auto (a GPU when there is one),
  * cpu, cuda (the first GPU) or cuda:N. 0, or -1 for any other text. */
 int train_device_parse(const char *text, stk_device_t *kind, int *index);
+
+/* The precision a "precision" value names; -1 for another text. */
+int train_precision_parse(const char *text, stk_precision_t *p);
 
 /* Names of the keys whose values differ between a and b, comma-separated,
  * among those listed in keys ("a,b,c"); "" when none. */
@@ -142,6 +151,12 @@ typedef struct run {
     stk_comm_t *comm;
     stk_ddp_t *ddp;
     int cuda_index;   /* the model's GPU, for the communicator */
+    /* What the run computes with, for the summary: the precision the
+     * engine uses, and loss scaling's last scale and skipped steps. */
+    stk_precision_t precision;
+    int loss_scaling;
+    float loss_scale;
+    uint64_t skipped;
 } run_t;
 
 /* "stoker-train: error: ..." on stderr; returns code. */

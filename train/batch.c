@@ -200,7 +200,7 @@ int stk_train_inputs_create(stk_train_inputs_t **out, const stk_train_inputs_con
          * create and not at the first batch. */
         stk_image_desc_t d = {.c = 1, .h = 1, .w = 1, .dtype = STK_DTYPE_U8, .layout = STK_LAYOUT_CHW};
         stk_augment_t *probe = NULL;
-        rc = stk_augment_create(&probe, x->normalize, &d);
+        rc = stk_augment_create(&probe, x->normalize, &d, 0);
         if (rc)
             rc = stk__error(rc, "train inputs: normalize '%s': %s", x->normalize, stk_error_message());
         stk_augment_destroy(&probe);
@@ -260,7 +260,7 @@ static int convert_u8(stk_train_inputs_t *x, const stk_batch_field_t *f, size_t 
         if (strstr(x->normalize, "dtype=") || strchr(x->normalize, '|'))
             dt = "";
         snprintf(spec, sizeof spec, "%s%s", x->normalize, dt);
-        rc = stk_augment_create(&x->aug, spec, &x->aug_in);
+        rc = stk_augment_create(&x->aug, spec, &x->aug_in, 0);
         if (rc)
             return stk__error(rc, "train inputs: normalize '%s' for %ux%ux%u images: %s", spec, c, h, w,
                               stk_error_message());
@@ -423,7 +423,7 @@ int stk_train_check_data(const stk_dataset_t *ds, const stk_train_inputs_config_
     out = in;
     if (augment && augment[0]) {
         stk_augment_t *aug = NULL;
-        int rc = stk_augment_create(&aug, augment, &in);
+        int rc = stk_augment_create(&aug, augment, &in, 0);
         if (rc)
             return rc;
         stk_augment_output(aug, &out);

@@ -77,11 +77,11 @@ int stk_train_checkpoint_load(const char *path, const stk_train_parts_t *parts, 
         return stk__error(-EINVAL, "stk_train_checkpoint_load: NULL argument");
     memset(st, 0, sizeof *st);
     stk_ckpt_t *ck = NULL;
-    int rc = stk_ckpt_open(&ck, path);
+    int rc = stk_ckpt_create(&ck, path);
     if (rc)
         return rc;
     if ((rc = stk__train_state_read(ck, st)) != 0) {
-        stk_ckpt_close(&ck);
+        stk_ckpt_destroy(&ck);
         return rc;
     }
     const void *data;
@@ -107,17 +107,12 @@ int stk_train_checkpoint_load(const char *path, const stk_train_parts_t *parts, 
             goto fail;
         }
     }
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
     return 0;
 fail:
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
     stk_train_state_clear(st);
     return rc;
-}
-
-int stk_train_checkpoint_latest(const char *dir, const char *run_id, char *path, size_t cap)
-{
-    return stk_ckpt_dir_latest(dir, run_id, path, cap);
 }
 
 int stk_train_checkpoint_dir_check(const char *dir, const char *run_id)

@@ -2,8 +2,8 @@
 /* The stepper: one micro-batch at a time, it owns the accumulation
  * arithmetic (which group a batch is in, the 1/size loss scale, a short
  * last group), the finite-loss check, the boundary where a data-parallel
- * run reduces gradients, clipping by global norm, and the optimizer and
- * scheduler steps. It changes nothing else: mode, data and order stay the
+ * run reduces gradients, dynamic loss scaling, clipping by global norm,
+ * and the optimizer and scheduler steps. It changes nothing else: mode, data and order stay the
  * caller's. */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -27,6 +27,7 @@ struct stk_train_stepper {
     stk_optim_t *opt;
     stk_sched_t *sched;
     stk_train_stepper_config_t cfg;
+    stk_loss_scaler_t *scaler; /* NULL: no loss scaling */
     uint64_t steps;
     uint32_t open; /* micro-batches in the group not yet stepped */
     int synced;    /* DDP: the group's gradients are reduced already */
@@ -51,6 +52,11 @@ int stk_train_stepper_create(stk_train_stepper_t **out, stk_model_t *model, stk_
     stk_train_stepper_t *s = calloc(1, sizeof *s);
     if (!s)
         return stk__error(-ENOMEM, "stepper: out of memory");
+    int rc;
+    if (cfg->loss_scaling.init_scale != 0 && (rc = stk_loss_scaler_create(&s->scaler, &cfg->loss_scaling)) != 0) {
+        free(s);
+        return stk__error_prefix(rc, "stepper");
+    }
     s->model = model;
     s->opt = opt;
     s->sched = sched;
@@ -63,6 +69,7 @@ void stk_train_stepper_destroy(stk_train_stepper_t **s)
 {
     if (!s || !*s)
         return;
+    stk_loss_scaler_destroy(&(*s)->scaler);
     free(*s);
     *s = NULL;
 }
@@ -122,16 +129,30 @@ static int close_group(stk_train_stepper_t *s, stk_train_step_metrics_t *m)
     if (s->cfg.reduce && (rc = s->cfg.reduce(s->model, s->cfg.reduce_user)) != 0)
         return rc;
     m->grad_norm = NAN;
-    if (s->cfg.clip_norm > 0 && (rc = stk_train_clip_grad_norm(s->model, s->cfg.clip_norm, &m->grad_norm)) != 0)
-        return rc;
     m->lr = lr0(s->opt);
-    /* An optimizer made for the model steps on the model's backend; one
-     * made by stk_optim_create over its arenas steps on the host. */
-    rc = stk_optim_step_model(s->opt, s->model);
-    if (rc == STK_ESTATE)
-        rc = stk_optim_step(s->opt, stk_model_params(s->model, NULL), stk_model_grads(s->model, NULL));
-    if (rc)
-        return rc;
+    /* Loss scaling: the reduced gradients back to their true size, and
+     * the overflow check that decides the step (every rank sees the same
+     * sums, so every rank decides alike). */
+    int skip = 0;
+    if (s->scaler) {
+        int nonfinite = 0;
+        float inv = (float)(1.0 / (double)stk_loss_scaler_scale(s->scaler));
+        if ((rc = stk_model_unscale_grads(s->model, inv, &nonfinite)) != 0)
+            return rc;
+        skip = stk_loss_scaler_update(s->scaler, nonfinite);
+    }
+    if (!skip) {
+        if (s->cfg.clip_norm > 0 && (rc = stk_train_clip_grad_norm(s->model, s->cfg.clip_norm, &m->grad_norm)) != 0)
+            return rc;
+        /* An optimizer made for the model steps on the model's backend; one
+         * made by stk_optim_create over its arenas steps on the host. */
+        rc = stk_optim_step_model(s->opt, s->model);
+        if (rc == STK_ESTATE)
+            rc = stk_optim_step(s->opt, stk_model_params(s->model, NULL), stk_model_grads(s->model, NULL));
+        if (rc)
+            return rc;
+    }
+    m->skipped = skip;
     if (s->sched && (rc = stk_sched_step(s->sched)) != 0)
         return rc;
     stk_model_zero_grad(s->model);
@@ -147,7 +168,7 @@ int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, co
 {
     if (!s || !input || !target)
         return stk__error(-EINVAL, "stk_train_stepper_step: NULL argument");
-    stk_train_step_metrics_t m = {.loss = NAN, .lr = NAN, .grad_norm = NAN};
+    stk_train_step_metrics_t m = {.loss = NAN, .lr = NAN, .grad_norm = NAN, .loss_scale = 1.0f};
     uint64_t accum = s->cfg.accum_steps, nb = s->cfg.batches_per_epoch;
     uint64_t start = batch / accum * accum, size = accum;
     if (nb) {
@@ -159,7 +180,8 @@ int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, co
     }
     /* Each micro-batch's loss counts 1/size: the summed gradient is that
      * of the mean loss over the group, as one batch of the group's size. */
-    stk_model_set_loss_scale(s->model, 1.0f / (float)size);
+    m.loss_scale = stk_loss_scaler_scale(s->scaler);
+    stk_model_set_loss_scale(s->model, m.loss_scale * (1.0f / (float)size));
     float loss = NAN;
     double t0 = now_s();
     int rc = stk_model_forward_tensor(s->model, input, target, &loss);
@@ -207,7 +229,7 @@ int stk_train_stepper_flush(stk_train_stepper_t *s, int *stepped)
         *stepped = 0;
     if (!s->open)
         return 0;
-    stk_train_step_metrics_t m;
+    stk_train_step_metrics_t m = {.loss_scale = 1.0f};
     int rc = close_group(s, &m);
     if (rc == 0 && stepped)
         *stepped = 1;

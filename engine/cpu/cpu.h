@@ -41,6 +41,8 @@ struct stk__op {
      * STK__CPU_OPTIM_CHUNK elements, the unit of work of one thread. */
     stk_optim_range_t *chunks;
     size_t nchunks, total;
+    /* OP_BN: its shape, for the synchronized slots' own loops. */
+    stk__bn_desc_t bn;
 };
 
 typedef struct cpu_staged cpu_staged_t; /* cpu_staged.c */
@@ -74,6 +76,13 @@ int stk__cpu_linear_forward(void *ctx, stk__op_t *op, const float *x, const floa
 int stk__cpu_linear_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx);
 int stk__cpu_linear_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw,
                                      float *db);
+/* cpu_bn_sync.c: synchronized batch normalization's local passes. */
+int stk__cpu_bn_stats(void *ctx, stk__op_t *op, const float *x, double *stats);
+int stk__cpu_bn_backward_sums(void *ctx, stk__op_t *op, const float *x, const float *y, const float *dy,
+                              const float *mean, const float *var, float *sum_dy, float *sum_dyxhat);
+int stk__cpu_bn_backward_apply(void *ctx, stk__op_t *op, const float *x, const float *y, const float *dy,
+                               const float *gamma, const float *mean, const float *var, const float *sum_dy,
+                               const float *sum_dyxhat, int64_t count, float *dx);
 /* cpu_staged.c: the CPU backend posing as a device (STK_ENGINE_STAGED=1):
  * host_memory = 0, and the slots the engine stages for check that they get
  * only memory from alloc. */

@@ -182,6 +182,36 @@ static void cpu_accumulate(void *ctx, size_t n, const float *x, float *y)
         y[i] += x[i];
 }
 
+static int cpu_set_precision(void *ctx, stk_precision_t want, stk_precision_t *used)
+{
+    (void)ctx;
+    switch (want) {
+    case STK_PRECISION_FP32:
+    case STK_PRECISION_TF32: /* no tensor cores here: TF32 is computed as FP32 */
+        *used = STK_PRECISION_FP32;
+        return 0;
+    case STK_PRECISION_BF16:
+    case STK_PRECISION_FP16:
+        break;
+    }
+    return stk__error(STK_ECONFIG, "the CPU backend computes in fp32 only (fp32 or tf32; %s is not implemented)",
+                      stk_precision_name(want));
+}
+
+static int cpu_unscale_grads(void *ctx, size_t n, float *g, float inv_scale, int *nonfinite)
+{
+    (void)ctx;
+    ptrdiff_t len = (ptrdiff_t)n;
+    int bad = 0;
+#pragma omp parallel for if (len > PAR_MIN) reduction(| : bad)
+    for (ptrdiff_t i = 0; i < len; i++) {
+        bad |= !isfinite(g[i]);
+        g[i] *= inv_scale;
+    }
+    *nonfinite = bad;
+    return 0;
+}
+
 static void cpu_concat_forward(void *ctx, int64_t n, int64_t ca, int64_t cb, int64_t hw, const float *a,
                                const float *b, float *y)
 {
@@ -351,6 +381,9 @@ static const stk__backend_iface_t cpu_iface = {
     .bn_forward = stk__cpu_bn_forward,
     .bn_backward = stk__cpu_bn_backward,
     .bn_update_running = cpu_bn_update_running,
+    .bn_stats = stk__cpu_bn_stats,
+    .bn_backward_sums = stk__cpu_bn_backward_sums,
+    .bn_backward_apply = stk__cpu_bn_backward_apply,
     .pool_create = stk__cpu_pool_create,
     .pool_forward = stk__cpu_pool_forward,
     .pool_backward = stk__cpu_pool_backward,
@@ -381,6 +414,8 @@ static const stk__backend_iface_t cpu_iface = {
     .scatter_add_rows = stk__cpu_scatter_add_rows,
     .seq_pool_forward = stk__cpu_seq_pool_forward,
     .seq_pool_backward = stk__cpu_seq_pool_backward,
+    .set_precision = cpu_set_precision,
+    .unscale_grads = cpu_unscale_grads,
 };
 
 int stk__cpu_backend_open(stk__backend_t *b)

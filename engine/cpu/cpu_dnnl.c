@@ -339,6 +339,7 @@ int stk__cpu_bn_create(void *ctx, const stk__bn_desc_t *d, stk__op_t **out)
     stk__op_t *op = op_new(OP_BN);
     if (!op)
         return -ENOMEM;
+    op->bn = *d;
     dnnl_memory_desc_t data, ch;
     int64_t dd[4] = {d->n, d->c, d->h, d->w}, cd[1] = {d->c};
     if ((rc = md_plain(&data, 4, dd, act_tag(d->fmt))) || (rc = md_plain(&ch, 1, cd, dnnl_x)))

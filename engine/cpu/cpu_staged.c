@@ -192,6 +192,12 @@ static int st_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t 
     return rc ? rc : PLAIN(ctx)->optim_update(ctx, op, k, params, grads, s0, s1, s2);
 }
 
+static int st_unscale_grads(void *ctx, size_t n, float *g, float inv_scale, int *nonfinite)
+{
+    int rc = check(ctx, "unscale_grads", "gradients", g, F(n));
+    return rc ? rc : PLAIN(ctx)->unscale_grads(ctx, n, g, inv_scale, nonfinite);
+}
+
 static stk__backend_iface_t staged_iface;
 static pthread_once_t staged_once = PTHREAD_ONCE_INIT;
 static const stk__backend_iface_t *staged_plain;
@@ -210,6 +216,7 @@ static void staged_init(void)
     staged_iface.xent_backward = st_xent_backward;
     staged_iface.count_correct = st_count_correct;
     staged_iface.optim_update = st_optim_update;
+    staged_iface.unscale_grads = st_unscale_grads;
 }
 
 int stk__cpu_staged_enable(cpu_ctx_t *c, const stk__backend_iface_t *plain, const stk__backend_iface_t **iface)

@@ -50,9 +50,15 @@ typedef struct cuda_ctx {
     double *rows; /* cross-entropy: per-row losses */
     size_t rows_cap;
     /* FP32 means FP32: cuDNN engines that run FP32 convolutions on tensor
-     * cores (TF32) or convert inputs down are skipped. Issue 12's
-     * algorithm policy may open this up. */
+     * cores (TF32) or convert inputs down are skipped, and cuBLASLt
+     * computes in CUBLAS_COMPUTE_32F. Precision TF32 (set_precision) sets
+     * it: cuDNN's tensor-core engines are then allowed, and cuBLASLt
+     * computes in CUBLAS_COMPUTE_32F_FAST_TF32. */
     int allow_tf32;
+    /* Dynamic loss scaling: the non-finite flag the unscale kernel sets
+     * (device) and where it is read back to (pinned). */
+    int *flag_dev;
+    int *flag_host;
     /* How convolutions pick their engine (the model config's cudnn_*
      * fields; cudnn_graph.c): the policy, the workspace limit (bytes, 0
      * none), the benchmark cache file (owned; NULL none), this GPU's name
@@ -213,6 +219,10 @@ void stk__cuda_unpin_host(void *ctx, void *addr);
 int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);
 int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
                            const float *grads, float *s0, float *s1, float *s2);
+
+/* Loss scaling and precision (cuda_optim.c). */
+int stk__cuda_unscale_grads(void *ctx, size_t n, float *g, float inv_scale, int *nonfinite);
+int stk__cuda_set_precision(void *ctx, stk_precision_t want, stk_precision_t *used);
 
 /* Recurrent stacks (cuDNN's v8 RNN API: cuda_rnn.c). */
 int stk__cuda_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **out);

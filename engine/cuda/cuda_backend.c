@@ -104,7 +104,9 @@ static void cu_destroy(void *ctx)
     free(c->cache_path);
     cudaFree(c->dev_scratch);
     cudaFree(c->rows);
+    cudaFree(c->flag_dev);
     cudaFreeHost(c->host_scratch);
+    cudaFreeHost(c->flag_host);
     if (c->stream)
         cudaStreamDestroy(c->stream);
     free(c);
@@ -194,6 +196,11 @@ static int cu_synchronize(void *ctx)
     return rc ? rc : stk__cuda_fault_read(c);
 }
 
+static void *cu_stream(void *ctx)
+{
+    return ((cuda_ctx_t *)ctx)->stream;
+}
+
 static int cu_set_threads(void *ctx, int n)
 {
     (void)ctx;
@@ -220,6 +227,7 @@ static const stk__backend_iface_t cuda_iface = {
     .copy = cu_copy,
     .zero = cu_zero,
     .synchronize = cu_synchronize,
+    .stream = cu_stream,
     .set_threads = cu_set_threads,
     .max_threads = cu_max_threads,
     .op_destroy = stk__cuda_op_destroy,
@@ -266,6 +274,8 @@ static const stk__backend_iface_t cuda_iface = {
     .unpin_host = stk__cuda_unpin_host,
     .optim_create = stk__cuda_optim_create,
     .optim_update = stk__cuda_optim_update,
+    .set_precision = stk__cuda_set_precision,
+    .unscale_grads = stk__cuda_unscale_grads,
     .configure = stk__dnn_configure,
     .algo_stats = stk__dnn_algo_stats,
 };
@@ -316,6 +326,9 @@ int stk__cuda_backend_open(stk__backend_t *b, int device)
         goto fail;
     if ((rc = stk__cuda_op_alloc(c, &c->dev_scratch, sizeof(stk__k_fault_t), "the fault word")) ||
         (rc = stk__cu_status(cudaMallocHost(&c->host_scratch, sizeof(stk__k_fault_t)), "cudaMallocHost (scratch)")))
+        goto fail;
+    if ((rc = stk__cuda_op_alloc(c, (void **)&c->flag_dev, sizeof(int), "the non-finite flag")) ||
+        (rc = stk__cu_status(cudaMallocHost((void **)&c->flag_host, sizeof(int)), "cudaMallocHost (flag)")))
         goto fail;
     b->iface = &cuda_iface;
     b->ctx = c;

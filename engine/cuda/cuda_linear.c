@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Fully connected ops of the CUDA backend through cuBLASLt, FP32 compute
- * (CUBLAS_COMPUTE_32F: no TF32). The engine's matrices are row-major;
+ * (CUBLAS_COMPUTE_32F; CUBLAS_COMPUTE_32F_FAST_TF32 when the model's
+ * precision is TF32). The engine's matrices are row-major;
  * cuBLASLt's are column-major, so each row-major M [r, c] is read as the
  * column-major c x r matrix M^T:
  *   forward          y^T  = W · x^T     A = W^T stored, transposed; B = x^T
@@ -26,7 +27,8 @@ static int gemm_plan(cuda_ctx_t *c, lt_gemm_t *g, cublasOperation_t ta, cublasOp
 {
     int rc = 0;
     cublasLtMatmulPreference_t pref = NULL;
-    if ((rc = stk__lt_status(cublasLtMatmulDescCreate(&g->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc")) ||
+    cublasComputeType_t compute = c->allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    if ((rc = stk__lt_status(cublasLtMatmulDescCreate(&g->desc, compute, CUDA_R_32F), "matmul desc")) ||
         (rc = stk__lt_status(
              cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "transa")) ||
         (rc = stk__lt_status(

@@ -59,3 +59,39 @@ int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t 
     return stk__cu_status(stk__k_optim(c->stream, k, op->aux, op->nchunks, params, grads, s0, s1, s2),
                           "optimizer update");
 }
+
+int stk__cuda_unscale_grads(void *ctx, size_t n, float *g, float inv_scale, int *nonfinite)
+{
+    cuda_ctx_t *c = ctx;
+    int rc = stk__cu_unstick(c);
+    if (rc)
+        return rc;
+    /* One int comes back per step: the only host wait loss scaling adds. */
+    if ((rc = stk__cu_status(cudaMemsetAsync(c->flag_dev, 0, sizeof(int), c->stream), "clearing the flag")) ||
+        (rc = stk__cu_status(stk__k_unscale(c->stream, n, g, inv_scale, c->flag_dev), "unscale kernel")) ||
+        (rc = stk__cu_status(
+             cudaMemcpyAsync(c->flag_host, c->flag_dev, sizeof(int), cudaMemcpyDeviceToHost, c->stream),
+             "reading the non-finite flag")) ||
+        (rc = stk__cu_status(cudaStreamSynchronize(c->stream), "synchronize")))
+        return rc;
+    *nonfinite = *(volatile int *)c->flag_host != 0;
+    return 0;
+}
+
+int stk__cuda_set_precision(void *ctx, stk_precision_t want, stk_precision_t *used)
+{
+    cuda_ctx_t *c = ctx;
+    switch (want) {
+    case STK_PRECISION_FP32:
+    case STK_PRECISION_TF32:
+        c->allow_tf32 = want == STK_PRECISION_TF32;
+        *used = want;
+        return 0;
+    case STK_PRECISION_BF16:
+    case STK_PRECISION_FP16:
+        break;
+    }
+    return stk__error(STK_ECONFIG,
+                      "the CUDA backend does not implement %s compute yet (fp32 and tf32 are; see engine/cuda/README.md)",
+                      stk_precision_name(want));
+}

@@ -118,6 +118,10 @@ struct stk__optim_scalars;
 cudaError_t stk__k_optim(cudaStream_t s, const struct stk__optim_scalars *k, const void *chunks, size_t nchunks,
                          float *p, const float *g, float *s0, float *s1, float *s2);
 
+/* g[0..n) *= inv (a float multiply); *flag = 1 (device int, not cleared
+ * here) when any element was NaN or infinite before. */
+cudaError_t stk__k_unscale(cudaStream_t s, size_t n, float *g, float inv, int *flag);
+
 #ifdef __cplusplus
 }
 #endif

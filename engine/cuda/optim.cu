@@ -24,3 +24,26 @@ extern "C" cudaError_t stk__k_optim(cudaStream_t s, const struct stk__optim_scal
             *k, (const stk_optim_range_t *)chunks, nchunks, p, g, s0, s1, s2);
     return launched();
 }
+
+/* Loss scaling's check and unscale in one pass: each block ORs its
+ * threads' verdicts and one thread writes the flag, so the flag sees at
+ * most one store per block and no atomics. */
+static __global__ void k_unscale(size_t n, float *g, float inv, int *flag)
+{
+    int bad = 0;
+    FOR_EACH(i, n)
+    {
+        const float v = g[i];
+        bad |= !isfinite(v);
+        g[i] = v * inv;
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0)
+        *flag = 1;
+}
+
+extern "C" cudaError_t stk__k_unscale(cudaStream_t s, size_t n, float *g, float inv, int *flag)
+{
+    if (n)
+        k_unscale<<<grid_for(n), THREADS, 0, s>>>(n, g, inv, flag);
+    return launched();
+}

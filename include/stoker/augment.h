@@ -62,12 +62,21 @@ typedef struct stk_image_desc {
 
 typedef struct stk_augment stk_augment_t;
 
+/* Flags of stk_augment_create. */
+enum {
+    /* Run every transform as its own pass, as written (benchmarks and the
+     * tests that check the fused passes against the plain chain). */
+    STK_AUGMENT_NO_FUSE = 1u << 0
+};
+
 /* Parses spec for inputs described by in (u8, CHW or HWC) into *out, which
- * the caller frees with stk_augment_destroy. STK_ECONFIG names the bad token
- * in stk_error_message() (unknown transform, missing or bad parameter, crop
+ * the caller frees with stk_augment_destroy. flags: 0, or
+ * STK_AUGMENT_NO_FUSE. STK_ECONFIG names the bad token in
+ * stk_error_message() (unknown transform, missing or bad parameter, crop
  * larger than the padded image). An empty spec is the identity. Returns 0,
- * -EINVAL (NULL pointers, a bad desc), -ENOMEM, STK_ECONFIG. Thread-safe. */
-STK_API int stk_augment_create(stk_augment_t **out, const char *spec, const stk_image_desc_t *in);
+ * -EINVAL (NULL pointers, a bad desc, unknown flags), -ENOMEM, STK_ECONFIG.
+ * Thread-safe. */
+STK_API int stk_augment_create(stk_augment_t **out, const char *spec, const stk_image_desc_t *in, unsigned flags);
 STK_API void stk_augment_destroy(stk_augment_t **aug);
 /* Output description (shape and dtype after every transform; layout CHW).
  * The size functions return 0 for a NULL aug. Thread-safe on a shared aug. */
@@ -91,17 +100,6 @@ STK_API int stk_augment_format(const stk_augment_t *aug, char *buf, size_t cap);
 STK_API int stk_augment_apply(const stk_augment_t *aug, const void *in, void *out, void *scratch,
                               uint64_t seed, uint64_t epoch, uint64_t sample_index);
 
-/* Flags for stk_augment_create_ex. */
-enum {
-    /* Run every transform as its own pass, as written (benchmarks and the
-     * tests that check the fused passes against the plain chain). */
-    STK_AUGMENT_NO_FUSE = 1u << 0
-};
-
-/* stk_augment_create with flags (0 is stk_augment_create). */
-STK_API int stk_augment_create_ex(stk_augment_t **out, const char *spec, const stk_image_desc_t *in,
-                                  unsigned flags);
-
 /* Number of passes over the pixels apply makes (after fusion), for tests
  * and benchmarks: "crop:28,pad=2|hflip|normalize:..." is 1. */
 STK_API size_t stk_augment_pass_count(const stk_augment_t *aug);
@@ -112,15 +110,16 @@ STK_API size_t stk_augment_pass_count(const stk_augment_t *aug);
  * from Beta(alpha, alpha). Cutmix pastes a box of relative area 1-lambda
  * (centre uniform, clipped at the border) and corrects lambda to the
  * pasted area. */
-typedef struct stk_mix_config {
+typedef struct stk_augment_mix_config {
     float mixup_alpha;     /* > 0 enables mixup (default 0.2) */
     float cutmix_alpha;    /* > 0 enables cutmix (default 0: off) */
     float prob;            /* probability that a batch is mixed at all (1) */
     float switch_prob;     /* with both enabled: probability of cutmix (0.5) */
     float label_smoothing; /* eps: one-hot becomes 1-eps+eps/K, eps/K (0) */
-} stk_mix_config_t;
+} stk_augment_mix_config_t;
 
-STK_API stk_mix_config_t stk_mix_config_default(void);
+/* Fills *cfg with the defaults given on each field. NULL-safe. */
+STK_API void stk_augment_mix_config_default(stk_augment_mix_config_t *cfg);
 
 /* Mixes a batch of n f32 CHW images (c*h*w floats each) from in into out
  * (may not overlap, unless in == out, which is refused) and writes n rows of
@@ -131,7 +130,7 @@ STK_API stk_mix_config_t stk_mix_config_default(void);
  * Returns 0, -EINVAL (NULL pointers, n == 0, in == out), STK_ECONFIG (bad
  * config), STK_EDATA (a label out of range, named with its index).
  * Thread-safe; allocates nothing. */
-STK_API int stk_augment_mix_batch(const stk_mix_config_t *cfg, const float *in, float *out, size_t n,
+STK_API int stk_augment_mix_batch(const stk_augment_mix_config_t *cfg, const float *in, float *out, size_t n,
                                   uint32_t c, uint32_t h, uint32_t w, const int64_t *labels,
                                   uint32_t num_classes, float *soft_labels, uint64_t seed,
                                   uint64_t epoch, uint64_t batch_index, float *lambda_out);

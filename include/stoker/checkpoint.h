@@ -32,7 +32,8 @@ typedef struct stk_ckpt_section {
  * directory, fsync, rename over path, fsync of the directory. A process
  * killed at any point leaves either the old file or the new one at path
  * (never a torn one), and at worst a stale temporary file.
- * Returns 0; STK_ECONFIG for a bad or duplicate section name; -errno from
+ * Returns 0; STK_ECONFIG for a bad or duplicate section name;
+ * -ENAMETOOLONG for a path too long for its temporary name; -errno from
  * the file system (message names the path); on error the temporary file is
  * removed and path is untouched. Thread-safe for distinct paths. */
 STK_API int stk_ckpt_save(const char *path, const stk_ckpt_section_t *sections, size_t n);
@@ -45,12 +46,13 @@ typedef struct stk_ckpt stk_ckpt_t;
  * STK_EFORMAT (not a checkpoint, or another version); STK_EDATA (truncated,
  * bad checksum, inconsistent table): the message names the path and, for a
  * bad section, its name. Thread-safe. */
-STK_API int stk_ckpt_open(stk_ckpt_t **out, const char *path);
+STK_API int stk_ckpt_create(stk_ckpt_t **out, const char *path);
 /* Frees a checkpoint; accepts NULL and *ck == NULL; sets *ck to NULL. */
-STK_API void stk_ckpt_close(stk_ckpt_t **ck);
+STK_API void stk_ckpt_destroy(stk_ckpt_t **ck);
 
-/* Number of sections, and section i's name, bytes and length. The
- * pointers stay valid until stk_ckpt_close. */
+/* Number of sections, and section i's name, bytes and length (each out
+ * pointer may be NULL). The pointers stay valid until stk_ckpt_destroy.
+ * section_at returns 0, -ERANGE (i >= the number of sections), -EINVAL. */
 STK_API size_t stk_ckpt_num_sections(const stk_ckpt_t *ck);
 STK_API int stk_ckpt_section_at(const stk_ckpt_t *ck, size_t i, const char **name,
                                 const void **data, size_t *len);
@@ -88,7 +90,7 @@ STK_API int stk_ckpt_dir_save(const char *dir, const char *run, uint64_t step, c
  * than one run (the untagged ones count as one), STK_ESTATE with the runs
  * named in the message, since "the newest" would mix runs. Returns 0;
  * STK_ENOTFOUND when dir holds none (of that run); -errno when dir cannot
- * be read; -ENAMETOOLONG when cap is too small. Does not validate the file. */
+ * be read; -ENOSPC when cap is too small. Does not validate the file. */
 STK_API int stk_ckpt_dir_latest(const char *dir, const char *run, char *path, size_t cap);
 /* The distinct run tags of the checkpoints in dir, in ascending order:
  * the first min(n, count) go to runs[i] (each STK_CKPT_RUN_MAX + 1 bytes;

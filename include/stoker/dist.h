@@ -126,11 +126,12 @@ STK_API int stk_comm_backend_from_name(const char *name);
 /* Changes the collective timeout (seconds, > 0). 0 or -EINVAL. */
 STK_API int stk_comm_set_timeout(stk_comm_t *c, double seconds);
 /* NCCL: the CUDA stream (cudaStream_t as void *) whose earlier work a
- * collective waits for and that waits for the collective's end (the
- * engine's compute stream). NULL (default): each collective first waits
- * for the whole device (correct with any producer, no overlap with it),
- * and stk_comm_wait is what orders later work. Other backends: ignored.
- * 0 or -EINVAL. */
+ * collective waits for, through an event on the device, without a host
+ * wait (the engine's compute stream; stk_ddp_create sets it for a CUDA
+ * model). Work queued on it afterwards overlaps the collective; what
+ * needs the result waits for it with stk_comm_wait. NULL (default): each
+ * collective first waits for the whole device (correct with any producer,
+ * no overlap with it). Other backends: ignored. 0 or -EINVAL. */
 STK_API int stk_comm_set_stream(stk_comm_t *c, void *stream);
 
 /* Collectives. Every rank must issue the same collectives in the same
@@ -216,6 +217,19 @@ typedef struct stk_ddp_config {
     int broadcast_params;
     /* Events kept for stk_ddp_events (0, default: none kept). */
     size_t trace_events;
+    /* 1: synchronized batch normalization (PyTorch's SyncBatchNorm): in
+     * training, each batchnorm layer normalizes with the mean and variance
+     * of the global batch (every rank's samples), and its backward sums
+     * its dx terms over the ranks, so that a step equals one process over
+     * the global batch, batchnorm included, and the running statistics
+     * stay equal on every rank. Costs one all-gather per batchnorm layer
+     * in each training forward and one all-reduce in each backward,
+     * gradient-accumulation micro-steps included, on this communicator
+     * (every rank must run the same training forwards and backwards).
+     * 0 (default): each rank normalizes with its own batch's statistics.
+     * The CPU backend has it; create fails with STK_ECONFIG on a backend
+     * that has not (CUDA), naming it. */
+    int sync_bn;
 } stk_ddp_config_t;
 
 /* Fills cfg with the defaults above; NULL is ignored. */
@@ -227,7 +241,9 @@ STK_API void stk_ddp_config_default(stk_ddp_config_t *cfg);
  * offsets (STK_ECONFIG naming the first rank and tensor that differ),
  * broadcasts parameters and buffers from rank 0 when asked, then checks
  * that parameters are bit-equal everywhere (STK_ERANK naming the rank
- * otherwise), and installs the model's gradient hook (the model's previous
+ * otherwise), gives an NCCL communicator the model's compute stream
+ * (stk_comm_set_stream; destroy clears it), and installs the model's
+ * gradient hook (the model's previous
  * hook is replaced; destroy clears it). Returns 0 and *out, -EINVAL,
  * -ENOMEM, STK_ECONFIG, STK_ERANK, or a collective's error. */
 STK_API int stk_ddp_create(stk_ddp_t **out, stk_comm_t *comm, stk_model_t *model, const stk_ddp_config_t *cfg);

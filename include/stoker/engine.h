@@ -202,6 +202,21 @@ STK_API int stk_model_builder_parse(stk_model_builder_t *b, const char *text, co
 
 typedef struct stk_model stk_model_t;
 
+/* The arithmetic of convolutions and matrix multiplies (PyTorch's
+ * allow_tf32 and autocast dtypes). FP32: IEEE single precision. TF32:
+ * FP32 storage, tensor-core products with 10-bit mantissas on a GPU that
+ * has them (the CPU backend computes it as FP32). BF16, FP16: half
+ * precision compute with FP32 master weights; no backend implements them
+ * yet, and a model asking for one is refused (STK_ECONFIG). */
+typedef enum stk_precision {
+    STK_PRECISION_FP32 = 0,
+    STK_PRECISION_TF32 = 1,
+    STK_PRECISION_BF16 = 2,
+    STK_PRECISION_FP16 = 3
+} stk_precision_t;
+
+/* "fp32", "tf32", "bf16", "fp16" ("?" for another value). */
+STK_API const char *stk_precision_name(stk_precision_t p);
 /* How the CUDA backend picks a cuDNN engine for each convolution
  * direction (PyTorch's cudnn.benchmark / cudnn.deterministic). The CPU
  * backend ignores it. */
@@ -237,6 +252,8 @@ typedef struct stk_model_config {
                            * communicator's choice; else GPU 0) */
     int init_params;      /* 1 (default): PyTorch default init from seed;
                            * 0: parameters start at zero */
+    stk_precision_t precision; /* STK_PRECISION_FP32 (default); see
+                                * stk_model_precision for what is used */
     /* CUDA only (the CPU backend ignores these three). */
     stk_cudnn_policy_t cudnn_policy;  /* default STK_CUDNN_HEURISTIC */
     uint64_t cudnn_workspace_limit;   /* bytes one convolution direction may
@@ -345,6 +362,17 @@ STK_API int stk_model_threads(const stk_model_t *m);
  * gradient is that of the mean loss. The loss value reported by forward
  * is not scaled. */
 STK_API void stk_model_set_loss_scale(stk_model_t *m, float scale);
+
+/* Multiplies every gradient by inv_scale (a float multiply, as PyTorch's
+ * GradScaler unscales) and sets *nonfinite to 1 when any gradient was NaN
+ * or infinite before, else 0: the check of dynamic loss scaling, done
+ * where the gradients are (on a GPU: one flag read back). Returns 0,
+ * -EINVAL, or the backend's error. */
+STK_API int stk_model_unscale_grads(stk_model_t *m, float inv_scale, int *nonfinite);
+
+/* The precision the model computes in: the configured one, or FP32 where
+ * the backend computes TF32 as FP32 (the CPU). */
+STK_API stk_precision_t stk_model_precision(const stk_model_t *m);
 
 /* Forward pass over batch samples at input (f32, NCHW, contiguous, on the
  * model's device; any batch from 1 to 2^20: see stk_model_set_batch_size).
@@ -494,11 +522,10 @@ STK_API int stk_model_state_save_mem(const stk_model_t *m, void *buf, size_t cap
  * shapes in the message). On error the model is unchanged. */
 STK_API int stk_model_state_load_mem(stk_model_t *m, const void *buf, size_t len);
 /* File forms: written to a temporary name and renamed. The codes of the
- * memory forms, plus -errno on I/O (the message names the path). */
+ * memory forms, plus -errno on I/O (the message names the path). The file
+ * is safetensors: what PyTorch's safetensors.torch.load_file reads. */
 STK_API int stk_model_state_save(const stk_model_t *m, const char *path);
 STK_API int stk_model_state_load(stk_model_t *m, const char *path);
-/* The same file as stk_model_state_save: safetensors is the state format. */
-STK_API int stk_model_export_safetensors(const stk_model_t *m, const char *path);
 
 /* ---------------------------------------------------------------- devices */
 
@@ -553,7 +580,7 @@ STK_API int stk_feed_create(stk_feed_t **out, stk_model_t *model, size_t max_byt
 /* Starts copying bytes of src (host memory, pinned or not) into the next
  * of the two device buffers, once the work that last read that buffer is
  * done (stk_feed_done); *dev: the buffer (src itself on a CPU model). src
- * must stay unchanged until stk_feed_done(dev). 0, -ERANGE (bytes over
+ * must stay unchanged until stk_feed_done(dev). 0, -ENOSPC (bytes over
  * max_bytes), -EINVAL, or a backend error. */
 STK_API int stk_feed_put(stk_feed_t *f, const void *src, size_t bytes, const void **dev);
 /* The model's work from now on waits (on the device) for dev's copy. */

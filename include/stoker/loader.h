@@ -96,7 +96,9 @@ STK_API void stk_dataset_destroy(stk_dataset_t **ds);
 STK_API uint64_t stk_dataset_len(const stk_dataset_t *ds);
 STK_API const stk_schema_t *stk_dataset_schema(const stk_dataset_t *ds);
 /* Loads one sample in the calling process (the same path workers take);
- * rec's pointers are valid until the next call on ds. Not thread-safe. */
+ * rec's pointers are valid until the next call on ds. Returns 0, -ERANGE
+ * (index >= stk_dataset_len), -EINVAL, or the dataset's error (STK_EDATA
+ * naming the record). Not thread-safe. */
 STK_API int stk_dataset_get(stk_dataset_t *ds, uint64_t index, stk_record_t *rec);
 
 /* In-memory dataset over arrays: fields[f] points at n consecutive samples
@@ -115,16 +117,16 @@ typedef enum stk_io_mode {
     STK_IO_MMAP = 3   /* map the shards: no read calls; for data in page cache */
 } stk_io_mode_t;
 
-typedef struct stk_shard_dataset_config {
+typedef struct stk_dataset_shard_config {
     stk_io_mode_t io;
     uint32_t max_batch;  /* most records one get_batch reads; sizes rings (default 1024) */
     stk_verify_t verify; /* record checksums: STK_VERIFY_ONCE per loader (default: a
                           * record one of its workers verified, none hashes again) or
                           * STK_VERIFY_ALWAYS; see stk_decoder_set_verify */
-} stk_shard_dataset_config_t;
+} stk_dataset_shard_config_t;
 
-STK_API void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg);
-/* Dataset over a shard set (any path stk_shardset_open takes). With
+STK_API void stk_dataset_shard_config_default(stk_dataset_shard_config_t *cfg);
+/* Dataset over a shard set (any path stk_shardset_create takes). With
  * STK_IO_AUTO, a set whose shards are all stored raw (zstd level 0), or a
  * compressed set wholly in the page cache when it is opened, is mapped
  * (STK_IO_MMAP: no read call and no copy per record; each worker reads its
@@ -136,7 +138,7 @@ STK_API void stk_shard_dataset_config_default(stk_shard_dataset_config_t *cfg);
  * override the rule (URING then fails: -EPERM, or STK_ECONFIG when built
  * without liburing). */
 STK_API int stk_dataset_shard_create(stk_dataset_t **out, const char *path,
-                                     const stk_shard_dataset_config_t *cfg);
+                                     const stk_dataset_shard_config_t *cfg);
 /* The I/O mode a shard dataset resolved to (URING, PREAD or MMAP);
  * STK_IO_AUTO for other datasets. */
 STK_API stk_io_mode_t stk_dataset_io_mode(const stk_dataset_t *ds);

@@ -120,7 +120,11 @@ typedef struct stk_optim_config {
 STK_API void stk_optim_hparams_default(stk_optim_hparams_t *h, stk_optim_kind_t kind);
 /* Fills *cfg: one group of n_params elements with the defaults of kind
  * (stk_optim_config_parse may then replace kind and defaults from text).
- * NULL-safe. */
+ * Unlike the other *_config_default calls it takes the kind and the
+ * length, as stk_sched_phase_default and stk_layer_desc_default take a
+ * kind: the defaults differ by kind (lr, AdamW's weight decay), so a
+ * config filled for one kind and then switched to another would carry the
+ * wrong ones. NULL-safe. */
 STK_API void stk_optim_config_default(stk_optim_config_t *cfg, stk_optim_kind_t kind, size_t n_params);
 
 /* Text form, for config files:

@@ -77,7 +77,7 @@ STK_API int stk_pack_source_create(stk_pack_source_t **out, const stk_pack_sourc
  * samples of schema field f (fixed shapes only). Nothing is copied: the
  * arrays must outlive the source. STK_ECONFIG for a variable field or a
  * bad schema, STK_EEMPTY for n == 0. */
-STK_API int stk_pack_source_arrays(stk_pack_source_t **out, const stk_schema_t *schema,
+STK_API int stk_pack_source_create_arrays(stk_pack_source_t **out, const stk_schema_t *schema,
                                    const void *const *fields, uint64_t n);
 
 /* Frees the source. Accepts NULL; sets *src to NULL. */
@@ -144,7 +144,7 @@ typedef struct stk_pack_verify_result {
 /* Called for each bad record with its global index, status and message. */
 typedef void (*stk_pack_bad_fn)(uint64_t index, int code, const char *message, void *user);
 
-/* Opens the set at path (as stk_shardset_open: a mixed or partial set is
+/* Opens the set at path (as stk_shardset_create: a mixed or partial set is
  * refused there) and decodes every record, checking sizes and checksums.
  * Returns 0 when all are good; the open's error; STK_EDATA when any record
  * is bad, with the first one's shard and record in the message (out->bad

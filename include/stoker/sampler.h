@@ -80,15 +80,16 @@ STK_API uint64_t stk_sampler_epoch(const stk_sampler_t *s);
 /* Indices per epoch (for this rank); the same every epoch. 0 for NULL. */
 STK_API uint64_t stk_sampler_len(const stk_sampler_t *s);
 /* Index at position pos of the current epoch (random access, no cursor),
- * O(1). Returns 0, or -EINVAL for NULL arguments or pos >= len (*index
- * untouched). */
+ * O(1). Returns 0, -ERANGE for pos >= len (*index untouched), or -EINVAL
+ * for NULL arguments. */
 STK_API int stk_sampler_get(const stk_sampler_t *s, uint64_t pos, uint64_t *index);
 /* Up to max next indices from the cursor into out; returns how many (0 =
  * epoch done, or s/out NULL). */
 STK_API size_t stk_sampler_next(stk_sampler_t *s, uint64_t *out, size_t max);
 /* Cursor position within the epoch; seek restores it (resume mid-epoch):
  * rebuild from the same config, set_epoch, seek(saved tell). pos may be
- * len (the end). seek returns 0, or -EINVAL for NULL or pos > len. */
+ * len (the end). seek returns 0, -ERANGE for pos > len, or -EINVAL for
+ * NULL. */
 STK_API uint64_t stk_sampler_tell(const stk_sampler_t *s);
 STK_API int stk_sampler_seek(stk_sampler_t *s, uint64_t pos);
 
@@ -112,14 +113,14 @@ STK_API uint64_t stk_batch_sampler_len(const stk_batch_sampler_t *b);
 /* 0 for NULL. */
 STK_API uint64_t stk_batch_sampler_batch_size(const stk_batch_sampler_t *b);
 /* Indices of batch number k of this epoch into out (room for batch_size);
- * *n gets the count (smaller for a last partial batch). Returns 0, or
- * -EINVAL for NULL arguments or k >= len. */
+ * *n gets the count (smaller for a last partial batch). Returns 0, -ERANGE
+ * for k >= len, or -EINVAL for NULL arguments. */
 STK_API int stk_batch_sampler_get(const stk_batch_sampler_t *b, uint64_t k, uint64_t *out, size_t *n);
 /* Next batch from the cursor; STK_DONE (and *n = 0) at the end of the
  * epoch; -EINVAL for NULL arguments. */
 STK_API int stk_batch_sampler_next(stk_batch_sampler_t *b, uint64_t *out, size_t *n);
 /* Batch cursor (batches handed out this epoch); seek restores it, batch may
- * be len. seek returns 0, or -EINVAL for NULL or batch > len. */
+ * be len. seek returns 0, -ERANGE for batch > len, or -EINVAL for NULL. */
 STK_API uint64_t stk_batch_sampler_tell(const stk_batch_sampler_t *b);
 STK_API int stk_batch_sampler_seek(stk_batch_sampler_t *b, uint64_t batch);
 

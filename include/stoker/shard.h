@@ -39,7 +39,9 @@ STK_API int stk_schema_find(const stk_schema_t *schema, const char *name);
 /* Bytes of field f for a given extent of its variable dim (ignored when
  * the field is fixed). */
 STK_API size_t stk_field_bytes(const stk_field_t *field, int64_t var_extent);
-/* Writes a one-line description, e.g. "image:u8[1,28,28] label:i64[]". */
+/* Writes a one-line description, e.g. "image:u8[1,28,28] label:i64[]",
+ * NUL-terminated, into buf (cap bytes). Returns 0, -ENOSPC when cap is too
+ * small, -EINVAL (NULL, cap 0). Thread-safe. */
 STK_API int stk_schema_format(const stk_schema_t *schema, char *buf, size_t cap);
 
 /* One decoded record: pointers into the caller's decode buffer. */
@@ -59,8 +61,9 @@ STK_API int stk_record_parse(const stk_schema_t *schema, const void *raw, size_t
  * in schema order, then every field's bytes in schema order, no padding.
  * stk_record_raw_size gives its size for the given extents (var_extent
  * may be NULL for fixed-only schemas). stk_record_build writes it into
- * out (cap bytes) and sets *len. Returns 0, STK_ESHAPE (negative or too
- * large extent, cap too small, record over 4 GiB). Thread-safe. */
+ * out (cap bytes) and sets *len. Returns 0, -ENOSPC (cap too small),
+ * STK_ESHAPE (negative or too large extent, record over 4 GiB, missing
+ * field data). Thread-safe. */
 STK_API int stk_record_raw_size(const stk_schema_t *schema, const int64_t *var_extent,
                                 size_t *len);
 STK_API int stk_record_build(const stk_schema_t *schema, const void *const *data,
@@ -147,11 +150,12 @@ typedef struct stk_record_loc {
  * manifest file. Checks headers, footers and indexes of every shard; all
  * must share one schema. Errors name the path: -ENOENT, STK_EFORMAT,
  * STK_EDATA (checksums), STK_EEMPTY (no shards or no records), -ENOMEM.
- * After open a set is read-only: every stk_shardset_* call below may run
+ * Once made, a set is read-only: every stk_shardset_* call below may run
  * on any thread (and in forked children, which inherit the fds); a
  * decoder belongs to one thread at a time. */
-STK_API int stk_shardset_open(stk_shardset_t **out, const char *path);
-STK_API void stk_shardset_close(stk_shardset_t **set);
+STK_API int stk_shardset_create(stk_shardset_t **out, const char *path);
+/* Closes the shards and frees the set. Accepts NULL; sets *set to NULL. */
+STK_API void stk_shardset_destroy(stk_shardset_t **set);
 STK_API uint64_t stk_shardset_len(const stk_shardset_t *set);
 STK_API const stk_schema_t *stk_shardset_schema(const stk_shardset_t *set);
 STK_API uint32_t stk_shardset_num_shards(const stk_shardset_t *set);
@@ -167,15 +171,20 @@ typedef struct stk_shard_info {
     uint32_t dict_bytes;   /* size of its zstd dictionary, 0 if none */
     int zstd_level;        /* level it was packed with (0 = raw) */
 } stk_shard_info_t;
-/* Fills *out for shard (< stk_shardset_num_shards). Returns 0 or
- * STK_ECONFIG for a bad shard number. Thread-safe. */
+/* Fills *out for shard (< stk_shardset_num_shards). Returns 0, -ERANGE
+ * for a shard number past the set, -EINVAL (NULL). Thread-safe. */
 STK_API int stk_shardset_shard_info(const stk_shardset_t *set, uint32_t shard,
                                     stk_shard_info_t *out);
 /* Largest raw_len / stored_len of any record: sizes decode buffers. */
 STK_API uint64_t stk_shardset_max_raw(const stk_shardset_t *set);
 STK_API uint64_t stk_shardset_max_stored(const stk_shardset_t *set);
+/* Where global record index lives. Returns 0, -ERANGE (index >=
+ * stk_shardset_len), -EINVAL (NULL). */
 STK_API int stk_shardset_locate(const stk_shardset_t *set, uint64_t index, stk_record_loc_t *loc);
-/* Reads the stored (compressed) bytes of record index with pread. */
+/* Reads the stored (compressed) bytes of record index with pread into buf
+ * (cap bytes; loc, may be NULL, gets its place). Returns 0, -ERANGE (as
+ * locate), -ENOSPC (cap below the record's stored_len), -EINVAL, -errno
+ * from the read (path and record named). */
 STK_API int stk_shardset_read_raw(const stk_shardset_t *set, uint64_t index, void *buf,
                                   size_t cap, stk_record_loc_t *loc);
 
@@ -186,7 +195,9 @@ STK_API int stk_decoder_create(stk_decoder_t **out, const stk_shardset_t *set);
 STK_API void stk_decoder_destroy(stk_decoder_t **dec);
 /* Decodes stored bytes of the record at loc into out (cap >= loc->raw_len),
  * verifies size and checksum, and parses fields into rec (may be NULL).
- * STK_EDATA on any mismatch, with shard path and record number. */
+ * Returns 0, STK_EDATA on any mismatch (shard path and record named),
+ * -ENOSPC (cap below loc->raw_len), -ERANGE (loc->shard not in the set),
+ * -EINVAL (NULL). */
 STK_API int stk_decoder_decode(stk_decoder_t *dec, const stk_record_loc_t *loc, const void *stored,
                                void *out, size_t cap, stk_record_t *rec);
 /* How often a decoder checks a record's checksum. ALWAYS (a new
@@ -202,7 +213,7 @@ typedef enum stk_verify {
 } stk_verify_t;
 STK_API int stk_decoder_set_verify(stk_decoder_t *dec, stk_verify_t mode);
 
-/* pread + decode in one call. */
+/* pread + decode in one call: the codes of both. */
 STK_API int stk_shardset_get(const stk_shardset_t *set, stk_decoder_t *dec, uint64_t index,
                              void *out, size_t cap, stk_record_t *rec);
 

@@ -102,6 +102,38 @@ STK_API int stk_train_sequence_lengths(stk_dataset_t *ds, const char *field, uin
 STK_API int stk_train_check_data(const stk_dataset_t *ds, const stk_train_inputs_config_t *cfg, const char *augment,
                                  const stk_model_t *model);
 
+/* ---- Dynamic loss scaling ---------------------------------------------- */
+
+/* PyTorch's GradScaler as a state machine: the loss gradient is multiplied
+ * by the scale; a step whose gradients hold a NaN or infinity (an
+ * overflow) is skipped and the scale multiplied by backoff_factor; after
+ * growth_interval clean steps in a row it is multiplied by growth_factor
+ * (when the result is finite). The scale is a float, updated in float
+ * arithmetic as PyTorch's. */
+typedef struct stk_loss_scaler_config {
+    double init_scale;        /* default 65536 (2^16); in (0, FLT_MAX] */
+    double growth_factor;     /* default 2; > 1 */
+    double backoff_factor;    /* default 0.5; in (0, 1) */
+    uint32_t growth_interval; /* clean steps before growth; default 2000; >= 1 */
+} stk_loss_scaler_config_t;
+
+STK_API void stk_loss_scaler_config_default(stk_loss_scaler_config_t *cfg);
+
+typedef struct stk_loss_scaler stk_loss_scaler_t;
+
+/* Returns 0, -EINVAL, -ENOMEM, or STK_ECONFIG naming the bad field. */
+STK_API int stk_loss_scaler_create(stk_loss_scaler_t **out, const stk_loss_scaler_config_t *cfg);
+STK_API void stk_loss_scaler_destroy(stk_loss_scaler_t **s);
+/* The factor this step's loss gradient is to be multiplied by. */
+STK_API float stk_loss_scaler_scale(const stk_loss_scaler_t *s);
+/* After a step's gradients were checked (stk_model_unscale_grads):
+ * nonfinite 1 lowers the scale and returns 1 (skip the optimizer step);
+ * 0 counts a clean step, grows the scale after growth_interval of them,
+ * and returns 0 (step). */
+STK_API int stk_loss_scaler_update(stk_loss_scaler_t *s, int nonfinite);
+/* Steps skipped so far. */
+STK_API uint64_t stk_loss_scaler_skipped(const stk_loss_scaler_t *s);
+
 /* ---- The stepper: one micro-batch at a time ----------------------------- */
 
 /* Called at each accumulation boundary, after the group's backward passes
@@ -133,6 +165,13 @@ typedef struct stk_train_stepper_config {
      * closed early (stk_train_stepper_flush) is reduced then with
      * stk_ddp_sync_grads. NULL (default): one process. */
     stk_ddp_t *ddp;
+    /* Dynamic loss scaling (what FP16 compute needs) when init_scale > 0:
+     * each loss gradient is multiplied by the scale, and at a group's
+     * boundary (after reduce, before clipping) the gradients are unscaled
+     * and checked; a non-finite one skips the optimizer update (the
+     * scheduler still steps, as it does in PyTorch). Zeroed (default):
+     * off. stk_loss_scaler_config_default fills the usual values. */
+    stk_loss_scaler_config_t loss_scaling;
 } stk_train_stepper_config_t;
 
 STK_API void stk_train_stepper_config_default(stk_train_stepper_config_t *cfg);
@@ -150,6 +189,10 @@ typedef struct stk_train_step_metrics {
     uint64_t step;      /* optimizer steps taken, this one included */
     double compute_s;   /* seconds in forward and backward */
     double optim_s;     /* seconds in reduce, clip, optimizer and scheduler */
+    int skipped;        /* 1: it closed a group whose gradients were not
+                         * finite; loss scaling skipped the optimizer update */
+    float loss_scale;   /* the loss scale this micro-batch used (1 without
+                         * loss scaling; the group's size not counted) */
 } stk_train_step_metrics_t;
 
 typedef struct stk_train_stepper stk_train_stepper_t;
@@ -169,16 +212,18 @@ STK_API void stk_train_stepper_destroy(stk_train_stepper_t **s);
  * epoch (stk_batch_t.number), which places it in its group. The model
  * must be in training mode; the stepper does not change the mode. On an
  * error the gradients of the open group are left as they are. Returns 0,
- * -EDOM (non-finite loss: the message gives it and the batch), or the
- * error of the engine, optimizer, scheduler or reduce call. Not
- * thread-safe on one stepper. */
+ * -EDOM (non-finite loss: the message gives it and the batch), -ERANGE
+ * (batch >= batches_per_epoch), -EINVAL (NULL), or the error of the
+ * engine, optimizer, scheduler or reduce call. Not thread-safe on one
+ * stepper. */
 STK_API int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, const stk_tensor_t *target,
                                    uint64_t batch, stk_train_step_metrics_t *out);
 /* Steps the optimizer on an open group now (short, with batches_per_epoch
  * 0); does nothing when none is open. *stepped (may be NULL) says which.
  * Returns 0 or as stk_train_stepper_step. */
 STK_API int stk_train_stepper_flush(stk_train_stepper_t *s, int *stepped);
-/* Optimizer steps taken; set it when resuming. */
+/* Optimizer steps taken (loss scaling's skipped ones included); set it
+ * when resuming. */
 STK_API uint64_t stk_train_stepper_steps(const stk_train_stepper_t *s);
 STK_API void stk_train_stepper_set_steps(stk_train_stepper_t *s, uint64_t steps);
 
@@ -319,9 +364,9 @@ STK_API int stk_train_checkpoint_save(const char *dir, const stk_train_parts_t *
  * STK_EDATA (a bad section), STK_ESHAPE (a part does not fit, e.g.
  * another model), or the file's error. */
 STK_API int stk_train_checkpoint_load(const char *path, const stk_train_parts_t *parts, stk_train_state_t *st);
-/* The newest checkpoint of run_id in dir (run_id NULL: of the only run
- * dir holds). As stk_ckpt_dir_latest. */
-STK_API int stk_train_checkpoint_latest(const char *dir, const char *run_id, char *path, size_t cap);
+/* The newest checkpoint of a run in dir (of the only run dir holds, when
+ * no run is named) is stk_ckpt_dir_latest(dir, run_id, path, cap): the
+ * checkpoints are named by step and run id. */
 /* 0 when dir is missing, empty of checkpoints, or holds only run_id's;
  * STK_ESTATE otherwise, the message naming the other run and its newest
  * checkpoint (what a new run must not mix with). -errno when dir cannot be
@@ -407,8 +452,9 @@ STK_API void stk_train_loop_config_default(stk_train_loop_config_t *cfg);
  * before the first batch. st is updated as the run goes and is what a
  * checkpoint holds. Returns 0 (done), -EINTR (stopped: a checkpoint of
  * where it stopped was saved when checkpoint_dir is set), -EDOM (a
- * non-finite training or evaluation loss: training diverged), an on_epoch
- * code, or the first error of a piece (st then stands at the last
+ * non-finite training or evaluation loss: training diverged), -ERANGE
+ * (st's loader position past the epoch's batches), STK_ECONFIG (a bad
+ * config, named), an on_epoch code, or the first error of a piece (st then stands at the last
  * completed optimizer step, so that saving it still resumes exactly).
  * Not thread-safe on the same parts. */
 STK_API int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st);

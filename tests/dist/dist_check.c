@@ -457,6 +457,167 @@ static int mode_order(stk_comm_t *c)
     return 0;
 }
 
+/* ------------------------------------------------ synchronized batchnorm */
+
+/* Batchnorm with a fused ReLU on 8 channels (kept blocked, nChw8c) and
+ * one on 12 channels (plain NCHW) whose input gradient feeds a conv. */
+static const char *k_model_bn =
+    "input    name=data shape=1,28,28\n"
+    "conv2d   name=conv1 out=8 kernel=3 pad=1\n"
+    "batchnorm2d name=bn1\n"
+    "relu     name=relu1\n"
+    "maxpool2d name=pool1 kernel=2\n"
+    "conv2d   name=conv2 out=12 kernel=3 pad=1\n"
+    "batchnorm2d name=bn2\n"
+    "maxpool2d name=pool2 kernel=2\n"
+    "relu     name=relu2\n"
+    "flatten  name=flat\n"
+    "linear   name=fc1 out=10\n"
+    "cross_entropy name=loss\n";
+
+#define BN_LAYERS 2
+
+/* The tolerance of the batchnorm comparisons: besides the summation
+ * order, the two compute the statistics differently (oneDNN in float, the
+ * synchronized path in double) and batchnorm divides by the standard
+ * deviation of small activations, which magnifies rounding. */
+#define BN_ATOL 1e-5
+#define BN_RTOL 1e-4
+
+/* 3 steps of DDP with or without sync_bn, each rank taking batch samples of
+ * the world * batch of a step, against one process over all of them:
+ * returns the largest excess over the tolerance (as a ratio) of the
+ * parameters and of the running statistics over the steps. */
+static void run_syncbn(stk_comm_t *c, int sync, int64_t batch, double *worst_p, double *worst_b, double *max_p,
+                       double *max_b)
+{
+    int64_t gb = batch * g_world;
+    stk_model_t *m = make_model(batch, 7 + (uint64_t)g_rank);
+    stk_model_t *ref = make_model(gb, 7);
+    stk_ddp_config_t dc;
+    stk_ddp_config_default(&dc);
+    dc.sync_bn = sync;
+    stk_ddp_t *d = NULL;
+    CHECK(stk_ddp_create(&d, c, m, &dc), "ddp create");
+    size_t np = 0, nb = 0;
+    float *p = stk_model_params(m, &np);
+    const float *buf = stk_model_buffers(m, &nb);
+    float *x = malloc((size_t)gb * 784 * sizeof(float));
+    int64_t *y = malloc((size_t)gb * sizeof(int64_t));
+    *worst_p = *worst_b = *max_p = *max_b = 0;
+    for (int s = 0; s < 3; s++) {
+        stk_comm_stats_t cs0, cs1;
+        stk_comm_stats(c, &cs0);
+        make_batch((uint64_t)s, (size_t)g_rank * (size_t)batch, (size_t)batch, x, y);
+        float loss;
+        CHECK(stk_model_forward(m, x, batch, y, NULL, &loss), "forward");
+        CHECK(stk_ddp_backward(d, 1), "ddp backward");
+        stk_comm_stats(c, &cs1);
+        /* Synchronized: one all-gather per batchnorm layer in forward and
+         * one all-reduce in backward, beside one per bucket. */
+        uint64_t ag = cs1.allgather - cs0.allgather, ar = cs1.allreduce - cs0.allreduce;
+        uint64_t want_ag = sync ? BN_LAYERS : 0, want_ar = stk_ddp_num_buckets(d) + (sync ? BN_LAYERS : 0);
+        if (ag != want_ag || ar != want_ar)
+            fail("sync_bn %d, step %d: %llu all-gathers and %llu all-reduces, expected %llu and %llu", sync, s + 1,
+                 (unsigned long long)ag, (unsigned long long)ar, (unsigned long long)want_ag,
+                 (unsigned long long)want_ar);
+        sgd(m, 0.05f);
+        CHECK(stk_ddp_check_params(d), "parameters equal on every rank");
+
+        make_batch((uint64_t)s, 0, (size_t)gb, x, y);
+        CHECK(stk_model_forward(ref, x, gb, y, NULL, &loss), "reference forward");
+        CHECK(stk_model_backward(ref), "reference backward");
+        sgd(ref, 0.05f);
+        double md, w = compare(p, stk_model_params(ref, NULL), np, BN_ATOL, BN_RTOL, &md);
+        if (w > *worst_p)
+            *worst_p = w;
+        if (md > *max_p)
+            *max_p = md;
+        w = compare(buf, stk_model_buffers(ref, NULL), nb, BN_ATOL, BN_RTOL, &md);
+        if (w > *worst_b)
+            *worst_b = w;
+        if (md > *max_b)
+            *max_b = md;
+    }
+    free(x);
+    free(y);
+    stk_ddp_destroy(&d);
+    stk_model_destroy(&m);
+    stk_model_destroy(&ref);
+}
+
+/* Ranks with different batch sizes (rank r: 3 + 2r samples): one
+ * synchronized training forward must give the running statistics of one
+ * process over all the samples, which needs each rank's count. */
+static void check_uneven(stk_comm_t *c)
+{
+    int64_t gb = 0, first = 0;
+    for (int r = 0; r < g_world; r++) {
+        if (r < g_rank)
+            first += 3 + 2 * r;
+        gb += 3 + 2 * r;
+    }
+    int64_t mine = 3 + 2 * g_rank;
+    stk_model_t *m = make_model(mine, 7);
+    stk_model_t *ref = make_model(gb, 7);
+    stk_ddp_config_t dc;
+    stk_ddp_config_default(&dc);
+    dc.sync_bn = 1;
+    stk_ddp_t *d = NULL;
+    CHECK(stk_ddp_create(&d, c, m, &dc), "ddp create");
+    float *x = malloc((size_t)gb * 784 * sizeof(float));
+    int64_t *y = malloc((size_t)gb * sizeof(int64_t));
+    float loss;
+    make_batch(9, (size_t)first, (size_t)mine, x, y);
+    CHECK(stk_model_forward(m, x, mine, y, NULL, &loss), "forward");
+    make_batch(9, 0, (size_t)gb, x, y);
+    CHECK(stk_model_forward(ref, x, gb, y, NULL, &loss), "reference forward");
+    size_t nb = 0;
+    const float *b = stk_model_buffers(m, &nb);
+    double md, w = compare(b, stk_model_buffers(ref, NULL), nb, BN_ATOL, BN_RTOL, &md);
+    if (w > 1)
+        fail("uneven batches: running statistics differ from one process over the %lld samples by %g (%.2fx the "
+             "tolerance)", (long long)gb, md, w);
+    if (g_rank == 0)
+        printf("dist_check: uneven batches (%lld samples): max |running stats - one process| = %.3g\n",
+               (long long)gb, md);
+    free(x);
+    free(y);
+    stk_ddp_destroy(&d);
+    stk_model_destroy(&m);
+    stk_model_destroy(&ref);
+}
+
+static int mode_syncbn(stk_comm_t *c)
+{
+    if (g_world < 2) {
+        printf("dist_check: SKIP: synchronized batchnorm needs two ranks to differ from per-rank statistics\n");
+        return 77;
+    }
+    g_model_text = k_model_bn;
+    double wp, wb, mp, mb;
+    run_syncbn(c, 1, 8, &wp, &wb, &mp, &mb);
+    if (g_rank == 0)
+        printf("dist_check: sync_bn on: max |ddp - one process| over 3 steps: parameters %.3g (%.3f of the "
+               "tolerance), running stats %.3g (%.3f); atol %g + rtol %g\n", mp, wp, mb, wb, BN_ATOL, BN_RTOL);
+    if (wp > 1 || wb > 1)
+        fail("sync_bn on: after 3 steps the parameters (max diff %g, %.2fx the tolerance) or running stats (%g, "
+             "%.2fx) differ from one process over the global batch", mp, wp, mb, wb);
+    /* Per-rank statistics (the default) are another computation: both
+     * must land far outside the tolerance, or the check above proves
+     * nothing. */
+    run_syncbn(c, 0, 8, &wp, &wb, &mp, &mb);
+    if (g_rank == 0)
+        printf("dist_check: sync_bn off: max |ddp - one process|: parameters %.3g (%.1fx the tolerance), running "
+               "stats %.3g (%.1fx)\n", mp, wp, mb, wb);
+    if (wp < 10 || wb < 10)
+        fail("sync_bn off: parameters (%.2fx the tolerance) or running stats (%.2fx) are within 10x the tolerance "
+             "of one process over the global batch: per-rank statistics should differ", wp, wb);
+    check_uneven(c);
+    printf("dist_check: rank %d of %d (%s): sync_bn ok\n", g_rank, g_world, stk_comm_backend_name(stk_comm_backend(c)));
+    return 0;
+}
+
 /* The last rank stops itself (SIGSTOP) before step 2's backward; the
  * others must fail their collective with the timeout, naming it. */
 static int mode_stop(stk_comm_t *c, const char *how)
@@ -561,7 +722,7 @@ static int mode_bench(stk_comm_t *c, const char *model_path, int64_t batch, int 
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: dist_check collectives|ddp|accum|order|stop|kill\n"
+        fprintf(stderr, "usage: dist_check collectives|ddp|accum|order|syncbn|stop|kill\n"
                         "       dist_check bench MODEL BATCH STEPS OVERLAP [BUCKET_BYTES (0: default) | none]\n");
         return 1;
     }
@@ -589,6 +750,8 @@ int main(int argc, char **argv)
         rc = mode_ddp(c, 2);
     else if (strcmp(mode, "order") == 0)
         rc = mode_order(c);
+    else if (strcmp(mode, "syncbn") == 0)
+        rc = mode_syncbn(c);
     else if (strcmp(mode, "stop") == 0 || strcmp(mode, "kill") == 0)
         rc = mode_stop(c, mode);
     else if (strcmp(mode, "bench") == 0 && argc >= 6)

@@ -7,6 +7,7 @@
  * training itself is checked by tests/dist (mpirun, stoker-launch). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -645,10 +646,12 @@ static stk_model_t *make_model(const char *text, uint64_t seed)
     return m;
 }
 
+/* The model keeps the input by pointer until backward (conv1's weight
+ * gradient reads it): static, not on this function's stack. */
 static void forward(stk_model_t *m)
 {
-    float x[4 * 64];
-    int64_t y[4] = {0, 1, 2, 3};
+    static float x[4 * 64];
+    static int64_t y[4] = {0, 1, 2, 3};
     for (int i = 0; i < 4 * 64; i++)
         x[i] = (float)((i * 37) % 17) / 17.0f - 0.5f;
     float loss;
@@ -766,6 +769,113 @@ static void test_ddp_single(void **state)
     stk_comm_destroy(&c);
 }
 
+/* conv1 + bn1 (4 channels: plain layout) with a fused ReLU, then conv2 +
+ * bn2 (8 channels: blocked) without. */
+static const char *k_model_bn =
+    "input    name=data shape=1,8,8\n"
+    "conv2d   name=conv1 out=4 kernel=3 pad=1\n"
+    "batchnorm2d name=bn1\n"
+    "relu     name=relu1\n"
+    "conv2d   name=conv2 out=8 kernel=3 pad=1\n"
+    "batchnorm2d name=bn2\n"
+    "flatten  name=flat\n"
+    "linear   name=fc1 out=5\n"
+    "cross_entropy name=loss\n";
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs((double)a[i] - (double)b[i]) > m)
+            m = fabs((double)a[i] - (double)b[i]);
+    return m;
+}
+
+/* A world of one with sync_bn: the synchronized path (own statistics and
+ * backward passes around the collectives) must train as plain batchnorm
+ * (oneDNN's training primitives) does; each training forward gathers once
+ * per batchnorm layer, eval forwards never; a backend without it refuses. */
+static void test_ddp_sync_bn(void **state)
+{
+    (void)state;
+    clear_env();
+    stk_comm_t *c = NULL;
+    assert_int_equal(stk_comm_create(&c, NULL), 0);
+    stk_model_t *m = make_model(k_model_bn, 3), *ref = make_model(k_model_bn, 3);
+    stk_ddp_config_t dc;
+    stk_ddp_config_default(&dc);
+    assert_int_equal(dc.sync_bn, 0);
+    dc.sync_bn = 1;
+    stk_ddp_t *d = NULL;
+    assert_int_equal(stk_ddp_create(&d, c, m, &dc), 0);
+    size_t np = 0, nb = 0;
+    float *p = stk_model_params(m, &np), *pr = stk_model_params(ref, NULL);
+    const float *g = stk_model_grads(m, NULL), *gr = stk_model_grads(ref, NULL);
+    stk_model_buffers(m, &nb);
+    stk_comm_stats_t c0, c1;
+    double worst_g = 0, worst_b = 0;
+    for (int s = 0; s < 3; s++) {
+        stk_comm_stats(c, &c0);
+        forward(m);
+        assert_int_equal(stk_ddp_backward(d, 1), 0);
+        stk_comm_stats(c, &c1);
+        assert_int_equal(c1.allgather - c0.allgather, 2);
+        assert_int_equal(c1.allreduce - c0.allreduce, stk_ddp_num_buckets(d) + 2);
+        forward(ref);
+        assert_int_equal(stk_model_backward(ref), 0);
+        double dg = max_diff(g, gr, np);
+        if (dg > 1e-5)
+            fail_msg("step %d: gradients differ from plain batchnorm by %g", s, dg);
+        worst_g = dg > worst_g ? dg : worst_g;
+        for (size_t i = 0; i < np; i++) {
+            p[i] -= 0.1f * g[i];
+            pr[i] -= 0.1f * gr[i];
+        }
+        stk_model_zero_grad(m);
+        stk_model_zero_grad(ref);
+        double db = max_diff(stk_model_buffers(m, NULL), stk_model_buffers(ref, NULL), nb);
+        if (db > 1e-5)
+            fail_msg("step %d: running statistics differ from plain batchnorm by %g", s, db);
+        worst_b = db > worst_b ? db : worst_b;
+    }
+    print_message("sync_bn in a world of one against plain batchnorm, 3 steps: max |gradient diff| %.3g, max "
+                  "|running stats diff| %.3g (limit 1e-5)\n", worst_g, worst_b);
+    /* Eval mode: the running statistics, no collective. */
+    stk_model_set_train(m, 0);
+    stk_comm_stats(c, &c0);
+    forward(m);
+    stk_comm_stats(c, &c1);
+    assert_int_equal(c1.allgather, c0.allgather);
+    stk_model_set_train(m, 1);
+    /* Destroy takes the synchronization away with it. */
+    stk_ddp_destroy(&d);
+    stk_comm_stats(c, &c0);
+    forward(m);
+    assert_int_equal(stk_model_backward(m), 0);
+    stk_comm_stats(c, &c1);
+    assert_int_equal(c1.allgather, c0.allgather);
+    assert_int_equal(c1.allreduce, c0.allreduce);
+    stk_model_destroy(&m);
+    stk_model_destroy(&ref);
+
+    /* The CPU backend posing as a device has no synchronized batchnorm
+     * (nor has CUDA): refused, naming the backend and the layer; a model
+     * without batchnorm there takes the option (nothing to synchronize). */
+    setenv("STK_ENGINE_STAGED", "1", 1);
+    m = make_model(k_model_bn, 3);
+    expect_msg(stk_ddp_create(&d, c, m, &dc), STK_ECONFIG, "the cpu-staged backend has none (batchnorm 'bn1')");
+    assert_null(d);
+    stk_model_destroy(&m);
+    m = make_model(k_model, 3);
+    assert_int_equal(stk_ddp_create(&d, c, m, &dc), 0);
+    forward(m);
+    assert_int_equal(stk_ddp_backward(d, 1), 0);
+    stk_ddp_destroy(&d);
+    stk_model_destroy(&m);
+    unsetenv("STK_ENGINE_STAGED");
+    stk_comm_destroy(&c);
+}
+
 /* Rank 1's model has another layer width: both ranks refuse, and rank 1
  * names its tensor that is not rank 0's. */
 static int rank_other_model(int rank, int world, int port)
@@ -815,6 +925,7 @@ int main(void)
         cmocka_unit_test(test_tcp_peer_stops),
         cmocka_unit_test(test_tcp_world_mismatch),
         cmocka_unit_test(test_ddp_single),
+        cmocka_unit_test(test_ddp_sync_bn),
         cmocka_unit_test(test_ddp_layout_mismatch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,7 +6,8 @@
 # global batch (64) within 3 points; a 2-rank run whose rank 1 is killed
 # (SIGKILL) in epoch 2 resumes from rank 0's last checkpoint and ends with
 # exactly the evaluation of the uninterrupted run; resuming it as one process
-# is refused, naming the world size.
+# is refused, naming the world size; a 2-rank run with synchronized
+# batchnorm reaches the 1-process accuracy too.
 set -u
 src=/usr/share/datasets/fashion-mnist
 if [ ! -f "$src/train-images-idx3-ubyte.gz" ]; then
@@ -107,6 +108,17 @@ for e in 1 2; do
         echo "  resumed:       $got"
     fi
 done
+
+# 4. Synchronized batchnorm (sync_bn = on): the same 2-rank run reaches the
+#    1-process accuracy too, and says it synchronizes.
+launch2 --set batch_size=32 --set run_dir="$tmp/sync" --set sync_bn=on >"$tmp/sync.log" 2>&1 ||
+    { fail "2 ranks, sync_bn"; cat "$tmp/sync.log"; }
+grep -q "2 ranks (tcp, launched by torchrun), .*, synchronized batchnorm" "$tmp/sync.log" ||
+    fail "sync_bn: no data-parallel banner naming it"
+a3=$(acc "$tmp/sync/metrics.jsonl")
+echo "test accuracy after 2 epochs: 2 ranks with sync_bn $a3"
+awk -v a="$a1" -v b="$a3" 'BEGIN { d = a - b; exit !(a > 0.5 && b > 0.5 && d < 0.03 && d > -0.03) }' ||
+    fail "sync_bn: accuracies $a1 and $a3 differ by more than 3 points (or training failed)"
 
 [ $failures -eq 0 ] && echo "test_train_dist: all passed"
 exit $((failures > 0))

@@ -167,7 +167,7 @@ static int read_back(const char *dir, uint64_t want_n, const char *want_schema, 
                      void *user)
 {
     stk_shardset_t *set = NULL;
-    if (stk_shardset_open(&set, dir)) {
+    if (stk_shardset_create(&set, dir)) {
         fprintf(stderr, "open %s: %s\n", dir, stk_error_message());
         return -1;
     }
@@ -197,7 +197,7 @@ static int read_back(const char *dir, uint64_t want_n, const char *want_schema, 
     }
     free(buf);
     stk_decoder_destroy(&dec);
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
     return rc;
 }
 
@@ -574,10 +574,10 @@ static void test_cli(void)
     /* verify finds a flipped byte and names the shard and record. */
     CHECK(pack("verify", tp("c10"), NULL) == 0);
     stk_shardset_t *set = NULL;
-    CHECK(stk_shardset_open(&set, tp("c10")) == 0);
+    CHECK(stk_shardset_create(&set, tp("c10")) == 0);
     stk_record_loc_t loc;
     CHECK(stk_shardset_locate(set, 6, &loc) == 0);
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
     int fd = open(tp("c10/shard-00001.stk"), O_RDWR);
     unsigned char b = 0;
     CHECK(pread(fd, &b, 1, (off_t)(loc.offset + 9)) == 1);
@@ -621,7 +621,7 @@ static void make_set(const char *dir, uint64_t n, int64_t label0, int overwrite)
     cfg.zstd_level = 0;
     cfg.records_per_shard = 10;
     cfg.overwrite = overwrite;
-    if (stk_pack_source_arrays(&src, &s, fields, n) || stk_pack_write(src, dir, &cfg, NULL)) {
+    if (stk_pack_source_create_arrays(&src, &s, fields, n) || stk_pack_write(src, dir, &cfg, NULL)) {
         fprintf(stderr, "make_set %s: %s\n", dir, stk_error_message());
         _exit(1);
     }
@@ -637,7 +637,7 @@ static int which_set(const char *dir)
         return 0;
     }
     stk_shardset_t *set = NULL;
-    if (stk_shardset_open(&set, dir))
+    if (stk_shardset_create(&set, dir))
         return 0;
     uint64_t n = stk_shardset_len(set);
     int64_t want0 = n == OLD_N ? 0 : n == NEW_N ? 1000 : -1;
@@ -654,7 +654,7 @@ static int which_set(const char *dir)
         }
     }
     stk_decoder_destroy(&dec);
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
     return ok ? (want0 == 0 ? 1 : 2) : 0;
 }
 
@@ -725,7 +725,7 @@ static int traced_repack(const char *dir, int mode, long k, long *calls)
         cfg.zstd_level = 0;
         cfg.records_per_shard = 10;
         cfg.overwrite = 1;
-        int rc = stk_pack_source_arrays(&src, &s, fields, NEW_N);
+        int rc = stk_pack_source_create_arrays(&src, &s, fields, NEW_N);
         if (!rc)
             rc = stk_pack_write(src, dir, &cfg, NULL);
         stk_pack_source_destroy(&src);

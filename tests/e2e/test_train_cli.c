@@ -323,6 +323,8 @@ static void test_print_config(void **state)
                      "drop_last = false\n"
                      "seed = 18446744073709551615\n"
                      "clip_norm = 2.5\n"
+                     "precision = tf32\n"
+                     "loss_scale = dynamic\n"
                      "run_dir = runs/x\n"
                      "progress = off\n"
                      "cudnn = benchmark\n"
@@ -342,6 +344,11 @@ static void test_print_config(void **state)
     expect_has(out, "seed = 18446744073709551615\n");
     expect_has(out, "clip_norm = 2.5\n");
     expect_has(out, "progress = off\n");
+    expect_has(out, "precision = tf32\n");
+    expect_has(out, "cuda_graph = off\n");
+    expect_has(out, "loss_scale = dynamic\n");
+    expect_has(out, "loss_scale_init = 65536\n");
+    expect_has(out, "loss_scale_growth_interval = 2000\n");
     /* run_dir gives the outputs their default places. */
     expect_has(out, "checkpoint_dir = runs/x/checkpoints\n");
     expect_has(out, "metrics = runs/x/metrics.jsonl\n");
@@ -380,6 +387,11 @@ static void test_config_errors(void **state)
     expect_file_error("clip_norm = -1\n", "key 'clip_norm': -1 is out of range");
     expect_file_error("drop_last = maybe\n", "key 'drop_last': 'maybe' is not a boolean");
     expect_file_error("progress = sometimes\n", "key 'progress': 'sometimes' is not one of auto|on|off");
+    expect_file_error("precision = fp64\n", "key 'precision': 'fp64' is not one of fp32|tf32|bf16|fp16");
+    expect_file_error("cuda_graph = yes\n", "key 'cuda_graph': 'yes' is not one of on|off");
+    expect_file_error("loss_scale = static\n", "key 'loss_scale': 'static' is not one of auto|dynamic|off");
+    expect_file_error("loss_scale_init = 0\n", "key 'loss_scale_init': 0 is out of range");
+    expect_file_error("loss_scale_growth_interval = 0\n", "key 'loss_scale_growth_interval': 0 is out of range");
     expect_file_error("cudnn = fastest\n", "t.conf:1: key 'cudnn': 'fastest' is not one of heuristic|benchmark|deterministic");
     expect_file_error("cudnn_workspace_mb = -1\n", "key 'cudnn_workspace_mb': -1 is out of range");
     expect_file_error("train_data = a\ntest_data = b\nmodel = m\ncudnn_cache = c.cache\n",
@@ -535,7 +547,7 @@ static float *load_params(const char *dir, size_t *n, stk_ckpt_t **keep)
 {
     char path[512];
     assert_int_equal(stk_ckpt_dir_latest(dir, NULL, path, sizeof path), 0);
-    assert_int_equal(stk_ckpt_open(keep, path), 0);
+    assert_int_equal(stk_ckpt_create(keep, path), 0);
     const void *data;
     size_t len;
     assert_int_equal(stk_ckpt_find(*keep, "model", &data, &len), 0);
@@ -584,8 +596,8 @@ static void test_accumulation(void **state)
     char path[512];
     assert_int_equal(stk_ckpt_dir_latest(ck_a + 15, NULL, path, sizeof path), 0);
     expect_has(path, "ckpt-000000000002-");
-    stk_ckpt_close(&a);
-    stk_ckpt_close(&b);
+    stk_ckpt_destroy(&a);
+    stk_ckpt_destroy(&b);
 }
 
 static void expect_same_section(stk_ckpt_t *a, stk_ckpt_t *b, const char *name)
@@ -685,13 +697,13 @@ static void resume_case(const char *workers)
         expect_has(pa, "ckpt-000000000016-");
         expect_has(pb, "ckpt-000000000016-");
         stk_ckpt_t *a = NULL, *b = NULL;
-        assert_int_equal(stk_ckpt_open(&a, pa), 0);
-        assert_int_equal(stk_ckpt_open(&b, pb), 0);
+        assert_int_equal(stk_ckpt_create(&a, pa), 0);
+        assert_int_equal(stk_ckpt_create(&b, pb), 0);
         expect_same_section(a, b, "model");
         expect_same_section(a, b, "optimizer");
         expect_same_section(a, b, "scheduler");
-        stk_ckpt_close(&a);
-        stk_ckpt_close(&b);
+        stk_ckpt_destroy(&a);
+        stk_ckpt_destroy(&b);
     }
 }
 
@@ -879,6 +891,48 @@ static void test_short_and_diverging(void **state)
     if (rc != 1)
         fail_msg("diverging run: exit %d (expected 1): %s", rc, err);
     expect_has(err, "diverged");
+}
+
+/* Precision and loss scaling on the CPU: bf16 and fp16 refused naming the
+ * key; tf32 runs as fp32 and says so; dynamic loss scaling (powers of two,
+ * no overflow) trains to the same parameters as none. */
+static void test_precision(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_TOOL();
+    expect_setup_error("--set: key 'precision'", "--set", "precision=bf16", NULL);
+    expect_setup_error("the CPU backend computes in fp32 only", "--set", "precision=fp16", NULL);
+    char conf[128], err[8192], out[8192], ck[2][192];
+    conf_path(conf, sizeof conf);
+    for (int k = 0; k < 2; k++) {
+        snprintf(ck[k], sizeof ck[k], "checkpoint_dir=%s/prec%d", tmpdir, k);
+        int rc = k ? run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", ck[k], "--set", "epochs=1", "--set",
+                                  "precision=tf32", "--set", "loss_scale=dynamic", "--set", "cuda_graph=on", "--json",
+                                  NULL)
+                   : run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", ck[k], "--set", "epochs=1", "--json",
+                                  NULL);
+        if (rc)
+            fail_msg("exit %d: %s", rc, err);
+        if (k == 0) {
+            expect_has(out, "precision: fp32; cuda graph: off (not a GPU); loss scaling: off\n");
+            expect_has(out, "\"precision\":\"fp32\",\"cuda_graph\":false,\"loss_scaling\":false,\"skipped_steps\":0}");
+        } else {
+            expect_has(out, "precision: fp32 (tf32 asked; this device computes it as fp32); cuda graph: off (not a GPU); "
+                            "loss scaling: dynamic, last scale 65536, 0 steps skipped\n");
+            expect_has(out, "\"loss_scaling\":true,\"skipped_steps\":0}");
+        }
+    }
+    size_t n0, n1;
+    stk_ckpt_t *c0 = NULL, *c1 = NULL;
+    char dir[192];
+    snprintf(dir, sizeof dir, "%s/prec0", tmpdir);
+    const float *p0 = load_params(dir, &n0, &c0);
+    snprintf(dir, sizeof dir, "%s/prec1", tmpdir);
+    const float *p1 = load_params(dir, &n1, &c1);
+    assert_int_equal(n0, n1);
+    assert_memory_equal(p0, p1, n0 * sizeof *p0);
+    stk_ckpt_destroy(&c0);
+    stk_ckpt_destroy(&c1);
 }
 
 /* Pids of the processes whose parent is ppid. */
@@ -1109,6 +1163,7 @@ int main(void)
         cmocka_unit_test(test_bad_checkpoints),
         cmocka_unit_test(test_run_identity),
         cmocka_unit_test(test_short_and_diverging),
+        cmocka_unit_test(test_precision),
         cmocka_unit_test(test_stopped_workers),
         cmocka_unit_test(test_signal_threads),
         cmocka_unit_test(test_group_sigterm),

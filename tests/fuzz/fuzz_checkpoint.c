@@ -26,7 +26,7 @@ static void open_all(void)
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", memfd);
     stk_ckpt_t *ck = NULL;
-    if (stk_ckpt_open(&ck, path) != 0)
+    if (stk_ckpt_create(&ck, path) != 0)
         return;
     uint64_t sum = 0;
     for (size_t i = 0; i < stk_ckpt_num_sections(ck); i++) {
@@ -42,7 +42,7 @@ static void open_all(void)
     stk_train_state_t st;
     if (stk__train_state_read(ck, &st) == 0)
         stk_train_state_clear(&st);
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
 }
 
 static void load(const uint8_t *data, size_t size)

@@ -24,7 +24,7 @@ static int memfd = -1;
 static void read_all_records(const char *path)
 {
     stk_shardset_t *set = NULL;
-    if (stk_shardset_open(&set, path) != 0)
+    if (stk_shardset_create(&set, path) != 0)
         return;
     /* Exercise the accessors on whatever opened. */
     (void)stk_shardset_schema(set);
@@ -48,7 +48,7 @@ static void read_all_records(const char *path)
         free(buf);
         stk_decoder_destroy(&dec);
     }
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
 }
 
 static void run(const uint8_t *data, size_t size)

@@ -44,12 +44,12 @@ static void expect_canonical(const char *spec, const stk_image_desc_t *in, const
 {
     stk_augment_t *a = NULL, *b = NULL;
     char t1[512], t2[512];
-    int rc = stk_augment_create(&a, spec, in);
+    int rc = stk_augment_create(&a, spec, in, 0);
     if (rc)
         fail_msg("create '%s': %s", spec, stk_error_message());
     assert_int_equal(stk_augment_format(a, t1, sizeof t1), 0);
     assert_string_equal(t1, want);
-    assert_int_equal(stk_augment_create(&b, t1, in), 0);
+    assert_int_equal(stk_augment_create(&b, t1, in, 0), 0);
     assert_int_equal(stk_augment_format(b, t2, sizeof t2), 0);
     assert_string_equal(t1, t2);
     stk_augment_destroy(&a);
@@ -81,7 +81,7 @@ static void test_format_fixed_point(void **state)
 
     stk_augment_t *a = NULL;
     char small[8];
-    assert_int_equal(stk_augment_create(&a, "crop:28,pad=2|hflip", &gray28), 0);
+    assert_int_equal(stk_augment_create(&a, "crop:28,pad=2|hflip", &gray28, 0), 0);
     assert_int_equal(stk_augment_format(a, small, sizeof small), -ENOSPC);
     assert_string_equal(small, "crop:28");
     assert_non_null(strstr(stk_error_message(), "20 bytes"));
@@ -95,7 +95,7 @@ static void expect_bad(const char *spec, const stk_image_desc_t *in, const char 
 {
     stk_augment_t *a = (stk_augment_t *)&a;
     stk_error_clear();
-    int rc = stk_augment_create(&a, spec, in);
+    int rc = stk_augment_create(&a, spec, in, 0);
     if (rc != STK_ECONFIG)
         fail_msg("'%s': rc %d (%s), want STK_ECONFIG", spec, rc, stk_error_message());
     assert_null(a);
@@ -150,17 +150,17 @@ static void test_bad_specs(void **state)
     stk_augment_t *a = NULL;
     stk_image_desc_t bad = gray28;
     bad.dtype = STK_DTYPE_F32;
-    assert_int_equal(stk_augment_create(&a, "hflip", &bad), -EINVAL);
+    assert_int_equal(stk_augment_create(&a, "hflip", &bad, 0), -EINVAL);
     bad = gray28;
     bad.h = 0;
-    assert_int_equal(stk_augment_create(&a, "hflip", &bad), -EINVAL);
+    assert_int_equal(stk_augment_create(&a, "hflip", &bad, 0), -EINVAL);
     bad = gray28;
     bad.layout = (stk_layout_t)7;
-    assert_int_equal(stk_augment_create(&a, "hflip", &bad), -EINVAL);
-    assert_int_equal(stk_augment_create(NULL, "hflip", &gray28), -EINVAL);
-    assert_int_equal(stk_augment_create(&a, NULL, &gray28), -EINVAL);
-    assert_int_equal(stk_augment_create_ex(&a, "hflip", &gray28, 0x80), -EINVAL);
-    assert_int_equal(stk_augment_create(&a, "hflip", &gray28), 0);
+    assert_int_equal(stk_augment_create(&a, "hflip", &bad, 0), -EINVAL);
+    assert_int_equal(stk_augment_create(NULL, "hflip", &gray28, 0), -EINVAL);
+    assert_int_equal(stk_augment_create(&a, NULL, &gray28, 0), -EINVAL);
+    assert_int_equal(stk_augment_create(&a, "hflip", &gray28, 0x80), -EINVAL);
+    assert_int_equal(stk_augment_create(&a, "hflip", &gray28, 0), 0);
     uint8_t img[784], out[784];
     assert_int_equal(stk_augment_apply(a, NULL, out, NULL, 1, 0, 0), -EINVAL);
     assert_int_equal(stk_augment_apply(a, img, NULL, NULL, 1, 0, 0), -EINVAL);
@@ -176,7 +176,7 @@ static void test_bad_specs(void **state)
                                                "0.4851/0.4561/0.4061/0.4851,std=0.2291/0.2241/"
                                                "0.2251/0.2291/0.2241/0.2251/0.2291/0.2241/0.2251/"
                                                "0.2291/0.2241/0.2251/0.2291/0.2241/0.2251/0.2291",
-                                       &d16),
+                                       &d16, 0),
                      0);
     stk_augment_destroy(&wide);
     stk_augment_destroy(&a);
@@ -218,7 +218,7 @@ static void test_random_specs(void **state)
         }
         stk_augment_t *a = NULL;
         stk_error_clear();
-        int rc = stk_augment_create(&a, spec, &rgb32);
+        int rc = stk_augment_create(&a, spec, &rgb32, 0);
         if (rc) {
             assert_int_equal(rc, STK_ECONFIG);
             assert_true(strlen(stk_error_message()) > 10);
@@ -228,7 +228,7 @@ static void test_random_specs(void **state)
         char t1[1024], t2[1024];
         stk_augment_t *b = NULL;
         assert_int_equal(stk_augment_format(a, t1, sizeof t1), 0);
-        if (stk_augment_create(&b, t1, &rgb32))
+        if (stk_augment_create(&b, t1, &rgb32, 0))
             fail_msg("'%s' -> '%s' does not parse: %s", spec, t1, stk_error_message());
         assert_int_equal(stk_augment_format(b, t2, sizeof t2), 0);
         assert_string_equal(t1, t2);
@@ -539,7 +539,7 @@ static void test_pipeline_vs_torchvision(void **state)
                               STK_LAYOUT_CHW};
         snprintf(spec, sizeof spec, "centercrop:%dx%d", p[3], p[4]);
         stk_augment_t *a;
-        assert_int_equal(stk_augment_create(&a, spec, &d), 0);
+        assert_int_equal(stk_augment_create(&a, spec, &d, 0), 0);
         assert_int_equal(stk_augment_output_bytes(a), out_len);
         uint8_t *got = malloc(out_len);
         assert_int_equal(stk_augment_apply(a, in, got, NULL, 0, 0, 0), 0);
@@ -594,7 +594,7 @@ static void test_pipeline_vs_torchvision(void **state)
             n += snprintf(spec + n, sizeof spec - (size_t)n, "%s%g", ch ? "/" : "",
                           p[3 + p[0] + ch] / 1e6);
         stk_augment_t *a;
-        assert_int_equal(stk_augment_create(&a, spec, &d), 0);
+        assert_int_equal(stk_augment_create(&a, spec, &d, 0), 0);
         assert_int_equal(stk_augment_output_bytes(a), out_len);
         float *got = malloc(out_len), *ref = malloc(out_len);
         memcpy(ref, want, out_len);
@@ -620,7 +620,7 @@ static void test_same_key_same_output(void **state)
 {
     (void)state;
     stk_augment_t *a;
-    assert_int_equal(stk_augment_create(&a, rich, &rgb32), 0);
+    assert_int_equal(stk_augment_create(&a, rich, &rgb32, 0), 0);
     size_t ob = stk_augment_output_bytes(a), sb = stk_augment_scratch_bytes(a);
     assert_int_equal(ob, 3 * 24 * 24 * 4);
     uint8_t img[3 * 32 * 32];
@@ -672,7 +672,7 @@ static void test_any_worker_any_order(void **state)
 {
     (void)state;
     stk_augment_t *a;
-    assert_int_equal(stk_augment_create(&a, rich, &rgb32), 0);
+    assert_int_equal(stk_augment_create(&a, rich, &rgb32, 0), 0);
     size_t ob = stk_augment_output_bytes(a);
     uint8_t img[3 * 32 * 32];
     fill_random(img, sizeof img, 12);
@@ -700,7 +700,7 @@ static void test_draws_uniform(void **state)
     (void)state;
     const stk_image_desc_t d = {1, 8, 8, STK_DTYPE_U8, STK_LAYOUT_CHW};
     stk_augment_t *a;
-    assert_int_equal(stk_augment_create(&a, "crop:8,pad=2|hflip|vflip:p=0.25", &d), 0);
+    assert_int_equal(stk_augment_create(&a, "crop:8,pad=2|hflip|vflip:p=0.25", &d, 0), 0);
     assert_int_equal(stk_augment_pass_count(a), 1);
     uint8_t img[64], out[64];
     for (int i = 0; i < 64; i++)
@@ -743,8 +743,8 @@ static void test_rot_cutout_uniform(void **state)
     (void)state;
     const stk_image_desc_t d = {1, 8, 8, STK_DTYPE_U8, STK_LAYOUT_CHW};
     stk_augment_t *rot, *cut;
-    assert_int_equal(stk_augment_create(&rot, "rot90", &d), 0);
-    assert_int_equal(stk_augment_create(&cut, "cutout:1", &d), 0);
+    assert_int_equal(stk_augment_create(&rot, "rot90", &d, 0), 0);
+    assert_int_equal(stk_augment_create(&cut, "cutout:1", &d, 0), 0);
     uint8_t img[64], out[64];
     for (int i = 0; i < 64; i++)
         img[i] = (uint8_t)(1 + i);
@@ -783,8 +783,8 @@ static void test_rot_cutout_uniform(void **state)
 static void expect_fused_equal(const char *spec, const stk_image_desc_t *d, size_t fused_passes)
 {
     stk_augment_t *f, *u;
-    assert_int_equal(stk_augment_create(&f, spec, d), 0);
-    assert_int_equal(stk_augment_create_ex(&u, spec, d, STK_AUGMENT_NO_FUSE), 0);
+    assert_int_equal(stk_augment_create(&f, spec, d, 0), 0);
+    assert_int_equal(stk_augment_create(&u, spec, d, STK_AUGMENT_NO_FUSE), 0);
     assert_int_equal(stk_augment_pass_count(f), fused_passes);
     assert_true(stk_augment_pass_count(u) >= fused_passes);
     size_t ob = stk_augment_output_bytes(f), ib = (size_t)d->c * d->h * d->w;
@@ -837,8 +837,8 @@ static void test_layouts_and_identity(void **state)
     const char *specs[] = {"", "hflip", "crop:24,pad=2|hflip|vflip|rot90:k=1"};
     for (size_t k = 0; k < 3; k++) {
         stk_augment_t *a, *b;
-        assert_int_equal(stk_augment_create(&a, specs[k], &rgb32), 0);
-        assert_int_equal(stk_augment_create(&b, specs[k], &hwc), 0);
+        assert_int_equal(stk_augment_create(&a, specs[k], &rgb32, 0), 0);
+        assert_int_equal(stk_augment_create(&b, specs[k], &hwc, 0), 0);
         stk_image_desc_t od;
         stk_augment_output(b, &od);
         assert_int_equal(od.layout, STK_LAYOUT_CHW);
@@ -860,7 +860,7 @@ static void test_layouts_and_identity(void **state)
     stk_augment_t *a;
     stk_image_desc_t od;
     assert_int_equal(stk_augment_create(&a, "resize:40x30|rot90:k=1|centercrop:20|"
-                                            "normalize:mean=0,std=1,dtype=f16", &rgb32), 0);
+                                            "normalize:mean=0,std=1,dtype=f16", &rgb32, 0), 0);
     stk_augment_output(a, &od);
     assert_int_equal(od.c, 3);
     assert_int_equal(od.h, 20);
@@ -880,7 +880,8 @@ static void test_mix(void **state)
     int64_t labels[N] = {0, 2, 1, 2};
     for (int i = 0; i < N * IMG; i++)
         in[i] = (float)(i / IMG) * 100.0f + (float)(i % IMG); /* distinct everywhere */
-    stk_mix_config_t cfg = stk_mix_config_default();
+    stk_augment_mix_config_t cfg;
+    stk_augment_mix_config_default(&cfg);
     cfg.mixup_alpha = 0.4f;
     assert_int_equal(stk_augment_mix_batch(&cfg, in, out, N, C, H, W, labels, K, soft, 1, 0, 3, &lam), 0);
     assert_true(lam >= 0 && lam <= 1);
@@ -943,7 +944,8 @@ static void test_mix(void **state)
 
     /* Beta(a, a) has mean 1/2: over 2000 batches the mean lambda lies within
      * 0.03 of it (sd of the mean ~0.008 for a = 0.4). */
-    stk_mix_config_t m = stk_mix_config_default();
+    stk_augment_mix_config_t m;
+    stk_augment_mix_config_default(&m);
     m.mixup_alpha = 0.4f;
     double mean = 0;
     for (uint64_t b = 0; b < 2000; b++) {
@@ -959,10 +961,10 @@ static void test_mix(void **state)
     assert_non_null(strstr(stk_error_message(), "label 3 of sample 1"));
     m.prob = 2;
     assert_int_equal(stk_augment_mix_batch(&m, in, out, N, C, H, W, labels, K, soft, 1, 0, 0, NULL), STK_ECONFIG);
-    m = stk_mix_config_default();
+    stk_augment_mix_config_default(&m);
     m.mixup_alpha = -1;
     assert_int_equal(stk_augment_mix_batch(&m, in, out, N, C, H, W, labels, K, soft, 1, 0, 0, NULL), STK_ECONFIG);
-    m = stk_mix_config_default();
+    stk_augment_mix_config_default(&m);
     assert_int_equal(stk_augment_mix_batch(&m, in, in, N, C, H, W, labels, K, soft, 1, 0, 0, NULL), -EINVAL);
     assert_int_equal(stk_augment_mix_batch(NULL, in, out, N, C, H, W, labels, K, soft, 1, 0, 0, NULL), -EINVAL);
     assert_int_equal(stk_augment_mix_batch(&m, in, out, 0, C, H, W, labels, K, soft, 1, 0, 0, NULL), -EINVAL);

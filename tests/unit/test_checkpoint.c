@@ -102,7 +102,7 @@ static void test_roundtrip(void **state)
     assert_int_equal(file_size(path) % 64, 0);
 
     stk_ckpt_t *ck = NULL;
-    assert_int_equal(stk_ckpt_open(&ck, path), 0);
+    assert_int_equal(stk_ckpt_create(&ck, path), 0);
     assert_int_equal(stk_ckpt_num_sections(ck), 3);
     assert_string_equal(stk_ckpt_path(ck), path);
     const char *name;
@@ -111,7 +111,7 @@ static void test_roundtrip(void **state)
     assert_int_equal(stk_ckpt_section_at(ck, 0, &name, &data, &len), 0);
     assert_string_equal(name, "meta");
     assert_string_equal((const char *)data, "step=7\nepoch=1\n");
-    assert_int_equal(stk_ckpt_section_at(ck, 3, &name, &data, &len), -EINVAL);
+    assert_int_equal(stk_ckpt_section_at(ck, 3, &name, &data, &len), -ERANGE);
     float params[100];
     assert_int_equal(stk_ckpt_read(ck, "params", params, sizeof params), 0);
     for (int i = 0; i < 100; i++)
@@ -122,18 +122,18 @@ static void test_roundtrip(void **state)
     assert_non_null(strstr(stk_error_message(), "'nope'"));
     assert_int_equal(stk_ckpt_read(ck, "params", params, 4 * 99), STK_ESHAPE);
     assert_non_null(strstr(stk_error_message(), "400 bytes, expected 396"));
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
     assert_null(ck);
-    stk_ckpt_close(&ck);
-    stk_ckpt_close(NULL);
+    stk_ckpt_destroy(&ck);
+    stk_ckpt_destroy(NULL);
 
     /* Saving again over the same path replaces it. */
     int v = 42;
     stk_ckpt_section_t one = {"x", &v, sizeof v};
     assert_int_equal(stk_ckpt_save(path, &one, 1), 0);
-    assert_int_equal(stk_ckpt_open(&ck, path), 0);
+    assert_int_equal(stk_ckpt_create(&ck, path), 0);
     assert_int_equal(stk_ckpt_num_sections(ck), 1);
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
 }
 
 static void test_save_errors(void **state)
@@ -162,7 +162,7 @@ static void test_save_errors(void **state)
 static void expect_open_error(const char *path, int code, const char *needle)
 {
     stk_ckpt_t *ck = (stk_ckpt_t *)(uintptr_t)1;
-    assert_int_equal(stk_ckpt_open(&ck, path), code);
+    assert_int_equal(stk_ckpt_create(&ck, path), code);
     assert_null(ck);
     if (!strstr(stk_error_message(), needle))
         fail_msg("message '%s' lacks '%s'", stk_error_message(), needle);
@@ -267,13 +267,13 @@ static void test_dir_keep_last(void **state)
     assert_int_equal(count_files(dir, "notes.txt"), 1);
     assert_int_equal(stk_ckpt_dir_latest(dir, NULL, latest, sizeof latest), 0);
     assert_string_equal(latest, path);
-    assert_int_equal(stk_ckpt_dir_latest(dir, NULL, latest, 8), -ENAMETOOLONG);
+    assert_int_equal(stk_ckpt_dir_latest(dir, NULL, latest, 8), -ENOSPC);
     stk_ckpt_t *ck = NULL;
-    assert_int_equal(stk_ckpt_open(&ck, path), 0);
+    assert_int_equal(stk_ckpt_create(&ck, path), 0);
     uint64_t v = 0;
     assert_int_equal(stk_ckpt_read(ck, "v", &v, sizeof v), 0);
     assert_int_equal(v, 500);
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
     /* keep_last 0 keeps everything. */
     stk_ckpt_section_t s = {"v", &v, sizeof v};
     assert_int_equal(stk_ckpt_dir_save(dir, NULL, 60, &s, 1, 0, NULL, 0), 0);
@@ -306,11 +306,11 @@ static void test_dir_two_runs(void **state)
     assert_int_equal(stk_ckpt_dir_latest(dir, "Run_B", latest, sizeof latest), 0);
     assert_non_null(strstr(latest, "ckpt-000000000040-Run_B.stkc"));
     stk_ckpt_t *ck = NULL;
-    assert_int_equal(stk_ckpt_open(&ck, latest), 0);
+    assert_int_equal(stk_ckpt_create(&ck, latest), 0);
     uint64_t v = 0;
     assert_int_equal(stk_ckpt_read(ck, "v", &v, sizeof v), 0);
     assert_int_equal(v, 2004);
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
     assert_int_equal(stk_ckpt_dir_latest(dir, "a1b2", latest, sizeof latest), 0);
     assert_non_null(strstr(latest, "ckpt-000000000400-a1b2.stkc"));
     /* "The newest" of a mixed folder is refused, naming both runs. */
@@ -415,7 +415,7 @@ static void test_kill_during_save(void **state)
         char latest[700];
         assert_int_equal(stk_ckpt_dir_latest(sub, "run1", latest, sizeof latest), 0);
         stk_ckpt_t *ck = NULL;
-        int rc = stk_ckpt_open(&ck, latest);
+        int rc = stk_ckpt_create(&ck, latest);
         if (rc)
             fail_msg("latest checkpoint %s does not load: %s", latest, stk_error_message());
         uint64_t step;
@@ -427,7 +427,7 @@ static void test_kill_during_save(void **state)
         assert_int_equal(len, 4u << 20);
         for (size_t i = 0; i < len / 4; i += 4099)
             assert_int_equal(big[i], (uint32_t)(step * 2654435761u + i));
-        stk_ckpt_close(&ck);
+        stk_ckpt_destroy(&ck);
         /* The next save cleans the dead writer's temporary file. */
         uint64_t v = 1;
         stk_ckpt_section_t s = {"step", &v, sizeof v};

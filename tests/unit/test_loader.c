@@ -1858,8 +1858,8 @@ static void test_io_resolve(void **state)
     assert_int_equal(stk__io_resolve(STK_IO_MMAP, &got), 0);
     assert_int_equal(got, STK_IO_MMAP);
     stk_dataset_t *ds = NULL;
-    stk_shard_dataset_config_t sc;
-    stk_shard_dataset_config_default(&sc);
+    stk_dataset_shard_config_t sc;
+    stk_dataset_shard_config_default(&sc);
     sc.io = (stk_io_mode_t)42;
     assert_int_equal(stk_dataset_shard_create(&ds, "/nonexistent", &sc), STK_ECONFIG);
     sc.io = STK_IO_PREAD;
@@ -1898,10 +1898,10 @@ static void locate_record(const char *dir, uint64_t index, stk_record_loc_t *loc
                           size_t cap)
 {
     stk_shardset_t *set = NULL;
-    assert_int_equal(stk_shardset_open(&set, dir), 0);
+    assert_int_equal(stk_shardset_create(&set, dir), 0);
     assert_int_equal(stk_shardset_locate(set, index, loc), 0);
     snprintf(path, cap, "%s", stk_shardset_shard_path(set, loc->shard));
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
 }
 
 static void rm_rf(const char *dir)
@@ -1920,7 +1920,7 @@ static void test_shardset_export(void **state)
     assert_non_null(mkdtemp(zdir));
     write_shards(zdir, 3);
     stk_shardset_t *set = NULL, *imp = NULL;
-    assert_int_equal(stk_shardset_open(&set, zdir), 0);
+    assert_int_equal(stk_shardset_create(&set, zdir), 0);
     size_t n = stk__shardset_export_size(set);
     unsigned char *blob = malloc(n);
     assert_non_null(blob);
@@ -1952,7 +1952,7 @@ static void test_shardset_export(void **state)
     assert_int_equal(ia.stored_bytes, ib.stored_bytes);
     assert_int_equal(ia.zstd_level, ib.zstd_level);
     stk_decoder_destroy(&dec);
-    stk_shardset_close(&imp);
+    stk_shardset_destroy(&imp);
     /* Malformed: short, wrong length, bad magic, a path without its NUL. */
     assert_int_equal(stk__shardset_import(&imp, blob, 8), STK_EDATA);
     assert_int_equal(stk__shardset_import(&imp, blob, n - 8), STK_EDATA);
@@ -1982,7 +1982,7 @@ static void test_shardset_export(void **state)
     assert_int_equal(stk__shardset_import(&imp, blob, n), -ENOENT);
     free(buf);
     free(blob);
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
     rm_rf(zdir);
 }
 
@@ -2170,9 +2170,9 @@ static void test_shard_dataset(void **state)
     write_shards(dir, 0);
     write_shards(zdir, 3); /* compressed: decoded into a buffer, not in place */
     stk_shardset_t *zset = NULL;
-    assert_int_equal(stk_shardset_open(&zset, zdir), 0);
+    assert_int_equal(stk_shardset_create(&zset, zdir), 0);
     assert_true(stk_shardset_max_stored(zset) < stk_shardset_max_raw(zset));
-    stk_shardset_close(&zset);
+    stk_shardset_destroy(&zset);
 
     stk_dataset_t *mem = make_mem_ds(300);
     stk_loader_config_t c = base_cfg(0, 2);
@@ -2182,8 +2182,8 @@ static void test_shard_dataset(void **state)
     run_t ref = run_epochs(mem, &c, 2);
     stk_dataset_destroy(&mem);
     for (int io = 1; io <= 6; io++) {
-        stk_shard_dataset_config_t sc2;
-        stk_shard_dataset_config_default(&sc2);
+        stk_dataset_shard_config_t sc2;
+        stk_dataset_shard_config_default(&sc2);
         sc2.io = (stk_io_mode_t)(io > 3 ? io - 3 : io);
         sc2.max_batch = 5; /* batches of 16 go in chunks */
         stk_dataset_t *ds = NULL;

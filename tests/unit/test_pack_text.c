@@ -105,7 +105,7 @@ static void read_all(const char *path, int64_t want_records, const int64_t *cons
                      stk_dtype_t dtype)
 {
     stk_shardset_t *set = NULL;
-    if (stk_shardset_open(&set, path))
+    if (stk_shardset_create(&set, path))
         fail_msg("%s", stk_error_message());
     assert_int_equal(stk_shardset_len(set), want_records);
     const stk_schema_t *s = stk_shardset_schema(set);
@@ -128,7 +128,7 @@ static void read_all(const char *path, int64_t want_records, const int64_t *cons
         }
     }
     stk_decoder_destroy(&dec);
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
 }
 
 static void test_bytes(void **state)
@@ -308,7 +308,7 @@ static void test_npy_sequences(void **state)
     assert_int_equal(run_tool((const char *[]){"npy", tp("seq.npy"), tp("lab.npy"), "-o", tp("seq"), "-q", NULL}),
                      0);
     stk_shardset_t *set = NULL;
-    assert_int_equal(stk_shardset_open(&set, tp("seq")), 0);
+    assert_int_equal(stk_shardset_create(&set, tp("seq")), 0);
     const stk_schema_t *s = stk_shardset_schema(set);
     assert_int_equal(s->nfields, 2);
     assert_int_equal(s->fields[0].dtype, STK_DTYPE_F32);
@@ -325,7 +325,7 @@ static void test_npy_sequences(void **state)
         assert_int_equal(*(const int64_t *)rec.data[1], y[i]);
     }
     stk_decoder_destroy(&dec);
-    stk_shardset_close(&set);
+    stk_shardset_destroy(&set);
 }
 
 int main(void)

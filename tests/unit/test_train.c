@@ -8,6 +8,7 @@
  * the parameters of an uninterrupted run. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -483,6 +484,211 @@ static void test_clip_grad_norm(void **state)
     stk_dataset_destroy(&ds);
 }
 
+/* ---- dynamic loss scaling ------------------------------------------------- */
+
+static void test_loss_scaler(void **state)
+{
+    (void)state;
+    stk_loss_scaler_config_t c;
+    stk_loss_scaler_config_default(&c);
+    assert_true(c.init_scale == 65536 && c.growth_factor == 2 && c.backoff_factor == 0.5 &&
+                c.growth_interval == 2000);
+    stk_loss_scaler_t *s = NULL;
+    /* Bad settings are refused, naming the field. */
+    static const struct {
+        double init, growth, backoff;
+        uint32_t interval;
+        const char *field;
+    } bad[] = {{0, 2, 0.5, 10, "init_scale"},    {NAN, 2, 0.5, 10, "init_scale"},
+               {1e39, 2, 0.5, 10, "init_scale"}, {8, 1, 0.5, 10, "growth_factor"},
+               {8, INFINITY, 0.5, 10, "growth_factor"}, {8, 2, 1, 10, "backoff_factor"},
+               {8, 2, 0, 10, "backoff_factor"},  {8, 2, 0.5, 0, "growth_interval"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        stk_loss_scaler_config_t b = {bad[i].init, bad[i].growth, bad[i].backoff, bad[i].interval};
+        assert_int_equal(stk_loss_scaler_create(&s, &b), STK_ECONFIG);
+        assert_null(s);
+        expect_msg(bad[i].field);
+    }
+    /* Growth after growth_interval clean steps in a row; an overflow
+     * skips, halves and restarts the count. */
+    c.init_scale = 1024;
+    c.growth_interval = 3;
+    assert_int_equal(stk_loss_scaler_create(&s, &c), 0);
+    assert_true(stk_loss_scaler_scale(s) == 1024.0f);
+    assert_int_equal(stk_loss_scaler_update(s, 0), 0);
+    assert_int_equal(stk_loss_scaler_update(s, 0), 0);
+    assert_true(stk_loss_scaler_scale(s) == 1024.0f);
+    assert_int_equal(stk_loss_scaler_update(s, 0), 0);
+    assert_true(stk_loss_scaler_scale(s) == 2048.0f);
+    assert_int_equal(stk_loss_scaler_update(s, 0), 0);
+    assert_int_equal(stk_loss_scaler_update(s, 0), 0);
+    assert_int_equal(stk_loss_scaler_update(s, 1), 1);
+    assert_true(stk_loss_scaler_scale(s) == 1024.0f);
+    assert_int_equal(stk_loss_scaler_skipped(s), 1);
+    assert_int_equal(stk_loss_scaler_update(s, 0), 0);
+    assert_int_equal(stk_loss_scaler_update(s, 0), 0);
+    assert_true(stk_loss_scaler_scale(s) == 1024.0f);
+    assert_int_equal(stk_loss_scaler_update(s, 0), 0);
+    assert_true(stk_loss_scaler_scale(s) == 2048.0f);
+    assert_int_equal(stk_loss_scaler_update(s, 1), 1);
+    assert_int_equal(stk_loss_scaler_update(s, 1), 1);
+    assert_true(stk_loss_scaler_scale(s) == 512.0f);
+    assert_int_equal(stk_loss_scaler_skipped(s), 3);
+    stk_loss_scaler_destroy(&s);
+    assert_null(s);
+    /* The scale neither grows past the largest float nor shrinks to 0. */
+    c.init_scale = FLT_MAX;
+    c.growth_interval = 1;
+    assert_int_equal(stk_loss_scaler_create(&s, &c), 0);
+    assert_int_equal(stk_loss_scaler_update(s, 0), 0);
+    assert_true(stk_loss_scaler_scale(s) == FLT_MAX);
+    for (int i = 0; i < 400; i++)
+        assert_int_equal(stk_loss_scaler_update(s, 1), 1);
+    assert_true(stk_loss_scaler_scale(s) > 0);
+    stk_loss_scaler_destroy(&s);
+    stk_loss_scaler_destroy(NULL);
+}
+
+/* A stepper with loss scaling against one without: with scales that are
+ * powers of two every gradient is scaled and unscaled exactly, so the
+ * parameters are the same bits, through accumulation, a short last group,
+ * batchnorm and dropout, while the scale grows. */
+static void test_stepper_loss_scaling_exact(void **state)
+{
+    (void)state;
+    stk_dataset_t *ds = make_dataset(NSAMP, 3, UINT64_MAX, STK_DTYPE_I64);
+    stk_train_inputs_t *in = make_inputs("normalize:mean=0.3,std=0.3");
+    stk_model_t *m[2] = {make_model(model_text, BATCH), make_model(model_text, BATCH)};
+    stk_optim_t *o[2];
+    stk_sched_t *sc[2];
+    stk_train_stepper_t *s[2] = {NULL, NULL};
+    stk_loader_t *l = make_loader(ds, BATCH, 0, 1, NULL);
+    for (int k = 0; k < 2; k++) {
+        make_opt(m[k], 6, &o[k], &sc[k]);
+        stk_train_stepper_config_t c;
+        stk_train_stepper_config_default(&c);
+        c.accum_steps = ACCUM;
+        c.batches_per_epoch = stk_loader_len(l);
+        if (k == 1) {
+            stk_loss_scaler_config_default(&c.loss_scaling);
+            c.loss_scaling.growth_interval = 2;
+        }
+        assert_int_equal(stk_train_stepper_create(&s[k], m[k], o[k], sc[k], &c), 0);
+    }
+    float last_scale = 0;
+    for (int e = 0; e < 2; e++) {
+        assert_int_equal(stk_loader_set_epoch(l, (uint64_t)e), 0);
+        stk_batch_t b;
+        while (stk_loader_next(l, &b) == 0) {
+            stk_tensor_t x, y;
+            assert_int_equal(stk_train_inputs_get(in, &b, &x, &y), 0);
+            for (int k = 0; k < 2; k++) {
+                stk_train_step_metrics_t mm;
+                assert_int_equal(stk_train_stepper_step(s[k], &x, &y, b.number, &mm), 0);
+                assert_int_equal(mm.skipped, 0);
+                if (k == 0)
+                    assert_true(mm.loss_scale == 1.0f);
+                else
+                    last_scale = mm.loss_scale;
+            }
+            stk_loader_release(l, &b);
+        }
+    }
+    /* 6 clean steps, growth every 2: 2^16 grew three times (the last
+     * micro-batch ran at the scale before the third growth). */
+    assert_true(last_scale == 131072.0f * 2);
+    size_t n;
+    const float *p0 = stk_model_params(m[0], &n);
+    expect_same_floats(p0, stk_model_params(m[1], NULL), n, "parameters with and without loss scaling");
+    for (int k = 0; k < 2; k++) {
+        stk_train_stepper_destroy(&s[k]);
+        stk_sched_destroy(&sc[k]);
+        stk_optim_destroy(&o[k]);
+        stk_model_destroy(&m[k]);
+    }
+    stk_loader_destroy(&l);
+    stk_train_inputs_destroy(&in);
+    stk_dataset_destroy(&ds);
+}
+
+/* An injected overflow: one sample with a huge pixel makes a weight
+ * gradient of ~1e34, finite in FP32 but not once multiplied by 2^16. The
+ * loss itself is finite, so only loss scaling's check can catch it: the
+ * step is skipped (parameters and optimizer state untouched), the scale
+ * halves, and the next batch steps as a fresh model's first step would. */
+static void test_stepper_loss_scaling_overflow(void **state)
+{
+    (void)state;
+    static const char text[] = "input shape=1,2,2\n"
+                               "flatten\n"
+                               "linear name=fc out=3\n"
+                               "cross_entropy\n";
+    enum { N = 8, F = 4 };
+    float xs[N * F], huge[N * F];
+    int64_t ys[N];
+    for (int i = 0; i < N; i++) {
+        ys[i] = i % 3;
+        for (int j = 0; j < F; j++)
+            xs[i * F + j] = (float)((i * 7 + j * 3) % 11) / 11.0f - 0.5f;
+    }
+    memcpy(huge, xs, sizeof xs);
+    huge[0] = 1e35f;
+    int64_t xshape[2] = {N, F}, yshape[1] = {N};
+    stk_tensor_t x = {0}, xh = {0}, y = {0};
+    assert_int_equal(stk_tensor_init(&x, xs, STK_DTYPE_F32, 2, xshape), 0);
+    assert_int_equal(stk_tensor_init(&xh, huge, STK_DTYPE_F32, 2, xshape), 0);
+    assert_int_equal(stk_tensor_init(&y, ys, STK_DTYPE_I64, 1, yshape), 0);
+
+    stk_model_t *m[2] = {make_model(text, N), make_model(text, N)};
+    stk_optim_t *o[2];
+    stk_train_stepper_t *s[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(stk_optim_create_for_model(&o[k], m[k], "sgd:lr=0.1,momentum=0.9"), 0);
+        stk_train_stepper_config_t c;
+        stk_train_stepper_config_default(&c);
+        stk_loss_scaler_config_default(&c.loss_scaling);
+        assert_int_equal(stk_train_stepper_create(&s[k], m[k], o[k], NULL, &c), 0);
+    }
+    size_t n;
+    const float *p0 = stk_model_params(m[0], &n);
+    float *before = malloc(n * sizeof *before);
+    memcpy(before, p0, n * sizeof *before);
+
+    stk_train_step_metrics_t mm;
+    assert_int_equal(stk_train_stepper_step(s[0], &xh, &y, 0, &mm), 0);
+    assert_true(isfinite(mm.loss));
+    assert_int_equal(mm.stepped, 1);
+    assert_int_equal(mm.skipped, 1);
+    assert_true(mm.loss_scale == 65536.0f);
+    expect_same_floats(before, stk_model_params(m[0], NULL), n, "parameters after a skipped step");
+    /* The gradients of the skipped step are gone: the next step is that
+     * of a model that never saw the huge batch. */
+    assert_int_equal(stk_train_stepper_step(s[0], &x, &y, 1, &mm), 0);
+    assert_int_equal(mm.skipped, 0);
+    assert_true(mm.loss_scale == 32768.0f);
+    assert_int_equal(stk_train_stepper_step(s[1], &x, &y, 0, &mm), 0);
+    assert_int_equal(mm.skipped, 0);
+    expect_same_floats(stk_model_params(m[0], NULL), stk_model_params(m[1], NULL), n,
+                       "parameters after skip and step vs one step");
+    assert_int_equal(stk_train_stepper_steps(s[0]), 2);
+
+    /* A bad scaler setting fails the stepper's creation, named. */
+    stk_train_stepper_config_t c;
+    stk_train_stepper_config_default(&c);
+    stk_loss_scaler_config_default(&c.loss_scaling);
+    c.loss_scaling.init_scale = -1;
+    stk_train_stepper_t *bad = NULL;
+    assert_int_equal(stk_train_stepper_create(&bad, m[0], o[0], NULL, &c), STK_ECONFIG);
+    assert_null(bad);
+    expect_msg("init_scale");
+    free(before);
+    for (int k = 0; k < 2; k++) {
+        stk_train_stepper_destroy(&s[k]);
+        stk_optim_destroy(&o[k]);
+        stk_model_destroy(&m[k]);
+    }
+}
+
 /* ---- evaluation ----------------------------------------------------------- */
 
 static void test_evaluate(void **state)
@@ -622,11 +828,11 @@ static void test_state_checkpoint(void **state)
     expect_same_floats(p1, stk_model_params(m2, NULL), n, "loaded parameters");
     stk_train_state_clear(&back);
     stk_ckpt_t *ck = NULL;
-    assert_int_equal(stk_ckpt_open(&ck, path), 0);
+    assert_int_equal(stk_ckpt_create(&ck, path), 0);
     char got[8];
     assert_int_equal(stk_ckpt_read(ck, "note", got, sizeof note), 0);
     assert_string_equal(got, "mine");
-    stk_ckpt_close(&ck);
+    stk_ckpt_destroy(&ck);
 
     /* Another model does not fit: the message names the file and section. */
     stk_model_t *m3 = make_model("input shape=1,12,12\nflatten\nlinear out=3\ncross_entropy\n", 4);
@@ -669,18 +875,18 @@ static void test_state_checkpoint(void **state)
         assert_int_equal(stk_train_checkpoint_save(shared, &parts, &other, NULL, 0, 2, NULL, 0), 0);
     }
     char latest[512];
-    assert_int_equal(stk_train_checkpoint_latest(shared, other.run_id, latest, sizeof latest), 0);
+    assert_int_equal(stk_ckpt_dir_latest(shared, other.run_id, latest, sizeof latest), 0);
     assert_int_equal(stk_train_checkpoint_load(latest, NULL, &back), 0);
     assert_string_equal(back.run_id, other.run_id);
     assert_int_equal(back.step, 14);
     stk_train_state_clear(&back);
-    assert_int_equal(stk_train_checkpoint_latest(shared, st.run_id, latest, sizeof latest), 0);
+    assert_int_equal(stk_ckpt_dir_latest(shared, st.run_id, latest, sizeof latest), 0);
     assert_non_null(strstr(latest, "ckpt-000000000104-"));
     size_t nruns = 0;
     char runs[4][STK_CKPT_RUN_MAX + 1];
     assert_int_equal(stk_ckpt_dir_runs(shared, runs, 4, &nruns), 0);
     assert_int_equal(nruns, 2);
-    assert_int_equal(stk_train_checkpoint_latest(shared, NULL, latest, sizeof latest), STK_ESTATE);
+    assert_int_equal(stk_ckpt_dir_latest(shared, NULL, latest, sizeof latest), STK_ESTATE);
     assert_int_equal(stk_train_checkpoint_dir_check(shared, st.run_id), STK_ESTATE);
     expect_msg(other.run_id);
     expect_msg("step 14");
@@ -789,7 +995,7 @@ static void resume_to_end(run_objs_t *r, const char *dir, stk_train_state_t *st)
 {
     char path[512];
     run_open(r, dir, UINT64_MAX);
-    assert_int_equal(stk_train_checkpoint_latest(dir, NULL, path, sizeof path), 0);
+    assert_int_equal(stk_ckpt_dir_latest(dir, NULL, path, sizeof path), 0);
     stk_train_parts_t parts = {r->m, r->o, r->s};
     assert_int_equal(stk_train_checkpoint_load(path, &parts, st), 0);
     int rc = stk_train_run(&r->lc, st);
@@ -908,6 +1114,9 @@ int main(void)
         cmocka_unit_test(test_inputs_match_workers),
         cmocka_unit_test(test_stepper_matches_hand_loop),
         cmocka_unit_test(test_clip_grad_norm),
+        cmocka_unit_test(test_loss_scaler),
+        cmocka_unit_test(test_stepper_loss_scaling_exact),
+        cmocka_unit_test(test_stepper_loss_scaling_overflow),
         cmocka_unit_test(test_evaluate),
         cmocka_unit_test(test_state_checkpoint),
         cmocka_unit_test(test_loop_resume),

@@ -282,7 +282,7 @@ static void test_stoker_train_rows(void **state)
     for (int k = 0; k < 2; k++) {
         const void *fields[2] = {img, lab};
         stk_pack_source_t *src = NULL;
-        assert_int_equal(stk_pack_source_arrays(&src, &schema, fields, N), 0);
+        assert_int_equal(stk_pack_source_create_arrays(&src, &schema, fields, N), 0);
         stk_pack_config_t pc;
         stk_pack_config_default(&pc);
         assert_int_equal(stk_pack_write(src, tp(k ? "rows-test" : "rows-train"), &pc, NULL), 0);
