@@ -3,7 +3,7 @@
  * with worker processes and augmentation, forward, backward, optimizer and
  * scheduler steps, evaluation, and a checkpoint per epoch that the next
  * run resumes from. docs/custom-loop.md walks through it.
- *   custom_loop TRAIN_SET TEST_SET CHECKPOINT_DIR EPOCHS [LIMIT] */
+ *   custom_loop TRAIN_SET TEST_SET CHECKPOINT_DIR EPOCHS */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,55 +11,41 @@
 #include <stoker/stoker.h>
 
 /* Every call returns 0 or a negative code; stk_error_message() says why. */
-#define CHECK(call)                                                                                                   \
-    do {                                                                                                              \
-        int rc_ = (call);                                                                                             \
-        if (rc_ < 0) {                                                                                                \
-            fprintf(stderr, "%s: %s (%s)\n", #call, stk_error_message(), stk_err_name(rc_));                          \
-            exit(1);                                                                                                  \
-        }                                                                                                             \
-    } while (0)
+#define CHECK(call) do { int rc_ = (call); if (rc_ < 0) { \
+    fprintf(stderr, "%s: %s (%s)\n", #call, stk_error_message(), stk_err_name(rc_)); exit(1); } } while (0)
 
 static const char model_text[] = "input shape=1,28,28\n conv2d out=16 kernel=3 pad=1\n batchnorm2d\n relu\n"
                                  "maxpool2d kernel=2\n flatten\n dropout p=0.1\n linear out=10\n cross_entropy\n";
 
-/* A loader over the first `limit` samples of ds, with 2 worker processes
- * that crop, flip (training only) and normalize: the images arrive as f32. */
-static stk_loader_t *make_loader(stk_dataset_t *ds, uint64_t limit, int train, stk_sampler_t **order)
+/* 2 worker processes crop, flip (training only) and normalize: the images arrive
+ * as f32. Training batches come in an order drawn from (seed, epoch). */
+static stk_loader_t *make_loader(const char *path, int train, stk_dataset_t **ds)
 {
-    stk_sampler_config_t sc;
-    stk_sampler_config_default(&sc);
-    sc.kind = train ? STK_SAMPLER_RANDOM : STK_SAMPLER_SEQUENTIAL;
-    sc.dataset_len = limit < stk_dataset_len(ds) ? limit : stk_dataset_len(ds);
-    sc.seed = 1;
-    CHECK(stk_sampler_create(order, &sc));
+    CHECK(stk_dataset_shard_create(ds, path, NULL)); /* .stk shards from stoker-pack */
     stk_loader_config_t c;
     stk_loader_config_default(&c);
     c.batch_size = 64;
     c.drop_last = train;
-    c.sampler = *order;
+    c.shuffle = train;
+    c.seed = 1;
     c.num_workers = 2;
     c.persistent_workers = 1;
     c.augment = train ? "crop:28,pad=2|hflip|normalize:mean=0.286,std=0.353" : "normalize:mean=0.286,std=0.353";
     stk_loader_t *l;
-    CHECK(stk_loader_create(&l, ds, &c));
+    CHECK(stk_loader_create(&l, *ds, &c));
     return l;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s TRAIN_SET TEST_SET CHECKPOINT_DIR EPOCHS [LIMIT]\n", argv[0]);
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s TRAIN_SET TEST_SET CHECKPOINT_DIR EPOCHS\n", argv[0]);
         return 2;
     }
-    uint64_t epochs = strtoull(argv[4], NULL, 10), limit = argc > 5 ? strtoull(argv[5], NULL, 10) : UINT64_MAX;
+    uint64_t epochs = strtoull(argv[4], NULL, 10);
     CHECK(stk_loader_forkserver_start()); /* workers fork from this clean process */
     stk_dataset_t *train_ds, *test_ds;
-    CHECK(stk_dataset_shard_create(&train_ds, argv[1], NULL));
-    CHECK(stk_dataset_shard_create(&test_ds, argv[2], NULL));
-    stk_sampler_t *train_order, *test_order;
-    stk_loader_t *train = make_loader(train_ds, limit, 1, &train_order);
-    stk_loader_t *test = make_loader(test_ds, limit, 0, &test_order);
+    stk_loader_t *train = make_loader(argv[1], 1, &train_ds), *test = make_loader(argv[2], 0, &test_ds);
 
     stk_model_builder_t *b;
     CHECK(stk_model_builder_create(&b));
@@ -77,26 +63,22 @@ int main(int argc, char **argv)
     stk_sched_t *sched;
     CHECK(stk_sched_create_from_text(&sched, opt, "warmup:0.5ep,start=0.1|step:step_size=1ep,gamma=0.7",
                                      (int64_t)stk_loader_len(train), 0));
-    stk_train_inputs_config_t ic;
-    stk_train_inputs_config_default(&ic); /* fields "image" and "label" */
     stk_train_inputs_t *inputs;
-    CHECK(stk_train_inputs_create(&inputs, &ic));
+    CHECK(stk_train_inputs_create(&inputs, NULL)); /* defaults: fields "image" and "label" */
 
     /* Resume when the folder holds a checkpoint. */
     stk_train_parts_t parts = {model, opt, sched};
     stk_train_state_t st;
     char path[4096];
     if (stk_ckpt_dir_latest(argv[3], NULL, path, sizeof path) == 0) {
-        CHECK(stk_train_checkpoint_load(path, &parts, &st));
-        stk_model_set_step(model, st.micro); /* dropout goes on where it stopped */
+        CHECK(stk_train_checkpoint_load(path, &parts, &st)); /* the model's dropout step too */
         printf("resumed run %s at epoch %llu from %s\n", st.run_id, (unsigned long long)st.epoch, path);
     } else {
         CHECK(stk_train_state_init(&st, 1));
     }
 
     while (st.epoch < epochs) {
-        CHECK(stk_loader_set_epoch(train, st.epoch));
-        stk_model_set_train(model, 1);
+        CHECK(stk_loader_set_epoch(train, st.epoch)); /* the model is in training mode */
         stk_batch_t batch;
         double loss_sum = 0;
         int rc;
@@ -134,8 +116,6 @@ int main(int argc, char **argv)
     stk_model_destroy(&model);
     stk_loader_destroy(&train);
     stk_loader_destroy(&test);
-    stk_sampler_destroy(&train_order);
-    stk_sampler_destroy(&test_order);
     stk_dataset_destroy(&train_ds);
     stk_dataset_destroy(&test_ds);
     stk_loader_forkserver_stop();

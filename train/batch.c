@@ -167,9 +167,14 @@ void stk_train_inputs_destroy(stk_train_inputs_t **in)
 
 int stk_train_inputs_create(stk_train_inputs_t **out, const stk_train_inputs_config_t *cfg)
 {
-    if (!out || !cfg)
+    if (!out)
         return stk__error(-EINVAL, "stk_train_inputs_create: NULL argument");
     *out = NULL;
+    stk_train_inputs_config_t defaults;
+    if (!cfg) {
+        stk_train_inputs_config_default(&defaults);
+        cfg = &defaults;
+    }
     if (!cfg->image_field || !cfg->image_field[0])
         return stk__error(STK_ECONFIG, "train inputs: no image field");
     if (cfg->dtype != STK_DTYPE_F32 && cfg->dtype != STK_DTYPE_F16 && cfg->dtype != STK_DTYPE_BF16)

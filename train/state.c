@@ -107,6 +107,10 @@ int stk_train_checkpoint_load(const char *path, const stk_train_parts_t *parts, 
             goto fail;
         }
     }
+    /* The model's dropout masks are keyed by its step: a resumed model
+     * that started again at 0 would repeat the masks of the run's start. */
+    if (parts && parts->model)
+        stk_model_set_step(parts->model, st->micro);
     stk_ckpt_destroy(&ck);
     return 0;
 fail:

@@ -71,7 +71,8 @@ STK_API void stk_train_inputs_config_default(stk_train_inputs_config_t *cfg);
  * labels are views of the batch). */
 typedef struct stk_train_inputs stk_train_inputs_t;
 
-/* Copies cfg (strings included) and parses the normalize spec. Returns 0,
+/* Copies cfg (strings included; NULL: the defaults) and parses the
+ * normalize spec. Returns 0,
  * STK_ECONFIG (bad spec or dtype, named), -EINVAL, -ENOMEM. */
 STK_API int stk_train_inputs_create(stk_train_inputs_t **out, const stk_train_inputs_config_t *cfg);
 STK_API void stk_train_inputs_destroy(stk_train_inputs_t **in);
@@ -356,8 +357,9 @@ STK_API int stk_train_checkpoint_save(const char *dir, const stk_train_parts_t *
                                       const stk_ckpt_section_t *extra, size_t n_extra, unsigned keep_last,
                                       char *path_out, size_t cap);
 /* Reads the checkpoint at path into *st (cleared first; history and
- * config allocated) and, for each non-NULL part, its state. parts may be
- * NULL to read the state only. Every failure names the file and the
+ * config allocated) and, for each non-NULL part, its state; a model's step
+ * (stk_model_set_step) is set to st->micro, so that dropout goes on where
+ * the run stopped. parts may be NULL to read the state only. Every failure names the file and the
  * section; on failure *st is cleared, but a part loaded before the failing
  * one keeps what it loaded (load into fresh objects, or stop). Returns 0,
  * STK_EFORMAT (not a train-state checkpoint, or another version),

@@ -76,11 +76,14 @@ bad "-s: 30 is neither 28 nor 224" "$tools/stoker-augbench" -s 30
 bad "-s: '28px' is not a whole number" "$tools/stoker-augbench" -s 28px
 
 # A tool that exits on an error leaves no process behind (its fork server
-# is reaped, not left to a subreaper or init as a zombie).
-/usr/bin/python3 - "$tools/stoker-bench" "$dir/nope" <<'PY'
+# is reaped, not left to a subreaper or init as a zombie): stoker-bench on
+# a missing set, stoker-train on a run folder that is a file (found after
+# its fork server started).
+reaped() { # EXPECTED_STATUS TOOL ARGS...
+/usr/bin/python3 - "$@" <<'PY'
 import ctypes, os, subprocess, sys, time
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us
-r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+r = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 left, end = [], time.time() + 1.0
 while time.time() < end:
     try:
@@ -89,9 +92,14 @@ while time.time() < end:
         break
     left += [pid] if pid else []
     time.sleep(0.01)
-if r.returncode != 1 or left:
-    sys.exit("FAIL: stoker-bench exited %d and left pids %s behind" % (r.returncode, left))
+if r.returncode != int(sys.argv[1]) or left:
+    sys.exit("FAIL: %s exited %d and left pids %s behind" % (sys.argv[2], r.returncode, left))
 PY
+}
+reaped 1 "$tools/stoker-bench" "$dir/nope"
+: >"$dir/not-a-folder"
+reaped 2 "$tools/stoker-train" "${STK_SOURCE_ROOT:?}/configs/fmnist-cnn.conf" --set train_data="$dir/fm" \
+    --set test_data="$dir/fm" --set run_dir="$dir/not-a-folder" --set workers=1
 
 # --augment on a pack of a .npy array: its field is "data", the only
 # image-like one, and that is what is augmented.

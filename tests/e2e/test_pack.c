@@ -27,6 +27,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "../unit/test_util.h"
 #include "stoker/pack.h"
 #include "stoker/shard.h"
 
@@ -53,14 +54,6 @@ static const char *tp(const char *name)
     char *b = buf[k++ & 7];
     snprintf(b, 512, "%s/%s", tmpdir, name);
     return b;
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
 }
 
 static char out_text[65536], err_text[65536];

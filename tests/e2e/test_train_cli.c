@@ -28,6 +28,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "../unit/test_util.h"
 #include "stoker/stoker.h"
 
 #define IMG 12
@@ -79,14 +80,6 @@ static void write_dataset(const char *dir, int n, uint32_t seed)
     }
     assert_int_equal(stk_writer_finish(w), 0);
     stk_writer_destroy(&w);
-}
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
 }
 
 /* The whole file (read in pieces: /proc files have no size). */

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 #include <zlib.h>
 
+#include "test_util.h"
 #include "stoker/pack.h"
 
 static char dir[256];
@@ -51,14 +52,6 @@ static char *slurp(const char *path)
     buf[n] = 0;
     fclose(f);
     return buf;
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
 }
 
 static int setup(void **state)

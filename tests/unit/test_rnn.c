@@ -16,37 +16,10 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
 #include "engine/cpu/cpu.h"
 #include "engine/model.h"
 #include "stoker/engine.h"
-
-/* ------------------------------------------------------------- helpers */
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[n] = 0;
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
-static const char *data_dir(void)
-{
-    const char *d = getenv("STK_TEST_DATA");
-    return d ? d : "tests/data";
-}
 
 typedef struct fixture {
     char *buf;

@@ -19,17 +19,10 @@
 #include <cmocka.h>
 #include <zstd.h>
 
+#include "test_util.h"
 #include "loader/shard_internal.h"
 
 static char tmpdir[256];
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
 
 static int setup(void **state)
 {

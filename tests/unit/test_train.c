@@ -147,7 +147,8 @@ static stk_train_inputs_t *make_inputs(const char *normalize)
     stk_train_inputs_config_default(&c);
     c.normalize = normalize;
     stk_train_inputs_t *in = NULL;
-    assert_int_equal(stk_train_inputs_create(&in, &c), 0);
+    /* Without a normalize spec the config is the defaults: NULL says so. */
+    assert_int_equal(stk_train_inputs_create(&in, normalize ? &c : NULL), 0);
     return in;
 }
 
@@ -998,6 +999,9 @@ static void resume_to_end(run_objs_t *r, const char *dir, stk_train_state_t *st)
     assert_int_equal(stk_ckpt_dir_latest(dir, NULL, path, sizeof path), 0);
     stk_train_parts_t parts = {r->m, r->o, r->s};
     assert_int_equal(stk_train_checkpoint_load(path, &parts, st), 0);
+    /* The fresh model takes the run's step: dropout goes on, not over. */
+    assert_true(st->micro > 0);
+    assert_int_equal(stk_model_step(r->m), st->micro);
     int rc = stk_train_run(&r->lc, st);
     if (rc)
         fail_msg("resumed run: %s", stk_error_message());

@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
 #include "stoker/stoker.h"
 
 static char dir[256];
@@ -31,22 +32,6 @@ static const char *tp(const char *name)
     char *b = buf[k++ & 7];
     snprintf(b, 512, "%s/%s", dir, name);
     return b;
-}
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
 }
 
 /* A tiny word list, packed as bytes into words-train and words-test. */
