@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: MIT
 # Keeps the documents true to the code: every relative link in a tracked
 # Markdown file resolves inside the repository, and every stk_/STK_ name
-# that a public header's comment or a document mentions exists in the
-# headers or the sources (a renamed call leaves no stale mention behind).
+# that a document or a comment in the C and CUDA sources mentions exists
+# in the code (a renamed call leaves no stale mention behind).
 # Usage: check_docs.py SOURCE_ROOT. Exit 0, or 1 listing each problem.
 import os
 import re
@@ -64,8 +64,8 @@ def check_names(path, text):
         problems.append(f'{path}: mentions {name}, which no header or source defines')
 
 
-for f in tracked('include/stoker/*.h'):
-    with open(os.path.join(root, f), encoding='utf-8') as fh:
+for f in tracked('*.c', '*.h', '*.cu', '*.cuh'):
+    with open(os.path.join(root, f), encoding='utf-8', errors='replace') as fh:
         check_names(f, comments(fh.read()))
 
 link = re.compile(r'\[[^\]]*\]\(([^)\s]+)\)')
@@ -88,4 +88,4 @@ for p in sorted(set(problems)):
 if problems:
     print(f'{len(set(problems))} problem(s)', file=sys.stderr)
     sys.exit(1)
-print(f'{len(md_files)} documents and the public headers: links resolve, names exist')
+print(f'{len(md_files)} documents and the sources\' comments: links resolve, names exist')
