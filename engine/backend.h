@@ -308,6 +308,26 @@ typedef struct stk__backend_iface {
      * *nonfinite (host) = 1 when any element was NaN or infinite before,
      * else 0. Synchronous: the flag is read back before it returns. */
     int (*unscale_grads)(void *ctx, size_t n, float *g, float inv_scale, int *nonfinite);
+
+    /* Graphs of a whole training step (optional: all NULL where the
+     * backend has none; engine/graph.c drives them). graph_begin starts
+     * recording the slots' work instead of running it; graph_end stops,
+     * and on success makes *graph, a replayable copy of that work (on
+     * failure the work is dropped and the error returned). graph_launch
+     * runs a graph (ordered like any slot's work). What changes from one
+     * replay to the next is read at launch from host memory the backend
+     * keeps: a captured dropout reads the step given by graph_note_step,
+     * a captured optimizer update the scalars given by graph_note_optim,
+     * called (instead of dropout_* / optim_update) while the engine
+     * prepares a replay. A new slot that enqueues device work during a
+     * training step needs its do-nothing twin in engine/graph.c's
+     * prep_iface, or a replay would run it outside the graph too. */
+    int (*graph_begin)(void *ctx);
+    int (*graph_end)(void *ctx, void **graph);
+    int (*graph_launch)(void *ctx, void *graph);
+    void (*graph_destroy)(void *ctx, void *graph);
+    void (*graph_note_step)(void *ctx, uint64_t step);
+    int (*graph_note_optim)(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k);
     /* The model's config (engine.h), given once after open and before any
      * op is planned, for what the backend tunes by it (CUDA: the cuDNN
      * policy, workspace limit and cache file). Optional: NULL where the

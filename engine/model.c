@@ -284,6 +284,7 @@ out:
 static void free_activations(stk_model_t *m)
 {
     const stk__backend_iface_t *be = m->be.iface;
+    m->graph_gen++;
     for (int i = 0; i < m->nl; i++) {
         stk__layer_t *l = &m->layers[i];
         if (!l->alias && l->cls->n_inputs) {
@@ -374,6 +375,7 @@ static void plan_free(stk_model_t *m, stk__plan_t *p)
 {
     if (!p->layer)
         return;
+    m->graph_gen++;
     for (int i = 0; i < m->nl; i++) {
         if (!p->layer[i])
             continue;
@@ -478,6 +480,7 @@ void stk_model_destroy(stk_model_t **pm)
         return;
     stk_model_t *m = *pm;
     if (m->be.iface) {
+        stk__graphs_free(m);
         free_plans(m);
         free_activations(m);
         m->be.iface->free(m->be.ctx, m->params);
@@ -620,6 +623,11 @@ static int stage_targets(stk_model_t *m, const int64_t *labels, const float *sof
         return 0;
     int64_t k = stk_model_num_classes(m);
     int rc = 0;
+    /* A graph step's labels were staged before the graph (engine/graph.c). */
+    if (labels && m->graph_phase) {
+        m->labels_dev = m->labels_stage;
+        return 0;
+    }
     if (labels) {
         rc = be->upload(m->be.ctx, m->labels_stage, labels, (size_t)m->batch * sizeof(int64_t));
         m->labels_dev = m->labels_stage;
@@ -739,6 +747,11 @@ static int model_forward(stk_model_t *m, const void *input, int64_t batch, int64
             return stk__error_prefix(rc, "forward: counting the correct samples");
         if (!m->loss_per_step)
             m->loss_count = m->batch;
+        /* A graph step reads them back after the graph ran. */
+        if (m->graph_phase) {
+            m->fwd_state = 2;
+            return 0;
+        }
         unsigned char st[16];
         if ((rc = m->be.iface->download(m->be.ctx, st, m->stats, labels ? 16 : 4)) < 0)
             return stk__error_prefix(rc, "forward: reading the loss back");

@@ -57,6 +57,23 @@ typedef struct stk__plan {
 
 #define STK__MAX_PLANS STK_MODEL_PLANS
 
+/* A captured training step (engine/graph.c), valid while the model's
+ * memory layout is that of generation gen: batch, input buffer and
+ * optimizer as when it was captured. seen: steps taken with this key
+ * (the first is the warm-up, run as usual). */
+typedef struct stk__graph {
+    int64_t batch;
+    const void *input;
+    const void *opt;
+    float loss_scale;
+    uint64_t gen;
+    void *exec;   /* the backend's graph; NULL: not captured yet */
+    int seen;
+    uint64_t used; /* graph_clock when last used (eviction) */
+} stk__graph_t;
+
+#define STK__MAX_GRAPHS 4
+
 struct stk_model {
     stk__backend_t be;
     stk_device_t device;
@@ -114,7 +131,22 @@ struct stk_model {
     int64_t loss_count;    /* targets the last forward's loss averaged over */
     int loss_layer;        /* -1 when none */
     int logits_layer;      /* the layer feeding the loss, or the last */
+    /* Whole training steps as device graphs (engine/graph.c). graph_gen
+     * changes whenever memory a captured step refers to may move (a plan
+     * freed, activations reallocated, an optimizer destroyed or its state
+     * replaced); graph_phase is 1 while a step is captured and 2 while a
+     * replay is prepared (forward then neither stages targets nor reads
+     * the loss back: the caller does, around the graph). */
+    int graph_on;
+    int graph_phase;
+    uint64_t graph_gen, graph_clock;
+    uint64_t graph_replays, graph_captures;
+    stk__graph_t graphs[STK__MAX_GRAPHS];
+    stk__backend_iface_t graph_prep; /* the iface a replay is prepared with */
 };
+
+/* engine/graph.c: frees the model's graphs. */
+void stk__graphs_free(stk_model_t *m);
 
 /* safetensors reading, shared by the state loader and the tests. */
 #define STK__ST_META_MAX 2048

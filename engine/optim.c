@@ -426,6 +426,9 @@ void stk_optim_destroy(stk_optim_t **opt)
     if (!opt || !*opt)
         return;
     stk_optim_t *o = *opt;
+    /* A captured training step of the model refers to this optimizer. */
+    if (o->model)
+        o->model->graph_gen++;
     if (o->groups)
         for (size_t g = 0; g < o->ng; g++) {
             free(o->groups[g].ranges);
@@ -844,8 +847,11 @@ int stk_optim_state_load(stk_optim_t *o, const void *buf, size_t len)
     for (int i = 0; i < OPTIM_NBUF; i++) {
         stk__r_u32(&r);
         if (present[i]) {
-            if (fresh[i])
+            if (fresh[i]) {
                 o->buf[i] = fresh[i];
+                if (o->model)
+                    o->model->graph_gen++;
+            }
             stk__r_f32s(&r, staged ? stage : o->buf[i], o->n);
             if (staged && rc == 0)
                 rc = o->be->iface->upload(o->be->ctx, o->buf[i], stage, o->n * sizeof(float));

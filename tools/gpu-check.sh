@@ -98,7 +98,7 @@ B=build-gpu
 [ -f $B/build.ninja ] || SETUP="meson setup $B -Dwerror=true -Dcuda=enabled --buildtype=release &&"
 step build 90 sh -c "${SETUP:-} ninja -C $B" || rc=1
 if [ -x $B/tools/stoker-train ]; then
-    GPU_TESTS="cuda_bodies backend_ops_gpu cuda_train feed_cuda loader_cuda rnn_cuda"
+    GPU_TESTS="cuda_bodies backend_ops_gpu cuda_train feed_cuda loader_cuda rnn_cuda cuda_graph cudnn_deterministic cudnn_benchmark"
     step gpu_tests 45 env STK_REQUIRE_GPU=1 meson test -C $B $GPU_TESTS --print-errorlogs --num-processes 4 || rc=1
     cp $B/meson-logs/testlog.json "$OUT/testlog-gpu.json" 2>/dev/null
     # The rest, the communicators' GPU tests among them.
@@ -175,16 +175,16 @@ if [ -x $B/tools/stoker-enginebench ]; then
     TB="${PY:-python3} tools/bench_train_torch.py --device cuda --json"
     # fmnist-cnn at batch 256: same precision on both sides (fp32 with TF32
     # off, then TF32), PyTorch eager and compiled.
-    bench bench_stoker_fmnist 30 sh -c "for p in fp32 tf32; do $EB --model models/fmnist-cnn.model --batch 256 \
-        --iters 100 --warmup 10 --precision \$p || exit 1; done"
+    bench bench_stoker_fmnist 40 sh -c "for p in 'fp32' 'fp32 --cuda-graph' 'tf32 --cuda-graph' 'tf32'; do
+        $EB --model models/fmnist-cnn.model --batch 256 --iters 100 --warmup 10 --precision \$p || exit 1; done"
     bench bench_torch_fmnist 40 sh -c "for p in fp32 tf32; do $TB --model fmnist-cnn --batch 256 --iters 100 \
         --warmup 10 --precision \$p || exit 1; done"
     bench bench_torch_fmnist_compile 70 $TB --model fmnist-cnn --batch 256 --iters 100 --warmup 10 --mode compile
     # ResNet-18 at batch 256: Stoker in fp32 and TF32 (BF16 is not
     # implemented), PyTorch eager AMP BF16 channels-last (the issue's
     # reference), eager TF32 (Stoker's precision), and compiled BF16.
-    bench bench_stoker_resnet18 50 sh -c "for p in tf32 fp32; do $EB --model models/resnet18.model --batch 256 \
-        --iters 10 --warmup 2 --precision \$p || exit 1; done"
+    bench bench_stoker_resnet18 50 sh -c "for p in 'tf32 --cuda-graph' 'fp32 --cuda-graph'; do
+        $EB --model models/resnet18.model --batch 256 --iters 10 --warmup 3 --precision \$p || exit 1; done"
     bench bench_torch_resnet18 40 sh -c "$TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision bf16 \
         --channels-last && $TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision tf32"
     bench bench_torch_resnet18_compile 90 $TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision bf16 \
@@ -238,12 +238,16 @@ for name in ("bench_stoker_fmnist", "bench_torch_fmnist", "bench_torch_fmnist_co
     bench += all_json(name)
 res["bench"] = bench
 def find(tool, model, precision, mode=None, channels_last=None):
+    # Stoker's best of with and without CUDA graphs.
+    best = None
     for r in bench:
         if (r.get("tool") == tool and model in r.get("model", "") and r.get("precision") == precision and
                 (mode is None or r.get("mode") == mode) and
                 (channels_last is None or r.get("channels_last") == channels_last)):
-            return r.get("images_per_s")
-    return None
+            v = r.get("images_per_s")
+            if v and (best is None or v > best):
+                best = v
+    return best
 ratios = {}
 for key, a, b in (
         ("fmnist_fp32_vs_torch_eager", find("stoker", "fmnist-cnn", "fp32"),
@@ -278,9 +282,9 @@ a, b = row("stoker gpu", res["train_gpu"]), row("torch gpu", res["torch_gpu"])
 if a and b:
     print("stoker/torch images/s: %.2fx" % (a / b))
 for r in bench:
-    print("bench %-7s %-8s %-10s %-5s %s%10.0f img/s" % (r.get("tool"), r.get("mode", ""), os.path.basename(
-        r.get("model", "")).replace(".model", ""), r.get("precision"), "cl " if r.get("channels_last") else "   ",
-        r.get("images_per_s", 0)))
+    print("bench %-7s %-8s %-10s %-5s %s%10.0f img/s" % (r.get("tool"), r.get("mode", "graph" if r.get(
+        "cuda_graph") else ""), os.path.basename(r.get("model", "")).replace(".model", ""), r.get("precision"),
+        "cl " if r.get("channels_last") else "   ", r.get("images_per_s", 0)))
 for k, v in ratios.items():
     print("ratio %-40s %s" % (k, "%.2fx" % v if v else "n/a"))
 print("wall: %d s; results in %s" % (wall, os.path.join(out, "gpu-check.json")))

@@ -32,7 +32,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: stoker-enginebench [--model FILE] [--batch N] [--threads N] [--iters N] "
                     "[--warmup N] [--profile] [--summary] [--export PREFIX] [--train] [--optimizer SPEC] "
-                    "[--device cpu|cuda|cuda:N] [--precision fp32|tf32|bf16|fp16] [--json]\n");
+                    "[--device cpu|cuda|cuda:N] [--precision fp32|tf32|bf16|fp16] [--cuda-graph] [--json]\n");
 }
 
 /* A whole decimal in [lo, hi], or -1. */
@@ -47,7 +47,7 @@ int main(int argc, char **argv)
 {
     const char *model = "models/fmnist-cnn.model", *export = NULL, *device = "cpu", *precision = "fp32";
     const char *optimizer = "sgd:lr=0.01,momentum=0.9";
-    int batch = 128, threads = 2, iters = 20, warmup = 3, profile = 0, summary = 0, train = 0, json = 0;
+    int batch = 128, threads = 2, iters = 20, warmup = 3, profile = 0, summary = 0, train = 0, json = 0, graph = 0;
     /* OpenMP threads that wait passively unless OMP_WAIT_POLICY says
      * otherwise (it executes us again once). */
     if (stk_engine_passive_wait(argv) < 0)
@@ -59,7 +59,8 @@ int main(int argc, char **argv)
         {"summary", no_argument, 0, 's'}, {"export", required_argument, 0, 'e'},
         {"train", no_argument, 0, 'T'}, {"optimizer", required_argument, 0, 'o'},
         {"device", required_argument, 0, 'd'}, {"precision", required_argument, 0, 'P'},
-        {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"json", no_argument, 0, 'j'}, {"cuda-graph", no_argument, 0, 'G'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "m:b:t:i:w:pse:h", opts, NULL)) != -1) {
@@ -77,6 +78,7 @@ int main(int argc, char **argv)
         case 'd': device = optarg; break;
         case 'P': precision = optarg; break;
         case 'j': json = 1; break;
+        case 'G': graph = 1; break;
         default: usage(); return c == 'h' ? 0 : 2;
         }
     }
@@ -150,6 +152,9 @@ int main(int argc, char **argv)
     }
     stk_optim_t *opt = NULL;
     stk_train_stepper_t *stepper = NULL;
+    /* Whole steps as CUDA graphs: the stepper's path for a GPU model. */
+    if (rc == 0 && graph)
+        rc = stk_model_set_cuda_graph(m, 1);
     if (rc == 0 && train) {
         stk_train_stepper_config_t scfg;
         stk_train_stepper_config_default(&scfg);
@@ -225,11 +230,15 @@ int main(int argc, char **argv)
         }
         free(z);
     }
+    uint64_t captures = 0, replays = 0;
+    int graphs = stk_model_cuda_graph(m, &captures, &replays);
     if (json)
         printf("{\"tool\":\"stoker\",\"model\":\"%s\",\"batch\":%d,\"device\":\"%s\",\"precision\":\"%s\","
-               "\"train\":%s,\"iters\":%d,\"images_per_s\":%.1f,\"ms_per_iter\":%.3f,\"loss\":%.6f}\n",
-               model, batch, device, stk_precision_name(stk_model_precision(m)), train ? "true" : "false", iters,
-               (double)iters * batch / dt, 1e3 * dt / iters, (double)loss);
+               "\"train\":%s,\"cuda_graph\":%s,\"graph_replays\":%llu,\"iters\":%d,\"images_per_s\":%.1f,"
+               "\"ms_per_iter\":%.3f,\"loss\":%.6f}\n",
+               model, batch, device, stk_precision_name(stk_model_precision(m)), train ? "true" : "false",
+               graphs ? "true" : "false", (unsigned long long)replays, iters, (double)iters * batch / dt,
+               1e3 * dt / iters, (double)loss);
     free(x);
     free(y);
     stk_model_destroy(&m);

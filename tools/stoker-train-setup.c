@@ -249,11 +249,9 @@ static int make_model(run_t *r)
         return train_fail_key(r, EXIT_USAGE, rc == STK_EDEVICE ? "device" : "model", rc, NULL);
     r->precision = stk_model_precision(r->model);
     r->on_device = mcfg.device != STK_DEVICE_CPU;
-    if (r->on_device && !strcmp(r->cfg.cuda_graph, "on")) {
-        char where[TRAIN_PATH_MAX + 64];
-        return train_fail(EXIT_USAGE, "%s: capturing the training step as a CUDA graph is not implemented yet",
-                          train_config_where(&r->cfg, "cuda_graph", where, sizeof where));
-    }
+    /* Graphs of the whole step: a GPU's (the CPU has no launches to save). */
+    if (r->on_device && !strcmp(r->cfg.cuda_graph, "on"))
+        stk_model_set_cuda_graph(r->model, 1);
     /* Loss scaling: what fp16 needs; anyone may ask for it. */
     r->loss_scaling = !strcmp(r->cfg.loss_scale, "dynamic") ||
                       (!strcmp(r->cfg.loss_scale, "auto") && mcfg.precision == STK_PRECISION_FP16);

@@ -244,6 +244,12 @@ static void print_results(const run_t *r, double wall_s)
             printf(", workspace limit %g MiB", r->cfg.cudnn_workspace_mb);
         printf("\n");
     }
+    char graph[96] = "off";
+    uint64_t captures = 0, replays = 0;
+    if (stk_model_cuda_graph(r->model, &captures, &replays))
+        snprintf(graph, sizeof graph, "on (%" PRIu64 " captured, %" PRIu64 " steps replayed)", captures, replays);
+    else if (!r->on_device)
+        snprintf(graph, sizeof graph, "off (not a GPU)");
     char scaling[96] = "off";
     if (r->loss_scaling)
         snprintf(scaling, sizeof scaling, "dynamic, last scale %g, %" PRIu64 " steps skipped", (double)r->loss_scale,
@@ -252,7 +258,7 @@ static void print_results(const run_t *r, double wall_s)
            strcmp(r->cfg.precision, stk_precision_name(r->precision)) ? " (" : "",
            strcmp(r->cfg.precision, stk_precision_name(r->precision)) ? r->cfg.precision : "",
            strcmp(r->cfg.precision, stk_precision_name(r->precision)) ? " asked; this device computes it as fp32)" : "",
-           r->on_device ? r->cfg.cuda_graph : "off (not a GPU)", scaling);
+           graph, scaling);
     if (r->json) {
         /* The device line is the engine's (a GPU's name): keep it a string. */
         char dev[sizeof r->device];
@@ -266,7 +272,7 @@ static void print_results(const run_t *r, double wall_s)
                "\"loss_scaling\":%s,\"skipped_steps\":%" PRIu64 "}\n",
                st->run_id, isfinite(final) ? final : 0, isfinite(best) ? best : 0, best_epoch, st->epoch, st->step,
                ips, wait, wall_s, st->total_train_s, dev, stk_precision_name(r->precision),
-               r->on_device && !strcmp(r->cfg.cuda_graph, "on") ? "true" : "false",
+               stk_model_cuda_graph(r->model, NULL, NULL) ? "true" : "false",
                r->loss_scaling ? "true" : "false", r->skipped);
     }
     fflush(stdout);

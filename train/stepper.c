@@ -163,6 +163,40 @@ static int close_group(stk_train_stepper_t *s, stk_train_step_metrics_t *m)
     return 0;
 }
 
+/* A group of one micro-batch as one engine call (stk_model_train_step):
+ * what lets a GPU model replay the whole step as one CUDA graph. The loss
+ * is known only after the update, so a non-finite one fails the step after
+ * it was taken. */
+static int graph_step(stk_train_stepper_t *s, const stk_tensor_t *input, const stk_tensor_t *target, uint64_t batch,
+                      stk_train_step_metrics_t *m)
+{
+    double t0 = now_s();
+    m->lr = lr0(s->opt);
+    float loss = NAN;
+    int rc = stk_model_train_step(s->model, s->opt, input, target, &loss);
+    if (rc)
+        return rc;
+    m->loss = loss;
+    m->samples = stk_model_loss_count(s->model);
+    if (!isfinite(loss) && !s->cfg.allow_nonfinite)
+        return stk__error(-EDOM, "loss is %s at batch %llu (step %llu): training diverged (lower the lr?)",
+                          isnan(loss) ? "NaN" : loss > 0 ? "+inf" : "-inf", (unsigned long long)batch,
+                          (unsigned long long)s->steps);
+    m->compute_s = now_s() - t0;
+    int64_t correct = 0;
+    if ((rc = stk_model_count_correct(s->model, target->data, &correct)) != 0)
+        return rc;
+    m->correct = correct;
+    double t1 = now_s();
+    if (s->sched && (rc = stk_sched_step(s->sched)) != 0)
+        return rc;
+    s->steps++;
+    m->stepped = 1;
+    m->step = s->steps;
+    m->optim_s = now_s() - t1;
+    return 0;
+}
+
 int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, const stk_tensor_t *target,
                            uint64_t batch, stk_train_step_metrics_t *out)
 {
@@ -182,6 +216,15 @@ int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, co
      * of the mean loss over the group, as one batch of the group's size. */
     m.loss_scale = stk_loss_scaler_scale(s->scaler);
     stk_model_set_loss_scale(s->model, m.loss_scale * (1.0f / (float)size));
+    /* The whole step as one call where nothing of the stepper's own
+     * (accumulation, reduce, loss scaling, clipping) must come between. */
+    if (size == 1 && s->open == 0 && !s->cfg.ddp && !s->cfg.reduce && !s->scaler && s->cfg.clip_norm == 0 &&
+        target->dtype == STK_DTYPE_I64 && stk_model_cuda_graph(s->model, NULL, NULL)) {
+        int rc = graph_step(s, input, target, batch, &m);
+        if (rc == 0 && out)
+            *out = m;
+        return rc;
+    }
     float loss = NAN;
     double t0 = now_s();
     int rc = stk_model_forward_tensor(s->model, input, target, &loss);

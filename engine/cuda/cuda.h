@@ -59,6 +59,14 @@ typedef struct cuda_ctx {
      * (device) and where it is read back to (pinned). */
     int *flag_dev;
     int *flag_host;
+    /* CUDA graphs (cuda_graph.c): capturing is set between graph_begin
+     * and graph_end. What a replay reads at launch: one block, pinned on
+     * the host (graph_host) and copied to graph_dev by the graph's first
+     * node: the dropout step at 0, then one stk__optim_scalars_t slot per
+     * optimizer op (op->kslot), CU_GRAPH_KSLOTS of them. */
+    int capturing;
+    unsigned char *graph_host, *graph_dev;
+    int kslots;
     /* How convolutions pick their engine (the model config's cudnn_*
      * fields; cudnn_graph.c): the policy, the workspace limit (bytes, 0
      * none), the benchmark cache file (owned; NULL none), this GPU's name
@@ -116,7 +124,12 @@ struct stk__op {
     void *aux;       /* batch norm: ReLU mask; max pooling: argmax;
                       * optimizer: its chunks (stk_optim_range_t) */
     size_t nchunks;  /* optimizer */
+    int kslot;       /* optimizer: its scalars' slot in the graph block, -1 none */
 };
+
+#define CU_GRAPH_KSLOTS 256
+#define CU_GRAPH_KOFF 64 /* the first slot's offset in the graph block */
+#define CU_GRAPH_BYTES (CU_GRAPH_KOFF + CU_GRAPH_KSLOTS * sizeof(stk__optim_scalars_t))
 
 /* Status mapping. Each returns 0 for success, else records "what: the
  * vendor's name and message" and returns -ENOMEM for an allocation
@@ -219,6 +232,16 @@ void stk__cuda_unpin_host(void *ctx, void *addr);
 int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);
 int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
                            const float *grads, float *s0, float *s1, float *s2);
+
+/* CUDA graphs of a training step (cuda_graph.c). */
+int stk__cuda_graph_init(cuda_ctx_t *c);
+void stk__cuda_graph_fini(cuda_ctx_t *c);
+int stk__cuda_graph_begin(void *ctx);
+int stk__cuda_graph_end(void *ctx, void **graph);
+int stk__cuda_graph_launch(void *ctx, void *graph);
+void stk__cuda_graph_destroy(void *ctx, void *graph);
+void stk__cuda_graph_note_step(void *ctx, uint64_t step);
+int stk__cuda_graph_note_optim(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k);
 
 /* Loss scaling and precision (cuda_optim.c). */
 int stk__cuda_unscale_grads(void *ctx, size_t n, float *g, float inv_scale, int *nonfinite);

@@ -105,6 +105,7 @@ static void cu_destroy(void *ctx)
     cudaFree(c->dev_scratch);
     cudaFree(c->rows);
     cudaFree(c->flag_dev);
+    stk__cuda_graph_fini(c);
     cudaFreeHost(c->host_scratch);
     cudaFreeHost(c->flag_host);
     if (c->stream)
@@ -276,6 +277,12 @@ static const stk__backend_iface_t cuda_iface = {
     .optim_update = stk__cuda_optim_update,
     .set_precision = stk__cuda_set_precision,
     .unscale_grads = stk__cuda_unscale_grads,
+    .graph_begin = stk__cuda_graph_begin,
+    .graph_end = stk__cuda_graph_end,
+    .graph_launch = stk__cuda_graph_launch,
+    .graph_destroy = stk__cuda_graph_destroy,
+    .graph_note_step = stk__cuda_graph_note_step,
+    .graph_note_optim = stk__cuda_graph_note_optim,
     .configure = stk__dnn_configure,
     .algo_stats = stk__dnn_algo_stats,
 };
@@ -328,7 +335,8 @@ int stk__cuda_backend_open(stk__backend_t *b, int device)
         (rc = stk__cu_status(cudaMallocHost(&c->host_scratch, sizeof(stk__k_fault_t)), "cudaMallocHost (scratch)")))
         goto fail;
     if ((rc = stk__cuda_op_alloc(c, (void **)&c->flag_dev, sizeof(int), "the non-finite flag")) ||
-        (rc = stk__cu_status(cudaMallocHost((void **)&c->flag_host, sizeof(int)), "cudaMallocHost (flag)")))
+        (rc = stk__cu_status(cudaMallocHost((void **)&c->flag_host, sizeof(int)), "cudaMallocHost (flag)")) ||
+        (rc = stk__cuda_graph_init(c)))
         goto fail;
     b->iface = &cuda_iface;
     b->ctx = c;

@@ -231,6 +231,13 @@ void stk__cuda_concat_backward(void *ctx, int64_t n, int64_t ca, int64_t cb, int
 void stk__cuda_dropout_forward(void *ctx, size_t n, float p, uint64_t key, uint64_t step, const float *x, float *y)
 {
     cuda_ctx_t *c = ctx;
+    if (c->capturing) {
+        /* A graph replays with the step its launch was prepared with. */
+        stk__cuda_graph_note_step(c, step);
+        stk__cu_stick(c, stk__cu_status(stk__k_dropout_dev(c->stream, n, p, key, (const uint64_t *)c->graph_dev, x, y),
+                                        "dropout"));
+        return;
+    }
     stk__cu_stick(c, stk__cu_status(stk__k_dropout(c->stream, n, p, key, step, x, y), "dropout"));
 }
 

@@ -24,6 +24,9 @@ int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_
         return stk__error(-ENOMEM, "cuda optimizer plan: out of memory");
     }
     op->kind = CU_OP_OPTIM;
+    /* Its scalars' place in the graph block (cuda_graph.c); a model with
+     * more groups than slots is stepped outside graphs. */
+    op->kslot = c->kslots < CU_GRAPH_KSLOTS ? c->kslots++ : -1;
     for (size_t r = 0; r < n_ranges; r++)
         for (size_t at = 0; at < ranges[r].count; at += STK__K_OPTIM_CHUNK) {
             size_t left = ranges[r].count - at;
@@ -56,6 +59,14 @@ int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t 
         return rc;
     if (!op || op->kind != CU_OP_OPTIM)
         return stk__error(-EINVAL, "cuda optimizer update: not an optimizer plan");
+    if (c->capturing) {
+        /* A graph replays with the scalars its launch was prepared with. */
+        if ((rc = stk__cuda_graph_note_optim(c, op, k)) < 0)
+            return rc;
+        const void *kd = c->graph_dev + CU_GRAPH_KOFF + (size_t)op->kslot * sizeof(*k);
+        return stk__cu_status(stk__k_optim_dev(c->stream, kd, op->aux, op->nchunks, params, grads, s0, s1, s2),
+                              "optimizer update");
+    }
     return stk__cu_status(stk__k_optim(c->stream, k, op->aux, op->nchunks, params, grads, s0, s1, s2),
                           "optimizer update");
 }

@@ -55,6 +55,15 @@ static __global__ void k_dropout(size_t n, size_t blocks, float p, float scale, 
     kb_dropout_block((uint64_t)b, n, p, scale, key, step, x, y);
 }
 
+/* The same, the step read from device memory (a replayed CUDA graph's). */
+static __global__ void k_dropout_dev(size_t n, size_t blocks, float p, float scale, uint64_t key,
+                                     const uint64_t *step, const float *x, float *y)
+{
+    const uint64_t st = *step;
+    FOR_EACH(b, blocks)
+    kb_dropout_block((uint64_t)b, n, p, scale, key, st, x, y);
+}
+
 static __global__ void k_bias_add(size_t total, int64_t c, int64_t inner, const float *b, float *y)
 {
     FOR_EACH(i, total)
@@ -134,6 +143,16 @@ extern "C" cudaError_t stk__k_dropout(cudaStream_t s, size_t n, float p, uint64_
     size_t blocks = (n + 3) / 4;
     if (blocks)
         k_dropout<<<grid_for(blocks), THREADS, 0, s>>>(n, blocks, p, scale, key, step, x, y);
+    return launched();
+}
+
+extern "C" cudaError_t stk__k_dropout_dev(cudaStream_t s, size_t n, float p, uint64_t key, const uint64_t *step,
+                                          const float *x, float *y)
+{
+    float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    size_t blocks = (n + 3) / 4;
+    if (blocks)
+        k_dropout_dev<<<grid_for(blocks), THREADS, 0, s>>>(n, blocks, p, scale, key, step, x, y);
     return launched();
 }
 

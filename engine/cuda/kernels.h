@@ -34,6 +34,9 @@ cudaError_t stk__k_concat_bwd(cudaStream_t s, int64_t n, int64_t ct, int64_t c0,
 /* y = x * mask / (1 - p), the mask from Philox(key, step, element / 4). */
 cudaError_t stk__k_dropout(cudaStream_t s, size_t n, float p, uint64_t key, uint64_t step, const float *x,
                            float *y);
+/* The same with the step read from device memory at run time. */
+cudaError_t stk__k_dropout_dev(cudaStream_t s, size_t n, float p, uint64_t key, const uint64_t *step, const float *x,
+                               float *y);
 /* y[o, ch, i] += b[ch] over [outer, c, inner]. */
 cudaError_t stk__k_bias_add(cudaStream_t s, int64_t outer, int64_t c, int64_t inner, const float *b, float *y);
 /* db[ch] = sum over o, i of dy[o, ch, i] (overwrites). */
@@ -117,6 +120,9 @@ cudaError_t stk__k_seq_pool_bwd(cudaStream_t s, int mean, int64_t n, int64_t t, 
 struct stk__optim_scalars;
 cudaError_t stk__k_optim(cudaStream_t s, const struct stk__optim_scalars *k, const void *chunks, size_t nchunks,
                          float *p, const float *g, float *s0, float *s1, float *s2);
+/* The same with the scalars read from device memory at run time. */
+cudaError_t stk__k_optim_dev(cudaStream_t s, const struct stk__optim_scalars *k_dev, const void *chunks,
+                             size_t nchunks, float *p, const float *g, float *s0, float *s1, float *s2);
 
 /* g[0..n) *= inv (a float multiply); *flag = 1 (device int, not cleared
  * here) when any element was NaN or infinite before. */

@@ -370,6 +370,12 @@ STK_API void stk_model_set_loss_scale(stk_model_t *m, float scale);
  * -EINVAL, or the backend's error. */
 STK_API int stk_model_unscale_grads(stk_model_t *m, float inv_scale, int *nonfinite);
 
+STK_API int stk_model_set_cuda_graph(stk_model_t *m, int on);
+/* 1 when stk_model_train_step may use graphs (on, and the backend has
+ * them), else 0; *captures and *replays (may be NULL): graphs captured
+ * and replayed so far. */
+STK_API int stk_model_cuda_graph(const stk_model_t *m, uint64_t *captures, uint64_t *replays);
+
 /* The precision the model computes in: the configured one, or FP32 where
  * the backend computes TF32 as FP32 (the CPU). */
 STK_API stk_precision_t stk_model_precision(const stk_model_t *m);

@@ -187,6 +187,20 @@ STK_API int stk_optim_create_for_model(stk_optim_t **out, stk_model_t *model, co
  * error. Not thread-safe on one optimizer or model. */
 STK_API int stk_optim_step_model(stk_optim_t *opt, stk_model_t *model);
 
+/* One whole training step: forward with target (as
+ * stk_model_forward_tensor), backward, the update of opt (made for m by
+ * stk_optim_create_for_model) and zero_grad; *loss as forward gives it.
+ * With CUDA graphs on (stk_model_set_cuda_graph) on a backend that has
+ * them, the second step of a given batch size, input buffer and optimizer
+ * is captured as one graph and later ones replay it: one launch and one
+ * read-back a step; a step the graph cannot take (another batch size,
+ * sequences, soft targets, gradients not zeroed) runs as usual, and the
+ * results are those of the four calls either way. The loss is known only
+ * after the update. Returns 0 or the error of the step (a failed capture
+ * turns graphs off and names it). */
+STK_API int stk_model_train_step(stk_model_t *m, stk_optim_t *opt, const stk_tensor_t *input,
+                                 const stk_tensor_t *target, float *loss);
+
 /* Creates an optimizer. Copies what it needs from cfg (ranges included).
  * State buffers are allocated on first use. Returns 0, STK_ECONFIG (bad
  * hyper-parameter or range, named in the message), -EINVAL, -ENOMEM. */

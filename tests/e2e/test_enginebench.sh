@@ -11,7 +11,10 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 has() { case "$1" in *"$2"*) ;; *) fail "'$1' lacks '$2'" ;; esac; }
 
 out=$("$eb" --model "$models/fmnist-cnn.model" --batch 4 --iters 2 --warmup 1 --threads 1 --train --json)
-has "$out" '"batch":4,"device":"cpu","precision":"fp32","train":true,"iters":2,"images_per_s":'
+has "$out" '"batch":4,"device":"cpu","precision":"fp32","train":true,"cuda_graph":false,"graph_replays":0,"iters":2,"images_per_s":'
+# --cuda-graph on the CPU: no graphs there, the steps run as usual.
+out=$("$eb" --model "$models/fmnist-cnn.model" --batch 4 --iters 1 --warmup 2 --threads 1 --train --cuda-graph --json)
+has "$out" '"train":true,"cuda_graph":false,"graph_replays":0'
 out=$("$eb" --model "$models/fmnist-cnn.model" --batch 4 --iters 1 --warmup 0 --threads 1 --precision tf32 --json)
 has "$out" '"precision":"fp32","train":false'
 # ResNet-18: torchvision's parameter count, one training step.

@@ -690,6 +690,64 @@ static void test_stepper_loss_scaling_overflow(void **state)
     }
 }
 
+/* stk_model_train_step: the four calls in one (on the CPU, where there
+ * are no graphs to capture, graphs asked for or not), the same bits as
+ * making them; its argument errors. */
+static void test_model_train_step(void **state)
+{
+    (void)state;
+    stk_dataset_t *ds = make_dataset(32, 9, UINT64_MAX, STK_DTYPE_I64);
+    stk_train_inputs_t *in = make_inputs("normalize:mean=0.3,std=0.3");
+    stk_loader_t *l = make_loader(ds, BATCH, 0, 0, NULL);
+    stk_model_t *m[2] = {make_model(model_text, BATCH), make_model(model_text, BATCH)};
+    stk_optim_t *o[2];
+    for (int k = 0; k < 2; k++)
+        assert_int_equal(stk_optim_create_for_model(&o[k], m[k], "adamw:lr=1e-3,weight_decay=0.01"), 0);
+    assert_int_equal(stk_model_set_cuda_graph(m[0], 1), 0);
+    uint64_t captures = 7, replays = 7;
+    assert_int_equal(stk_model_cuda_graph(m[0], &captures, &replays), 0);
+    assert_true(captures == 0 && replays == 0);
+    stk_batch_t b;
+    while (stk_loader_next(l, &b) == 0) {
+        stk_tensor_t x, y;
+        assert_int_equal(stk_train_inputs_get(in, &b, &x, &y), 0);
+        float la = NAN, lb = NAN;
+        assert_int_equal(stk_model_train_step(m[0], o[0], &x, &y, &la), 0);
+        assert_int_equal(stk_model_forward_tensor(m[1], &x, &y, &lb), 0);
+        assert_int_equal(stk_model_backward(m[1]), 0);
+        assert_int_equal(stk_optim_step_model(o[1], m[1]), 0);
+        stk_model_zero_grad(m[1]);
+        assert_memory_equal(&la, &lb, sizeof la);
+        int64_t ca = -1, cb = -2;
+        assert_int_equal(stk_model_count_correct(m[0], y.data, &ca), 0);
+        assert_int_equal(stk_model_count_correct(m[1], y.data, &cb), 0);
+        assert_int_equal(ca, cb);
+        if (b.number == 0) {
+            float loss;
+            assert_int_equal(stk_model_train_step(NULL, o[0], &x, &y, &loss), -EINVAL);
+            assert_int_equal(stk_model_train_step(m[0], o[0], &x, &y, NULL), -EINVAL);
+            stk_model_set_train(m[0], 0);
+            assert_int_equal(stk_model_train_step(m[0], o[0], &x, &y, &loss), STK_ESTATE);
+            expect_msg("not in training mode");
+            stk_model_set_train(m[0], 1);
+        }
+        stk_loader_release(l, &b);
+    }
+    size_t n, nb;
+    const float *p0 = stk_model_params(m[0], &n);
+    expect_same_floats(p0, stk_model_params(m[1], NULL), n, "parameters of train_step and the four calls");
+    const float *b0 = stk_model_buffers(m[0], &nb);
+    expect_same_floats(b0, stk_model_buffers(m[1], NULL), nb, "buffers of train_step and the four calls");
+    assert_int_equal(stk_model_set_cuda_graph(NULL, 1), -EINVAL);
+    for (int k = 0; k < 2; k++) {
+        stk_optim_destroy(&o[k]);
+        stk_model_destroy(&m[k]);
+    }
+    stk_loader_destroy(&l);
+    stk_train_inputs_destroy(&in);
+    stk_dataset_destroy(&ds);
+}
+
 /* ---- evaluation ----------------------------------------------------------- */
 
 static void test_evaluate(void **state)
@@ -1121,6 +1179,7 @@ int main(void)
         cmocka_unit_test(test_loss_scaler),
         cmocka_unit_test(test_stepper_loss_scaling_exact),
         cmocka_unit_test(test_stepper_loss_scaling_overflow),
+        cmocka_unit_test(test_model_train_step),
         cmocka_unit_test(test_evaluate),
         cmocka_unit_test(test_state_checkpoint),
         cmocka_unit_test(test_loop_resume),
