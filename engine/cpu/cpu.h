@@ -100,6 +100,8 @@ int stk__cpu_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **op)
 void stk__cpu_rnn_destroy(void *ctx, stk__rnn_op_t *op);
 int stk__cpu_rnn_forward(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a);
 int stk__cpu_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a);
+/* How many parts the last forward was split into (0: none; cpu_rnn.c). */
+int stk__cpu_rnn_parts(const stk__rnn_op_t *op);
 /* cpu_seq.c */
 int stk__cpu_gather_rows(void *ctx, int64_t n, int64_t f, int64_t rows, const int64_t *idx, const float *src,
                          float *dst);

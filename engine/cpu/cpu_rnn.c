@@ -18,8 +18,11 @@
 #include "cpu.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <omp.h>
 
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
@@ -31,10 +34,15 @@
  * the least recently used goes when full. Creating one costs ~0.4 ms. */
 #define CACHE_MAX 256
 #define PAR_MIN 16384
+/* Batch splitting: at most this many parts, each of at least
+ * PART_MIN sequences. */
+#define RNN_PARTS 8
+#define PART_MIN 2
 
 typedef struct rprim {
     dnnl_primitive_t p;
     int nargs;
+    int scratch; /* args[scratch] is the op's scratchpad; 0: none (args[0] never is) */
     dnnl_exec_arg_t args[RNN_MAX_ARGS];
 } rprim_t;
 
@@ -95,6 +103,22 @@ struct stk__rnn_op {
     float *zero;
     int trained;
     uint64_t key, step;
+    /* The state tensors ([L*D, sn, H]) and the dropout mask's element
+     * index see this op's sequences as sbase.. of a batch of sn. */
+    int64_t sn, sbase;
+    /* Primitives run with a scratchpad of the op's own (user mode), so
+     * parts can run side by side on their own streams. */
+    dnnl_stream_t stream, own_stream;
+    dnnl_primitive_attr_t attr;
+    void *scratch;
+    size_t scratch_cap;
+    /* Batch splitting (see split_ok): parts, each a whole op of its own
+     * for a slice of the batch; the dw of parts 1.. before the sum. */
+    int np, split;
+    struct stk__rnn_op *part[RNN_PARTS];
+    float *pdw[RNN_PARTS];
+    int64_t pb[RNN_PARTS + 1];
+    char perr[RNN_PARTS][256];
 };
 
 #define DNNL_TRY(call)                                                                                 \
@@ -125,30 +149,58 @@ static void rprim_free(rprim_t *pr)
     memset(pr, 0, sizeof(*pr));
 }
 
+/* The op's scratchpad grown to the one pd needs, and pr's argument for
+ * it when it needs one. */
+static int scratch_arg(stk__rnn_op_t *op, rprim_t *pr, const_dnnl_primitive_desc_t pd)
+{
+    int rc = 0;
+    const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    size_t sz = md ? dnnl_memory_desc_get_size(md) : 0;
+    if (sz == 0)
+        return 0;
+    if (sz > op->scratch_cap) {
+        free(op->scratch);
+        op->scratch_cap = 0;
+        if (!(op->scratch = zalloc(sz)))
+            return stk__error(-ENOMEM, "rnn: out of memory for a %zu-byte scratchpad", sz);
+        op->scratch_cap = sz;
+    }
+    int i = pr->nargs;
+    pr->args[i].arg = DNNL_ARG_SCRATCHPAD;
+    DNNL_TRY(dnnl_memory_create(&pr->args[i].memory, md, op->c->eng, DNNL_MEMORY_NONE));
+    pr->scratch = i;
+    pr->nargs = i + 1;
+    return 0;
+fail:
+    return rc;
+}
+
 /* The primitive of pd with one memory object per argument in ids. */
-static int rprim_make(cpu_ctx_t *c, rprim_t *pr, const_dnnl_primitive_desc_t pd, int nargs, const int *ids)
+static int rprim_make(stk__rnn_op_t *op, rprim_t *pr, const_dnnl_primitive_desc_t pd, int nargs, const int *ids)
 {
     int rc = 0;
     DNNL_TRY(dnnl_primitive_create(&pr->p, pd));
     for (int i = 0; i < nargs; i++) {
         const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, dnnl_query_exec_arg_md, ids[i]);
         pr->args[i].arg = ids[i];
-        DNNL_TRY(dnnl_memory_create(&pr->args[i].memory, md, c->eng, DNNL_MEMORY_NONE));
+        DNNL_TRY(dnnl_memory_create(&pr->args[i].memory, md, op->c->eng, DNNL_MEMORY_NONE));
         pr->nargs = i + 1;
     }
+    if ((rc = scratch_arg(op, pr, pd)) < 0)
+        goto fail;
     return 0;
 fail:
     rprim_free(pr);
     return rc;
 }
 
-static int rprim_run(cpu_ctx_t *c, rprim_t *pr, void *const *ptrs)
+static int rprim_run(stk__rnn_op_t *op, rprim_t *pr, void *const *ptrs)
 {
     int rc = 0;
     for (int i = 0; i < pr->nargs; i++)
-        DNNL_TRY(dnnl_memory_set_data_handle(pr->args[i].memory, ptrs[i]));
-    DNNL_TRY(dnnl_primitive_execute(pr->p, c->stream, pr->nargs, pr->args));
-    DNNL_TRY(dnnl_stream_wait(c->stream));
+        DNNL_TRY(dnnl_memory_set_data_handle(pr->args[i].memory, pr->scratch && pr->scratch == i ? op->scratch : ptrs[i]));
+    DNNL_TRY(dnnl_primitive_execute(pr->p, op->stream, pr->nargs, pr->args));
+    DNNL_TRY(dnnl_stream_wait(op->stream));
     return 0;
 fail:
     return rc;
@@ -208,7 +260,7 @@ static int fwd_pd(const stk__rnn_op_t *op, const rnn_mds_t *m, dnnl_primitive_de
     else
         DNNL_TRY(dnnl_lbr_gru_forward_desc_init(&rd, dnnl_forward_training, dir, &m->src, &m->iter, &m->wl, &m->wi,
                                                 &m->bias, &m->dst, &m->iter, 0));
-    DNNL_TRY(dnnl_primitive_desc_create(pd, &rd, NULL, op->c->eng, NULL));
+    DNNL_TRY(dnnl_primitive_desc_create(pd, &rd, op->attr, op->c->eng, NULL));
     return 0;
 fail:
     return rc;
@@ -228,7 +280,7 @@ static int bwd_pd(const stk__rnn_op_t *op, const rnn_mds_t *m, const_dnnl_primit
         DNNL_TRY(dnnl_lbr_gru_backward_desc_init(&rd, dnnl_backward, dir, &m->src, &m->iter, &m->wl, &m->wi,
                                                  &m->bias, &m->dst, &m->iter, &m->src, &m->iter, &m->wl, &m->wi,
                                                  &m->bias, &m->dst, &m->iter, 0));
-    DNNL_TRY(dnnl_primitive_desc_create(pd, &rd, NULL, op->c->eng, hint));
+    DNNL_TRY(dnnl_primitive_desc_create(pd, &rd, op->attr, op->c->eng, hint));
     return 0;
 fail:
     return rc;
@@ -288,7 +340,7 @@ static int shape_get(stk__rnn_op_t *op, const rlayer_t *ly, int64_t steps, int64
         }
         rnn_mds_t m;
         if ((rc = mds_make(op, steps, n, ly->in, &m)) < 0 || (rc = fwd_pd(op, &m, &s->fpd)) < 0 ||
-            (rc = check_formats(ly, s->fpd, 0)) < 0 || (rc = rprim_make(op->c, &s->fwd, s->fpd, FWD_N(lstm), FWD_IDS)) < 0)
+            (rc = check_formats(ly, s->fpd, 0)) < 0 || (rc = rprim_make(op, &s->fwd, s->fpd, FWD_N(lstm), FWD_IDS)) < 0)
             goto fail;
         s->ws = dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(s->fpd, dnnl_query_workspace_md, 0));
         s->steps = steps;
@@ -299,7 +351,7 @@ static int shape_get(stk__rnn_op_t *op, const rlayer_t *ly, int64_t steps, int64
         rnn_mds_t m;
         if ((rc = mds_make(op, steps, n, ly->in, &m)) < 0 || (rc = bwd_pd(op, &m, s->fpd, &s->bpd)) < 0 ||
             (rc = check_formats(ly, s->bpd, 1)) < 0 ||
-            (rc = rprim_make(op->c, &s->bwd, s->bpd, BWD_N(lstm), BWD_IDS)) < 0)
+            (rc = rprim_make(op, &s->bwd, s->bpd, BWD_N(lstm), BWD_IDS)) < 0)
             goto fail;
     }
     s->used = ++op->tick;
@@ -315,17 +367,21 @@ fail:
 
 /* ---------------------------------------------------------------- plan */
 
-static int reorder_make(cpu_ctx_t *c, rprim_t *pr, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to)
+static int reorder_make(stk__rnn_op_t *op, rprim_t *pr, const dnnl_memory_desc_t *from,
+                        const dnnl_memory_desc_t *to)
 {
     int rc = 0;
+    cpu_ctx_t *c = op->c;
     dnnl_primitive_desc_t pd = NULL;
-    DNNL_TRY(dnnl_reorder_primitive_desc_create(&pd, from, c->eng, to, c->eng, NULL));
+    DNNL_TRY(dnnl_reorder_primitive_desc_create(&pd, from, c->eng, to, c->eng, op->attr));
     DNNL_TRY(dnnl_primitive_create(&pr->p, pd));
     pr->nargs = 2;
     pr->args[0].arg = DNNL_ARG_FROM;
     pr->args[1].arg = DNNL_ARG_TO;
     DNNL_TRY(dnnl_memory_create(&pr->args[0].memory, from, c->eng, DNNL_MEMORY_NONE));
     DNNL_TRY(dnnl_memory_create(&pr->args[1].memory, to, c->eng, DNNL_MEMORY_NONE));
+    if ((rc = scratch_arg(op, pr, pd)) < 0)
+        goto fail;
     dnnl_primitive_desc_destroy(pd);
     return 0;
 fail:
@@ -356,8 +412,8 @@ static int layer_formats(stk__rnn_op_t *op, rlayer_t *ly)
         goto fail;
     for (int k = 0; k < W_N; k++) {
         const dnnl_memory_desc_t *p = &plain[k & 1];
-        if ((rc = k < W_DL ? reorder_make(op->c, &ly->re[k], p, &ly->md[k])
-                           : reorder_make(op->c, &ly->re[k], &ly->md[k], p)) < 0)
+        if ((rc = k < W_DL ? reorder_make(op, &ly->re[k], p, &ly->md[k])
+                           : reorder_make(op, &ly->re[k], &ly->md[k], p)) < 0)
             goto fail;
     }
 fail:
@@ -368,11 +424,15 @@ fail:
     return rc;
 }
 
-void stk__cpu_rnn_destroy(void *ctx, stk__rnn_op_t *op)
+static void core_destroy(stk__rnn_op_t *op)
 {
-    (void)ctx;
     if (!op)
         return;
+    free(op->scratch);
+    if (op->attr)
+        dnnl_primitive_attr_destroy(op->attr);
+    if (op->own_stream)
+        dnnl_stream_destroy(op->own_stream);
     for (int i = 0; i < op->ncache; i++)
         shape_free(&op->cache[i]);
     for (int l = 0; op->layers && l < op->d.layers; l++) {
@@ -429,7 +489,9 @@ void stk__cpu_rnn_destroy(void *ctx, stk__rnn_op_t *op)
             goto nomem;                                                                                \
     } while (0)
 
-int stk__cpu_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **out)
+/* An op for batches of up to d->batch; own_stream: on a stream of its
+ * own (a part), else the context's. */
+static int core_create(cpu_ctx_t *c, const stk__rnn_desc_t *d, int own_stream, stk__rnn_op_t **out)
 {
     *out = NULL;
     if ((d->cell != STK__RNN_LSTM && d->cell != STK__RNN_GRU) || d->batch < 1 || d->steps < 1 || d->input < 1 ||
@@ -444,7 +506,19 @@ int stk__cpu_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **out
         return stk__error(-ENOMEM, "rnn: out of memory");
     int rc = 0;
     op->d = *d;
-    op->c = ctx;
+    op->c = c;
+    op->stream = c->stream;
+    dnnl_status_t st = dnnl_primitive_attr_create(&op->attr);
+    if (st == dnnl_success)
+        st = dnnl_primitive_attr_set_scratchpad_mode(op->attr, dnnl_scratchpad_mode_user);
+    if (st == dnnl_success && own_stream) {
+        st = dnnl_stream_create(&op->own_stream, c->eng, dnnl_stream_default_flags);
+        op->stream = op->own_stream;
+    }
+    if (st != dnnl_success) {
+        rc = stk__error(STK_EBACKEND, "oneDNN rnn: attributes or stream: %s", dnnl_status2str(st));
+        goto fail;
+    }
     op->g = stk__rnn_gates(d->cell);
     op->gb = d->cell == STK__RNN_LSTM ? 4 : 4; /* LSTM: i f g o; lbr GRU: u r o and the hidden n bias */
     op->nd = d->bidirectional ? 2 : 1;
@@ -508,7 +582,7 @@ int stk__cpu_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **out
 nomem:
     rc = stk__error(-ENOMEM, "rnn: out of memory planning batch %lld x %lld steps", (long long)n, (long long)t);
 fail:
-    stk__cpu_rnn_destroy(ctx, op);
+    core_destroy(op);
     return rc;
 }
 
@@ -588,7 +662,7 @@ static void dropout_rows(const stk__rnn_op_t *op, int layer, float *x, int64_t f
     uint64_t key = stk_rng_mix(op->key, (uint64_t)layer);
 #pragma omp parallel for if (op->r * f > PAR_MIN)
     for (int64_t row = 0; row < op->r; row++) {
-        uint64_t e0 = (uint64_t)((op->rowseq[row] * op->t + op->rowt[row]) * f);
+        uint64_t e0 = (uint64_t)(((op->sbase + op->rowseq[row]) * op->t + op->rowt[row]) * f);
         uint32_t w[4];
         uint64_t blk = UINT64_MAX;
         for (int64_t j = 0; j < f; j++) {
@@ -633,7 +707,7 @@ static int weights_in(stk__rnn_op_t *op, int l, int di, const float *block, int 
     for (int k = 0; k < 2; k++) {
         const float *src = to_dnnl_gates(op, block + o[k], k == 0 ? ly->in : h, op->tmp[k]);
         void *ptrs[2] = {(void *)src, dr->w[(bwd ? W_BL : W_FL) + k]};
-        int rc = rprim_run(op->c, &ly->re[(bwd ? W_BL : W_FL) + k], ptrs);
+        int rc = rprim_run(op, &ly->re[(bwd ? W_BL : W_FL) + k], ptrs);
         if (rc < 0)
             return rc;
     }
@@ -666,7 +740,7 @@ static int weights_out(stk__rnn_op_t *op, int l, int di, float *dw)
         int64_t in = k == 0 ? ly->in : h;
         float *dst = op->d.cell == STK__RNN_LSTM ? dw + o[k] : op->tmp[k];
         void *ptrs[2] = {dr->dw[k], dst};
-        int rc = rprim_run(op->c, &ly->re[W_DL + k], ptrs);
+        int rc = rprim_run(op, &ly->re[W_DL + k], ptrs);
         if (rc < 0)
             return rc;
         if (op->d.cell == STK__RNN_GRU) {
@@ -701,7 +775,7 @@ static void state_gather(const stk__rnn_op_t *op, const float *src, int l, int d
         memset(dst, 0, (size_t)(op->n * h) * sizeof(float));
         return;
     }
-    const float *base = src + (size_t)((l * op->nd + di) * op->n * h);
+    const float *base = src + (size_t)(((l * op->nd + di) * op->sn + op->sbase) * h);
     for (int64_t i = 0; i < op->n; i++)
         memcpy(dst + i * h, base + op->order[i] * h, (size_t)h * sizeof(float));
 }
@@ -711,7 +785,7 @@ static void state_gather(const stk__rnn_op_t *op, const float *src, int l, int d
 static void state_scatter(const stk__rnn_op_t *op, const float *slots, int l, int di, float *dst)
 {
     int64_t h = op->d.hidden, nh = op->d.batch * h;
-    float *base = dst + (size_t)((l * op->nd + di) * op->n * h);
+    float *base = dst + (size_t)(((l * op->nd + di) * op->sn + op->sbase) * h);
     for (int64_t i = 0; i < op->n; i++)
         memcpy(base + op->order[i] * h, slots + op->slot_of[i] * nh + i * h, (size_t)h * sizeof(float));
 }
@@ -746,19 +820,22 @@ static int dir_forward(stk__rnn_op_t *op, rlayer_t *ly, rdir_t *dr, const float 
         void *p[10] = {(void *)(x + row * ly->in), dr->h + k * nh, dr->w[W_FL], dr->w[W_FI], dr->bias,
                        dr->y + row * h, dr->h + (k + 1) * nh, dr->ws + dr->ws_off[k],
                        lstm ? dr->c + k * nh : NULL, lstm ? dr->c + (k + 1) * nh : NULL};
-        if ((rc = rprim_run(op->c, &s->fwd, p)) < 0)
+        if ((rc = rprim_run(op, &s->fwd, p)) < 0)
             return rc;
     }
     return 0;
 }
 
-int stk__cpu_rnn_forward(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a)
+/* The forward of sequences sbase.. of a batch of sn (state tensors and
+ * the dropout mask index that batch); a->x, y, lengths are this op's. */
+static int core_forward(stk__rnn_op_t *op, int train, const stk__rnn_args_t *a, int64_t sn, int64_t sbase)
 {
-    (void)ctx;
     int rc;
     op->trained = 0;
     if ((rc = pack(op, a->n, a->t, a->lengths)) < 0)
         return rc;
+    op->sn = sn;
+    op->sbase = sbase;
     op->key = a->key;
     op->step = a->step;
     int64_t h = op->d.hidden, dh = op->nd * h, in0 = op->d.input, r = op->r, t = op->t;
@@ -851,7 +928,7 @@ static int dir_backward(stk__rnn_op_t *op, rlayer_t *ly, rdir_t *dr, const float
                        lstm ? dr->c + (k + 1) * nh : NULL,
                        lstm ? dc2 : NULL,
                        lstm ? dc : NULL};
-        if ((rc = rprim_run(op->c, &s->bwd, p)) < 0)
+        if ((rc = rprim_run(op, &s->bwd, p)) < 0)
             return rc;
         float *tmp = dh;
         dh = dh2;
@@ -876,14 +953,13 @@ static int dir_backward(stk__rnn_op_t *op, rlayer_t *ly, rdir_t *dr, const float
 static void state_scatter_sorted(const stk__rnn_op_t *op, const float *sorted, int l, int di, float *dst)
 {
     int64_t h = op->d.hidden;
-    float *base = dst + (size_t)((l * op->nd + di) * op->n * h);
+    float *base = dst + (size_t)(((l * op->nd + di) * op->sn + op->sbase) * h);
     for (int64_t i = 0; i < op->n; i++)
         memcpy(base + op->order[i] * h, sorted + i * h, (size_t)h * sizeof(float));
 }
 
-int stk__cpu_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a)
+static int core_backward(stk__rnn_op_t *op, const stk__rnn_args_t *a)
 {
-    (void)ctx;
     if (!op->trained)
         return stk__error(STK_ESTATE, "rnn: backward without a forward before it");
     if (a->n != op->n || a->t != op->t)
@@ -951,4 +1027,199 @@ int stk__cpu_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a
             memcpy(a->dx + (op->rowseq[i] * t + op->rowt[i]) * in0, din + i * in0, (size_t)in0 * sizeof(float));
     }
     return 0;
+}
+
+/* ------------------------------------------------------ batch splitting */
+
+/* With OpenMP threads, oneDNN's lstm splits every step's GEMM and cell
+ * among them: a handful of barriers per step and layer, hundreds per
+ * training step, each a sleep and a wake-up under the passive wait policy
+ * and a lost time slice whenever the machine is shared. Sequences are
+ * independent, so instead the batch is cut into one slice per thread, each
+ * run single-threaded end to end by a part (a whole op of its own, with
+ * its own primitives, stream and scratchpad): the threads meet once per
+ * forward and once per backward. Results differ from the unsplit op's by
+ * float rounding only (GEMM blocking; the weight gradient is the sum of
+ * the parts'); the dropout mask is indexed by the element's place in the
+ * whole batch, so it is the same. */
+
+static size_t param_count(const stk__rnn_desc_t *d)
+{
+    size_t cnt = 0, off = stk__rnn_param_offset(d, d->layers - 1, d->bidirectional ? 1 : 0, 3, &cnt);
+    return off + cnt;
+}
+
+/* The most sequences one part holds when np share a batch: an even
+ * share and a quarter more, room to even out the work of ragged lengths. */
+static int64_t part_cap(int64_t batch, int np)
+{
+    int64_t share = (batch + np - 1) / np, cap = share + share / 4 + 1;
+    return cap < batch ? cap : batch;
+}
+
+/* How many parts this call is split into (0: none) and their sequence
+ * ranges in op->pb: contiguous slices of about equal work (the sum of
+ * their lengths). A call the parts cannot take (bad sizes or lengths,
+ * nested in a parallel region, one thread) goes to the whole op, which
+ * also reports the errors. */
+static int split_plan(stk__rnn_op_t *op, const stk__rnn_args_t *a)
+{
+    int np = op->np, nt = omp_get_max_threads();
+    if (np > nt)
+        np = nt;
+    if (np < 2 || omp_in_parallel() || a->n > op->d.batch || a->t < 1 || a->t > op->d.steps ||
+        a->n < (int64_t)np * PART_MIN)
+        return 0;
+    int64_t n = a->n, cap = op->part[0]->d.batch, total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t L = a->lengths ? a->lengths[i] : a->t;
+        if (L < 0 || L > a->t)
+            return 0;
+        total += L + 1; /* + 1: a sequence costs its copies even when empty */
+    }
+#define WORK(i) ((a->lengths ? a->lengths[i] : a->t) + 1)
+    int64_t k = 0, acc = 0; /* acc: the work of sequences before k */
+    op->pb[0] = 0;
+    for (int p = 0; p < np - 1; p++) {
+        int64_t lo = op->pb[p] + 1, hi = op->pb[p] + cap, left = np - 1 - p;
+        if (lo < n - left * cap)
+            lo = n - left * cap;
+        if (hi > n - left)
+            hi = n - left;
+        if (lo > hi)
+            return 0;
+        int64_t target = total * (p + 1) / np;
+        while (k < lo)
+            acc += WORK(k), k++;
+        while (k < hi && acc + WORK(k) <= target)
+            acc += WORK(k), k++;
+        if (k < hi && acc < target && acc + WORK(k) - target < target - acc)
+            acc += WORK(k), k++;
+        op->pb[p + 1] = k;
+    }
+#undef WORK
+    op->pb[np] = n;
+    if (n - op->pb[np - 1] < 1 || n - op->pb[np - 1] > cap)
+        return 0;
+    return np;
+}
+
+/* Runs the parts side by side: forward (bwd = 0) or backward. */
+static int run_parts(stk__rnn_op_t *op, int np, int bwd, int train, const stk__rnn_args_t *a)
+{
+    int rcs[RNN_PARTS] = {0};
+    int64_t t = a->t, in0 = op->d.input, dh = op->nd * op->d.hidden;
+#pragma omp parallel for num_threads(np) schedule(static, 1)
+    for (int p = 0; p < np; p++) {
+        stk__rnn_op_t *q = op->part[p];
+        int64_t b0 = op->pb[p];
+        stk__rnn_args_t b = *a;
+        b.n = op->pb[p + 1] - b0;
+        b.lengths = a->lengths ? a->lengths + b0 : NULL;
+        b.x = a->x ? a->x + b0 * t * in0 : NULL;
+        b.y = a->y ? a->y + b0 * t * dh : NULL;
+        b.dy = a->dy ? a->dy + b0 * t * dh : NULL;
+        b.dx = a->dx ? a->dx + b0 * t * in0 : NULL;
+        b.dw = p == 0 ? a->dw : op->pdw[p];
+        int rc = bwd ? core_backward(q, &b) : core_forward(q, train, &b, a->n, b0);
+        if (rc < 0)
+            snprintf(op->perr[p], sizeof(op->perr[p]), "%s", stk_error_message());
+        rcs[p] = rc;
+    }
+    for (int p = 0; p < np; p++)
+        if (rcs[p] < 0)
+            return stk__error(rcs[p], "%s", op->perr[p]);
+    return 0;
+}
+
+int stk__cpu_rnn_forward(void *ctx, stk__rnn_op_t *op, int train, const stk__rnn_args_t *a)
+{
+    (void)ctx;
+    op->split = 0;
+    op->trained = 0;
+    int np = split_plan(op, a);
+    if (np == 0)
+        return core_forward(op, train, a, a->n, 0);
+    int rc = run_parts(op, np, 0, train, a);
+    if (rc < 0)
+        return rc;
+    op->n = a->n;
+    op->t = a->t;
+    op->split = np;
+    op->trained = 1;
+    return 0;
+}
+
+int stk__cpu_rnn_backward(void *ctx, stk__rnn_op_t *op, const stk__rnn_args_t *a)
+{
+    (void)ctx;
+    if (!op->split)
+        return core_backward(op, a);
+    if (!op->trained)
+        return stk__error(STK_ESTATE, "rnn: backward without a forward before it");
+    if (a->n != op->n || a->t != op->t)
+        return stk__error(-EINVAL, "rnn: backward of %lld x %lld, but the forward was %lld x %lld", (long long)a->n,
+                          (long long)a->t, (long long)op->n, (long long)op->t);
+    int np = op->split, rc = run_parts(op, np, 1, 0, a);
+    if (rc < 0)
+        return rc;
+    int64_t nw = (int64_t)param_count(&op->d);
+    float *dw = a->dw;
+#pragma omp parallel for num_threads(np) schedule(static)
+    for (int64_t i = 0; i < nw; i++) {
+        float v = dw[i];
+        for (int p = 1; p < np; p++)
+            v += op->pdw[p][i];
+        dw[i] = v;
+    }
+    return 0;
+}
+
+int stk__cpu_rnn_parts(const stk__rnn_op_t *op)
+{
+    return op->split;
+}
+
+void stk__cpu_rnn_destroy(void *ctx, stk__rnn_op_t *op)
+{
+    (void)ctx;
+    if (!op)
+        return;
+    for (int p = 0; p < RNN_PARTS; p++) {
+        core_destroy(op->part[p]);
+        free(op->pdw[p]);
+    }
+    core_destroy(op);
+}
+
+int stk__cpu_rnn_create(void *ctx, const stk__rnn_desc_t *d, stk__rnn_op_t **out)
+{
+    stk__rnn_op_t *op;
+    int rc = core_create(ctx, d, 0, &op);
+    if (rc < 0)
+        return rc;
+    int np = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (np > RNN_PARTS)
+        np = RNN_PARTS;
+    if (np > d->batch / PART_MIN)
+        np = (int)(d->batch / PART_MIN);
+    if (np >= 2) {
+        stk__rnn_desc_t pd = *d;
+        pd.batch = part_cap(d->batch, np);
+        size_t nw = param_count(d);
+        for (int p = 0; p < np; p++) {
+            if ((rc = core_create(ctx, &pd, 1, &op->part[p])) < 0)
+                goto fail;
+            if (p > 0 && !(op->pdw[p] = zalloc(nw * sizeof(float)))) {
+                rc = stk__error(-ENOMEM, "rnn: out of memory for a part's weight gradient");
+                goto fail;
+            }
+        }
+        op->np = np;
+    }
+    *out = op;
+    return 0;
+fail:
+    stk__cpu_rnn_destroy(ctx, op);
+    return rc;
 }

@@ -3,7 +3,8 @@
  * LSTM and GRU forward and backward against PyTorch fixtures
  * (tools/gen_rnn_fixtures.py), against central finite differences (with
  * dropout between layers), a ragged batch against each sequence run alone,
- * the shape cache past its capacity, and the error paths. */
+ * the shape cache past its capacity, a batch split among threads against
+ * the same batch in one piece, and the error paths. */
 #include <errno.h>
 #include <math.h>
 #include <setjmp.h>
@@ -16,6 +17,7 @@
 #include <cmocka.h>
 
 #include "test_util.h"
+#include "engine/cpu/cpu.h"
 #include "engine/model.h"
 #include "stoker/engine.h"
 
@@ -533,6 +535,85 @@ static void test_shape_cache(void **state)
     problem_free(&p);
 }
 
+/* With threads the op cuts a batch into slices run side by side: the
+ * outputs, states and gradients are those of the batch in one piece (up
+ * to float rounding), dropout masks included; slices of uneven length
+ * balance the work. */
+static void split_check(int cell, int bidir)
+{
+    enum { N = 13, T = 11 };
+    static const int64_t len[N] = {11, 2, 0, 7, 7, 11, 1, 9, 3, 10, 5, 11, 4};
+    problem_t p;
+    problem_make(&p, cell, 2, bidir, 0.25f, N, T, 5, 8, len, 500 + (uint64_t)(cell * 2 + bidir));
+    int lstm = cell == STK__RNN_LSTM;
+    float *out[2][8];
+    for (int pass = 0; pass < 2; pass++) {
+        rnn_env_t e;
+        memset(&e, 0, sizeof(e));
+        assert_int_equal(stk__backend_open(&e.be, STK_DEVICE_CPU), 0);
+        /* pass 0: one thread, one piece; pass 1: three threads */
+        int threads = e.be.iface->max_threads(e.be.ctx);
+        assert_int_equal(e.be.iface->set_threads(e.be.ctx, pass ? 3 : 1), 0);
+        if (e.be.iface->rnn_create(e.be.ctx, &p.d, &e.op) < 0)
+            fail_msg("rnn_create: %s", stk_error_message());
+        float **o = out[pass];
+        o[0] = falloc(p.ny), o[1] = falloc(p.ns), o[2] = falloc(p.ns), o[3] = falloc(p.nx);
+        o[4] = falloc(p.ns), o[5] = falloc(p.ns), o[6] = falloc(p.np), o[7] = falloc(p.np);
+        stk__rnn_args_t a = {.n = N, .t = T, .lengths = p.len, .w = p.w, .x = p.x, .h0 = p.h0,
+                             .c0 = lstm ? p.c0 : NULL, .y = o[0], .hn = o[1], .cn = lstm ? o[2] : NULL,
+                             .dy = p.dy, .dhn = p.dhn, .dcn = lstm ? p.dcn : NULL, .dx = o[3], .dh0 = o[4],
+                             .dc0 = lstm ? o[5] : NULL, .dw = o[6], .key = 11, .step = 3};
+        /* twice: the second call's weight gradient overwrites the first's */
+        for (int k = 0; k < 2; k++) {
+            run_fwd(&e, 1, &a);
+            run_bwd(&e, &a);
+        }
+        assert_int_equal(stk__cpu_rnn_parts(e.op), pass ? 3 : 0);
+        if (pass) {
+            /* errors name the sequence in the whole batch, not in its slice */
+            int64_t bad[N];
+            memcpy(bad, len, sizeof(bad));
+            bad[9] = T + 1;
+            stk__rnn_args_t b = a;
+            b.lengths = bad;
+            assert_int_equal(e.be.iface->rnn_forward(e.be.ctx, e.op, 1, &b), -EINVAL);
+            assert_non_null(strstr(stk_error_message(), "length 12 of sequence 9"));
+            assert_int_equal(e.be.iface->rnn_backward(e.be.ctx, e.op, &a), STK_ESTATE);
+            run_fwd(&e, 1, &a);
+            b = a;
+            b.t = T - 1;
+            assert_int_equal(e.be.iface->rnn_backward(e.be.ctx, e.op, &b), -EINVAL);
+            assert_non_null(strstr(stk_error_message(), "but the forward was"));
+        }
+        /* a batch too small to split runs in one piece */
+        stk__rnn_args_t small = a;
+        small.n = 2;
+        small.dw = o[7];
+        run_fwd(&e, 1, &small);
+        assert_int_equal(stk__cpu_rnn_parts(e.op), 0);
+        assert_int_equal(e.be.iface->set_threads(e.be.ctx, threads), 0);
+        env_close(&e);
+    }
+    static const char *what[7] = {"y", "hn", "cn", "dx", "dh0", "dc0", "dw"};
+    size_t cnt[7] = {p.ny, p.ns, p.ns, p.nx, p.ns, p.ns, p.np};
+    for (int i = 0; i < 7; i++) {
+        if (lstm || (i != 2 && i != 5))
+            expect_close(what[i], out[1][i], out[0][i], cnt[i], 1e-5, 1e-4);
+    }
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < 8; i++)
+            free(out[pass][i]);
+    problem_free(&p);
+}
+
+static void test_split(void **state)
+{
+    (void)state;
+    split_check(STK__RNN_LSTM, 0);
+    split_check(STK__RNN_LSTM, 1);
+    split_check(STK__RNN_GRU, 1);
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -595,7 +676,7 @@ int main(void)
         cmocka_unit_test(test_pytorch_fixtures), cmocka_unit_test(test_fd_lstm),
         cmocka_unit_test(test_fd_gru),           cmocka_unit_test(test_ragged_lstm),
         cmocka_unit_test(test_ragged_gru),       cmocka_unit_test(test_shape_cache),
-        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_split),            cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
