@@ -14,6 +14,8 @@
 #include "stoker/engine.h"
 #include "stoker/optim.h"
 
+#include "gpu_test.h"
+
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,52 +25,9 @@
 #define SHORT 16
 #define STEPS 20
 #define SHORT_AT 12
-#define IMG (28 * 28)
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define STK(x) CHECK((x) == 0, "%s: %s", #x, stk_error_message())
-#define CU(x)                                                                                      \
-    do {                                                                                           \
-        cudaError_t e_ = (x);                                                                      \
-        CHECK(e_ == cudaSuccess, "%s: %s", #x, cudaGetErrorString(e_));                            \
-    } while (0)
+#define IMG GPU_TEST_IMG
 
 static char *model_text;
-
-static void read_model(void)
-{
-    const char *root = getenv("STK_SOURCE_ROOT");
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/models/fmnist-cnn.model", root ? root : ".");
-    FILE *f = fopen(path, "rb");
-    CHECK(f, "cannot open %s", path);
-    model_text = malloc(1 << 16);
-    CHECK(model_text, "out of memory");
-    size_t n = fread(model_text, 1, (1 << 16) - 1, f);
-    model_text[n] = 0;
-    fclose(f);
-}
-
-static void make_batch(int s, float *x, int64_t *labels)
-{
-    stk_rng_t r;
-    stk_rng_init(&r, 7, (uint64_t)s + 1);
-    for (int i = 0; i < BATCH; i++) {
-        labels[i] = (int64_t)(stk_rng_u32(&r) % 10);
-        stk_rng_t pat;
-        stk_rng_init(&pat, 11, (uint64_t)labels[i]);
-        for (int k = 0; k < IMG; k++)
-            x[i * IMG + k] = 2.0f * stk_rng_uniform(&pat) - 1.0f + 0.5f * (stk_rng_uniform(&r) - 0.5f);
-    }
-}
 
 /* 20 steps; the state after them (malloc'd, *size bytes) and the losses. */
 static char *run(int graphs, float *dev_x[2], float *losses, size_t *size)
@@ -95,7 +54,7 @@ static char *run(int graphs, float *dev_x[2], float *losses, size_t *size)
     static float x[BATCH * IMG];
     int64_t labels[BATCH];
     for (int s = 0; s < STEPS; s++) {
-        make_batch(s, x, labels);
+        gpu_test_batch(s, BATCH, x, labels);
         float *dev = dev_x[s % 2];
         CU(cudaMemcpy(dev, x, sizeof(x), cudaMemcpyHostToDevice));
         int64_t n = s == SHORT_AT ? SHORT : BATCH;
@@ -137,15 +96,10 @@ static char *run(int graphs, float *dev_x[2], float *losses, size_t *size)
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n < 1) {
-        const char *req = getenv("STK_REQUIRE_GPU");
-        fprintf(stderr, "%s no usable GPU: %s\n", req && !strcmp(req, "1") ? "FAIL" : "SKIP",
-                e == cudaSuccess ? "none found" : cudaGetErrorString(e));
-        return req && !strcmp(req, "1") ? 1 : 77;
-    }
-    read_model();
+    int unavailable = gpu_test_unavailable();
+    if (unavailable)
+        return unavailable;
+    model_text = gpu_test_model_text();
     float *dev_x[2] = {NULL, NULL};
     for (int i = 0; i < 2; i++)
         CU(cudaMalloc((void **)&dev_x[i], (size_t)BATCH * IMG * sizeof(float)));

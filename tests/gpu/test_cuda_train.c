@@ -17,6 +17,8 @@
 #include "stoker/engine.h"
 #include "stoker/optim.h"
 
+#include "gpu_test.h"
+
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -25,7 +27,7 @@
 
 #define STEPS 20
 #define BATCH 32
-#define IMG (28 * 28)
+#define IMG GPU_TEST_IMG
 
 /* The GPU sums in other orders than oneDNN, a relative 1e-6 or so per
  * op, and training amplifies that. Measured on the CPU: perturbing one
@@ -36,34 +38,6 @@
 static const double LOSS_ATOL = 2e-2, PARAM_ATOL = 5e-2, PARAM_RTOL = 5e-2;
 
 static const char *const OPTIM = "sgd:lr=0.01,momentum=0.9,nesterov=1,weight_decay=5e-4,no_decay=bias_norm";
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define STK(x) CHECK((x) == 0, "%s: %s", #x, stk_error_message())
-#define CU(x)                                                                                      \
-    do {                                                                                           \
-        cudaError_t e_ = (x);                                                                      \
-        CHECK(e_ == cudaSuccess, "%s: %s", #x, cudaGetErrorString(e_));                            \
-    } while (0)
-
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    CHECK(f, "cannot open %s", path);
-    char *buf = malloc(1 << 16);
-    CHECK(buf, "out of memory");
-    size_t n = fread(buf, 1, (1 << 16) - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
 
 /* The model file without its dropout line: the two runs would agree with
  * it too (the same Philox masks), but the issue asks for dropout off. */
@@ -88,23 +62,6 @@ static stk_model_t *make_model(const char *text, stk_device_t dev)
     stk_model_builder_destroy(&b);
     free(t);
     return m;
-}
-
-/* Batch s: each image its class's fixed pattern plus noise, so that the
- * steps learn something and the trajectory is smooth (on pure noise SGD
- * wanders, and a rounding difference grows into a different run). */
-static void make_batch(int s, float *x, int64_t *labels)
-{
-    stk_rng_t r;
-    stk_rng_init(&r, 7, (uint64_t)s + 1);
-    for (int i = 0; i < BATCH; i++) {
-        labels[i] = (int64_t)(stk_rng_u32(&r) % 10);
-        stk_rng_t pat;
-        stk_rng_init(&pat, 11, (uint64_t)labels[i]);
-        for (int k = 0; k < IMG; k++)
-            x[i * IMG + k] = 2.0f * stk_rng_uniform(&pat) - 1.0f + 0.5f * (stk_rng_uniform(&r) - 0.5f);
-    }
-    stk_rng_init(&r, 7, 0);
 }
 
 typedef struct side {
@@ -184,19 +141,11 @@ int main(void)
     const char *pair = getenv("STK_TRAIN_PAIR");
     int staged = pair && strcmp(pair, "staged") == 0;
     if (!staged) {
-        int n = 0;
-        cudaError_t e = cudaGetDeviceCount(&n);
-        if (e != cudaSuccess || n < 1) {
-            const char *req = getenv("STK_REQUIRE_GPU");
-            fprintf(stderr, "%s no usable GPU: %s\n", req && !strcmp(req, "1") ? "FAIL" : "SKIP",
-                    e == cudaSuccess ? "none found" : cudaGetErrorString(e));
-            return req && !strcmp(req, "1") ? 1 : 77;
-        }
+        int unavailable = gpu_test_unavailable();
+        if (unavailable)
+            return unavailable;
     }
-    const char *root = getenv("STK_SOURCE_ROOT");
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/models/fmnist-cnn.model", root ? root : ".");
-    char *text = read_text(path);
+    char *text = gpu_test_model_text();
 
     side_t a = {.name = "cpu"}, b = {.name = staged ? "staged" : "cuda", .device = !staged};
     a.m = make_model(text, STK_DEVICE_CPU);
@@ -216,7 +165,7 @@ int main(void)
     CHECK(x, "out of memory");
     int bad = 0;
     for (int i = 0; i < STEPS; i++) {
-        make_batch(i, x, labels);
+        gpu_test_batch(i, BATCH, x, labels);
         step(&a, x, labels, i);
         step(&b, x, labels, i);
         double d = fabs((double)a.loss[i] - (double)b.loss[i]);

@@ -18,6 +18,8 @@
 #include "stoker/engine.h"
 #include "stoker/optim.h"
 
+#include "gpu_test.h"
+
 #include <cuda_runtime.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -29,41 +31,11 @@
 extern char **environ;
 
 #define BATCH 32
-#define IMG (28 * 28)
+#define IMG GPU_TEST_IMG
 
 static const char *const OPTIM = "sgd:lr=0.01,momentum=0.9,nesterov=1,weight_decay=5e-4";
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define STK(x) CHECK((x) == 0, "%s: %s", #x, stk_error_message())
-#define CU(x)                                                                                      \
-    do {                                                                                           \
-        cudaError_t e_ = (x);                                                                      \
-        CHECK(e_ == cudaSuccess, "%s: %s", #x, cudaGetErrorString(e_));                            \
-    } while (0)
-
 static char *model_text;
-
-static void read_model(void)
-{
-    const char *root = getenv("STK_SOURCE_ROOT");
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/models/fmnist-cnn.model", root ? root : ".");
-    FILE *f = fopen(path, "rb");
-    CHECK(f, "cannot open %s", path);
-    model_text = malloc(1 << 16);
-    CHECK(model_text, "out of memory");
-    size_t n = fread(model_text, 1, (1 << 16) - 1, f);
-    model_text[n] = 0;
-    fclose(f);
-}
 
 /* Log lines: the engine choices counted, warnings kept for the checks. */
 static int engine_lines, warnings;
@@ -99,25 +71,12 @@ static stk_model_t *make_model(stk_cudnn_policy_t policy, const char *cache)
     return m;
 }
 
-static void make_batch(int s, float *x, int64_t *labels)
-{
-    stk_rng_t r;
-    stk_rng_init(&r, 7, (uint64_t)s + 1);
-    for (int i = 0; i < BATCH; i++) {
-        labels[i] = (int64_t)(stk_rng_u32(&r) % 10);
-        stk_rng_t pat;
-        stk_rng_init(&pat, 11, (uint64_t)labels[i]);
-        for (int k = 0; k < IMG; k++)
-            x[i * IMG + k] = 2.0f * stk_rng_uniform(&pat) - 1.0f + 0.5f * (stk_rng_uniform(&r) - 0.5f);
-    }
-}
-
 /* One training step on batch s; returns the loss. */
 static float train_step(stk_model_t *m, stk_optim_t *opt, float *dev_x, int s)
 {
     static float x[BATCH * IMG];
     int64_t labels[BATCH];
-    make_batch(s, x, labels);
+    gpu_test_batch(s, BATCH, x, labels);
     CU(cudaMemcpy(dev_x, x, sizeof(x), cudaMemcpyHostToDevice));
     float loss = 0;
     STK(stk_model_forward(m, dev_x, BATCH, labels, NULL, &loss));
@@ -310,15 +269,10 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     CHECK(argc >= 2, "usage: %s deterministic|benchmark", argv[0]);
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n < 1) {
-        const char *req = getenv("STK_REQUIRE_GPU");
-        fprintf(stderr, "%s no usable GPU: %s\n", req && !strcmp(req, "1") ? "FAIL" : "SKIP",
-                e == cudaSuccess ? "none found" : cudaGetErrorString(e));
-        return req && !strcmp(req, "1") ? 1 : 77;
-    }
-    read_model();
+    int unavailable = gpu_test_unavailable();
+    if (unavailable)
+        return unavailable;
+    model_text = gpu_test_model_text();
     int rc = 1;
     if (!strcmp(argv[1], "deterministic"))
         rc = test_deterministic();

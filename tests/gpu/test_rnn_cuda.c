@@ -7,6 +7,7 @@
  * one line per check, exits 1 on any failure. */
 #include "engine/backend.h"
 #include "engine/model.h"
+#include "../unit/test_util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -16,26 +17,6 @@
 
 static int failures;
 static stk__backend_t gpu, cpu;
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[n] = 0;
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
 
 static void compare(const char *what, const float *a, const float *b, size_t n, double atol, double rtol)
 {
