@@ -27,11 +27,7 @@ static char dir[256];
 
 static const char *tp(const char *name)
 {
-    static char buf[8][512];
-    static int k;
-    char *b = buf[k++ & 7];
-    snprintf(b, 512, "%s/%s", dir, name);
-    return b;
+    return path_in(dir, name);
 }
 
 static void write_file(const char *path, const void *data, size_t n)

@@ -27,11 +27,7 @@ static char dir[256];
 
 static const char *tp(const char *name)
 {
-    static char buf[8][512];
-    static int k;
-    char *b = buf[k++ & 7];
-    snprintf(b, 512, "%s/%s", dir, name);
-    return b;
+    return path_in(dir, name);
 }
 
 /* A tiny word list, packed as bytes into words-train and words-test. */

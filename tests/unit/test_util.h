@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Small helpers several test programs share: where the committed fixtures
- * are, reading a whole file, writing a text file, and removing a temporary
- * tree. Static inline, so that a program that uses some of them does not
+ * are, a path in a temporary folder, reading a whole file, writing a text
+ * file, and removing a temporary tree. Static inline, so that a program that uses some of them does not
  * warn about the others. write_text needs <cmocka.h> first, rm_one
  * _GNU_SOURCE. */
 #ifndef STOKER_TEST_UTIL_H
@@ -40,6 +40,17 @@ static inline char *read_file(const char *path, size_t *len)
     fclose(f);
     *len = (size_t)n;
     return buf;
+}
+
+/* dir/name in one of eight rotating buffers, so that a call can take
+ * several such paths at once. */
+static inline const char *path_in(const char *dir, const char *name)
+{
+    static char buf[8][512];
+    static int k;
+    char *b = buf[k++ & 7];
+    snprintf(b, sizeof(buf[0]), "%s/%s", dir, name);
+    return b;
 }
 
 #ifdef assert_non_null
