@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Small helpers several test programs share: where the committed fixtures
  * are, a path in a temporary folder, reading a whole file, writing a text
- * file, and removing a temporary tree. Static inline, so that a program that uses some of them does not
- * warn about the others. write_text needs <cmocka.h> first, rm_one
- * _GNU_SOURCE. */
+ * file, and removing a temporary tree. Static inline, so that a program
+ * that uses some of them does not warn about the others. write_text needs
+ * <cmocka.h> first, rm_one _GNU_SOURCE. */
 #ifndef STOKER_TEST_UTIL_H
 #define STOKER_TEST_UTIL_H
 
