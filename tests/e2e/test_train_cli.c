@@ -886,46 +886,56 @@ static void test_short_and_diverging(void **state)
     expect_has(err, "diverged");
 }
 
-/* Precision and loss scaling on the CPU: bf16 and fp16 refused naming the
- * key; tf32 runs as fp32 and says so; dynamic loss scaling (powers of two,
- * no overflow) trains to the same parameters as none. */
+/* Precision and loss scaling on the CPU: tf32 runs as fp32 and says so;
+ * dynamic loss scaling (powers of two, no overflow) trains to the same
+ * parameters as none; bf16 and fp16 run emulated, say so, and train to
+ * other parameters than fp32, with loss scaling on for fp16 alone under
+ * loss_scale = auto. */
 static void test_precision(void **state)
 {
     (void)state;
     SKIP_WITHOUT_TOOL();
-    expect_setup_error("--set: key 'precision'", "--set", "precision=bf16", NULL);
-    expect_setup_error("the CPU backend computes in fp32 only", "--set", "precision=fp16", NULL);
-    char conf[128], err[8192], out[8192], ck[2][192];
+    char conf[128], err[8192], out[8192], ck[4][192];
     conf_path(conf, sizeof conf);
-    for (int k = 0; k < 2; k++) {
+    static const char *const prec[4] = {"precision=fp32", "precision=tf32", "precision=bf16", "precision=fp16"};
+    for (int k = 0; k < 4; k++) {
         snprintf(ck[k], sizeof ck[k], "checkpoint_dir=%s/prec%d", tmpdir, k);
-        int rc = k ? run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", ck[k], "--set", "epochs=1", "--set",
-                                  "precision=tf32", "--set", "loss_scale=dynamic", "--set", "cuda_graph=on", "--json",
-                                  NULL)
-                   : run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", ck[k], "--set", "epochs=1", "--json",
-                                  NULL);
+        int rc = k == 1 ? run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", ck[k], "--set", "epochs=1",
+                                       "--set", prec[k], "--set", "loss_scale=dynamic", "--set", "cuda_graph=on",
+                                       "--json", NULL)
+                        : run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", ck[k], "--set", "epochs=1",
+                                       "--set", prec[k], "--json", NULL);
         if (rc)
-            fail_msg("exit %d: %s", rc, err);
+            fail_msg("%s: exit %d: %s", prec[k], rc, err);
         if (k == 0) {
             expect_has(out, "precision: fp32; cuda graph: off (not a GPU); loss scaling: off\n");
             expect_has(out, "\"precision\":\"fp32\",\"cuda_graph\":false,\"loss_scaling\":false,\"skipped_steps\":0}");
-        } else {
+        } else if (k == 1) {
             expect_has(out, "precision: fp32 (tf32 asked; this device computes it as fp32); cuda graph: off (not a GPU); "
                             "loss scaling: dynamic, last scale 65536, 0 steps skipped\n");
             expect_has(out, "\"loss_scaling\":true,\"skipped_steps\":0}");
+        } else if (k == 2) {
+            expect_has(out, "precision: bf16 (emulated on the CPU, slower than fp32); cuda graph: off (not a GPU); loss scaling: off\n");
+            expect_has(out, "\"precision\":\"bf16\",\"cuda_graph\":false,\"loss_scaling\":false,");
+        } else {
+            expect_has(out, "precision: fp16 (emulated on the CPU, slower than fp32); cuda graph: off (not a GPU); loss scaling: dynamic");
+            expect_has(out, "\"precision\":\"fp16\",\"cuda_graph\":false,\"loss_scaling\":true,");
         }
     }
-    size_t n0, n1;
-    stk_ckpt_t *c0 = NULL, *c1 = NULL;
-    char dir[192];
-    snprintf(dir, sizeof dir, "%s/prec0", tmpdir);
-    const float *p0 = load_params(dir, &n0, &c0);
-    snprintf(dir, sizeof dir, "%s/prec1", tmpdir);
-    const float *p1 = load_params(dir, &n1, &c1);
-    assert_int_equal(n0, n1);
-    assert_memory_equal(p0, p1, n0 * sizeof *p0);
-    stk_ckpt_destroy(&c0);
-    stk_ckpt_destroy(&c1);
+    size_t n[4];
+    stk_ckpt_t *c[4] = {NULL, NULL, NULL, NULL};
+    const float *p[4];
+    for (int k = 0; k < 4; k++) {
+        char dir[192];
+        snprintf(dir, sizeof dir, "%s/prec%d", tmpdir, k);
+        p[k] = load_params(dir, &n[k], &c[k]);
+        assert_int_equal(n[k], n[0]);
+    }
+    assert_memory_equal(p[0], p[1], n[0] * sizeof *p[0]);
+    assert_true(memcmp(p[0], p[2], n[0] * sizeof *p[0]) != 0);
+    assert_true(memcmp(p[0], p[3], n[0] * sizeof *p[0]) != 0);
+    for (int k = 0; k < 4; k++)
+        stk_ckpt_destroy(&c[k]);
 }
 
 /* Pids of the processes whose parent is ppid. */
