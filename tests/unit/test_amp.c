@@ -6,7 +6,8 @@
  * product in double, the output rounded) and against fp32 within the
  * half type's error bound; fp16 overflowing to infinity in an op and, in
  * training, a real fp16 overflow of the gradients skipping the step; two
- * runs giving the same bits. */
+ * runs giving the same bits; the loss scaler's state through a
+ * checkpoint. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <float.h>
@@ -684,12 +685,148 @@ static void test_deterministic(void **state)
         free(last[k]);
 }
 
+/* ---- Loss scaling's state in checkpoints ---------------------------------- */
+
+static void expect_msg(const char *needle)
+{
+    if (!strstr(stk_error_message(), needle))
+        fail_msg("message '%s' lacks '%s'", stk_error_message(), needle);
+}
+
+/* A scaler set to another's state goes on as that one does; bad states
+ * are refused, named. */
+static void test_scaler_state(void **state)
+{
+    (void)state;
+    stk_loss_scaler_config_t c;
+    stk_loss_scaler_config_default(&c);
+    c.growth_interval = 3;
+    stk_loss_scaler_t *a = NULL, *b = NULL;
+    assert_int_equal(stk_loss_scaler_create(&a, &c), 0);
+    assert_int_equal(stk_loss_scaler_create(&b, &c), 0);
+    static const int seq[] = {0, 1, 0, 0, 1, 1, 0};
+    for (size_t i = 0; i < sizeof seq / sizeof *seq; i++)
+        stk_loss_scaler_update(a, seq[i]);
+    stk_loss_scaler_state_t st;
+    stk_loss_scaler_get_state(a, &st);
+    assert_true(st.scale == 8192.0f);
+    assert_int_equal(st.clean, 1);
+    assert_int_equal(st.skipped, 3);
+    assert_int_equal(stk_loss_scaler_set_state(b, &st), 0);
+    for (int i = 0; i < 10; i++) {
+        int bad = i == 6;
+        assert_int_equal(stk_loss_scaler_update(a, bad), stk_loss_scaler_update(b, bad));
+        assert_true(stk_loss_scaler_scale(a) == stk_loss_scaler_scale(b));
+    }
+    assert_int_equal(stk_loss_scaler_skipped(b), 4);
+    stk_loss_scaler_state_t bad = st;
+    float vals[3] = {0.0f, NAN, INFINITY};
+    for (int i = 0; i < 3; i++) {
+        bad.scale = vals[i];
+        assert_int_equal(stk_loss_scaler_set_state(b, &bad), -EINVAL);
+        expect_msg("scale");
+    }
+    assert_int_equal(stk_loss_scaler_set_state(NULL, &st), -EINVAL);
+    stk_loss_scaler_get_state(NULL, &st);
+    assert_true(st.scale == 1.0f);
+    stk_loss_scaler_destroy(&a);
+    stk_loss_scaler_destroy(&b);
+}
+
+static char *meta_of(const char *path)
+{
+    stk_ckpt_t *ck = NULL;
+    assert_int_equal(stk_ckpt_create(&ck, path), 0);
+    const void *data;
+    size_t len;
+    assert_int_equal(stk_ckpt_find(ck, "meta", &data, &len), 0);
+    char *meta = strndup(data, len);
+    stk_ckpt_destroy(&ck);
+    assert_non_null(meta);
+    return meta;
+}
+
+/* A checkpoint whose meta is text (history empty). */
+static void save_meta(const char *path, const char *meta)
+{
+    stk_ckpt_section_t secs[2] = {{"meta", meta, strlen(meta)}, {"history", "", 0}};
+    assert_int_equal(stk_ckpt_save(path, secs, 2), 0);
+}
+
+static void expect_meta_error(const char *path, const char *good, const char *from, const char *to,
+                              const char *needle)
+{
+    const char *at = strstr(good, from);
+    assert_non_null(at);
+    char text[4096];
+    snprintf(text, sizeof text, "%.*s%s%s", (int)(at - good), good, to, at + strlen(from));
+    save_meta(path, text);
+    stk_train_state_t back;
+    assert_int_equal(stk_train_checkpoint_load(path, NULL, &back), STK_EDATA);
+    expect_msg(needle);
+    expect_msg(path);
+}
+
+/* The state's loss-scaling fields through a checkpoint: exact; absent
+ * when the run has none, and a checkpoint without them (as older ones)
+ * loads with scale 0; a bad or partial set is refused naming the key. */
+static void test_scaler_state_checkpoint(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/stk-amp-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    stk_model_t *m = make_model(STK_PRECISION_FP16);
+    stk_train_parts_t parts = {m, NULL, NULL};
+    stk_train_state_t st, back;
+    assert_int_equal(stk_train_state_init(&st, 1), 0);
+    st.step = 5;
+    st.loss_scale = (stk_loss_scaler_state_t){0x1p15f, 17, 3};
+    char path[512], none[512], bad[600];
+    assert_int_equal(stk_train_checkpoint_save(dir, &parts, &st, NULL, 0, 0, path, sizeof path), 0);
+    assert_int_equal(stk_train_checkpoint_load(path, &parts, &back), 0);
+    assert_true(back.loss_scale.scale == 0x1p15f);
+    assert_int_equal(back.loss_scale.clean, 17);
+    assert_int_equal(back.loss_scale.skipped, 3);
+    stk_train_state_clear(&back);
+    char *good = meta_of(path);
+    assert_non_null(strstr(good, "loss_scale = 0x1p+15\nloss_scale_clean = 17\nloss_scale_skipped = 3\n"));
+
+    st.step = 6;
+    st.loss_scale = (stk_loss_scaler_state_t){0};
+    assert_int_equal(stk_train_checkpoint_save(dir, &parts, &st, NULL, 0, 0, none, sizeof none), 0);
+    char *plain = meta_of(none);
+    assert_null(strstr(plain, "loss_scale"));
+    assert_int_equal(stk_train_checkpoint_load(none, &parts, &back), 0);
+    assert_true(back.loss_scale.scale == 0.0f);
+    stk_train_state_clear(&back);
+
+    snprintf(bad, sizeof bad, "%s/bad.stkc", dir);
+    save_meta(bad, good);
+    assert_int_equal(stk_train_checkpoint_load(bad, NULL, &back), 0);
+    assert_true(back.loss_scale.scale == 0x1p15f);
+    stk_train_state_clear(&back);
+    expect_meta_error(bad, good, "loss_scale = 0x1p+15", "loss_scale = -1", "bad loss_scale '-1'");
+    expect_meta_error(bad, good, "loss_scale = 0x1p+15", "loss_scale = 0x1p+200", "bad loss_scale");
+    expect_meta_error(bad, good, "loss_scale = 0x1p+15", "loss_scale = nan", "bad loss_scale");
+    expect_meta_error(bad, good, "loss_scale_clean = 17\n", "", "'loss_scale_clean'");
+    expect_meta_error(bad, good, "loss_scale_clean = 17", "loss_scale_clean = 4294967296", "'loss_scale_clean'");
+    expect_meta_error(bad, good, "loss_scale_skipped = 3", "loss_scale_skipped = x", "'loss_scale_skipped'");
+    free(good);
+    free(plain);
+    stk_train_state_clear(&st);
+    stk_model_destroy(&m);
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_matches_dtype), cmocka_unit_test(test_conv_vs_reference),
         cmocka_unit_test(test_linear_vs_reference), cmocka_unit_test(test_fp16_overflow_op),
         cmocka_unit_test(test_fp16_overflow_skips), cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_scaler_state),        cmocka_unit_test(test_scaler_state_checkpoint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
