@@ -967,7 +967,7 @@ static void test_short_and_diverging(void **state)
  * dynamic loss scaling (powers of two, no overflow) trains to the same
  * parameters as none; bf16 and fp16 run emulated, say so, and train to
  * other parameters than fp32, with loss scaling on for fp16 alone under
- * loss_scale = auto. */
+ * loss_scale = auto; bf16 gives the same bits with 0 and 2 workers. */
 static void test_precision(void **state)
 {
     (void)state;
@@ -1011,6 +1011,20 @@ static void test_precision(void **state)
     assert_memory_equal(p[0], p[1], n[0] * sizeof *p[0]);
     assert_true(memcmp(p[0], p[2], n[0] * sizeof *p[0]) != 0);
     assert_true(memcmp(p[0], p[3], n[0] * sizeof *p[0]) != 0);
+    /* bf16 loading through 2 worker processes: the same bits as in the
+     * training process (the roundings are pure functions of the data). */
+    char ckw[192];
+    snprintf(ckw, sizeof ckw, "checkpoint_dir=%s/prec-bf16-w2", tmpdir);
+    int rc = run_tool(err, sizeof err, conf, "--set", ckw, "--set", "epochs=1", "--set", "precision=bf16", "--set",
+                      "workers=2", NULL);
+    if (rc)
+        fail_msg("bf16, 2 workers: exit %d: %s", rc, err);
+    size_t nw;
+    stk_ckpt_t *cw = NULL;
+    const float *pw = load_params(ckw + 15, &nw, &cw);
+    assert_int_equal(nw, n[2]);
+    assert_memory_equal(pw, p[2], nw * sizeof *pw);
+    stk_ckpt_destroy(&cw);
     for (int k = 0; k < 4; k++)
         stk_ckpt_destroy(&c[k]);
 }
