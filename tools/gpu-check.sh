@@ -180,11 +180,15 @@ if [ -x $B/tools/stoker-enginebench ]; then
     bench bench_torch_fmnist 40 sh -c "for p in fp32 tf32; do $TB --model fmnist-cnn --batch 256 --iters 100 \
         --warmup 10 --precision \$p || exit 1; done"
     bench bench_torch_fmnist_compile 70 $TB --model fmnist-cnn --batch 256 --iters 100 --warmup 10 --mode compile
-    # ResNet-18 at batch 256: Stoker in fp32 and TF32 (BF16 is not
-    # implemented), PyTorch eager AMP BF16 channels-last (the issue's
-    # reference), eager TF32 (Stoker's precision), and compiled BF16.
+    # ResNet-18 at batch 256: Stoker in fp32 and TF32, then BF16 (a step
+    # of its own: new, it must not cost the others' rows), PyTorch eager
+    # AMP BF16 channels-last (the issue's reference), eager TF32, and
+    # compiled BF16.
     bench bench_stoker_resnet18 50 sh -c "for p in 'tf32 --cuda-graph' 'fp32 --cuda-graph'; do
         $EB --model models/resnet18.model --batch 256 --iters 10 --warmup 3 --precision \$p || exit 1; done"
+    bench bench_stoker_bf16 30 sh -c "$EB --model models/resnet18.model --batch 256 --iters 10 --warmup 3 \
+        --precision bf16 --cuda-graph && $EB --model models/fmnist-cnn.model --batch 256 --iters 100 --warmup 10 \
+        --precision bf16 --cuda-graph"
     bench bench_torch_resnet18 40 sh -c "$TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision bf16 \
         --channels-last && $TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision tf32"
     bench bench_torch_resnet18_compile 90 $TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision bf16 \
@@ -234,7 +238,7 @@ def all_json(name):
     return rows
 bench = []
 for name in ("bench_stoker_fmnist", "bench_torch_fmnist", "bench_torch_fmnist_compile", "bench_stoker_resnet18",
-             "bench_torch_resnet18", "bench_torch_resnet18_compile"):
+             "bench_stoker_bf16", "bench_torch_resnet18", "bench_torch_resnet18_compile"):
     bench += all_json(name)
 res["bench"] = bench
 def find(tool, model, precision, mode=None, channels_last=None):
