@@ -491,11 +491,11 @@ static void log_choice(const cuda_ctx_t *c, const stk__algo_key_t *key, const st
     if (seen)
         return;
     stk__log(STK_LOG_INFO,
-             "cuDNN %s: convolution %s (%s %s, n %lld, %lld->%lld channels, %lldx%lld input, kernel %lldx%lld, stride "
-             "%lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld, %lld-byte aligned): engine %lld, "
-             "knobs%s, workspace %lld bytes, %s",
-             stk_cudnn_policy_name(c->policy), dir_name[key->op], key->dtype, key->layout, (long long)key->n, (long long)key->c,
-             (long long)key->k, (long long)key->h, (long long)key->w, (long long)key->r, (long long)key->s,
+             "cuDNN %s: convolution %s (%s %s, n %lld, %lld->%lld channels, %lldx%lld input, kernel %lldx%lld, "
+             "stride %lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld, %lld-byte aligned): engine "
+             "%lld, knobs%s, workspace %lld bytes, %s",
+             stk_cudnn_policy_name(c->policy), dir_name[key->op], key->dtype, key->layout, (long long)key->n,
+             (long long)key->c, (long long)key->k, (long long)key->h, (long long)key->w, (long long)key->r, (long long)key->s,
              (long long)key->sh, (long long)key->sw, (long long)key->ph, (long long)key->pw, (long long)key->dh,
              (long long)key->dw, (long long)key->groups, (long long)key->align, (long long)ch->engine,
              ch->nknobs ? knobs : " none", (long long)ch->workspace, how);
@@ -646,7 +646,8 @@ int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_
     /* The key's dtype and layout keep f32 and half plans of one shape
      * apart (in the cache file too). */
     stk__algo_key_t key = {.op = dir, .dtype = "f32", .layout = "nchw", .align = act_align,
-                           .tf32 = half != STK__K_F32 ? 0 : c->allow_tf32, .n = d->n, .c = d->ic, .h = d->ih, .w = d->iw, .k = d->oc,
+                           .tf32 = half != STK__K_F32 ? 0 : c->allow_tf32, .n = d->n, .c = d->ic, .h = d->ih,
+                           .w = d->iw, .k = d->oc,
                            .r = d->kh, .s = d->kw, .sh = d->sh, .sw = d->sw, .ph = d->ph, .pw = d->pw,
                            .dh = d->dh, .dw = d->dw, .groups = d->groups};
     if (half != STK__K_F32) {
@@ -666,8 +667,8 @@ int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_
         snprintf(what, sizeof(what),
                  "no engine plans convolution %s (%s %s, n %lld, %lld->%lld channels, %lldx%lld input, kernel "
                  "%lldx%lld, stride %lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld; policy %s%s)",
-                 dir_name[dir], key.dtype, key.layout, (long long)d->n, (long long)d->ic, (long long)d->oc, (long long)d->ih,
-                 (long long)d->iw, (long long)d->kh, (long long)d->kw, (long long)d->sh, (long long)d->sw,
+                 dir_name[dir], key.dtype, key.layout, (long long)d->n, (long long)d->ic, (long long)d->oc,
+                 (long long)d->ih, (long long)d->iw, (long long)d->kh, (long long)d->kw, (long long)d->sh, (long long)d->sw,
                  (long long)d->ph, (long long)d->pw, (long long)d->dh, (long long)d->dw, (long long)d->groups,
                  stk_cudnn_policy_name(c->policy), limit);
         rc = stk__dnn_status(last, what);

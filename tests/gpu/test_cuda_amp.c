@@ -281,7 +281,8 @@ static void test_linear(const stk__backend_t *cpu, const stk__backend_t *gpu, st
     float *cx, *cw, *cdy;
     const float *ix = gpu_in(p, x, nx, &cx), *iw = gpu_in(p, w, nw, &cw), *idy = gpu_in(p, dy, ny, &cdy);
     float *gx = dev_of(gpu, ix, nx, 0, &bx), *gw = dev_of(gpu, iw, nw, 4, &bw),
-          *gb = dev_of(gpu, b, (size_t)out, 0, &bb), *gdy = dev_of(gpu, idy, ny, 0, &bdy), *gy = dev_of(gpu, ry, ny, 0, &by), *gdx = dev_of(gpu, rdx, nx, 0, &bdx),
+          *gb = dev_of(gpu, b, (size_t)out, 0, &bb), *gdy = dev_of(gpu, idy, ny, 0, &bdy),
+          *gy = dev_of(gpu, ry, ny, 0, &by), *gdx = dev_of(gpu, rdx, nx, 0, &bdx),
           *gdw = dev_of(gpu, rdw, nw, 4, &bdw), *gdb = dev_of(gpu, rdb, (size_t)out, 0, &bdb);
     stk__op_t *op = NULL;
     STK(gpu->iface->linear_create(gpu->ctx, &d, &op));
