@@ -294,6 +294,9 @@ typedef struct stk__backend_iface {
     int (*feed_copy)(void *ctx, int slot, void *dst, const void *src, size_t bytes);
     int (*feed_use)(void *ctx, int slot);
     int (*feed_release)(void *ctx, int slot);
+    /* Optional: *sec = the device time slot's last copy took, once
+     * feed_release(slot) has returned (0 when it made none). */
+    int (*feed_copy_time)(void *ctx, int slot, double *sec);
     /* Page-locks host memory for asynchronous copies / undoes it
      * (optional). */
     int (*pin_host)(void *ctx, void *addr, size_t bytes);
@@ -336,6 +339,19 @@ typedef struct stk__backend_iface {
      * zero). */
     int (*configure)(void *ctx, const stk_model_config_t *cfg);
     void (*algo_stats)(void *ctx, stk_algo_stats_t *out);
+
+    /* Device-side timing for the model's profile (engine/profile.c).
+     * Optional: all NULL on a backend whose slots run on the calling
+     * thread (the CPU), where host time is the work's time. A mark is a
+     * timestamp taken on the stream after the work queued before it.
+     * timer_reserve: at least n marks exist from now on (made here, once:
+     * marking allocates nothing); 0, -ENOMEM or STK_EBACKEND. timer_mark:
+     * records mark i (< reserved), replacing what it held; never called
+     * while a graph is recorded. timer_elapsed: *sec = the time from mark
+     * a to mark b, both recorded; synchronous (waits for b). */
+    int (*timer_reserve)(void *ctx, int n);
+    int (*timer_mark)(void *ctx, int i);
+    int (*timer_elapsed)(void *ctx, int a, int b, double *sec);
 } stk__backend_iface_t;
 
 #define STK__FEED_SLOTS 2

@@ -9,6 +9,14 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 int stk_model_pin_host(void *addr, size_t bytes, void *model)
 {
@@ -33,6 +41,11 @@ struct stk_feed {
     int direct; /* device memory is host memory: nothing to copy */
     int next;
     void *buf[STK__FEED_SLOTS];
+    /* Each slot's copy in flight (bytes, and its host time where the
+     * backend cannot time it), counted in stats once done. */
+    size_t pending[STK__FEED_SLOTS];
+    double host_s[STK__FEED_SLOTS];
+    stk_feed_stats_t stats;
 };
 
 int stk_feed_create(stk_feed_t **out, stk_model_t *m, size_t max_bytes)
@@ -76,10 +89,13 @@ int stk_feed_put(stk_feed_t *f, const void *src, size_t bytes, const void **dev)
     }
     const stk__backend_iface_t *be = f->m->be.iface;
     int s = f->next;
+    double t0 = now_s();
     int rc = be->feed_copy ? be->feed_copy(f->m->be.ctx, s, f->buf[s], src, bytes)
                            : be->upload(f->m->be.ctx, f->buf[s], src, bytes);
     if (rc < 0)
         return rc;
+    f->pending[s] = bytes;
+    f->host_s[s] = now_s() - t0;
     f->next = (s + 1) % STK__FEED_SLOTS;
     *dev = f->buf[s];
     return 0;
@@ -108,7 +124,29 @@ int stk_feed_done(stk_feed_t *f, const void *dev)
     if (s < 0)
         return stk__error(-EINVAL, "stk_feed_done: %p is not one of this feed's buffers", dev);
     const stk__backend_iface_t *be = f->m->be.iface;
-    return be->feed_release ? be->feed_release(f->m->be.ctx, s) : 0;
+    int rc = be->feed_release ? be->feed_release(f->m->be.ctx, s) : 0;
+    if (rc < 0 || !f->pending[s])
+        return rc;
+    /* The copy is done: a device's own time for it where the backend
+     * keeps one; else the host's (upload returns once it is done). */
+    double sec = f->host_s[s];
+    if (be->feed_copy && be->feed_copy_time && (rc = be->feed_copy_time(f->m->be.ctx, s, &sec)) < 0)
+        return rc;
+    if (be->feed_copy && !be->feed_copy_time)
+        sec = 0.0;
+    f->stats.copies++;
+    f->stats.bytes += f->pending[s];
+    f->stats.copy_s += sec;
+    f->pending[s] = 0;
+    return 0;
+}
+
+int stk_feed_stats(const stk_feed_t *f, stk_feed_stats_t *out)
+{
+    if (!f || !out)
+        return stk__error(-EINVAL, "stk_feed_stats: NULL argument");
+    *out = f->stats;
+    return 0;
 }
 
 void stk_feed_destroy(stk_feed_t **pf)

@@ -250,6 +250,10 @@ static stk__graph_t *graph_for(stk_model_t *m, stk_optim_t *opt, const stk_tenso
         m->loss_per_step || m->hook || !m->grads_zero || m->cur_plan < 0 || input->shape[0] != m->batch ||
         !target || target->dtype != STK_DTYPE_I64 || opt->model != m)
         return NULL;
+    /* Profiling times each layer between marks on the stream: a replay
+     * has no layers to time, so profiled steps run as usual. */
+    if (m->profiling)
+        return NULL;
     stk__graph_t *free_slot = NULL, *oldest = NULL;
     for (int i = 0; i < STK__MAX_GRAPHS; i++) {
         stk__graph_t *g = &m->graphs[i];

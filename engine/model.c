@@ -489,6 +489,7 @@ void stk_model_destroy(stk_model_t **pm)
         m->be.iface->free(m->be.ctx, m->param_scratch);
         m->be.iface->free(m->be.ctx, m->stats);
     }
+    stk__prof_free(m);
     for (int i = 0; i < m->nl; i++)
         stk__layer_free_strings(&m->layers[i]);
     free(m->layers);
@@ -593,13 +594,6 @@ int stk_model_set_batch_size(stk_model_t *m, int64_t batch)
 }
 
 /* ----------------------------------------------------------------- forward */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* The engine checks labels on the host, so that every backend reports a
  * bad one the same way and device kernels need no error path. */
@@ -724,16 +718,21 @@ static int model_forward(stk_model_t *m, const void *input, int64_t batch, int64
         if (m->layers[i].alias)
             m->layers[i].y = m->layers[m->layers[i].root].y;
     char where[200];
+    int timed = stk__prof_timing(m);
+    if (timed && (rc = stk__prof_pass_begin(m, 0)) < 0)
+        return stk__error_prefix(rc, "forward: profiling");
     for (int i = 0; i < m->nl; i++) {
-        double t0 = m->profiling ? now_s() : 0.0;
+        double t0 = 0.0;
+        if (timed && (rc = stk__prof_layer_begin(m, 0, i, &t0)) < 0)
+            return stk__error_prefix(rc, "forward: profiling");
         rc = m->layers[i].cls->forward(m, i);
         if (rc < 0)
             return stk__error_prefix(rc, "forward: %s", stk__layer_where(&m->layers[i], where, sizeof(where)));
-        if (m->profiling) {
-            m->layers[i].fsec += now_s() - t0;
-            m->layers[i].fcalls++;
-        }
+        if (timed && (rc = stk__prof_layer_end(m, 0, i, t0)) < 0)
+            return stk__error_prefix(rc, "forward: profiling");
     }
+    if (timed)
+        stk__prof_pass_end(m, 0);
     /* Each training forward draws new dropout masks without the caller's
      * help; stk_model_set_step overrides (resume, replay). */
     if (m->train)
@@ -895,6 +894,9 @@ void stk__grad_finish(stk_model_t *m, const stk__layer_t *l, int k, float *g)
 static int backward_run(stk_model_t *m)
 {
     char where[200];
+    int rc = 0, timed = stk__prof_timing(m);
+    if (timed && (rc = stk__prof_pass_begin(m, 1)) < 0)
+        return stk__error_prefix(rc, "backward: profiling");
     for (int i = m->nl - 1; i >= 1; i--) {
         stk__layer_t *l = &m->layers[i];
         /* A layer whose output reached no loss has no gradient. */
@@ -902,14 +904,14 @@ static int backward_run(stk_model_t *m)
             continue;
         if (!l->cls->backward)
             continue;
-        double t0 = m->profiling ? now_s() : 0.0;
-        int rc = l->cls->backward(m, i);
+        double t0 = 0.0;
+        if (timed && (rc = stk__prof_layer_begin(m, 1, i, &t0)) < 0)
+            return stk__error_prefix(rc, "backward: profiling");
+        rc = l->cls->backward(m, i);
         if (rc < 0)
             return stk__error_prefix(rc, "backward: %s", stk__layer_where(l, where, sizeof(where)));
-        if (m->profiling) {
-            l->bsec += now_s() - t0;
-            l->bcalls++;
-        }
+        if (timed && (rc = stk__prof_layer_end(m, 1, i, t0)) < 0)
+            return stk__error_prefix(rc, "backward: profiling");
         /* A layer's parameters are contiguous: one call covers them. */
         if (m->hook && l->nparam) {
             size_t cnt = 0;
@@ -920,6 +922,8 @@ static int backward_run(stk_model_t *m)
     }
     /* Layers that got no gradient keep theirs; only a zero arena may be
      * overwritten, and after this backward it is no longer zero. */
+    if (timed)
+        stk__prof_pass_end(m, 1);
     m->grads_zero = 0;
     m->fwd_state = 3;
     return 0;

@@ -36,6 +36,8 @@ typedef struct stk__layer {
     double fsec, bsec;
 } stk__layer_t;
 
+typedef struct stk__prof stk__prof_t;
+
 struct stk_model_builder {
     stk__layer_t *layers;
     int n, cap;
@@ -143,7 +145,25 @@ struct stk_model {
     uint64_t graph_replays, graph_captures;
     stk__graph_t graphs[STK__MAX_GRAPHS];
     stk__backend_iface_t graph_prep; /* the iface a replay is prepared with */
+    stk__prof_t *prof;     /* per-layer timing (engine/profile.c); NULL until profiling starts */
 };
+
+/* engine/profile.c: per-layer timing. _set turns it on or off (making
+ * the timer marks the first time); _timing says whether this pass is
+ * timed; a pass is _pass_begin, then per layer _layer_begin / _layer_end
+ * (t0: the host clock's start, when the host clock is used), then
+ * _pass_end (bwd: 0 forward, 1 backward). _settle reads the device times
+ * of the passes recorded so far (waits for them); _reset drops them and
+ * the totals; _free at destroy. */
+void stk__prof_set(stk_model_t *m, int on);
+int stk__prof_timing(const stk_model_t *m);
+int stk__prof_pass_begin(stk_model_t *m, int bwd);
+int stk__prof_layer_begin(stk_model_t *m, int bwd, int layer, double *t0);
+int stk__prof_layer_end(stk_model_t *m, int bwd, int layer, double t0);
+void stk__prof_pass_end(stk_model_t *m, int bwd);
+int stk__prof_settle(const stk_model_t *m);
+void stk__prof_reset(stk_model_t *m);
+void stk__prof_free(stk_model_t *m);
 
 /* engine/graph.c: frees the model's graphs. */
 void stk__graphs_free(stk_model_t *m);

@@ -153,11 +153,12 @@ void stk_model_set_grad_hook(stk_model_t *m, stk_grad_ready_fn fn, void *user)
 
 void stk_model_set_profiling(stk_model_t *m, int on)
 {
-    m->profiling = on != 0;
+    stk__prof_set(m, on);
 }
 
 void stk_model_reset_stats(stk_model_t *m)
 {
+    stk__prof_reset(m);
     for (int i = 0; i < m->nl; i++) {
         m->layers[i].fcalls = m->layers[i].bcalls = 0;
         m->layers[i].fsec = m->layers[i].bsec = 0.0;
@@ -175,6 +176,8 @@ int stk_model_layer_stats(const stk_model_t *m, size_t i, stk_layer_stats_t *st)
         return stk__error(-EINVAL, "model layer_stats: NULL argument");
     if (i >= (size_t)m->nl)
         return stk__error(-ERANGE, "model: layer %zu of %d", i, m->nl);
+    /* Device times still pending are read now (one wait). */
+    int rc = stk__prof_settle(m);
     const stk__layer_t *l = &m->layers[i];
     st->name = l->name;
     st->kind = l->d.kind;
@@ -182,7 +185,7 @@ int stk_model_layer_stats(const stk_model_t *m, size_t i, stk_layer_stats_t *st)
     st->backward_calls = l->bcalls;
     st->forward_s = l->fsec;
     st->backward_s = l->bsec;
-    return 0;
+    return rc;
 }
 
 /* --------------------------------------------------------------- accessors */

@@ -112,10 +112,16 @@ size_t stk_model_stats_format(const stk_model_t *m, char *buf, size_t cap)
     sbuf_t s = {buf, cap, 0};
     if (buf && cap)
         buf[0] = 0;
+    stk_profile_info_t pi;
+    int settled = stk_model_profile_info(m, &pi);
     double total = 0.0;
     for (int i = 0; i < m->nl; i++)
         total += m->layers[i].fsec + m->layers[i].bsec;
     char name[64];
+    put(&s, "per-layer %s%s\n", stk_profile_clock_name(pi.clock),
+        pi.clock == STK_PROFILE_DEVICE ? " (events on the model's stream)" : "");
+    if (settled < 0)
+        put(&s, "(device times incomplete: %s)\n", stk_error_message());
     put(&s, "%-32s %10s %12s %12s %8s\n", "Layer (type)", "calls", "fwd ms/call", "bwd ms/call", "share");
     for (int i = 0; i < m->nl; i++) {
         const stk__layer_t *l = &m->layers[i];
@@ -125,6 +131,7 @@ size_t stk_model_stats_format(const stk_model_t *m, char *buf, size_t cap)
         double share = total > 0.0 ? 100.0 * (l->fsec + l->bsec) / total : 0.0;
         put(&s, "%-32s %10llu %12.3f %12.3f %7.1f%%\n", name, (unsigned long long)l->fcalls, f, b, share);
     }
-    put(&s, "total: %.3f s\n", total);
+    put(&s, "total: %.3f s of layers; %.3f s from each pass's first layer to its last (%llu passes)\n", total,
+        pi.span_s, (unsigned long long)pi.passes);
     return s.len;
 }

@@ -98,7 +98,7 @@ B=build-gpu
 [ -f $B/build.ninja ] || SETUP="meson setup $B -Dwerror=true -Dcuda=enabled --buildtype=release &&"
 step build 90 sh -c "${SETUP:-} ninja -C $B" || rc=1
 if [ -x $B/tools/stoker-train ]; then
-    GPU_TESTS="cuda_bodies backend_ops_gpu cuda_train feed_cuda loader_cuda rnn_cuda cuda_graph cudnn_deterministic cudnn_benchmark cuda_amp"
+    GPU_TESTS="cuda_bodies backend_ops_gpu cuda_train feed_cuda loader_cuda rnn_cuda cuda_graph cuda_profile cudnn_deterministic cudnn_benchmark cuda_amp"
     step gpu_tests 45 env STK_REQUIRE_GPU=1 meson test -C $B $GPU_TESTS --print-errorlogs --num-processes 4 || rc=1
     cp $B/meson-logs/testlog.json "$OUT/testlog-gpu.json" 2>/dev/null
     # The rest, the communicators' GPU tests among them.

@@ -44,6 +44,7 @@ typedef struct cuda_ctx {
     /* The feed's copy queue (cuda_device.c). */
     cudaStream_t copy_stream;
     cudaEvent_t copied[STK__FEED_SLOTS], released[STK__FEED_SLOTS];
+    cudaEvent_t copy_begin[STK__FEED_SLOTS]; /* with copied: a copy's device time */
     int copied_set[STK__FEED_SLOTS], released_set[STK__FEED_SLOTS];
     void *stage; /* upload: pageable copies of pinned sources */
     size_t stage_cap;
@@ -81,6 +82,9 @@ typedef struct cuda_ctx {
     char *cache_path;
     char device_tag[64];
     stk_algo_stats_t algo;
+    /* The profile's timer marks (cuda_timer.c): nmarks events. */
+    cudaEvent_t *marks;
+    int nmarks;
 } cuda_ctx_t;
 
 /* A cuDNN execution plan with what executing it needs. The descriptors
@@ -244,6 +248,7 @@ void stk__cuda_feed_fini(cuda_ctx_t *c);
 int stk__cuda_feed_copy(void *ctx, int slot, void *dst, const void *src, size_t bytes);
 int stk__cuda_feed_use(void *ctx, int slot);
 int stk__cuda_feed_release(void *ctx, int slot);
+int stk__cuda_feed_copy_time(void *ctx, int slot, double *sec);
 int stk__cuda_pin_host(void *ctx, void *addr, size_t bytes);
 void stk__cuda_unpin_host(void *ctx, void *addr);
 
@@ -251,6 +256,12 @@ void stk__cuda_unpin_host(void *ctx, void *addr);
 int stk__cuda_optim_create(void *ctx, const stk_optim_range_t *ranges, size_t n_ranges, stk__op_t **out);
 int stk__cuda_optim_update(void *ctx, stk__op_t *op, const stk__optim_scalars_t *k, float *params,
                            const float *grads, float *s0, float *s1, float *s2);
+
+/* Timer marks for the profile (cuda_timer.c). */
+int stk__cuda_timer_reserve(void *ctx, int n);
+int stk__cuda_timer_mark(void *ctx, int i);
+int stk__cuda_timer_elapsed(void *ctx, int a, int b, double *sec);
+void stk__cuda_timer_fini(cuda_ctx_t *c);
 
 /* CUDA graphs of a training step (cuda_graph.c). */
 int stk__cuda_graph_init(cuda_ctx_t *c);

@@ -106,6 +106,7 @@ static void cu_destroy(void *ctx)
     cudaFree(c->rows);
     cudaFree(c->flag_dev);
     stk__cuda_graph_fini(c);
+    stk__cuda_timer_fini(c);
     cudaFreeHost(c->host_scratch);
     cudaFreeHost(c->flag_host);
     if (c->stream)
@@ -285,6 +286,10 @@ static const stk__backend_iface_t cuda_iface = {
     .graph_note_optim = stk__cuda_graph_note_optim,
     .configure = stk__dnn_configure,
     .algo_stats = stk__dnn_algo_stats,
+    .feed_copy_time = stk__cuda_feed_copy_time,
+    .timer_reserve = stk__cuda_timer_reserve,
+    .timer_mark = stk__cuda_timer_mark,
+    .timer_elapsed = stk__cuda_timer_elapsed,
 };
 
 /* ------------------------------------------------------------------ open */

@@ -14,8 +14,11 @@
 int stk__cuda_feed_init(cuda_ctx_t *c)
 {
     int rc = stk__cu_status(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking), "a copy stream");
+    /* copy_begin and copied time each copy (feed_copy_time): the H2D
+     * bandwidth a run reports. */
     for (int i = 0; i < STK__FEED_SLOTS && rc == 0; i++)
-        if ((rc = stk__cu_status(cudaEventCreateWithFlags(&c->copied[i], cudaEventDisableTiming), "an event")) == 0)
+        if ((rc = stk__cu_status(cudaEventCreate(&c->copied[i]), "an event")) == 0 &&
+            (rc = stk__cu_status(cudaEventCreate(&c->copy_begin[i]), "an event")) == 0)
             rc = stk__cu_status(cudaEventCreateWithFlags(&c->released[i], cudaEventDisableTiming), "an event");
     return rc;
 }
@@ -29,6 +32,8 @@ void stk__cuda_feed_fini(cuda_ctx_t *c)
             cudaEventDestroy(c->copied[i]);
         if (c->released[i])
             cudaEventDestroy(c->released[i]);
+        if (c->copy_begin[i])
+            cudaEventDestroy(c->copy_begin[i]);
     }
     if (c->copy_stream)
         cudaStreamDestroy(c->copy_stream);
@@ -48,6 +53,8 @@ int stk__cuda_feed_copy(void *ctx, int slot, void *dst, const void *src, size_t 
     /* Not before the work that last read this slot's buffer is done. */
     if (c->released_set[slot] &&
         (rc = stk__cu_status(cudaStreamWaitEvent(c->copy_stream, c->released[slot], 0), "feed: wait")))
+        return rc;
+    if ((rc = stk__cu_status(cudaEventRecord(c->copy_begin[slot], c->copy_stream), "feed: record")))
         return rc;
     if (bytes &&
         (rc = stk__cu_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, c->copy_stream), "feed: copy")))
@@ -79,6 +86,20 @@ int stk__cuda_feed_release(void *ctx, int slot)
     /* The host waits for this slot's copy only (long done, normally):
      * then the batch it came from may go back to the loader. */
     return c->copied_set[slot] ? stk__cu_status(cudaEventSynchronize(c->copied[slot]), "feed: copy") : 0;
+}
+
+int stk__cuda_feed_copy_time(void *ctx, int slot, double *sec)
+{
+    cuda_ctx_t *c = ctx;
+    *sec = 0.0;
+    int rc = bad_slot(slot);
+    if (rc || !c->copied_set[slot])
+        return rc;
+    float ms = 0.0f;
+    rc = stk__cu_status(cudaEventElapsedTime(&ms, c->copy_begin[slot], c->copied[slot]), "feed: copy time");
+    if (rc == 0)
+        *sec = 1e-3 * (double)ms;
+    return rc;
 }
 
 int stk__cuda_pin_host(void *ctx, void *addr, size_t bytes)

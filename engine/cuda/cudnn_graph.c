@@ -495,7 +495,8 @@ static void log_choice(const cuda_ctx_t *c, const stk__algo_key_t *key, const st
              "stride %lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld, %lld-byte aligned): engine "
              "%lld, knobs%s, workspace %lld bytes, %s",
              stk_cudnn_policy_name(c->policy), dir_name[key->op], key->dtype, key->layout, (long long)key->n,
-             (long long)key->c, (long long)key->k, (long long)key->h, (long long)key->w, (long long)key->r, (long long)key->s,
+             (long long)key->c, (long long)key->k, (long long)key->h, (long long)key->w, (long long)key->r,
+             (long long)key->s,
              (long long)key->sh, (long long)key->sw, (long long)key->ph, (long long)key->pw, (long long)key->dh,
              (long long)key->dw, (long long)key->groups, (long long)key->align, (long long)ch->engine,
              ch->nknobs ? knobs : " none", (long long)ch->workspace, how);
@@ -668,7 +669,8 @@ int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_
                  "no engine plans convolution %s (%s %s, n %lld, %lld->%lld channels, %lldx%lld input, kernel "
                  "%lldx%lld, stride %lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld; policy %s%s)",
                  dir_name[dir], key.dtype, key.layout, (long long)d->n, (long long)d->ic, (long long)d->oc,
-                 (long long)d->ih, (long long)d->iw, (long long)d->kh, (long long)d->kw, (long long)d->sh, (long long)d->sw,
+                 (long long)d->ih, (long long)d->iw, (long long)d->kh, (long long)d->kw, (long long)d->sh,
+                 (long long)d->sw,
                  (long long)d->ph, (long long)d->pw, (long long)d->dh, (long long)d->dw, (long long)d->groups,
                  stk_cudnn_policy_name(c->policy), limit);
         rc = stk__dnn_status(last, what);

@@ -598,6 +598,18 @@ STK_API int stk_feed_done(stk_feed_t *f, const void *dev);
 /* Waits for the feed's copies and frees its buffers; NULL-safe. */
 STK_API void stk_feed_destroy(stk_feed_t **f);
 
+/* What a feed copied, counted when each batch is done (stk_feed_done). */
+typedef struct stk_feed_stats {
+    uint64_t copies; /* batches copied to the device (0 on a CPU model) */
+    uint64_t bytes;  /* their bytes */
+    double copy_s;   /* the copies' time: on a GPU device time between events
+                      * around each copy on the copy stream (bytes / copy_s is
+                      * the host-to-device bandwidth); on a backend without a
+                      * copy queue the upload's host time */
+} stk_feed_stats_t;
+/* *out = the counts so far. 0 or -EINVAL (NULL). */
+STK_API int stk_feed_stats(const stk_feed_t *f, stk_feed_stats_t *out);
+
 /* ------------------------------------------------------------ CPU threads */
 
 /* CPUs this process may use: its affinity mask (sched_getaffinity), capped
@@ -641,8 +653,13 @@ STK_API size_t stk_model_summary(const stk_model_t *m, char *buf, size_t cap);
 /* The summary to f; 0 or -EIO. */
 STK_API int stk_model_summary_print(const stk_model_t *m, FILE *f);
 
-/* Per-layer timing, collected while profiling is on (off by default;
- * costs two clock reads per layer and pass). */
+/* Per-layer timing, collected while profiling is on (off by default).
+ * On the CPU a layer's time is host time (two clock reads per layer and
+ * pass). On a GPU it is device time: events recorded on the model's
+ * stream around each layer's forward and backward, read when the next
+ * pass starts or the stats are read (one wait for the GPU per pass, only
+ * while profiling). Steps are not run as CUDA graphs while profiling is
+ * on (stk_model_set_cuda_graph stays set; graphs resume when it is off). */
 typedef struct stk_layer_stats {
     const char *name;
     stk_layer_kind_t kind;
@@ -656,8 +673,30 @@ STK_API void stk_model_reset_stats(stk_model_t *m);
 STK_API size_t stk_model_num_layers(const stk_model_t *m);
 /* 0, -ERANGE (i >= stk_model_num_layers), -EINVAL (NULL). */
 STK_API int stk_model_layer_stats(const stk_model_t *m, size_t i, stk_layer_stats_t *st);
-/* A table of the stats (ms per call, share of the total), as summary. */
+/* A table of the stats (ms per call, share of the total), as summary;
+ * its first line names the clock. */
 STK_API size_t stk_model_stats_format(const stk_model_t *m, char *buf, size_t cap);
+
+typedef enum stk_profile_clock {
+    STK_PROFILE_HOST = 0,  /* host wall time around each layer's calls */
+    STK_PROFILE_DEVICE = 1 /* device time between events on the model's stream */
+} stk_profile_clock_t;
+
+/* What the stats measure, and the passes' own total. */
+typedef struct stk_profile_info {
+    stk_profile_clock_t clock;
+    uint64_t passes; /* forward and backward passes timed whole */
+    double span_s;   /* summed over them: first layer's start to last layer's end;
+                      * the layers' times of those passes add up to at most this */
+} stk_profile_info_t;
+
+/* Fills *out (reading pending device times: waits for the GPU). 0,
+ * -EINVAL (NULL), or the backend's error reading the times (the stats
+ * then lack the passes it could not read). Not thread-safe with the
+ * model's other calls. */
+STK_API int stk_model_profile_info(const stk_model_t *m, stk_profile_info_t *out);
+/* "GPU time" or "host time". */
+STK_API const char *stk_profile_clock_name(stk_profile_clock_t clock);
 
 #ifdef __cplusplus
 }

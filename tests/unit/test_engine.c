@@ -676,6 +676,33 @@ static void test_training_mechanics(void **state)
     char buf[4096];
     assert_true(stk_model_stats_format(m, buf, sizeof(buf)) < sizeof(buf));
     assert_non_null(strstr(buf, "c1 (conv2d)"));
+    /* The CPU's clock is the host's; each pass's layers fit in its span. */
+    assert_non_null(strstr(buf, "per-layer host time\n"));
+    stk_profile_info_t prof;
+    assert_int_equal(stk_model_profile_info(m, &prof), 0);
+    assert_int_equal(prof.clock, STK_PROFILE_HOST);
+    assert_string_equal(stk_profile_clock_name(prof.clock), "host time");
+    assert_string_equal(stk_profile_clock_name(STK_PROFILE_DEVICE), "GPU time");
+    assert_int_equal(prof.passes, 2);
+    double layers_s = 0.0;
+    for (size_t i = 0; i < stk_model_num_layers(m); i++) {
+        assert_int_equal(stk_model_layer_stats(m, i, &st), 0);
+        assert_true(st.forward_s >= 0.0 && st.backward_s >= 0.0);
+        layers_s += st.forward_s + st.backward_s;
+    }
+    assert_true(layers_s > 0.0 && layers_s <= prof.span_s);
+    assert_int_equal(stk_model_profile_info(m, NULL), -EINVAL);
+    assert_int_equal(stk_model_profile_info(NULL, &prof), -EINVAL);
+    /* Off: nothing more is counted; reset: all of it goes. */
+    stk_model_set_profiling(m, 0);
+    assert_int_equal(stk_model_forward(m, x, 4, y, NULL, &l1), 0);
+    assert_int_equal(stk_model_layer_stats(m, 1, &st), 0);
+    assert_int_equal(st.forward_calls, 1);
+    stk_model_reset_stats(m);
+    assert_int_equal(stk_model_profile_info(m, &prof), 0);
+    assert_true(prof.passes == 0 && prof.span_s == 0.0);
+    assert_int_equal(stk_model_layer_stats(m, 1, &st), 0);
+    assert_true(st.forward_calls == 0 && st.forward_s == 0.0);
     /* Threads: the loss does not depend on the count beyond reassociation. */
     assert_int_equal(stk_model_set_threads(m, -1), -EINVAL);
     assert_int_equal(stk_model_set_threads(m, 1), 0);

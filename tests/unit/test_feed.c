@@ -182,6 +182,22 @@ static int run_feed(stk_dataset_t *ds, float *losses)
             dcur = dnxt;
         }
     }
+    /* What the feed copied: every batch once on a device, nothing on the
+     * CPU; a time for each copy (device events on CUDA, the upload's host
+     * time staged). */
+    stk_feed_stats_t fs;
+    STK(stk_feed_stats(f, &fs));
+    if (m->be.iface->host_memory) {
+        CHECK(fs.copies == 0 && fs.bytes == 0 && fs.copy_s == 0.0, "a CPU feed counted %llu copies",
+              (unsigned long long)fs.copies);
+    } else {
+        CHECK(fs.copies == (uint64_t)n && fs.bytes == (uint64_t)n * BATCH * IMG * sizeof(float),
+              "%llu copies of %llu bytes for %d batches", (unsigned long long)fs.copies,
+              (unsigned long long)fs.bytes, n);
+        CHECK(fs.copy_s > 0.0, "copies of %llu bytes took %g s", (unsigned long long)fs.bytes, fs.copy_s);
+        printf("feed: %llu copies, %.1f MB/s\n", (unsigned long long)fs.copies, (double)fs.bytes / fs.copy_s / 1e6);
+    }
+    CHECK(stk_feed_stats(f, NULL) == -EINVAL && stk_feed_stats(NULL, &fs) == -EINVAL, "NULL stats");
     stk_feed_destroy(&f);
     stk_loader_destroy(&l);
     stk_optim_destroy(&opt);
