@@ -14,6 +14,10 @@
 #      batch 256, stoker-enginebench --train against PyTorch eager
 #      (cudnn.benchmark) and torch.compile(mode="reduce-overhead")
 #      (tools/bench_train_torch.py), in the time the run has left;
+#      ResNet-18 fed by the loader (synthetic 3x224x224 u8 shards from
+#      stoker-pack synth, crop + flip + normalize in one worker per CPU,
+#      the feed's copies) against the same steps from a resident batch:
+#      the images/s ratio, the data-wait share and the H2D bandwidth;
 # every result into $OUT/gpu-check.json (OUT defaults to gpu-check-out) and
 # a short table at the end. Each step runs under its own time limit, so a
 # hang costs that step, not the run. --cpu-benches adds the loader and
@@ -191,6 +195,18 @@ if [ -x $B/tools/stoker-enginebench ]; then
         --precision bf16 --cuda-graph"
     bench bench_torch_resnet18 40 sh -c "$TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision bf16 \
         --channels-last && $TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision tf32"
+    # ResNet-18 fed by the real loader (issue 12's target: within 5% of
+    # the resident batch's images/s, data wait under 2%): 2560 synthetic
+    # records (10 batches, page cache; the loader goes round epochs), then
+    # the same steps (TF32, CUDA graphs, 5 warm-up steps so that both of
+    # the feed's buffers have their graph) from the loader and resident.
+    SYN=$B/synth-224
+    bench bench_data_pack 30 sh -c "[ -f $SYN/shard.manifest ] || $B/tools/stoker-pack synth -o $SYN \
+        --records 2560 --shape 3,224,224 --classes 1000 -n 512"
+    AUG='crop:224,pad=16|hflip|normalize:mean=0.485/0.456/0.406,std=0.229/0.224/0.225'
+    bench bench_stoker_resnet18_loader 70 sh -c "for input in '--data $SYN --augment $AUG --workers $JOBS' ''; do
+        $EB --model models/resnet18.model --batch 256 --iters 20 --warmup 5 --precision tf32 --cuda-graph \$input \
+        || exit 1; done"
     bench bench_torch_resnet18_compile 90 $TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision bf16 \
         --channels-last --mode compile
 fi
@@ -238,14 +254,15 @@ def all_json(name):
     return rows
 bench = []
 for name in ("bench_stoker_fmnist", "bench_torch_fmnist", "bench_torch_fmnist_compile", "bench_stoker_resnet18",
-             "bench_stoker_bf16", "bench_torch_resnet18", "bench_torch_resnet18_compile"):
+             "bench_stoker_bf16", "bench_torch_resnet18", "bench_stoker_resnet18_loader", "bench_torch_resnet18_compile"):
     bench += all_json(name)
 res["bench"] = bench
 def find(tool, model, precision, mode=None, channels_last=None):
-    # Stoker's best of with and without CUDA graphs.
+    # Stoker's best of with and without CUDA graphs, from a resident batch.
     best = None
     for r in bench:
         if (r.get("tool") == tool and model in r.get("model", "") and r.get("precision") == precision and
+                r.get("input", "resident") == "resident" and
                 (mode is None or r.get("mode") == mode) and
                 (channels_last is None or r.get("channels_last") == channels_last)):
             v = r.get("images_per_s")
@@ -266,6 +283,23 @@ for key, a, b in (
          find("torch", "resnet18", "bf16", "eager", True))):
     ratios[key] = round(a / b, 3) if a and b else None
 res["bench_ratios"] = ratios
+# ResNet-18 fed by the loader against the same run's resident batch.
+rows = all_json("bench_stoker_resnet18_loader")
+fed = next((r for r in rows if r.get("input") == "loader"), None)
+resident = next((r for r in rows if r.get("input") == "resident"), None)
+if fed:
+    ips, rips = fed.get("images_per_s"), resident.get("images_per_s") if resident else None
+    bps = fed.get("h2d_bytes_per_s") or 0
+    res["resnet18_loader"] = {
+        "images_per_s": ips, "resident_images_per_s": rips,
+        "ratio": round(ips / rips, 4) if ips and rips else None,
+        "data_wait": fed.get("data_wait"), "workers": fed.get("workers"),
+        "h2d_gb_per_s": round(bps / 1e9, 3),
+        "h2d_mb_per_batch": round(fed.get("h2d_bytes", 0) / max(fed.get("iters", 1), 1) / 1e6, 3),
+        "target": "ratio >= 0.95 and data_wait < 0.02"}
+    ratios["resnet18_loader_vs_resident"] = res["resnet18_loader"]["ratio"]
+else:
+    res["resnet18_loader"] = None
 json.dump(res, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
 
 print("\n%-14s %6s %8s" % ("step", "exit", "seconds"))
@@ -286,9 +320,12 @@ a, b = row("stoker gpu", res["train_gpu"]), row("torch gpu", res["torch_gpu"])
 if a and b:
     print("stoker/torch images/s: %.2fx" % (a / b))
 for r in bench:
-    print("bench %-7s %-8s %-10s %-5s %s%10.0f img/s" % (r.get("tool"), r.get("mode", "graph" if r.get(
+    print("bench %-7s %-8s %-10s %-5s %s%10.0f img/s%s" % (r.get("tool"), r.get("mode", "graph" if r.get(
         "cuda_graph") else ""), os.path.basename(r.get("model", "")).replace(".model", ""), r.get("precision"),
-        "cl " if r.get("channels_last") else "   ", r.get("images_per_s", 0)))
+        "cl " if r.get("channels_last") else "   ", r.get("images_per_s", 0),
+        "  (loader: data wait %.2f%%, H2D %.2f GB/s)" % (100 * r.get("data_wait", 0),
+                                                         r.get("h2d_bytes_per_s", 0) / 1e9)
+        if r.get("input") == "loader" else ""))
 for k, v in ratios.items():
     print("ratio %-40s %s" % (k, "%.2fx" % v if v else "n/a"))
 print("wall: %d s; results in %s" % (wall, os.path.join(out, "gpu-check.json")))

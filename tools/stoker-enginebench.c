@@ -4,9 +4,14 @@
  * timing; --train adds the optimizer step (the stepper, as stoker-train
  * steps), --device cuda runs on a GPU with the batch already there (what
  * tools/bench_train_torch.py measures for PyTorch), --json ends with one
- * JSON line. --export also writes the state, an input batch and its
+ * JSON line. --data feeds the training steps from a shard set through the
+ * loader (workers, --augment) and the feed, as stoker-train does, and
+ * reports the share of the time spent waiting for data and the
+ * host-to-device bandwidth of the feed's copies; without it the batch is
+ * resident. --export also writes the state, an input batch and its
  * eval-mode logits, for tools/load_safetensors.py. */
 #include <stoker/engine.h>
+#include <stoker/loader.h>
 #include <stoker/optim.h>
 #include <stoker/train.h>
 #include "tool_clock.h"
@@ -32,7 +37,109 @@ static void usage(void)
 {
     fprintf(stderr, "usage: stoker-enginebench [--model FILE] [--batch N] [--threads N] [--iters N] "
                     "[--warmup N] [--profile] [--summary] [--export PREFIX] [--train] [--optimizer SPEC] "
-                    "[--device cpu|cuda|cuda:N] [--precision fp32|tf32|bf16|fp16] [--cuda-graph] [--json]\n");
+                    "[--device cpu|cuda|cuda:N] [--precision fp32|tf32|bf16|fp16] [--cuda-graph] [--json]\n"
+                    "                          [--data DIR [--augment SPEC] [--workers N] [--prefetch N]]\n"
+                    "  --data DIR  training steps (--train) fed from the shards at DIR through the\n"
+                    "              loader with --workers processes (default: the CPUs) and the feed;\n"
+                    "              the image field is \"image\", the label \"label\"\n");
+}
+
+/* The loader side of --data: the shard set, its loader, and the batch's
+ * conversion to an input tensor, as stoker-train makes them. */
+typedef struct data_feed {
+    stk_dataset_t *ds;
+    stk_loader_t *loader;
+    stk_train_inputs_t *inputs;
+    stk_feed_t *feed;
+    uint64_t epoch;
+    double wait_s;
+} data_feed_t;
+
+static int data_open(data_feed_t *d, stk_model_t *m, const char *dir, const char *augment, int batch, int workers,
+                     int prefetch, int on_device)
+{
+    stk_dataset_shard_config_t dc;
+    stk_dataset_shard_config_default(&dc);
+    int rc = stk_dataset_shard_create(&d->ds, dir, &dc);
+    stk_train_inputs_config_t icfg;
+    stk_train_inputs_config_default(&icfg);
+    icfg.normalize = augment;
+    if (rc == 0)
+        rc = stk_train_check_data(d->ds, &icfg, augment, m);
+    if (rc == 0 && stk_dataset_len(d->ds) < (uint64_t)batch) {
+        fprintf(stderr, "stoker-enginebench: --data %s: %llu samples make no batch of %d\n", dir,
+                (unsigned long long)stk_dataset_len(d->ds), batch);
+        return 1;
+    }
+    stk_loader_config_t lcfg;
+    stk_loader_config_default(&lcfg);
+    lcfg.batch_size = (uint64_t)batch;
+    lcfg.drop_last = 1;
+    lcfg.shuffle = 1;
+    lcfg.seed = 1;
+    lcfg.num_workers = (uint32_t)workers;
+    lcfg.prefetch = (uint32_t)prefetch;
+    lcfg.persistent_workers = 1;
+    lcfg.augment = augment;
+    lcfg.augment_field = "image";
+    if (on_device) {
+        /* The arena page-locked once: batches go to the GPU by DMA. */
+        lcfg.pin = stk_model_pin_host;
+        lcfg.unpin = stk_model_unpin_host;
+        lcfg.pin_user = m;
+        lcfg.pin_no_memlock = 1;
+    }
+    if (rc == 0)
+        rc = stk_loader_create(&d->loader, d->ds, &lcfg);
+    if (rc == 0)
+        rc = stk_train_inputs_create(&d->inputs, &icfg);
+    if (rc)
+        fprintf(stderr, "stoker-enginebench: --data %s: %s\n", dir, stk_error_message());
+    return rc;
+}
+
+static void data_close(data_feed_t *d)
+{
+    stk_feed_destroy(&d->feed);
+    stk_train_inputs_destroy(&d->inputs);
+    stk_loader_destroy(&d->loader);
+    stk_dataset_destroy(&d->ds);
+}
+
+/* One training step on the next batch (a new epoch when one ends), its
+ * wait for the loader counted in d->wait_s. */
+static int data_step(data_feed_t *d, stk_model_t *m, stk_train_stepper_t *stepper, uint64_t it, float *loss)
+{
+    stk_batch_t b;
+    double t0 = tool_now_s();
+    int rc = stk_loader_next(d->loader, &b);
+    if (rc == STK_DONE && (rc = stk_loader_set_epoch(d->loader, ++d->epoch)) == 0)
+        rc = stk_loader_next(d->loader, &b);
+    d->wait_s += tool_now_s() - t0;
+    if (rc)
+        return rc;
+    stk_tensor_t input, target;
+    const void *dev = NULL;
+    rc = stk_train_inputs_get(d->inputs, &b, &input, &target);
+    size_t bytes = rc == 0 ? (size_t)stk_tensor_numel(&input) * stk_dtype_size(input.dtype) : 0;
+    if (rc == 0 && !d->feed)
+        rc = stk_feed_create(&d->feed, m, bytes);
+    if (rc == 0)
+        rc = stk_feed_put(d->feed, input.data, bytes, &dev);
+    if (rc == 0)
+        rc = stk_feed_use(d->feed, dev);
+    if (rc == 0) {
+        input.data = (void *)dev;
+        stk_train_step_metrics_t sm;
+        rc = stk_train_stepper_step(stepper, &input, &target, it, &sm);
+        *loss = sm.loss;
+    }
+    if (dev) {
+        int done = stk_feed_done(d->feed, dev);
+        rc = rc ? rc : done;
+    }
+    stk_loader_release(d->loader, &b);
+    return rc;
 }
 
 /* A whole decimal in [lo, hi], or -1. */
@@ -48,6 +155,8 @@ int main(int argc, char **argv)
     const char *model = "models/fmnist-cnn.model", *export = NULL, *device = "cpu", *precision = "fp32";
     const char *optimizer = "sgd:lr=0.01,momentum=0.9";
     int batch = 128, threads = 2, iters = 20, warmup = 3, profile = 0, summary = 0, train = 0, json = 0, graph = 0;
+    const char *data = NULL, *augment = "";
+    int workers = stk_engine_cpu_count(), prefetch = 0;
     /* OpenMP threads that wait passively unless OMP_WAIT_POLICY says
      * otherwise (it executes us again once). */
     if (stk_engine_passive_wait(argv) < 0)
@@ -60,6 +169,8 @@ int main(int argc, char **argv)
         {"train", no_argument, 0, 'T'}, {"optimizer", required_argument, 0, 'o'},
         {"device", required_argument, 0, 'd'}, {"precision", required_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'}, {"cuda-graph", no_argument, 0, 'G'}, {"help", no_argument, 0, 'h'},
+        {"data", required_argument, 0, 'D'}, {"augment", required_argument, 0, 'A'},
+        {"workers", required_argument, 0, 'W'}, {"prefetch", required_argument, 0, 'F'},
         {0, 0, 0, 0},
     };
     int c;
@@ -79,11 +190,23 @@ int main(int argc, char **argv)
         case 'P': precision = optarg; break;
         case 'j': json = 1; break;
         case 'G': graph = 1; break;
+        case 'D': data = optarg; break;
+        case 'A': augment = optarg; break;
+        case 'W': workers = (int)whole(optarg, 0, 1024); break;
+        case 'F': prefetch = (int)whole(optarg, 0, 1024); break;
         default: usage(); return c == 'h' ? 0 : 2;
         }
     }
-    if (optind < argc || batch < 1 || threads < 1 || iters < 1 || warmup < 0) {
+    if (optind < argc || batch < 1 || threads < 1 || iters < 1 || warmup < 0 || workers < 0 || prefetch < 0) {
         usage();
+        return 2;
+    }
+    if (data && (!train || export)) {
+        fprintf(stderr, "stoker-enginebench: --data feeds training steps: it needs --train (and no --export)\n");
+        return 2;
+    }
+    if (!data && (augment[0] || prefetch)) {
+        fprintf(stderr, "stoker-enginebench: --augment and --prefetch are --data's\n");
         return 2;
     }
     stk_model_config_t cfg;
@@ -116,6 +239,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "stoker-enginebench: --export reads the model back on the host: CPU only\n");
         return 2;
     }
+    /* Workers fork from a process without CUDA in it. */
+    if (data && workers > 0 && stk_loader_forkserver_start() != 0) {
+        fprintf(stderr, "stoker-enginebench: the loader's fork server: %s\n", stk_error_message());
+        return 1;
+    }
     stk_model_t *m = NULL;
     if (stk_model_create_from_file(&m, model, &cfg) < 0) {
         fprintf(stderr, "stoker-enginebench: %s\n", stk_error_message());
@@ -125,7 +253,7 @@ int main(int argc, char **argv)
         stk_model_summary_print(m, stdout);
     int64_t shape[4];
     stk_model_input_shape(m, shape);
-    size_t nx = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
+    size_t nx = data ? 1 : (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
     float *x = malloc(nx * sizeof(float));
     int64_t *y = malloc((size_t)batch * sizeof(int64_t));
     int64_t k = stk_model_num_classes(m);
@@ -143,7 +271,16 @@ int main(int argc, char **argv)
     const void *xin = x;
     if (!x || !y)
         rc = -1;
-    if (rc == 0 && cfg.device != STK_DEVICE_CPU) {
+    data_feed_t df = {0};
+    if (rc == 0 && data &&
+        data_open(&df, m, data, augment, batch, workers, prefetch, cfg.device != STK_DEVICE_CPU) != 0) {
+        data_close(&df);
+        stk_model_destroy(&m);
+        free(x);
+        free(y);
+        return 1;
+    }
+    if (rc == 0 && cfg.device != STK_DEVICE_CPU && !data) {
         rc = stk_feed_create(&feed, m, nx * sizeof(float));
         if (rc == 0)
             rc = stk_feed_put(feed, x, nx * sizeof(float), &xin);
@@ -167,11 +304,19 @@ int main(int argc, char **argv)
     if (rc == 0 && (rc = stk_tensor_init(&xt, (void *)xin, STK_DTYPE_F32, 4, shape)) == 0)
         rc = stk_tensor_init(&yt, y, STK_DTYPE_I64, 1, yshape);
     xt.device = cfg.device;
+    stk_feed_stats_t fs0 = {0}, fs1 = {0};
     for (int it = 0; it < warmup + iters && rc == 0; it++) {
         if (it == warmup) {
             stk_model_set_profiling(m, profile);
             stk_model_reset_stats(m);
+            df.wait_s = 0.0;
+            if (df.feed)
+                stk_feed_stats(df.feed, &fs0);
             t0 = tool_now_s();
+        }
+        if (data) {
+            rc = data_step(&df, m, stepper, (uint64_t)it, &loss);
+            continue;
         }
         if (stepper) {
             stk_train_step_metrics_t sm;
@@ -189,11 +334,19 @@ int main(int argc, char **argv)
     if (rc == 0 && feed)
         rc = stk_feed_done(feed, xin);
     double dt = tool_now_s() - t0;
+    if (df.feed)
+        stk_feed_stats(df.feed, &fs1);
     stk_train_stepper_destroy(&stepper);
     stk_optim_destroy(&opt);
     stk_feed_destroy(&feed);
+    if (rc != 0 && rc != -1) {
+        fprintf(stderr, "stoker-enginebench: %s\n", stk_error_message());
+        rc = -2;
+    }
+    data_close(&df);
     if (rc < 0) {
-        fprintf(stderr, "stoker-enginebench: %s\n", rc == -1 ? "out of memory" : stk_error_message());
+        if (rc == -1)
+            fprintf(stderr, "stoker-enginebench: out of memory\n");
         stk_model_destroy(&m);
         free(x);
         free(y);
@@ -204,6 +357,19 @@ int main(int argc, char **argv)
            "loss %.4f)\n",
            model, batch, train ? "training step" : "forward+backward", device, threads, stk_model_threads(m),
            waits[stk_engine_wait_policy()], (double)iters * batch / dt, 1e3 * dt / iters, (double)loss);
+    /* The feed's copies after the warm-up: bytes over their device time. */
+    uint64_t h2d_bytes = fs1.bytes - fs0.bytes, h2d_copies = fs1.copies - fs0.copies;
+    double h2d_s = fs1.copy_s - fs0.copy_s, wait = dt > 0 ? df.wait_s / dt : 0.0;
+    double h2d_bps = h2d_s > 0 ? (double)h2d_bytes / h2d_s : 0.0;
+    if (data && h2d_copies)
+        printf("data: %s through %d workers, augment \"%s\": data wait %.2f%% of the time; host-to-device "
+               "%.1f MB per batch, %.2f GB/s (%.2f ms per copy)\n",
+               data, workers, augment, 100 * wait, (double)h2d_bytes / (double)h2d_copies / 1e6, h2d_bps / 1e9,
+               1e3 * h2d_s / (double)h2d_copies);
+    else if (data)
+        printf("data: %s through %d workers, augment \"%s\": data wait %.2f%% of the time; no host-to-device "
+               "copies (the model reads host memory)\n",
+               data, workers, augment, 100 * wait);
     if (profile) {
         size_t n = stk_model_stats_format(m, NULL, 0);
         char *buf = malloc(n + 1);
@@ -235,10 +401,12 @@ int main(int argc, char **argv)
     if (json)
         printf("{\"tool\":\"stoker\",\"model\":\"%s\",\"batch\":%d,\"device\":\"%s\",\"precision\":\"%s\","
                "\"train\":%s,\"cuda_graph\":%s,\"graph_replays\":%llu,\"iters\":%d,\"images_per_s\":%.1f,"
-               "\"ms_per_iter\":%.3f,\"loss\":%.6f}\n",
+               "\"ms_per_iter\":%.3f,\"input\":\"%s\",\"workers\":%d,\"data_wait\":%.6f,\"h2d_bytes\":%llu,"
+               "\"h2d_copy_s\":%.6f,\"h2d_bytes_per_s\":%.1f,\"loss\":%.6f}\n",
                model, batch, device, stk_precision_name(stk_model_precision(m)), train ? "true" : "false",
                graphs ? "true" : "false", (unsigned long long)replays, iters, (double)iters * batch / dt,
-               1e3 * dt / iters, (double)loss);
+               1e3 * dt / iters, data ? "loader" : "resident", data ? workers : 0, wait,
+               (unsigned long long)h2d_bytes, h2d_s, h2d_bps, (double)loss);
     free(x);
     free(y);
     stk_model_destroy(&m);

@@ -106,6 +106,16 @@ static void usage_pack(FILE *f, const char *cmd)
                "  -h, --help                this text\n");
 }
 
+static void usage_synth(FILE *f)
+{
+    fprintf(f, "usage: stoker-pack synth -o DIR [--records N] [--shape C,H,W] [--classes K] [--seed S]\n"
+               "                         [-n RECORDS_PER_SHARD] [-f] [-q]\n"
+               "  Synthetic images for benchmarks: N records (default 1024) of uniformly\n"
+               "  random u8 pixels of shape C,H,W (default 3,224,224) and a random label\n"
+               "  below K (default 1000), stored raw; the same seed (default 0) gives the\n"
+               "  same set. Schema: image:u8[C,H,W] label:i64[]\n");
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: stoker-pack COMMAND ...\n"
@@ -114,6 +124,7 @@ static void usage(FILE *f)
                "  npy DATA LABELS -o DIR     pack a .npy data array and its labels\n"
                "  folder ROOT -o DIR         pack a folder with one subfolder per class\n"
                "  text FILE -o DIR           pack a text file, one record of token ids per line\n"
+               "  synth -o DIR               write random images and labels (benchmarks)\n"
                "  verify DIR                 check every record's checksum\n"
                "  info DIR                   print the schema and shard list\n"
                "Run 'stoker-pack COMMAND --help' for options.\n");
@@ -355,6 +366,126 @@ static void verify_bad(uint64_t index, int code, const char *msg, void *user)
         fprintf(stderr, "%sstoker-pack: %s\n", v->pr.on ? "\n" : "", msg);
 }
 
+/* "C,H,W": three whole numbers in [1, 65536]. */
+static int parse_shape(const char *arg, int64_t shape[3])
+{
+    char *end;
+    const char *p = arg;
+    for (int i = 0; i < 3; i++) {
+        long long v = strtoll(p, &end, 10);
+        if (end == p || v < 1 || v > 65536 || (i < 2 ? *end != ',' : *end != '\0')) {
+            fprintf(stderr, "stoker-pack synth: --shape %s: want C,H,W (each 1..65536)\n", arg);
+            return -1;
+        }
+        shape[i] = v;
+        p = end + 1;
+    }
+    return 0;
+}
+
+static int cmd_synth(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"output", required_argument, 0, 'o'}, {"records", required_argument, 0, 'R'},
+        {"shape", required_argument, 0, 'S'},  {"classes", required_argument, 0, 'K'},
+        {"seed", required_argument, 0, 's'},   {"records-per-shard", required_argument, 0, 'n'},
+        {"force", no_argument, 0, 'f'},        {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    const char *out = NULL;
+    int64_t records = 1024, classes = 1000, seed = 0, shape[3] = {3, 224, 224};
+    int quiet = 0;
+    stk_writer_config_t wc;
+    stk_writer_config_default(&wc);
+    wc.zstd_level = 0; /* random pixels do not compress */
+    int c;
+    int64_t v;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:n:fqh", lo, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'R':
+            if (tool_parse_i64("stoker-pack synth", "--records", optarg, 1, INT64_MAX, &records))
+                return 2;
+            break;
+        case 'S':
+            if (parse_shape(optarg, shape))
+                return 2;
+            break;
+        case 'K':
+            if (tool_parse_i64("stoker-pack synth", "--classes", optarg, 1, INT32_MAX, &classes))
+                return 2;
+            break;
+        case 's':
+            if (tool_parse_i64("stoker-pack synth", "--seed", optarg, 0, INT64_MAX, &seed))
+                return 2;
+            break;
+        case 'n':
+            if (tool_parse_i64("stoker-pack synth", "--records-per-shard", optarg, 0, INT64_MAX, &v))
+                return 2;
+            wc.records_per_shard = (uint64_t)v;
+            break;
+        case 'f': wc.overwrite = 1; break;
+        case 'q': quiet = 1; break;
+        case 'h': usage_synth(stdout); return 0;
+        default: usage_synth(stderr); return 2;
+        }
+    }
+    if (optind < argc || !out) {
+        fprintf(stderr, "stoker-pack synth: %s\n", !out ? "missing -o DIR" : "no input files are taken");
+        usage_synth(stderr);
+        return 2;
+    }
+    stk_schema_t schema = {0};
+    int64_t none[1] = {0};
+    size_t bytes = (size_t)(shape[0] * shape[1] * shape[2]);
+    stk_writer_t *w = NULL;
+    unsigned char *img = malloc(bytes + 4);
+    int rc = img ? 0 : -ENOMEM;
+    if (rc == 0 && (rc = stk_schema_add(&schema, "image", STK_DTYPE_U8, 3, shape)) == 0)
+        rc = stk_schema_add(&schema, "label", STK_DTYPE_I64, 0, none);
+    if (rc == 0)
+        rc = stk_writer_create(&w, out, &schema, &wc);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    double t0 = tool_now_s();
+    stk_rng_t r;
+    for (int64_t i = 0; i < records && rc == 0; i++) {
+        if (interrupted) {
+            stk_writer_destroy(&w);
+            free(img);
+            fprintf(stderr, "stoker-pack: interrupted; %s left as it was\n", out);
+            return 130;
+        }
+        /* One stream per record: a record does not depend on the count. */
+        stk_rng_init(&r, (uint64_t)seed, (uint64_t)i);
+        for (size_t k = 0; k < bytes; k += 4) {
+            uint32_t u = stk_rng_u32(&r);
+            memcpy(img + k, &u, 4);
+        }
+        int64_t label = (int64_t)stk_rng_below(&r, (uint64_t)classes);
+        const void *data[2] = {img, &label};
+        rc = stk_writer_add(w, data, NULL);
+    }
+    if (rc == 0)
+        rc = stk_writer_finish(w);
+    if (rc) {
+        fprintf(stderr, "stoker-pack synth: %s\n", rc == -ENOMEM && !img ? "out of memory" : stk_error_message());
+        stk_writer_destroy(&w);
+        free(img);
+        return 1;
+    }
+    stk_writer_stats_t st;
+    stk_writer_stats(w, &st);
+    stk_writer_destroy(&w);
+    free(img);
+    if (!quiet)
+        printf("wrote %" PRIu64 " synthetic records (image:u8[%lld,%lld,%lld] label:i64[]) into %" PRIu64
+               " shard(s) in %s in %.2f s, %" PRIu64 " bytes\n",
+               st.records, (long long)shape[0], (long long)shape[1], (long long)shape[2], st.shards, out,
+               tool_now_s() - t0, st.stored_bytes);
+    return 0;
+}
+
 static int cmd_verify(int argc, char **argv)
 {
     stk_shardset_t *set;
@@ -406,6 +537,8 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "idx") || !strcmp(cmd, "cifar") || !strcmp(cmd, "npy") ||
         !strcmp(cmd, "folder") || !strcmp(cmd, "text"))
         return cmd_pack(cmd, argc - 1, argv + 1);
+    if (!strcmp(cmd, "synth"))
+        return cmd_synth(argc - 1, argv + 1);
     if (!strcmp(cmd, "verify"))
         return cmd_verify(argc - 1, argv + 1);
     if (!strcmp(cmd, "info"))

@@ -85,6 +85,22 @@ int stk_train_labels_i64(const stk_batch_field_t *f, int64_t *out, size_t n)
     }
 }
 
+/* The most values a mean= or std= list of a normalize spec has (1 when
+ * none): "mean=0.4/0.5/0.6" has 3, one per channel. */
+static unsigned list_channels(const char *spec)
+{
+    unsigned most = 1;
+    for (const char *p = spec; *p; p++) {
+        if ((p == spec || p[-1] == ':' || p[-1] == ',') && (!strncmp(p, "mean=", 5) || !strncmp(p, "std=", 4))) {
+            unsigned n = 1;
+            for (const char *q = strchr(p, '='); *q && *q != ',' && *q != '|'; q++)
+                n += *q == '/';
+            most = n > most ? n : most;
+        }
+    }
+    return most;
+}
+
 /* The stage of spec starting at p and running len bytes is a normalize. */
 static int is_normalize(const char *p, size_t len)
 {
@@ -201,13 +217,15 @@ int stk_train_inputs_create(stk_train_inputs_t **out, const stk_train_inputs_con
     }
     int rc = stk_train_normalize_spec(spec, x->normalize, cap);
     if (rc == 0 && x->normalize[0]) {
-        /* Checked once here on a 1x1x1 image, so that a bad spec fails at
-         * create and not at the first batch. */
-        stk_image_desc_t d = {.c = 1, .h = 1, .w = 1, .dtype = STK_DTYPE_U8, .layout = STK_LAYOUT_CHW};
+        /* Checked once here on a 1x1 image of as many channels as its
+         * lists have values, so that a bad spec fails at create and not
+         * at the first batch. */
+        stk_image_desc_t d = {.c = list_channels(x->normalize), .h = 1, .w = 1, .dtype = STK_DTYPE_U8,
+                              .layout = STK_LAYOUT_CHW};
         stk_augment_t *probe = NULL;
         rc = stk_augment_create(&probe, x->normalize, &d, 0);
         if (rc)
-            rc = stk__error(rc, "train inputs: normalize '%s': %s", x->normalize, stk_error_message());
+            rc = stk__error_prefix(rc, "train inputs: normalize '%s'", x->normalize);
         stk_augment_destroy(&probe);
     }
     if (rc) {

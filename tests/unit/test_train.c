@@ -221,6 +221,13 @@ static void test_batch_fields(void **state)
     c.normalize = "normalize:mean=0.5";
     assert_int_equal(stk_train_inputs_create(&in, &c), STK_ECONFIG);
     expect_msg("normalize");
+    /* One value per channel is checked at create, lists that disagree too. */
+    c.normalize = "crop:8|normalize:mean=0.485/0.456/0.406,std=0.229/0.224/0.225";
+    assert_int_equal(stk_train_inputs_create(&in, &c), 0);
+    stk_train_inputs_destroy(&in);
+    c.normalize = "normalize:mean=0.485/0.456,std=0.229/0.224/0.225";
+    assert_int_equal(stk_train_inputs_create(&in, &c), STK_ECONFIG);
+    expect_msg("mean has 2 values and std 3");
     c.normalize = NULL;
     c.dtype = STK_DTYPE_I32;
     assert_int_equal(stk_train_inputs_create(&in, &c), STK_ECONFIG);
