@@ -254,7 +254,8 @@ def all_json(name):
     return rows
 bench = []
 for name in ("bench_stoker_fmnist", "bench_torch_fmnist", "bench_torch_fmnist_compile", "bench_stoker_resnet18",
-             "bench_stoker_bf16", "bench_torch_resnet18", "bench_stoker_resnet18_loader", "bench_torch_resnet18_compile"):
+             "bench_stoker_bf16", "bench_torch_resnet18", "bench_stoker_resnet18_loader",
+             "bench_torch_resnet18_compile"):
     bench += all_json(name)
 res["bench"] = bench
 def find(tool, model, precision, mode=None, channels_last=None):
