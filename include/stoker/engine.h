@@ -214,8 +214,9 @@ typedef struct stk_model stk_model_t;
  * train FP16 with loss scaling (stk_train_stepper_config_t.loss_scaling).
  * On the CPU backend BF16 and FP16 are an emulation of those roundings
  * around FP32 arithmetic, for checking a recipe's numerics: slower than
- * FP32, not faster. The CUDA backend does not implement them yet
- * (STK_ECONFIG). */
+ * FP32, not faster. The CUDA backend computes them in half (half inputs
+ * on tensor cores, FP32 accumulation; compute capability 8.0 for BF16,
+ * 7.0 for FP16, else STK_ECONFIG); not yet measured on a GPU. */
 typedef enum stk_precision {
     STK_PRECISION_FP32 = 0,
     STK_PRECISION_TF32 = 1,
