@@ -442,6 +442,11 @@ static int identity(run_t *r, const char *resume)
                               "--resume %s: position (epoch %" PRIu64 ", batch %" PRIu64 ") is outside an epoch "
                               "of %" PRIu64 " batches", r->resumed_from, r->st.epoch + 1, r->st.loader.batch,
                               r->batches_per_epoch);
+        /* The summary counts the whole run's skipped steps. */
+        if (r->loss_scaling && r->st.loss_scale.scale > 0) {
+            r->skipped = r->st.loss_scale.skipped;
+            r->loss_scale = r->st.loss_scale.scale;
+        }
         free(r->st.config);
     } else {
         stk_train_state_init(&r->st, r->cfg.seed);

@@ -254,11 +254,17 @@ static void print_results(const run_t *r, double wall_s)
     if (r->loss_scaling)
         snprintf(scaling, sizeof scaling, "dynamic, last scale %g, %" PRIu64 " steps skipped", (double)r->loss_scale,
                  r->skipped);
-    printf("precision: %s%s%s%s; cuda graph: %s; loss scaling: %s\n", stk_precision_name(r->precision),
-           strcmp(r->cfg.precision, stk_precision_name(r->precision)) ? " (" : "",
-           strcmp(r->cfg.precision, stk_precision_name(r->precision)) ? r->cfg.precision : "",
-           strcmp(r->cfg.precision, stk_precision_name(r->precision)) ? " asked; this device computes it as fp32)" : "",
-           graph, scaling);
+    /* bf16 and fp16 on the CPU round as a GPU would around fp32
+     * arithmetic: for checking a recipe, not for speed. */
+    char prec[96];
+    const char *used = stk_precision_name(r->precision);
+    if (strcmp(r->cfg.precision, used))
+        snprintf(prec, sizeof prec, "%s (%s asked; this device computes it as fp32)", used, r->cfg.precision);
+    else if (!r->on_device && (r->precision == STK_PRECISION_BF16 || r->precision == STK_PRECISION_FP16))
+        snprintf(prec, sizeof prec, "%s (emulated on the CPU, slower than fp32)", used);
+    else
+        snprintf(prec, sizeof prec, "%s", used);
+    printf("precision: %s; cuda graph: %s; loss scaling: %s\n", prec, graph, scaling);
     if (r->json) {
         /* The device line is the engine's (a GPU's name): keep it a string. */
         char dev[sizeof r->device];

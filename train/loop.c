@@ -188,6 +188,8 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
              * anything else can fail. */
             st->micro = micro;
             st->step = m.step;
+            if (stk_train_stepper_loss_scaler(stepper))
+                stk_loss_scaler_get_state(stk_train_stepper_loss_scaler(stepper), &st->loss_scale);
             st->loader = (stk_loader_state_t){st->epoch, number + 1};
             st->ep_train_s = now_s() - t_start;
             /* Data-parallel: one small all-reduce per step, the stop vote
@@ -351,6 +353,12 @@ int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
     if (rc)
         return rc;
     stk_train_stepper_set_steps(stepper, st->step);
+    /* A resumed run's loss scale goes on from where it stood. */
+    stk_loss_scaler_t *scaler = stk_train_stepper_loss_scaler(stepper);
+    if (scaler && st->loss_scale.scale > 0 && (rc = stk_loss_scaler_set_state(scaler, &st->loss_scale)) != 0) {
+        stk_train_stepper_destroy(&stepper);
+        return rc;
+    }
     /* The model advances its step (dropout's key) on each training
      * forward: a resumed run starts it where the state stands. */
     stk_model_set_step(cfg->model, st->micro);

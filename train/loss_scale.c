@@ -73,6 +73,26 @@ uint64_t stk_loss_scaler_skipped(const stk_loss_scaler_t *s)
     return s ? s->skipped : 0;
 }
 
+void stk_loss_scaler_get_state(const stk_loss_scaler_t *s, stk_loss_scaler_state_t *out)
+{
+    if (!out)
+        return;
+    *out = (stk_loss_scaler_state_t){.scale = s ? s->scale : 1.0f, .clean = s ? s->clean : 0,
+                                     .skipped = s ? s->skipped : 0};
+}
+
+int stk_loss_scaler_set_state(stk_loss_scaler_t *s, const stk_loss_scaler_state_t *st)
+{
+    if (!s || !st)
+        return stk__error(-EINVAL, "stk_loss_scaler_set_state: NULL argument");
+    if (!(st->scale > 0) || !isfinite(st->scale))
+        return stk__error(-EINVAL, "loss scaler: scale %g is not a finite number > 0", (double)st->scale);
+    s->scale = st->scale;
+    s->clean = st->clean;
+    s->skipped = st->skipped;
+    return 0;
+}
+
 int stk_loss_scaler_update(stk_loss_scaler_t *s, int nonfinite)
 {
     if (!s)

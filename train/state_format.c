@@ -9,6 +9,7 @@
 #include "train_internal.h"
 
 #include <errno.h>
+#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -114,6 +115,14 @@ int stk__train_meta_format(const stk_train_state_t *st, char *meta, size_t cap)
              st->world_size > 1 ? st->world_size : 1u);
     if (w < 0 || (size_t)w >= cap)
         return stk__error(-ENOSPC, "train checkpoint: meta text over %zu bytes", cap);
+    /* Only a run with loss scaling has these keys (optional on reading). */
+    if (st->loss_scale.scale > 0) {
+        int x = snprintf(meta + w, cap - (size_t)w, "loss_scale = %a\nloss_scale_clean = %" PRIu32
+                         "\nloss_scale_skipped = %" PRIu64 "\n", (double)st->loss_scale.scale, st->loss_scale.clean,
+                         st->loss_scale.skipped);
+        if (x < 0 || (size_t)x >= cap - (size_t)w)
+            return stk__error(-ENOSPC, "train checkpoint: meta text over %zu bytes", cap);
+    }
     return 0;
 }
 
@@ -219,6 +228,21 @@ static int load_meta(const stk_ckpt_t *ck, stk_train_state_t *st, size_t *hist_f
         (meta_u64(meta, "world_size", 10, &world) != 0 || world < 1 || world > UINT32_MAX))
         return stk__error(STK_EDATA, "%s: 'meta' has a bad world_size", path);
     st->world_size = (uint32_t)world;
+    /* Optional: only runs with loss scaling write it, and older
+     * checkpoints have none. All three keys or none. */
+    char lbuf[64];
+    if (meta_get(meta, "loss_scale", lbuf, sizeof lbuf) == 0) {
+        double scale = 0;
+        uint64_t clean = 0, skipped = 0;
+        if (meta_f64(meta, "loss_scale", &scale) != 0 || !(scale > 0) || !(scale <= FLT_MAX) ||
+            (float)scale != scale)
+            return stk__error(STK_EDATA, "%s: 'meta' has a bad loss_scale '%s'", path, lbuf);
+        if (meta_u64(meta, "loss_scale_clean", 10, &clean) != 0 || clean > UINT32_MAX)
+            return stk__error(STK_EDATA, "%s: 'meta' lacks a valid 'loss_scale_clean'", path);
+        if (meta_u64(meta, "loss_scale_skipped", 10, &skipped) != 0)
+            return stk__error(STK_EDATA, "%s: 'meta' lacks a valid 'loss_scale_skipped'", path);
+        st->loss_scale = (stk_loss_scaler_state_t){(float)scale, (uint32_t)clean, skipped};
+    }
     if (hf < STK__TRAIN_HIST_FIELDS || hf > 4096)
         return stk__error(STK_EDATA, "%s: history_fields %" PRIu64 " (this build needs %d)", path, hf,
                           STK__TRAIN_HIST_FIELDS);

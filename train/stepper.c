@@ -85,6 +85,11 @@ void stk_train_stepper_set_steps(stk_train_stepper_t *s, uint64_t steps)
         s->steps = steps;
 }
 
+stk_loss_scaler_t *stk_train_stepper_loss_scaler(stk_train_stepper_t *s)
+{
+    return s ? s->scaler : NULL;
+}
+
 /* The gradient arena is read on the host here (CPU models): the one place
  * in train/ that does, until the engine offers a norm of its own. */
 int stk_train_clip_grad_norm(stk_model_t *model, double max_norm, double *norm_out)

@@ -6,6 +6,7 @@
 #define STOKER_ENGINE_CPU_H
 
 #include "../backend.h"
+#include "cpu_half.h"
 
 #include <oneapi/dnnl/dnnl.h>
 
@@ -43,6 +44,17 @@ struct stk__op {
     size_t nchunks, total;
     /* OP_BN: its shape, for the synchronized slots' own loops. */
     stk__bn_desc_t bn;
+    /* OP_CONV, OP_LINEAR under bf16 / fp16 (half = the precision, else 0):
+     * the emulation of a GPU's half-precision op (cpu_dnnl.c). Buffers for
+     * the rounded input (x), output gradient (dy) and weights, of
+     * n_src, n_dst, n_w floats; the primitives are made without bias,
+     * which is added (and its gradient summed) in fp32 here, over
+     * bias_outer x bias_c x bias_inner (blocked8: channels in blocks of 8). */
+    stk_precision_t half;
+    float *r_src, *r_dst, *r_w;
+    size_t n_src, n_dst, n_w, n_wfwd, n_wbwd, n_dw;
+    int64_t bias_outer, bias_c, bias_inner;
+    int bias_blocked;
 };
 
 typedef struct cpu_staged cpu_staged_t; /* cpu_staged.c */
@@ -51,6 +63,9 @@ typedef struct cpu_ctx {
     dnnl_engine_t eng;
     dnnl_stream_t stream;
     cpu_staged_t *staged; /* NULL, or the staged mode's allocation table */
+    /* set_precision's: BF16 or FP16 make the convolutions and inner
+     * products planned after it emulate half precision; FP32 otherwise. */
+    stk_precision_t precision;
 } cpu_ctx_t;
 
 int stk__cpu_dnnl_init(cpu_ctx_t *c);

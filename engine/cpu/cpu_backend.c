@@ -182,20 +182,24 @@ static void cpu_accumulate(void *ctx, size_t n, const float *x, float *y)
         y[i] += x[i];
 }
 
+/* BF16 and FP16 are emulated (cpu_dnnl.c): the GPU's roundings around
+ * fp32 arithmetic, for checking a recipe's numerics; slower than fp32. */
 static int cpu_set_precision(void *ctx, stk_precision_t want, stk_precision_t *used)
 {
-    (void)ctx;
+    cpu_ctx_t *c = ctx;
     switch (want) {
     case STK_PRECISION_FP32:
     case STK_PRECISION_TF32: /* no tensor cores here: TF32 is computed as FP32 */
+        c->precision = STK_PRECISION_FP32;
         *used = STK_PRECISION_FP32;
         return 0;
     case STK_PRECISION_BF16:
     case STK_PRECISION_FP16:
-        break;
+        c->precision = want;
+        *used = want;
+        return 0;
     }
-    return stk__error(STK_ECONFIG, "the CPU backend computes in fp32 only (fp32 or tf32; %s is not implemented)",
-                      stk_precision_name(want));
+    return stk__error(STK_ECONFIG, "the CPU backend has no precision %d", (int)want);
 }
 
 static int cpu_unscale_grads(void *ctx, size_t n, float *g, float inv_scale, int *nonfinite)

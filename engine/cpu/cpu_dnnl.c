@@ -137,6 +137,9 @@ void stk__cpu_op_destroy(void *ctx, stk__op_t *op)
     free(op->w_fwd);
     free(op->w_bwd);
     free(op->dw);
+    free(op->r_src);
+    free(op->r_dst);
+    free(op->r_w);
     free(op->chunks);
     free(op);
 }
@@ -147,6 +150,87 @@ static stk__op_t *op_new(int kind)
     if (op)
         op->kind = kind;
     return op;
+}
+
+/* ------------------------------------------------ half-precision emulation */
+
+/* Under bf16 / fp16 a convolution or inner product computes as a GPU's
+ * autocast path does: its inputs (x or dy, and the weights) rounded to the
+ * half type, the product accumulated in fp32 (here by oneDNN's fp32
+ * kernels), its output (y, dx or dw) rounded to the half type and kept as
+ * fp32; the bias added in fp32 after that rounding, and its gradient
+ * summed in fp32 from the unrounded dy, as cuDNN followed by the CUDA
+ * backend's own bias kernels does. This CPU has no bf16 arithmetic that
+ * oneDNN could use, so this is slower than fp32: it is there to check the
+ * numerics of a recipe, not to train fast. */
+
+#define PAR_MIN 16384
+
+static int half_buf(float **buf, size_t n)
+{
+    *buf = aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) & ~(size_t)63);
+    return *buf ? 0 : stk__error(-ENOMEM, "oneDNN: out of memory for a rounding buffer");
+}
+
+/* The rounding buffers of an op computing in half precision: allocated
+ * once here, per op and shape, never per call. */
+static int half_setup(stk__op_t *op, size_t n_src, size_t n_dst, size_t n_w)
+{
+    op->n_src = n_src;
+    op->n_dst = n_dst;
+    op->n_w = n_w;
+    int rc;
+    if ((rc = half_buf(&op->r_src, n_src)) || (rc = half_buf(&op->r_dst, n_dst)) || (rc = half_buf(&op->r_w, n_w)))
+        return rc;
+    return 0;
+}
+
+static float *elem_at(float *base, const stk__op_t *op, int64_t n, int64_t c, int64_t i)
+{
+    if (!op->bias_blocked)
+        return base + (n * op->bias_c + c) * op->bias_inner + i;
+    int64_t cb = (op->bias_c + 7) / 8;
+    return base + ((n * cb + c / 8) * op->bias_inner + i) * 8 + c % 8;
+}
+
+static void bias_add(const stk__op_t *op, const float *b, float *y)
+{
+    ptrdiff_t rows = (ptrdiff_t)(op->bias_outer * op->bias_c);
+    int64_t inner = op->bias_inner, step = op->bias_blocked ? 8 : 1;
+#pragma omp parallel for if (rows * inner > PAR_MIN)
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        int64_t n = r / op->bias_c, c = r % op->bias_c;
+        float *row = elem_at(y, op, n, c, 0), bc = b[c];
+        for (int64_t i = 0; i < inner; i++)
+            row[i * step] += bc;
+    }
+}
+
+/* db[c] = the sum of dy over everything but the channel, in double. */
+static void bias_grad(const stk__op_t *op, const float *dy, float *db)
+{
+    ptrdiff_t channels = (ptrdiff_t)op->bias_c;
+    int64_t inner = op->bias_inner, step = op->bias_blocked ? 8 : 1;
+#pragma omp parallel for if (op->bias_outer * channels * inner > PAR_MIN)
+    for (ptrdiff_t c = 0; c < channels; c++) {
+        double sum = 0;
+        for (int64_t n = 0; n < op->bias_outer; n++) {
+            const float *row = elem_at((float *)dy, op, n, c, 0);
+            for (int64_t i = 0; i < inner; i++)
+                sum += row[i * step];
+        }
+        db[c] = (float)sum;
+    }
+}
+
+static void rnd(const stk__op_t *op, size_t n, const float *src, float *dst)
+{
+    stk__cpu_round_half(op->half, n, src, dst);
+}
+
+static int is_half(stk_precision_t p)
+{
+    return p == STK_PRECISION_BF16 || p == STK_PRECISION_FP16;
 }
 
 /* ------------------------------------------------------------ convolution */
@@ -160,6 +244,9 @@ int stk__cpu_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
     if (!op)
         return -ENOMEM;
     op->has_bias = d->bias;
+    op->half = is_half(c->precision) ? c->precision : STK_PRECISION_FP32;
+    /* Half precision adds the bias itself, after rounding y. */
+    int dnnl_bias = d->bias && !op->half;
     dnnl_memory_desc_t src, dst, wei, bia;
     int64_t sdims[4] = {d->n, d->ic, d->ih, d->iw}, ddims[4] = {d->n, d->oc, d->oh, d->ow};
     dnnl_memory_desc_t wany;
@@ -182,7 +269,17 @@ int stk__cpu_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
      * gives exactly that size. */
     dnnl_dims_t pr = {(d->oh - 1) * d->sh + (d->kh - 1) * d->dh + 1 - d->ih - d->ph,
                       (d->ow - 1) * d->sw + (d->kw - 1) * d->dw + 1 - d->iw - d->pw};
-    const dnnl_memory_desc_t *bptr = d->bias ? &bia : NULL;
+    const dnnl_memory_desc_t *bptr = dnnl_bias ? &bia : NULL;
+    if (op->half) {
+        op->bias_outer = d->n;
+        op->bias_c = d->oc;
+        op->bias_inner = d->oh * d->ow;
+        op->bias_blocked = d->fmt_out == STK__LAYOUT_BLOCKED8;
+        if ((rc = half_setup(op, dnnl_memory_desc_get_size(&src) / sizeof(float),
+                             dnnl_memory_desc_get_size(&dst) / sizeof(float),
+                             dnnl_memory_desc_get_size(&wei) / sizeof(float))))
+            goto fail;
+    }
 
     dnnl_convolution_desc_t cd;
     DNNL_TRY(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &src,
@@ -192,9 +289,10 @@ int stk__cpu_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
         const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(fpd, dnnl_query_weights_md, 0);
         if (!dnnl_memory_desc_equal(wmd, &wei) && (rc = reorder_make(c, &op->w_to_fwd, &wei, wmd, &op->w_fwd)))
             goto fail;
+        op->n_wfwd = op->w_fwd ? dnnl_memory_desc_get_size(wmd) / sizeof(float) : 0;
         int ak[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
         const dnnl_memory_desc_t *m[4] = {&src, wmd, &dst, &bia};
-        if ((rc = prim_make(c, &op->fwd, fpd, d->bias ? 4 : 3, ak, m)))
+        if ((rc = prim_make(c, &op->fwd, fpd, dnnl_bias ? 4 : 3, ak, m)))
             goto fail;
     }
     DNNL_TRY(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &src, &wany, &dst,
@@ -204,6 +302,7 @@ int stk__cpu_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
         const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         if (!dnnl_memory_desc_equal(wmd, &wei) && (rc = reorder_make(c, &op->w_to_bwd, &wei, wmd, &op->w_bwd)))
             goto fail;
+        op->n_wbwd = op->w_bwd ? dnnl_memory_desc_get_size(wmd) / sizeof(float) : 0;
         int ak[3] = {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC};
         const dnnl_memory_desc_t *m[3] = {&dst, wmd, &src};
         if ((rc = prim_make(c, &op->bwd_data, pd, 3, ak, m)))
@@ -258,7 +357,7 @@ int stk__cpu_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
         }
         int ak[4] = {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS, DNNL_ARG_DIFF_BIAS};
         const dnnl_memory_desc_t *m[4] = {&bsrc, &bdst, wmd, &bia};
-        if ((rc = prim_make(c, &op->bwd_weights, pd, d->bias ? 4 : 3, ak, m)))
+        if ((rc = prim_make(c, &op->bwd_weights, pd, dnnl_bias ? 4 : 3, ak, m)))
             goto fail;
     }
     dnnl_primitive_desc_destroy(pd);
@@ -274,27 +373,69 @@ fail:
     return rc;
 }
 
-int stk__cpu_conv_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b, float *y)
+/* The weights as a primitive takes them: reordered into buf when it has a
+ * layout of its own (n floats), and under half precision rounded (in buf,
+ * else into the op's r_w). */
+static int conv_weights(void *ctx, stk__op_t *op, prim_t *re, float *buf, size_t n, const float *w,
+                        const float **out)
 {
     int rc;
-    if (op->w_fwd && (rc = reorder_exec(ctx, &op->w_to_fwd, w, op->w_fwd)) < 0)
+    if (buf && (rc = reorder_exec(ctx, re, w, buf)) < 0)
         return rc;
-    void *p[4] = {(void *)x, op->w_fwd ? op->w_fwd : (void *)w, y, (void *)b};
-    return prim_run(ctx, &op->fwd, p);
+    if (op->half && buf)
+        rnd(op, n, buf, buf);
+    else if (op->half)
+        rnd(op, op->n_w, w, op->r_w);
+    *out = buf ? buf : op->half ? op->r_w : w;
+    return 0;
+}
+
+int stk__cpu_conv_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b, float *y)
+{
+    const float *wk;
+    int rc = conv_weights(ctx, op, &op->w_to_fwd, op->w_fwd, op->n_wfwd, w, &wk);
+    if (rc < 0)
+        return rc;
+    if (op->half) {
+        rnd(op, op->n_src, x, op->r_src);
+        x = op->r_src;
+    }
+    void *p[4] = {(void *)x, (void *)wk, y, (void *)b};
+    if ((rc = prim_run(ctx, &op->fwd, p)) < 0 || !op->half)
+        return rc;
+    rnd(op, op->n_dst, y, y);
+    if (b && op->has_bias)
+        bias_add(op, b, y);
+    return 0;
 }
 
 int stk__cpu_conv_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx)
 {
-    int rc;
-    if (op->w_bwd && (rc = reorder_exec(ctx, &op->w_to_bwd, w, op->w_bwd)) < 0)
+    const float *wk;
+    int rc = conv_weights(ctx, op, &op->w_to_bwd, op->w_bwd, op->n_wbwd, w, &wk);
+    if (rc < 0)
         return rc;
-    void *p[3] = {(void *)dy, op->w_bwd ? op->w_bwd : (void *)w, dx};
-    return prim_run(ctx, &op->bwd_data, p);
+    if (op->half) {
+        rnd(op, op->n_dst, dy, op->r_dst);
+        dy = op->r_dst;
+    }
+    void *p[3] = {(void *)dy, (void *)wk, dx};
+    if ((rc = prim_run(ctx, &op->bwd_data, p)) < 0 || !op->half)
+        return rc;
+    rnd(op, op->n_src, dx, dx);
+    return 0;
 }
 
 int stk__cpu_conv_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw, float *db)
 {
     int rc;
+    const float *dy32 = dy;
+    if (op->half) {
+        rnd(op, op->n_src, x, op->r_src);
+        rnd(op, op->n_dst, dy, op->r_dst);
+        x = op->r_src;
+        dy = op->r_dst;
+    }
     if (op->bw_src && (rc = reorder_exec(ctx, &op->bw_src_re, x, op->bw_src)) < 0)
         return rc;
     if (op->bw_dst && (rc = reorder_exec(ctx, &op->bw_dst_re, dy, op->bw_dst)) < 0)
@@ -303,7 +444,12 @@ int stk__cpu_conv_backward_weights(void *ctx, stk__op_t *op, const float *x, con
     rc = prim_run(ctx, &op->bwd_weights, p);
     if (rc == 0 && op->dw)
         rc = reorder_exec(ctx, &op->dw_from, op->dw, dw);
-    return rc;
+    if (rc < 0 || !op->half)
+        return rc;
+    rnd(op, op->n_w, dw, dw);
+    if (db && op->has_bias)
+        bias_grad(op, dy32, db);
+    return 0;
 }
 
 int stk__cpu_reorder_create(void *ctx, int64_t n, int64_t c, int64_t h, int64_t w, int from, int to,
@@ -508,19 +654,28 @@ int stk__cpu_linear_create(void *ctx, const stk__linear_desc_t *d, stk__op_t **o
     if (!op)
         return -ENOMEM;
     op->has_bias = d->bias;
+    op->half = is_half(c->precision) ? c->precision : STK_PRECISION_FP32;
+    int dnnl_bias = d->bias && !op->half;
     dnnl_memory_desc_t src, dst, wei, bia;
     int64_t sd[2] = {d->n, d->in}, od[2] = {d->n, d->out}, wd[2] = {d->out, d->in}, bd[1] = {d->out};
     if ((rc = md_plain(&src, 2, sd, dnnl_nc)) || (rc = md_plain(&dst, 2, od, dnnl_nc)) ||
         (rc = md_plain(&wei, 2, wd, dnnl_oi)) || (rc = md_plain(&bia, 1, bd, dnnl_x)))
         goto fail;
-    const dnnl_memory_desc_t *bptr = d->bias ? &bia : NULL;
+    const dnnl_memory_desc_t *bptr = dnnl_bias ? &bia : NULL;
+    if (op->half) {
+        op->bias_outer = d->n;
+        op->bias_c = d->out;
+        op->bias_inner = 1;
+        if ((rc = half_setup(op, (size_t)(d->n * d->in), (size_t)(d->n * d->out), (size_t)(d->out * d->in))))
+            goto fail;
+    }
     dnnl_inner_product_desc_t ipd;
     DNNL_TRY(dnnl_inner_product_forward_desc_init(&ipd, dnnl_forward_training, &src, &wei, bptr, &dst));
     DNNL_TRY(dnnl_primitive_desc_create(&fpd, &ipd, NULL, c->eng, NULL));
     {
         int ak[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
         const dnnl_memory_desc_t *m[4] = {&src, &wei, &dst, &bia};
-        if ((rc = prim_make(c, &op->fwd, fpd, d->bias ? 4 : 3, ak, m)))
+        if ((rc = prim_make(c, &op->fwd, fpd, dnnl_bias ? 4 : 3, ak, m)))
             goto fail;
     }
     DNNL_TRY(dnnl_inner_product_backward_data_desc_init(&ipd, &src, &wei, &dst));
@@ -538,7 +693,7 @@ int stk__cpu_linear_create(void *ctx, const stk__linear_desc_t *d, stk__op_t **o
     {
         int ak[4] = {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS, DNNL_ARG_DIFF_BIAS};
         const dnnl_memory_desc_t *m[4] = {&src, &dst, &wei, &bia};
-        if ((rc = prim_make(c, &op->bwd_weights, pd, d->bias ? 4 : 3, ak, m)))
+        if ((rc = prim_make(c, &op->bwd_weights, pd, dnnl_bias ? 4 : 3, ak, m)))
             goto fail;
     }
     dnnl_primitive_desc_destroy(pd);
@@ -556,21 +711,56 @@ fail:
 
 int stk__cpu_linear_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b, float *y)
 {
+    if (op->half) {
+        rnd(op, op->n_src, x, op->r_src);
+        rnd(op, op->n_w, w, op->r_w);
+        x = op->r_src;
+        w = op->r_w;
+    }
     void *p[4] = {(void *)x, (void *)w, y, (void *)b};
-    return prim_run(ctx, &op->fwd, p);
+    int rc = prim_run(ctx, &op->fwd, p);
+    if (rc < 0 || !op->half)
+        return rc;
+    rnd(op, op->n_dst, y, y);
+    if (b && op->has_bias)
+        bias_add(op, b, y);
+    return 0;
 }
 
 int stk__cpu_linear_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx)
 {
+    if (op->half) {
+        rnd(op, op->n_dst, dy, op->r_dst);
+        rnd(op, op->n_w, w, op->r_w);
+        dy = op->r_dst;
+        w = op->r_w;
+    }
     void *p[3] = {(void *)dy, (void *)w, dx};
-    return prim_run(ctx, &op->bwd_data, p);
+    int rc = prim_run(ctx, &op->bwd_data, p);
+    if (rc < 0 || !op->half)
+        return rc;
+    rnd(op, op->n_src, dx, dx);
+    return 0;
 }
 
 int stk__cpu_linear_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw,
                                      float *db)
 {
+    const float *dy32 = dy;
+    if (op->half) {
+        rnd(op, op->n_src, x, op->r_src);
+        rnd(op, op->n_dst, dy, op->r_dst);
+        x = op->r_src;
+        dy = op->r_dst;
+    }
     void *p[4] = {(void *)x, (void *)dy, dw, db};
-    return prim_run(ctx, &op->bwd_weights, p);
+    int rc = prim_run(ctx, &op->bwd_weights, p);
+    if (rc < 0 || !op->half)
+        return rc;
+    rnd(op, op->n_w, dw, dw);
+    if (db && op->has_bias)
+        bias_grad(op, dy32, db);
+    return 0;
 }
 
 /* ------------------------------------------------------------ engine setup */

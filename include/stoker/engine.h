@@ -205,9 +205,17 @@ typedef struct stk_model stk_model_t;
 /* The arithmetic of convolutions and matrix multiplies (PyTorch's
  * allow_tf32 and autocast dtypes). FP32: IEEE single precision. TF32:
  * FP32 storage, tensor-core products with 10-bit mantissas on a GPU that
- * has them (the CPU backend computes it as FP32). BF16, FP16: half
- * precision compute with FP32 master weights; no backend implements them
- * yet, and a model asking for one is refused (STK_ECONFIG). */
+ * has them (the CPU backend computes it as FP32). BF16, FP16: as
+ * autocast, convolutions and linear layers take their inputs and weights
+ * rounded to the half type, accumulate in FP32 and round their outputs
+ * (y, dx, dw) to it, kept in FP32 storage; the bias, batchnorm, pooling,
+ * activations, the loss, LSTM/GRU stacks, the FP32 master weights and the
+ * optimizer state stay FP32. An FP16 value past 65504 becomes infinite:
+ * train FP16 with loss scaling (stk_train_stepper_config_t.loss_scaling).
+ * On the CPU backend BF16 and FP16 are an emulation of those roundings
+ * around FP32 arithmetic, for checking a recipe's numerics: slower than
+ * FP32, not faster. The CUDA backend does not implement them yet
+ * (STK_ECONFIG). */
 typedef enum stk_precision {
     STK_PRECISION_FP32 = 0,
     STK_PRECISION_TF32 = 1,

@@ -141,6 +141,21 @@ STK_API int stk_loss_scaler_update(stk_loss_scaler_t *s, int nonfinite);
 /* Steps skipped so far. */
 STK_API uint64_t stk_loss_scaler_skipped(const stk_loss_scaler_t *s);
 
+/* Where a scaler stands, for checkpoints: a scaler set to the state of
+ * another continues exactly as that one would. */
+typedef struct stk_loss_scaler_state {
+    float scale;      /* in (0, FLT_MAX] */
+    uint32_t clean;   /* clean steps since the scale last changed */
+    uint64_t skipped; /* steps skipped so far */
+} stk_loss_scaler_state_t;
+
+/* *out = s's state (scale 1, counts 0 for a NULL s). */
+STK_API void stk_loss_scaler_get_state(const stk_loss_scaler_t *s, stk_loss_scaler_state_t *out);
+/* Returns 0; -EINVAL (NULL, or a scale that is not a finite number > 0,
+ * named). A clean count at or past the growth interval grows the scale at
+ * the next clean step. */
+STK_API int stk_loss_scaler_set_state(stk_loss_scaler_t *s, const stk_loss_scaler_state_t *st);
+
 /* ---- The stepper: one micro-batch at a time ----------------------------- */
 
 /* Called at each accumulation boundary, after the group's backward passes
@@ -233,6 +248,9 @@ STK_API int stk_train_stepper_flush(stk_train_stepper_t *s, int *stepped);
  * when resuming. */
 STK_API uint64_t stk_train_stepper_steps(const stk_train_stepper_t *s);
 STK_API void stk_train_stepper_set_steps(stk_train_stepper_t *s, uint64_t steps);
+/* The stepper's loss scaler (NULL when loss scaling is off), whose state
+ * a checkpoint keeps and a resume sets back. */
+STK_API stk_loss_scaler_t *stk_train_stepper_loss_scaler(stk_train_stepper_t *s);
 
 /* Global L2 norm of the model's gradients, and (when max_norm > 0 and the
  * norm exceeds it) their scaling by max_norm / (norm + 1e-6), as PyTorch's
@@ -329,6 +347,11 @@ typedef struct stk_train_state {
     /* Totals over the run's training phases. */
     double total_train_s, total_wait_s;
     uint64_t total_images;
+    /* Dynamic loss scaling's state after step (loss_scale.scale 0: the
+     * run has none, or its checkpoint predates the field; a resumed run
+     * with loss scaling then starts at its config's initial scale).
+     * stk_train_run keeps it and sets the stepper's scaler from it. */
+    stk_loss_scaler_state_t loss_scale;
     stk_train_epoch_t *history; /* n_history rows (heap: stk_train_state_clear frees) */
     size_t n_history;
 } stk_train_state_t;

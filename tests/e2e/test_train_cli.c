@@ -707,6 +707,83 @@ static void test_resume_workers0(void **state)
     resume_case("0");
 }
 
+/* The loss scale rides in checkpoints: an fp16 run whose scale moves
+ * (2^24 at first overflows fp16 and is halved down; growth every 2 clean
+ * steps overflows again now and then), stopped after epoch 1 and resumed,
+ * or resumed from a checkpoint in the middle of epoch 2, ends with the
+ * same bits as the run that went straight through, and the same scale and
+ * skipped count. Restarting at loss_scale_init would skip other steps. */
+static void test_resume_fp16(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_TOOL();
+    char conf[128], err[8192], out[8192], outs[3][1024], ck[3][192];
+    conf_path(conf, sizeof conf);
+    const char *names[3] = {"straight", "halves", "mid"};
+    for (int i = 0; i < 3; i++)
+        snprintf(ck[i], sizeof ck[i], "checkpoint_dir=%s/fp16-%s", tmpdir, names[i]);
+    char model[192];
+    snprintf(model, sizeof model, "model=%s/bn.model", tmpdir);
+#define FP16_ARGS "--set", model, "--set", "precision=fp16", "--set", "loss_scale_init=16777216", "--set", \
+                  "loss_scale_growth_interval=2"
+    int rc = run_tool_out(err, sizeof err, out, sizeof out, conf, FP16_ARGS, "--set", ck[0], "--set",
+                          "checkpoint_steps=5", "--json", NULL);
+    if (rc)
+        fail_msg("straight run: exit %d: %s", rc, err);
+    snprintf(outs[0], sizeof outs[0], "%s", strstr(out, "loss scaling: ") ? strstr(out, "loss scaling: ") : "");
+    expect_has(outs[0], "loss scaling: dynamic, last scale ");
+    /* The first steps overflowed: it did skip. */
+    assert_null(strstr(outs[0], " 0 steps skipped"));
+    rc = run_tool(err, sizeof err, conf, FP16_ARGS, "--set", ck[1], "--set", "stop_after_epochs=1", NULL);
+    if (rc)
+        fail_msg("first half: exit %d: %s", rc, err);
+    rc = run_tool_out(err, sizeof err, out, sizeof out, conf, FP16_ARGS, "--set", ck[1], "--resume", ck[1] + 15,
+                      "--json", NULL);
+    if (rc)
+        fail_msg("resumed half: exit %d: %s", rc, err);
+    snprintf(outs[1], sizeof outs[1], "%s", strstr(out, "loss scaling: ") ? strstr(out, "loss scaling: ") : "");
+    char mid[1024];
+    assert_int_equal(stk_ckpt_dir_latest(ck[0] + 15, NULL, mid, sizeof mid), 0);
+    char *dash = strstr(mid, "ckpt-000000000016-");
+    assert_non_null(dash);
+    memcpy(dash, "ckpt-000000000010-", 18);
+    rc = run_tool_out(err, sizeof err, out, sizeof out, conf, FP16_ARGS, "--set", ck[2], "--resume", mid, "--json",
+                      NULL);
+    if (rc)
+        fail_msg("mid-epoch resume: exit %d: %s", rc, err);
+    snprintf(outs[2], sizeof outs[2], "%s", strstr(out, "loss scaling: ") ? strstr(out, "loss scaling: ") : "");
+#undef FP16_ARGS
+    for (int i = 0; i < 3; i++)
+        outs[i][strcspn(outs[i], "\n")] = '\0';
+    for (int other = 1; other < 3; other++) {
+        /* The summary's scale and skipped count. */
+        if (strcmp(outs[0], outs[other]) != 0)
+            fail_msg("%s: '%s', straight: '%s'", names[other], outs[other], outs[0]);
+        char pa[512], pb[512];
+        assert_int_equal(stk_ckpt_dir_latest(ck[0] + 15, NULL, pa, sizeof pa), 0);
+        assert_int_equal(stk_ckpt_dir_latest(ck[other] + 15, NULL, pb, sizeof pb), 0);
+        expect_has(pb, "ckpt-000000000016-");
+        stk_ckpt_t *a = NULL, *b = NULL;
+        assert_int_equal(stk_ckpt_create(&a, pa), 0);
+        assert_int_equal(stk_ckpt_create(&b, pb), 0);
+        expect_same_section(a, b, "model");
+        expect_same_section(a, b, "optimizer");
+        expect_same_section(a, b, "scheduler");
+        stk_train_state_t sa, sb;
+        assert_int_equal(stk_train_checkpoint_load(pa, NULL, &sa), 0);
+        assert_int_equal(stk_train_checkpoint_load(pb, NULL, &sb), 0);
+        assert_true(sa.loss_scale.scale > 0);
+        assert_true(sa.loss_scale.scale < 16777216.0f);
+        assert_true(sa.loss_scale.scale == sb.loss_scale.scale);
+        assert_int_equal(sa.loss_scale.clean, sb.loss_scale.clean);
+        assert_int_equal(sa.loss_scale.skipped, sb.loss_scale.skipped);
+        stk_train_state_clear(&sa);
+        stk_train_state_clear(&sb);
+        stk_ckpt_destroy(&a);
+        stk_ckpt_destroy(&b);
+    }
+}
+
 static void test_resume_workers2(void **state)
 {
     (void)state;
@@ -886,46 +963,70 @@ static void test_short_and_diverging(void **state)
     expect_has(err, "diverged");
 }
 
-/* Precision and loss scaling on the CPU: bf16 and fp16 refused naming the
- * key; tf32 runs as fp32 and says so; dynamic loss scaling (powers of two,
- * no overflow) trains to the same parameters as none. */
+/* Precision and loss scaling on the CPU: tf32 runs as fp32 and says so;
+ * dynamic loss scaling (powers of two, no overflow) trains to the same
+ * parameters as none; bf16 and fp16 run emulated, say so, and train to
+ * other parameters than fp32, with loss scaling on for fp16 alone under
+ * loss_scale = auto; bf16 gives the same bits with 0 and 2 workers. */
 static void test_precision(void **state)
 {
     (void)state;
     SKIP_WITHOUT_TOOL();
-    expect_setup_error("--set: key 'precision'", "--set", "precision=bf16", NULL);
-    expect_setup_error("the CPU backend computes in fp32 only", "--set", "precision=fp16", NULL);
-    char conf[128], err[8192], out[8192], ck[2][192];
+    char conf[128], err[8192], out[8192], ck[4][192];
     conf_path(conf, sizeof conf);
-    for (int k = 0; k < 2; k++) {
+    static const char *const prec[4] = {"precision=fp32", "precision=tf32", "precision=bf16", "precision=fp16"};
+    for (int k = 0; k < 4; k++) {
         snprintf(ck[k], sizeof ck[k], "checkpoint_dir=%s/prec%d", tmpdir, k);
-        int rc = k ? run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", ck[k], "--set", "epochs=1", "--set",
-                                  "precision=tf32", "--set", "loss_scale=dynamic", "--set", "cuda_graph=on", "--json",
-                                  NULL)
-                   : run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", ck[k], "--set", "epochs=1", "--json",
-                                  NULL);
+        int rc = k == 1 ? run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", ck[k], "--set", "epochs=1",
+                                       "--set", prec[k], "--set", "loss_scale=dynamic", "--set", "cuda_graph=on",
+                                       "--json", NULL)
+                        : run_tool_out(err, sizeof err, out, sizeof out, conf, "--set", ck[k], "--set", "epochs=1",
+                                       "--set", prec[k], "--json", NULL);
         if (rc)
-            fail_msg("exit %d: %s", rc, err);
+            fail_msg("%s: exit %d: %s", prec[k], rc, err);
         if (k == 0) {
             expect_has(out, "precision: fp32; cuda graph: off (not a GPU); loss scaling: off\n");
             expect_has(out, "\"precision\":\"fp32\",\"cuda_graph\":false,\"loss_scaling\":false,\"skipped_steps\":0}");
-        } else {
+        } else if (k == 1) {
             expect_has(out, "precision: fp32 (tf32 asked; this device computes it as fp32); cuda graph: off (not a GPU); "
                             "loss scaling: dynamic, last scale 65536, 0 steps skipped\n");
             expect_has(out, "\"loss_scaling\":true,\"skipped_steps\":0}");
+        } else if (k == 2) {
+            expect_has(out, "precision: bf16 (emulated on the CPU, slower than fp32); cuda graph: off (not a GPU); loss scaling: off\n");
+            expect_has(out, "\"precision\":\"bf16\",\"cuda_graph\":false,\"loss_scaling\":false,");
+        } else {
+            expect_has(out, "precision: fp16 (emulated on the CPU, slower than fp32); cuda graph: off (not a GPU); loss scaling: dynamic");
+            expect_has(out, "\"precision\":\"fp16\",\"cuda_graph\":false,\"loss_scaling\":true,");
         }
     }
-    size_t n0, n1;
-    stk_ckpt_t *c0 = NULL, *c1 = NULL;
-    char dir[192];
-    snprintf(dir, sizeof dir, "%s/prec0", tmpdir);
-    const float *p0 = load_params(dir, &n0, &c0);
-    snprintf(dir, sizeof dir, "%s/prec1", tmpdir);
-    const float *p1 = load_params(dir, &n1, &c1);
-    assert_int_equal(n0, n1);
-    assert_memory_equal(p0, p1, n0 * sizeof *p0);
-    stk_ckpt_destroy(&c0);
-    stk_ckpt_destroy(&c1);
+    size_t n[4];
+    stk_ckpt_t *c[4] = {NULL, NULL, NULL, NULL};
+    const float *p[4];
+    for (int k = 0; k < 4; k++) {
+        char dir[192];
+        snprintf(dir, sizeof dir, "%s/prec%d", tmpdir, k);
+        p[k] = load_params(dir, &n[k], &c[k]);
+        assert_int_equal(n[k], n[0]);
+    }
+    assert_memory_equal(p[0], p[1], n[0] * sizeof *p[0]);
+    assert_true(memcmp(p[0], p[2], n[0] * sizeof *p[0]) != 0);
+    assert_true(memcmp(p[0], p[3], n[0] * sizeof *p[0]) != 0);
+    /* bf16 loading through 2 worker processes: the same bits as in the
+     * training process (the roundings are pure functions of the data). */
+    char ckw[192];
+    snprintf(ckw, sizeof ckw, "checkpoint_dir=%s/prec-bf16-w2", tmpdir);
+    int rc = run_tool(err, sizeof err, conf, "--set", ckw, "--set", "epochs=1", "--set", "precision=bf16", "--set",
+                      "workers=2", NULL);
+    if (rc)
+        fail_msg("bf16, 2 workers: exit %d: %s", rc, err);
+    size_t nw;
+    stk_ckpt_t *cw = NULL;
+    const float *pw = load_params(ckw + 15, &nw, &cw);
+    assert_int_equal(nw, n[2]);
+    assert_memory_equal(pw, p[2], nw * sizeof *pw);
+    stk_ckpt_destroy(&cw);
+    for (int k = 0; k < 4; k++)
+        stk_ckpt_destroy(&c[k]);
 }
 
 /* Pids of the processes whose parent is ppid. */
@@ -1153,6 +1254,7 @@ int main(void)
         cmocka_unit_test(test_accumulation),
         cmocka_unit_test(test_resume_workers0),
         cmocka_unit_test(test_resume_workers2),
+        cmocka_unit_test(test_resume_fp16),
         cmocka_unit_test(test_bad_checkpoints),
         cmocka_unit_test(test_run_identity),
         cmocka_unit_test(test_short_and_diverging),
