@@ -102,7 +102,7 @@ B=build-gpu
 [ -f $B/build.ninja ] || SETUP="meson setup $B -Dwerror=true -Dcuda=enabled --buildtype=release &&"
 step build 90 sh -c "${SETUP:-} ninja -C $B" || rc=1
 if [ -x $B/tools/stoker-train ]; then
-    GPU_TESTS="cuda_bodies backend_ops_gpu cuda_train feed_cuda loader_cuda rnn_cuda cuda_graph cuda_profile cudnn_deterministic cudnn_benchmark"
+    GPU_TESTS="cuda_bodies backend_ops_gpu cuda_train feed_cuda loader_cuda rnn_cuda cuda_graph cuda_profile cudnn_deterministic cudnn_benchmark cuda_amp"
     step gpu_tests 45 env STK_REQUIRE_GPU=1 meson test -C $B $GPU_TESTS --print-errorlogs --num-processes 4 || rc=1
     cp $B/meson-logs/testlog.json "$OUT/testlog-gpu.json" 2>/dev/null
     # The rest, the communicators' GPU tests among them.
@@ -184,11 +184,15 @@ if [ -x $B/tools/stoker-enginebench ]; then
     bench bench_torch_fmnist 40 sh -c "for p in fp32 tf32; do $TB --model fmnist-cnn --batch 256 --iters 100 \
         --warmup 10 --precision \$p || exit 1; done"
     bench bench_torch_fmnist_compile 70 $TB --model fmnist-cnn --batch 256 --iters 100 --warmup 10 --mode compile
-    # ResNet-18 at batch 256: Stoker in fp32 and TF32 (BF16 is not
-    # implemented), PyTorch eager AMP BF16 channels-last (the issue's
-    # reference), eager TF32 (Stoker's precision), and compiled BF16.
+    # ResNet-18 at batch 256: Stoker in fp32 and TF32, then BF16 (a step
+    # of its own: new, it must not cost the others' rows), PyTorch eager
+    # AMP BF16 channels-last (the issue's reference), eager TF32, and
+    # compiled BF16.
     bench bench_stoker_resnet18 50 sh -c "for p in 'tf32 --cuda-graph' 'fp32 --cuda-graph'; do
         $EB --model models/resnet18.model --batch 256 --iters 10 --warmup 3 --precision \$p || exit 1; done"
+    bench bench_stoker_bf16 30 sh -c "$EB --model models/resnet18.model --batch 256 --iters 10 --warmup 3 \
+        --precision bf16 --cuda-graph && $EB --model models/fmnist-cnn.model --batch 256 --iters 100 --warmup 10 \
+        --precision bf16 --cuda-graph"
     bench bench_torch_resnet18 40 sh -c "$TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision bf16 \
         --channels-last && $TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision tf32"
     # ResNet-18 fed by the real loader (issue 12's target: within 5% of
@@ -250,7 +254,8 @@ def all_json(name):
     return rows
 bench = []
 for name in ("bench_stoker_fmnist", "bench_torch_fmnist", "bench_torch_fmnist_compile", "bench_stoker_resnet18",
-             "bench_torch_resnet18", "bench_stoker_resnet18_loader", "bench_torch_resnet18_compile"):
+             "bench_stoker_bf16", "bench_torch_resnet18", "bench_stoker_resnet18_loader",
+             "bench_torch_resnet18_compile"):
     bench += all_json(name)
 res["bench"] = bench
 def find(tool, model, precision, mode=None, channels_last=None):

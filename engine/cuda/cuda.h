@@ -56,6 +56,11 @@ typedef struct cuda_ctx {
      * it: cuDNN's tensor-core engines are then allowed, and cuBLASLt
      * computes in CUBLAS_COMPUTE_32F_FAST_TF32. */
     int allow_tf32;
+    /* Mixed precision (set_precision BF16 / FP16): STK__K_BF16 or
+     * STK__K_F16, else STK__K_F32. Convolutions and linear layers planned
+     * while it is set compute in that type (cuda_conv.c, cuda_linear.c);
+     * everything else stays f32. */
+    int half;
     /* Dynamic loss scaling: the non-finite flag the unscale kernel sets
      * (device) and where it is read back to (pinned). */
     int *flag_dev;
@@ -129,6 +134,16 @@ struct stk__op {
                       * optimizer: its chunks (stk_optim_range_t) */
     size_t nchunks;  /* optimizer */
     int kslot;       /* optimizer: its scalars' slot in the graph block, -1 none */
+    /* Mixed precision: the type the op computes in (the context's half
+     * when it was planned) and its half buffers, made with the plan.
+     * Convolution: hx (x, NHWC), hw (weights, KRSC), hy (y, then dy),
+     * hdx, hdw; linear: hx, hw, hy (dy). *_from: the f32 pointer whose
+     * values each holds (NULL: none), so that a backward reuses what the
+     * op's forward cast (x for the weight gradient, the weights for dx)
+     * and backward data the dy that backward weights cast. */
+    int half;
+    void *hx, *hw, *hy, *hdx, *hdw;
+    const void *hx_from, *hw_from, *hy_from;
 };
 
 #define CU_GRAPH_KSLOTS 256
@@ -155,9 +170,13 @@ int stk__dnn_devprop_create(cuda_ctx_t *c);
  * (the cache file read here), and the counters. */
 int stk__dnn_configure(void *ctx, const stk_model_config_t *cfg);
 void stk__dnn_algo_stats(void *ctx, stk_algo_stats_t *out);
-/* Plans convolution direction `dir` (CU_FWD...) of d, with activations
- * (x, y, dx, dy) aligned to act_align bytes and weights to 4. */
-int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_t act_align, dnn_plan_t *out);
+/* Plans convolution direction `dir` (CU_FWD...) of d. half STK__K_F32:
+ * f32 NCHW tensors, activations (x, y, dx, dy) aligned to act_align
+ * bytes and weights to 4; STK__K_BF16 / STK__K_F16: all three tensors of
+ * that type, NHWC (KRSC), 16-byte aligned (the op's own buffers), FP32
+ * compute. */
+int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_t act_align, int half,
+                       dnn_plan_t *out);
 /* Runs a plan on the context's stream: ptrs in the order of p->uid. */
 int stk__dnn_execute(cuda_ctx_t *c, const dnn_plan_t *p, void *const *ptrs, void *workspace);
 void stk__dnn_plan_free(dnn_plan_t *p);

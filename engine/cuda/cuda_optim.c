@@ -96,13 +96,26 @@ int stk__cuda_set_precision(void *ctx, stk_precision_t want, stk_precision_t *us
     case STK_PRECISION_FP32:
     case STK_PRECISION_TF32:
         c->allow_tf32 = want == STK_PRECISION_TF32;
+        c->half = STK__K_F32;
         *used = want;
         return 0;
     case STK_PRECISION_BF16:
-    case STK_PRECISION_FP16:
-        break;
+    case STK_PRECISION_FP16: {
+        /* BF16 tensor cores came with compute capability 8.0, FP16 ones
+         * with 7.0; the build's device code starts at 8.0 anyway. */
+        int major = 0, need = want == STK_PRECISION_BF16 ? 8 : 7;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c->device) != cudaSuccess) {
+            (void)cudaGetLastError();
+            major = 0;
+        }
+        if (major < need)
+            return stk__error(STK_ECONFIG, "%s compute needs a GPU of compute capability %d.0 or newer (GPU %d: %d.x)",
+                              stk_precision_name(want), need, c->device, major);
+        c->allow_tf32 = 0;
+        c->half = want == STK_PRECISION_BF16 ? STK__K_BF16 : STK__K_F16;
+        *used = want;
+        return 0;
     }
-    return stk__error(STK_ECONFIG,
-                      "the CUDA backend does not implement %s compute yet (fp32 and tf32 are; see engine/cuda/README.md)",
-                      stk_precision_name(want));
+    }
+    return stk__error(STK_ECONFIG, "precision %d is none of fp32, tf32, bf16, fp16", (int)want);
 }

@@ -45,12 +45,23 @@ fail:
     return rc;
 }
 
-/* A dense NCHW (or OIHW) f32 tensor. */
-static int tensor(cudnnBackendDescriptor_t *t, int64_t uid, const int64_t dims[4], int64_t align)
+/* A dense tensor of dims (N, C, H, W order, as cuDNN wants them for
+ * either layout; OIHW for weights): f32 NCHW (OIHW) for half
+ * STK__K_F32, else BF16 / FP16 NHWC (KRSC): the channel is the innermost
+ * dimension, what the tensor-core engines want. */
+static int tensor(cudnnBackendDescriptor_t *t, int64_t uid, const int64_t dims[4], int64_t align, int half)
 {
     int rc = 0;
-    int64_t strides[4] = {dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1};
-    cudnnDataType_t dt = CUDNN_DATA_FLOAT;
+    const int64_t c = dims[1], h = dims[2], w = dims[3];
+    int64_t strides[4] = {c * h * w, h * w, w, 1};
+    if (half != STK__K_F32) {
+        strides[1] = 1;
+        strides[2] = w * c;
+        strides[3] = c;
+    }
+    cudnnDataType_t dt = half == STK__K_BF16  ? CUDNN_DATA_BFLOAT16
+                         : half == STK__K_F16 ? CUDNN_DATA_HALF
+                                              : CUDNN_DATA_FLOAT;
     DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_TENSOR_DESCRIPTOR, t), "tensor descriptor");
     SET(*t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt);
     SET(*t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims);
@@ -353,8 +364,8 @@ typedef struct cand {
  * `mode` ranks for graph, best first, that the policy accepts and that
  * plan. Returns 0 or a failure of the heuristics themselves. *last: the
  * status of the last refusal (for the message when none plans). */
-static int candidates(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, cudnnBackendHeurMode_t mode, cand_t *cand,
-                      int *n, int max, cudnnStatus_t *last)
+static int candidates(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, cudnnBackendHeurMode_t mode, int tc,
+                      cand_t *cand, int *n, int max, cudnnStatus_t *last)
 {
     int rc = 0;
     cudnnBackendDescriptor_t heur = NULL, cfgs[64] = {NULL};
@@ -376,7 +387,7 @@ static int candidates(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, cudnnBacken
             "heuristics: results");
     for (int64_t i = 0; i < got && i < count && *n < max; i++) {
         unsigned notes = cfg_notes(cfgs[i]);
-        if (stk__algo_reject(c->policy, c->allow_tf32, notes, -1, c->ws_limit)) {
+        if (stk__algo_reject(c->policy, tc, notes, -1, c->ws_limit)) {
             c->algo.skipped++;
             continue;
         }
@@ -388,7 +399,7 @@ static int candidates(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, cudnnBacken
             *last = st;
             continue;
         }
-        if (stk__algo_reject(c->policy, c->allow_tf32, notes, ws, c->ws_limit)) {
+        if (stk__algo_reject(c->policy, tc, notes, ws, c->ws_limit)) {
             c->algo.skipped++;
             destroy(&plan);
             continue;
@@ -480,11 +491,12 @@ static void log_choice(const cuda_ctx_t *c, const stk__algo_key_t *key, const st
     if (seen)
         return;
     stk__log(STK_LOG_INFO,
-             "cuDNN %s: convolution %s (n %lld, %lld->%lld channels, %lldx%lld input, kernel %lldx%lld, stride "
-             "%lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld, %lld-byte aligned): engine %lld, "
-             "knobs%s, workspace %lld bytes, %s",
-             stk_cudnn_policy_name(c->policy), dir_name[key->op], (long long)key->n, (long long)key->c,
-             (long long)key->k, (long long)key->h, (long long)key->w, (long long)key->r, (long long)key->s,
+             "cuDNN %s: convolution %s (%s %s, n %lld, %lld->%lld channels, %lldx%lld input, kernel %lldx%lld, "
+             "stride %lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld, %lld-byte aligned): engine "
+             "%lld, knobs%s, workspace %lld bytes, %s",
+             stk_cudnn_policy_name(c->policy), dir_name[key->op], key->dtype, key->layout, (long long)key->n,
+             (long long)key->c, (long long)key->k, (long long)key->h, (long long)key->w, (long long)key->r,
+             (long long)key->s,
              (long long)key->sh, (long long)key->sw, (long long)key->ph, (long long)key->pw, (long long)key->dh,
              (long long)key->dw, (long long)key->groups, (long long)key->align, (long long)ch->engine,
              ch->nknobs ? knobs : " none", (long long)ch->workspace, how);
@@ -492,7 +504,8 @@ static void log_choice(const cuda_ctx_t *c, const stk__algo_key_t *key, const st
 
 /* Benchmark policy, cache hit: the plan of the cached choice. 0 with
  * p->plan NULL when it no longer plans (then the problem is timed). */
-static int plan_cached(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk__algo_choice_t *ch, dnn_plan_t *p)
+static int plan_cached(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, int tc, const stk__algo_choice_t *ch,
+                       dnn_plan_t *p)
 {
     cudnnBackendDescriptor_t cfg = NULL, plan = NULL;
     int nkeep = p->nkeep;
@@ -501,7 +514,7 @@ static int plan_cached(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk_
     int rc = cfg_rebuild(c, graph, ch, &cfg, p->keep, &nkeep, DNN_KEEP_MAX - 6 - 1 - p->nkeep);
     int64_t ws = 0;
     if (rc == 0 && plan_of(cfg, &plan, &ws) == CUDNN_STATUS_SUCCESS &&
-        !stk__algo_reject(c->policy, c->allow_tf32, 0, ws, c->ws_limit)) {
+        !stk__algo_reject(c->policy, tc, 0, ws, c->ws_limit)) {
         p->plan = plan;
         p->workspace = ws;
         p->keep[nkeep++] = cfg;
@@ -518,9 +531,11 @@ static int plan_cached(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk_
     return 0;
 }
 
-/* Picks p's plan for graph by the context's policy. */
-static int choose(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk__algo_key_t *key, const int64_t bytes[3],
-                  dnn_plan_t *p, cudnnStatus_t *last)
+/* Picks p's plan for graph by the context's policy. tc: tensor-core
+ * engines are allowed (TF32 asked for, or half inputs, which is what
+ * they are for). */
+static int choose(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk__algo_key_t *key, int tc,
+                  const int64_t bytes[3], dnn_plan_t *p, cudnnStatus_t *last)
 {
     int rc = 0;
     int bench = c->policy == STK_CUDNN_BENCHMARK;
@@ -531,7 +546,7 @@ static int choose(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk__algo
         pthread_mutex_lock(&g_lock);
         int hit = caches_ready() == 0 && stk__algo_cache_lookup(g_cache, key, &ch);
         pthread_mutex_unlock(&g_lock);
-        if (hit && (rc = plan_cached(c, graph, &ch, p)) < 0)
+        if (hit && (rc = plan_cached(c, graph, tc, &ch, p)) < 0)
             return rc;
         if (p->plan) {
             c->algo.hits++;
@@ -546,9 +561,9 @@ static int choose(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk__algo
     memset(cand, 0, sizeof(cand));
     /* Mode A ranks the fast engines; the fallback list holds the ones
      * that take any problem. */
-    if ((rc = candidates(c, graph, CUDNN_HEUR_MODE_A, cand, &n, max, last)) < 0)
+    if ((rc = candidates(c, graph, CUDNN_HEUR_MODE_A, tc, cand, &n, max, last)) < 0)
         goto out;
-    if (n == 0 && (rc = candidates(c, graph, CUDNN_HEUR_MODE_FALLBACK, cand, &n, max, last)) < 0)
+    if (n == 0 && (rc = candidates(c, graph, CUDNN_HEUR_MODE_FALLBACK, tc, cand, &n, max, last)) < 0)
         goto out;
     if (n == 0)
         goto out;
@@ -607,42 +622,55 @@ out:
     return rc;
 }
 
-int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_t act_align, dnn_plan_t *p)
+int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_t act_align, int half,
+                       dnn_plan_t *p)
 {
     static const char *const dir_name[3] = {"forward", "backward data", "backward weights"};
     int rc = 0;
     memset(p, 0, sizeof(*p));
     const int64_t xd[4] = {d->n, d->ic, d->ih, d->iw}, wd[4] = {d->oc, d->ic / d->groups, d->kh, d->kw},
                   yd[4] = {d->n, d->oc, d->oh, d->ow};
-    /* Weights sit anywhere in the parameter arena: 4-byte alignment. */
+    /* f32 weights sit anywhere in the parameter arena: 4-byte alignment.
+     * Half tensors are the op's own buffers (cudaMalloc: 256 bytes). */
+    const int64_t w_align = half != STK__K_F32 ? 16 : 4, esize = half != STK__K_F32 ? 2 : 4;
+    if (half != STK__K_F32)
+        act_align = 16;
     cudnnBackendDescriptor_t t[3] = {NULL}, cd = NULL, op = NULL, graph = NULL;
-    if ((rc = tensor(&t[0], 1, xd, act_align)) < 0 || (rc = tensor(&t[1], 2, wd, 4)) < 0 ||
-        (rc = tensor(&t[2], 3, yd, act_align)) < 0 || (rc = conv_desc(&cd, d)) < 0 ||
+    if ((rc = tensor(&t[0], 1, xd, act_align, half)) < 0 || (rc = tensor(&t[1], 2, wd, w_align, half)) < 0 ||
+        (rc = tensor(&t[2], 3, yd, act_align, half)) < 0 || (rc = conv_desc(&cd, d)) < 0 ||
         (rc = conv_op(&op, dir, t, cd)) < 0)
         goto fail;
     DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, &graph), "operation graph");
     SET(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op);
     DNN(cudnnBackendFinalize(graph), "operation graph");
 
+    /* The key's dtype and layout keep f32 and half plans of one shape
+     * apart (in the cache file too). */
     stk__algo_key_t key = {.op = dir, .dtype = "f32", .layout = "nchw", .align = act_align,
-                           .tf32 = c->allow_tf32, .n = d->n, .c = d->ic, .h = d->ih, .w = d->iw, .k = d->oc,
+                           .tf32 = half != STK__K_F32 ? 0 : c->allow_tf32, .n = d->n, .c = d->ic, .h = d->ih,
+                           .w = d->iw, .k = d->oc,
                            .r = d->kh, .s = d->kw, .sh = d->sh, .sw = d->sw, .ph = d->ph, .pw = d->pw,
                            .dh = d->dh, .dw = d->dw, .groups = d->groups};
+    if (half != STK__K_F32) {
+        snprintf(key.dtype, sizeof(key.dtype), "%s", half == STK__K_BF16 ? "bf16" : "f16");
+        snprintf(key.layout, sizeof(key.layout), "nhwc");
+    }
     snprintf(key.device, sizeof(key.device), "%s", c->device_tag[0] ? c->device_tag : "gpu");
-    const int64_t bytes[3] = {xd[0] * xd[1] * xd[2] * xd[3] * 4, wd[0] * wd[1] * wd[2] * wd[3] * 4,
-                              yd[0] * yd[1] * yd[2] * yd[3] * 4};
+    const int64_t bytes[3] = {xd[0] * xd[1] * xd[2] * xd[3] * esize, wd[0] * wd[1] * wd[2] * wd[3] * esize,
+                              yd[0] * yd[1] * yd[2] * yd[3] * esize};
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
-    if ((rc = choose(c, graph, &key, bytes, p, &last)) < 0)
+    if ((rc = choose(c, graph, &key, half != STK__K_F32 || c->allow_tf32, bytes, p, &last)) < 0)
         goto fail;
     if (!p->plan) {
-        char what[320], limit[64] = "";
+        char what[384], limit[64] = "";
         if (c->ws_limit)
             snprintf(limit, sizeof(limit), ", workspace limit %llu bytes", (unsigned long long)c->ws_limit);
         snprintf(what, sizeof(what),
-                 "no engine plans convolution %s (n %lld, %lld->%lld channels, %lldx%lld input, kernel %lldx%lld, "
-                 "stride %lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld; policy %s%s)",
-                 dir_name[dir], (long long)d->n, (long long)d->ic, (long long)d->oc, (long long)d->ih,
-                 (long long)d->iw, (long long)d->kh, (long long)d->kw, (long long)d->sh, (long long)d->sw,
+                 "no engine plans convolution %s (%s %s, n %lld, %lld->%lld channels, %lldx%lld input, kernel "
+                 "%lldx%lld, stride %lld,%lld, padding %lld,%lld, dilation %lld,%lld, groups %lld; policy %s%s)",
+                 dir_name[dir], key.dtype, key.layout, (long long)d->n, (long long)d->ic, (long long)d->oc,
+                 (long long)d->ih, (long long)d->iw, (long long)d->kh, (long long)d->kw, (long long)d->sh,
+                 (long long)d->sw,
                  (long long)d->ph, (long long)d->pw, (long long)d->dh, (long long)d->dw, (long long)d->groups,
                  stk_cudnn_policy_name(c->policy), limit);
         rc = stk__dnn_status(last, what);

@@ -12,6 +12,8 @@
 #include "kernels.h"
 #include "philox.h"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -351,6 +353,63 @@ KB float kb_half_to_f32(uint16_t h, int bf16)
     }
     v.u = e == 31 ? sign | 0x7F800000u | (m << 13) : sign | ((e + 112) << 23) | (m << 13);
     return v.f;
+}
+
+/* ------------------------------------------------- mixed precision */
+
+/* The NCHW offset of the element at NHWC offset e of an n x c x h x w
+ * tensor (n is not needed: the batch index is what is left). */
+KB int64_t kb_nhwc_to_nchw(int64_t e, int64_t c, int64_t h, int64_t w)
+{
+    int64_t ch = e % c, r = e / c; /* r = (s h + y) w + x */
+    int64_t x = r % w;
+    r /= w;
+    int64_t y = r % h, s = r / h;
+    return ((s * c + ch) * h + y) * w + x;
+}
+
+/* The NHWC offset of the element at NCHW offset e. */
+KB int64_t kb_nchw_to_nhwc(int64_t e, int64_t c, int64_t h, int64_t w)
+{
+    int64_t x = e % w, r = e / w; /* r = (s c + ch) h + y */
+    int64_t y = r % h;
+    r /= h;
+    int64_t ch = r % c, s = r / c;
+    return ((s * h + y) * w + x) * c + ch;
+}
+
+/* CUDA's own conversions, round to nearest even both (FP16 overflows to
+ * infinity, which loss scaling's check then sees). */
+KB void kb_to_half(float v, __nv_bfloat16 *d)
+{
+    *d = __float2bfloat16_rn(v);
+}
+KB void kb_to_half(float v, __half *d)
+{
+    *d = __float2half_rn(v);
+}
+KB float kb_from_half(__nv_bfloat16 v)
+{
+    return __bfloat162float(v);
+}
+KB float kb_from_half(__half v)
+{
+    return __half2float(v);
+}
+
+/* Element e (NHWC order) of the half copy of x (NCHW f32): the kernel's
+ * writes are contiguous, its reads strided. */
+template <typename H>
+KB void kb_to_half_nhwc_at(int64_t e, int64_t c, int64_t h, int64_t w, const float *x, H *y)
+{
+    kb_to_half(x[kb_nhwc_to_nchw(e, c, h, w)], &y[e]);
+}
+
+/* Element e (NCHW order) of the f32 copy of y (NHWC half). */
+template <typename H>
+KB float kb_from_half_nhwc_at(int64_t e, int64_t c, int64_t h, int64_t w, const H *y)
+{
+    return kb_from_half(y[kb_nchw_to_nhwc(e, c, h, w)]);
 }
 
 #endif

@@ -132,6 +132,18 @@ cudaError_t stk__k_unscale(cudaStream_t s, size_t n, float *g, float inv, int *f
  * (the feed's half batches, converted after their copy). */
 cudaError_t stk__k_half_to_f32(cudaStream_t s, size_t n, const uint16_t *src, int bf16, float *dst);
 
+/* Mixed precision (cuda_conv.c, cuda_linear.c): the half types, numbered
+ * as cuda_ctx_t.half. */
+enum { STK__K_F32 = 0, STK__K_BF16 = 1, STK__K_F16 = 2 };
+/* dst (type dt, NHWC) = src (f32, NCHW) of an n x c x h x w tensor, each
+ * value rounded to nearest even (FP16: beyond its range, infinity). With
+ * h = w = 1 both layouts are the row-major [n, c]: a plain cast. */
+cudaError_t stk__k_to_half_nhwc(cudaStream_t s, int dt, int64_t n, int64_t c, int64_t h, int64_t w, const float *src,
+                                void *dst);
+/* dst (f32, NCHW) = src (type dt, NHWC), exactly. */
+cudaError_t stk__k_from_half_nhwc(cudaStream_t s, int dt, int64_t n, int64_t c, int64_t h, int64_t w, const void *src,
+                                  float *dst);
+
 #ifdef __cplusplus
 }
 #endif

@@ -367,6 +367,115 @@ static void test_half(void)
     printf("  %-24s every f16 and bf16 value: the same bits as the host's conversion\n", "half to f32");
 }
 
+/* Mixed precision's casts: the NCHW <-> NHWC index maps against a plain
+ * loop over (s, ch, y, x), odd shapes included; CUDA's conversions
+ * against round to nearest even done on the bits (BF16) and against
+ * FP16's known edges; the round trip back to f32 NCHW. */
+static uint16_t bf16_rne_ref(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+template <typename H> static uint16_t bits16(H v)
+{
+    uint16_t b;
+    memcpy(&b, &v, 2);
+    return b;
+}
+
+/* u: the type's unit roundoff (half its epsilon). */
+template <typename H>
+static void amp_shape(const char *type, double u, int64_t n, int64_t c, int64_t h, int64_t w)
+{
+    const size_t total = (size_t)(n * c * h * w);
+    float *x = fbuf(total), *back = fbuf(total);
+    H *y = (H *)calloc(total, sizeof(H));
+    unsigned char *seen = (unsigned char *)calloc(total, 1);
+    if (!y || !seen) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    fill(x, total, 40 + (uint64_t)total, 3.0f);
+    for (size_t e = 0; e < total; e++)
+        kb_to_half_nhwc_at<H>((int64_t)e, c, h, w, x, y);
+    for (size_t e = 0; e < total; e++)
+        back[e] = kb_from_half_nhwc_at<H>((int64_t)e, c, h, w, y);
+    int bad = 0;
+    for (int64_t s = 0; s < n; s++)
+        for (int64_t ch = 0; ch < c; ch++)
+            for (int64_t yy = 0; yy < h; yy++)
+                for (int64_t xx = 0; xx < w; xx++) {
+                    int64_t nchw = ((s * c + ch) * h + yy) * w + xx, nhwc = ((s * h + yy) * w + xx) * c + ch;
+                    H want;
+                    kb_to_half(x[nchw], &want);
+                    bad += kb_nhwc_to_nchw(nhwc, c, h, w) != nchw || kb_nchw_to_nhwc(nchw, c, h, w) != nhwc;
+                    bad += bits16(y[nhwc]) != bits16(want);
+                    bad += back[nchw] != kb_from_half(want);
+                    /* Rounding moves a value by at most u relative, or
+                     * half FP16's smallest subnormal (2^-25). */
+                    bad += !(fabs((double)back[nchw] - (double)x[nchw]) <= u * fabs((double)x[nchw]) + 3e-8);
+                    seen[nhwc]++;
+                }
+    for (size_t e = 0; e < total; e++)
+        bad += seen[e] != 1;
+    EXPECT(bad == 0, "%s cast %lldx%lldx%lldx%lld: %d mismatches", type, (long long)n, (long long)c, (long long)h,
+           (long long)w, bad);
+    free(x), free(back), free(y), free(seen);
+}
+
+static void test_amp(void)
+{
+    static const int64_t shapes[][4] = {{2, 3, 5, 7}, {1, 1, 1, 1}, {3, 1, 4, 4}, {2, 16, 3, 3},
+                                        {5, 7, 1, 1}, {1, 9, 2, 11}, {4, 8, 28, 28}};
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        amp_shape<__nv_bfloat16>("bf16", 1.0 / 256, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3]);
+        amp_shape<__half>("fp16", 1.0 / 2048, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3]);
+    }
+    /* BF16: every 65536th bit pattern of f32 (NaN left out), and the
+     * ties either way, against rounding on the bits. */
+    int bad = 0;
+    for (uint64_t u = 0; u <= 0xffffffffull; u += 65521) {
+        uint32_t b = (uint32_t)u;
+        float v;
+        memcpy(&v, &b, 4);
+        if (v != v)
+            continue;
+        __nv_bfloat16 got;
+        kb_to_half(v, &got);
+        bad += bits16(got) != bf16_rne_ref(v);
+    }
+    static const uint32_t ties[] = {0x3f808000u, 0x3f818000u, 0xbf808000u, 0x3f80c000u, 0x7f7fffffu};
+    for (size_t i = 0; i < sizeof(ties) / sizeof(ties[0]); i++) {
+        float v;
+        memcpy(&v, &ties[i], 4);
+        __nv_bfloat16 got;
+        kb_to_half(v, &got);
+        bad += bits16(got) != bf16_rne_ref(v);
+    }
+    EXPECT(bad == 0, "bf16: %d conversions are not round to nearest even", bad);
+    /* FP16's edges: the largest finite value, the tie above it (to even:
+     * infinity), an overflow, the smallest subnormal and a tie to even. */
+    static const struct {
+        float v;
+        uint16_t want;
+    } f16[] = {{65504.0f, 0x7bffu}, {65519.0f, 0x7bffu}, {65520.0f, 0x7c00u}, {1e35f, 0x7c00u},
+               {-1e35f, 0xfc00u},   {5.9604645e-8f, 0x0001u}, {1.00048828125f, 0x3c00u}, {1.00146484375f, 0x3c02u},
+               {0.0f, 0x0000u}};
+    bad = 0;
+    for (size_t i = 0; i < sizeof(f16) / sizeof(f16[0]); i++) {
+        __half got;
+        kb_to_half(f16[i].v, &got);
+        EXPECT(bits16(got) == f16[i].want, "fp16(%.9g) = 0x%04x, want 0x%04x", (double)f16[i].v, bits16(got),
+               f16[i].want);
+    }
+    float inf = kb_from_half(__float2half_rn(1e35f));
+    EXPECT(isinf(inf) && inf > 0, "fp16 overflow reads back as %g, not infinity", (double)inf);
+    printf("  %-24s NCHW <-> NHWC maps and BF16/FP16 rounding as a plain loop, 7 shapes\n", "mixed-precision casts");
+}
+
 int main(void)
 {
     stk__backend_t cpu;
@@ -392,6 +501,7 @@ int main(void)
     test_seq(&cpu);
     test_optim();
     test_half();
+    test_amp();
     stk__backend_close(&cpu);
     printf("%d failure(s)\n", failures);
     return failures ? 1 : 0;
