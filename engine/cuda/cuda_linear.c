@@ -15,8 +15,10 @@
  * A and B are BF16 / FP16 copies in the op's own buffers (x and W cast
  * by the forward, dy by backward weights), C/D stay f32, compute
  * CUBLAS_COMPUTE_32F with f32 scale: one of cublasLtMatmul's listed
- * type combinations (16BF/16F inputs, 32F output). The weight gradient
- * is written in f32 directly, with overwrite semantics as before. */
+ * type combinations (16BF/16F inputs, 32F output). Each result (y, dx,
+ * dW) is then rounded to the half type in place, before the bias: what
+ * autocast's half outputs hold, what the convolutions' half Y gives, and
+ * what the CPU backend's emulation computes (FP16 overflow included). */
 #include "cuda.h"
 
 #include <errno.h>
@@ -164,6 +166,12 @@ int stk__cuda_linear_create(void *ctx, const stk__linear_desc_t *d, stk__op_t **
     return 0;
 }
 
+/* d[0..n) rounded to the half type in place. */
+static int round_half(cuda_ctx_t *c, const stk__op_t *op, size_t n, float *d)
+{
+    return stk__cu_status(stk__k_round_half(c->stream, op->half, n, d), "linear: rounding to half precision");
+}
+
 /* dst (half, the op's buffer) = the rows x cols f32 matrix src. */
 static int down(cuda_ctx_t *c, const stk__op_t *op, int64_t rows, int64_t cols, const float *src, void *dst)
 {
@@ -215,7 +223,8 @@ int stk__cuda_linear_forward(void *ctx, stk__op_t *op, const float *x, const flo
          * between steps. */
         op->hx_from = op->hw_from = op->hy_from = NULL;
         if ((rc = x_half(c, op, x)) < 0 || (rc = w_half(c, op, w)) < 0 ||
-            (rc = gemm_run(c, op, &op->gemm[CU_FWD], op->hw, op->hx, y)) < 0)
+            (rc = gemm_run(c, op, &op->gemm[CU_FWD], op->hw, op->hx, y)) < 0 ||
+            (rc = round_half(c, op, (size_t)(op->lin.n * op->lin.out), y)) < 0)
             return rc;
     } else if ((rc = gemm_run(c, op, &op->gemm[CU_FWD], w, x, y)) < 0) {
         return rc;
@@ -231,9 +240,10 @@ int stk__cuda_linear_backward_data(void *ctx, stk__op_t *op, const float *dy, co
     int rc = stk__cu_unstick(c);
     if (rc || op->half == STK__K_F32)
         return rc ? rc : gemm_run(c, op, &op->gemm[CU_BWD_DATA], w, dy, dx);
-    if ((rc = w_half(c, op, w)) < 0 || (rc = dy_half(c, op, dy)) < 0)
+    if ((rc = w_half(c, op, w)) < 0 || (rc = dy_half(c, op, dy)) < 0 ||
+        (rc = gemm_run(c, op, &op->gemm[CU_BWD_DATA], op->hw, op->hy, dx)) < 0)
         return rc;
-    return gemm_run(c, op, &op->gemm[CU_BWD_DATA], op->hw, op->hy, dx);
+    return round_half(c, op, (size_t)(op->lin.n * op->lin.in), dx);
 }
 
 int stk__cuda_linear_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw,
@@ -248,7 +258,8 @@ int stk__cuda_linear_backward_weights(void *ctx, stk__op_t *op, const float *x, 
          * backward data then reuses it. */
         op->hy_from = NULL;
         if ((rc = x_half(c, op, x)) < 0 || (rc = dy_half(c, op, dy)) < 0 ||
-            (rc = gemm_run(c, op, &op->gemm[CU_BWD_FILTER], op->hx, op->hy, dw)) < 0)
+            (rc = gemm_run(c, op, &op->gemm[CU_BWD_FILTER], op->hx, op->hy, dw)) < 0 ||
+            (rc = round_half(c, op, (size_t)(op->lin.out * op->lin.in), dw)) < 0)
             return rc;
     } else if ((rc = gemm_run(c, op, &op->gemm[CU_BWD_FILTER], x, dy, dw)) < 0) {
         return rc;

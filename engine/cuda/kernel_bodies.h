@@ -397,6 +397,15 @@ KB float kb_from_half(__half v)
     return __half2float(v);
 }
 
+/* v as the half type H holds it. */
+template <typename H>
+KB float kb_round_half(float v)
+{
+    H h;
+    kb_to_half(v, &h);
+    return kb_from_half(h);
+}
+
 /* Element e (NHWC order) of the half copy of x (NCHW f32): the kernel's
  * writes are contiguous, its reads strided. */
 template <typename H>

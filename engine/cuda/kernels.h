@@ -143,6 +143,9 @@ cudaError_t stk__k_to_half_nhwc(cudaStream_t s, int dt, int64_t n, int64_t c, in
 /* dst (f32, NCHW) = src (type dt, NHWC), exactly. */
 cudaError_t stk__k_from_half_nhwc(cudaStream_t s, int dt, int64_t n, int64_t c, int64_t h, int64_t w, const void *src,
                                   float *dst);
+/* x[0..n) rounded to type dt and back to f32, in place: what a half
+ * output is, for results a library wrote in f32. */
+cudaError_t stk__k_round_half(cudaStream_t s, int dt, size_t n, float *x);
 
 #ifdef __cplusplus
 }

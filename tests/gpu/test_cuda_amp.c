@@ -297,8 +297,17 @@ static void test_linear(const stk__backend_t *cpu, const stk__backend_t *gpu, st
     dev_read(gpu, hdx, gdx, nx);
     dev_read(gpu, hdw, gdw, nw);
     dev_read(gpu, hdb, gdb, (size_t)out);
-    if (cpu_pose)
-        round_half(p, hdx, nx); /* y and dw are f32 outputs of cuBLASLt */
+    if (cpu_pose) {
+        /* y rounded before the bias, as the convolution's. */
+        for (size_t j = 0; j < ny; j++) {
+            float bj = b[j % (size_t)out];
+            float v = hy[j] - bj;
+            round_half(p, &v, 1);
+            hy[j] = v + bj;
+        }
+        round_half(p, hdx, nx);
+        round_half(p, hdw, nw);
+    }
     free(cx), free(cw), free(cdy);
     char what[96];
     snprintf(what, sizeof(what), "linear n %lld, %lld -> %lld (weights 4-byte aligned)", (long long)n,

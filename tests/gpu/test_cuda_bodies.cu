@@ -471,6 +471,20 @@ static void test_amp(void)
         EXPECT(bits16(got) == f16[i].want, "fp16(%.9g) = 0x%04x, want 0x%04x", (double)f16[i].v, bits16(got),
                f16[i].want);
     }
+    /* Rounding in place (linear outputs) as common/dtype.c's conversions,
+     * which the CPU backend's emulation of half precision uses. */
+    bad = 0;
+    for (uint64_t u = 0; u <= 0xffffffffull; u += 65521) {
+        uint32_t b = (uint32_t)u;
+        float v;
+        memcpy(&v, &b, 4);
+        if (v != v)
+            continue;
+        float rb = kb_round_half<__nv_bfloat16>(v), rh = kb_round_half<__half>(v);
+        float wb = stk_bf16_to_f32(stk_f32_to_bf16(v)), wh = stk_f16_to_f32(stk_f32_to_f16(v));
+        bad += memcmp(&rb, &wb, 4) != 0 || memcmp(&rh, &wh, 4) != 0;
+    }
+    EXPECT(bad == 0, "rounding in place: %d values differ from common/dtype.c's", bad);
     float inf = kb_from_half(__float2half_rn(1e35f));
     EXPECT(isinf(inf) && inf > 0, "fp16 overflow reads back as %g, not infinity", (double)inf);
     printf("  %-24s NCHW <-> NHWC maps and BF16/FP16 rounding as a plain loop, 7 shapes\n", "mixed-precision casts");
