@@ -11,7 +11,9 @@
  *            reduction length), all relative to S, the same op on |x|
  *            and |w|: |got - ref| <= (3u + u^2 + 2 K 2^-24) S + 1e-6.
  *            The error must also be above f32's, or the half path did not
- *            run.
+ *            run. Then again in another order, x and w at other
+ *            addresses: the casts a backward makes when the forward's
+ *            half copies are not of its tensors.
  *  train     fmnist-cnn on separable synthetic batches, 120 steps in
  *            fp32, bf16 and fp16 (fp16 with dynamic loss scaling, as
  *            stoker-train's loss_scale = auto gives it): each half run's
@@ -150,6 +152,36 @@ static void check_half_ran(const char *what, stk_precision_t p, double worst_rel
           what, type_name(p), worst_rel);
 }
 
+/* ops-cpu: the outputs' rounding the GPU does, on the CPU's f32 ones (y
+ * before its f32 bias: the bias is taken off, y rounded, added back). */
+static void round_outputs_conv(stk_precision_t p, const stk__conv_desc_t *d, const float *b, float *y, float *dx,
+                               float *dw)
+{
+    const size_t ny = (size_t)(d->n * d->oc * d->oh * d->ow), nx = (size_t)(d->n * d->ic * d->ih * d->iw),
+                 nw = (size_t)(d->oc * (d->ic / d->groups) * d->kh * d->kw);
+    for (size_t j = 0; j < ny; j++) {
+        float bj = b[(j / (size_t)(d->oh * d->ow)) % (size_t)d->oc];
+        float v = y[j] - bj;
+        round_half(p, &v, 1);
+        y[j] = v + bj;
+    }
+    round_half(p, dx, nx);
+    round_half(p, dw, nw);
+}
+
+static void round_outputs_linear(stk_precision_t p, int64_t n, int64_t in, int64_t out, const float *b, float *y,
+                                 float *dx, float *dw)
+{
+    for (size_t j = 0; j < (size_t)(n * out); j++) {
+        float bj = b[j % (size_t)out];
+        float v = y[j] - bj;
+        round_half(p, &v, 1);
+        y[j] = v + bj;
+    }
+    round_half(p, dx, (size_t)(n * in));
+    round_half(p, dw, (size_t)(out * in));
+}
+
 static void test_conv(const stk__backend_t *cpu, const stk__backend_t *gpu, stk_precision_t p,
                       const stk__conv_desc_t *d, size_t xoff)
 {
@@ -204,19 +236,8 @@ static void test_conv(const stk__backend_t *cpu, const stk__backend_t *gpu, stk_
     dev_read(gpu, hdx, gdx, nx);
     dev_read(gpu, hdw, gdw, nw);
     dev_read(gpu, hdb, gdb, nb);
-    if (cpu_pose) {
-        /* The GPU rounds y before its f32 bias add: take the bias off,
-         * round, add it back. */
-        for (size_t j = 0; j < ny; j++) {
-            float bj = b[(j / (size_t)(d->oh * d->ow)) % (size_t)d->oc];
-            float v = hy[j] - bj;
-            round_half(p, &v, 1);
-            hy[j] = v + bj;
-        }
-        round_half(p, hdx, nx);
-        round_half(p, hdw, nw);
-    }
-    free(cx), free(cw), free(cdy);
+    if (cpu_pose)
+        round_outputs_conv(p, d, b, hy, hdx, hdw);
     char what[160];
     snprintf(what, sizeof(what), "conv %lldx%lldx%lldx%lld -> %lld k%lld s%lld p%lld g%lld%s", (long long)d->n,
              (long long)d->ic, (long long)d->ih, (long long)d->iw, (long long)d->oc, (long long)d->kh,
@@ -239,12 +260,36 @@ static void test_conv(const stk__backend_t *cpu, const stk__backend_t *gpu, stk_
     }
     check_half_ran(what, p, e1 > e2 ? (e1 > e3 ? e1 : e3) : (e2 > e3 ? e2 : e3));
     printf("  %-7s %-56s largest error / S: y %.2g, dx %.2g, dw %.2g\n", type_name(p), what, e1, e2, e3);
+    /* The other order, with copies of x and w at other addresses: the
+     * forward casts the copies, backward data then gets the first
+     * weights (cast again) and a dy no backward weights cast, backward
+     * weights the first x (cast again). The same bounds hold. */
+    void *bx2, *bw2;
+    float *gx2 = dev_of(gpu, ix, nx, 0, &bx2), *gw2 = dev_of(gpu, iw, nw, 0, &bw2);
+    gpu->iface->zero(gpu->ctx, gy, ny);
+    gpu->iface->zero(gpu->ctx, gdx, nx);
+    gpu->iface->zero(gpu->ctx, gdw, nw);
+    STK(gpu->iface->conv_forward(gpu->ctx, op, gx2, gw2, gb, gy));
+    STK(gpu->iface->conv_backward_data(gpu->ctx, op, gdy, gw, gdx));
+    STK(gpu->iface->conv_backward_weights(gpu->ctx, op, gx, gdy, gdw, gdb));
+    dev_read(gpu, hy, gy, ny);
+    dev_read(gpu, hdx, gdx, nx);
+    dev_read(gpu, hdw, gdw, nw);
+    if (cpu_pose)
+        round_outputs_conv(p, d, b, hy, hdx, hdw);
+    char again[200];
+    snprintf(again, sizeof(again), "%s, backward data first", what);
+    check_close(again, p, kf, hy, ry, sy, ny);
+    check_close(again, p, kd, hdx, rdx, sdx, nx);
+    check_close(again, p, kw, hdw, rdw, sdw, nw);
+    gpu->iface->free(gpu->ctx, bx2);
+    gpu->iface->free(gpu->ctx, bw2);
     gpu->iface->op_destroy(gpu->ctx, op);
     void *bases[] = {bx, bw, bb, bdy, by, bdx, bdw, bdb};
     for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]); i++)
         gpu->iface->free(gpu->ctx, bases[i]);
     free(x), free(w), free(b), free(dy), free(ax), free(aw), free(ady), free(ry), free(sy), free(rdx), free(sdx);
-    free(rdw), free(sdw), free(rdb), free(hy), free(hdx), free(hdw), free(hdb);
+    free(rdw), free(sdw), free(rdb), free(hy), free(hdx), free(hdw), free(hdb), free(cx), free(cw), free(cdy);
 }
 
 static void test_linear(const stk__backend_t *cpu, const stk__backend_t *gpu, stk_precision_t p, int64_t n,
@@ -297,18 +342,8 @@ static void test_linear(const stk__backend_t *cpu, const stk__backend_t *gpu, st
     dev_read(gpu, hdx, gdx, nx);
     dev_read(gpu, hdw, gdw, nw);
     dev_read(gpu, hdb, gdb, (size_t)out);
-    if (cpu_pose) {
-        /* y rounded before the bias, as the convolution's. */
-        for (size_t j = 0; j < ny; j++) {
-            float bj = b[j % (size_t)out];
-            float v = hy[j] - bj;
-            round_half(p, &v, 1);
-            hy[j] = v + bj;
-        }
-        round_half(p, hdx, nx);
-        round_half(p, hdw, nw);
-    }
-    free(cx), free(cw), free(cdy);
+    if (cpu_pose)
+        round_outputs_linear(p, n, in, out, b, hy, hdx, hdw);
     char what[96];
     snprintf(what, sizeof(what), "linear n %lld, %lld -> %lld (weights 4-byte aligned)", (long long)n,
              (long long)in, (long long)out);
@@ -320,12 +355,34 @@ static void test_linear(const stk__backend_t *cpu, const stk__backend_t *gpu, st
               "%s: bias gradient %lld: %g vs %g", what, (long long)i, (double)hdb[i], (double)rdb[i]);
     check_half_ran(what, p, e1 > e2 ? (e1 > e3 ? e1 : e3) : (e2 > e3 ? e2 : e3));
     printf("  %-7s %-56s largest error / S: y %.2g, dx %.2g, dw %.2g\n", type_name(p), what, e1, e2, e3);
+    /* The other order with copies at other addresses, as for conv. */
+    void *bx2, *bw2;
+    float *gx2 = dev_of(gpu, ix, nx, 0, &bx2), *gw2 = dev_of(gpu, iw, nw, 0, &bw2);
+    gpu->iface->zero(gpu->ctx, gy, ny);
+    gpu->iface->zero(gpu->ctx, gdx, nx);
+    gpu->iface->zero(gpu->ctx, gdw, nw);
+    STK(gpu->iface->linear_forward(gpu->ctx, op, gx2, gw2, gb, gy));
+    STK(gpu->iface->linear_backward_data(gpu->ctx, op, gdy, gw, gdx));
+    STK(gpu->iface->linear_backward_weights(gpu->ctx, op, gx, gdy, gdw, gdb));
+    dev_read(gpu, hy, gy, ny);
+    dev_read(gpu, hdx, gdx, nx);
+    dev_read(gpu, hdw, gdw, nw);
+    if (cpu_pose)
+        round_outputs_linear(p, n, in, out, b, hy, hdx, hdw);
+    char again[140];
+    snprintf(again, sizeof(again), "%s, backward data first", what);
+    check_close(again, p, in, hy, ry, sy, ny);
+    check_close(again, p, out, hdx, rdx, sdx, nx);
+    check_close(again, p, n, hdw, rdw, sdw, nw);
+    gpu->iface->free(gpu->ctx, bx2);
+    gpu->iface->free(gpu->ctx, bw2);
     gpu->iface->op_destroy(gpu->ctx, op);
     void *bases[] = {bx, bw, bb, bdy, by, bdx, bdw, bdb};
     for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]); i++)
         gpu->iface->free(gpu->ctx, bases[i]);
     free(x), free(w), free(b), free(dy), free(ax), free(aw), free(ady), free(ry), free(sy), free(rdx), free(sdx);
-    free(rdw), free(sdw), free(rdb), free(sdb), free(hy), free(hdx), free(hdw), free(hdb);
+    free(rdw), free(sdw), free(rdb), free(sdb), free(hy), free(hdx), free(hdw), free(hdb), free(cx), free(cw);
+    free(cdy);
 }
 
 static stk__conv_desc_t conv(int64_t n, int64_t ic, int64_t ih, int64_t iw, int64_t oc, int64_t k, int64_t s,
