@@ -297,6 +297,14 @@ typedef struct stk__backend_iface {
     /* Optional: *sec = the device time slot's last copy took, once
      * feed_release(slot) has returned (0 when it made none). */
     int (*feed_copy_time)(void *ctx, int slot, double *sec);
+    /* Optional: feed_copy of n half-precision values (bf16 = 1: bfloat16;
+     * 0: IEEE binary16) from src into stage (device, 2n bytes), then, on
+     * the same copy queue, converted to f32 into dst (device, n floats)
+     * exactly as stk_bf16_to_f32 / stk_f16_to_f32 would: half the bytes
+     * cross the bus. Ordered, used and released as feed_copy (the copy
+     * time feed_copy_time gives includes the conversion). NULL: the
+     * engine converts on the host and copies floats. */
+    int (*feed_copy_half)(void *ctx, int slot, float *dst, void *stage, const void *src, size_t n, int bf16);
     /* Page-locks host memory for asynchronous copies / undoes it
      * (optional). */
     int (*pin_host)(void *ctx, void *addr, size_t bytes);

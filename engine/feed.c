@@ -46,6 +46,11 @@ struct stk_feed {
     size_t pending[STK__FEED_SLOTS];
     double host_s[STK__FEED_SLOTS];
     stk_feed_stats_t stats;
+    /* Half batches (stk_feed_put_half): per slot, the device buffer they
+     * are copied to before their conversion there (feed_copy_half), or
+     * the host buffer they are converted into first; made at first use. */
+    void *stage[STK__FEED_SLOTS];
+    float *host[STK__FEED_SLOTS];
 };
 
 int stk_feed_create(stk_feed_t **out, stk_model_t *m, size_t max_bytes)
@@ -99,6 +104,47 @@ int stk_feed_put(stk_feed_t *f, const void *src, size_t bytes, const void **dev)
     f->next = (s + 1) % STK__FEED_SLOTS;
     *dev = f->buf[s];
     return 0;
+}
+
+int stk_feed_put_half(stk_feed_t *f, const void *src, size_t n, stk_dtype_t dtype, const void **dev)
+{
+    if (!f || !dev || (!src && n))
+        return stk__error(-EINVAL, "stk_feed_put_half: NULL argument");
+    if (dtype != STK_DTYPE_F16 && dtype != STK_DTYPE_BF16)
+        return stk__error(-EINVAL, "stk_feed_put_half: dtype %s (f16 or bf16)", stk_dtype_name(dtype));
+    if (n > f->cap / sizeof(float))
+        return stk__error(-ENOSPC, "feed: a batch of %zu values (%zu bytes as f32), the feed was made for %zu bytes",
+                          n, n * sizeof(float), f->cap);
+    const stk__backend_iface_t *be = f->m->be.iface;
+    int s = f->next, bf16 = dtype == STK_DTYPE_BF16;
+    if (!f->direct && be->feed_copy_half) {
+        /* Half the bytes cross the bus; the device converts. */
+        if (!f->stage[s] && !(f->stage[s] = be->alloc(f->m->be.ctx, f->cap / 2 ? f->cap / 2 : 1)))
+            return stk__error(-ENOMEM, "feed: %zu bytes of device memory for half batches", f->cap / 2);
+        double t0 = now_s();
+        int rc = be->feed_copy_half(f->m->be.ctx, s, f->buf[s], f->stage[s], src, n, bf16);
+        if (rc < 0)
+            return rc;
+        f->pending[s] = n * sizeof(uint16_t);
+        f->host_s[s] = now_s() - t0;
+        f->next = (s + 1) % STK__FEED_SLOTS;
+        *dev = f->buf[s];
+        return 0;
+    }
+    /* Converted here, into a buffer of the slot's own: the host's
+     * memory (the CPU) or what is then copied as floats. */
+    if (!f->host[s] && !(f->host[s] = malloc(f->cap ? f->cap : 1)))
+        return stk__error(-ENOMEM, "feed: %zu bytes for half batches", f->cap);
+    const uint16_t *h = src;
+    float *out = f->host[s];
+    for (size_t i = 0; i < n; i++)
+        out[i] = bf16 ? stk_bf16_to_f32(h[i]) : stk_f16_to_f32(h[i]);
+    if (f->direct) {
+        f->next = (s + 1) % STK__FEED_SLOTS;
+        *dev = out;
+        return 0;
+    }
+    return stk_feed_put(f, out, n * sizeof(float), dev);
 }
 
 int stk_feed_use(stk_feed_t *f, const void *dev)
@@ -158,8 +204,11 @@ void stk_feed_destroy(stk_feed_t **pf)
     /* Copies in flight still write the buffers: let them land. */
     if (!f->direct && be->synchronize)
         be->synchronize(f->m->be.ctx);
-    for (int i = 0; i < STK__FEED_SLOTS; i++)
+    for (int i = 0; i < STK__FEED_SLOTS; i++) {
         be->free(f->m->be.ctx, f->buf[i]);
+        be->free(f->m->be.ctx, f->stage[i]);
+        free(f->host[i]);
+    }
     free(f);
     *pf = NULL;
 }

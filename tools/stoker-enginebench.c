@@ -64,6 +64,9 @@ static int data_open(data_feed_t *d, stk_model_t *m, const char *dir, const char
     stk_train_inputs_config_t icfg;
     stk_train_inputs_config_default(&icfg);
     icfg.normalize = augment;
+    /* Half images (normalize's dtype=) go to the feed as they are: on a
+     * GPU half the bytes cross the bus, converted there. */
+    icfg.keep_half = 1;
     if (rc == 0)
         rc = stk_train_check_data(d->ds, &icfg, augment, m);
     if (rc == 0 && stk_dataset_len(d->ds) < (uint64_t)batch) {
@@ -121,15 +124,19 @@ static int data_step(data_feed_t *d, stk_model_t *m, stk_train_stepper_t *steppe
     stk_tensor_t input, target;
     const void *dev = NULL;
     rc = stk_train_inputs_get(d->inputs, &b, &input, &target);
-    size_t bytes = rc == 0 ? (size_t)stk_tensor_numel(&input) * stk_dtype_size(input.dtype) : 0;
+    int half = input.dtype == STK_DTYPE_F16 || input.dtype == STK_DTYPE_BF16;
+    size_t n = rc == 0 ? (size_t)stk_tensor_numel(&input) : 0;
+    size_t bytes = n * (half ? sizeof(float) : stk_dtype_size(input.dtype));
     if (rc == 0 && !d->feed)
         rc = stk_feed_create(&d->feed, m, bytes);
     if (rc == 0)
-        rc = stk_feed_put(d->feed, input.data, bytes, &dev);
+        rc = half ? stk_feed_put_half(d->feed, input.data, n, input.dtype, &dev)
+                  : stk_feed_put(d->feed, input.data, bytes, &dev);
     if (rc == 0)
         rc = stk_feed_use(d->feed, dev);
     if (rc == 0) {
         input.data = (void *)dev;
+        input.dtype = STK_DTYPE_F32;
         stk_train_step_metrics_t sm;
         rc = stk_train_stepper_step(stepper, &input, &target, it, &sm);
         *loss = sm.loss;

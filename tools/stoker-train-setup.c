@@ -64,6 +64,9 @@ static void train_inputs_config(const run_t *r, stk_train_inputs_config_t *icfg)
     stk_train_inputs_config_default(icfg);
     icfg->image_field = r->cfg.image_field;
     icfg->label_field = r->cfg.label_field;
+    /* On a GPU, half images (normalize's dtype=) cross the bus as they
+     * are and become f32 there. */
+    icfg->keep_half = r->on_device;
     if (!strcmp(r->cfg.target, "next_token")) {
         icfg->label_field = NULL;
         icfg->next_token = 1;

@@ -144,6 +144,7 @@ int stk_train_normalize_spec(const char *spec, char *out, size_t cap)
 struct stk_train_inputs {
     char *image_field, *label_field, *normalize;
     stk_dtype_t dtype;
+    int keep_half; /* f16 / bf16 images pass for the feed to convert */
     /* The normalize pipeline, made for the first image shape seen (and
      * again when the shape changes). */
     stk_augment_t *aug;
@@ -201,6 +202,7 @@ int stk_train_inputs_create(stk_train_inputs_t **out, const stk_train_inputs_con
         return stk__error(-ENOMEM, "train inputs: out of memory");
     x->dtype = cfg->dtype;
     x->next_token = cfg->next_token != 0;
+    x->keep_half = cfg->keep_half && cfg->dtype == STK_DTYPE_F32;
     x->boundary = cfg->boundary_token;
     if (x->next_token && cfg->label_field) {
         free(x);
@@ -355,8 +357,11 @@ int stk_train_inputs_get(stk_train_inputs_t *x, const stk_batch_t *b, stk_tensor
         return stk__error(STK_ESHAPE, "image field '%s' holds %zu bytes, not %zu samples of %ux%ux%u %s", img->name,
                           img->bytes, n, c, h, w, stk_dtype_name(img->dtype));
     const void *data = img->data;
+    stk_dtype_t dtype = x->dtype;
     if (img->dtype == x->dtype) {
         /* Already what the model takes (the workers normalized). */
+    } else if (x->keep_half && (img->dtype == STK_DTYPE_F16 || img->dtype == STK_DTYPE_BF16)) {
+        dtype = img->dtype; /* the feed converts */
     } else if (img->dtype == STK_DTYPE_U8) {
         if ((rc = convert_u8(x, img, n, per, c, h, w)) != 0)
             return rc;
@@ -370,7 +375,7 @@ int stk_train_inputs_get(stk_train_inputs_t *x, const stk_batch_t *b, stk_tensor
                           stk_dtype_name(img->dtype));
     }
     int64_t shape[4] = {(int64_t)n, c, h, w};
-    if ((rc = stk_tensor_init(input, (void *)data, x->dtype, flat ? 2 : 4, shape)) != 0)
+    if ((rc = stk_tensor_init(input, (void *)data, dtype, flat ? 2 : 4, shape)) != 0)
         return rc;
     if (!target)
         return 0;

@@ -14,7 +14,10 @@ int stk__train_feed(stk_train_feeder_t *f, stk_model_t *model, stk_tensor_t *inp
     *dev = NULL;
     if (!stk_tensor_is_contiguous(input))
         return stk__error(STK_ESHAPE, "train: a model input that is not contiguous");
-    size_t bytes = (size_t)stk_tensor_numel(input) * stk_dtype_size(input->dtype);
+    /* A half batch (stk_train_inputs' keep_half) becomes f32 in the feed. */
+    int half = input->dtype == STK_DTYPE_F16 || input->dtype == STK_DTYPE_BF16;
+    size_t n = (size_t)stk_tensor_numel(input);
+    size_t bytes = n * (half ? sizeof(float) : stk_dtype_size(input->dtype));
     if (!f->feed || bytes > f->cap) {
         /* Made for the first (full) batch; a larger one remakes it. */
         stk_feed_destroy(&f->feed);
@@ -23,11 +26,15 @@ int stk__train_feed(stk_train_feeder_t *f, stk_model_t *model, stk_tensor_t *inp
             return rc;
         f->cap = bytes;
     }
-    int rc = stk_feed_put(f->feed, input->data, bytes, dev);
+    int rc = half ? stk_feed_put_half(f->feed, input->data, n, input->dtype, dev)
+                  : stk_feed_put(f->feed, input->data, bytes, dev);
     if (rc == 0)
         rc = stk_feed_use(f->feed, *dev);
-    if (rc == 0)
+    if (rc == 0) {
         input->data = (void *)*dev;
+        if (half)
+            input->dtype = STK_DTYPE_F32;
+    }
     return rc;
 }
 

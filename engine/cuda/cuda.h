@@ -249,6 +249,7 @@ int stk__cuda_feed_copy(void *ctx, int slot, void *dst, const void *src, size_t 
 int stk__cuda_feed_use(void *ctx, int slot);
 int stk__cuda_feed_release(void *ctx, int slot);
 int stk__cuda_feed_copy_time(void *ctx, int slot, double *sec);
+int stk__cuda_feed_copy_half(void *ctx, int slot, float *dst, void *stage, const void *src, size_t n, int bf16);
 int stk__cuda_pin_host(void *ctx, void *addr, size_t bytes);
 void stk__cuda_unpin_host(void *ctx, void *addr);
 

@@ -287,6 +287,7 @@ static const stk__backend_iface_t cuda_iface = {
     .configure = stk__dnn_configure,
     .algo_stats = stk__dnn_algo_stats,
     .feed_copy_time = stk__cuda_feed_copy_time,
+    .feed_copy_half = stk__cuda_feed_copy_half,
     .timer_reserve = stk__cuda_timer_reserve,
     .timer_mark = stk__cuda_timer_mark,
     .timer_elapsed = stk__cuda_timer_elapsed,

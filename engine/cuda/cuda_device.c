@@ -44,9 +44,11 @@ static int bad_slot(int slot)
     return slot < 0 || slot >= STK__FEED_SLOTS ? stk__error(-EINVAL, "feed: slot %d", slot) : 0;
 }
 
-int stk__cuda_feed_copy(void *ctx, int slot, void *dst, const void *src, size_t bytes)
+/* The copy of bytes from src to dst on the copy queue, then (half: n
+ * values, bf16 says which kind) their conversion from dst to f32 at out. */
+static int feed_copy(cuda_ctx_t *c, int slot, void *dst, const void *src, size_t bytes, float *out, size_t n,
+                     int bf16)
 {
-    cuda_ctx_t *c = ctx;
     int rc = stk__cu_unstick(c);
     if (rc || (rc = bad_slot(slot)))
         return rc;
@@ -59,10 +61,23 @@ int stk__cuda_feed_copy(void *ctx, int slot, void *dst, const void *src, size_t 
     if (bytes &&
         (rc = stk__cu_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, c->copy_stream), "feed: copy")))
         return rc;
+    if (out && (rc = stk__cu_status(stk__k_half_to_f32(c->copy_stream, n, (const uint16_t *)dst, bf16, out),
+                                    "feed: converting a half batch to f32")))
+        return rc;
     if ((rc = stk__cu_status(cudaEventRecord(c->copied[slot], c->copy_stream), "feed: record")))
         return rc;
     c->copied_set[slot] = 1;
     return 0;
+}
+
+int stk__cuda_feed_copy(void *ctx, int slot, void *dst, const void *src, size_t bytes)
+{
+    return feed_copy(ctx, slot, dst, src, bytes, NULL, 0, 0);
+}
+
+int stk__cuda_feed_copy_half(void *ctx, int slot, float *dst, void *stage, const void *src, size_t n, int bf16)
+{
+    return feed_copy(ctx, slot, stage, src, n * sizeof(uint16_t), dst, n, bf16);
 }
 
 int stk__cuda_feed_use(void *ctx, int slot)

@@ -175,3 +175,17 @@ extern "C" cudaError_t stk__k_reorder(cudaStream_t s, int64_t n, int64_t c, int6
         k_reorder<<<grid_for(total), THREADS, 0, s>>>(total, c, h, w, to_blocked, src, dst);
     return launched();
 }
+
+/* The feed's half batches to f32 (kb_half_to_f32; self-contained). */
+static __global__ void k_half_to_f32(size_t n, const uint16_t *src, int bf16, float *dst)
+{
+    FOR_EACH(i, n)
+    dst[i] = kb_half_to_f32(src[i], bf16);
+}
+
+extern "C" cudaError_t stk__k_half_to_f32(cudaStream_t s, size_t n, const uint16_t *src, int bf16, float *dst)
+{
+    if (n)
+        k_half_to_f32<<<grid_for(n), THREADS, 0, s>>>(n, src, bf16, dst);
+    return launched();
+}

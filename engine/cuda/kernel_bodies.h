@@ -327,6 +327,34 @@ KB int kb_correct_at(int64_t i, int64_t k, int topk, const float *logits, const 
     return rank < topk;
 }
 
+/* ----------------------------------------------- half inputs to f32 */
+
+/* One f16 (IEEE binary16; bf16 = 0) or bf16 (bf16 = 1) value as f32,
+ * exactly, as common/dtype.c's stk_f16_to_f32 / stk_bf16_to_f32: the
+ * feed's conversion on the device gives the floats the host's would. */
+KB float kb_half_to_f32(uint16_t h, int bf16)
+{
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    if (bf16) {
+        v.u = (uint32_t)h << 16;
+        return v.f;
+    }
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+    if (e == 0) {
+        if (m == 0) {
+            v.u = sign;
+            return v.f;
+        }
+        float sub = (float)m * (1.0f / 16777216.0f); /* m * 2^-24 */
+        return sign ? -sub : sub;
+    }
+    v.u = e == 31 ? sign | 0x7F800000u | (m << 13) : sign | ((e + 112) << 23) | (m << 13);
+    return v.f;
+}
+
 /* ------------------------------------------------- mixed precision */
 
 /* The NCHW offset of the element at NHWC offset e of an n x c x h x w

@@ -128,6 +128,10 @@ cudaError_t stk__k_optim_dev(cudaStream_t s, const struct stk__optim_scalars *k_
  * here) when any element was NaN or infinite before. */
 cudaError_t stk__k_unscale(cudaStream_t s, size_t n, float *g, float inv, int *flag);
 
+/* dst[0..n) = the f16 (bf16 = 0) or bf16 (bf16 = 1) values at src as f32
+ * (the feed's half batches, converted after their copy). */
+cudaError_t stk__k_half_to_f32(cudaStream_t s, size_t n, const uint16_t *src, int bf16, float *dst);
+
 /* Mixed precision (cuda_conv.c, cuda_linear.c): the half types, numbered
  * as cuda_ctx_t.half. */
 enum { STK__K_F32 = 0, STK__K_BF16 = 1, STK__K_F16 = 2 };

@@ -607,6 +607,16 @@ STK_API int stk_feed_done(stk_feed_t *f, const void *dev);
 /* Waits for the feed's copies and frees its buffers; NULL-safe. */
 STK_API void stk_feed_destroy(stk_feed_t **f);
 
+/* stk_feed_put for a batch of n half-precision values (dtype STK_DTYPE_F16
+ * or STK_DTYPE_BF16) that the model takes as f32: *dev gets n floats, the
+ * exact conversion (stk_f16_to_f32, stk_bf16_to_f32). On a GPU the halves
+ * are copied as they are (half the bytes of floats) and converted there,
+ * on the copy stream; elsewhere they are converted on the host first.
+ * Then stk_feed_use and stk_feed_done as for stk_feed_put. 0, -EINVAL
+ * (NULL, another dtype), -ENOSPC (n floats over the feed's max_bytes),
+ * -ENOMEM, or the backend's error. */
+STK_API int stk_feed_put_half(stk_feed_t *f, const void *src, size_t n, stk_dtype_t dtype, const void **dev);
+
 /* What a feed copied, counted when each batch is done (stk_feed_done). */
 typedef struct stk_feed_stats {
     uint64_t copies; /* batches copied to the device (0 on a CPU model) */

@@ -53,6 +53,12 @@ typedef struct stk_train_inputs_config {
      * torchvision's ToTensor does. Float images pass as they are. */
     const char *normalize;
     stk_dtype_t dtype;       /* of the input tensor: F32 (default), F16, BF16 */
+    /* With dtype F32: f16 and bf16 images (the workers' normalize with
+     * dtype=) pass as they are, the input tensor in their dtype, for the
+     * feed to convert (stk_feed_put_half: on a GPU after the copy, which
+     * then moves half the bytes). stk_train_run and stk_train_evaluate
+     * feed such tensors so. Default 0: converted to f32 here. */
+    int keep_half;
     /* A language model: the image field is a variable-length sequence of
      * token ids per sample, and the input is boundary_token followed by
      * the tokens, the per-step target the tokens followed by

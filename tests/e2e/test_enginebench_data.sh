@@ -57,6 +57,12 @@ has "$out" "per-layer host time"
 has "$out" '"h2d_bytes":'"$((6 * 8 * 3 * 32 * 32 * 4))"','
 bps=$(num "$out" h2d_bytes_per_s)
 awk -v v="$bps" 'BEGIN { exit !(v > 0) }' || fail "h2d_bytes_per_s $bps"
+# bf16 from the workers: the feed converts (on the host here: the staged
+# backend has no device conversion, so f32 crosses), the same keys.
+out=$(STK_ENGINE_STAGED=1 eb --iters 2 --warmup 1 --data "$tmp/s1" --augment "$aug,dtype=bf16" --workers 1)
+has "$out" '"h2d_bytes":'"$((2 * 8 * 3 * 32 * 32 * 4))"','
+out=$(eb --iters 2 --warmup 1 --data "$tmp/s1" --augment "$aug,dtype=f16" --workers 1)
+has "$out" '"input":"loader","workers":1'
 # The resident batch: the same keys, nothing waited for or copied.
 out=$(eb --iters 2 --warmup 1)
 has "$out" '"input":"resident","workers":0,"data_wait":0.000000,"h2d_bytes":0,'

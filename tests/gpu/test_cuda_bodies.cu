@@ -350,6 +350,22 @@ static void test_optim(void)
     free(g);
 }
 
+/* Every f16 and bf16 value: the feed's conversion gives the host's bits
+ * (NaNs: a NaN, payload kept as the host keeps it). */
+static void test_half(void)
+{
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            float want = bf16 ? stk_bf16_to_f32((uint16_t)h) : stk_f16_to_f32((uint16_t)h);
+            float got = kb_half_to_f32((uint16_t)h, bf16);
+            if (memcmp(&want, &got, sizeof(float)) && bad++ < 5)
+                EXPECT(0, "%s 0x%04x: %a, the host gives %a", bf16 ? "bf16" : "f16", h, (double)got, (double)want);
+        }
+    }
+    EXPECT(bad == 0, "%d half values convert otherwise than on the host", bad);
+    printf("  %-24s every f16 and bf16 value: the same bits as the host's conversion\n", "half to f32");
+}
 
 /* Mixed precision's casts: the NCHW <-> NHWC index maps against a plain
  * loop over (s, ch, y, x), odd shapes included; CUDA's conversions
@@ -498,6 +514,7 @@ int main(void)
     test_correct(&cpu);
     test_seq(&cpu);
     test_optim();
+    test_half();
     test_amp();
     stk__backend_close(&cpu);
     printf("%d failure(s)\n", failures);

@@ -43,6 +43,8 @@ static const char *const MODEL = "input name=x shape=1,16,16\n"
 
 static stk_device_t g_dev;
 static int g_staged;
+/* The workers' normalize: f32, or bf16 / f16 for the half runs. */
+static const char *g_aug = "normalize:mean=0.5,std=0.25";
 
 static stk_model_t *make_model(void)
 {
@@ -94,7 +96,7 @@ static stk_loader_t *make_loader(stk_dataset_t *ds, stk_model_t *pin_for)
     c.num_workers = 2;
     c.shuffle = 1;
     c.seed = 9;
-    c.augment = "normalize:mean=0.5,std=0.25";
+    c.augment = g_aug;
     c.augment_field = "image";
     if (pin_for) {
         c.pin = stk_model_pin_host;
@@ -105,6 +107,22 @@ static stk_loader_t *make_loader(stk_dataset_t *ds, stk_model_t *pin_for)
     stk_loader_t *l = NULL;
     STK(stk_loader_create(&l, ds, &c));
     return l;
+}
+
+static int is_half(stk_dtype_t dt)
+{
+    return dt == STK_DTYPE_F16 || dt == STK_DTYPE_BF16;
+}
+
+/* The batch's images as f32 on the host (half ones converted here). */
+static const float *host_f32(const stk_batch_field_t *f, float *buf)
+{
+    if (!is_half(f->dtype))
+        return f->data;
+    const uint16_t *h = f->data;
+    for (size_t i = 0; i < f->bytes / 2; i++)
+        buf[i] = f->dtype == STK_DTYPE_BF16 ? stk_bf16_to_f32(h[i]) : stk_f16_to_f32(h[i]);
+    return buf;
 }
 
 /* One step on input (the model's memory) and the batch's labels (host). */
@@ -132,9 +150,10 @@ static int run_plain(stk_dataset_t *ds, float *losses)
         stk_batch_t b;
         int rc;
         while ((rc = stk_loader_next(l, &b)) == 0) {
-            const float *in = b.fields[0].data;
+            static float conv[BATCH * IMG];
+            const float *in = host_f32(&b.fields[0], conv);
             if (dev) {
-                STK(m->be.iface->upload(m->be.ctx, dev, in, b.fields[0].bytes));
+                STK(m->be.iface->upload(m->be.ctx, dev, in, (size_t)b.size * IMG * sizeof(float)));
                 in = dev;
             }
             losses[n++] = step(m, opt, in, &b);
@@ -148,6 +167,16 @@ static int run_plain(stk_dataset_t *ds, float *losses)
     stk_optim_destroy(&opt);
     stk_model_destroy(&m);
     return n;
+}
+
+/* stk_feed_put, or stk_feed_put_half for half images. */
+static void put(stk_feed_t *f, const stk_batch_t *b, const void **dev)
+{
+    const stk_batch_field_t *x = &b->fields[0];
+    if (is_half(x->dtype))
+        STK(stk_feed_put_half(f, x->data, x->bytes / 2, x->dtype, dev));
+    else
+        STK(stk_feed_put(f, x->data, x->bytes, dev));
 }
 
 /* The feed: batch k + 1 put (its copy starts) before step k is queued. */
@@ -166,12 +195,12 @@ static int run_feed(stk_dataset_t *ds, float *losses)
         const void *dcur = NULL, *dnxt = NULL;
         int rc = stk_loader_next(l, &cur);
         CHECK(rc == 0, "first batch: %s", stk_error_message());
-        STK(stk_feed_put(f, cur.fields[0].data, cur.fields[0].bytes, &dcur));
+        put(f, &cur, &dcur);
         for (;;) {
             int more = (rc = stk_loader_next(l, &nxt)) == 0;
             CHECK(more || rc == STK_DONE, "next: %s", stk_error_message());
             if (more)
-                STK(stk_feed_put(f, nxt.fields[0].data, nxt.fields[0].bytes, &dnxt));
+                put(f, &nxt, &dnxt);
             STK(stk_feed_use(f, dcur));
             losses[n++] = step(m, opt, dcur, &cur);
             STK(stk_feed_done(f, dcur));
@@ -191,7 +220,9 @@ static int run_feed(stk_dataset_t *ds, float *losses)
         CHECK(fs.copies == 0 && fs.bytes == 0 && fs.copy_s == 0.0, "a CPU feed counted %llu copies",
               (unsigned long long)fs.copies);
     } else {
-        CHECK(fs.copies == (uint64_t)n && fs.bytes == (uint64_t)n * BATCH * IMG * sizeof(float),
+        /* Half images cross as halves where the device converts them. */
+        size_t esz = strstr(g_aug, "dtype=") && m->be.iface->feed_copy_half ? 2 : sizeof(float);
+        CHECK(fs.copies == (uint64_t)n && fs.bytes == (uint64_t)n * BATCH * IMG * esz,
               "%llu copies of %llu bytes for %d batches", (unsigned long long)fs.copies,
               (unsigned long long)fs.bytes, n);
         CHECK(fs.copy_s > 0.0, "copies of %llu bytes took %g s", (unsigned long long)fs.bytes, fs.copy_s);
@@ -235,6 +266,20 @@ int main(int argc, char **argv)
     CHECK(a[na - 1] < 0.5f * a[0], "no learning: loss %.4f -> %.4f", (double)a[0], (double)a[na - 1]);
     printf("%s: %d steps, the same losses through the feed (%.4f -> %.4f)\n", mode, na, (double)a[0],
            (double)a[na - 1]);
+    /* Half images from the workers: converted by the feed (on a GPU after
+     * the copy) or on the host first, the same floats, the same steps. */
+    static const char *const halves[] = {"normalize:mean=0.5,std=0.25,dtype=bf16",
+                                         "normalize:mean=0.5,std=0.25,dtype=f16"};
+    for (int k = 0; k < 2; k++) {
+        g_aug = halves[k];
+        na = run_plain(ds, a);
+        nb = run_feed(ds, b);
+        CHECK(na == nb && na == EPOCHS * (N / BATCH), "%s: %d and %d steps", g_aug, na, nb);
+        for (int i = 0; i < na; i++)
+            CHECK(a[i] == b[i], "%s, step %d: loss %.9g converted on the host, %.9g by the feed", g_aug, i,
+                  (double)a[i], (double)b[i]);
+        printf("%s: %s, the same losses converted by the feed\n", mode, g_aug);
+    }
 
     /* Misuse is an error, not a crash. */
     stk_model_t *m = make_model();
@@ -248,6 +293,25 @@ int main(int argc, char **argv)
         CHECK(stk_feed_use(f, src) == -EINVAL, "use of a pointer that is not the feed's");
     STK(stk_feed_use(f, d));
     STK(stk_feed_done(f, d));
+    uint16_t h[32] = {0};
+    CHECK(stk_feed_put_half(f, h, 33, STK_DTYPE_BF16, &d) == -ENOSPC, "an oversize half put: %s",
+          stk_error_message());
+    CHECK(stk_feed_put_half(f, h, 32, STK_DTYPE_F32, &d) == -EINVAL, "a half put of f32");
+    CHECK(stk_feed_put_half(f, NULL, 32, STK_DTYPE_BF16, &d) == -EINVAL, "a half put of NULL");
+    /* Values that need every branch of f16: zero, subnormal, normal, inf, NaN. */
+    static const uint16_t f16[8] = {0x0000, 0x8000, 0x0001, 0x03ff, 0x3c00, 0xc500, 0x7c00, 0x7e00};
+    for (int i = 0; i < 32; i++)
+        h[i] = f16[i % 8];
+    STK(stk_feed_put_half(f, h, 32, STK_DTYPE_F16, &d));
+    STK(stk_feed_use(f, d));
+    float back[32];
+    STK(m->be.iface->download(m->be.ctx, back, d, sizeof(back)));
+    STK(stk_feed_done(f, d));
+    for (int i = 0; i < 32; i++) {
+        float want = stk_f16_to_f32(h[i]);
+        CHECK(!memcmp(&want, &back[i], sizeof(float)), "f16 0x%04x: %a, want %a", h[i], (double)back[i],
+              (double)want);
+    }
     stk_feed_destroy(&f);
     stk_feed_destroy(&f);
     stk_model_destroy(&m);

@@ -298,6 +298,29 @@ static void test_inputs_match_workers(void **state)
     }
     stk_train_inputs_destroy(&in);
     stk_train_inputs_destroy(&in16);
+    /* bf16 from the workers: keep_half passes it as a view (the feed
+     * converts); without it, f32 converted here. */
+    stk_loader_t *lh = make_loader(ds, 16, 1, 0, "normalize:mean=0.3,std=0.27,dtype=bf16");
+    stk_train_inputs_config_default(&c);
+    c.keep_half = 1;
+    stk_train_inputs_t *kh = NULL, *conv = make_inputs(norm);
+    assert_int_equal(stk_train_inputs_create(&kh, &c), 0);
+    stk_batch_t bh;
+    assert_int_equal(stk_loader_next(lh, &bh), 0);
+    stk_tensor_t xh, xc;
+    assert_int_equal(stk_train_inputs_get(kh, &bh, &xh, NULL), 0);
+    const stk_batch_field_t *fh;
+    assert_int_equal(stk_train_batch_field(&bh, "image", &fh), 0);
+    assert_int_equal(xh.dtype, STK_DTYPE_BF16);
+    assert_ptr_equal(xh.data, fh->data);
+    assert_int_equal(stk_train_inputs_get(conv, &bh, &xc, NULL), 0);
+    assert_int_equal(xc.dtype, STK_DTYPE_F32);
+    for (int64_t i = 0; i < stk_tensor_numel(&xc); i++)
+        assert_true(((const float *)xc.data)[i] == stk_bf16_to_f32(((const uint16_t *)fh->data)[i]));
+    stk_loader_release(lh, &bh);
+    stk_loader_destroy(&lh);
+    stk_train_inputs_destroy(&kh);
+    stk_train_inputs_destroy(&conv);
     stk_loader_destroy(&lw);
     stk_loader_destroy(&lm);
     stk_dataset_destroy(&ds);
