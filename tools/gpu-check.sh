@@ -21,7 +21,11 @@
 # every result into $OUT/gpu-check.json (OUT defaults to gpu-check-out) and
 # a short table at the end. Each step runs under its own time limit, so a
 # hang costs that step, not the run. --cpu-benches adds the loader and
-# engine CPU benchmarks of the earlier issues (minutes more).
+# engine CPU benchmarks of the earlier issues (minutes more). --recipe
+# adds the shipped fmnist-cnn recipe (configs/fmnist-cnn.conf, all 15
+# epochs) on the GPU in fp32, bf16 and fp16: issue 12's check that both
+# half precisions end within 0.3 point of fp32's test accuracy (minutes
+# more; recipe_precision in the JSON).
 #
 # The device machine reaches no package registry: fetch the .debs here
 # first with `tools/gpu-check.sh --download` and carry .debs/ (the dev
@@ -38,7 +42,14 @@ if [ "${1:-}" = --download ]; then
     exit $?
 fi
 CPU_BENCHES=0
-[ "${1:-}" = --cpu-benches ] && CPU_BENCHES=1
+RECIPE=0
+for a in "$@"; do
+    case $a in
+    --cpu-benches) CPU_BENCHES=1 ;;
+    --recipe) RECIPE=1 ;;
+    *) echo "gpu-check: unknown option $a (--download, --cpu-benches, --recipe)" >&2; exit 2 ;;
+    esac
+done
 
 exec > >(tee "$OUT/gpu-check.log") 2>&1
 T0=$(date +%s)
@@ -92,7 +103,7 @@ if [ $need_prefix = 1 ]; then
     [ -f "$FMNIST/train-images-idx3-ubyte.gz" ] || FMNIST=$PREFIX/usr/share/datasets/fashion-mnist
 fi
 
-# Time limits: 90 + 45 + 60 + 35 + 10 + 60 + 30 + 40 (NCCL) s, about six
+# Time limits: 90 + 90 + 60 + 35 + 10 + 60 + 30 + 40 (NCCL) s, about six
 # minutes at worst; far less when nothing hangs. The benchmarks at the end
 # take only what is left of 350 s.
 # The GPU tests run first, on their own: a slow rest of the suite cannot
@@ -103,7 +114,7 @@ B=build-gpu
 step build 90 sh -c "${SETUP:-} ninja -C $B" || rc=1
 if [ -x $B/tools/stoker-train ]; then
     GPU_TESTS="cuda_bodies backend_ops_gpu cuda_train feed_cuda loader_cuda rnn_cuda cuda_graph cuda_profile cudnn_deterministic cudnn_benchmark cuda_amp"
-    step gpu_tests 45 env STK_REQUIRE_GPU=1 meson test -C $B $GPU_TESTS --print-errorlogs --num-processes 4 || rc=1
+    step gpu_tests 90 env STK_REQUIRE_GPU=1 meson test -C $B $GPU_TESTS --print-errorlogs --num-processes 4 || rc=1
     cp $B/meson-logs/testlog.json "$OUT/testlog-gpu.json" 2>/dev/null
     # The rest, the communicators' GPU tests among them.
     step suite 60 env STK_REQUIRE_GPU=1 meson test -C $B --print-errorlogs --num-processes "$JOBS" ||
@@ -130,6 +141,15 @@ if [ -x $B/tools/stoker-train ]; then
     PY=$(for p in /usr/bin/python3 python3; do "$p" -c 'import torch' 2>/dev/null && echo "$p" && break; done)
     step torch_gpu 30 "${PY:-python3}" tools/train_torch.py configs/fmnist-cnn.conf --set epochs=1 --set workers=4 \
         --set threads=4 --idx "$FMNIST" --device cuda --json || rc=1
+    # The whole recipe in each precision (--recipe): the loss scaling of
+    # fp16 is the recipe's default (loss_scale = auto).
+    if [ $RECIPE = 1 ]; then
+        for p in fp32 bf16 fp16; do
+            step recipe_$p 240 $B/tools/stoker-train configs/fmnist-cnn.conf --set device=cuda --set precision=$p \
+                --set workers=4 --set threads=4 --set train_data=$DATA/train --set test_data=$DATA/test \
+                --set run_dir= --set progress=off --json || rc=1
+        done
+    fi
 fi
 
 # ---- dist (the dist helper's checks): NCCL --------------------------------
@@ -281,7 +301,13 @@ for key, a, b in (
         ("resnet18_tf32_vs_torch_eager_tf32", find("stoker", "resnet18", "tf32"),
          find("torch", "resnet18", "tf32", "eager")),
         ("resnet18_tf32_vs_torch_eager_bf16_cl", find("stoker", "resnet18", "tf32"),
-         find("torch", "resnet18", "bf16", "eager", True))):
+         find("torch", "resnet18", "bf16", "eager", True)),
+        # Issue 12's ResNet-18 target (>= 1.1x): BF16 against PyTorch's
+        # eager AMP BF16 channels-last, and against torch.compile.
+        ("resnet18_bf16_vs_torch_eager_bf16_cl", find("stoker", "resnet18", "bf16"),
+         find("torch", "resnet18", "bf16", "eager", True)),
+        ("resnet18_bf16_vs_torch_compile_bf16_cl", find("stoker", "resnet18", "bf16"),
+         find("torch", "resnet18", "bf16", "compile", True))):
     ratios[key] = round(a / b, 3) if a and b else None
 res["bench_ratios"] = ratios
 # ResNet-18 fed by the loader against the same run's resident batch.
@@ -301,6 +327,17 @@ if fed:
     ratios["resnet18_loader_vs_resident"] = res["resnet18_loader"]["ratio"]
 else:
     res["resnet18_loader"] = None
+# --recipe: each precision's final test accuracy, and the half ones'
+# distance from fp32 (issue 12: within 0.3 point).
+recipe = {p: last_json("recipe_" + p) for p in ("fp32", "bf16", "fp16")}
+if any(recipe.values()):
+    acc = {p: (r or {}).get("final_test_acc") for p, r in recipe.items()}
+    res["recipe_precision"] = {
+        "test_acc": acc,
+        "points_below_fp32": {p: round(100 * (acc["fp32"] - acc[p]), 2) if acc["fp32"] and acc[p] else None
+                              for p in ("bf16", "fp16")},
+        "images_per_s": {p: (r or {}).get("images_per_s") for p, r in recipe.items()},
+        "target": "bf16 and fp16 at most 0.3 point below fp32"}
 json.dump(res, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
 
 print("\n%-14s %6s %8s" % ("step", "exit", "seconds"))
@@ -329,6 +366,10 @@ for r in bench:
         if r.get("input") == "loader" else ""))
 for k, v in ratios.items():
     print("ratio %-40s %s" % (k, "%.2fx" % v if v else "n/a"))
+if res.get("recipe_precision"):
+    rp = res["recipe_precision"]
+    print("recipe test acc: " + ", ".join("%s %s" % (p, "%.4f" % a if a else "?") for p, a in rp["test_acc"].items()) +
+          "; points below fp32: " + ", ".join("%s %s" % kv for kv in rp["points_below_fp32"].items()))
 print("wall: %d s; results in %s" % (wall, os.path.join(out, "gpu-check.json")))
 PY
 exit $rc
