@@ -244,9 +244,24 @@ static void print_results(const run_t *r, double wall_s)
             printf(", workspace limit %g MiB", r->cfg.cudnn_workspace_mb);
         printf("\n");
     }
-    char graph[96] = "off";
+    char graph[128] = "off";
     uint64_t captures = 0, replays = 0;
-    if (stk_model_cuda_graph(r->model, &captures, &replays))
+    /* Graphs asked for but never captured: say what kept every step out
+     * of them (the stepper's and the profile's rules), not just "0". */
+    const char *unused = NULL;
+    if (r->cfg.profile)
+        unused = "profile = true times each layer";
+    else if (r->loss_scaling)
+        unused = "loss scaling decides each step on the host";
+    else if (r->cfg.accum_steps > 1)
+        unused = "accum_steps > 1";
+    else if (r->cfg.clip_norm > 0)
+        unused = "clip_norm";
+    else if (r->ddp)
+        unused = "data-parallel gradient hooks";
+    if (stk_model_cuda_graph(r->model, &captures, &replays) && captures == 0 && unused)
+        snprintf(graph, sizeof graph, "on, unused (%s)", unused);
+    else if (stk_model_cuda_graph(r->model, NULL, NULL))
         snprintf(graph, sizeof graph, "on (%" PRIu64 " captured, %" PRIu64 " steps replayed)", captures, replays);
     else if (!r->on_device)
         snprintf(graph, sizeof graph, "off (not a GPU)");
