@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /* What the GPU training tests share: checks that end the program with the
  * failing expression, the skip when no GPU is usable, the reference model's
- * text and the synthetic batches they train on. Static inline, so that a
+ * text, building a model from it, the synthetic batches they train on and
+ * the tensors of a batch on the GPU. Static inline, so that a
  * program using some of them does not warn about the others. */
 #ifndef STOKER_GPU_TEST_H
 #define STOKER_GPU_TEST_H
 
 #include "../unit/test_util.h"
 #include "stoker/common.h"
+#include "stoker/engine.h"
 
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -75,6 +77,29 @@ static inline void gpu_test_batch(int s, int batch, float *x, int64_t *labels)
             x[i * GPU_TEST_IMG + k] =
                 2.0f * stk_rng_uniform(&pat) - 1.0f + 0.5f * (stk_rng_uniform(&r) - 0.5f);
     }
+}
+
+/* The model of text (name: how messages call it) with cfg; fails the test
+ * when it cannot be built. */
+static inline stk_model_t *gpu_test_model(const char *text, const char *name, const stk_model_config_t *cfg)
+{
+    stk_model_builder_t *b = NULL;
+    STK(stk_model_builder_create(&b));
+    STK(stk_model_builder_parse(b, text, name));
+    stk_model_t *m = NULL;
+    STK(stk_model_create(&m, b, cfg));
+    stk_model_builder_destroy(&b);
+    return m;
+}
+
+/* The input and target tensors of n 1x28x28 images at dev (GPU memory)
+ * with their labels on the host. */
+static inline void gpu_test_tensors(float *dev, int64_t *labels, int64_t n, stk_tensor_t *in, stk_tensor_t *tg)
+{
+    int64_t xs[4] = {n, 1, 28, 28}, ys[1] = {n};
+    STK(stk_tensor_init(in, dev, STK_DTYPE_F32, 4, xs));
+    in->device = STK_DEVICE_CUDA;
+    STK(stk_tensor_init(tg, labels, STK_DTYPE_I64, 1, ys));
 }
 
 #endif

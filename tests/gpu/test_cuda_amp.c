@@ -435,9 +435,6 @@ static char *model_text;
 
 static stk_model_t *make_model(stk_precision_t p, stk_cudnn_policy_t policy)
 {
-    stk_model_builder_t *b = NULL;
-    STK(stk_model_builder_create(&b));
-    STK(stk_model_builder_parse(b, model_text, "fmnist-cnn.model"));
     stk_model_config_t cfg;
     stk_model_config_default(&cfg);
     cfg.batch_size = BATCH;
@@ -445,9 +442,7 @@ static stk_model_t *make_model(stk_precision_t p, stk_cudnn_policy_t policy)
     cfg.device = STK_DEVICE_CUDA;
     cfg.precision = p;
     cfg.cudnn_policy = policy;
-    stk_model_t *m = NULL;
-    STK(stk_model_create(&m, b, &cfg));
-    stk_model_builder_destroy(&b);
+    stk_model_t *m = gpu_test_model(model_text, "fmnist-cnn.model", &cfg);
     CHECK(stk_model_precision(m) == p, "the model computes in %s, %s asked for",
           stk_precision_name(stk_model_precision(m)), stk_precision_name(p));
     return m;
@@ -472,11 +467,8 @@ static void step_on(stk_train_stepper_t *s, float *dev_x, const float *x, const 
                     stk_train_step_metrics_t *met)
 {
     CU(cudaMemcpy(dev_x, x, (size_t)n * IMG * sizeof(float), cudaMemcpyHostToDevice));
-    int64_t xs[4] = {n, 1, 28, 28}, ys[1] = {n};
     stk_tensor_t in, tg;
-    STK(stk_tensor_init(&in, dev_x, STK_DTYPE_F32, 4, xs));
-    in.device = STK_DEVICE_CUDA;
-    STK(stk_tensor_init(&tg, (void *)labels, STK_DTYPE_I64, 1, ys));
+    gpu_test_tensors(dev_x, (int64_t *)labels, n, &in, &tg);
     STK(stk_train_stepper_step(s, &in, &tg, i, met));
 }
 
@@ -606,11 +598,8 @@ static char *run(stk_precision_t p, int graphs, float *dev_x[2], float *losses, 
         float *dev = dev_x[s % 2];
         CU(cudaMemcpy(dev, x, sizeof(x), cudaMemcpyHostToDevice));
         int64_t n = s == SHORT_AT ? SHORT : BATCH;
-        int64_t xs[4] = {n, 1, 28, 28}, ys[1] = {n};
         stk_tensor_t in, tg;
-        STK(stk_tensor_init(&in, dev, STK_DTYPE_F32, 4, xs));
-        in.device = STK_DEVICE_CUDA;
-        STK(stk_tensor_init(&tg, labels, STK_DTYPE_I64, 1, ys));
+        gpu_test_tensors(dev, labels, n, &in, &tg);
         STK(stk_model_train_step(m, opt, &in, &tg, &losses[s]));
         STK(stk_sched_step(sched));
     }

@@ -32,18 +32,13 @@ static char *model_text;
 /* 20 steps; the state after them (malloc'd, *size bytes) and the losses. */
 static char *run(int graphs, float *dev_x[2], float *losses, size_t *size)
 {
-    stk_model_builder_t *b = NULL;
-    STK(stk_model_builder_create(&b));
-    STK(stk_model_builder_parse(b, model_text, "fmnist-cnn.model"));
     stk_model_config_t cfg;
     stk_model_config_default(&cfg);
     cfg.batch_size = BATCH;
     cfg.seed = 1;
     cfg.device = STK_DEVICE_CUDA;
     cfg.cudnn_policy = STK_CUDNN_DETERMINISTIC;
-    stk_model_t *m = NULL;
-    STK(stk_model_create(&m, b, &cfg));
-    stk_model_builder_destroy(&b);
+    stk_model_t *m = gpu_test_model(model_text, "fmnist-cnn.model", &cfg);
     stk_optim_t *opt = NULL;
     stk_sched_t *sched = NULL;
     STK(stk_optim_create_for_model(&opt, m, "sgd:lr=0.02,momentum=0.9,nesterov=1,weight_decay=5e-4"));
@@ -58,11 +53,8 @@ static char *run(int graphs, float *dev_x[2], float *losses, size_t *size)
         float *dev = dev_x[s % 2];
         CU(cudaMemcpy(dev, x, sizeof(x), cudaMemcpyHostToDevice));
         int64_t n = s == SHORT_AT ? SHORT : BATCH;
-        int64_t xs[4] = {n, 1, 28, 28}, ys[1] = {n};
         stk_tensor_t in, tg;
-        STK(stk_tensor_init(&in, dev, STK_DTYPE_F32, 4, xs));
-        in.device = STK_DEVICE_CUDA;
-        STK(stk_tensor_init(&tg, labels, STK_DTYPE_I64, 1, ys));
+        gpu_test_tensors(dev, labels, n, &in, &tg);
         STK(stk_model_train_step(m, opt, &in, &tg, &losses[s]));
         int64_t correct = -1;
         STK(stk_model_count_correct(m, labels, &correct));

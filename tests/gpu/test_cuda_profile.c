@@ -30,17 +30,12 @@ int main(void)
     if (skip)
         return skip;
     char *text = gpu_test_model_text();
-    stk_model_builder_t *b = NULL;
-    STK(stk_model_builder_create(&b));
-    STK(stk_model_builder_parse(b, text, "fmnist-cnn.model"));
     stk_model_config_t cfg;
     stk_model_config_default(&cfg);
     cfg.batch_size = BATCH;
     cfg.seed = 1;
     cfg.device = STK_DEVICE_CUDA;
-    stk_model_t *m = NULL;
-    STK(stk_model_create(&m, b, &cfg));
-    stk_model_builder_destroy(&b);
+    stk_model_t *m = gpu_test_model(text, "fmnist-cnn.model", &cfg);
     stk_optim_t *opt = NULL;
     STK(stk_optim_create_for_model(&opt, m, "sgd:lr=0.02,momentum=0.9"));
     STK(stk_model_set_cuda_graph(m, 1));
@@ -58,11 +53,8 @@ int main(void)
     for (int s = 0; s < STEPS; s++) {
         gpu_test_batch(s, BATCH, x, labels);
         CU(cudaMemcpy(dev, x, sizeof(x), cudaMemcpyHostToDevice));
-        int64_t xs[4] = {BATCH, 1, 28, 28}, ys[1] = {BATCH};
         stk_tensor_t in, tg;
-        STK(stk_tensor_init(&in, dev, STK_DTYPE_F32, 4, xs));
-        in.device = STK_DEVICE_CUDA;
-        STK(stk_tensor_init(&tg, labels, STK_DTYPE_I64, 1, ys));
+        gpu_test_tensors(dev, labels, BATCH, &in, &tg);
         float loss;
         CU(cudaEventRecord(ev[0], stream));
         STK(stk_model_train_step(m, opt, &in, &tg, &loss));
@@ -108,11 +100,8 @@ int main(void)
     /* Profiling off: the next steps may be graphs again. */
     stk_model_set_profiling(m, 0);
     for (int s = 0; s < 4; s++) {
-        int64_t xs[4] = {BATCH, 1, 28, 28}, ys[1] = {BATCH};
         stk_tensor_t in, tg;
-        STK(stk_tensor_init(&in, dev, STK_DTYPE_F32, 4, xs));
-        in.device = STK_DEVICE_CUDA;
-        STK(stk_tensor_init(&tg, labels, STK_DTYPE_I64, 1, ys));
+        gpu_test_tensors(dev, labels, BATCH, &in, &tg);
         float loss;
         STK(stk_model_train_step(m, opt, &in, &tg, &loss));
     }

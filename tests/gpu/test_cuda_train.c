@@ -49,17 +49,12 @@ static stk_model_t *make_model(const char *text, stk_device_t dev)
     CHECK(line, "the model file has no dropout line");
     char *end = strchr(line + 1, '\n');
     memmove(line, end, strlen(end) + 1);
-    stk_model_builder_t *b = NULL;
-    STK(stk_model_builder_create(&b));
-    STK(stk_model_builder_parse(b, t, "fmnist-cnn.model"));
     stk_model_config_t cfg;
     stk_model_config_default(&cfg);
     cfg.batch_size = BATCH;
     cfg.seed = 1;
     cfg.device = dev;
-    stk_model_t *m = NULL;
-    STK(stk_model_create(&m, b, &cfg));
-    stk_model_builder_destroy(&b);
+    stk_model_t *m = gpu_test_model(t, "fmnist-cnn.model", &cfg);
     free(t);
     return m;
 }

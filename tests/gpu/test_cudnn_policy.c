@@ -55,9 +55,6 @@ static void on_log(stk_log_level_t level, const char *msg, void *user)
 
 static stk_model_t *make_model(stk_cudnn_policy_t policy, const char *cache)
 {
-    stk_model_builder_t *b = NULL;
-    STK(stk_model_builder_create(&b));
-    STK(stk_model_builder_parse(b, model_text, "fmnist-cnn.model"));
     stk_model_config_t cfg;
     stk_model_config_default(&cfg);
     cfg.batch_size = BATCH;
@@ -65,10 +62,7 @@ static stk_model_t *make_model(stk_cudnn_policy_t policy, const char *cache)
     cfg.device = STK_DEVICE_CUDA;
     cfg.cudnn_policy = policy;
     cfg.cudnn_cache_path = cache;
-    stk_model_t *m = NULL;
-    STK(stk_model_create(&m, b, &cfg));
-    stk_model_builder_destroy(&b);
-    return m;
+    return gpu_test_model(model_text, "fmnist-cnn.model", &cfg);
 }
 
 /* One training step on batch s; returns the loss. */
