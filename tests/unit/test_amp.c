@@ -604,6 +604,28 @@ static void expect_same_floats(const float *a, const float *b, size_t n, const c
  * optimizer's momentum, seen through the next step) unchanged, and the
  * scale halves. The same step in bf16 and fp32 is taken. The scale comes
  * down by halves until a step fits. */
+/* The memory estimate counts the half-precision copies: a third copy of
+ * the activations over fp32's two, the parameters' share the same. */
+static void test_memory_estimate(void **state)
+{
+    (void)state;
+    uint64_t est[3] = {0};
+    size_t nparams = 0;
+    const stk_precision_t ps[3] = {STK_PRECISION_FP32, STK_PRECISION_BF16, STK_PRECISION_FP16};
+    for (int i = 0; i < 3; i++) {
+        stk_model_t *m = make_model(ps[i]);
+        assert_int_equal(stk_train_memory_estimate(m, 100, &est[i]), 0);
+        stk_model_params(m, &nparams);
+        stk_model_destroy(&m);
+    }
+    assert_int_equal(est[1], est[2]);
+    /* fp32: P + 2A, half: P + 3A, with P the parameters' four copies:
+     * the difference is one copy of the activations, A. */
+    assert_true(est[1] > est[0]);
+    uint64_t act = est[1] - est[0];
+    assert_int_equal(est[0] - 2 * act, (uint64_t)nparams * sizeof(float) * 4);
+}
+
 static void test_fp16_overflow_skips(void **state)
 {
     (void)state;
@@ -825,6 +847,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_matches_dtype), cmocka_unit_test(test_conv_vs_reference),
         cmocka_unit_test(test_linear_vs_reference), cmocka_unit_test(test_fp16_overflow_op),
+        cmocka_unit_test(test_memory_estimate),
         cmocka_unit_test(test_fp16_overflow_skips), cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_scaler_state),        cmocka_unit_test(test_scaler_state_checkpoint),
     };
