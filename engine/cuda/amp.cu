@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* The casts of mixed precision: f32 NCHW activations and OIHW weights to
  * BF16 or FP16 NHWC (KRSC) for cuDNN's tensor-core engines and cuBLASLt,
- * the half results back, and f32 results rounded to half in place. One thread per element, the index math in
- * kernel_bodies.h (tested on the host); no atomics, no allocation, so the
- * casts repeat bit for bit and go into a captured CUDA graph like any
- * kernel. */
+ * the half results back, and f32 results rounded to half in place. One
+ * thread per element, the index math in kernel_bodies.h (tested on the
+ * host); no atomics, no allocation, so the casts repeat bit for bit and go
+ * into a captured CUDA graph like any kernel. */
 #include "kernel_bodies.h"
 #include "launch.cuh"
 
