@@ -223,9 +223,20 @@ static void bias_grad(const stk__op_t *op, const float *dy, float *db)
     }
 }
 
-static void rnd(const stk__op_t *op, size_t n, const float *src, float *dst)
+/* What a primitive reads for the n floats at src: src itself in fp32;
+ * under half precision their rounded copy, made in buf (buf may be src). */
+static const float *half_in(const stk__op_t *op, size_t n, const float *src, float *buf)
 {
-    stk__cpu_round_half(op->half, n, src, dst);
+    if (!op->half)
+        return src;
+    stk__cpu_round_half(op->half, n, src, buf);
+    return buf;
+}
+
+/* Under half precision, the n floats of an output rounded in place. */
+static void half_out(const stk__op_t *op, size_t n, float *v)
+{
+    half_in(op, n, v, v);
 }
 
 static int is_half(stk_precision_t p)
@@ -382,11 +393,7 @@ static int conv_weights(void *ctx, stk__op_t *op, prim_t *re, float *buf, size_t
     int rc;
     if (buf && (rc = reorder_exec(ctx, re, w, buf)) < 0)
         return rc;
-    if (op->half && buf)
-        rnd(op, n, buf, buf);
-    else if (op->half)
-        rnd(op, op->n_w, w, op->r_w);
-    *out = buf ? buf : op->half ? op->r_w : w;
+    *out = buf ? half_in(op, n, buf, buf) : half_in(op, op->n_w, w, op->r_w);
     return 0;
 }
 
@@ -396,14 +403,11 @@ int stk__cpu_conv_forward(void *ctx, stk__op_t *op, const float *x, const float 
     int rc = conv_weights(ctx, op, &op->w_to_fwd, op->w_fwd, op->n_wfwd, w, &wk);
     if (rc < 0)
         return rc;
-    if (op->half) {
-        rnd(op, op->n_src, x, op->r_src);
-        x = op->r_src;
-    }
+    x = half_in(op, op->n_src, x, op->r_src);
     void *p[4] = {(void *)x, (void *)wk, y, (void *)b};
     if ((rc = prim_run(ctx, &op->fwd, p)) < 0 || !op->half)
         return rc;
-    rnd(op, op->n_dst, y, y);
+    half_out(op, op->n_dst, y);
     if (b && op->has_bias)
         bias_add(op, b, y);
     return 0;
@@ -415,14 +419,11 @@ int stk__cpu_conv_backward_data(void *ctx, stk__op_t *op, const float *dy, const
     int rc = conv_weights(ctx, op, &op->w_to_bwd, op->w_bwd, op->n_wbwd, w, &wk);
     if (rc < 0)
         return rc;
-    if (op->half) {
-        rnd(op, op->n_dst, dy, op->r_dst);
-        dy = op->r_dst;
-    }
+    dy = half_in(op, op->n_dst, dy, op->r_dst);
     void *p[3] = {(void *)dy, (void *)wk, dx};
     if ((rc = prim_run(ctx, &op->bwd_data, p)) < 0 || !op->half)
         return rc;
-    rnd(op, op->n_src, dx, dx);
+    half_out(op, op->n_src, dx);
     return 0;
 }
 
@@ -430,12 +431,8 @@ int stk__cpu_conv_backward_weights(void *ctx, stk__op_t *op, const float *x, con
 {
     int rc;
     const float *dy32 = dy;
-    if (op->half) {
-        rnd(op, op->n_src, x, op->r_src);
-        rnd(op, op->n_dst, dy, op->r_dst);
-        x = op->r_src;
-        dy = op->r_dst;
-    }
+    x = half_in(op, op->n_src, x, op->r_src);
+    dy = half_in(op, op->n_dst, dy, op->r_dst);
     if (op->bw_src && (rc = reorder_exec(ctx, &op->bw_src_re, x, op->bw_src)) < 0)
         return rc;
     if (op->bw_dst && (rc = reorder_exec(ctx, &op->bw_dst_re, dy, op->bw_dst)) < 0)
@@ -446,7 +443,7 @@ int stk__cpu_conv_backward_weights(void *ctx, stk__op_t *op, const float *x, con
         rc = reorder_exec(ctx, &op->dw_from, op->dw, dw);
     if (rc < 0 || !op->half)
         return rc;
-    rnd(op, op->n_w, dw, dw);
+    half_out(op, op->n_w, dw);
     if (db && op->has_bias)
         bias_grad(op, dy32, db);
     return 0;
@@ -711,17 +708,13 @@ fail:
 
 int stk__cpu_linear_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b, float *y)
 {
-    if (op->half) {
-        rnd(op, op->n_src, x, op->r_src);
-        rnd(op, op->n_w, w, op->r_w);
-        x = op->r_src;
-        w = op->r_w;
-    }
+    x = half_in(op, op->n_src, x, op->r_src);
+    w = half_in(op, op->n_w, w, op->r_w);
     void *p[4] = {(void *)x, (void *)w, y, (void *)b};
     int rc = prim_run(ctx, &op->fwd, p);
     if (rc < 0 || !op->half)
         return rc;
-    rnd(op, op->n_dst, y, y);
+    half_out(op, op->n_dst, y);
     if (b && op->has_bias)
         bias_add(op, b, y);
     return 0;
@@ -729,17 +722,13 @@ int stk__cpu_linear_forward(void *ctx, stk__op_t *op, const float *x, const floa
 
 int stk__cpu_linear_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx)
 {
-    if (op->half) {
-        rnd(op, op->n_dst, dy, op->r_dst);
-        rnd(op, op->n_w, w, op->r_w);
-        dy = op->r_dst;
-        w = op->r_w;
-    }
+    dy = half_in(op, op->n_dst, dy, op->r_dst);
+    w = half_in(op, op->n_w, w, op->r_w);
     void *p[3] = {(void *)dy, (void *)w, dx};
     int rc = prim_run(ctx, &op->bwd_data, p);
     if (rc < 0 || !op->half)
         return rc;
-    rnd(op, op->n_src, dx, dx);
+    half_out(op, op->n_src, dx);
     return 0;
 }
 
@@ -747,17 +736,13 @@ int stk__cpu_linear_backward_weights(void *ctx, stk__op_t *op, const float *x, c
                                      float *db)
 {
     const float *dy32 = dy;
-    if (op->half) {
-        rnd(op, op->n_src, x, op->r_src);
-        rnd(op, op->n_dst, dy, op->r_dst);
-        x = op->r_src;
-        dy = op->r_dst;
-    }
+    x = half_in(op, op->n_src, x, op->r_src);
+    dy = half_in(op, op->n_dst, dy, op->r_dst);
     void *p[4] = {(void *)x, (void *)dy, dw, db};
     int rc = prim_run(ctx, &op->bwd_weights, p);
     if (rc < 0 || !op->half)
         return rc;
-    rnd(op, op->n_w, dw, dw);
+    half_out(op, op->n_w, dw);
     if (db && op->has_bias)
         bias_grad(op, dy32, db);
     return 0;
