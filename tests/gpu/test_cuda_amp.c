@@ -146,10 +146,14 @@ static double check_close(const char *what, stk_precision_t p, int64_t k, const 
 }
 
 /* f32 alone would be off by K 2^-24 or so of S; half inputs by about u. */
-static void check_half_ran(const char *what, stk_precision_t p, double worst_rel)
+/* Takes the largest error of an op's three outputs (y, dx, dw; relative
+ * to S): it must show half rounding; printed. */
+static void check_half_ran(const char *what, stk_precision_t p, double ey, double edx, double edw)
 {
+    double worst_rel = fmax(ey, fmax(edx, edw));
     CHECK(worst_rel > unit_roundoff(p) / 64, "%s %s: largest error %.3g of S: no half rounding, did it run in f32?",
           what, type_name(p), worst_rel);
+    printf("  %-7s %-56s largest error / S: y %.2g, dx %.2g, dw %.2g\n", type_name(p), what, ey, edx, edw);
 }
 
 /* ops-cpu: the outputs' rounding the GPU does, on the CPU's f32 ones (y
@@ -258,8 +262,7 @@ static void test_conv(const stk__backend_t *cpu, const stk__backend_t *gpu, stk_
         CHECK(fabs((double)hdb[i] - (double)rdb[i]) <= 1e-5 * s + 1e-6, "%s: bias gradient %zu: %g vs %g", what, i,
               (double)hdb[i], (double)rdb[i]);
     }
-    check_half_ran(what, p, e1 > e2 ? (e1 > e3 ? e1 : e3) : (e2 > e3 ? e2 : e3));
-    printf("  %-7s %-56s largest error / S: y %.2g, dx %.2g, dw %.2g\n", type_name(p), what, e1, e2, e3);
+    check_half_ran(what, p, e1, e2, e3);
     /* The other order, with copies of x and w at other addresses: the
      * forward casts the copies, backward data then gets the first
      * weights (cast again) and a dy no backward weights cast, backward
@@ -353,8 +356,7 @@ static void test_linear(const stk__backend_t *cpu, const stk__backend_t *gpu, st
     for (int64_t i = 0; i < out && !cpu_pose; i++)
         CHECK(fabs((double)hdb[i] - (double)rdb[i]) <= 1e-5 * (double)sdb[i] + 1e-6,
               "%s: bias gradient %lld: %g vs %g", what, (long long)i, (double)hdb[i], (double)rdb[i]);
-    check_half_ran(what, p, e1 > e2 ? (e1 > e3 ? e1 : e3) : (e2 > e3 ? e2 : e3));
-    printf("  %-7s %-56s largest error / S: y %.2g, dx %.2g, dw %.2g\n", type_name(p), what, e1, e2, e3);
+    check_half_ran(what, p, e1, e2, e3);
     /* The other order with copies at other addresses, as for conv. */
     void *bx2, *bw2;
     float *gx2 = dev_of(gpu, ix, nx, 0, &bx2), *gw2 = dev_of(gpu, iw, nw, 0, &bw2);
