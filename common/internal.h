@@ -22,6 +22,11 @@ void stk__log(stk_log_level_t level, const char *fmt, ...) STK_PRINTF(2, 3);
 /* True when a callback would receive messages of this level. */
 int stk__log_enabled(stk_log_level_t level);
 
+/* CLOCK_MONOTONIC in nanoseconds and in seconds (common/clock.c): for
+ * timeouts and the time figures every module reports. */
+uint64_t stk__now_ns(void);
+double stk__now_s(void);
+
 /* XXH64 of len bytes with the given seed (xxHash specification). */
 uint64_t stk__xxh64(const void *data, size_t len, uint64_t seed);
 

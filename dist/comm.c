@@ -13,13 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-double stk__now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 const char *stk__coll_name(stk__coll_t k)
 {
     switch (k) {

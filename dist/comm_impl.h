@@ -119,7 +119,6 @@ const char *stk__coll_name(stk__coll_t k);
 const char *stk__work_what(const stk_comm_work_t *w, char *buf, size_t cap);
 /* Bytes of the operation's own buffer (per rank). */
 size_t stk__work_bytes(const stk_comm_work_t *w);
-double stk__now_s(void);
 
 /* A blocking wait that also gives the operation's start and end times
  * (seconds, CLOCK_MONOTONIC) from whoever ran it. */

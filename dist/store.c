@@ -68,12 +68,6 @@ struct stk__store {
     server_t *srv;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---------------------------------------------------------------- server */
 
@@ -448,7 +442,7 @@ static int xfer(stk__store_t *s, void *buf, size_t len, int sending, double dead
 static int hello(stk__store_t *st, double deadline)
 {
     msg_hdr_t h = {.op = OP_HELLO, .klen = 0, .vlen = sizeof(st->generation)}, r;
-    double d = deadline < now_s() + 5.0 ? deadline : now_s() + 5.0;
+    double d = deadline < stk__now_s() + 5.0 ? deadline : stk__now_s() + 5.0;
     if (xfer(st, &h, sizeof(h), 1, d, "(hello)") < 0 || xfer(st, &st->generation, sizeof(st->generation), 1, d,
                                                              "(hello)") < 0 ||
         xfer(st, &r, sizeof(r), 0, d, "(hello)") < 0 || r.op != 0)
@@ -458,7 +452,7 @@ static int hello(stk__store_t *st, double deadline)
 
 static int client_connect(stk__store_t *st, const char *host, int port)
 {
-    double deadline = now_s() + st->timeout_s;
+    double deadline = stk__now_s() + st->timeout_s;
     double pause = 0.05;
     int err = 0;
     for (;;) {
@@ -491,7 +485,7 @@ static int client_connect(stk__store_t *st, const char *host, int port)
         }
     retry:;
         /* Rank 0 may not listen yet: retry what a late start looks like. */
-        double now = now_s();
+        double now = stk__now_s();
         if (now >= deadline)
             break;
         double t = pause < deadline - now ? pause : deadline - now;
@@ -552,7 +546,7 @@ static int xfer(stk__store_t *s, void *buf, size_t len, int sending, double dead
 {
     unsigned char *p = buf;
     while (len) {
-        double left = deadline - now_s();
+        double left = deadline - stk__now_s();
         if (left <= 0)
             return stk__error(STK_ERANK, "store %s: rank %d waited %.0f s for key '%s' (a rank never set it: "
                               "did one die or take another path?)", s->where, s->rank, s->timeout_s, key);
@@ -600,13 +594,13 @@ static int request(stk__store_t *s, int op, const char *key, const void *val, si
 int stk__store_set(stk__store_t *s, const char *key, const void *val, size_t len)
 {
     msg_hdr_t r;
-    return request(s, OP_SET, key, val, len, &r, now_s() + s->timeout_s);
+    return request(s, OP_SET, key, val, len, &r, stk__now_s() + s->timeout_s);
 }
 
 int stk__store_get(stk__store_t *s, const char *key, void *buf, size_t cap, size_t *len)
 {
     msg_hdr_t r;
-    double deadline = now_s() + s->timeout_s;
+    double deadline = stk__now_s() + s->timeout_s;
     int rc = request(s, OP_GET, key, NULL, 0, &r, deadline);
     if (rc < 0)
         return rc;
@@ -629,7 +623,7 @@ int stk__store_get(stk__store_t *s, const char *key, void *buf, size_t cap, size
 int stk__store_add(stk__store_t *s, const char *key, int64_t delta, int64_t *result)
 {
     msg_hdr_t r;
-    double deadline = now_s() + s->timeout_s;
+    double deadline = stk__now_s() + s->timeout_s;
     int rc = request(s, OP_ADD, key, &delta, sizeof(delta), &r, deadline);
     if (rc < 0)
         return rc;

@@ -9,14 +9,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <time.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 int stk_model_pin_host(void *addr, size_t bytes, void *model)
 {
@@ -94,13 +87,13 @@ int stk_feed_put(stk_feed_t *f, const void *src, size_t bytes, const void **dev)
     }
     const stk__backend_iface_t *be = f->m->be.iface;
     int s = f->next;
-    double t0 = now_s();
+    double t0 = stk__now_s();
     int rc = be->feed_copy ? be->feed_copy(f->m->be.ctx, s, f->buf[s], src, bytes)
                            : be->upload(f->m->be.ctx, f->buf[s], src, bytes);
     if (rc < 0)
         return rc;
     f->pending[s] = bytes;
-    f->host_s[s] = now_s() - t0;
+    f->host_s[s] = stk__now_s() - t0;
     f->next = (s + 1) % STK__FEED_SLOTS;
     *dev = f->buf[s];
     return 0;
@@ -121,12 +114,12 @@ int stk_feed_put_half(stk_feed_t *f, const void *src, size_t n, stk_dtype_t dtyp
         /* Half the bytes cross the bus; the device converts. */
         if (!f->stage[s] && !(f->stage[s] = be->alloc(f->m->be.ctx, f->cap / 2 ? f->cap / 2 : 1)))
             return stk__error(-ENOMEM, "feed: %zu bytes of device memory for half batches", f->cap / 2);
-        double t0 = now_s();
+        double t0 = stk__now_s();
         int rc = be->feed_copy_half(f->m->be.ctx, s, f->buf[s], f->stage[s], src, n, bf16);
         if (rc < 0)
             return rc;
         f->pending[s] = n * sizeof(uint16_t);
-        f->host_s[s] = now_s() - t0;
+        f->host_s[s] = stk__now_s() - t0;
         f->next = (s + 1) % STK__FEED_SLOTS;
         *dev = f->buf[s];
         return 0;

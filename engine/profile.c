@@ -22,7 +22,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 struct stk__prof {
     int device; /* marks on the backend's stream; 0: host clock */
@@ -38,12 +37,6 @@ struct stk__prof {
     uint64_t passes;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int mark_of(const stk_model_t *m, int bwd, int layer, int end)
 {
@@ -156,7 +149,7 @@ int stk__prof_pass_begin(stk_model_t *m, int bwd)
     int rc = p->device ? settle_kind(m, p, bwd) : 0;
     p->first[bwd] = p->last[bwd] = -1;
     p->ended[bwd] = 0;
-    p->t0[bwd] = now_s();
+    p->t0[bwd] = stk__now_s();
     return rc;
 }
 
@@ -164,7 +157,7 @@ int stk__prof_layer_begin(stk_model_t *m, int bwd, int layer, double *t0)
 {
     stk__prof_t *p = m->prof;
     if (!p->device) {
-        *t0 = now_s();
+        *t0 = stk__now_s();
         return 0;
     }
     return m->be.iface->timer_mark(m->be.ctx, mark_of(m, bwd, layer, 0));
@@ -179,7 +172,7 @@ int stk__prof_layer_end(stk_model_t *m, int bwd, int layer, double t0)
     else
         l->fcalls++;
     if (!p->device) {
-        double dt = now_s() - t0;
+        double dt = stk__now_s() - t0;
         if (bwd)
             l->bsec += dt;
         else
@@ -203,7 +196,7 @@ void stk__prof_pass_end(stk_model_t *m, int bwd)
         p->ended[bwd] = p->first[bwd] >= 0;
         return;
     }
-    p->span_s += now_s() - p->t0[bwd];
+    p->span_s += stk__now_s() - p->t0[bwd];
     p->passes++;
 }
 

@@ -234,7 +234,6 @@ extern int stk__test_skip_reissue;
  * second, so that a lost wake-up hangs instead of costing a second. */
 extern int stk__test_no_wait_cap;
 
-uint64_t stk__now_ns(void);
 /* Cheap timestamps (TSC) and their ns per tick, calibrated per process. */
 uint64_t stk__ticks(void);
 double stk__ns_per_tick(void);

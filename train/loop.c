@@ -17,14 +17,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <string.h>
-#include <time.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void stk_train_loop_config_default(stk_train_loop_config_t *cfg)
 {
@@ -129,7 +122,7 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
     if (rc)
         return rc;
     stk_model_set_train(cfg->model, 1);
-    double t_start = now_s() - st->ep_train_s;
+    double t_start = stk__now_s() - st->ep_train_s;
     /* Micro-batches of an open group count in st only once the group's
      * optimizer step is taken: st always describes an optimizer-step
      * boundary, so that whatever ends the loop leaves it consistent with
@@ -141,13 +134,13 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
     int interrupted = 0, agreed = 0;
     for (;;) {
         if (open == 0 && (cfg->comm ? agreed : stopping(cfg))) {
-            st->ep_train_s = now_s() - t_start;
+            st->ep_train_s = stk__now_s() - t_start;
             return stop_here(cfg, st, nb);
         }
         stk_batch_t b;
-        double t0 = now_s();
+        double t0 = stk__now_s();
         rc = stk_loader_next(cfg->train_loader, &b);
-        st->ep_wait_s += now_s() - t0;
+        st->ep_wait_s += stk__now_s() - t0;
         if (rc == STK_DONE)
             break;
         /* stk_loader_interrupt (a signal's way to end a wait on a stopped
@@ -158,7 +151,7 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
             continue;
         }
         if (rc == -EINTR) {
-            st->ep_train_s = now_s() - t_start;
+            st->ep_train_s = stk__now_s() - t_start;
             return stop_here(cfg, st, nb);
         }
         if (rc)
@@ -191,7 +184,7 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
             if (stk_train_stepper_loss_scaler(stepper))
                 stk_loss_scaler_get_state(stk_train_stepper_loss_scaler(stepper), &st->loss_scale);
             st->loader = (stk_loader_state_t){st->epoch, number + 1};
-            st->ep_train_s = now_s() - t_start;
+            st->ep_train_s = stk__now_s() - t_start;
             /* Data-parallel: one small all-reduce per step, the stop vote
              * and the step's figures summed over ranks (counts of one
              * step are exact in f32). */
@@ -215,7 +208,7 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
                 return rc;
         }
         if (cfg->on_step) {
-            double t = now_s() - t_start, n = (double)(st->ep_seen + seen);
+            double t = stk__now_s() - t_start, n = (double)(st->ep_seen + seen);
             stk_train_progress_t p = {
                 .epoch = st->epoch,
                 .batch = number + 1,
@@ -233,7 +226,7 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
     }
     if (open)
         return stk__error(STK_ESTATE, "epoch %" PRIu64 " ended inside an accumulation group", st->epoch + 1);
-    st->ep_train_s = now_s() - t_start;
+    st->ep_train_s = stk__now_s() - t_start;
     st->loader = (stk_loader_state_t){st->epoch, nb};
     return 0;
 }
@@ -254,7 +247,7 @@ static int end_epoch(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
         .images_per_s = st->ep_train_s > 0 ? (double)st->ep_seen / st->ep_train_s : 0,
         .data_wait = st->ep_train_s > 0 ? st->ep_wait_s / st->ep_train_s : 0,
     };
-    double t0 = now_s();
+    double t0 = stk__now_s();
     int rc;
     if (cfg->eval_loader) {
         stk_train_eval_t ev;
@@ -292,7 +285,7 @@ static int end_epoch(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
         row.test_acc = ev.top1;
         row.test_topk = ev.topk;
     }
-    row.epoch_s = st->ep_train_s + (now_s() - t0);
+    row.epoch_s = st->ep_train_s + (stk__now_s() - t0);
     if ((rc = stk_train_state_push_epoch(st, &row)) != 0)
         return rc;
     st->total_train_s += st->ep_train_s;

@@ -13,14 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 struct stk_train_stepper {
     stk_model_t *model;
@@ -124,7 +117,7 @@ static double lr0(const stk_optim_t *opt)
 /* reduce, clip, optimizer and scheduler step, zero_grad. */
 static int close_group(stk_train_stepper_t *s, stk_train_step_metrics_t *m)
 {
-    double t0 = now_s();
+    double t0 = stk__now_s();
     int rc;
     /* A group closed before its planned last micro-batch was not reduced
      * by that backward: all of it now. */
@@ -164,7 +157,7 @@ static int close_group(stk_train_stepper_t *s, stk_train_step_metrics_t *m)
     s->open = 0;
     s->steps++;
     m->stepped = 1;
-    m->optim_s = now_s() - t0;
+    m->optim_s = stk__now_s() - t0;
     return 0;
 }
 
@@ -175,7 +168,7 @@ static int close_group(stk_train_stepper_t *s, stk_train_step_metrics_t *m)
 static int graph_step(stk_train_stepper_t *s, const stk_tensor_t *input, const stk_tensor_t *target, uint64_t batch,
                       stk_train_step_metrics_t *m)
 {
-    double t0 = now_s();
+    double t0 = stk__now_s();
     m->lr = lr0(s->opt);
     float loss = NAN;
     int rc = stk_model_train_step(s->model, s->opt, input, target, &loss);
@@ -187,18 +180,18 @@ static int graph_step(stk_train_stepper_t *s, const stk_tensor_t *input, const s
         return stk__error(-EDOM, "loss is %s at batch %llu (step %llu): training diverged (lower the lr?)",
                           isnan(loss) ? "NaN" : loss > 0 ? "+inf" : "-inf", (unsigned long long)batch,
                           (unsigned long long)s->steps);
-    m->compute_s = now_s() - t0;
+    m->compute_s = stk__now_s() - t0;
     int64_t correct = 0;
     if ((rc = stk_model_count_correct(s->model, target->data, &correct)) != 0)
         return rc;
     m->correct = correct;
-    double t1 = now_s();
+    double t1 = stk__now_s();
     if (s->sched && (rc = stk_sched_step(s->sched)) != 0)
         return rc;
     s->steps++;
     m->stepped = 1;
     m->step = s->steps;
-    m->optim_s = now_s() - t1;
+    m->optim_s = stk__now_s() - t1;
     return 0;
 }
 
@@ -231,7 +224,7 @@ int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, co
         return rc;
     }
     float loss = NAN;
-    double t0 = now_s();
+    double t0 = stk__now_s();
     int rc = stk_model_forward_tensor(s->model, input, target, &loss);
     if (rc)
         return rc;
@@ -251,7 +244,7 @@ int stk_train_stepper_step(stk_train_stepper_t *s, const stk_tensor_t *input, co
     }
     if (rc != 0)
         return rc;
-    m.compute_s = now_s() - t0;
+    m.compute_s = stk__now_s() - t0;
     int64_t correct = 0;
     if (target->dtype == STK_DTYPE_I64 && (rc = stk_model_count_correct(s->model, target->data, &correct)) != 0)
         return rc;
