@@ -36,6 +36,7 @@
 #include <cmocka.h>
 
 #include "stoker/engine.h"
+#include "stoker/train.h"
 
 typedef struct chain {
     const char *what;
@@ -402,6 +403,43 @@ static void test_candidates(void **state)
     stk_model_destroy(&m);
 }
 
+/* Each batch size's plan gets its own fused op (made at its first eval
+ * forward), and a cached plan keeps it; the memory estimate, which reads
+ * every layer's output after an eval forward, counts the same with
+ * fusion on and leaves the setting as it was. */
+static void test_plans_and_estimate(void **state)
+{
+    (void)state;
+    static const char text[] = "input name=x shape=3,7,5\nconv2d name=c out=8 pad=1\nbatchnorm2d name=b\n"
+                               "relu name=r\nflatten name=f\nlinear name=fc out=4\ncross_entropy name=loss\n";
+    stk_model_t *m = make_model(text, 3, STK_PRECISION_FP32, 0);
+    float x[3 * 3 * 7 * 5], yf[3 * 4], yu[3 * 4];
+    fill(x, sizeof(x) / sizeof(x[0]), -1.0f, 2.0f);
+    stk_model_set_train(m, 0);
+    const int64_t sizes[4] = {3, 1, 3, 2};
+    for (int k = 0; k < 4; k++) {
+        int64_t n = sizes[k];
+        stk_model_set_fusion(m, 1);
+        eval_out(m, x, n, "fc", yf, (size_t)n * 4);
+        stk_fusion_stats_t fs;
+        assert_int_equal(stk_model_fusion_stats(m, &fs), 0);
+        assert_int_equal(fs.fused, 1);
+        stk_model_set_fusion(m, 0);
+        eval_out(m, x, n, "fc", yu, (size_t)n * 4);
+        for (int64_t i = 0; i < n * 4; i++)
+            assert_true(fabsf(yf[i] - yu[i]) <= 1e-5f * (1.0f + fabsf(yu[i])));
+    }
+    uint64_t on = 0, off = 0;
+    stk_model_set_fusion(m, 1);
+    assert_int_equal(stk_train_memory_estimate(m, 4, &on), 0);
+    assert_int_equal(stk_model_fusion(m), 1);
+    stk_model_set_fusion(m, 0);
+    assert_int_equal(stk_train_memory_estimate(m, 4, &off), 0);
+    assert_int_equal(stk_model_fusion(m), 0);
+    assert_true(on == off && on > 0);
+    stk_model_destroy(&m);
+}
+
 /* STK_NO_FUSION=1 at create turns it off; "0" and unset leave it on. */
 static void test_switches(void **state)
 {
@@ -432,6 +470,7 @@ int main(void)
         cmocka_unit_test(test_chains_half),
         cmocka_unit_test(test_fmnist_train_identical),
         cmocka_unit_test(test_candidates),
+        cmocka_unit_test(test_plans_and_estimate),
         cmocka_unit_test(test_switches),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
