@@ -606,6 +606,10 @@ STK_API int stk_feed_use(stk_feed_t *f, const void *dev);
 STK_API int stk_feed_done(stk_feed_t *f, const void *dev);
 /* Waits for the feed's copies and frees its buffers; NULL-safe. */
 STK_API void stk_feed_destroy(stk_feed_t **f);
+/* 1 when f copies batches into device memory (put starts a copy), 0 on a
+ * model whose device memory is the host's (a CPU model: nothing is
+ * copied, and fetching a batch ahead gains nothing). -EINVAL on NULL. */
+STK_API int stk_feed_copies(const stk_feed_t *f);
 
 /* stk_feed_put for a batch of n half-precision values (dtype STK_DTYPE_F16
  * or STK_DTYPE_BF16) that the model takes as f32: *dev gets n floats, the

@@ -83,8 +83,9 @@ typedef struct stk_train_inputs stk_train_inputs_t;
 STK_API int stk_train_inputs_create(stk_train_inputs_t **out, const stk_train_inputs_config_t *cfg);
 STK_API void stk_train_inputs_destroy(stk_train_inputs_t **in);
 /* Fills *input and (when a label field is configured) *target for b.
- * They point into b or into buffers of in, valid until the next call on
- * in or the batch's release. target may be NULL. Returns 0, STK_ENOTFOUND
+ * They point into b or into buffers of in, valid until the second call
+ * after this one on in or the batch's release: a loop may convert batch
+ * k + 1 while step k still reads what batch k's call gave. target may be NULL. Returns 0, STK_ENOTFOUND
  * (a field is missing: the message lists the batch's fields), STK_ESHAPE
  * (neither features nor an image, variable shape), STK_ECONFIG (a dtype it cannot convert),
  * -ENOMEM. Not thread-safe on one object. */
