@@ -11,6 +11,7 @@
 #include "internal.h"
 #include "loader/loader_internal.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -172,4 +173,80 @@ void stk__train_batches_fini(stk__train_batches_t *B)
     stk__train_batches_drop(B, 0);
     stk_feed_destroy(&B->feed);
     B->cap = 0;
+}
+
+/* ---- The public face ------------------------------------------------------ */
+
+struct stk_train_batches {
+    stk__train_batches_t B;
+    double wait_s;
+    uint64_t batches;
+};
+
+int stk_train_batches_create(stk_train_batches_t **out, stk_model_t *model, stk_loader_t *loader,
+                             stk_train_inputs_t *inputs)
+{
+    if (!out || !model || !loader || !inputs)
+        return stk__error(-EINVAL, "stk_train_batches_create: NULL argument");
+    *out = NULL;
+    stk_train_batches_t *tb = calloc(1, sizeof *tb);
+    if (!tb)
+        return stk__error(-ENOMEM, "train batches: out of memory");
+    stk__train_batches_init(&tb->B, model, loader, inputs);
+    *out = tb;
+    return 0;
+}
+
+void stk_train_batches_destroy(stk_train_batches_t **tb)
+{
+    if (!tb || !*tb)
+        return;
+    stk__train_batches_fini(&(*tb)->B);
+    free(*tb);
+    *tb = NULL;
+}
+
+int stk_train_batches_next(stk_train_batches_t *tb, const stk_batch_t **batch, stk_tensor_t *input,
+                           stk_tensor_t *target)
+{
+    if (!tb || !input)
+        return stk__error(-EINVAL, "stk_train_batches_next: NULL argument");
+    if (batch)
+        *batch = NULL;
+    stk__train_item_t *it = NULL;
+    int rc = stk__train_batches_next(&tb->B, &it, &tb->wait_s);
+    if (rc)
+        return rc;
+    tb->batches++;
+    if (batch)
+        *batch = &it->b;
+    *input = it->input;
+    if (target)
+        *target = it->target;
+    return 0;
+}
+
+int stk_train_batches_done(stk_train_batches_t *tb, int rc)
+{
+    if (!tb)
+        return stk__error(-EINVAL, "stk_train_batches_done: NULL argument");
+    return stk__train_batches_done(&tb->B, rc);
+}
+
+int stk_train_batches_drop(stk_train_batches_t *tb)
+{
+    if (!tb)
+        return stk__error(-EINVAL, "stk_train_batches_drop: NULL argument");
+    return stk__train_batches_drop(&tb->B, 0);
+}
+
+int stk_train_batches_stats(const stk_train_batches_t *tb, stk_train_batches_stats_t *out)
+{
+    if (!tb || !out)
+        return stk__error(-EINVAL, "stk_train_batches_stats: NULL argument");
+    memset(out, 0, sizeof *out);
+    out->wait_s = tb->wait_s;
+    out->batches = tb->batches;
+    out->ahead = tb->B.ahead;
+    return tb->B.feed ? stk_feed_stats(tb->B.feed, &out->feed) : 0;
 }

@@ -578,6 +578,12 @@ STK_API int stk_device_describe(stk_device_t kind, int index, char *buf, size_t 
  *           release batch0;                    //   source may be reused
  *           d0 = d1, batch0 = b1;
  *
+ *   Batch k + 1 must be fetched, converted and put before step k is
+ *   queued, or its copy waits for the step to end; its source (and
+ *   anything step k still reads, such as labels) must be memory of its
+ *   own, not a buffer refilled for every batch. stk_train_batches
+ *   (train.h) is this loop with a loader and the inputs converter, as
+ *   stk_train_run runs it.
  *   On a CPU model a feed copies nothing: put returns the source itself.
  * ---------------------------------------------------------------------- */
 
