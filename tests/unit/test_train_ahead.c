@@ -18,6 +18,8 @@
  *   batch before it was stepped (closing its group), as without the
  *   lookahead, naming shard and record, with only whole checkpoints
  *   left;
+ * - a batch larger than the feed arriving ahead (a record skipped in the
+ *   first batch): fed once the batch before is done;
  * - the public stk_train_batches: an epoch by hand, its counts, misuse. */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -42,7 +44,7 @@
 #define BATCH 8
 
 static char tmpdir[64];
-static char shards[128], bad_shards[128], small6[128], small9[128];
+static char shards[128], bad_shards[128], bad0_shards[128], small6[128], small9[128];
 
 static void write_shards(const char *dir, uint64_t n, uint64_t seed)
 {
@@ -111,6 +113,12 @@ static int setup(void **state)
     /* Record 35: batch 4 of a sequential epoch, fetched ahead while
      * batch 3 closes the group 2-3. */
     corrupt_record(bad_shards, 35);
+    /* Record 3, skipped: batch 0 of a sequential epoch has 7 samples, the
+     * feed is made for them, and batch 1, of 8, comes ahead while batch 0
+     * is still in the feed. */
+    snprintf(bad0_shards, sizeof bad0_shards, "%s/bad0", tmpdir);
+    write_shards(bad0_shards, NREC, 6);
+    corrupt_record(bad0_shards, 3);
     return 0;
 }
 
@@ -211,7 +219,7 @@ typedef struct run_cfg {
     int staged;
     uint32_t workers, prefetch;
     uint64_t nrec_batch; /* batch size of the train loader */
-    int shuffle, drop_last;
+    int shuffle, drop_last, skip_corrupt;
     uint64_t epochs, accum;
     uint64_t stop_epoch, stop_batch; /* stop when on_step sees it */
     const char *ckpt;                /* checkpoint folder or NULL */
@@ -267,6 +275,7 @@ static void run_open(run_t *r, const run_cfg_t *c)
     lc.batch_size = c->nrec_batch;
     lc.shuffle = c->shuffle;
     lc.drop_last = c->drop_last;
+    lc.skip_corrupt = c->skip_corrupt;
     lc.seed = 11;
     lc.num_workers = c->workers;
     lc.prefetch = c->prefetch;
@@ -517,6 +526,30 @@ static void test_error_ahead(void **state)
     }
 }
 
+/* A batch larger than the feed was made for, fetched ahead while the one
+ * before is in the feed: fed once that one is done (remaking the feed
+ * earlier would free its buffer under it). The same bits as the CPU. */
+static void test_feed_grows(void **state)
+{
+    (void)state;
+    run_t cpu, dev;
+    run_cfg_t c = base_cfg(0, 0);
+    c.data = bad0_shards;
+    c.shuffle = 0;
+    c.skip_corrupt = 1;
+    run_open(&cpu, &c);
+    if (run_go(&cpu))
+        fail_msg("cpu: %s", stk_error_message());
+    c.staged = 1;
+    run_open(&dev, &c);
+    if (run_go(&dev))
+        fail_msg("staged: %s", stk_error_message());
+    assert_true(dev.ahead > 0);
+    expect_same_bits(&cpu, &dev);
+    run_close(&cpu);
+    run_close(&dev);
+}
+
 /* The public face (stk_train_batches): an epoch by hand, the counts, the
  * misuse it refuses. */
 static void test_public_batches(void **state)
@@ -577,6 +610,7 @@ int main(void)
         cmocka_unit_test(test_stop_resume),
         cmocka_unit_test(test_one_batch_epoch),
         cmocka_unit_test(test_error_ahead),
+        cmocka_unit_test(test_feed_grows),
         cmocka_unit_test(test_public_batches),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
