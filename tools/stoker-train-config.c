@@ -531,7 +531,8 @@ void train_config_diff(const train_config_t *a, const train_config_t *b, const c
             same = *(const double *)pa == *(const double *)pb;
             break;
         case K_ENUM:
-            same = 1;
+            /* an enum without storage (progress) is a choice of this run only */
+            same = k->cap == 0 || strcmp(pa, pb) == 0;
             break;
         default:
             same = *(const int *)pa == *(const int *)pb;

@@ -23,7 +23,7 @@
  * them (unless --force). */
 #define FIXED_KEYS                                                                                                    \
     "model,train_data,train_limit,image_field,label_field,augment,optimizer,scheduler,epochs,batch_size,"            \
-    "accum_steps,drop_last,seed,clip_norm,target,boundary_token,bucket_pool"
+    "accum_steps,drop_last,seed,clip_norm,target,boundary_token,bucket_pool,precision,loss_scale"
 
 /* ---- messages ---------------------------------------------------------- */
 

@@ -264,7 +264,9 @@ STK_API int stk_ddp_backward(stk_ddp_t *d, int sync);
 /* The same in two halves, for a loop that calls stk_model_backward itself:
  * stk_ddp_prepare(d, sync) before it, stk_ddp_finish(d) after it (finish
  * starts any bucket whose gradients never arrived, e.g. of layers that
- * reached no loss, and waits for all of them). */
+ * reached no loss, and waits for all of them). Both return 0, -EINVAL
+ * (NULL), STK_ESTATE (prepare twice, or finish without prepare); finish
+ * also a collective's error, as stk_ddp_backward. */
 STK_API int stk_ddp_prepare(stk_ddp_t *d, int sync);
 STK_API int stk_ddp_finish(stk_ddp_t *d);
 

@@ -379,6 +379,10 @@ STK_API void stk_model_set_loss_scale(stk_model_t *m, float scale);
  * -EINVAL, or the backend's error. */
 STK_API int stk_model_unscale_grads(stk_model_t *m, float inv_scale, int *nonfinite);
 
+/* Whether stk_model_train_step may capture a step as a CUDA graph and
+ * replay it (on: 1; the default on a backend that has graphs). Off frees
+ * any graph already captured. Ignored by backends without graphs.
+ * Returns 0 or -EINVAL (NULL). */
 STK_API int stk_model_set_cuda_graph(stk_model_t *m, int on);
 /* 1 when stk_model_train_step may use graphs (on, and the backend has
  * them), else 0; *captures and *replays (may be NULL): graphs captured
@@ -604,7 +608,9 @@ STK_API int stk_feed_create(stk_feed_t **out, stk_model_t *model, size_t max_byt
  * must stay unchanged until stk_feed_done(dev). 0, -ENOSPC (bytes over
  * max_bytes), -EINVAL, or a backend error. */
 STK_API int stk_feed_put(stk_feed_t *f, const void *src, size_t bytes, const void **dev);
-/* The model's work from now on waits (on the device) for dev's copy. */
+/* The model's work from now on waits (on the device) for dev's copy.
+ * Returns 0, -EINVAL (NULL, or dev not one of this feed's buffers), or
+ * the backend's error. */
 STK_API int stk_feed_use(stk_feed_t *f, const void *dev);
 /* The model's work so far is the last to read dev: its buffer may be
  * refilled. Returns once dev's copy is done, so that its source may be

@@ -99,7 +99,11 @@ STK_API int stk_writer_create(stk_writer_t **out, const char *dir, const stk_sch
                               const stk_writer_config_t *cfg);
 /* Appends one record: data[f] points at field f's bytes, var_extent[f] is
  * the extent of its variable dim (ignored for fixed fields; may be NULL
- * when the schema has none). Copies the bytes. */
+ * when the schema has none). Copies the bytes. Returns 0, STK_ECONFIG
+ * (NULL), STK_ESHAPE (as stk_record_build), STK_ESTATE (the writer is
+ * finished, or failed before: nothing more is written), -ENOMEM, -errno
+ * writing a shard (the message names it; the writer is failed from then
+ * on, and the set does not appear). */
 STK_API int stk_writer_add(stk_writer_t *w, const void *const *data, const int64_t *var_extent);
 /* Writes a side file (e.g. classes.txt) into the set; it appears with the
  * shards. name: no '/', no leading '.', not *.stk or *.manifest. Returns
@@ -191,6 +195,8 @@ STK_API int stk_shardset_read_raw(const stk_shardset_t *set, uint64_t index, voi
 /* A decoder holds zstd state and the shard dictionaries: one per thread or
  * worker process. */
 typedef struct stk_decoder stk_decoder_t;
+/* Returns 0 and *out, STK_ECONFIG (NULL), -ENOMEM or a zstd dictionary
+ * error (STK_EDATA, naming the shard). */
 STK_API int stk_decoder_create(stk_decoder_t **out, const stk_shardset_t *set);
 STK_API void stk_decoder_destroy(stk_decoder_t **dec);
 /* Decodes stored bytes of the record at loc into out (cap >= loc->raw_len),
@@ -211,6 +217,7 @@ typedef enum stk_verify {
     STK_VERIFY_ALWAYS = 0,
     STK_VERIFY_ONCE = 1
 } stk_verify_t;
+/* Returns 0, STK_ECONFIG (NULL decoder, unknown mode) or -ENOMEM. */
 STK_API int stk_decoder_set_verify(stk_decoder_t *dec, stk_verify_t mode);
 
 /* pread + decode in one call: the codes of both. */
