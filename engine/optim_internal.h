@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The optimizer's insides, shared by optim.c (groups, steps over host
- * arrays, state blob, text form) and optim_model.c (an optimizer made for
- * a model: groups by parameter name, state on the model's backend). */
+ * arrays, state blob), optim_config.c (configs and their text form) and
+ * optim_model.c (an optimizer made for a model: groups by parameter name,
+ * state on the model's backend). */
 #ifndef STOKER_ENGINE_OPTIM_INTERNAL_H
 #define STOKER_ENGINE_OPTIM_INTERNAL_H
 
@@ -44,6 +45,11 @@ struct stk_optim {
 int stk__optim_apply_items(stk_optim_kind_t kind, stk_optim_hparams_t *h, char *items, int *no_decay);
 /* The kind named by name, or 0. */
 stk_optim_kind_t stk__optim_kind_from_name(const char *name);
+/* 1 when kind is one of stk_optim_kind_t's values. */
+int stk__optim_kind_valid(stk_optim_kind_t kind);
+/* 0 when *h is valid for kind, else STK_ECONFIG naming the key; where
+ * prefixes the message (e.g. "group 1: "). */
+int stk__optim_check_hparams(stk_optim_kind_t kind, const stk_optim_hparams_t *h, const char *where);
 
 /* State memory is host memory (no staging needed): not model-bound, or a
  * backend with host_memory. */

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Writes .stk shards: records compressed one by one with zstd (optionally
- * with a dictionary trained on the first records), an index and a footer.
+ * with a dictionary trained on the first records; the encoder is in
+ * shard_encode.c), an index and a footer.
  * A set is built whole in a staging folder beside its destination
  * (.<name>.tmp-XXXXXX) and switched into place by one rename (or an
  * atomic exchange with the set it replaces), so that the destination
@@ -21,8 +22,9 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zdict.h>
 #include <zstd.h>
+
+#include "shard_encode.h"
 
 /* Shards go to the file in writes that end on 2 MiB boundaries (the
  * first and last excepted): the page cache then keeps a fresh shard in
@@ -32,103 +34,6 @@
  * unaligned offsets gave 4 KiB folios. */
 #define WBUF_SIZE (2u << 20)
 #define DICT_SAMPLE_MAX (64u << 20) /* bytes of records buffered for training */
-
-/* ---- Record encoder (shared with stk_shard_estimate_ratio) ------------ */
-
-typedef struct enc {
-    int level;
-    ZSTD_CCtx *cctx;
-    ZSTD_CDict *cdict;
-    void *dict;
-    size_t dict_len;
-    unsigned char *out;
-    size_t out_cap;
-} enc_t;
-
-static int enc_init(enc_t *e, int level)
-{
-    memset(e, 0, sizeof *e);
-    e->level = level;
-    if (level == 0)
-        return 0;
-    e->cctx = ZSTD_createCCtx();
-    if (!e->cctx)
-        return stk__error(-ENOMEM, "zstd: cannot create a compression context");
-    /* The index already holds each record's raw length, and the reader
-     * picks the dictionary by shard: drop both from every frame, since a
-     * few bytes matter on 800-byte records. */
-    if (ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel, level)) ||
-        ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_contentSizeFlag, 0)) ||
-        ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_dictIDFlag, 0)))
-        return stk__error(STK_EBACKEND, "zstd: cannot set level %d", level);
-    return 0;
-}
-
-/* Trains a dictionary on n samples laid end to end in buf. A failure to
- * train (too few or too uniform samples) is not an error: the records are
- * then compressed without one, and the log says so. */
-static int enc_train(enc_t *e, const void *buf, const size_t *sizes, size_t n, size_t dict_size)
-{
-    if (e->level == 0 || n == 0)
-        return 0;
-    void *dict = malloc(dict_size);
-    if (!dict)
-        return stk__error(-ENOMEM, "cannot allocate a %zu-byte dictionary", dict_size);
-    size_t r = ZDICT_trainFromBuffer(dict, dict_size, buf, sizes, (unsigned)n);
-    if (ZDICT_isError(r)) {
-        stk__log(STK_LOG_WARN, "no zstd dictionary (%zu samples): %s", n, ZDICT_getErrorName(r));
-        free(dict);
-        return 0;
-    }
-    e->cdict = ZSTD_createCDict(dict, r, e->level);
-    if (!e->cdict) {
-        free(dict);
-        return stk__error(STK_EBACKEND, "zstd: cannot load the trained dictionary");
-    }
-    if (ZSTD_isError(ZSTD_CCtx_refCDict(e->cctx, e->cdict))) {
-        free(dict);
-        return stk__error(STK_EBACKEND, "zstd: cannot reference the dictionary");
-    }
-    e->dict = dict;
-    e->dict_len = r;
-    return 0;
-}
-
-/* Compresses one record; *stored points at what to write. A record that
- * does not shrink is stored raw: stored_len == raw_len marks that. */
-static int enc_record(enc_t *e, const void *raw, size_t len, const void **stored,
-                      size_t *stored_len)
-{
-    *stored = raw;
-    *stored_len = len;
-    if (e->level == 0 || len == 0)
-        return 0;
-    size_t bound = ZSTD_compressBound(len);
-    if (bound > e->out_cap) {
-        unsigned char *p = realloc(e->out, bound);
-        if (!p)
-            return stk__error(-ENOMEM, "cannot allocate %zu bytes", bound);
-        e->out = p;
-        e->out_cap = bound;
-    }
-    size_t r = ZSTD_compress2(e->cctx, e->out, e->out_cap, raw, len);
-    if (ZSTD_isError(r))
-        return stk__error(STK_EBACKEND, "zstd: %s", ZSTD_getErrorName(r));
-    if (r < len) {
-        *stored = e->out;
-        *stored_len = r;
-    }
-    return 0;
-}
-
-static void enc_free(enc_t *e)
-{
-    ZSTD_freeCCtx(e->cctx);
-    ZSTD_freeCDict(e->cdict);
-    free(e->dict);
-    free(e->out);
-    memset(e, 0, sizeof *e);
-}
 
 /* ---- Writer ---------------------------------------------------------- */
 
@@ -146,7 +51,7 @@ struct stk_writer {
     char prefix[128];
     stk_schema_t schema;
     stk_writer_config_t cfg;
-    enc_t enc;
+    stk__shard_enc_t enc;
     int dict_decided;
 
     /* Records held back until the dictionary is trained. */
@@ -416,7 +321,7 @@ int stk_writer_create(stk_writer_t **out, const char *dir, const stk_schema_t *s
         }
     if ((rc = make_stage(w, dir, cfg->overwrite)))
         goto fail;
-    rc = enc_init(&w->enc, cfg->zstd_level);
+    rc = stk__shard_enc_init(&w->enc, cfg->zstd_level);
     if (rc)
         goto fail;
     w->dict_decided = !(cfg->use_dict && cfg->zstd_level > 0);
@@ -539,7 +444,7 @@ static int write_record(stk_writer_t *w, const void *raw, size_t len)
         return rc;
     const void *stored;
     size_t slen;
-    if ((rc = enc_record(&w->enc, raw, len, &stored, &slen)))
+    if ((rc = stk__shard_enc_record(&w->enc, raw, len, &stored, &slen)))
         return rc;
     size_t need = (size_t)(w->shard_records + 1) * STK__INDEX_ENTRY;
     if (need > w->index_cap) {
@@ -570,7 +475,7 @@ static int write_record(stk_writer_t *w, const void *raw, size_t len)
 /* Trains the dictionary on the held-back records, then writes them. */
 static int decide_dict(stk_writer_t *w)
 {
-    int rc = enc_train(&w->enc, w->pend, w->pend_sizes, w->npend, w->cfg.dict_size);
+    int rc = stk__shard_enc_train(&w->enc, w->pend, w->pend_sizes, w->npend, w->cfg.dict_size);
     w->dict_decided = 1;
     w->stats.dict_bytes = w->enc.dict_len;
     size_t off = 0;
@@ -812,7 +717,7 @@ void stk_writer_destroy(stk_writer_t **wp)
         remove_set_dir(w->stage);
     for (uint32_t i = 0; i < w->nshards; i++)
         free(w->shards[i].path);
-    enc_free(&w->enc);
+    stk__shard_enc_free(&w->enc);
     free(w->shards);
     free(w->pend);
     free(w->pend_sizes);
@@ -833,56 +738,4 @@ void stk_writer_stats(const stk_writer_t *w, stk_writer_stats_t *out)
         return;
     *out = w->stats;
     out->shards = w->nshards;
-}
-
-int stk_shard_estimate_ratio(const void *const *records, const size_t *lens, size_t n,
-                             const stk_writer_config_t *cfg, double *ratio)
-{
-    if (!records || !lens || !cfg || !ratio)
-        return stk__error(STK_ECONFIG, "stk_shard_estimate_ratio: NULL argument");
-    if (cfg->zstd_level < 0 || cfg->zstd_level > ZSTD_maxCLevel())
-        return stk__error(STK_ECONFIG, "zstd level %d outside 0..%d", cfg->zstd_level,
-                          ZSTD_maxCLevel());
-    *ratio = 1.0;
-    enc_t e;
-    int rc = enc_init(&e, cfg->zstd_level);
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += lens[i];
-    unsigned char *cat = NULL;
-    size_t *sizes = NULL;
-    size_t held = n; /* records measured: all of them without a dictionary */
-    if (!rc && cfg->use_dict && cfg->zstd_level > 0 && n > 0) {
-        cat = malloc(total ? total : 1);
-        sizes = malloc(n * sizeof *sizes);
-        if (!cat || !sizes) {
-            rc = stk__error(-ENOMEM, "out of memory");
-        } else {
-            /* Train on the first half and measure the second: most of a
-             * large set is compressed with a dictionary that never saw it,
-             * and measuring the training records themselves flatters. */
-            held = n / 2 ? n / 2 : n;
-            size_t off = 0;
-            for (size_t i = 0; i < n - held; i++) {
-                memcpy(cat + off, records[i], lens[i]);
-                off += lens[i];
-                sizes[i] = lens[i];
-            }
-            rc = enc_train(&e, cat, sizes, n - held, cfg->dict_size);
-        }
-    }
-    uint64_t stored = 0, measured = 0;
-    for (size_t i = n - held; !rc && i < n; i++) {
-        const void *s;
-        size_t slen;
-        rc = enc_record(&e, records[i], lens[i], &s, &slen);
-        stored += slen;
-        measured += lens[i];
-    }
-    if (!rc && measured)
-        *ratio = (double)stored / (double)measured;
-    free(cat);
-    free(sizes);
-    enc_free(&e);
-    return rc;
 }

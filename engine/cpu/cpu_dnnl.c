@@ -347,9 +347,11 @@ int stk__cpu_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
             pd = pd2;
             bsrc = *dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
             bdst = *dnnl_primitive_desc_query_md(pd, dnnl_query_diff_dst_md, 0);
-            if (!dnnl_memory_desc_equal(&bsrc, &src) && (rc = reorder_make(c, &op->bw_src_re, &src, &bsrc, &op->bw_src)))
+            if (!dnnl_memory_desc_equal(&bsrc, &src) &&
+                (rc = reorder_make(c, &op->bw_src_re, &src, &bsrc, &op->bw_src)))
                 goto fail;
-            if (!dnnl_memory_desc_equal(&bdst, &dst) && (rc = reorder_make(c, &op->bw_dst_re, &dst, &bdst, &op->bw_dst)))
+            if (!dnnl_memory_desc_equal(&bdst, &dst) &&
+                (rc = reorder_make(c, &op->bw_dst_re, &dst, &bdst, &op->bw_dst)))
                 goto fail;
             break;
         }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_X86 1
 #endif
@@ -46,23 +47,53 @@ static void round_f16_scalar(size_t from, size_t to, const float *src, float *ds
  * says, and makes a NaN quiet keeping the top of its payload: what
  * stk_f32_to_f16 does. A denormal fp32 input (treated as zero under DAZ)
  * rounds to a signed zero either way. */
-__attribute__((target("avx,f16c"))) static void round_f16_f16c(size_t n, const float *src, float *dst)
+__attribute__((target("avx,f16c"))) static void round_f16_f16c_range(ptrdiff_t from, ptrdiff_t to,
+                                                                      const float *src, float *dst)
 {
-    ptrdiff_t blocks = (ptrdiff_t)(n / 8);
-#pragma omp parallel for if (blocks > PAR_MIN / 8)
-    for (ptrdiff_t b = 0; b < blocks; b++) {
+    for (ptrdiff_t b = from; b < to; b++) {
         __m256 v = _mm256_loadu_ps(src + b * 8);
         __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm256_storeu_ps(dst + b * 8, _mm256_cvtph_ps(h));
     }
+}
+
+/* The OpenMP loop stays outside the AVX function: clang outlines a
+ * parallel loop's body into a function of its own, which does not inherit
+ * the target attribute. */
+static void round_f16_f16c(size_t n, const float *src, float *dst)
+{
+    ptrdiff_t blocks = (ptrdiff_t)(n / 8), chunks = (blocks + 127) / 128;
+#pragma omp parallel for if (blocks > PAR_MIN / 8)
+    for (ptrdiff_t k = 0; k < chunks; k++)
+        round_f16_f16c_range(k * 128, k * 128 + 128 < blocks ? k * 128 + 128 : blocks, src, dst);
     round_f16_scalar((size_t)blocks * 8, n, src, dst);
+}
+
+/* F16C and AVX, and the OS saving the YMM registers (OSXSAVE, then XCR0's
+ * SSE and AVX bits), read with CPUID: clang 14 knows no "f16c" for
+ * __builtin_cpu_supports. */
+static int have_f16c(void)
+{
+    static int known = -1; /* any thread may settle it: all find the same */
+    int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (k >= 0)
+        return k;
+    unsigned a, b, c, d;
+    int ok = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && (c & bit_AVX) && (c & bit_OSXSAVE)) {
+        unsigned lo, hi;
+        __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        ok = (lo & 6u) == 6u;
+    }
+    __atomic_store_n(&known, ok, __ATOMIC_RELAXED);
+    return ok;
 }
 #endif
 
 static void round_f16(size_t n, const float *src, float *dst)
 {
 #ifdef HAVE_X86
-    if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
+    if (have_f16c()) {
         round_f16_f16c(n, src, dst);
         return;
     }

@@ -382,13 +382,16 @@ static void test_config_errors(void **state)
     expect_file_error("progress = sometimes\n", "key 'progress': 'sometimes' is not one of auto|on|off");
     expect_file_error("precision = fp64\n", "key 'precision': 'fp64' is not one of fp32|tf32|bf16|fp16");
     expect_file_error("cuda_graph = yes\n", "key 'cuda_graph': 'yes' is not one of on|off");
-    expect_file_error("loss_scale = static\n", "key 'loss_scale': 'static' is not one of auto|dynamic|off");
+    expect_file_error("loss_scale = static\n",
+                      "key 'loss_scale': 'static' is not one of auto|dynamic|off");
     expect_file_error("loss_scale_init = 0\n", "key 'loss_scale_init': 0 is out of range");
     expect_file_error("loss_scale_growth_interval = 0\n", "key 'loss_scale_growth_interval': 0 is out of range");
-    expect_file_error("cudnn = fastest\n", "t.conf:1: key 'cudnn': 'fastest' is not one of heuristic|benchmark|deterministic");
+    expect_file_error("cudnn = fastest\n",
+                      "t.conf:1: key 'cudnn': 'fastest' is not one of heuristic|benchmark|deterministic");
     expect_file_error("cudnn_workspace_mb = -1\n", "key 'cudnn_workspace_mb': -1 is out of range");
     expect_file_error("train_data = a\ntest_data = b\nmodel = m\ncudnn_cache = c.cache\n",
-                      "t.conf:4: key 'cudnn_cache': a cache holds what the benchmark policy timed; set cudnn = benchmark");
+                      "t.conf:4: key 'cudnn_cache': a cache holds what the benchmark policy timed; "
+                      "set cudnn = benchmark");
     expect_file_error("just words\n", "t.conf:1: expected 'key = value', got 'just words'");
     expect_file_error(" = 4\n", "missing key");
     char longline[2100];
@@ -989,16 +992,19 @@ static void test_precision(void **state)
             fail_msg("%s: exit %d: %s", prec[k], rc, err);
         if (k == 0) {
             expect_has(out, "precision: fp32; cuda graph: off (not a GPU); loss scaling: off\n");
-            expect_has(out, "\"precision\":\"fp32\",\"cuda_graph\":false,\"loss_scaling\":false,\"skipped_steps\":0}");
+            expect_has(out,
+                       "\"precision\":\"fp32\",\"cuda_graph\":false,\"loss_scaling\":false,\"skipped_steps\":0}");
         } else if (k == 1) {
-            expect_has(out, "precision: fp32 (tf32 asked; this device computes it as fp32); cuda graph: off (not a GPU); "
-                            "loss scaling: dynamic, last scale 65536, 0 steps skipped\n");
+            expect_has(out, "precision: fp32 (tf32 asked; this device computes it as fp32); "
+                            "cuda graph: off (not a GPU); loss scaling: dynamic, last scale 65536, 0 steps skipped\n");
             expect_has(out, "\"loss_scaling\":true,\"skipped_steps\":0}");
         } else if (k == 2) {
-            expect_has(out, "precision: bf16 (emulated on the CPU, slower than fp32); cuda graph: off (not a GPU); loss scaling: off\n");
+            expect_has(out, "precision: bf16 (emulated on the CPU, slower than fp32); cuda graph: off (not a GPU); "
+                            "loss scaling: off\n");
             expect_has(out, "\"precision\":\"bf16\",\"cuda_graph\":false,\"loss_scaling\":false,");
         } else {
-            expect_has(out, "precision: fp16 (emulated on the CPU, slower than fp32); cuda graph: off (not a GPU); loss scaling: dynamic");
+            expect_has(out, "precision: fp16 (emulated on the CPU, slower than fp32); cuda graph: off (not a GPU); "
+                            "loss scaling: dynamic");
             expect_has(out, "\"precision\":\"fp16\",\"cuda_graph\":false,\"loss_scaling\":true,");
         }
     }

@@ -237,7 +237,8 @@ static void conv_reference(const stk__conv_desc_t *d, const float *x, const floa
                             int64_t t = tap(d, p / d->ow, p % d->ow, a, b);
                             if (t < 0)
                                 continue;
-                            size_t xi = (size_t)((n * d->ic + c) * ihw + t), wi = (size_t)(((o * d->ic + c) * d->kh + a) * d->kw + b);
+                            size_t xi = (size_t)((n * d->ic + c) * ihw + t);
+                            size_t wi = (size_t)(((o * d->ic + c) * d->kh + a) * d->kw + b);
                             double v = (double)x[xi] * w[wi], g = (double)dy[yi] * w[wi], h = (double)dy[yi] * x[xi];
                             r->y[yi] += v;
                             r->ya[yi] += fabs(v);
@@ -469,7 +470,8 @@ static void linear_case(stk_precision_t p, int64_t n, int64_t in, int64_t out, i
         for (int64_t i = 0; i < n; i++)
             s += dy[i * out + o];
         if (!(fabs((double)db[o] - s) <= 1e-6 * (1 + fabs(s))))
-            fail_msg("%s linear db[%lld] = %.9g, sum of dy %.9g", stk_precision_name(p), (long long)o, (double)db[o], s);
+            fail_msg("%s linear db[%lld] = %.9g, sum of dy %.9g", stk_precision_name(p), (long long)o,
+                     (double)db[o], s);
     }
     free(xr);
     free(wr);
