@@ -51,6 +51,17 @@ typedef struct stk__conv_desc {
     int fmt_in, fmt_out; /* stk__layout_t of the input and output */
 } stk__conv_desc_t;
 
+/* An eval-mode convolution, batch normalization with running statistics
+ * and optional ReLU as one op (conv_fused_*): with s = gamma /
+ * sqrt(var + eps) and t = (b - mean) s + beta per output channel (b the
+ * convolution's bias, 0 without), y = relu(conv(x, w) s + t). conv.bias
+ * says whether b is given; conv.fmt_out is also the layout of y. */
+typedef struct stk__conv_fused_desc {
+    stk__conv_desc_t conv;
+    float eps;
+    int relu;
+} stk__conv_fused_desc_t;
+
 typedef struct stk__bn_desc {
     int64_t n, c, h, w;
     float eps;
@@ -128,6 +139,20 @@ typedef struct stk__backend_iface {
     int (*conv_backward_data)(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx);
     /* dw, db from x and dy; overwrites both (db NULL without bias). */
     int (*conv_backward_weights)(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw, float *db);
+
+    /* The fused eval-mode op of stk__conv_fused_desc_t (optional: both
+     * NULL where the backend has none). conv_fused_create fails (any
+     * negative code, the reason in stk_error_message) when the backend
+     * cannot run this fusion; the engine then runs the unfused ops for
+     * that layer, so a failure here is never fatal. conv_fused_forward
+     * computes s and t from the parameters and running statistics it is
+     * given at each call (so they may change between calls: training in
+     * between) and writes y; y matches the unfused ops within float
+     * rounding only (the products are grouped differently), and under
+     * bf16 / fp16 rounds where conv_forward does. */
+    int (*conv_fused_create)(void *ctx, const stk__conv_fused_desc_t *d, stk__op_t **op);
+    int (*conv_fused_forward)(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b,
+                              const float *gamma, const float *beta, const float *mean, const float *var, float *y);
 
     /* Batch normalization plan (per channel scale and shift). */
     int (*bn_create)(void *ctx, const stk__bn_desc_t *d, stk__op_t **op);

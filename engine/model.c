@@ -490,8 +490,10 @@ void stk_model_destroy(stk_model_t **pm)
         m->be.iface->free(m->be.ctx, m->stats);
     }
     stk__prof_free(m);
-    for (int i = 0; i < m->nl; i++)
+    for (int i = 0; i < m->nl; i++) {
         stk__layer_free_strings(&m->layers[i]);
+        free(m->layers[i].fuse_why);
+    }
     free(m->layers);
     for (size_t i = 0; i < m->npinfo; i++)
         free(m->pinfo[i].name);
@@ -528,6 +530,9 @@ int stk_model_create(stk_model_t **out, const stk_model_builder_t *b, const stk_
     m->loss_layer = -1;
     m->cur_plan = -1;
     m->train = 1;
+    /* STK_NO_FUSION=1 turns eval fusion off without a rebuild (debugging). */
+    const char *nofuse = getenv("STK_NO_FUSION");
+    m->fusion = !cfg->no_fusion && !(nofuse && *nofuse && strcmp(nofuse, "0"));
     m->loss_scale = 1.0f;
     m->seed = cfg->seed;
     m->threads = cfg->threads ? cfg->threads : stk__default_threads();

@@ -25,6 +25,15 @@ typedef struct stk__layer {
     int seq;                /* a sequence: N x T x F, T = c, F = w, h = 1 */
     int fused;              /* batchnorm: applies the next relu; relu: done by the batchnorm */
     int root;               /* the layer whose buffers y/dy really are */
+    /* Eval-mode fusion of a convolution with the batchnorm (and its fused
+     * relu) it alone feeds (layers/conv.c): fuse_bn, on the convolution,
+     * and fuse_conv, on the batchnorm, index each other (0: not a
+     * chain); fuse_ran, on the convolution: the last forward ran the
+     * fused op, so its own y was not written and the batchnorm did
+     * nothing; fuse_why: why the current plan could not fuse (NULL:
+     * it did, or it was not tried yet). */
+    int fuse_bn, fuse_conv, fuse_ran;
+    char *fuse_why;
     float *y, *dy;          /* [batch, c, h, w], sized for the largest batch planned */
     void *extra;            /* the class's extra_bytes, kept from forward to backward */
     void *plan;             /* the class's plan for the current batch size */
@@ -96,6 +105,7 @@ struct stk_model {
     size_t act_scratch_n, param_scratch_n;
     int *written;          /* backward: dy of layer i holds a value */
     int train, profiling, grads_zero, threads;
+    int fusion;            /* eval-mode conv + batchnorm fusion allowed (stk_model_set_fusion) */
     int input_grad;        /* stk__model_backward_input: the input's dy is wanted */
     int fwd_state;         /* 0 none, 1 forward without targets, 2 with, 3 backward done */
     const float *input;

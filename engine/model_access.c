@@ -48,6 +48,32 @@ void stk_model_set_train(stk_model_t *m, int train)
     m->train = train != 0;
 }
 
+void stk_model_set_fusion(stk_model_t *m, int on)
+{
+    m->fusion = on != 0;
+}
+
+int stk_model_fusion(const stk_model_t *m)
+{
+    return m->fusion;
+}
+
+int stk_model_fusion_stats(const stk_model_t *m, stk_fusion_stats_t *out)
+{
+    if (!m || !out)
+        return stk__error(-EINVAL, "stk_model_fusion_stats: NULL argument");
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < m->nl; i++) {
+        const stk__layer_t *l = &m->layers[i];
+        if (!l->fuse_bn)
+            continue;
+        out->chains++;
+        out->fused += l->fuse_ran;
+        out->fallbacks += l->fuse_why != NULL;
+    }
+    return 0;
+}
+
 int stk_model_is_train(const stk_model_t *m)
 {
     return m->train;
@@ -268,6 +294,10 @@ int stk_model_output(const stk_model_t *m, const char *layer, stk_tensor_t *out)
     if (m->fwd_state == 0)
         return stk__error(STK_ESTATE, "model output: no forward yet");
     const stk__layer_t *l = &m->layers[i];
+    if (l->fuse_ran)
+        return stk__error(STK_ESTATE, "model output: layer '%s' ran fused with '%s' in the last (eval) forward, "
+                          "so its own output was not computed; turn fusion off (stk_model_set_fusion, "
+                          "STK_NO_FUSION=1) to read it", l->name, m->layers[l->fuse_bn].name);
     int64_t shape[4] = {m->batch, l->c, l->h, l->w};
     const float *y = l->y;
     int rc = 0;

@@ -50,6 +50,30 @@ static size_t layer_params(const stk_model_t *m, const stk__layer_t *l)
     return n;
 }
 
+/* The eval-mode fusions (layers/conv.c): which chains ran fused in the
+ * last forward, which may fuse, and which the backend could not fuse. */
+static void fusion_lines(const stk_model_t *m, sbuf_t *s)
+{
+    for (int i = 0; i < m->nl; i++) {
+        const stk__layer_t *l = &m->layers[i];
+        if (!l->fuse_bn)
+            continue;
+        int b = l->fuse_bn;
+        put(s, "%s+%s", l->name, m->layers[b].name);
+        for (int j = b + 1; j < m->nl; j++)
+            if (m->layers[j].fused && m->layers[j].in[0] == b)
+                put(s, "+%s", m->layers[j].name);
+        if (!m->fusion)
+            put(s, " not fused (fusion off)\n");
+        else if (l->fuse_why)
+            put(s, " not fused (eval): %s\n", l->fuse_why);
+        else if (l->fuse_ran)
+            put(s, " fused (eval)\n");
+        else
+            put(s, " fuses in eval\n");
+    }
+}
+
 #define RULE "==========================================================================================\n"
 
 size_t stk_model_summary(const stk_model_t *m, char *buf, size_t cap)
@@ -87,6 +111,10 @@ size_t stk_model_summary(const stk_model_t *m, char *buf, size_t cap)
     put(&s, "Trainable params: %s\n", commas(m->np, num));
     put(&s, "Buffers (non-trainable): %s\n", commas(m->nb, num));
     put(&s, RULE);
+    size_t before = s.len;
+    fusion_lines(m, &s);
+    if (s.len != before)
+        put(&s, RULE);
     const stk__layer_t *in = &m->layers[0];
     put(&s, "Input size (MB): %.2f\n", (double)(m->batch * in->c * in->h * in->w) * 4.0 / 1e6);
     put(&s, "Forward/backward pass size (MB): %.2f\n", (double)act * 8.0 / 1e6);
@@ -131,6 +159,8 @@ size_t stk_model_stats_format(const stk_model_t *m, char *buf, size_t cap)
         double share = total > 0.0 ? 100.0 * (l->fsec + l->bsec) / total : 0.0;
         put(&s, "%-32s %10llu %12.3f %12.3f %7.1f%%\n", name, (unsigned long long)l->fcalls, f, b, share);
     }
+    /* A fused chain's time is its convolution's. */
+    fusion_lines(m, &s);
     put(&s, "total: %.3f s of layers; %.3f s from each pass's first layer to its last (%llu passes)\n", total,
         pi.span_s, (unsigned long long)pi.passes);
     return s.len;

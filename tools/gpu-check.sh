@@ -9,7 +9,8 @@
 #      beside PyTorch's same recipe on the same GPU (tools/train_torch.py);
 #   6. the dist helper's NCCL checks (one rank; two ranks on one GPU, an
 #      experiment; all-reduce bandwidth);
-#   7. training-step benchmarks with the batch on the GPU (issue 12):
+#   7. training-step benchmarks with the batch on the GPU (issue 12),
+#      and eval forwards with conv + batchnorm fused and not:
 #      fmnist-cnn at batch 256 and ResNet-18 (models/resnet18.model) at
 #      batch 256, stoker-enginebench --train against PyTorch eager
 #      (cudnn.benchmark) and torch.compile(mode="reduce-overhead")
@@ -213,6 +214,12 @@ if [ -x $B/tools/stoker-enginebench ]; then
     bench bench_stoker_bf16 30 sh -c "$EB --model models/resnet18.model --batch 256 --iters 10 --warmup 3 \
         --precision bf16 --cuda-graph && $EB --model models/fmnist-cnn.model --batch 256 --iters 100 --warmup 10 \
         --precision bf16 --cuda-graph"
+    # Eval-mode forwards of fmnist-cnn, conv + batchnorm + relu fused
+    # (cuDNN's fused graph) and not (STK_NO_FUSION=1), fp32 and bf16: the
+    # images/s ratio, the chains fused and those that fell back.
+    bench bench_stoker_eval 30 sh -c "for p in fp32 bf16; do for f in 0 1; do STK_NO_FUSION=\$f \
+        $B/tools/stoker-enginebench --eval --device cuda --json --model models/fmnist-cnn.model --batch 256 \
+        --iters 100 --warmup 10 --precision \$p || exit 1; done; done"
     bench bench_torch_resnet18 40 sh -c "$TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision bf16 \
         --channels-last && $TB --model resnet18 --batch 256 --iters 10 --warmup 3 --precision tf32"
     # ResNet-18 fed by the real loader (issue 12's target: within 5% of
@@ -338,6 +345,29 @@ if any(recipe.values()):
                               for p in ("bf16", "fp16")},
         "images_per_s": {p: (r or {}).get("images_per_s") for p, r in recipe.items()},
         "target": "bf16 and fp16 at most 0.3 point below fp32"}
+# Eval-mode conv + batchnorm fusion: fused against unfused eval forwards
+# per precision, the chains fused and fallen back (enginebench --eval), and
+# what the GPU fusion test printed (which runs fused, which fell back).
+ev = all_json("bench_stoker_eval")
+fusion = {}
+for r in ev:
+    key = r.get("precision")
+    e = fusion.setdefault(key, {})
+    e["fused" if r.get("fused") else "unfused"] = {k: r.get(k) for k in (
+        "images_per_s", "fused", "fusion_chains", "fusion_fallbacks")}
+for key, e in fusion.items():
+    a, b = (e.get("fused") or {}).get("images_per_s"), (e.get("unfused") or {}).get("images_per_s")
+    e["fused_vs_unfused"] = round(a / b, 3) if a and b else None
+lines = []
+for name in ("testlog-gpu.json", "testlog.json"):
+    try:
+        for t in map(json.loads, open(os.path.join(out, name))):
+            if t.get("name") == "cuda_fusion":
+                lines = [l for l in (t.get("stdout") or "").splitlines()
+                         if l.startswith(("chain:", "fusion on:", "fmnist:", "FAIL"))]
+    except (OSError, ValueError):
+        pass
+res["eval_fusion"] = {"enginebench": fusion or None, "test": lines or None}
 json.dump(res, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
 
 print("\n%-14s %6s %8s" % ("step", "exit", "seconds"))
@@ -366,6 +396,13 @@ for r in bench:
         if r.get("input") == "loader" else ""))
 for k, v in ratios.items():
     print("ratio %-40s %s" % (k, "%.2fx" % v if v else "n/a"))
+for p, e in (res["eval_fusion"]["enginebench"] or {}).items():
+    f = e.get("fused") or {}
+    print("eval fusion %-5s fused/unfused %s; %s of %s chains fused, %s fell back" % (
+        p, "%.2fx" % e["fused_vs_unfused"] if e.get("fused_vs_unfused") else "n/a", f.get("fused"),
+        f.get("fusion_chains"), f.get("fusion_fallbacks")))
+for l in res["eval_fusion"]["test"] or []:
+    print("cuda_fusion: " + l)
 if res.get("recipe_precision"):
     rp = res["recipe_precision"]
     print("recipe test acc: " + ", ".join("%s %s" % (p, "%.4f" % a if a else "?") for p, a in rp["test_acc"].items()) +

@@ -9,7 +9,9 @@
  * reports the share of the time spent waiting for data and the
  * host-to-device bandwidth of the feed's copies; without it the batch is
  * resident. --export also writes the state, an input batch and its
- * eval-mode logits, for tools/load_safetensors.py. */
+ * eval-mode logits, for tools/load_safetensors.py. --eval times eval-mode
+ * forwards instead (inference: conv + batchnorm chains fused unless
+ * STK_NO_FUSION=1). */
 #include <stoker/engine.h>
 #include <stoker/loader.h>
 #include <stoker/optim.h>
@@ -37,7 +39,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: stoker-enginebench [--model FILE] [--batch N] [--threads N] [--iters N] "
                     "[--warmup N] [--profile] [--summary] [--export PREFIX] [--train] [--optimizer SPEC] "
-                    "[--device cpu|cuda|cuda:N] [--precision fp32|tf32|bf16|fp16] [--cuda-graph] [--json]\n"
+                    "[--device cpu|cuda|cuda:N] [--precision fp32|tf32|bf16|fp16] [--cuda-graph] [--json] [--eval]\n"
                     "                          [--data DIR [--augment SPEC] [--workers N] [--prefetch N]]\n"
                     "  --data DIR  training steps (--train) fed from the shards at DIR through the\n"
                     "              loader with --workers processes (default: the CPUs) and the feed;\n"
@@ -142,6 +144,7 @@ int main(int argc, char **argv)
     int batch = 128, threads = 2, iters = 20, warmup = 3, profile = 0, summary = 0, train = 0, json = 0, graph = 0;
     const char *data = NULL, *augment = "";
     int workers = stk_engine_cpu_count(), prefetch = 0;
+    int eval = 0;
     /* OpenMP threads that wait passively unless OMP_WAIT_POLICY says
      * otherwise (it executes us again once). */
     if (stk_engine_passive_wait(argv) < 0)
@@ -156,6 +159,7 @@ int main(int argc, char **argv)
         {"json", no_argument, 0, 'j'}, {"cuda-graph", no_argument, 0, 'G'}, {"help", no_argument, 0, 'h'},
         {"data", required_argument, 0, 'D'}, {"augment", required_argument, 0, 'A'},
         {"workers", required_argument, 0, 'W'}, {"prefetch", required_argument, 0, 'F'},
+        {"eval", no_argument, 0, 'E'},
         {0, 0, 0, 0},
     };
     int c;
@@ -179,11 +183,16 @@ int main(int argc, char **argv)
         case 'A': augment = optarg; break;
         case 'W': workers = (int)whole(optarg, 0, 1024); break;
         case 'F': prefetch = (int)whole(optarg, 0, 1024); break;
+        case 'E': eval = 1; break;
         default: usage(); return c == 'h' ? 0 : 2;
         }
     }
     if (optind < argc || batch < 1 || threads < 1 || iters < 1 || warmup < 0 || workers < 0 || prefetch < 0) {
         usage();
+        return 2;
+    }
+    if (eval && (train || data || graph)) {
+        fprintf(stderr, "stoker-enginebench: --eval times forwards: no --train, --data or --cuda-graph\n");
         return 2;
     }
     if (data && (!train || export)) {
@@ -234,6 +243,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "stoker-enginebench: %s\n", stk_error_message());
         return 1;
     }
+    if (eval)
+        stk_model_set_train(m, 0);
     if (summary)
         stk_model_summary_print(m, stdout);
     int64_t shape[4];
@@ -308,6 +319,10 @@ int main(int argc, char **argv)
             loss = sm.loss;
             continue;
         }
+        if (eval) {
+            rc = stk_model_forward_tensor(m, &xt, &yt, &loss);
+            continue;
+        }
         stk_model_set_step(m, (uint64_t)it);
         stk_model_zero_grad(m);
         rc = stk_model_forward_tensor(m, &xt, &yt, &loss);
@@ -342,7 +357,7 @@ int main(int argc, char **argv)
     static const char *const waits[] = {"spin", "passive", "active"};
     printf("stoker: %s batch %d, %s on %s, threads %d (backend max %d, wait %s): %.1f images/s (%.2f ms/iter, "
            "loss %.4f)\n",
-           model, batch, train ? "training step" : "forward+backward", device, threads, stk_model_threads(m),
+           model, batch, train ? "training step" : eval ? "eval forward" : "forward+backward", device, threads, stk_model_threads(m),
            waits[stk_engine_wait_policy()], (double)iters * batch / dt, 1e3 * dt / iters, (double)loss);
     /* The feed's copies after the warm-up: bytes over their device time. */
     uint64_t h2d_bytes = ds1.feed.bytes - ds0.feed.bytes, h2d_copies = ds1.feed.copies - ds0.feed.copies;
@@ -385,15 +400,25 @@ int main(int argc, char **argv)
     }
     uint64_t captures = 0, replays = 0;
     int graphs = stk_model_cuda_graph(m, &captures, &replays);
+    stk_fusion_stats_t fus;
+    stk_model_fusion_stats(m, &fus);
+    if (eval) {
+        printf("eval fusion: %d of %d conv+batchnorm chains fused (%d fell back)\n", fus.fused, fus.chains,
+               fus.fallbacks);
+        if (fus.fallbacks)
+            stk_model_summary_print(m, stdout);
+    }
     if (json)
         printf("{\"tool\":\"stoker\",\"model\":\"%s\",\"batch\":%d,\"device\":\"%s\",\"precision\":\"%s\","
                "\"train\":%s,\"cuda_graph\":%s,\"graph_replays\":%llu,\"iters\":%d,\"images_per_s\":%.1f,"
                "\"ms_per_iter\":%.3f,\"input\":\"%s\",\"workers\":%d,\"data_wait\":%.6f,\"h2d_bytes\":%llu,"
-               "\"h2d_copy_s\":%.6f,\"h2d_bytes_per_s\":%.1f,\"loss\":%.6f}\n",
+               "\"h2d_copy_s\":%.6f,\"h2d_bytes_per_s\":%.1f,\"loss\":%.6f,\"eval\":%s,\"fused\":%d,"
+               "\"fusion_chains\":%d,\"fusion_fallbacks\":%d}\n",
                model, batch, device, stk_precision_name(stk_model_precision(m)), train ? "true" : "false",
                graphs ? "true" : "false", (unsigned long long)replays, iters, (double)iters * batch / dt,
                1e3 * dt / iters, data ? "loader" : "resident", data ? workers : 0, wait,
-               (unsigned long long)h2d_bytes, h2d_s, h2d_bps, (double)loss);
+               (unsigned long long)h2d_bytes, h2d_s, h2d_bps, (double)loss, eval ? "true" : "false", fus.fused,
+               fus.chains, fus.fallbacks);
     free(x);
     free(y);
     stk_model_destroy(&m);

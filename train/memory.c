@@ -39,8 +39,10 @@ int stk_train_memory_estimate(stk_model_t *model, int64_t batch, uint64_t *bytes
     void *zeros = calloc((size_t)(planned * per_in), stk_dtype_size(stk_model_input_dtype(model)));
     if (!zeros)
         return stk__error(-ENOMEM, "memory estimate: out of memory");
-    int was_train = stk_model_is_train(model);
+    int was_train = stk_model_is_train(model), was_fused = stk_model_fusion(model);
     stk_model_set_train(model, 0);
+    /* every layer's output is counted: none may be fused away */
+    stk_model_set_fusion(model, 0);
     int rc = stk_model_forward(model, zeros, planned, NULL, NULL, NULL);
     uint64_t floats = 0;
     for (size_t i = 0; rc == 0 && i < stk_model_num_layers(model); i++) {
@@ -51,6 +53,7 @@ int stk_train_memory_estimate(stk_model_t *model, int64_t batch, uint64_t *bytes
         floats += (uint64_t)(stk_tensor_numel(&t) / planned);
     }
     stk_model_set_train(model, was_train);
+    stk_model_set_fusion(model, was_fused);
     free(zeros);
     if (rc)
         return rc;

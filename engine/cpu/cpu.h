@@ -55,6 +55,16 @@ struct stk__op {
     size_t n_src, n_dst, n_w, n_wfwd, n_wbwd, n_dw;
     int64_t bias_outer, bias_c, bias_inner;
     int bias_blocked;
+    /* The eval-mode convolution + batch norm (+ ReLU) op
+     * (stk__cpu_conv_fused_*): fs, ft hold this call's per-channel scale
+     * and shift (fc channels); fpost: the primitive applies them (s
+     * folded into the weights in r_w, t as its bias, ReLU a post-op);
+     * 0 (bf16 / fp16, whose output is rounded first): a loop after it
+     * does, walking y over bias_outer x bias_c x bias_inner. */
+    float *fs, *ft;
+    int64_t fc;
+    float feps;
+    int frelu, fpost;
 };
 
 typedef struct cpu_staged cpu_staged_t; /* cpu_staged.c */
@@ -75,6 +85,13 @@ int stk__cpu_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out);
 int stk__cpu_conv_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b, float *y);
 int stk__cpu_conv_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx);
 int stk__cpu_conv_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw, float *db);
+int stk__cpu_conv_fused_create(void *ctx, const stk__conv_fused_desc_t *d, stk__op_t **out);
+int stk__cpu_conv_fused_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b,
+                                const float *gamma, const float *beta, const float *mean, const float *var, float *y);
+/* s = gamma / sqrt(var + eps), t = (b - mean) s + beta over c channels (b
+ * NULL: 0), in float as the CUDA kernel computes them. */
+void stk__cpu_bn_fold(int64_t c, float eps, const float *b, const float *gamma, const float *beta, const float *mean,
+                      const float *var, float *s, float *t);
 int stk__cpu_bn_create(void *ctx, const stk__bn_desc_t *d, stk__op_t **out);
 int stk__cpu_bn_forward(void *ctx, stk__op_t *op, int train, const float *x, const float *gamma, const float *beta,
                         float *mean, float *var, float *y);

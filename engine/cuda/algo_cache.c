@@ -7,8 +7,9 @@
  * and each entry is the key's fields, a colon, then the choice:
  *   fprop f32 nchw H200-132 16 0 256 1 28 28 32 3 3 1 1 1 1 1 1 1 : 12 4096 0.0213 2 3=1 5=0
  * (op dtype layout device align tf32 n c h w k r s sh sw ph pw dh dw
- * groups : engine workspace time_ms nknobs type=value...). Lines that
- * start with '#' are comments. */
+ * groups : engine workspace time_ms nknobs type=value...; op is fprop,
+ * dgrad, wgrad, or fprop_bn / fprop_bn_relu for the eval-mode fused
+ * forwards). Lines that start with '#' are comments. */
 #include "algo_cache.h"
 
 #include "common/internal.h"
@@ -22,7 +23,7 @@
 #define FORMAT_MAGIC "stoker-algo-cache"
 #define FORMAT_VERSION 1
 
-static const char *const op_names[3] = {"fprop", "dgrad", "wgrad"};
+static const char *const op_names[STK__ALGO_OPS] = {"fprop", "dgrad", "wgrad", "fprop_bn", "fprop_bn_relu"};
 
 const char *stk__algo_reject(stk_cudnn_policy_t policy, int allow_tf32, unsigned notes, int64_t workspace,
                              uint64_t limit)
@@ -64,7 +65,7 @@ static int word_ok(const char *s, size_t cap)
 
 static int key_ok(const stk__algo_key_t *k)
 {
-    return k->op >= 0 && k->op < 3 && word_ok(k->dtype, sizeof(k->dtype)) && word_ok(k->layout, sizeof(k->layout)) &&
+    return k->op >= 0 && k->op < STK__ALGO_OPS && word_ok(k->dtype, sizeof(k->dtype)) && word_ok(k->layout, sizeof(k->layout)) &&
            word_ok(k->device, sizeof(k->device));
 }
 
@@ -81,7 +82,7 @@ int stk__algo_key_format(const stk__algo_key_t *k, char *buf, size_t cap)
 {
     int len = snprintf(buf, cap,
                        "%s %s %s %s %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld",
-                       k->op >= 0 && k->op < 3 ? op_names[k->op] : "?", k->dtype, k->layout, k->device,
+                       k->op >= 0 && k->op < STK__ALGO_OPS ? op_names[k->op] : "?", k->dtype, k->layout, k->device,
                        (long long)k->align, (long long)k->tf32, (long long)k->n, (long long)k->c, (long long)k->h,
                        (long long)k->w, (long long)k->k, (long long)k->r, (long long)k->s, (long long)k->sh,
                        (long long)k->sw, (long long)k->ph, (long long)k->pw, (long long)k->dh, (long long)k->dw,
@@ -251,7 +252,7 @@ static int parse_entry(char *line, stk__algo_key_t *k, stk__algo_choice_t *ch)
     memset(k, 0, sizeof(*k));
     memset(ch, 0, sizeof(*ch));
     k->op = -1;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < STK__ALGO_OPS; i++)
         if (!strcmp(t[0], op_names[i]))
             k->op = i;
     if (k->op < 0 || !parse_word(t[1], k->dtype, sizeof(k->dtype)) ||

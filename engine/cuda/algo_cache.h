@@ -13,8 +13,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The directions of a convolution: the same numbers as CU_FWD... */
-enum { STK__ALGO_FPROP = 0, STK__ALGO_DGRAD = 1, STK__ALGO_WGRAD = 2 };
+/* The directions of a convolution: the same numbers as CU_FWD...; then
+ * the eval-mode fused forwards (convolution, per-channel scale and
+ * shift, and ReLU or not), whose engines are chosen apart from the plain
+ * forward's. */
+enum {
+    STK__ALGO_FPROP = 0,
+    STK__ALGO_DGRAD = 1,
+    STK__ALGO_WGRAD = 2,
+    STK__ALGO_FPROP_BN = 3,
+    STK__ALGO_FPROP_BN_RELU = 4,
+    STK__ALGO_OPS = 5
+};
 
 /* An engine configuration's notes, as bits (cudnn_graph.c maps cuDNN's
  * numerical and behavior notes to these). */

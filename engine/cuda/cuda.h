@@ -90,13 +90,16 @@ typedef struct cuda_ctx {
 /* A cuDNN execution plan with what executing it needs. The descriptors
  * it was made from (tensors, operation, graph, engine configuration) are
  * kept alive with it: the plan refers to them. */
-/* graph, op, convolution, 3 tensors, configuration, engine, its knobs */
-#define DNN_KEEP_MAX 40
+/* graph, its operations and tensors (a fused graph: 4 operations, 3
+ * pointwise descriptors, the convolution's, 8 tensors), configuration,
+ * engine, its knobs */
+#define DNN_KEEP_MAX 56
+#define DNN_MAX_TENSORS 5 /* in a variant pack: x, w, y, and a fused op's s, t */
 typedef struct dnn_plan {
     cudnnBackendDescriptor_t plan; /* NULL: not built */
     int64_t workspace;             /* bytes */
     int n;                         /* tensors in the variant pack */
-    int64_t uid[4];
+    int64_t uid[DNN_MAX_TENSORS];
     cudnnBackendDescriptor_t keep[DNN_KEEP_MAX];
     int nkeep;
 } dnn_plan_t;
@@ -144,6 +147,11 @@ struct stk__op {
     int half;
     void *hx, *hw, *hy, *hdx, *hdw;
     const void *hx_from, *hw_from, *hy_from;
+    /* The eval-mode fused convolution (conv_fused_*): fused set, its
+     * plans in plans[CU_FWD], the batch norm's eps, ReLU or not; aux
+     * holds this call's s then t (2 x oc floats). */
+    int fused, frelu;
+    float feps;
 };
 
 #define CU_GRAPH_KSLOTS 256
@@ -177,6 +185,15 @@ void stk__dnn_algo_stats(void *ctx, stk_algo_stats_t *out);
  * compute. */
 int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_t act_align, int half,
                        dnn_plan_t *out);
+/* Plans the eval-mode fused forward of d: the graph convolution ->
+ * pointwise MUL by s -> ADD t (s, t: f32 [1, K, 1, 1]) -> RELU_FWD
+ * (relu), intermediates virtual f32; tensors, alignment and half as
+ * stk__dnn_conv_plan (x, w, y in the half type and NHWC under
+ * BF16 / FP16). Variant pack: x, w, y, s, t. The engine is chosen by
+ * the context's policy under its own cache key (STK__ALGO_FPROP_BN...).
+ * Fails (STK_EBACKEND naming the problem) when no engine plans it. */
+int stk__dnn_conv_fused_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int relu, int64_t act_align, int half,
+                             dnn_plan_t *out);
 /* Runs a plan on the context's stream: ptrs in the order of p->uid. */
 int stk__dnn_execute(cuda_ctx_t *c, const dnn_plan_t *p, void *const *ptrs, void *workspace);
 void stk__dnn_plan_free(dnn_plan_t *p);
@@ -185,6 +202,10 @@ void stk__dnn_plan_free(dnn_plan_t *p);
 void stk__cuda_op_destroy(void *ctx, stk__op_t *op);
 int stk__cuda_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out);
 int stk__cuda_conv_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b, float *y);
+int stk__cuda_conv_fused_create(void *ctx, const stk__conv_fused_desc_t *d, stk__op_t **out);
+int stk__cuda_conv_fused_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b,
+                                 const float *gamma, const float *beta, const float *mean, const float *var,
+                                 float *y);
 int stk__cuda_conv_backward_data(void *ctx, stk__op_t *op, const float *dy, const float *w, float *dx);
 int stk__cuda_conv_backward_weights(void *ctx, stk__op_t *op, const float *x, const float *dy, float *dw,
                                     float *db);

@@ -33,7 +33,8 @@ static int ensure_plan(cuda_ctx_t *c, stk__op_t *op, int dir, int v)
     dnn_plan_t *p = &op->plans[dir][v];
     if (p->plan)
         return 0;
-    int rc = stk__dnn_conv_plan(c, &op->conv, dir, v ? 4 : 16, op->half, p);
+    int rc = op->fused ? stk__dnn_conv_fused_plan(c, &op->conv, op->frelu, v ? 4 : 16, op->half, p)
+                       : stk__dnn_conv_plan(c, &op->conv, dir, v ? 4 : 16, op->half, p);
     if (rc < 0)
         return rc;
     if ((size_t)p->workspace > op->ws_bytes) {
@@ -145,6 +146,75 @@ int stk__cuda_conv_forward(void *ctx, stk__op_t *op, const float *x, const float
         rc = stk__cu_status(stk__k_bias_add(c->stream, op->conv.n, op->conv.oc, op->conv.oh * op->conv.ow, b, y),
                             "convolution bias");
     return rc;
+}
+
+/* ------------------------------------------- eval-mode conv + BN (+ ReLU) */
+
+int stk__cuda_conv_fused_create(void *ctx, const stk__conv_fused_desc_t *fd, stk__op_t **out)
+{
+    cuda_ctx_t *c = ctx;
+    const stk__conv_desc_t *d = &fd->conv;
+    if (d->fmt_in != STK__LAYOUT_PLAIN || d->fmt_out != STK__LAYOUT_PLAIN)
+        return stk__error(STK_EBACKEND, "cuda: convolution takes plain NCHW activations only");
+    if (d->groups < 1 || d->ic % d->groups || d->oc % d->groups)
+        return stk__error(-EINVAL, "cuda: convolution: %lld groups do not divide %lld -> %lld channels",
+                          (long long)d->groups, (long long)d->ic, (long long)d->oc);
+    stk__op_t *op = calloc(1, sizeof(*op));
+    if (!op)
+        return stk__error(-ENOMEM, "cuda: out of memory");
+    op->kind = CU_OP_CONV;
+    op->conv = *d;
+    op->half = c->half;
+    op->fused = 1;
+    op->frelu = fd->relu;
+    op->feps = fd->eps;
+    const size_t nx = (size_t)(d->n * d->ic * d->ih * d->iw), ny = (size_t)(d->n * d->oc * d->oh * d->ow),
+                 nw = (size_t)(d->oc * (d->ic / d->groups) * d->kh * d->kw);
+    int rc = stk__cuda_op_alloc(c, &op->aux, 2 * (size_t)d->oc * sizeof(float),
+                                "a fused convolution's scale and shift");
+    /* Half precision: x and w cast down into the op's buffers, y comes
+     * back through hy (no backward here: no gradient buffers). */
+    if (rc == 0 && op->half != STK__K_F32 &&
+        (rc = stk__cuda_op_alloc(c, &op->hx, nx * 2, "a half-precision convolution input")) == 0 &&
+        (rc = stk__cuda_op_alloc(c, &op->hy, ny * 2, "a half-precision convolution output")) == 0)
+        rc = stk__cuda_op_alloc(c, &op->hw, nw * 2, "half-precision convolution weights");
+    if (rc == 0)
+        rc = ensure_plan(c, op, CU_FWD, 0);
+    if (rc < 0) {
+        stk__cuda_op_destroy(ctx, op);
+        return rc;
+    }
+    *out = op;
+    return 0;
+}
+
+int stk__cuda_conv_fused_forward(void *ctx, stk__op_t *op, const float *x, const float *w, const float *b,
+                                 const float *gamma, const float *beta, const float *mean, const float *var,
+                                 float *y)
+{
+    cuda_ctx_t *c = ctx;
+    const stk__conv_desc_t *d = &op->conv;
+    float *s = op->aux, *t = s + d->oc;
+    int rc = stk__cu_unstick(c);
+    if (rc == 0)
+        rc = stk__cu_status(stk__k_bn_fold(c->stream, d->oc, op->feps, d->bias ? b : NULL, gamma, beta, mean, var,
+                                           s, t),
+                            "fused convolution: scale and shift");
+    if (rc < 0)
+        return rc;
+    if (op->half != STK__K_F32) {
+        void *ptrs[5] = {op->hx, op->hw, op->hy, s, t};
+        if ((rc = down(c, op, d->n, d->ic, d->ih, d->iw, x, op->hx)) < 0 ||
+            (rc = down(c, op, d->oc, d->ic / d->groups, d->kh, d->kw, w, op->hw)) < 0 ||
+            (rc = stk__dnn_execute(c, &op->plans[CU_FWD][0], ptrs, op->workspace)) < 0)
+            return rc;
+        return up(c, op, d->n, d->oc, d->oh, d->ow, op->hy, y);
+    }
+    int v = variant(x, y);
+    if ((rc = ensure_plan(c, op, CU_FWD, v)) < 0)
+        return rc;
+    void *ptrs[5] = {(void *)x, (void *)w, y, s, t};
+    return stk__dnn_execute(c, &op->plans[CU_FWD][v], ptrs, op->workspace);
 }
 
 /* dy in half precision in op->hy: what backward weights cast when it is

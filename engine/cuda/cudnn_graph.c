@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,30 +50,39 @@ fail:
  * either layout; OIHW for weights): f32 NCHW (OIHW) for half
  * STK__K_F32, else BF16 / FP16 NHWC (KRSC): the channel is the innermost
  * dimension, what the tensor-core engines want. */
-static int tensor(cudnnBackendDescriptor_t *t, int64_t uid, const int64_t dims[4], int64_t align, int half)
+static int tensor_of(cudnnBackendDescriptor_t *t, int64_t uid, const int64_t dims[4], int64_t align, int nhwc,
+                     cudnnDataType_t dt, int is_virtual)
 {
     int rc = 0;
     const int64_t c = dims[1], h = dims[2], w = dims[3];
     int64_t strides[4] = {c * h * w, h * w, w, 1};
-    if (half != STK__K_F32) {
+    if (nhwc) {
         strides[1] = 1;
         strides[2] = w * c;
         strides[3] = c;
     }
-    cudnnDataType_t dt = half == STK__K_BF16  ? CUDNN_DATA_BFLOAT16
-                         : half == STK__K_F16 ? CUDNN_DATA_HALF
-                                              : CUDNN_DATA_FLOAT;
+    bool virt = is_virtual != 0;
     DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_TENSOR_DESCRIPTOR, t), "tensor descriptor");
     SET(*t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt);
     SET(*t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims);
     SET(*t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides);
     SET(*t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
     SET(*t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align);
+    if (virt)
+        SET(*t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &virt);
     DNN(cudnnBackendFinalize(*t), "tensor descriptor");
     return 0;
 fail:
     destroy(t);
     return rc;
+}
+
+static int tensor(cudnnBackendDescriptor_t *t, int64_t uid, const int64_t dims[4], int64_t align, int half)
+{
+    cudnnDataType_t dt = half == STK__K_BF16  ? CUDNN_DATA_BFLOAT16
+                         : half == STK__K_F16 ? CUDNN_DATA_HALF
+                                              : CUDNN_DATA_FLOAT;
+    return tensor_of(t, uid, dims, align, half != STK__K_F32, dt, 0);
 }
 
 static int conv_desc(cudnnBackendDescriptor_t *cd, const stk__conv_desc_t *d)
@@ -360,12 +370,25 @@ typedef struct cand {
     double ms;
 } cand_t;
 
+/* The operands of a graph as a timing run binds them: nt tensors of
+ * bytes[i] bytes under uid[i]. fused: an eval-mode fused graph, which
+ * mostly only cuDNN's runtime fusion engines take: under the benchmark
+ * policy those are then candidates too, two at most (each is compiled
+ * when planned). */
+typedef struct operands {
+    int fused;
+    int nt;
+    int64_t bytes[DNN_MAX_TENSORS];
+    int64_t uid[DNN_MAX_TENSORS];
+} operands_t;
+
 /* Appends to cand[*n] (up to max) the configurations that heuristic
  * `mode` ranks for graph, best first, that the policy accepts and that
- * plan. Returns 0 or a failure of the heuristics themselves. *last: the
+ * plan (rtc_ok: runtime-compiled ones too, whatever the policy says of
+ * them). Returns 0 or a failure of the heuristics themselves. *last: the
  * status of the last refusal (for the message when none plans). */
 static int candidates(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, cudnnBackendHeurMode_t mode, int tc,
-                      cand_t *cand, int *n, int max, cudnnStatus_t *last)
+                      int rtc_ok, cand_t *cand, int *n, int max, cudnnStatus_t *last)
 {
     int rc = 0;
     cudnnBackendDescriptor_t heur = NULL, cfgs[64] = {NULL};
@@ -387,6 +410,8 @@ static int candidates(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, cudnnBacken
             "heuristics: results");
     for (int64_t i = 0; i < got && i < count && *n < max; i++) {
         unsigned notes = cfg_notes(cfgs[i]);
+        if (rtc_ok)
+            notes &= ~(unsigned)STK__NOTE_RUNTIME_COMPILATION;
         if (stk__algo_reject(c->policy, tc, notes, -1, c->ws_limit)) {
             c->algo.skipped++;
             continue;
@@ -422,17 +447,17 @@ fail:
  * values do not change which kernel runs): one run to warm up, then the
  * mean of three between events. A candidate that fails to run is left
  * out (ms < 0). Returns 0 or a failure to get memory or events. */
-static int time_candidates(cuda_ctx_t *c, const int64_t bytes[3], cand_t *cand, int n)
+static int time_candidates(cuda_ctx_t *c, const operands_t *ops, cand_t *cand, int n)
 {
     int rc = 0;
-    void *buf[3] = {NULL}, *ws = NULL;
+    void *buf[DNN_MAX_TENSORS] = {NULL}, *ws = NULL;
     cudaEvent_t ev[2] = {NULL, NULL};
     int64_t wsmax = 0;
     for (int i = 0; i < n; i++)
         if (cand[i].ws > wsmax)
             wsmax = cand[i].ws;
-    for (int i = 0; i < 3 && rc == 0; i++)
-        rc = stk__cuda_op_alloc(c, &buf[i], (size_t)bytes[i], "timing convolution engines");
+    for (int i = 0; i < ops->nt && rc == 0; i++)
+        rc = stk__cuda_op_alloc(c, &buf[i], (size_t)ops->bytes[i], "timing convolution engines");
     if (rc == 0)
         rc = stk__cuda_op_alloc(c, &ws, (size_t)wsmax, "timing convolution engines (workspace)");
     if (rc == 0 && ((rc = stk__cu_status(cudaEventCreate(&ev[0]), "cudaEventCreate")) < 0 ||
@@ -440,7 +465,8 @@ static int time_candidates(cuda_ctx_t *c, const int64_t bytes[3], cand_t *cand, 
         goto out;
     if (rc < 0)
         goto out;
-    dnn_plan_t p = {.n = 3, .uid = {1, 2, 3}};
+    dnn_plan_t p = {.n = ops->nt};
+    memcpy(p.uid, ops->uid, sizeof(p.uid));
     for (int i = 0; i < n; i++) {
         p.plan = cand[i].plan;
         cand[i].ms = -1;
@@ -464,7 +490,7 @@ out:
         if (ev[i])
             cudaEventDestroy(ev[i]);
     /* cudaFree waits for the device: plan time. */
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < ops->nt; i++)
         cudaFree(buf[i]);
     cudaFree(ws);
     return rc;
@@ -473,7 +499,9 @@ out:
 static void log_choice(const cuda_ctx_t *c, const stk__algo_key_t *key, const stk__algo_choice_t *ch,
                        const char *how)
 {
-    static const char *const dir_name[3] = {"forward", "backward data", "backward weights"};
+    static const char *const dir_name[STK__ALGO_OPS] = {"forward", "backward data", "backward weights",
+                                                         "forward + batch norm (eval)",
+                                                         "forward + batch norm + ReLU (eval)"};
     char knobs[STK__ALGO_MAX_KNOBS * 24 + 1] = "";
     size_t at = 0;
     for (int i = 0; i < ch->nknobs && at < sizeof(knobs); i++)
@@ -535,7 +563,7 @@ static int plan_cached(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, int tc, co
  * engines are allowed (TF32 asked for, or half inputs, which is what
  * they are for). */
 static int choose(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk__algo_key_t *key, int tc,
-                  const int64_t bytes[3], dnn_plan_t *p, cudnnStatus_t *last)
+                  const operands_t *ops, dnn_plan_t *p, cudnnStatus_t *last)
 {
     int rc = 0;
     int bench = c->policy == STK_CUDNN_BENCHMARK;
@@ -557,19 +585,19 @@ static int choose(cuda_ctx_t *c, cudnnBackendDescriptor_t graph, const stk__algo
         c->algo.misses++;
     }
     cand_t cand[MAX_TIMED];
-    int n = 0, max = bench ? MAX_TIMED : 1;
+    int n = 0, max = bench ? (ops->fused ? 2 : MAX_TIMED) : 1;
     memset(cand, 0, sizeof(cand));
     /* Mode A ranks the fast engines; the fallback list holds the ones
      * that take any problem. */
-    if ((rc = candidates(c, graph, CUDNN_HEUR_MODE_A, tc, cand, &n, max, last)) < 0)
+    if ((rc = candidates(c, graph, CUDNN_HEUR_MODE_A, tc, ops->fused, cand, &n, max, last)) < 0)
         goto out;
-    if (n == 0 && (rc = candidates(c, graph, CUDNN_HEUR_MODE_FALLBACK, tc, cand, &n, max, last)) < 0)
+    if (n == 0 && (rc = candidates(c, graph, CUDNN_HEUR_MODE_FALLBACK, tc, ops->fused, cand, &n, max, last)) < 0)
         goto out;
     if (n == 0)
         goto out;
     int best = 0;
     if (bench && n > 1) {
-        if ((rc = time_candidates(c, bytes, cand, n)) < 0)
+        if ((rc = time_candidates(c, ops, cand, n)) < 0)
             goto out;
         best = -1;
         for (int i = 0; i < n; i++)
@@ -656,10 +684,12 @@ int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_
         snprintf(key.layout, sizeof(key.layout), "nhwc");
     }
     snprintf(key.device, sizeof(key.device), "%s", c->device_tag[0] ? c->device_tag : "gpu");
-    const int64_t bytes[3] = {xd[0] * xd[1] * xd[2] * xd[3] * esize, wd[0] * wd[1] * wd[2] * wd[3] * esize,
-                              yd[0] * yd[1] * yd[2] * yd[3] * esize};
+    const operands_t ops = {.nt = 3,
+                            .bytes = {xd[0] * xd[1] * xd[2] * xd[3] * esize, wd[0] * wd[1] * wd[2] * wd[3] * esize,
+                                      yd[0] * yd[1] * yd[2] * yd[3] * esize},
+                            .uid = {1, 2, 3}};
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
-    if ((rc = choose(c, graph, &key, half != STK__K_F32 || c->allow_tf32, bytes, p, &last)) < 0)
+    if ((rc = choose(c, graph, &key, half != STK__K_F32 || c->allow_tf32, &ops, p, &last)) < 0)
         goto fail;
     if (!p->plan) {
         char what[384], limit[64] = "";
@@ -690,6 +720,138 @@ fail:
     destroy(&cd);
     for (int i = 0; i < 3; i++)
         destroy(&t[i]);
+    stk__dnn_plan_free(p);
+    return rc;
+}
+
+/* A pointwise operation y = mode(x[, b]) computed in f32; its descriptor
+ * goes to *pw (the operation refers to it). */
+static int pointwise(cudnnBackendDescriptor_t *pw, cudnnBackendDescriptor_t *op, cudnnPointwiseMode_t mode,
+                     cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t y)
+{
+    int rc = 0;
+    cudnnDataType_t prec = CUDNN_DATA_FLOAT;
+    DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_POINTWISE_DESCRIPTOR, pw), "pointwise descriptor");
+    SET(*pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
+    SET(*pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec);
+    DNN(cudnnBackendFinalize(*pw), "pointwise descriptor");
+    DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, op), "pointwise operation");
+    SET(*op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, pw);
+    SET(*op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x);
+    if (b)
+        SET(*op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b);
+    SET(*op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y);
+    DNN(cudnnBackendFinalize(*op), "pointwise operation");
+    return 0;
+fail:
+    destroy(op);
+    destroy(pw);
+    return rc;
+}
+
+/* Keeps descriptor d with plan p (or destroys it when p is full). */
+static void keep(dnn_plan_t *p, cudnnBackendDescriptor_t d)
+{
+    if (p->nkeep < DNN_KEEP_MAX)
+        p->keep[p->nkeep++] = d;
+    else
+        destroy(&d);
+}
+
+int stk__dnn_conv_fused_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int relu, int64_t act_align, int half,
+                             dnn_plan_t *p)
+{
+    int rc = 0;
+    memset(p, 0, sizeof(*p));
+    const int64_t xd[4] = {d->n, d->ic, d->ih, d->iw}, wd[4] = {d->oc, d->ic / d->groups, d->kh, d->kw},
+                  yd[4] = {d->n, d->oc, d->oh, d->ow}, cd4[4] = {1, d->oc, 1, 1};
+    const int64_t w_align = half != STK__K_F32 ? 16 : 4, esize = half != STK__K_F32 ? 2 : 4;
+    const int nhwc = half != STK__K_F32;
+    if (half != STK__K_F32)
+        act_align = 16;
+    /* uids: x 1, w 2, y 3, s 4, t 5; the virtual conv(x, w) 6, its
+     * product with s 7, the sum with t 8 (before the ReLU). */
+    cudnnBackendDescriptor_t x = NULL, w = NULL, y = NULL, ts = NULL, tt = NULL, v[3] = {NULL}, cdesc = NULL,
+                             conv = NULL, pwd[3] = {NULL}, pwo[3] = {NULL}, graph = NULL;
+    if ((rc = tensor(&x, 1, xd, act_align, half)) < 0 || (rc = tensor(&w, 2, wd, w_align, half)) < 0 ||
+        (rc = tensor(&y, 3, yd, act_align, half)) < 0 ||
+        (rc = tensor_of(&ts, 4, cd4, 16, nhwc, CUDNN_DATA_FLOAT, 0)) < 0 ||
+        (rc = tensor_of(&tt, 5, cd4, 16, nhwc, CUDNN_DATA_FLOAT, 0)) < 0 ||
+        (rc = tensor_of(&v[0], 6, yd, 16, nhwc, CUDNN_DATA_FLOAT, 1)) < 0 ||
+        (rc = tensor_of(&v[1], 7, yd, 16, nhwc, CUDNN_DATA_FLOAT, 1)) < 0 ||
+        (relu && (rc = tensor_of(&v[2], 8, yd, 16, nhwc, CUDNN_DATA_FLOAT, 1)) < 0) || (rc = conv_desc(&cdesc, d)) < 0)
+        goto fail;
+    {
+        cudnnBackendDescriptor_t ct[3] = {x, w, v[0]};
+        if ((rc = conv_op(&conv, CU_FWD, ct, cdesc)) < 0 ||
+            (rc = pointwise(&pwd[0], &pwo[0], CUDNN_POINTWISE_MUL, v[0], ts, v[1])) < 0 ||
+            (rc = pointwise(&pwd[1], &pwo[1], CUDNN_POINTWISE_ADD, v[1], tt, relu ? v[2] : y)) < 0 ||
+            (relu && (rc = pointwise(&pwd[2], &pwo[2], CUDNN_POINTWISE_RELU_FWD, v[2], NULL, y)) < 0))
+            goto fail;
+    }
+    {
+        cudnnBackendDescriptor_t ops[4] = {conv, pwo[0], pwo[1], pwo[2]};
+        DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, &graph), "operation graph");
+        SET(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, relu ? 4 : 3, ops);
+        DNN(cudnnBackendFinalize(graph), "fused operation graph");
+    }
+    /* The descriptors live as long as the plan; the plan's own free
+     * releases them from here on, on every path. */
+    {
+        cudnnBackendDescriptor_t all[] = {graph, conv, pwo[0], pwo[1], pwo[2], pwd[0], pwd[1], pwd[2], cdesc,
+                                          x, w, y, ts, tt, v[0], v[1], v[2]};
+        for (size_t i = 0; i < STK__ARRAY_LEN(all); i++)
+            if (all[i])
+                keep(p, all[i]);
+    }
+    stk__algo_key_t key = {.op = relu ? STK__ALGO_FPROP_BN_RELU : STK__ALGO_FPROP_BN, .dtype = "f32",
+                           .layout = "nchw", .align = act_align, .tf32 = half != STK__K_F32 ? 0 : c->allow_tf32,
+                           .n = d->n, .c = d->ic, .h = d->ih, .w = d->iw, .k = d->oc, .r = d->kh, .s = d->kw,
+                           .sh = d->sh, .sw = d->sw, .ph = d->ph, .pw = d->pw, .dh = d->dh, .dw = d->dw,
+                           .groups = d->groups};
+    if (half != STK__K_F32) {
+        snprintf(key.dtype, sizeof(key.dtype), "%s", half == STK__K_BF16 ? "bf16" : "f16");
+        snprintf(key.layout, sizeof(key.layout), "nhwc");
+    }
+    snprintf(key.device, sizeof(key.device), "%s", c->device_tag[0] ? c->device_tag : "gpu");
+    const operands_t ops = {.fused = 1,
+                            .nt = 5,
+                            .bytes = {xd[0] * xd[1] * xd[2] * xd[3] * esize, wd[0] * wd[1] * wd[2] * wd[3] * esize,
+                                      yd[0] * yd[1] * yd[2] * yd[3] * esize, d->oc * 4, d->oc * 4},
+                            .uid = {1, 2, 3, 4, 5}};
+    cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
+    if ((rc = choose(c, graph, &key, half != STK__K_F32 || c->allow_tf32, &ops, p, &last)) < 0)
+        goto out;
+    if (!p->plan) {
+        char what[384];
+        snprintf(what, sizeof(what),
+                 "no engine plans the fused convolution + scale/shift%s (%s %s, n %lld, %lld->%lld channels, "
+                 "%lldx%lld input, kernel %lldx%lld, policy %s)",
+                 relu ? " + ReLU" : "", key.dtype, key.layout, (long long)d->n, (long long)d->ic, (long long)d->oc,
+                 (long long)d->ih, (long long)d->iw, (long long)d->kh, (long long)d->kw,
+                 stk_cudnn_policy_name(c->policy));
+        rc = stk__dnn_status(last, what);
+        goto out;
+    }
+    p->n = 5;
+    for (int i = 0; i < 5; i++)
+        p->uid[i] = ops.uid[i];
+    return 0;
+fail:
+    destroy(&graph);
+    for (int i = 0; i < 3; i++) {
+        destroy(&pwo[i]);
+        destroy(&pwd[i]);
+        destroy(&v[i]);
+    }
+    destroy(&conv);
+    destroy(&cdesc);
+    destroy(&x);
+    destroy(&w);
+    destroy(&y);
+    destroy(&ts);
+    destroy(&tt);
+out:
     stk__dnn_plan_free(p);
     return rc;
 }

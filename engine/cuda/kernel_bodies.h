@@ -116,6 +116,18 @@ KB float kb_bn_apply_at(int64_t i, int64_t c, int64_t hw, float eps, int relu, c
     return y;
 }
 
+/* Channel ch of an eval-mode batch norm folded into the convolution
+ * before it (the fused op, cuda_conv.c): s = gamma / sqrt(var + eps),
+ * t = (b - mean) s + beta (b NULL: no bias). The CPU backend's
+ * stk__cpu_bn_fold does the same float operations. */
+KB void kb_bn_fold_at(int64_t ch, float eps, const float *b, const float *gamma, const float *beta,
+                      const float *mean, const float *var, float *s, float *t)
+{
+    float sk = gamma[ch] / sqrtf(var[ch] + eps);
+    s[ch] = sk;
+    t[ch] = ((b ? b[ch] : 0.0f) - mean[ch]) * sk + beta[ch];
+}
+
 /* dx at element i, from the channel sums dgamma = sum dy' xhat and
  * dbeta = sum dy' over m = n * hw elements. */
 KB float kb_bn_dx_at(int64_t i, int64_t c, int64_t hw, int64_t m, float eps, const float *x, const float *dy,

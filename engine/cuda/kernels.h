@@ -58,6 +58,10 @@ cudaError_t stk__k_bn_apply(cudaStream_t s, int64_t n, int64_t c, int64_t hw, fl
 cudaError_t stk__k_bn_backward(cudaStream_t s, int64_t n, int64_t c, int64_t hw, float eps, const float *x,
                                const float *dy, const float *gamma, const float *mean, const float *var,
                                const uint8_t *mask, float *dx, float *dgamma, float *dbeta);
+/* s, t over c channels: an eval-mode batch norm folded into a scale and
+ * shift after a convolution with bias b (NULL: none); kb_bn_fold_at. */
+cudaError_t stk__k_bn_fold(cudaStream_t s, int64_t c, float eps, const float *b, const float *gamma,
+                           const float *beta, const float *mean, const float *var, float *scale, float *shift);
 /* running = (1 - m) running + m batch, the variance made unbiased first. */
 cudaError_t stk__k_bn_running(cudaStream_t s, int64_t c, int64_t count, float momentum, const float *mean,
                               const float *var, float *running_mean, float *running_var);

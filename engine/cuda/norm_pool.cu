@@ -92,6 +92,15 @@ static __global__ void k_bn_running(int64_t c, float momentum, double unbias, co
     }
 }
 
+static __global__ void k_bn_fold(int64_t c, float eps, const float *b, const float *gamma, const float *beta,
+                                 const float *mean, const float *var, float *scale, float *shift)
+{
+    FOR_EACH(i, c)
+    {
+        kb_bn_fold_at((int64_t)i, eps, b, gamma, beta, mean, var, scale, shift);
+    }
+}
+
 /* One block per channel of [outer, c, inner]. */
 static __global__ void k_bias_grad(int64_t outer, int64_t c, int64_t inner, const float *dy, float *db)
 {
@@ -175,6 +184,15 @@ extern "C" cudaError_t stk__k_bn_running(cudaStream_t s, int64_t c, int64_t coun
     if (c > 0)
         k_bn_running<<<grid_for((size_t)c), THREADS, 0, s>>>(c, momentum, unbias, mean, var, running_mean,
                                                               running_var);
+    return launched();
+}
+
+extern "C" cudaError_t stk__k_bn_fold(cudaStream_t s, int64_t c, float eps, const float *b, const float *gamma,
+                                      const float *beta, const float *mean, const float *var, float *scale,
+                                      float *shift)
+{
+    if (c > 0)
+        k_bn_fold<<<grid_for((size_t)c), THREADS, 0, s>>>(c, eps, b, gamma, beta, mean, var, scale, shift);
     return launched();
 }
 

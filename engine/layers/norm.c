@@ -154,6 +154,9 @@ static int bn_forward(stk_model_t *m, int i)
     stk__layer_t *l = &m->layers[i];
     const float *x = stk__input(m, i, 0)->y, *g = stk__param(m, l, 0), *b = stk__param(m, l, 1);
     float *mean = l->extra, *var = mean + l->c;
+    /* In eval its convolution may have written y already (layers/conv.c). */
+    if (!m->train && l->fuse_conv && m->layers[l->fuse_conv].fuse_ran)
+        return 0;
     if (!m->train)
         return be->bn_forward(m->be.ctx, stk__plan(m, i), 0, x, g, b, stk__buffer(m, l, 0), stk__buffer(m, l, 1),
                               l->y);

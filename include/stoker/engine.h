@@ -276,6 +276,9 @@ typedef struct stk_model_config {
                                        * saved to, atomically, whenever a
                                        * problem was timed. NULL (default):
                                        * none. Copied by stk_model_create */
+    int no_fusion;        /* 1: never fuse (stk_model_set_fusion). The
+                           * environment variable STK_NO_FUSION=1 does the
+                           * same. Default 0 */
 } stk_model_config_t;
 
 /* Fills *cfg with the defaults documented on each field. NULL-safe. Like
@@ -342,6 +345,26 @@ STK_API int64_t stk_model_batch_size(const stk_model_t *m);
  * dropout. */
 STK_API void stk_model_set_train(stk_model_t *m, int train);
 STK_API int stk_model_is_train(const stk_model_t *m);
+
+/* Eval-mode fusion (on by default): in eval mode a conv2d whose only
+ * consumer is a batchnorm2d runs with it, and with the relu fused into
+ * that batchnorm, as one backend op (oneDNN post-ops on the CPU, a cuDNN
+ * fused graph on CUDA), the running statistics folded into a per-channel
+ * scale and shift at every forward. Training is never fused. Fused
+ * output equals the unfused one within float rounding, not bitwise; the
+ * convolution's own output is then not computed (stk_model_output on it
+ * fails with STK_ESTATE). A backend that cannot fuse a chain runs it
+ * unfused (the summary says which and why). Off: every layer runs by
+ * itself, as in training. */
+STK_API void stk_model_set_fusion(stk_model_t *m, int on);
+STK_API int stk_model_fusion(const stk_model_t *m);
+typedef struct stk_fusion_stats {
+    int chains;    /* conv2d -> batchnorm2d pairs that may fuse in eval */
+    int fused;     /* of those, ran fused in the last forward */
+    int fallbacks; /* of those, the backend could not fuse in the current plan */
+} stk_fusion_stats_t;
+/* 0 or -EINVAL (NULL). */
+STK_API int stk_model_fusion_stats(const stk_model_t *m, stk_fusion_stats_t *out);
 
 /* Dropout masks are a pure function of (seed, step, layer, element): the
  * same step gives the same mask, whatever the thread count. The model

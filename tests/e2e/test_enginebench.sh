@@ -3,8 +3,8 @@
 # stoker-enginebench as tools/gpu-check.sh runs it, at a small size on the
 # CPU: training steps of fmnist-cnn and ResNet-18 (models/resnet18.model)
 # with one JSON line each, TF32 computed as FP32 and BF16/FP16 emulated on
-# the CPU, and the option errors (exit 2) and refusals (exit 1, the
-# engine's message).
+# the CPU, eval forwards (--eval, fused), and the option errors (exit 2)
+# and refusals (exit 1, the engine's message).
 set -eu
 eb="$STK_BUILD_ROOT/tools/stoker-enginebench"
 models="$STK_SOURCE_ROOT/models"
@@ -23,11 +23,22 @@ out=$("$eb" --model "$models/fmnist-cnn.model" --batch 4 --iters 1 --warmup 0 --
 has "$out" '"precision":"bf16","train":false'
 out=$("$eb" --model "$models/fmnist-cnn.model" --batch 4 --iters 1 --warmup 1 --threads 1 --precision fp16 --train --json)
 has "$out" '"precision":"fp16","train":true'
+# --eval: eval-mode forwards, fmnist-cnn's four conv+batchnorm+relu chains
+# fused (STK_NO_FUSION=1: none).
+out=$("$eb" --model "$models/fmnist-cnn.model" --batch 3 --iters 2 --warmup 1 --threads 1 --eval --json)
+has "$out" "eval forward on cpu"
+has "$out" "eval fusion: 4 of 4 conv+batchnorm chains fused (0 fell back)"
+has "$out" '"eval":true,"fused":4,"fusion_chains":4,"fusion_fallbacks":0}'
+out=$(STK_NO_FUSION=1 "$eb" --model "$models/fmnist-cnn.model" --batch 3 --iters 1 --warmup 0 --threads 1 --eval --json)
+has "$out" '"eval":true,"fused":0,"fusion_chains":4,"fusion_fallbacks":0}'
+out=$("$eb" --model "$models/fmnist-cnn.model" --batch 3 --iters 1 --warmup 0 --threads 1 --eval --precision bf16 --json)
+has "$out" '"precision":"bf16","train":false'
+has "$out" '"eval":true,"fused":4'
 # ResNet-18: torchvision's parameter count, one training step.
 out=$("$eb" --model "$models/resnet18.model" --batch 1 --iters 1 --warmup 0 --threads 2 --train --summary --json)
 has "$out" "Total params: 11,689,512"
 has "$out" '"model":"'"$models"'/resnet18.model","batch":1,"device":"cpu","precision":"fp32","train":true'
-loss=$(echo "$out" | sed -n 's/.*"loss":\([0-9.]*\)}.*/\1/p')
+loss=$(echo "$out" | sed -n 's/.*"loss":\([0-9.]*\),.*/\1/p')
 [ -n "$loss" ] || fail "no finite loss in: $out"
 
 bad() { # exit status, expected message, then the arguments
@@ -48,6 +59,7 @@ bad 2 "usage:" --batch 0
 bad 2 "usage:" --iters 2x
 bad 2 "usage:" extra
 bad 1 "optimizer" --train --optimizer "sgd:speed=3"
+bad 2 "--eval times forwards" --eval --train
 if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" = 0 ]; then
     bad 1 "CUDA" --device cuda
 fi

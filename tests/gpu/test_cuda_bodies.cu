@@ -2,7 +2,8 @@
 /* The CUDA kernels' thread bodies (engine/cuda/kernel_bodies.h), run on
  * the host over every index and compared with the CPU backend on the same
  * inputs: activations, concat, dropout (bit for bit: the same Philox
- * code), reorder, batch-norm normalize and input gradient, pooling forward
+ * code), reorder, batch-norm normalize and input gradient, the eval-mode
+ * batch-norm fold of the fused convolution, pooling forward
  * and backward (argmax and gather), the cross-entropy gradient, the
  * accuracy count, and the optimizer updates (bit for bit). What runs
  * on a GPU is these functions inside grid-stride loops, so their index
@@ -184,6 +185,37 @@ static void test_batchnorm(const stk__backend_t *cpu, int relu)
         kdx[i] = kb_bn_dx_at((int64_t)i, d.c, hw, m, d.eps, x, dy, g, mean, var, relu ? mask : NULL, sg, sb);
     close_enough(relu ? "batch norm + relu dx" : "batch norm dx", kdx, dx, total, 1e-4, 1e-5);
     free(x), free(dy), free(y), free(dx), free(ky), free(kdx), free(mask);
+}
+
+/* The eval-mode fold of the fused convolution: v s + t with the body's
+ * s, t is the CPU backend's eval batch norm of v + b (the convolution's
+ * bias), for running statistics far from 0 and 1. */
+static void test_bn_fold(const stk__backend_t *cpu, int bias)
+{
+    stk__bn_desc_t d;
+    memset(&d, 0, sizeof(d));
+    d.n = 3, d.c = 5, d.h = 4, d.w = 3, d.eps = 1e-3f, d.fmt = STK__LAYOUT_PLAIN;
+    const int64_t hw = d.h * d.w;
+    const size_t total = (size_t)(d.n * d.c * hw);
+    float *v = fbuf(total), *vb = fbuf(total), *y = fbuf(total), *ky = fbuf(total);
+    float g[5] = {0.7f, 1.3f, -0.4f, 2.5f, 0.05f}, be[5] = {0.1f, -0.5f, 0.3f, 0.0f, 4.0f};
+    float mean[5] = {0.5f, -3.0f, 10.0f, 0.0f, -0.25f}, var[5] = {0.01f, 4.0f, 30.0f, 1.0f, 0.0f};
+    float b[5] = {-0.3f, 2.0f, 7.5f, 0.0f, -1.0f}, sc[5], sh[5];
+    fill(v, total, 11, 3.0f);
+    for (size_t i = 0; i < total; i++)
+        vb[i] = v[i] + (bias ? b[(i / (size_t)hw) % 5] : 0.0f);
+    stk__op_t *op = NULL;
+    OK(cpu->iface->bn_create(cpu->ctx, &d, &op));
+    OK(cpu->iface->bn_forward(cpu->ctx, op, 0, vb, g, be, mean, var, y));
+    cpu->iface->op_destroy(cpu->ctx, op);
+    for (int64_t ch = 0; ch < d.c; ch++)
+        kb_bn_fold_at(ch, d.eps, bias ? b : NULL, g, be, mean, var, sc, sh);
+    for (size_t i = 0; i < total; i++) {
+        size_t ch = (i / (size_t)hw) % 5;
+        ky[i] = v[i] * sc[ch] + sh[ch];
+    }
+    close_enough(bias ? "batch norm fold (bias)" : "batch norm fold", ky, y, total, 1e-5, 1e-4);
+    free(v), free(vb), free(y), free(ky);
 }
 
 static void test_pool(const stk__backend_t *cpu, int max, int64_t k, int64_t s, int64_t p)
@@ -503,6 +535,8 @@ int main(void)
     test_reorder(&cpu);
     test_batchnorm(&cpu, 0);
     test_batchnorm(&cpu, 1);
+    test_bn_fold(&cpu, 0);
+    test_bn_fold(&cpu, 1);
     test_pool(&cpu, 1, 2, 2, 0);
     test_pool(&cpu, 1, 3, 2, 1);
     test_pool(&cpu, 1, 3, 1, 1);
