@@ -180,6 +180,13 @@ int stk_feed_done(stk_feed_t *f, const void *dev)
     return 0;
 }
 
+int stk_feed_copies(const stk_feed_t *f)
+{
+    if (!f)
+        return stk__error(-EINVAL, "stk_feed_copies: NULL feed");
+    return !f->direct;
+}
+
 int stk_feed_stats(const stk_feed_t *f, stk_feed_stats_t *out)
 {
     if (!f || !out)

@@ -699,6 +699,11 @@ uint64_t stk_loader_len(const stk_loader_t *l)
     return l ? l->nbatches : 0;
 }
 
+uint32_t stk__loader_slots(const stk_loader_t *l)
+{
+    return l ? LY(l)->nslots : 0;
+}
+
 static void make_view(const stk_loader_t *l, uint32_t s, stk_batch_t *b)
 {
     const stk__layout_t *L = LY(l);

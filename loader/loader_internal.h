@@ -144,6 +144,11 @@ int stk__layout_make(stk__worker_spec_t *spec, const stk_dataset_t *ds, const ch
 int stk__loader_check_limits(const stk_dataset_t *ds, uint32_t nworkers, size_t arena_bytes,
                              int pin_memlock);
 
+/* Batches a loader can hold at once (slots): stk_loader_next returns
+ * STK_ESTATE while that many are held. The training loop fetches one
+ * batch ahead only with 2 or more. */
+uint32_t stk__loader_slots(const stk_loader_t *l);
+
 /* ---- num_workers auto (autotune.c) --------------------------------- */
 
 /* CPUs this process may use: its affinity mask, lowered by a cgroup v2

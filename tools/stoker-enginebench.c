@@ -52,9 +52,10 @@ typedef struct data_feed {
     stk_dataset_t *ds;
     stk_loader_t *loader;
     stk_train_inputs_t *inputs;
-    stk_feed_t *feed;
+    /* converted and fed as in stk_train_run: on a GPU the next batch's
+     * copy runs while the step computes */
+    stk_train_batches_t *batches;
     uint64_t epoch;
-    double wait_s;
 } data_feed_t;
 
 static int data_open(data_feed_t *d, stk_model_t *m, const char *dir, const char *augment, int batch, int workers,
@@ -98,6 +99,8 @@ static int data_open(data_feed_t *d, stk_model_t *m, const char *dir, const char
         rc = stk_loader_create(&d->loader, d->ds, &lcfg);
     if (rc == 0)
         rc = stk_train_inputs_create(&d->inputs, &icfg);
+    if (rc == 0)
+        rc = stk_train_batches_create(&d->batches, m, d->loader, d->inputs);
     if (rc)
         fprintf(stderr, "stoker-enginebench: --data %s: %s\n", dir, stk_error_message());
     return rc;
@@ -105,50 +108,25 @@ static int data_open(data_feed_t *d, stk_model_t *m, const char *dir, const char
 
 static void data_close(data_feed_t *d)
 {
-    stk_feed_destroy(&d->feed);
+    stk_train_batches_destroy(&d->batches);
     stk_train_inputs_destroy(&d->inputs);
     stk_loader_destroy(&d->loader);
     stk_dataset_destroy(&d->ds);
 }
 
-/* One training step on the next batch (a new epoch when one ends), its
- * wait for the loader counted in d->wait_s. */
-static int data_step(data_feed_t *d, stk_model_t *m, stk_train_stepper_t *stepper, uint64_t it, float *loss)
+/* One training step on the next batch (a new epoch when one ends). */
+static int data_step(data_feed_t *d, stk_train_stepper_t *stepper, uint64_t it, float *loss)
 {
-    stk_batch_t b;
-    double t0 = tool_now_s();
-    int rc = stk_loader_next(d->loader, &b);
+    stk_tensor_t input, target;
+    int rc = stk_train_batches_next(d->batches, NULL, &input, &target);
     if (rc == STK_DONE && (rc = stk_loader_set_epoch(d->loader, ++d->epoch)) == 0)
-        rc = stk_loader_next(d->loader, &b);
-    d->wait_s += tool_now_s() - t0;
+        rc = stk_train_batches_next(d->batches, NULL, &input, &target);
     if (rc)
         return rc;
-    stk_tensor_t input, target;
-    const void *dev = NULL;
-    rc = stk_train_inputs_get(d->inputs, &b, &input, &target);
-    int half = input.dtype == STK_DTYPE_F16 || input.dtype == STK_DTYPE_BF16;
-    size_t n = rc == 0 ? (size_t)stk_tensor_numel(&input) : 0;
-    size_t bytes = n * (half ? sizeof(float) : stk_dtype_size(input.dtype));
-    if (rc == 0 && !d->feed)
-        rc = stk_feed_create(&d->feed, m, bytes);
-    if (rc == 0)
-        rc = half ? stk_feed_put_half(d->feed, input.data, n, input.dtype, &dev)
-                  : stk_feed_put(d->feed, input.data, bytes, &dev);
-    if (rc == 0)
-        rc = stk_feed_use(d->feed, dev);
-    if (rc == 0) {
-        input.data = (void *)dev;
-        input.dtype = STK_DTYPE_F32;
-        stk_train_step_metrics_t sm;
-        rc = stk_train_stepper_step(stepper, &input, &target, it, &sm);
-        *loss = sm.loss;
-    }
-    if (dev) {
-        int done = stk_feed_done(d->feed, dev);
-        rc = rc ? rc : done;
-    }
-    stk_loader_release(d->loader, &b);
-    return rc;
+    stk_train_step_metrics_t sm;
+    rc = stk_train_stepper_step(stepper, &input, &target, it, &sm);
+    *loss = sm.loss;
+    return stk_train_batches_done(d->batches, rc);
 }
 
 /* A whole decimal in [lo, hi], or -1. */
@@ -322,18 +300,17 @@ int main(int argc, char **argv)
     if (rc == 0 && (rc = stk_tensor_init(&xt, (void *)xin, STK_DTYPE_F32, 4, shape)) == 0)
         rc = stk_tensor_init(&yt, y, STK_DTYPE_I64, 1, yshape);
     xt.device = cfg.device;
-    stk_feed_stats_t fs0 = {0}, fs1 = {0};
+    stk_train_batches_stats_t ds0 = {0}, ds1 = {0};
     for (int it = 0; it < warmup + iters && rc == 0; it++) {
         if (it == warmup) {
             stk_model_set_profiling(m, profile);
             stk_model_reset_stats(m);
-            df.wait_s = 0.0;
-            if (df.feed)
-                stk_feed_stats(df.feed, &fs0);
+            if (df.batches)
+                stk_train_batches_stats(df.batches, &ds0);
             t0 = tool_now_s();
         }
         if (data) {
-            rc = data_step(&df, m, stepper, (uint64_t)it, &loss);
+            rc = data_step(&df, stepper, (uint64_t)it, &loss);
             continue;
         }
         if (stepper) {
@@ -356,8 +333,11 @@ int main(int argc, char **argv)
     if (rc == 0 && feed)
         rc = stk_feed_done(feed, xin);
     double dt = tool_now_s() - t0;
-    if (df.feed)
-        stk_feed_stats(df.feed, &fs1);
+    if (df.batches)
+        stk_train_batches_stats(df.batches, &ds1);
+    /* The batch fetched ahead goes back unstepped. */
+    if (df.batches && rc == 0)
+        rc = stk_train_batches_drop(df.batches);
     stk_train_stepper_destroy(&stepper);
     stk_optim_destroy(&opt);
     stk_feed_destroy(&feed);
@@ -380,8 +360,8 @@ int main(int argc, char **argv)
            model, batch, train ? "training step" : eval ? "eval forward" : "forward+backward", device, threads, stk_model_threads(m),
            waits[stk_engine_wait_policy()], (double)iters * batch / dt, 1e3 * dt / iters, (double)loss);
     /* The feed's copies after the warm-up: bytes over their device time. */
-    uint64_t h2d_bytes = fs1.bytes - fs0.bytes, h2d_copies = fs1.copies - fs0.copies;
-    double h2d_s = fs1.copy_s - fs0.copy_s, wait = dt > 0 ? df.wait_s / dt : 0.0;
+    uint64_t h2d_bytes = ds1.feed.bytes - ds0.feed.bytes, h2d_copies = ds1.feed.copies - ds0.feed.copies;
+    double h2d_s = ds1.feed.copy_s - ds0.feed.copy_s, wait = dt > 0 ? (ds1.wait_s - ds0.wait_s) / dt : 0.0;
     double h2d_bps = h2d_s > 0 ? (double)h2d_bytes / h2d_s : 0.0;
     if (data && h2d_copies)
         printf("data: %s through %d workers, augment \"%s\": data wait %.2f%% of the time; host-to-device "

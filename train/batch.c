@@ -149,13 +149,20 @@ struct stk_train_inputs {
      * again when the shape changes). */
     stk_augment_t *aug;
     stk_image_desc_t aug_in;
-    void *img;      /* converted images */
-    size_t img_cap; /* bytes */
-    int64_t *lab;
-    size_t lab_cap; /* bytes */
+    /* What a call converts into, alternating between two sets: a loop
+     * one batch ahead (train/feed.c) converts batch k + 1 while step k
+     * still reads batch k's labels, and a device copy of its images may
+     * still be in flight. */
+    struct {
+        void *img;      /* converted images */
+        size_t img_cap; /* bytes */
+        int64_t *lab;
+        size_t lab_cap; /* bytes */
+        stk__train_seq_t seq;
+    } buf[2], *cur;
+    int turn;
     int next_token;  /* a language model's batches (train/seq.c) */
     int64_t boundary;
-    stk__train_seq_t seq;
 };
 
 void stk_train_inputs_config_default(stk_train_inputs_config_t *cfg)
@@ -175,9 +182,11 @@ void stk_train_inputs_destroy(stk_train_inputs_t **in)
     free(x->image_field);
     free(x->label_field);
     free(x->normalize);
-    free(x->img);
-    free(x->lab);
-    stk__train_seq_free(&x->seq);
+    for (int i = 0; i < 2; i++) {
+        free(x->buf[i].img);
+        free(x->buf[i].lab);
+        stk__train_seq_free(&x->buf[i].seq);
+    }
     free(x);
     *in = NULL;
 }
@@ -268,12 +277,12 @@ static int convert_u8(stk_train_inputs_t *x, const stk_batch_field_t *f, size_t 
 {
     const uint8_t *px = f->data;
     size_t esz = stk_dtype_size(x->dtype);
-    int rc = grow(&x->img, &x->img_cap, n * per * esz);
+    int rc = grow(&x->cur->img, &x->cur->img_cap, n * per * esz);
     if (rc)
         return rc;
     if (!x->normalize[0]) {
         for (size_t i = 0; i < n * per; i++)
-            store(x->img, x->dtype, i, (float)px[i] * (1.0f / 255.0f));
+            store(x->cur->img, x->dtype, i, (float)px[i] * (1.0f / 255.0f));
         return 0;
     }
     if (!x->aug || x->aug_in.c != c || x->aug_in.h != h || x->aug_in.w != w) {
@@ -297,7 +306,7 @@ static int convert_u8(stk_train_inputs_t *x, const stk_batch_field_t *f, size_t 
                           x->normalize, stk_dtype_name(od.dtype), od.c, od.h, od.w, stk_dtype_name(x->dtype));
     for (size_t i = 0; i < n; i++) {
         /* normalize draws nothing: seed, epoch and index do not matter. */
-        rc = stk_augment_apply(x->aug, px + i * per, (char *)x->img + i * per * esz, NULL, 0, 0, i);
+        rc = stk_augment_apply(x->aug, px + i * per, (char *)x->cur->img + i * per * esz, NULL, 0, 0, i);
         if (rc)
             return stk__error(rc, "train inputs: normalize: %s", stk_error_message());
     }
@@ -307,7 +316,7 @@ static int convert_u8(stk_train_inputs_t *x, const stk_batch_field_t *f, size_t 
 static int convert_float(stk_train_inputs_t *x, const stk_batch_field_t *f, size_t count)
 {
     size_t esz = stk_dtype_size(x->dtype);
-    int rc = grow(&x->img, &x->img_cap, count * esz);
+    int rc = grow(&x->cur->img, &x->cur->img_cap, count * esz);
     if (rc)
         return rc;
     for (size_t i = 0; i < count; i++) {
@@ -318,7 +327,7 @@ static int convert_float(stk_train_inputs_t *x, const stk_batch_field_t *f, size
             v = stk_f16_to_f32(((const uint16_t *)f->data)[i]);
         else
             v = stk_bf16_to_f32(((const uint16_t *)f->data)[i]);
-        store(x->img, x->dtype, i, v);
+        store(x->cur->img, x->dtype, i, v);
     }
     return 0;
 }
@@ -331,8 +340,10 @@ int stk_train_inputs_get(stk_train_inputs_t *x, const stk_batch_t *b, stk_tensor
     int rc = stk_train_batch_field(b, x->image_field, &img);
     if (rc)
         return rc;
+    x->cur = &x->buf[x->turn];
+    x->turn ^= 1;
     if (x->next_token)
-        return stk__train_next_token(&x->seq, img, x->boundary, input, target);
+        return stk__train_next_token(&x->cur->seq, img, x->boundary, input, target);
     if (img->var_dim >= 0 || img->lengths)
         return stk__error(STK_ESHAPE, "image field '%s' has a variable shape", img->name);
     uint32_t c, h, w;
@@ -365,11 +376,11 @@ int stk_train_inputs_get(stk_train_inputs_t *x, const stk_batch_t *b, stk_tensor
     } else if (img->dtype == STK_DTYPE_U8) {
         if ((rc = convert_u8(x, img, n, per, c, h, w)) != 0)
             return rc;
-        data = x->img;
+        data = x->cur->img;
     } else if (img->dtype == STK_DTYPE_F32 || img->dtype == STK_DTYPE_F16 || img->dtype == STK_DTYPE_BF16) {
         if ((rc = convert_float(x, img, n * per)) != 0)
             return rc;
-        data = x->img;
+        data = x->cur->img;
     } else {
         return stk__error(STK_ECONFIG, "image field '%s' has dtype %s; images are u8, f32, f16 or bf16", img->name,
                           stk_dtype_name(img->dtype));
@@ -388,11 +399,11 @@ int stk_train_inputs_get(stk_train_inputs_t *x, const stk_batch_t *b, stk_tensor
         return rc;
     const int64_t *labels = lab->data;
     if (lab->dtype != STK_DTYPE_I64 || lab->ndim != 1) {
-        if ((rc = grow((void **)&x->lab, &x->lab_cap, n * sizeof *x->lab)) != 0)
+        if ((rc = grow((void **)&x->cur->lab, &x->cur->lab_cap, n * sizeof *x->cur->lab)) != 0)
             return rc;
-        if ((rc = stk_train_labels_i64(lab, x->lab, n)) != 0)
+        if ((rc = stk_train_labels_i64(lab, x->cur->lab, n)) != 0)
             return rc;
-        labels = x->lab;
+        labels = x->cur->lab;
     } else if ((size_t)lab->shape[0] != n) {
         return stk__error(STK_ESHAPE, "label field '%s' holds %lld labels for %zu images", lab->name,
                           (long long)lab->shape[0], n);

@@ -29,7 +29,9 @@ int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_input
     int was_train = stk_model_is_train(model);
     stk_model_set_train(model, 0);
     int64_t classes = stk_model_num_classes(model);
-    stk_train_feeder_t feeder = {0};
+    /* On a device one batch ahead, as in training (feed.c). */
+    stk__train_batches_t B;
+    stk__train_batches_init(&B, model, loader, inputs);
     double loss_sum = 0;
     uint64_t top1 = 0, topk_hits = 0, seen = 0;
     for (;;) {
@@ -37,42 +39,36 @@ int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_input
             rc = stk__error(-EINTR, "evaluation stopped after %llu samples", (unsigned long long)seen);
             break;
         }
-        stk_batch_t b;
-        rc = stk_loader_next(loader, &b);
+        stk__train_item_t *it;
+        rc = stk__train_batches_next(&B, &it, NULL);
         if (rc == STK_DONE) {
             rc = 0;
             break;
         }
         if (rc)
             break;
-        stk_tensor_t input, target;
-        rc = stk_train_inputs_get(inputs, &b, &input, &target);
-        if (rc == 0 && target.dtype != STK_DTYPE_I64)
+        const stk_tensor_t *target = &it->target;
+        if (target->dtype != STK_DTYPE_I64)
             rc = stk__error(STK_ECONFIG, "evaluation needs integer labels");
-        size_t n = b.size;
-        const int64_t *labels = rc == 0 ? target.data : NULL;
+        size_t n = it->b.size;
+        const int64_t *labels = rc == 0 ? target->data : NULL;
         /* per-step targets (a language model) are checked by the loss, by
          * sample and step */
-        int per_step = rc == 0 && target.ndim == 2;
+        int per_step = rc == 0 && target->ndim == 2;
         /* Checked here to name the sample by its index in the data set. */
         for (size_t i = 0; rc == 0 && !per_step && i < n; i++)
             if (labels[i] < 0 || labels[i] >= classes)
                 rc = stk__error(-EINVAL, "evaluation: sample %llu has label %lld, the model has %lld classes",
-                                (unsigned long long)b.indices[i], (long long)labels[i], (long long)classes);
+                                (unsigned long long)it->b.indices[i], (long long)labels[i], (long long)classes);
         float loss = NAN;
         int64_t c1 = 0, ck = 0;
-        const void *dev = NULL;
         if (rc == 0)
-            rc = stk__train_feed(&feeder, model, &input, &dev);
-        if (rc == 0)
-            rc = stk_model_forward_tensor(model, &input, &target, &loss);
-        rc = stk__train_fed(&feeder, dev, rc);
+            rc = stk_model_forward_tensor(model, &it->input, target, &loss);
         if (rc == 0)
             rc = stk_model_count_correct(model, labels, &c1);
         if (rc == 0)
             rc = topk == 1 || per_step ? (ck = c1, 0) : stk_model_count_topk(model, labels, topk, &ck);
-        stk_loader_release(loader, &b);
-        if (rc)
+        if ((rc = stk__train_batches_done(&B, rc)) != 0)
             break;
         /* the loss is a mean over what it counted: samples, or the steps
          * of a per-step loss (characters) */
@@ -82,7 +78,7 @@ int stk_train_evaluate(stk_model_t *model, stk_loader_t *loader, stk_train_input
         topk_hits += (uint64_t)ck;
         seen += counted;
     }
-    stk__train_feeder_clear(&feeder);
+    stk__train_batches_fini(&B);
     stk_model_set_train(model, was_train);
     if (rc)
         return rc;

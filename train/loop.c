@@ -106,8 +106,8 @@ static void reset_epoch_sums(stk_train_state_t *st)
 /* Trains the batches of epoch st->epoch from st->loader on. Returns 0 when
  * the epoch's batches are done (st->loader = (epoch, nb)), -EINTR after
  * saving where it stopped, or an error. */
-static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *stepper, uint64_t nb,
-                       stk_train_state_t *st, stk_train_feeder_t *feeder)
+static int epoch_batches(const stk_train_loop_config_t *cfg, stk_train_stepper_t *stepper, uint64_t nb,
+                         stk_train_state_t *st, stk__train_batches_t *B)
 {
     int rc;
     if (st->loader.epoch == st->epoch && st->loader.batch > 0) {
@@ -137,10 +137,11 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
             st->ep_train_s = stk__now_s() - t_start;
             return stop_here(cfg, st, nb);
         }
-        stk_batch_t b;
-        double t0 = stk__now_s();
-        rc = stk_loader_next(cfg->train_loader, &b);
-        st->ep_wait_s += stk__now_s() - t0;
+        /* On a device the batch after this one is already on its way
+         * (feed.c): its copy overlaps this step. It counts nowhere until
+         * it is stepped; whatever ends the epoch drops it. */
+        stk__train_item_t *it;
+        rc = stk__train_batches_next(B, &it, &st->ep_wait_s);
         if (rc == STK_DONE)
             break;
         /* stk_loader_interrupt (a signal's way to end a wait on a stopped
@@ -156,19 +157,10 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
         }
         if (rc)
             return rc;
-        stk_tensor_t input, target;
         stk_train_step_metrics_t m;
-        const void *dev = NULL;
-        rc = stk_train_inputs_get(cfg->train_inputs, &b, &input, &target);
-        /* On a device the batch goes in by the feed: its copy overlaps
-         * what the GPU still does of the step before. */
-        if (rc == 0)
-            rc = stk__train_feed(feeder, cfg->model, &input, &dev);
-        if (rc == 0)
-            rc = stk_train_stepper_step(stepper, &input, &target, b.number, &m);
-        rc = stk__train_fed(feeder, dev, rc);
-        uint64_t number = b.number;
-        stk_loader_release(cfg->train_loader, &b);
+        uint64_t number = it->b.number;
+        rc = stk_train_stepper_step(stepper, &it->input, &it->target, number, &m);
+        rc = stk__train_batches_done(B, rc);
         if (rc)
             return rc;
         micro++;
@@ -229,6 +221,14 @@ static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *
     st->ep_train_s = stk__now_s() - t_start;
     st->loader = (stk_loader_state_t){st->epoch, nb};
     return 0;
+}
+
+/* The batches of epoch st->epoch, the one fetched ahead dropped however
+ * they end. */
+static int train_epoch(const stk_train_loop_config_t *cfg, stk_train_stepper_t *stepper, uint64_t nb,
+                       stk_train_state_t *st, stk__train_batches_t *B)
+{
+    return stk__train_batches_drop(B, epoch_batches(cfg, stepper, nb, st, B));
 }
 
 /* Evaluation, the history row, the caller's callback and the checkpoint
@@ -356,9 +356,10 @@ int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
      * forward: a resumed run starts it where the state stands. */
     stk_model_set_step(cfg->model, st->micro);
     uint64_t last = cfg->stop_after ? cfg->stop_after : cfg->epochs;
-    stk_train_feeder_t feeder = {0};
+    stk__train_batches_t batches;
+    stk__train_batches_init(&batches, cfg->model, cfg->train_loader, cfg->train_inputs);
     while (rc == 0 && st->epoch < last) {
-        rc = train_epoch(cfg, stepper, nb, st, &feeder);
+        rc = train_epoch(cfg, stepper, nb, st, &batches);
         if (rc == 0)
             rc = end_epoch(cfg, st);
         int stop = 0;
@@ -367,7 +368,7 @@ int stk_train_run(const stk_train_loop_config_t *cfg, stk_train_state_t *st)
         if (rc == 0 && stop)
             rc = stk__error(-EINTR, "stopped after epoch %" PRIu64 ", step %" PRIu64, st->epoch, st->step);
     }
-    stk__train_feeder_clear(&feeder);
+    stk__train_batches_fini(&batches);
     stk_train_stepper_destroy(&stepper);
     return rc;
 }

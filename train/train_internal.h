@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Internals of train/ shared between its files: the train-state format's
  * text and rows (state_format.c), used by the checkpoint I/O (state.c)
- * and by the checkpoint fuzz target; the batch feeder of the loop and of
- * evaluation (feed.c). Not installed. */
+ * and by the checkpoint fuzz target; the batches of the loop and of
+ * evaluation, fed one ahead (feed.c). Not installed. */
 #ifndef STOKER_TRAIN_INTERNAL_H
 #define STOKER_TRAIN_INTERNAL_H
 
@@ -22,21 +22,54 @@ int stk__train_meta_format(const stk_train_state_t *st, char *meta, size_t cap);
  * STK_EFORMAT, STK_EDATA, -ENOMEM; the message names the file and section. */
 int stk__train_state_read(const stk_ckpt_t *ck, stk_train_state_t *st);
 
-/* Batches into a model on a device: the engine's double-buffered feed
- * (engine.h, "feeding a device"), made at the first batch for its size.
- * On a CPU model it copies nothing. */
-typedef struct stk_train_feeder {
+/* The batches of a loop or an evaluation on their way into a model
+ * (feed.c): fetched from the loader, converted (stk_train_inputs_get) and
+ * put into the engine's double-buffered feed (engine.h, "feeding a
+ * device"), made at the first batch for its size. On a device, and with
+ * a loader of 2 slots or more, one batch ahead: handing out batch k puts
+ * batch k + 1 into the feed before step k runs, so that its copy overlaps
+ * the step. On a CPU model the feed copies nothing and nothing is fetched
+ * ahead. */
+typedef struct stk__train_item {
+    stk_batch_t b;
+    /* input points at the device copy (the host data on a CPU model) */
+    stk_tensor_t input, target;
+    const void *dev; /* the feed's buffer; NULL while not fed */
+} stk__train_item_t;
+
+typedef struct stk__train_batches {
+    stk_model_t *model;
+    stk_loader_t *loader;
+    stk_train_inputs_t *inputs;
     stk_feed_t *feed;
     size_t cap;
-} stk_train_feeder_t;
+    int ahead; /* 1: fetch one ahead; -1 until the first batch is fed */
+    int now_held;
+    stk__train_item_t now, next;
+    /* next holds a batch (1), or what fetching it returned (2: STK_DONE
+     * or an error, with its message), due at the next call */
+    int ahead_state, ahead_rc;
+    char *ahead_msg;
+} stk__train_batches_t;
 
-/* Puts input's bytes into the feed and points input at the device copy,
- * which the model's next work waits for; *dev gets it (for _fed). */
-int stk__train_feed(stk_train_feeder_t *f, stk_model_t *model, stk_tensor_t *input, const void **dev);
-/* After the step that read dev (NULL: nothing was fed): marks it done, so
- * that the batch may be released. Returns rc, or the feed's error when rc
- * is 0. */
-int stk__train_fed(stk_train_feeder_t *f, const void *dev, int rc);
-void stk__train_feeder_clear(stk_train_feeder_t *f);
+void stk__train_batches_init(stk__train_batches_t *B, stk_model_t *model, stk_loader_t *loader,
+                             stk_train_inputs_t *inputs);
+/* The next batch, fed and used (the model's next work waits for its
+ * copy): 0 with *out valid until _done, STK_DONE at the epoch's end, or
+ * the loader's or the conversion's error (met ahead, such a status comes
+ * at the call after: the batch before it is stepped first, as without
+ * the lookahead). The time spent in stk_loader_next is added to *wait_s
+ * (may be NULL). Nothing is held after a non-zero return but a batch
+ * ahead (for _drop). */
+int stk__train_batches_next(stk__train_batches_t *B, stk__train_item_t **out, double *wait_s);
+/* After the work that reads the batch _next gave: marks its feed buffer
+ * done and releases it. Returns rc, or the feed's error when rc is 0. */
+int stk__train_batches_done(stk__train_batches_t *B, int rc);
+/* _done, and drops the batch fetched ahead (released unstepped) and any
+ * status due: for a stop, an error or the end of an epoch. Returns rc, or
+ * the feed's error when rc is 0. */
+int stk__train_batches_drop(stk__train_batches_t *B, int rc);
+/* _drop, then destroys the feed. */
+void stk__train_batches_fini(stk__train_batches_t *B);
 
 #endif

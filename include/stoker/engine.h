@@ -605,6 +605,12 @@ STK_API int stk_device_describe(stk_device_t kind, int index, char *buf, size_t 
  *           release batch0;                    //   source may be reused
  *           d0 = d1, batch0 = b1;
  *
+ *   Batch k + 1 must be fetched, converted and put before step k is
+ *   queued, or its copy waits for the step to end; its source (and
+ *   anything step k still reads, such as labels) must be memory of its
+ *   own, not a buffer refilled for every batch. stk_train_batches
+ *   (train.h) is this loop with a loader and the inputs converter, as
+ *   stk_train_run runs it.
  *   On a CPU model a feed copies nothing: put returns the source itself.
  * ---------------------------------------------------------------------- */
 
@@ -635,6 +641,10 @@ STK_API int stk_feed_use(stk_feed_t *f, const void *dev);
 STK_API int stk_feed_done(stk_feed_t *f, const void *dev);
 /* Waits for the feed's copies and frees its buffers; NULL-safe. */
 STK_API void stk_feed_destroy(stk_feed_t **f);
+/* 1 when f copies batches into device memory (put starts a copy), 0 on a
+ * model whose device memory is the host's (a CPU model: nothing is
+ * copied, and fetching a batch ahead gains nothing). -EINVAL on NULL. */
+STK_API int stk_feed_copies(const stk_feed_t *f);
 
 /* stk_feed_put for a batch of n half-precision values (dtype STK_DTYPE_F16
  * or STK_DTYPE_BF16) that the model takes as f32: *dev gets n floats, the

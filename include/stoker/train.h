@@ -83,8 +83,9 @@ typedef struct stk_train_inputs stk_train_inputs_t;
 STK_API int stk_train_inputs_create(stk_train_inputs_t **out, const stk_train_inputs_config_t *cfg);
 STK_API void stk_train_inputs_destroy(stk_train_inputs_t **in);
 /* Fills *input and (when a label field is configured) *target for b.
- * They point into b or into buffers of in, valid until the next call on
- * in or the batch's release. target may be NULL. Returns 0, STK_ENOTFOUND
+ * They point into b or into buffers of in, valid until the second call
+ * after this one on in or the batch's release: a loop may convert batch
+ * k + 1 while step k still reads what batch k's call gave. target may be NULL. Returns 0, STK_ENOTFOUND
  * (a field is missing: the message lists the batch's fields), STK_ESHAPE
  * (neither features nor an image, variable shape), STK_ECONFIG (a dtype it cannot convert),
  * -ENOMEM. Not thread-safe on one object. */
@@ -108,6 +109,68 @@ STK_API int stk_train_sequence_lengths(stk_dataset_t *ds, const char *field, uin
  * -EINVAL. */
 STK_API int stk_train_check_data(const stk_dataset_t *ds, const stk_train_inputs_config_t *cfg, const char *augment,
                                  const stk_model_t *model);
+
+/* ---- Batches into a model, one ahead ----------------------------------- */
+
+/* A loader's batches on their way into a model, as stk_train_run and
+ * stk_train_evaluate take them: each converted (stk_train_inputs_get)
+ * and put into a feed (engine.h, "feeding a device"). On a device, with a
+ * loader of 2 slots or more (num_workers * prefetch, or prefetch without
+ * workers), next also fetches, converts and puts the batch after the one
+ * it hands out, so that that batch's host-to-device copy runs while the
+ * caller's step computes; the step waits for its own input's copy only,
+ * on the device. On a CPU model nothing is copied or fetched ahead.
+ *
+ *     while ((rc = stk_train_batches_next(tb, &b, &x, &y)) == 0) {
+ *         rc = step(&x, &y);                  // the model's work on b
+ *         if ((rc = stk_train_batches_done(tb, rc)) != 0)
+ *             break;
+ *     }
+ *     stk_train_batches_drop(tb);             // stop, error, epoch's end
+ *
+ * The batch fetched ahead is the loader's until it is handed out: a
+ * checkpoint's position is the last stepped batch's number + 1, and a
+ * stop drops the one ahead unstepped (released; a resume fetches it
+ * again). */
+typedef struct stk_train_batches stk_train_batches_t;
+
+typedef struct stk_train_batches_stats {
+    double wait_s;     /* time spent in stk_loader_next (the data wait) */
+    uint64_t batches;  /* handed out by next */
+    int ahead;         /* 1: fetching ahead; 0: not; -1: not known before
+                        * the first batch */
+    stk_feed_stats_t feed; /* the feed's copies (zero before the first batch) */
+} stk_train_batches_stats_t;
+
+/* model, loader and inputs are borrowed (they must outlive tb); the feed
+ * is made at the first batch, for its size. 0, -EINVAL, -ENOMEM. */
+STK_API int stk_train_batches_create(stk_train_batches_t **out, stk_model_t *model, stk_loader_t *loader,
+                                     stk_train_inputs_t *inputs);
+/* Drops what it holds and frees the feed; NULL-safe. */
+STK_API void stk_train_batches_destroy(stk_train_batches_t **tb);
+/* The next batch of the loader's epoch, its input already on the model's
+ * device (the model's next work waits for its copy): *batch (may be NULL)
+ * and *input, *target (as stk_train_inputs_get gives them; input points
+ * at the device copy) valid until done. Returns 0, STK_DONE at the
+ * epoch's end (set the loader's next epoch to go on), the loader's or the
+ * conversion's error, or -EINTR (stk_loader_interrupt; a later call goes
+ * on). What fetching ahead meets is returned at the call after, once the
+ * batch before it was handed out, as without the lookahead. STK_ESTATE
+ * when the batch before was not done. */
+STK_API int stk_train_batches_next(stk_train_batches_t *tb, const stk_batch_t **batch, stk_tensor_t *input,
+                                   stk_tensor_t *target);
+/* After the model's work on the batch next gave (the step, and whatever
+ * reads its labels): its feed buffer may be refilled and the batch goes
+ * back to the loader. Returns rc, or the feed's error when rc is 0. */
+STK_API int stk_train_batches_done(stk_train_batches_t *tb, int rc);
+/* done, and the batch fetched ahead goes back to the loader unstepped
+ * (and a status due at the next call is forgotten). The loader stands
+ * past that batch: to go on, position it (stk_loader_set_state with the
+ * last stepped batch's number + 1, or set_epoch). Returns 0 or the feed's
+ * error. */
+STK_API int stk_train_batches_drop(stk_train_batches_t *tb);
+/* *out = the counts so far. 0 or -EINVAL. */
+STK_API int stk_train_batches_stats(const stk_train_batches_t *tb, stk_train_batches_stats_t *out);
 
 /* ---- Dynamic loss scaling ---------------------------------------------- */
 
