@@ -357,8 +357,8 @@ int main(int argc, char **argv)
     static const char *const waits[] = {"spin", "passive", "active"};
     printf("stoker: %s batch %d, %s on %s, threads %d (backend max %d, wait %s): %.1f images/s (%.2f ms/iter, "
            "loss %.4f)\n",
-           model, batch, train ? "training step" : eval ? "eval forward" : "forward+backward", device, threads, stk_model_threads(m),
-           waits[stk_engine_wait_policy()], (double)iters * batch / dt, 1e3 * dt / iters, (double)loss);
+           model, batch, train ? "training step" : eval ? "eval forward" : "forward+backward", device, threads,
+           stk_model_threads(m), waits[stk_engine_wait_policy()], (double)iters * batch / dt, 1e3 * dt / iters, (double)loss);
     /* The feed's copies after the warm-up: bytes over their device time. */
     uint64_t h2d_bytes = ds1.feed.bytes - ds0.feed.bytes, h2d_copies = ds1.feed.copies - ds0.feed.copies;
     double h2d_s = ds1.feed.copy_s - ds0.feed.copy_s, wait = dt > 0 ? (ds1.wait_s - ds0.wait_s) / dt : 0.0;

@@ -65,8 +65,8 @@ static int word_ok(const char *s, size_t cap)
 
 static int key_ok(const stk__algo_key_t *k)
 {
-    return k->op >= 0 && k->op < STK__ALGO_OPS && word_ok(k->dtype, sizeof(k->dtype)) && word_ok(k->layout, sizeof(k->layout)) &&
-           word_ok(k->device, sizeof(k->device));
+    return k->op >= 0 && k->op < STK__ALGO_OPS && word_ok(k->dtype, sizeof(k->dtype)) &&
+           word_ok(k->layout, sizeof(k->layout)) && word_ok(k->device, sizeof(k->device));
 }
 
 static int key_eq(const stk__algo_key_t *a, const stk__algo_key_t *b)

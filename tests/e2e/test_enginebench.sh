@@ -31,7 +31,8 @@ has "$out" "eval fusion: 4 of 4 conv+batchnorm chains fused (0 fell back)"
 has "$out" '"eval":true,"fused":4,"fusion_chains":4,"fusion_fallbacks":0}'
 out=$(STK_NO_FUSION=1 "$eb" --model "$models/fmnist-cnn.model" --batch 3 --iters 1 --warmup 0 --threads 1 --eval --json)
 has "$out" '"eval":true,"fused":0,"fusion_chains":4,"fusion_fallbacks":0}'
-out=$("$eb" --model "$models/fmnist-cnn.model" --batch 3 --iters 1 --warmup 0 --threads 1 --eval --precision bf16 --json)
+out=$("$eb" --model "$models/fmnist-cnn.model" --batch 3 --iters 1 --warmup 0 --threads 1 --eval --precision bf16 \
+    --json)
 has "$out" '"precision":"bf16","train":false'
 has "$out" '"eval":true,"fused":4'
 # ResNet-18: torchvision's parameter count, one training step.

@@ -298,7 +298,8 @@ static void part_fmnist(void)
     for (int i = 0; i < 2; i++)
         CU(cudaMalloc((void **)&dev_x[i], (size_t)BATCH * GPU_TEST_IMG * sizeof(float)));
     float la[STEPS], lb[STEPS];
-    float *za = malloc((size_t)STEPS * BATCH * 10 * sizeof(float)), *zb = malloc((size_t)STEPS * BATCH * 10 * sizeof(float));
+    size_t nz = (size_t)STEPS * BATCH * 10;
+    float *za = malloc(nz * sizeof(float)), *zb = malloc(nz * sizeof(float));
     CHECK(za && zb, "out of memory");
     size_t na = 0, nb = 0;
     stk_fusion_stats_t fa, fb;
@@ -311,7 +312,7 @@ static void part_fmnist(void)
               (double)la[s], (double)lb[s]);
     CHECK(na == nb && !memcmp(a, b, na), "the trained states differ with fusion on and off");
     double big = 0.0, err = 0.0;
-    for (size_t i = 0; i < (size_t)STEPS * BATCH * 10; i++) {
+    for (size_t i = 0; i < nz; i++) {
         big = fmax(big, fabs(zb[i]));
         err = fmax(err, fabs((double)za[i] - zb[i]));
     }
