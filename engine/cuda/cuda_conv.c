@@ -83,9 +83,11 @@ static int up(cuda_ctx_t *c, const stk__op_t *op, int64_t n, int64_t ch, int64_t
                           "convolution: casting from half precision");
 }
 
-int stk__cuda_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
+/* A convolution op of d, checked, before its plans and buffers (the
+ * plain one's and the fused one's). */
+static int conv_op_new(const cuda_ctx_t *c, const stk__conv_desc_t *d, stk__op_t **out)
 {
-    cuda_ctx_t *c = ctx;
+    *out = NULL;
     if (d->fmt_in != STK__LAYOUT_PLAIN || d->fmt_out != STK__LAYOUT_PLAIN)
         return stk__error(STK_EBACKEND, "cuda: convolution takes plain NCHW activations only");
     if (d->groups < 1 || d->ic % d->groups || d->oc % d->groups)
@@ -97,7 +99,18 @@ int stk__cuda_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
     op->kind = CU_OP_CONV;
     op->conv = *d;
     op->half = c->half;
-    int rc = op->half != STK__K_F32 ? half_buffers(c, op) : 0;
+    *out = op;
+    return 0;
+}
+
+int stk__cuda_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
+{
+    cuda_ctx_t *c = ctx;
+    stk__op_t *op;
+    int rc = conv_op_new(c, d, &op);
+    if (rc < 0)
+        return rc;
+    rc = op->half != STK__K_F32 ? half_buffers(c, op) : 0;
     for (int dir = 0; dir < 3 && rc == 0; dir++)
         rc = ensure_plan(c, op, dir, 0);
     if (rc < 0) {
@@ -154,24 +167,16 @@ int stk__cuda_conv_fused_create(void *ctx, const stk__conv_fused_desc_t *fd, stk
 {
     cuda_ctx_t *c = ctx;
     const stk__conv_desc_t *d = &fd->conv;
-    if (d->fmt_in != STK__LAYOUT_PLAIN || d->fmt_out != STK__LAYOUT_PLAIN)
-        return stk__error(STK_EBACKEND, "cuda: convolution takes plain NCHW activations only");
-    if (d->groups < 1 || d->ic % d->groups || d->oc % d->groups)
-        return stk__error(-EINVAL, "cuda: convolution: %lld groups do not divide %lld -> %lld channels",
-                          (long long)d->groups, (long long)d->ic, (long long)d->oc);
-    stk__op_t *op = calloc(1, sizeof(*op));
-    if (!op)
-        return stk__error(-ENOMEM, "cuda: out of memory");
-    op->kind = CU_OP_CONV;
-    op->conv = *d;
-    op->half = c->half;
+    stk__op_t *op;
+    int rc = conv_op_new(c, d, &op);
+    if (rc < 0)
+        return rc;
     op->fused = 1;
     op->frelu = fd->relu;
     op->feps = fd->eps;
     const size_t nx = (size_t)(d->n * d->ic * d->ih * d->iw), ny = (size_t)(d->n * d->oc * d->oh * d->ow),
                  nw = (size_t)(d->oc * (d->ic / d->groups) * d->kh * d->kw);
-    int rc = stk__cuda_op_alloc(c, &op->aux, 2 * (size_t)d->oc * sizeof(float),
-                                "a fused convolution's scale and shift");
+    rc = stk__cuda_op_alloc(c, &op->aux, 2 * (size_t)d->oc * sizeof(float), "a fused convolution's scale and shift");
     /* Half precision: x and w cast down into the op's buffers, y comes
      * back through hy (no backward here: no gradient buffers). */
     if (rc == 0 && op->half != STK__K_F32 &&
