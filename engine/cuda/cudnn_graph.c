@@ -650,6 +650,23 @@ out:
     return rc;
 }
 
+/* The benchmark cache's key of convolution d planned as op (STK__ALGO_*).
+ * Its dtype and layout keep f32 and half plans of one shape apart (in
+ * the cache file too). */
+static stk__algo_key_t conv_key(const cuda_ctx_t *c, const stk__conv_desc_t *d, int op, int64_t act_align, int half)
+{
+    stk__algo_key_t key = {.op = op, .dtype = "f32", .layout = "nchw", .align = act_align,
+                           .tf32 = half != STK__K_F32 ? 0 : c->allow_tf32, .n = d->n, .c = d->ic, .h = d->ih,
+                           .w = d->iw, .k = d->oc, .r = d->kh, .s = d->kw, .sh = d->sh, .sw = d->sw, .ph = d->ph,
+                           .pw = d->pw, .dh = d->dh, .dw = d->dw, .groups = d->groups};
+    if (half != STK__K_F32) {
+        snprintf(key.dtype, sizeof(key.dtype), "%s", half == STK__K_BF16 ? "bf16" : "f16");
+        snprintf(key.layout, sizeof(key.layout), "nhwc");
+    }
+    snprintf(key.device, sizeof(key.device), "%s", c->device_tag[0] ? c->device_tag : "gpu");
+    return key;
+}
+
 int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_t act_align, int half,
                        dnn_plan_t *p)
 {
@@ -672,18 +689,7 @@ int stk__dnn_conv_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int dir, int64_
     SET(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op);
     DNN(cudnnBackendFinalize(graph), "operation graph");
 
-    /* The key's dtype and layout keep f32 and half plans of one shape
-     * apart (in the cache file too). */
-    stk__algo_key_t key = {.op = dir, .dtype = "f32", .layout = "nchw", .align = act_align,
-                           .tf32 = half != STK__K_F32 ? 0 : c->allow_tf32, .n = d->n, .c = d->ic, .h = d->ih,
-                           .w = d->iw, .k = d->oc,
-                           .r = d->kh, .s = d->kw, .sh = d->sh, .sw = d->sw, .ph = d->ph, .pw = d->pw,
-                           .dh = d->dh, .dw = d->dw, .groups = d->groups};
-    if (half != STK__K_F32) {
-        snprintf(key.dtype, sizeof(key.dtype), "%s", half == STK__K_BF16 ? "bf16" : "f16");
-        snprintf(key.layout, sizeof(key.layout), "nhwc");
-    }
-    snprintf(key.device, sizeof(key.device), "%s", c->device_tag[0] ? c->device_tag : "gpu");
+    const stk__algo_key_t key = conv_key(c, d, dir, act_align, half);
     const operands_t ops = {.nt = 3,
                             .bytes = {xd[0] * xd[1] * xd[2] * xd[3] * esize, wd[0] * wd[1] * wd[2] * wd[3] * esize,
                                       yd[0] * yd[1] * yd[2] * yd[3] * esize},
@@ -804,16 +810,7 @@ int stk__dnn_conv_fused_plan(cuda_ctx_t *c, const stk__conv_desc_t *d, int relu,
             if (all[i])
                 keep(p, all[i]);
     }
-    stk__algo_key_t key = {.op = relu ? STK__ALGO_FPROP_BN_RELU : STK__ALGO_FPROP_BN, .dtype = "f32",
-                           .layout = "nchw", .align = act_align, .tf32 = half != STK__K_F32 ? 0 : c->allow_tf32,
-                           .n = d->n, .c = d->ic, .h = d->ih, .w = d->iw, .k = d->oc, .r = d->kh, .s = d->kw,
-                           .sh = d->sh, .sw = d->sw, .ph = d->ph, .pw = d->pw, .dh = d->dh, .dw = d->dw,
-                           .groups = d->groups};
-    if (half != STK__K_F32) {
-        snprintf(key.dtype, sizeof(key.dtype), "%s", half == STK__K_BF16 ? "bf16" : "f16");
-        snprintf(key.layout, sizeof(key.layout), "nhwc");
-    }
-    snprintf(key.device, sizeof(key.device), "%s", c->device_tag[0] ? c->device_tag : "gpu");
+    const stk__algo_key_t key = conv_key(c, d, relu ? STK__ALGO_FPROP_BN_RELU : STK__ALGO_FPROP_BN, act_align, half);
     const operands_t ops = {.fused = 1,
                             .nt = 5,
                             .bytes = {xd[0] * xd[1] * xd[2] * xd[3] * esize, wd[0] * wd[1] * wd[2] * wd[3] * esize,
