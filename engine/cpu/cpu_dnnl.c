@@ -287,6 +287,23 @@ static void conv_dims(const stk__conv_desc_t *d, dnnl_dims_t strides, dnnl_dims_
     pr[1] = (d->ow - 1) * d->sw + (d->kw - 1) * d->dw + 1 - d->iw - d->pw;
 }
 
+/* A convolution's forward primitive from pd (the plain op's and the
+ * fused one's): the reorder of OIHW weights into the layout pd chose,
+ * when it differs, and the primitive with a bias argument when bia is
+ * given. */
+static int forward_prim(cpu_ctx_t *c, stk__op_t *op, dnnl_primitive_desc_t pd, const dnnl_memory_desc_t *src,
+                        const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *dst, const dnnl_memory_desc_t *bia)
+{
+    int rc;
+    const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    if (!dnnl_memory_desc_equal(wmd, wei) && (rc = reorder_make(c, &op->w_to_fwd, wei, wmd, &op->w_fwd)))
+        return rc;
+    op->n_wfwd = op->w_fwd ? dnnl_memory_desc_get_size(wmd) / sizeof(float) : 0;
+    int ak[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
+    const dnnl_memory_desc_t *m[4] = {src, wmd, dst, bia};
+    return prim_make(c, &op->fwd, pd, bia ? 4 : 3, ak, m);
+}
+
 int stk__cpu_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
 {
     cpu_ctx_t *c = ctx;
@@ -321,16 +338,8 @@ int stk__cpu_conv_create(void *ctx, const stk__conv_desc_t *d, stk__op_t **out)
     DNNL_TRY(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &src,
                                                         &wany, bptr, &dst, strides, dil, pl, pr));
     DNNL_TRY(dnnl_primitive_desc_create(&fpd, &cd, NULL, c->eng, NULL));
-    {
-        const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(fpd, dnnl_query_weights_md, 0);
-        if (!dnnl_memory_desc_equal(wmd, &wei) && (rc = reorder_make(c, &op->w_to_fwd, &wei, wmd, &op->w_fwd)))
-            goto fail;
-        op->n_wfwd = op->w_fwd ? dnnl_memory_desc_get_size(wmd) / sizeof(float) : 0;
-        int ak[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
-        const dnnl_memory_desc_t *m[4] = {&src, wmd, &dst, &bia};
-        if ((rc = prim_make(c, &op->fwd, fpd, dnnl_bias ? 4 : 3, ak, m)))
-            goto fail;
-    }
+    if ((rc = forward_prim(c, op, fpd, &src, &wei, &dst, bptr)))
+        goto fail;
     DNNL_TRY(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &src, &wany, &dst,
                                                               strides, dil, pl, pr));
     DNNL_TRY(dnnl_primitive_desc_create(&pd, &cd, NULL, c->eng, fpd));
@@ -572,13 +581,7 @@ int stk__cpu_conv_fused_create(void *ctx, const stk__conv_fused_desc_t *fd, stk_
     op->fpost = !op->half;
     if ((rc = fused_pd(c, d, op->fpost, op->frelu, &src, &wany, &bia, &dst, &pd)))
         goto fail;
-    const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    if (!dnnl_memory_desc_equal(wmd, &wei) && (rc = reorder_make(c, &op->w_to_fwd, &wei, wmd, &op->w_fwd)))
-        goto fail;
-    op->n_wfwd = op->w_fwd ? dnnl_memory_desc_get_size(wmd) / sizeof(float) : 0;
-    int ak[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
-    const dnnl_memory_desc_t *m[4] = {&src, wmd, &dst, &bia};
-    if ((rc = prim_make(c, &op->fwd, pd, op->fpost ? 4 : 3, ak, m)))
+    if ((rc = forward_prim(c, op, pd, &src, &wei, &dst, op->fpost ? &bia : NULL)))
         goto fail;
     dnnl_primitive_desc_destroy(pd);
     *out = op;
